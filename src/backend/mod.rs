@@ -1,0 +1,62 @@
+//! Key backends behind one small trait. The guard computes every payload; a backend only
+//! signs it with a key it holds and never hands the private key out.
+
+pub mod software;
+
+use async_trait::async_trait;
+use keyguard_chain::{KeyId, PublicKey, Scheme, Signature, SigningPayload};
+
+/// A key a backend holds, as the rest of keyguard may see it (public parts only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// keyguard's name for the key.
+    pub id: KeyId,
+    /// The key's public half.
+    pub public_key: PublicKey,
+}
+
+impl KeyInfo {
+    /// The signature scheme of the key.
+    pub fn scheme(&self) -> Scheme {
+        self.public_key.scheme()
+    }
+}
+
+/// Failures of a key backend. None of them carries key material.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// No key with that id is loaded.
+    #[error("unknown key {0}")]
+    UnknownKey(KeyId),
+    /// The key cannot sign this kind of payload.
+    #[error("key {key} is {actual}, the payload needs {wanted}")]
+    SchemeMismatch {
+        /// The key asked for.
+        key: KeyId,
+        /// The key's scheme.
+        actual: Scheme,
+        /// The scheme the payload needs.
+        wanted: Scheme,
+    },
+    /// The signing operation itself failed.
+    #[error("signing with {key} failed: {reason}")]
+    SigningFailed {
+        /// The key asked for.
+        key: KeyId,
+        /// What the backend reported.
+        reason: String,
+    },
+}
+
+/// One key store: software keystore today, PKCS#11 and cloud KMS behind the same seam.
+#[async_trait]
+pub trait KeyBackend: Send + Sync {
+    /// Short name for logs and metrics (`software`, `pkcs11`).
+    fn name(&self) -> &'static str;
+    /// Every key this backend can sign with.
+    fn keys(&self) -> Vec<KeyInfo>;
+    /// The public key of `key`, read once when the backend loaded it.
+    fn public_key(&self, key: &KeyId) -> Result<PublicKey, BackendError>;
+    /// Sign a payload keyguard computed; the result is checked by pass 2 before release.
+    async fn sign(&self, key: &KeyId, payload: &SigningPayload) -> Result<Signature, BackendError>;
+}

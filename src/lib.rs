@@ -1,0 +1,21 @@
+//! keyguard: a signing firewall between applications and their keys.
+//!
+//! Layout (one module per pipeline stage, see `DESIGN.md`):
+//! - [`server`]: transports; the EVM JSON-RPC listener turns HTTP/WebSocket calls into guard calls.
+//! - [`access`]: who is calling (bearer tokens) and which keys they were granted.
+//! - [`guard`]: the pipeline itself: authorize, decode, policy, sign, verify, audit, in order.
+//! - [`backend`]: key backends behind one trait (encrypted software keystore today).
+//! - [`store`]: SQLite: migrations and the hash-chained audit log with group commit.
+//! - [`config`]: the TOML model, validated before anything starts.
+//! - [`cli`]: the `keyguard` command.
+//!
+//! A signing request: transport -> authenticate -> authorize -> decode (chain crate) -> policy
+//! -> sign (backend) -> pass 2 (chain crate re-decodes and recovers) -> audit commit -> response.
+
+pub mod access;
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod guard;
+pub mod server;
+pub mod store;
