@@ -77,8 +77,13 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.connections, args.duration
     );
     if args.ceiling > 0 {
-        let rate = ceiling(cores, Duration::from_secs(args.ceiling));
-        println!("ceiling (k256 sign + recover, {cores} threads): {rate:.0} tx/s");
+        let secs = Duration::from_secs(args.ceiling);
+        let rate = ceiling(cores, secs, Recovery::K256);
+        println!("ceiling (k256 sign + k256 recover, {cores} threads): {rate:.0} tx/s");
+        let rate = ceiling(cores, secs, Recovery::Libsecp256k1);
+        println!(
+            "keyguard's own crypto path (k256 sign + libsecp256k1 recover, {cores} threads): {rate:.0} tx/s"
+        );
     }
     // One thread for the load generator, so it takes the same share of the machine for every
     // signer it measures.
@@ -102,7 +107,13 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ceiling(threads: usize, duration: Duration) -> f64 {
+#[derive(Clone, Copy)]
+enum Recovery {
+    K256,
+    Libsecp256k1,
+}
+
+fn ceiling(threads: usize, duration: Duration, recovery: Recovery) -> f64 {
     use k256::ecdsa::{SigningKey, VerifyingKey};
     let total = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -118,9 +129,22 @@ fn ceiling(threads: usize, duration: Duration) -> f64 {
                     let (sig, recid) = key
                         .sign_prehash_recoverable(digest.as_slice())
                         .expect("sign");
-                    let pk = VerifyingKey::recover_from_prehash(digest.as_slice(), &sig, recid)
-                        .expect("recover");
-                    assert_eq!(&pk, key.verifying_key());
+                    match recovery {
+                        Recovery::K256 => {
+                            let pk =
+                                VerifyingKey::recover_from_prehash(digest.as_slice(), &sig, recid)
+                                    .expect("recover");
+                            assert_eq!(&pk, key.verifying_key());
+                        }
+                        Recovery::Libsecp256k1 => {
+                            let sig = alloy_primitives::Signature::from_signature_and_parity(
+                                sig,
+                                recid.is_y_odd(),
+                            );
+                            alloy_consensus::crypto::secp256k1::recover_signer(&sig, digest)
+                                .expect("recover");
+                        }
+                    }
                     n += 1;
                 }
                 total.fetch_add(n, Ordering::Relaxed);

@@ -74,7 +74,11 @@ max_fee_per_blob_gas = "500 gwei"
 fn caller(grants: &[&str]) -> Caller {
     Caller {
         name: "test".into(),
-        grants: grants.iter().map(|s| s.to_string()).collect::<Vec<_>>().into(),
+        grants: grants
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .into(),
         response: ResponseShape::Raw,
     }
 }

@@ -58,7 +58,10 @@ fn types_are_inferred_as_geth_does() {
     let cases = [
         (json!({"gasPrice": "0x1"}), 0),
         (json!({"gasPrice": "0x1", "accessList": []}), 1),
-        (json!({"maxFeePerGas": "0x2", "maxPriorityFeePerGas": "0x1"}), 2),
+        (
+            json!({"maxFeePerGas": "0x2", "maxPriorityFeePerGas": "0x1"}),
+            2,
+        ),
         (
             json!({"maxFeePerGas": "0x2", "maxPriorityFeePerGas": "0x1",
                    "maxFeePerBlobGas": "0x1", "blobVersionedHashes": [blob_hash()]}),
@@ -92,7 +95,10 @@ fn explicit_type_must_fit_the_fields() {
         invalid_field(base(json!({"type": "0x2", "gasPrice": "0x1"}))),
         "gasPrice"
     );
-    assert_eq!(invalid_field(base(json!({"type": "0x7", "gasPrice": "0x1"}))), "type");
+    assert_eq!(
+        invalid_field(base(json!({"type": "0x7", "gasPrice": "0x1"}))),
+        "type"
+    );
 }
 
 #[test]
@@ -122,8 +128,14 @@ fn bad_fields_are_refused_by_name() {
         (json!({"value": "0x01"}), "value"),
         (json!({"to": "0x1234"}), "to"),
         (json!({"data": "0xabc"}), "data"),
-        (json!({"accessList": [{"address": TO, "storageKeys": ["0x12"]}]}), "accessList[0].storageKeys[0]"),
-        (json!({"accessList": [{"address": TO}]}), "accessList[0].storageKeys"),
+        (
+            json!({"accessList": [{"address": TO, "storageKeys": ["0x12"]}]}),
+            "accessList[0].storageKeys[0]",
+        ),
+        (
+            json!({"accessList": [{"address": TO}]}),
+            "accessList[0].storageKeys",
+        ),
     ];
     for (extra, field) in cases {
         let mut v = base(fee.clone());
@@ -182,14 +194,25 @@ fn each_rule_names_itself() {
         v
     };
     assert_eq!(rule(dynamic(json!({}))), None);
-    assert_eq!(rule(dynamic(json!({"chainId": "0x1"}))), Some("evm.chain_id"));
     assert_eq!(
-        rule(dynamic(json!({"to": "0x000000000000000000000000000000000000bEEF"}))),
+        rule(dynamic(json!({"chainId": "0x1"}))),
+        Some("evm.chain_id")
+    );
+    assert_eq!(
+        rule(dynamic(
+            json!({"to": "0x000000000000000000000000000000000000bEEF"})
+        )),
         Some("evm.to_allowlist")
     );
-    assert_eq!(rule(dynamic(json!({"to": null}))), Some("evm.contract_creation"));
+    assert_eq!(
+        rule(dynamic(json!({"to": null}))),
+        Some("evm.contract_creation")
+    );
     assert_eq!(rule(dynamic(json!({"value": "0xde0b6b3a7640000"}))), None);
-    assert_eq!(rule(dynamic(json!({"value": "0xde0b6b3a7640001"}))), Some("evm.max_value"));
+    assert_eq!(
+        rule(dynamic(json!({"value": "0xde0b6b3a7640001"}))),
+        Some("evm.max_value")
+    );
     assert_eq!(
         rule(dynamic(json!({"maxFeePerGas": "0x174876e801"}))),
         Some("evm.max_fee_per_gas")
@@ -199,7 +222,9 @@ fn each_rule_names_itself() {
         Some("evm.max_fee_per_gas")
     );
     assert_eq!(
-        rule(dynamic(json!({"maxFeePerGas": "0x174876e800", "maxPriorityFeePerGas": "0x77359401"}))),
+        rule(dynamic(
+            json!({"maxFeePerGas": "0x174876e800", "maxPriorityFeePerGas": "0x77359401"})
+        )),
         Some("evm.max_priority_fee_per_gas")
     );
     assert_eq!(
@@ -207,7 +232,10 @@ fn each_rule_names_itself() {
                             "blobVersionedHashes": [blob_hash()]}))),
         Some("evm.max_fee_per_blob_gas")
     );
-    assert_eq!(rule(dynamic(json!({"authorizationList": authorization()}))), None);
+    assert_eq!(
+        rule(dynamic(json!({"authorizationList": authorization()}))),
+        None
+    );
     let mut other = authorization();
     other[0]["address"] = json!(TO);
     assert_eq!(
@@ -219,9 +247,18 @@ fn each_rule_names_itself() {
 #[test]
 fn amounts_parse_with_units() {
     use crate::Wei;
-    assert_eq!("1 ether".parse::<Wei>().unwrap().0, U256::from(10u64.pow(18)));
-    assert_eq!("0.5 eth".parse::<Wei>().unwrap().0, U256::from(5 * 10u64.pow(17)));
-    assert_eq!("500 gwei".parse::<Wei>().unwrap().0, U256::from(500 * 10u64.pow(9)));
+    assert_eq!(
+        "1 ether".parse::<Wei>().unwrap().0,
+        U256::from(10u64.pow(18))
+    );
+    assert_eq!(
+        "0.5 eth".parse::<Wei>().unwrap().0,
+        U256::from(5 * 10u64.pow(17))
+    );
+    assert_eq!(
+        "500 gwei".parse::<Wei>().unwrap().0,
+        U256::from(500 * 10u64.pow(9))
+    );
     assert_eq!("21000".parse::<Wei>().unwrap().0, U256::from(21000));
     assert!("1 btc".parse::<Wei>().is_err());
     assert!("-1 ether".parse::<Wei>().is_err());
@@ -243,8 +280,10 @@ fn sign(intent: &TxIntent, key: &SigningKey) -> Signature {
 
 #[test]
 fn pass_two_accepts_only_the_approved_transaction_from_the_right_key() {
-    let intent = decode(base(json!({"maxFeePerGas": "0x2", "maxPriorityFeePerGas": "0x1"})))
-        .unwrap();
+    let intent = decode(base(
+        json!({"maxFeePerGas": "0x2", "maxPriorityFeePerGas": "0x1"}),
+    ))
+    .unwrap();
     let good = finalize(&intent, &sign(&intent, &key())).unwrap();
     assert_eq!(good.raw[0], 2);
     assert_eq!(good.geth_json()["tx"]["hash"], json!(good.hash));
@@ -254,8 +293,10 @@ fn pass_two_accepts_only_the_approved_transaction_from_the_right_key() {
     assert!(err.0.contains("recovers to"), "{err}");
 
     // A signature over another transaction recovers to some other address.
-    let other = decode(base(json!({"maxFeePerGas": "0x3", "maxPriorityFeePerGas": "0x1"})))
-        .unwrap();
+    let other = decode(base(
+        json!({"maxFeePerGas": "0x3", "maxPriorityFeePerGas": "0x1"}),
+    ))
+    .unwrap();
     assert!(finalize(&intent, &sign(&other, &key())).is_err());
 
     // High-S (the malleable twin) is refused even though it recovers correctly.
