@@ -363,6 +363,12 @@ def post(url: str, body: bytes | str, headers: dict | None = None, timeout: floa
 
 
 _ids = iter(range(1, 10**9))
+_nonces = iter(range(1000, 10**9))
+
+
+def fresh_nonce() -> int:
+    """A nonce not used before in this test run (a signer may track nonces per key)."""
+    return next(_nonces)
 
 
 def call(url: str, method: str, params: Any = None, headers: dict | None = None) -> dict:
