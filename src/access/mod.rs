@@ -1,1 +1,146 @@
-//! (in progress)
+//! Who is calling and what they were granted. Authentication happens at the transport edge
+//! (a bearer token becomes a [`Caller`]); the guard only asks a caller whether a key is granted.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use keyguard_chain::KeyId;
+use sha2::{Digest, Sha256};
+
+use crate::config::{patterns_match, AuthMode, Config, ListenerConfig, ResponseShape};
+
+/// An authenticated (or deliberately anonymous) caller.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// Client name (`local` on an `auth = "none"` listener).
+    pub name: Arc<str>,
+    /// Key patterns granted.
+    pub grants: Arc<[String]>,
+    /// Response shape this caller gets.
+    pub response: ResponseShape,
+}
+
+impl Caller {
+    /// Whether the caller may use `key`.
+    pub fn may_use(&self, key: &KeyId) -> bool {
+        patterns_match(&self.grants, key)
+    }
+}
+
+/// The outcome of authenticating one HTTP request or WebSocket upgrade.
+#[derive(Clone, Debug)]
+pub enum Authentication {
+    /// A known caller.
+    Caller(Caller),
+    /// No usable credential; the reason is shown to the client.
+    Refused(&'static str),
+}
+
+/// Resolves credentials to callers for one listener.
+#[derive(Debug)]
+pub struct Authenticator {
+    mode: AuthMode,
+    anonymous: Caller,
+    by_token_hash: HashMap<[u8; 32], Caller>,
+}
+
+/// SHA-256 of a bearer token, the form in which tokens are configured.
+pub fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+impl Authenticator {
+    /// Builds the authenticator of `listener` from the configured clients.
+    pub fn new(config: &Config, listener: &ListenerConfig) -> Self {
+        let by_token_hash = config
+            .clients
+            .iter()
+            .filter_map(|c| {
+                let mut hash = [0u8; 32];
+                hex::decode_to_slice(&c.token_sha256, &mut hash).ok()?;
+                let caller = Caller {
+                    name: c.name.as_str().into(),
+                    grants: c.keys.clone().into(),
+                    response: c.response.unwrap_or(listener.response),
+                };
+                Some((hash, caller))
+            })
+            .collect();
+        Authenticator {
+            mode: listener.auth,
+            anonymous: Caller {
+                name: "local".into(),
+                grants: listener.keys.clone().into(),
+                response: listener.response,
+            },
+            by_token_hash,
+        }
+    }
+
+    /// Authenticates from the value of an `Authorization` header, if any.
+    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Authentication {
+        match self.mode {
+            AuthMode::None => Authentication::Caller(self.anonymous.clone()),
+            AuthMode::Bearer => {
+                let Some(header) = authorization else {
+                    return Authentication::Refused("missing Authorization: Bearer token");
+                };
+                let token = std::str::from_utf8(header)
+                    .ok()
+                    .and_then(|h| h.strip_prefix("Bearer "))
+                    .map(str::trim);
+                match token.and_then(|t| self.by_token_hash.get(&token_hash(t))) {
+                    Some(caller) => Authentication::Caller(caller.clone()),
+                    None => Authentication::Refused("invalid bearer token"),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const CONFIG: &str = r#"
+        [data]
+        dir = "var"
+        [keystore]
+        backend = "software"
+        [[listeners]]
+        name = "rpc"
+        protocol = "evm-jsonrpc"
+        address = "10.0.0.1:8550"
+        chain_id = 1
+        auth = "bearer"
+        [[clients]]
+        name = "batcher"
+        token_sha256 = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
+        keys = ["batcher-key"]
+        response = "geth"
+    "#;
+
+    #[test]
+    fn bearer_tokens_resolve_to_their_client_only() {
+        let config = Config::parse(Path::new("t.toml"), CONFIG).unwrap();
+        let auth = Authenticator::new(&config, &config.listeners[0]);
+        // sha256("secret")
+        let Authentication::Caller(c) = auth.authenticate(Some(b"Bearer secret")) else {
+            panic!("token refused");
+        };
+        assert_eq!(&*c.name, "batcher");
+        assert_eq!(c.response, ResponseShape::Geth);
+        assert!(c.may_use(&KeyId::new("batcher-key").unwrap()));
+        assert!(!c.may_use(&KeyId::new("treasury").unwrap()));
+        assert!(matches!(auth.authenticate(None), Authentication::Refused(_)));
+        assert!(matches!(
+            auth.authenticate(Some(b"Bearer wrong")),
+            Authentication::Refused(_)
+        ));
+        assert!(matches!(
+            auth.authenticate(Some(b"secret")),
+            Authentication::Refused(_)
+        ));
+    }
+}

@@ -1,1 +1,142 @@
-//! (in progress)
+//! The `keyguard` command: the daemon, key management, audit, tokens and the load generator.
+
+mod bench;
+mod keys;
+mod start;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// keyguard: a signing firewall between applications and their keys.
+#[derive(Debug, Parser)]
+#[command(name = "keyguard", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Start {
+        /// Configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Manage keys (public information only; no command exports a private key).
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
+    /// Read and verify the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Client credentials.
+    Clients {
+        #[command(subcommand)]
+        command: ClientsCommand,
+    },
+    /// Load generator: eth_signTransaction throughput and latency, and the raw crypto ceiling.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chain of the whole audit log.
+    Verify {
+        /// Configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Show the most recent audit rows.
+    List {
+        /// Configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// How many rows.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// JSON output for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientsCommand {
+    /// Make a new random bearer token and print it with the hash to put in the config.
+    Token,
+}
+
+impl Cli {
+    /// Runs the chosen command.
+    pub fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Start { config } => start::run(&config),
+            Command::Keys { command } => keys::run(command),
+            Command::Audit { command } => audit(command),
+            Command::Clients {
+                command: ClientsCommand::Token,
+            } => {
+                use rand::RngCore;
+                let mut raw = [0u8; 32];
+                rand::rngs::OsRng.fill_bytes(&mut raw);
+                let token = hex::encode(raw);
+                println!("token: {token}");
+                println!(
+                    "token_sha256: {}",
+                    hex::encode(crate::access::token_hash(&token))
+                );
+                Ok(())
+            }
+            Command::Bench(args) => bench::run(args),
+        }
+    }
+}
+
+fn audit(command: AuditCommand) -> anyhow::Result<()> {
+    use crate::config::Config;
+    use crate::store::Store;
+    match command {
+        AuditCommand::Verify { config } => {
+            let config = Config::load(&config)?;
+            let store = Store::open(&config.data.database())?;
+            let report = store.verify_audit()?;
+            println!(
+                "audit log verified: {} rows, head {}",
+                report.rows,
+                hex::encode(report.head)
+            );
+            Ok(())
+        }
+        AuditCommand::List {
+            config,
+            limit,
+            json,
+        } => {
+            let config = Config::load(&config)?;
+            let store = Store::open(&config.data.database())?;
+            let rows = store.recent_audit(limit)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                for r in rows {
+                    println!(
+                        "{:>6} {} {:<8} {:<10} {:<20} {} {}",
+                        r.seq,
+                        r.ts_ms,
+                        r.decision,
+                        r.client,
+                        r.method,
+                        r.key_id.as_deref().unwrap_or("-"),
+                        r.rule.as_deref().or(r.tx_hash.as_deref()).unwrap_or("")
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,1 +1,312 @@
-//! (in progress)
+//! The TOML configuration model. Every table refuses keys it does not know (a misspelt limit
+//! must not silently become no limit), and [`Config::load`] validates before anything starts.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use keyguard_chain::{KeyId, Scheme};
+use keyguard_evm::EvmPolicy;
+use serde::Deserialize;
+
+/// A configuration problem, located by file and (from the TOML parser) line and key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// Why reading failed.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this model.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's message, with line, column and key.
+        message: String,
+    },
+    /// The file parsed but is not a safe or coherent configuration.
+    #[error("{path}: {key}: {reason}")]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// The offending key, as a TOML path.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// A development setup: allows the default keystore passphrase (loudly).
+    #[serde(default)]
+    pub dev: bool,
+    /// Where state lives.
+    pub data: DataConfig,
+    /// The key store.
+    pub keystore: KeystoreConfig,
+    /// Signing listeners.
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    /// Applications allowed to call, with their credentials and grants.
+    #[serde(default)]
+    pub clients: Vec<ClientConfig>,
+    /// Per-key policies.
+    #[serde(default)]
+    pub policies: Vec<PolicyConfig>,
+    /// Where this configuration was read from (for messages).
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// The data directory: `<dir>/keyguard.db` and `<dir>/keys/`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Relative paths are taken from the working directory.
+    pub dir: PathBuf,
+}
+
+impl DataConfig {
+    /// The SQLite database.
+    pub fn database(&self) -> PathBuf {
+        self.dir.join("keyguard.db")
+    }
+
+    /// The software keystore directory.
+    pub fn keys_dir(&self) -> PathBuf {
+        self.dir.join("keys")
+    }
+}
+
+/// Which key backend holds the keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// The encrypted software keystore under the data directory.
+    Software,
+}
+
+/// Key store settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeystoreConfig {
+    /// The backend.
+    pub backend: BackendKind,
+    /// Environment variable holding the keystore passphrase.
+    #[serde(default = "default_passphrase_env")]
+    pub passphrase_env: String,
+    /// Key schemes to create when the keystore is empty (`dev-<scheme>`).
+    #[serde(default)]
+    pub create_on_first_start: Vec<Scheme>,
+    /// Argon2id memory cost in KiB for newly written key files.
+    #[serde(default)]
+    pub kdf_memory_kib: Option<u32>,
+    /// Argon2id passes for newly written key files.
+    #[serde(default)]
+    pub kdf_iterations: Option<u32>,
+}
+
+fn default_passphrase_env() -> String {
+    "KEYGUARD_PASSPHRASE".into()
+}
+
+/// Protocols a listener can speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum Protocol {
+    /// Ethereum JSON-RPC over HTTP and WebSocket.
+    #[serde(rename = "evm-jsonrpc")]
+    EvmJsonRpc,
+}
+
+/// How callers prove who they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// No credential: loopback listeners only.
+    None,
+    /// `Authorization: Bearer <token>`, matched against client token hashes.
+    Bearer,
+}
+
+/// Shape of a successful `eth_signTransaction` result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ResponseShape {
+    /// The raw signed transaction as 0x-hex (Web3Signer, op-signer, viem).
+    #[default]
+    Raw,
+    /// geth's `{raw, tx}` object (web3.py, geth).
+    Geth,
+}
+
+/// One signing listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Name used in logs and the audit log.
+    pub name: String,
+    /// Protocol spoken.
+    pub protocol: Protocol,
+    /// Bind address; port 0 picks a free port (printed at start).
+    pub address: SocketAddr,
+    /// The chain id `eth_chainId` answers.
+    pub chain_id: u64,
+    /// How callers authenticate.
+    pub auth: AuthMode,
+    /// Keys granted to callers of an `auth = "none"` listener (`"*"` for all).
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// Default response shape.
+    #[serde(default)]
+    pub response: ResponseShape,
+    /// Requests with a larger body are refused before parsing.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: u32,
+}
+
+fn default_max_body() -> u32 {
+    1024 * 1024
+}
+
+/// An application allowed to sign.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Name used in logs and the audit log.
+    pub name: String,
+    /// Hex SHA-256 of the bearer token (the token itself is never stored).
+    pub token_sha256: String,
+    /// Keys this client may use (`"*"` for all).
+    pub keys: Vec<String>,
+    /// Overrides the listener's response shape for this client.
+    #[serde(default)]
+    pub response: Option<ResponseShape>,
+}
+
+/// A policy and the keys it governs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Name recorded with decisions.
+    pub name: String,
+    /// Keys governed (`"*"` for all); the first matching policy applies.
+    pub keys: Vec<String>,
+    /// Ethereum rules; a key with no `evm` table cannot sign Ethereum transactions.
+    #[serde(default)]
+    pub evm: Option<EvmPolicy>,
+}
+
+/// Whether a key pattern list (`"*"` or ids) covers `key`.
+pub fn patterns_match(patterns: &[String], key: &KeyId) -> bool {
+    patterns.iter().any(|p| p == "*" || p == key.as_str())
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates configuration text (`path` is used in messages).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.path = path.to_owned();
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn invalid(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.clone(),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let mut names = HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            let key = |k: &str| format!("listeners[{i}].{k}");
+            if !names.insert(&l.name) {
+                return Err(self.invalid(key("name"), format!("duplicate listener {:?}", l.name)));
+            }
+            match l.auth {
+                AuthMode::None if !l.address.ip().is_loopback() => {
+                    return Err(self.invalid(
+                        key("auth"),
+                        format!(
+                            "auth = \"none\" is only allowed on loopback, not {}",
+                            l.address
+                        ),
+                    ))
+                }
+                AuthMode::Bearer if !l.keys.is_empty() => {
+                    return Err(self.invalid(
+                        key("keys"),
+                        "grants on a bearer listener come from [[clients]], not the listener",
+                    ))
+                }
+                _ => {}
+            }
+            if l.max_body_bytes < 1024 {
+                return Err(self.invalid(key("max_body_bytes"), "must be at least 1024"));
+            }
+        }
+        let mut client_names = HashSet::new();
+        let mut hashes = HashSet::new();
+        for (i, c) in self.clients.iter().enumerate() {
+            let key = |k: &str| format!("clients[{i}].{k}");
+            if !client_names.insert(&c.name) {
+                return Err(self.invalid(key("name"), format!("duplicate client {:?}", c.name)));
+            }
+            let ok = c.token_sha256.len() == 64 && hex::decode(&c.token_sha256).is_ok();
+            if !ok {
+                return Err(self.invalid(
+                    key("token_sha256"),
+                    "expected 64 hex digits (see `keyguard clients token`)",
+                ));
+            }
+            if !hashes.insert(c.token_sha256.to_ascii_lowercase()) {
+                return Err(self.invalid(key("token_sha256"), "two clients share a token"));
+            }
+        }
+        let mut policy_names = HashSet::new();
+        for (i, p) in self.policies.iter().enumerate() {
+            if !policy_names.insert(&p.name) {
+                return Err(self.invalid(
+                    format!("policies[{i}].name"),
+                    format!("duplicate policy {:?}", p.name),
+                ));
+            }
+        }
+        for (what, list) in self
+            .listeners
+            .iter()
+            .map(|l| ("listeners", &l.keys))
+            .chain(self.clients.iter().map(|c| ("clients", &c.keys)))
+            .chain(self.policies.iter().map(|p| ("policies", &p.keys)))
+        {
+            for k in list.iter().filter(|k| *k != "*") {
+                KeyId::new(k.as_str()).map_err(|e| self.invalid(format!("{what}.keys"), e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,6 @@
-//! (in progress)
+//! Transports. Each turns its protocol's requests into guard calls and the guard's refusals
+//! into the protocol's own error form; none of them makes a policy decision.
+
+pub mod evm;
+mod http_edge;
+pub mod rpc_error;

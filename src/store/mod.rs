@@ -1,1 +1,200 @@
-//! (in progress)
+//! SQLite store: numbered migrations and the hash-chained, append-only audit log.
+//!
+//! One dedicated writer thread owns the write connection and commits audit entries in groups
+//! (many callers share one fsync); reads go through a separate connection (WAL lets them run
+//! concurrently with the writer).
+
+mod audit;
+mod migrations;
+mod read;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags};
+
+pub use audit::{AuditEntry, AuditReceipt, AuditRow, AuditVerification, Decision, GENESIS_HASH};
+pub use writer::AuditLog;
+
+/// How long a connection waits for a lock held by another connection.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("migration {version} failed: {source}")]
+    Migration {
+        version: u32,
+        source: rusqlite::Error,
+    },
+    #[error("database schema version {found} is newer than this binary knows ({known})")]
+    TooNew { found: u32, known: u32 },
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("audit chain broken at seq {seq}: {reason}")]
+    ChainBroken { seq: i64, reason: String },
+    #[error("audit row {seq} is corrupt: {reason}")]
+    Corrupt { seq: i64, reason: String },
+    #[error("database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// The embedded SQLite store. `Send + Sync`; share it behind an `Arc`.
+pub struct Store {
+    path: PathBuf,
+    reader: Mutex<Connection>,
+    log: AuditLog,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+fn create_parent(path: &Path) -> Result<(), StoreError> {
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir).map_err(|source| StoreError::CreateDir {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`, applies migrations and starts the
+    /// audit writer thread.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        create_parent(path)?;
+        let existed = path.exists();
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut wconn = Connection::open(path).map_err(open_err)?;
+        #[cfg(unix)]
+        if !existed {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+        let mode: String = wconn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(open_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Unavailable(format!(
+                "{}: journal_mode is {mode}, WAL required",
+                path.display()
+            )));
+        }
+        configure(&wconn).map_err(open_err)?;
+        migrations::migrate(&mut wconn)?;
+        let reader = Connection::open(path).map_err(open_err)?;
+        configure(&reader).map_err(open_err)?;
+        let (log, handle) = writer::spawn(wconn)?;
+        Ok(Store {
+            path: path.to_path_buf(),
+            reader: Mutex::new(reader),
+            log,
+            writer: Mutex::new(Some(handle)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A cheap, cloneable handle for appending audit entries.
+    pub fn audit_log(&self) -> AuditLog {
+        self.log.clone()
+    }
+
+    /// Schema version of the open database.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        migrations::current_version(&self.reader())
+    }
+
+    /// The newest `limit` audit rows, newest first. Blocking (use `spawn_blocking` in async code).
+    pub fn recent_audit(&self, limit: usize) -> Result<Vec<AuditRow>, StoreError> {
+        read::recent(&self.reader(), limit)
+    }
+
+    /// Recomputes the whole hash chain from a consistent snapshot. Blocking, O(rows).
+    pub fn verify_audit(&self) -> Result<AuditVerification, StoreError> {
+        read::verify(&self.reader())
+    }
+
+    /// Verifies the chain of the database at `path`, opened read-only, without starting a writer
+    /// or migrating (for `keyguard audit verify` against a copy or a live daemon's file).
+    pub fn verify_path(path: &Path) -> Result<AuditVerification, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let (found, known) = (
+            migrations::current_version(&conn)?,
+            migrations::known_version(),
+        );
+        if found > known {
+            return Err(StoreError::TooNew { found, known });
+        }
+        read::verify(&conn)
+    }
+
+    /// Stops the writer after everything queued has been written, and waits for its thread.
+    /// Blocking; later appends through any handle fail with [`StoreError::Unavailable`].
+    pub fn close(self) -> Result<(), StoreError> {
+        self.log.send_shutdown();
+        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match handle {
+            Some(h) => h
+                .join()
+                .map_err(|_| StoreError::Unavailable("audit writer panicked".into())),
+            None => Ok(()),
+        }
+    }
+
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

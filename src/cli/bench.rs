@@ -1,0 +1,204 @@
+//! `keyguard bench`: drives `eth_signTransaction` over HTTP with N concurrent connections and
+//! reports throughput and latency percentiles, next to the raw k256 ceiling (sign + recover per
+//! transaction on all cores). The same load can be pointed at any signer, anvil included.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use jsonrpsee::core::client::ClientT;
+use jsonrpsee::core::params::ArrayParams;
+use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
+use serde_json::{json, Value};
+
+/// Options of `keyguard bench`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BenchArgs {
+    /// JSON-RPC endpoint to load; repeat to measure several signers in one run.
+    #[arg(long = "url")]
+    urls: Vec<String>,
+    /// Concurrent HTTP connections.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Seconds of load per measurement.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// After the closed-loop run, pace a second run at half the measured throughput.
+    #[arg(long)]
+    half_load: bool,
+    /// Seconds for the raw k256 ceiling (0 skips it).
+    #[arg(long, default_value_t = 5)]
+    ceiling: u64,
+}
+
+struct Measurement {
+    requests: usize,
+    errors: usize,
+    elapsed: Duration,
+    latencies_us: Vec<u32>,
+    first_error: Option<String>,
+}
+
+impl Measurement {
+    fn throughput(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let idx = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_us[idx] as f64 / 1000.0
+    }
+
+    fn report(&self, label: &str) {
+        println!(
+            "{label}: {:.0} tx/s ({} ok, {} errors in {:.1}s), latency p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms",
+            self.throughput(),
+            self.requests,
+            self.errors,
+            self.elapsed.as_secs_f64(),
+            self.percentile_ms(0.50),
+            self.percentile_ms(0.99),
+            self.percentile_ms(0.999),
+        );
+        if let Some(e) = &self.first_error {
+            println!("  first error: {e}");
+        }
+    }
+}
+
+pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("machine: {cores} cores; {} connections, {} s per run", args.connections, args.duration);
+    if args.ceiling > 0 {
+        let rate = ceiling(cores, Duration::from_secs(args.ceiling));
+        println!("ceiling (k256 sign + recover, {cores} threads): {rate:.0} tx/s");
+    }
+    // One thread for the load generator, so it takes the same share of the machine for every
+    // signer it measures.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    for url in &args.urls {
+        runtime.block_on(async {
+            let peak = load(url, &args, None).await?;
+            peak.report(&format!("{url} peak"));
+            if args.half_load && peak.throughput() > 0.0 {
+                let half = load(url, &args, Some(peak.throughput() / 2.0)).await?;
+                half.report(&format!("{url} at 50% ({:.0} tx/s offered)", peak.throughput() / 2.0));
+            }
+            anyhow::Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+fn ceiling(threads: usize, duration: Duration) -> f64 {
+    use k256::ecdsa::{SigningKey, VerifyingKey};
+    let total = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let total = total.clone();
+            s.spawn(move || {
+                let key = SigningKey::random(&mut rand::rngs::OsRng);
+                let mut n = 0u64;
+                while start.elapsed() < duration {
+                    let digest = alloy_primitives::keccak256((t as u64 * 1_000_000_000 + n).to_be_bytes());
+                    let (sig, recid) = key.sign_prehash_recoverable(digest.as_slice()).expect("sign");
+                    let pk = VerifyingKey::recover_from_prehash(digest.as_slice(), &sig, recid).expect("recover");
+                    assert_eq!(&pk, key.verifying_key());
+                    n += 1;
+                }
+                total.fetch_add(n, Ordering::Relaxed);
+            });
+        }
+    });
+    total.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn call(client: &HttpClient, method: &str, params: ArrayParams) -> anyhow::Result<Value> {
+    Ok(client.request::<Value, _>(method, params).await?)
+}
+
+async fn load(url: &str, args: &BenchArgs, rate: Option<f64>) -> anyhow::Result<Measurement> {
+    let probe = HttpClientBuilder::default().build(url)?;
+    let accounts = call(&probe, "eth_accounts", ArrayParams::new())
+        .await
+        .with_context(|| format!("eth_accounts on {url}"))?;
+    let from = accounts
+        .get(0)
+        .and_then(Value::as_str)
+        .with_context(|| format!("{url} has no accounts"))?
+        .to_string();
+    let chain_id = call(&probe, "eth_chainId", ArrayParams::new()).await?;
+    let nonce = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(args.duration);
+    let per_connection_interval =
+        rate.map(|r| Duration::from_secs_f64(args.connections as f64 / r));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.connections {
+        let client = HttpClientBuilder::default()
+            .request_timeout(Duration::from_secs(30))
+            .build(url)?;
+        let (from, chain_id, nonce) = (from.clone(), chain_id.clone(), nonce.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0usize;
+            let mut first_error = None;
+            let mut ticker = per_connection_interval.map(|p| {
+                let mut t = tokio::time::interval(p);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            });
+            while Instant::now() < deadline {
+                if let Some(t) = ticker.as_mut() {
+                    t.tick().await;
+                }
+                let n = nonce.fetch_add(1, Ordering::Relaxed);
+                let tx = json!({
+                    "from": from,
+                    "to": "0x000000000000000000000000000000000000dEaD",
+                    "gas": "0x5208",
+                    "maxFeePerGas": "0x3b9aca00",
+                    "maxPriorityFeePerGas": "0x1",
+                    "value": "0x1",
+                    "nonce": format!("{n:#x}"),
+                    "chainId": chain_id,
+                });
+                let mut params = ArrayParams::new();
+                params.insert(tx).expect("serializable");
+                let sent = Instant::now();
+                match call(&client, "eth_signTransaction", params).await {
+                    Ok(_) => latencies.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32),
+                    Err(e) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| e.to_string());
+                    }
+                }
+            }
+            (latencies, errors, first_error)
+        }));
+    }
+    let mut m = Measurement {
+        requests: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latencies_us: Vec::new(),
+        first_error: None,
+    };
+    for t in tasks {
+        let (lat, errors, first_error) = t.await?;
+        m.latencies_us.extend(lat);
+        m.errors += errors;
+        m.first_error = m.first_error.or(first_error);
+    }
+    m.elapsed = start.elapsed();
+    m.requests = m.latencies_us.len();
+    m.latencies_us.sort_unstable();
+    Ok(m)
+}

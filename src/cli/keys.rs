@@ -1,0 +1,185 @@
+//! `keyguard keys ...`: list, generate and import keys. Nothing here can print a private key.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Subcommand;
+use keyguard_chain::{KeyId, PublicKey, Scheme};
+use zeroize::Zeroizing;
+
+use crate::backend::software::{KdfParams, Passphrase, SoftwareKeystore};
+use crate::backend::KeyInfo;
+use crate::config::Config;
+
+/// Default passphrase of a `dev = true` config without `KEYGUARD_PASSPHRASE`.
+const DEV_PASSPHRASE: &str = "keyguard-dev-passphrase-not-for-production";
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeysCommand {
+    /// List keys: id, scheme, address or public key.
+    List {
+        /// Configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Create a new key inside the keystore.
+    Generate {
+        /// Configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Name of the new key.
+        #[arg(long)]
+        id: String,
+        /// secp256k1 (Ethereum) or ed25519.
+        #[arg(long, default_value = "secp256k1")]
+        scheme: String,
+    },
+    /// Import an existing secp256k1 key.
+    Import {
+        /// Configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Name of the imported key.
+        #[arg(long)]
+        id: String,
+        /// Ethereum keystore v3 JSON (geth, eth-account); password from KEYGUARD_IMPORT_PASSWORD.
+        #[arg(long, conflicts_with = "secret_hex_file", required_unless_present = "secret_hex_file")]
+        keystore_v3: Option<PathBuf>,
+        /// A file holding the 32-byte secret as hex.
+        #[arg(long)]
+        secret_hex_file: Option<PathBuf>,
+    },
+}
+
+/// The keystore passphrase: from the configured environment variable, or in a dev config
+/// the well-known default, with a warning that cannot be missed.
+pub(crate) fn passphrase(config: &Config) -> anyhow::Result<Passphrase> {
+    match std::env::var(&config.keystore.passphrase_env) {
+        Ok(p) if !p.is_empty() => Ok(Passphrase::new(p)),
+        _ if config.dev => {
+            eprintln!(
+                "keyguard: WARNING: {} is not set; this dev config uses the default passphrase. \
+                 Never use it for keys that hold value.",
+                config.keystore.passphrase_env
+            );
+            tracing::warn!("dev default keystore passphrase in use");
+            Ok(Passphrase::new(DEV_PASSPHRASE.to_string()))
+        }
+        _ => anyhow::bail!(
+            "{} is not set: the keystore passphrase is required (only dev configs have a default)",
+            config.keystore.passphrase_env
+        ),
+    }
+}
+
+/// KDF parameters for newly written key files.
+pub(crate) fn kdf(config: &Config) -> KdfParams {
+    let mut params = KdfParams::default();
+    if let Some(m) = config.keystore.kdf_memory_kib {
+        params.memory_kib = m;
+    }
+    if let Some(t) = config.keystore.kdf_iterations {
+        params.iterations = t;
+    }
+    params
+}
+
+/// Opens the software keystore of a config.
+pub(crate) fn open_keystore(config: &Config) -> anyhow::Result<SoftwareKeystore> {
+    let dir = config.data.keys_dir();
+    prepare_data_dir(&config.data.dir)?;
+    Ok(SoftwareKeystore::open(&dir, &passphrase(config)?, kdf(config))?)
+}
+
+/// Creates the data directory private to the service user.
+pub(crate) fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating data directory {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// One line describing a key, as `start` and `keys list` print it.
+pub(crate) fn describe(key: &KeyInfo) -> String {
+    let public = match &key.public_key {
+        pk @ PublicKey::Secp256k1(_) => keyguard_evm::address_of(pk)
+            .map(|a| a.to_checksum(None))
+            .unwrap_or_default(),
+        PublicKey::Ed25519(b) => hex::encode(b),
+    };
+    format!("{} {} {}", key.id, key.scheme(), public)
+}
+
+fn parse_scheme(s: &str) -> anyhow::Result<Scheme> {
+    match s {
+        "secp256k1" => Ok(Scheme::Secp256k1),
+        "ed25519" => Ok(Scheme::Ed25519),
+        other => anyhow::bail!("unknown scheme {other:?}: use secp256k1 or ed25519"),
+    }
+}
+
+pub(crate) fn run(command: KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::List { config } => {
+            let config = Config::load(&config)?;
+            let dir = config.data.keys_dir();
+            let keys = if dir.exists() {
+                SoftwareKeystore::list(&dir)?
+            } else {
+                Vec::new()
+            };
+            if keys.is_empty() {
+                println!("no keys in {}", dir.display());
+            }
+            for k in keys {
+                println!("{}", describe(&k));
+            }
+            Ok(())
+        }
+        KeysCommand::Generate { config, id, scheme } => {
+            let config = Config::load(&config)?;
+            let store = open_keystore(&config)?;
+            let info = store.generate(KeyId::new(id)?, parse_scheme(&scheme)?)?;
+            println!("created {}", describe(&info));
+            Ok(())
+        }
+        KeysCommand::Import {
+            config,
+            id,
+            keystore_v3,
+            secret_hex_file,
+        } => {
+            let config = Config::load(&config)?;
+            let store = open_keystore(&config)?;
+            let id = KeyId::new(id)?;
+            let info = match (keystore_v3, secret_hex_file) {
+                (Some(path), _) => {
+                    let password = Zeroizing::new(
+                        std::env::var("KEYGUARD_IMPORT_PASSWORD")
+                            .context("KEYGUARD_IMPORT_PASSWORD must hold the keystore password")?,
+                    );
+                    store.import_keystore_v3(id, &path, &password)?
+                }
+                (None, Some(path)) => {
+                    let text = Zeroizing::new(
+                        std::fs::read_to_string(&path)
+                            .with_context(|| format!("reading {}", path.display()))?,
+                    );
+                    let hex_text = text.trim().trim_start_matches("0x");
+                    let mut secret = Zeroizing::new([0u8; 32]);
+                    hex::decode_to_slice(hex_text, secret.as_mut())
+                        .map_err(|_| anyhow::anyhow!("{}: expected 32 bytes of hex", path.display()))?;
+                    store.import_secp256k1(id, secret)?
+                }
+                (None, None) => anyhow::bail!("give --keystore-v3 or --secret-hex-file"),
+            };
+            println!("imported {}", describe(&info));
+            Ok(())
+        }
+    }
+}

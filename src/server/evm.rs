@@ -1,0 +1,100 @@
+//! The Ethereum JSON-RPC listener (HTTP and WebSocket on one port), as op-batcher's signer
+//! client, web3.py, viem and geth's external-signer callers expect it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use jsonrpsee::server::{BatchRequestConfig, Extensions, RpcModule, Server, ServerHandle};
+use jsonrpsee::types::{ErrorObjectOwned, Params};
+use serde_json::Value;
+
+use super::http_edge::EdgeLayer;
+use super::rpc_error;
+use crate::access::{Authentication, Authenticator, Caller};
+use crate::config::{Config, ListenerConfig, ResponseShape};
+use crate::guard::Guard;
+
+/// A running EVM listener.
+pub struct EvmListener {
+    /// Stops the server when told to.
+    pub handle: ServerHandle,
+    /// The bound address (the configured port may have been 0).
+    pub local_addr: SocketAddr,
+}
+
+struct EvmContext {
+    guard: Arc<Guard>,
+    chain_id: u64,
+}
+
+fn caller(ext: &Extensions) -> Result<&Caller, ErrorObjectOwned> {
+    match ext.get::<Authentication>() {
+        Some(Authentication::Caller(c)) => Ok(c),
+        Some(Authentication::Refused(reason)) => Err(rpc_error::unauthorized(reason)),
+        None => Err(rpc_error::unauthorized("no credential")),
+    }
+}
+
+fn build_module(ctx: EvmContext) -> RpcModule<EvmContext> {
+    let mut module = RpcModule::new(ctx);
+    module
+        .register_method("health_status", |_, _, _| "OK")
+        .expect("unique method");
+    module
+        .register_method("eth_chainId", |_, ctx, _| format!("{:#x}", ctx.chain_id))
+        .expect("unique method");
+    module
+        .register_method("eth_accounts", |_, ctx, ext| {
+            caller(ext).map(|c| ctx.guard.evm_accounts(c))
+        })
+        .expect("unique method");
+    module
+        .register_async_method("eth_signTransaction", |params: Params<'static>, ctx, ext| async move {
+            let caller = caller(&ext)?;
+            let params: Value = match params.as_str() {
+                Some(raw) => serde_json::from_str(raw).map_err(|e| {
+                    rpc_error::from_guard(
+                        &keyguard_chain::Rejection::invalid("params", e.to_string()).into(),
+                    )
+                })?,
+                None => Value::Null,
+            };
+            let signed = ctx
+                .guard
+                .sign_evm_transaction(caller, ctx.chain_id, &params)
+                .await
+                .map_err(|e| rpc_error::from_guard(&e))?;
+            Ok::<Value, ErrorObjectOwned>(match caller.response {
+                ResponseShape::Raw => Value::String(signed.raw.to_string()),
+                ResponseShape::Geth => signed.geth_json(),
+            })
+        })
+        .expect("unique method");
+    module
+}
+
+/// Binds and starts one EVM JSON-RPC listener.
+pub async fn start(
+    config: &Config,
+    listener: &ListenerConfig,
+    guard: Arc<Guard>,
+) -> std::io::Result<EvmListener> {
+    let edge = EdgeLayer {
+        auth: Arc::new(Authenticator::new(config, listener)),
+        max_body: listener.max_body_bytes as usize,
+    };
+    let server = Server::builder()
+        .max_request_body_size(listener.max_body_bytes)
+        .max_connections(4096)
+        .set_batch_request_config(BatchRequestConfig::Limit(100))
+        .set_http_middleware(tower::ServiceBuilder::new().layer(edge))
+        .build(listener.address)
+        .await?;
+    let local_addr = server.local_addr()?;
+    let module = build_module(EvmContext {
+        guard,
+        chain_id: listener.chain_id,
+    });
+    let handle = server.start(module);
+    Ok(EvmListener { handle, local_addr })
+}

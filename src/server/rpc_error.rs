@@ -1,0 +1,51 @@
+//! JSON-RPC error objects with the codes and `data` fields fixed in DESIGN.md.
+
+use jsonrpsee::types::ErrorObjectOwned;
+use keyguard_chain::Rejection;
+use serde_json::json;
+
+use crate::guard::GuardError;
+
+/// `-32602` invalid params.
+pub const INVALID_PARAMS: i32 = -32602;
+/// `-32001` policy violation.
+pub const POLICY_VIOLATION: i32 = -32001;
+/// `-32005` unauthorized.
+pub const UNAUTHORIZED: i32 = -32005;
+/// `-32007` backend failure.
+pub const BACKEND_FAILURE: i32 = -32007;
+
+/// Maps a guard refusal to its JSON-RPC error.
+pub fn from_guard(e: &GuardError) -> ErrorObjectOwned {
+    match e {
+        GuardError::Rejected(Rejection::InvalidParams { field, reason }) => ErrorObjectOwned::owned(
+            INVALID_PARAMS,
+            format!("invalid params: {field}: {reason}"),
+            Some(json!({ "field": field, "reason": reason })),
+        ),
+        GuardError::Rejected(Rejection::Policy {
+            rule,
+            field,
+            reason,
+        }) => ErrorObjectOwned::owned(
+            POLICY_VIOLATION,
+            format!("policy violation: {rule}: {reason}"),
+            Some(json!({ "rule": rule, "field": field, "reason": reason })),
+        ),
+        GuardError::Unauthorized(reason) => unauthorized(reason),
+        GuardError::Backend(reason) => ErrorObjectOwned::owned(
+            BACKEND_FAILURE,
+            "backend failure",
+            Some(json!({ "reason": reason })),
+        ),
+    }
+}
+
+/// `-32005` with the reason in `data`.
+pub fn unauthorized(reason: &str) -> ErrorObjectOwned {
+    ErrorObjectOwned::owned(
+        UNAUTHORIZED,
+        format!("unauthorized: {reason}"),
+        Some(json!({ "reason": reason })),
+    )
+}

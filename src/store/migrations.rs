@@ -1,0 +1,118 @@
+//! Numbered schema migrations, each applied in its own transaction.
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::{now_ms, StoreError};
+
+/// Every migration the binary knows, in ascending version order. Never edit a released entry:
+/// append a new one.
+pub(crate) const MIGRATIONS: &[(u32, &str)] = &[(
+    1,
+    "CREATE TABLE audit_log (
+        seq        INTEGER PRIMARY KEY,
+        ts_ms      INTEGER NOT NULL,
+        request_id TEXT NOT NULL,
+        client     TEXT NOT NULL,
+        key_id     TEXT,
+        chain      TEXT,
+        method     TEXT NOT NULL,
+        summary    TEXT NOT NULL,
+        decision   TEXT NOT NULL,
+        rule       TEXT,
+        reason     TEXT,
+        tx_hash    TEXT,
+        prev_hash  BLOB NOT NULL,
+        hash       BLOB NOT NULL
+    );
+    CREATE INDEX audit_log_request_id ON audit_log(request_id);
+    CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+    CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;",
+)];
+
+/// The newest schema version this binary understands.
+pub(crate) fn known_version() -> u32 {
+    MIGRATIONS.last().map_or(0, |(v, _)| *v)
+}
+
+/// The schema version recorded in the database (0 for a fresh one).
+pub(crate) fn current_version(conn: &Connection) -> Result<u32, StoreError> {
+    let has_table: Option<i64> = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if has_table.is_none() {
+        return Ok(0);
+    }
+    let v: Option<i64> = conn.query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
+        r.get(0)
+    })?;
+    Ok(v.map_or(0, |v| u32::try_from(v).unwrap_or(u32::MAX)))
+}
+
+/// Brings the schema up to [`known_version`]; refuses a database written by a newer binary.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<u32, StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version INTEGER PRIMARY KEY,
+            applied_at_ms INTEGER
+        )",
+    )?;
+    let found = current_version(conn)?;
+    let known = known_version();
+    if found > known {
+        return Err(StoreError::TooNew { found, known });
+    }
+    for &(version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > found) {
+        let apply = |conn: &mut Connection| -> rusqlite::Result<()> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch(sql)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_at_ms) VALUES (?1, ?2)",
+                params![i64::from(version), now_ms()],
+            )?;
+            tx.commit()
+        };
+        apply(conn).map_err(|source| StoreError::Migration { version, source })?;
+        tracing::info!(version, "applied store migration");
+    }
+    Ok(known)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_strictly_ascending_from_one() {
+        assert_eq!(MIGRATIONS[0].0, 1);
+        for pair in MIGRATIONS.windows(2) {
+            assert!(
+                pair[0].0 < pair[1].0,
+                "migrations out of order: {:?}",
+                pair[1].0
+            );
+        }
+    }
+
+    #[test]
+    fn migrate_is_idempotent_and_refuses_newer() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        assert_eq!(migrate(&mut conn).unwrap(), known_version());
+        assert_eq!(migrate(&mut conn).unwrap(), known_version());
+        let rows: i64 = conn
+            .query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, MIGRATIONS.len() as i64);
+        conn.execute("INSERT INTO schema_migrations VALUES (999, 0)", [])
+            .unwrap();
+        match migrate(&mut conn) {
+            Err(StoreError::TooNew { found: 999, known }) => assert_eq!(known, known_version()),
+            other => panic!("expected TooNew, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Reading audit rows back: listing, head lookup and full chain verification.
+
+use rusqlite::{Connection, OptionalExtension, Row};
+
+use super::audit::{AuditRow, AuditVerification, RowFields, GENESIS_HASH};
+use super::StoreError;
+
+const SELECT_COLUMNS: &str = "seq, ts_ms, request_id, client, key_id, chain, method, \
+     summary, decision, rule, reason, tx_hash, prev_hash, hash";
+
+/// A row as raw stored values (any read failure is reported against its seq).
+struct RawRow {
+    seq: i64,
+    ts_ms: i64,
+    text: [String; 5],        // request_id, client, method, summary, decision
+    opt: [Option<String>; 5], // key_id, chain, rule, reason, tx_hash
+    prev_hash: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+impl RawRow {
+    fn read(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(RawRow {
+            seq: r.get(0)?,
+            ts_ms: r.get(1)?,
+            text: [r.get(2)?, r.get(3)?, r.get(6)?, r.get(7)?, r.get(8)?],
+            opt: [r.get(4)?, r.get(5)?, r.get(9)?, r.get(10)?, r.get(11)?],
+            prev_hash: r.get(12)?,
+            hash: r.get(13)?,
+        })
+    }
+
+    fn fields(&self) -> RowFields<'_> {
+        RowFields {
+            seq: self.seq,
+            ts_ms: self.ts_ms,
+            request_id: &self.text[0],
+            client: &self.text[1],
+            key_id: self.opt[0].as_deref(),
+            chain: self.opt[1].as_deref(),
+            method: &self.text[2],
+            summary: &self.text[3],
+            decision: &self.text[4],
+            rule: self.opt[2].as_deref(),
+            reason: self.opt[3].as_deref(),
+            tx_hash: self.opt[4].as_deref(),
+        }
+    }
+}
+
+fn to32(v: &[u8], seq: i64, col: &str) -> Result<[u8; 32], StoreError> {
+    v.try_into().map_err(|_| StoreError::Corrupt {
+        seq,
+        reason: format!("{col} is {} bytes, expected 32", v.len()),
+    })
+}
+
+/// The newest `limit` rows, newest first.
+pub(crate) fn recent(conn: &Connection, limit: usize) -> Result<Vec<AuditRow>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let sql = format!("SELECT {SELECT_COLUMNS} FROM audit_log ORDER BY seq DESC LIMIT ?1");
+    let mut stmt = conn.prepare(&sql)?;
+    let raws = stmt
+        .query_map([limit], RawRow::read)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    raws.into_iter()
+        .map(|raw| {
+            let seq = raw.seq;
+            let corrupt = |reason: String| StoreError::Corrupt { seq, reason };
+            let [request_id, client, method, summary, decision] = raw.text;
+            let [key_id, chain, rule, reason, tx_hash] = raw.opt;
+            Ok(AuditRow {
+                seq,
+                ts_ms: raw.ts_ms,
+                request_id,
+                client,
+                key_id,
+                chain,
+                method,
+                summary: serde_json::from_str(&summary)
+                    .map_err(|e| corrupt(format!("summary: {e}")))?,
+                decision: decision.parse().map_err(corrupt)?,
+                rule,
+                reason,
+                tx_hash,
+                prev_hash: to32(&raw.prev_hash, seq, "prev_hash")?,
+                hash: to32(&raw.hash, seq, "hash")?,
+            })
+        })
+        .collect()
+}
+
+/// Recomputes the whole chain; fails at the first row (or missing seq) that does not match.
+pub(crate) fn verify(conn: &Connection) -> Result<AuditVerification, StoreError> {
+    let sql = format!("SELECT {SELECT_COLUMNS} FROM audit_log ORDER BY seq ASC");
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query([])?;
+    let mut head = GENESIS_HASH;
+    let mut expected: i64 = 1;
+    while let Some(r) = rows.next()? {
+        let seq: i64 = r.get(0)?;
+        let broken = |reason: String| StoreError::ChainBroken { seq, reason };
+        if seq != expected {
+            return Err(StoreError::ChainBroken {
+                seq: expected,
+                reason: format!("row {expected} is missing (next stored row is {seq})"),
+            });
+        }
+        let raw = RawRow::read(r).map_err(|e| broken(format!("unreadable row: {e}")))?;
+        if raw.prev_hash != head {
+            return Err(broken(
+                "prev_hash does not match the previous row's hash".into(),
+            ));
+        }
+        let computed = raw.fields().hash(&head);
+        if raw.hash != computed {
+            return Err(broken("hash does not match the row's content".into()));
+        }
+        head = computed;
+        expected += 1;
+    }
+    Ok(AuditVerification {
+        rows: (expected - 1) as u64,
+        head,
+    })
+}
+
+/// `(last seq, last hash)` or `(0, GENESIS_HASH)` for an empty log.
+pub(crate) fn head(conn: &Connection) -> Result<(i64, [u8; 32]), StoreError> {
+    let last: Option<(i64, Vec<u8>)> = conn
+        .query_row(
+            "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    match last {
+        None => Ok((0, GENESIS_HASH)),
+        Some((seq, hash)) => Ok((seq, to32(&hash, seq, "hash")?)),
+    }
+}

@@ -1,0 +1,181 @@
+//! Group commit, durability ordering and failure tests for the writer thread.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use super::tests::{entry, rt};
+use super::*;
+use rusqlite::Connection;
+
+/// Holds SQLite's write lock from another connection until dropped, stalling the writer.
+fn write_lock(path: &Path) -> Connection {
+    let c = Connection::open(path).unwrap();
+    c.execute_batch("BEGIN IMMEDIATE").unwrap();
+    c
+}
+
+#[test]
+fn concurrent_appends_share_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.db");
+    let store = Store::open(&path).unwrap();
+    let log = store.audit_log();
+    let rt = rt();
+    // Stall the writer on its first batch so the other appends queue up behind it.
+    let lock = write_lock(&path);
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let log = log.clone();
+            rt.spawn(async move { log.append(entry(i)).await })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(lock);
+    let receipts: Vec<AuditReceipt> = rt.block_on(async {
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap().unwrap());
+        }
+        out
+    });
+    let seqs: BTreeSet<i64> = receipts.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=200).collect());
+    let commits = log.commit_count();
+    assert!(commits <= 5, "200 appends took {commits} commits");
+    let v = store.verify_audit().unwrap();
+    assert_eq!(v.rows, 200);
+    let last = receipts.iter().max_by_key(|r| r.seq).unwrap();
+    assert_eq!(last.hash, v.head);
+    store.close().unwrap();
+}
+
+#[test]
+fn unstalled_concurrent_appends_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("k.db")).unwrap();
+    let log = store.audit_log();
+    let rt = rt();
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move { log.append(entry(i)).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+    });
+    assert!(log.commit_count() <= 200);
+    assert_eq!(store.verify_audit().unwrap().rows, 200);
+}
+
+#[test]
+fn reopen_continues_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.db");
+    let rt = rt();
+    let store = Store::open(&path).unwrap();
+    let log = store.audit_log();
+    let head = rt.block_on(async {
+        let mut last = None;
+        for i in 0..3 {
+            last = Some(log.append(entry(i)).await.unwrap());
+        }
+        last.unwrap()
+    });
+    store.close().unwrap();
+    let store = Store::open(&path).unwrap();
+    let log = store.audit_log();
+    let r = rt.block_on(log.append(entry(9))).unwrap();
+    assert_eq!(r.seq, 4);
+    let rows = store.recent_audit(1).unwrap();
+    assert_eq!(rows[0].prev_hash, head.hash);
+    assert_eq!(rows[0].hash, r.hash);
+    let v = store.verify_audit().unwrap();
+    assert_eq!((v.rows, v.head), (4, r.hash));
+}
+
+#[test]
+fn failed_batch_is_rolled_back_and_writer_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.db");
+    let store = Store::open(&path).unwrap();
+    let log = store.audit_log();
+    let rt = rt();
+    let first = rt.block_on(log.append(entry(0))).unwrap();
+    // Simulate a failing disk for entries of one client.
+    let c = Connection::open(&path).unwrap();
+    c.execute_batch(
+        "CREATE TRIGGER poison BEFORE INSERT ON audit_log WHEN NEW.client = 'poison'
+         BEGIN SELECT RAISE(ABORT, 'disk I/O error (simulated)'); END;",
+    )
+    .unwrap();
+    let lock = write_lock(&path);
+    let stalled = log.append(entry(1));
+    std::thread::sleep(Duration::from_millis(200));
+    // These three are queued while the writer waits for the lock: one batch.
+    let good_a = log.append(entry(2));
+    let bad = log.append(AuditEntry {
+        client: "poison".into(),
+        ..entry(3)
+    });
+    let good_b = log.append(entry(4));
+    drop(lock);
+    let (stalled, good_a, bad, good_b) =
+        rt.block_on(async { (stalled.await, good_a.await, bad.await, good_b.await) });
+    assert_eq!(stalled.unwrap().seq, 2);
+    for r in [good_a, bad, good_b] {
+        match r {
+            Err(StoreError::Unavailable(msg)) => assert!(msg.contains("simulated"), "{msg}"),
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+    }
+    let commits = log.commit_count();
+    assert_eq!(store.verify_audit().unwrap().rows, 2);
+    // Space returns: the writer continues the chain with no gap.
+    c.execute_batch("DROP TRIGGER poison").unwrap();
+    let next = rt.block_on(log.append(entry(5))).unwrap();
+    assert_eq!(next.seq, 3);
+    assert_eq!(log.commit_count(), commits + 1);
+    let v = store.verify_audit().unwrap();
+    assert_eq!((v.rows, v.head), (3, next.hash));
+    assert_ne!(first.hash, next.hash);
+}
+
+#[test]
+fn flush_waits_and_close_refuses_later_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.db");
+    let store = Store::open(&path).unwrap();
+    let log = store.audit_log();
+    let rt = rt();
+    let pending: Vec<_> = (0..10).map(|i| log.append(entry(i))).collect();
+    rt.block_on(log.flush()).unwrap();
+    assert_eq!(store.verify_audit().unwrap().rows, 10);
+    store.close().unwrap();
+    for p in pending {
+        rt.block_on(p).unwrap();
+    }
+    let err = rt.block_on(log.append(entry(11))).unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(rt.block_on(log.flush()).is_err());
+    assert_eq!(Store::verify_path(&path).unwrap().rows, 10);
+}
+
+#[test]
+fn async_shutdown_drains_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.db");
+    let store = Store::open(&path).unwrap();
+    let log = store.audit_log();
+    let rt = rt();
+    let pending: Vec<_> = (0..20).map(|i| log.append(entry(i))).collect();
+    rt.block_on(log.shutdown()).unwrap();
+    drop(store);
+    for p in pending {
+        rt.block_on(p).unwrap();
+    }
+    assert!(rt.block_on(log.append(entry(99))).is_err());
+    assert_eq!(Store::verify_path(&path).unwrap().rows, 20);
+}
