@@ -233,7 +233,7 @@ class Daemon:
     def audit(self) -> list | None:
         """Audit entries via `keyguard audit list --config F --json`, or None if the command
         does not exist (yet)."""
-        r = run_cli(["audit", "list", "--config", str(self.config_path), "--json"])
+        r = run_cli(["audit", "list", "--config", str(self.config_path), "--json", "--limit", "1000000"])
         if r.returncode != 0:
             return None
         text = r.stdout.strip()
