@@ -133,7 +133,10 @@ mod tests {
         assert_eq!(c.response, ResponseShape::Geth);
         assert!(c.may_use(&KeyId::new("batcher-key").unwrap()));
         assert!(!c.may_use(&KeyId::new("treasury").unwrap()));
-        assert!(matches!(auth.authenticate(None), Authentication::Refused(_)));
+        assert!(matches!(
+            auth.authenticate(None),
+            Authentication::Refused(_)
+        ));
         assert!(matches!(
             auth.authenticate(Some(b"Bearer wrong")),
             Authentication::Refused(_)

@@ -72,7 +72,10 @@ impl Measurement {
 
 pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("machine: {cores} cores; {} connections, {} s per run", args.connections, args.duration);
+    println!(
+        "machine: {cores} cores; {} connections, {} s per run",
+        args.connections, args.duration
+    );
     if args.ceiling > 0 {
         let rate = ceiling(cores, Duration::from_secs(args.ceiling));
         println!("ceiling (k256 sign + recover, {cores} threads): {rate:.0} tx/s");
@@ -88,7 +91,10 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             peak.report(&format!("{url} peak"));
             if args.half_load && peak.throughput() > 0.0 {
                 let half = load(url, &args, Some(peak.throughput() / 2.0)).await?;
-                half.report(&format!("{url} at 50% ({:.0} tx/s offered)", peak.throughput() / 2.0));
+                half.report(&format!(
+                    "{url} at 50% ({:.0} tx/s offered)",
+                    peak.throughput() / 2.0
+                ));
             }
             anyhow::Ok(())
         })?;
@@ -107,9 +113,13 @@ fn ceiling(threads: usize, duration: Duration) -> f64 {
                 let key = SigningKey::random(&mut rand::rngs::OsRng);
                 let mut n = 0u64;
                 while start.elapsed() < duration {
-                    let digest = alloy_primitives::keccak256((t as u64 * 1_000_000_000 + n).to_be_bytes());
-                    let (sig, recid) = key.sign_prehash_recoverable(digest.as_slice()).expect("sign");
-                    let pk = VerifyingKey::recover_from_prehash(digest.as_slice(), &sig, recid).expect("recover");
+                    let digest =
+                        alloy_primitives::keccak256((t as u64 * 1_000_000_000 + n).to_be_bytes());
+                    let (sig, recid) = key
+                        .sign_prehash_recoverable(digest.as_slice())
+                        .expect("sign");
+                    let pk = VerifyingKey::recover_from_prehash(digest.as_slice(), &sig, recid)
+                        .expect("recover");
                     assert_eq!(&pk, key.verifying_key());
                     n += 1;
                 }
@@ -174,7 +184,9 @@ async fn load(url: &str, args: &BenchArgs, rate: Option<f64>) -> anyhow::Result<
                 params.insert(tx).expect("serializable");
                 let sent = Instant::now();
                 match call(&client, "eth_signTransaction", params).await {
-                    Ok(_) => latencies.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32),
+                    Ok(_) => {
+                        latencies.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32)
+                    }
                     Err(e) => {
                         errors += 1;
                         first_error.get_or_insert_with(|| e.to_string());

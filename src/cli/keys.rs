@@ -43,7 +43,11 @@ pub(crate) enum KeysCommand {
         #[arg(long)]
         id: String,
         /// Ethereum keystore v3 JSON (geth, eth-account); password from KEYGUARD_IMPORT_PASSWORD.
-        #[arg(long, conflicts_with = "secret_hex_file", required_unless_present = "secret_hex_file")]
+        #[arg(
+            long,
+            conflicts_with = "secret_hex_file",
+            required_unless_present = "secret_hex_file"
+        )]
         keystore_v3: Option<PathBuf>,
         /// A file holding the 32-byte secret as hex.
         #[arg(long)]
@@ -88,7 +92,11 @@ pub(crate) fn kdf(config: &Config) -> KdfParams {
 pub(crate) fn open_keystore(config: &Config) -> anyhow::Result<SoftwareKeystore> {
     let dir = config.data.keys_dir();
     prepare_data_dir(&config.data.dir)?;
-    Ok(SoftwareKeystore::open(&dir, &passphrase(config)?, kdf(config))?)
+    Ok(SoftwareKeystore::open(
+        &dir,
+        &passphrase(config)?,
+        kdf(config),
+    )?)
 }
 
 /// Creates the data directory private to the service user.
@@ -172,8 +180,9 @@ pub(crate) fn run(command: KeysCommand) -> anyhow::Result<()> {
                     );
                     let hex_text = text.trim().trim_start_matches("0x");
                     let mut secret = Zeroizing::new([0u8; 32]);
-                    hex::decode_to_slice(hex_text, secret.as_mut())
-                        .map_err(|_| anyhow::anyhow!("{}: expected 32 bytes of hex", path.display()))?;
+                    hex::decode_to_slice(hex_text, secret.as_mut()).map_err(|_| {
+                        anyhow::anyhow!("{}: expected 32 bytes of hex", path.display())
+                    })?;
                     store.import_secp256k1(id, secret)?
                 }
                 (None, None) => anyhow::bail!("give --keystore-v3 or --secret-hex-file"),

@@ -31,7 +31,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             let info = keystore.generate(id, *scheme)?;
             println!("keyguard: created key {}", describe(&info));
             if *scheme == Scheme::Secp256k1 {
-                println!("keyguard: EVM address {}", describe(&info).rsplit(' ').next().unwrap_or(""));
+                println!(
+                    "keyguard: EVM address {}",
+                    describe(&info).rsplit(' ').next().unwrap_or("")
+                );
             }
         }
     }
@@ -50,7 +53,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             Protocol::EvmJsonRpc => {
                 let running = server::evm::start(&config, listener, guard.clone())
                     .await
-                    .with_context(|| format!("binding listener {} on {}", listener.name, listener.address))?;
+                    .with_context(|| {
+                        format!("binding listener {} on {}", listener.name, listener.address)
+                    })?;
                 println!(
                     "keyguard: listener {} evm-jsonrpc http://{addr} ws://{addr}",
                     listener.name,
@@ -72,7 +77,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         h.stopped().await;
     }
     drop(guard);
-    store.close();
+    tokio::task::spawn_blocking(move || store.close())
+        .await
+        .context("closing the store")??;
     Ok(())
 }
 

@@ -301,7 +301,8 @@ impl Config {
             .chain(self.policies.iter().map(|p| ("policies", &p.keys)))
         {
             for k in list.iter().filter(|k| *k != "*") {
-                KeyId::new(k.as_str()).map_err(|e| self.invalid(format!("{what}.keys"), e.to_string()))?;
+                KeyId::new(k.as_str())
+                    .map_err(|e| self.invalid(format!("{what}.keys"), e.to_string()))?;
             }
         }
         Ok(())

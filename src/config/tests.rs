@@ -34,10 +34,12 @@ fn auth_none_is_refused_off_loopback() {
 
 #[test]
 fn bad_token_hash_and_amounts_are_refused() {
-    let text = format!(
-        "{DEV}\n[[clients]]\nname = \"x\"\ntoken_sha256 = \"abc\"\nkeys = [\"*\"]\n"
-    );
-    assert!(parse(&text).unwrap_err().to_string().contains("token_sha256"));
+    let text =
+        format!("{DEV}\n[[clients]]\nname = \"x\"\ntoken_sha256 = \"abc\"\nkeys = [\"*\"]\n");
+    assert!(parse(&text)
+        .unwrap_err()
+        .to_string()
+        .contains("token_sha256"));
     let text = DEV.replace("\"1 ether\"", "\"1 bitcoin\"");
     assert!(parse(&text).unwrap_err().to_string().contains("unit"));
 }

@@ -161,7 +161,10 @@ impl Guard {
         entry.chain = Some(format!("eip155:{}", intent.chain_id()));
 
         let key = self.evm_keys.get(&intent.from).ok_or_else(|| {
-            Rejection::invalid("from", format!("{} is not an account of this signer", intent.from))
+            Rejection::invalid(
+                "from",
+                format!("{} is not an account of this signer", intent.from),
+            )
         })?;
         entry.key_id = Some(key.to_string());
         if !caller.may_use(key) {
@@ -172,6 +175,9 @@ impl Guard {
         }
 
         let policy = self.policies.get(key);
+        if let (Some(p), Value::Object(summary)) = (policy, &mut entry.summary) {
+            summary.insert("policy".into(), Value::String(p.name.clone()));
+        }
         let Some(evm) = policy.and_then(|p| p.evm.as_ref()) else {
             return Err(Rejection::policy(
                 "policy.none",

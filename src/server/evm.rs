@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use jsonrpsee::server::{BatchRequestConfig, Extensions, RpcModule, Server, ServerHandle};
+use jsonrpsee::server::{
+    BatchRequestConfig, Extensions, RpcModule, Server, ServerConfig, ServerHandle,
+};
 use jsonrpsee::types::{ErrorObjectOwned, Params};
 use serde_json::Value;
 
@@ -49,26 +51,29 @@ fn build_module(ctx: EvmContext) -> RpcModule<EvmContext> {
         })
         .expect("unique method");
     module
-        .register_async_method("eth_signTransaction", |params: Params<'static>, ctx, ext| async move {
-            let caller = caller(&ext)?;
-            let params: Value = match params.as_str() {
-                Some(raw) => serde_json::from_str(raw).map_err(|e| {
-                    rpc_error::from_guard(
-                        &keyguard_chain::Rejection::invalid("params", e.to_string()).into(),
-                    )
-                })?,
-                None => Value::Null,
-            };
-            let signed = ctx
-                .guard
-                .sign_evm_transaction(caller, ctx.chain_id, &params)
-                .await
-                .map_err(|e| rpc_error::from_guard(&e))?;
-            Ok::<Value, ErrorObjectOwned>(match caller.response {
-                ResponseShape::Raw => Value::String(signed.raw.to_string()),
-                ResponseShape::Geth => signed.geth_json(),
-            })
-        })
+        .register_async_method(
+            "eth_signTransaction",
+            |params: Params<'static>, ctx, ext| async move {
+                let caller = caller(&ext)?;
+                let params: Value = match params.as_str() {
+                    Some(raw) => serde_json::from_str(raw).map_err(|e| {
+                        rpc_error::from_guard(
+                            &keyguard_chain::Rejection::invalid("params", e.to_string()).into(),
+                        )
+                    })?,
+                    None => Value::Null,
+                };
+                let signed = ctx
+                    .guard
+                    .sign_evm_transaction(caller, ctx.chain_id, &params)
+                    .await
+                    .map_err(|e| rpc_error::from_guard(&e))?;
+                Ok::<Value, ErrorObjectOwned>(match caller.response {
+                    ResponseShape::Raw => Value::String(signed.raw.to_string()),
+                    ResponseShape::Geth => signed.geth_json(),
+                })
+            },
+        )
         .expect("unique method");
     module
 }
@@ -83,10 +88,13 @@ pub async fn start(
         auth: Arc::new(Authenticator::new(config, listener)),
         max_body: listener.max_body_bytes as usize,
     };
-    let server = Server::builder()
+    let server_config = ServerConfig::builder()
         .max_request_body_size(listener.max_body_bytes)
         .max_connections(4096)
         .set_batch_request_config(BatchRequestConfig::Limit(100))
+        .build();
+    let server = Server::builder()
+        .set_config(server_config)
         .set_http_middleware(tower::ServiceBuilder::new().layer(edge))
         .build(listener.address)
         .await?;

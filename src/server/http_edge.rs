@@ -96,7 +96,9 @@ where
         Box::pin(async move {
             let body = match Limited::new(body, limit).collect().await {
                 Ok(collected) => collected.to_bytes(),
-                Err(e) if e.is::<http_body_util::LengthLimitError>() => return Ok(too_large(limit)),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                    return Ok(too_large(limit))
+                }
                 Err(e) => return Err(e),
             };
             let request = HttpRequest::from_parts(parts, HttpBody::new(Full::new(body)));

@@ -18,11 +18,13 @@ pub const BACKEND_FAILURE: i32 = -32007;
 /// Maps a guard refusal to its JSON-RPC error.
 pub fn from_guard(e: &GuardError) -> ErrorObjectOwned {
     match e {
-        GuardError::Rejected(Rejection::InvalidParams { field, reason }) => ErrorObjectOwned::owned(
-            INVALID_PARAMS,
-            format!("invalid params: {field}: {reason}"),
-            Some(json!({ "field": field, "reason": reason })),
-        ),
+        GuardError::Rejected(Rejection::InvalidParams { field, reason }) => {
+            ErrorObjectOwned::owned(
+                INVALID_PARAMS,
+                format!("invalid params: {field}: {reason}"),
+                Some(json!({ "field": field, "reason": reason })),
+            )
+        }
         GuardError::Rejected(Rejection::Policy {
             rule,
             field,

@@ -49,7 +49,10 @@ pub fn decode_sign_transaction_params(params: &Value) -> Result<TxIntent, Reject
         [args] => decode_transaction_args(args),
         _ => Err(Rejection::invalid(
             "params",
-            format!("expected exactly one TransactionArgs object, got {}", list.len()),
+            format!(
+                "expected exactly one TransactionArgs object, got {}",
+                list.len()
+            ),
         )),
     }
 }
@@ -101,15 +104,10 @@ pub fn decode_transaction_args(v: &Value) -> Result<TxIntent, Rejection> {
         None => U256::ZERO,
     };
     let input = input(&args)?;
-    let to = args
-        .get("to")
-        .map(|v| wire::address("to", v))
-        .transpose()?;
+    let to = args.get("to").map(|v| wire::address("to", v)).transpose()?;
     let kind = to.map_or(TxKind::Create, TxKind::Call);
     let need_to = |ty: u8| {
-        to.ok_or_else(|| {
-            Rejection::invalid("to", format!("required in a type {ty} transaction"))
-        })
+        to.ok_or_else(|| Rejection::invalid("to", format!("required in a type {ty} transaction")))
     };
 
     let tx: TypedTransaction = match ty {
@@ -217,10 +215,9 @@ const DYNAMIC_AND_LATER: [&str; 5] = [
 fn tx_type(args: &Args<'_>) -> Result<u8, Rejection> {
     if let Some(t) = args.get("type") {
         let t = wire::quantity_u64("type", t)?;
-        return u8::try_from(t)
-            .ok()
-            .filter(|t| *t <= 4)
-            .ok_or_else(|| Rejection::invalid("type", format!("unsupported transaction type {t}")));
+        return u8::try_from(t).ok().filter(|t| *t <= 4).ok_or_else(|| {
+            Rejection::invalid("type", format!("unsupported transaction type {t}"))
+        });
     }
     Ok(if args.get("authorizationList").is_some() {
         4
@@ -236,8 +233,14 @@ fn tx_type(args: &Args<'_>) -> Result<u8, Rejection> {
 }
 
 fn input(args: &Args<'_>) -> Result<Bytes, Rejection> {
-    let data = args.get("data").map(|v| wire::bytes("data", v)).transpose()?;
-    let input = args.get("input").map(|v| wire::bytes("input", v)).transpose()?;
+    let data = args
+        .get("data")
+        .map(|v| wire::bytes("data", v))
+        .transpose()?;
+    let input = args
+        .get("input")
+        .map(|v| wire::bytes("input", v))
+        .transpose()?;
     match (data, input) {
         (Some(d), Some(i)) if d != i => Err(Rejection::invalid(
             "input",

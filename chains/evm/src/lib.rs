@@ -56,7 +56,10 @@ impl TxIntent {
 
     /// First four bytes of calldata, if there are that many.
     pub fn selector(&self) -> Option<[u8; 4]> {
-        self.tx.input().get(..4).map(|s| s.try_into().expect("4 bytes"))
+        self.tx
+            .input()
+            .get(..4)
+            .map(|s| s.try_into().expect("4 bytes"))
     }
 
     /// What the backend signs: the transaction's signing hash, computed here.

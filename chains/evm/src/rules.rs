@@ -44,8 +44,7 @@ impl FromStr for Wei {
         if !["wei", "gwei", "ether"].contains(&unit) {
             return Err(format!("unknown unit {unit:?} (use wei, gwei or ether)"));
         }
-        let parsed =
-            parse_units(number, unit).map_err(|e| format!("invalid amount {s:?}: {e}"))?;
+        let parsed = parse_units(number, unit).map_err(|e| format!("invalid amount {s:?}: {e}"))?;
         if parsed.is_negative() {
             return Err(format!("negative amount {s:?}"));
         }

@@ -20,18 +20,27 @@ pub(crate) fn quantity(field: &str, v: &Value, bits: usize) -> Result<U256, Reje
         return Err(Rejection::invalid(field, "empty hex quantity"));
     }
     if digits.len() > 1 && digits.starts_with('0') {
-        return Err(Rejection::invalid(field, "hex quantity with leading zero digits"));
+        return Err(Rejection::invalid(
+            field,
+            "hex quantity with leading zero digits",
+        ));
     }
     if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Rejection::invalid(field, "invalid hex digit in quantity"));
     }
     if digits.len() > 64 {
-        return Err(Rejection::invalid(field, format!("quantity overflows {bits} bits")));
+        return Err(Rejection::invalid(
+            field,
+            format!("quantity overflows {bits} bits"),
+        ));
     }
     let value = U256::from_str_radix(digits, 16)
         .map_err(|_| Rejection::invalid(field, "invalid hex quantity"))?;
     if value.bit_len() > bits {
-        return Err(Rejection::invalid(field, format!("quantity overflows {bits} bits")));
+        return Err(Rejection::invalid(
+            field,
+            format!("quantity overflows {bits} bits"),
+        ));
     }
     Ok(value)
 }
@@ -80,7 +89,10 @@ pub(crate) fn address(field: &str, v: &Value) -> Result<Address, Rejection> {
     let has_upper = digits.bytes().any(|b| b.is_ascii_uppercase());
     let addr = Address::from(raw);
     if has_lower && has_upper && addr.to_checksum(None)[2..] != *digits {
-        return Err(Rejection::invalid(field, "address has an invalid EIP-55 checksum"));
+        return Err(Rejection::invalid(
+            field,
+            "address has an invalid EIP-55 checksum",
+        ));
     }
     Ok(addr)
 }
@@ -137,8 +149,10 @@ mod tests {
         assert!(reason(quantity_u64("n", &json!("12")).unwrap_err()).contains("prefix"));
         assert!(reason(quantity_u64("n", &json!(12)).unwrap_err()).contains("string"));
         assert!(reason(quantity_u64("n", &json!("0xzz")).unwrap_err()).contains("digit"));
-        assert!(reason(quantity_u64("n", &json!("0x10000000000000000")).unwrap_err())
-            .contains("overflows 64"));
+        assert!(
+            reason(quantity_u64("n", &json!("0x10000000000000000")).unwrap_err())
+                .contains("overflows 64")
+        );
         let max = format!("0x{}", "f".repeat(64));
         assert_eq!(quantity("v", &json!(max), 256).unwrap(), U256::MAX);
         let over = format!("0x1{}", "0".repeat(64));
@@ -162,7 +176,9 @@ mod tests {
     fn objects_refuse_unknown_keys_by_path() {
         let v = json!({"address": "0x00", "storagekeys": []});
         match object("accessList[0]", &v, &["address", "storageKeys"]).unwrap_err() {
-            Rejection::InvalidParams { field, .. } => assert_eq!(field, "accessList[0].storagekeys"),
+            Rejection::InvalidParams { field, .. } => {
+                assert_eq!(field, "accessList[0].storagekeys")
+            }
             other => panic!("{other:?}"),
         }
     }
