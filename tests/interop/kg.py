@@ -57,26 +57,35 @@ def _toml_value(v: Any) -> str:
     raise TypeError(f"cannot write {v!r} as TOML")
 
 
+def _table(out: list[str], header: str, body: dict) -> None:
+    out.append(f"\n{header}")
+    subtables = []
+    for k, v in body.items():
+        if isinstance(v, dict):
+            subtables.append((k, v))
+        elif v is not None:
+            out.append(f"{k} = {_toml_value(v)}")
+    for k, v in subtables:
+        name = header.strip("[]")
+        _table(out, f"[{name}.{k}]", v)
+
+
 def to_toml(cfg: dict) -> str:
-    """Top-level scalars, then tables (dicts), then arrays of tables (lists of dicts)."""
+    """Top-level scalars, then tables (dicts), then arrays of tables (lists of dicts, whose dict
+    values become sub-tables such as [policies.evm])."""
     out: list[str] = []
-    scalars = {k: v for k, v in cfg.items() if not isinstance(v, (dict, list)) or (isinstance(v, list) and not any(isinstance(x, dict) for x in v))}
-    for k, v in scalars.items():
+    for k, v in cfg.items():
+        if isinstance(v, dict) or (isinstance(v, list) and v and all(isinstance(x, dict) for x in v)):
+            continue
         if v is not None:
             out.append(f"{k} = {_toml_value(v)}")
     for k, v in cfg.items():
         if isinstance(v, dict):
-            out.append(f"\n[{k}]")
-            for kk, vv in v.items():
-                if vv is not None:
-                    out.append(f"{kk} = {_toml_value(vv)}")
+            _table(out, f"[{k}]", v)
     for k, v in cfg.items():
         if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
             for item in v:
-                out.append(f"\n[[{k}]]")
-                for kk, vv in item.items():
-                    if vv is not None:
-                        out.append(f"{kk} = {_toml_value(vv)}")
+                _table(out, f"[[{k}]]", item)
     return "\n".join(out) + "\n"
 
 
@@ -102,10 +111,10 @@ def listener(name: str = "evm", **kw: Any) -> dict:
     return d
 
 
-def policy(name: str = "dev", **kw: Any) -> dict:
-    d = {
-        "name": name,
-        "keys": ["*"],
+def policy(name: str = "dev", keys: list[str] | None = None, **evm: Any) -> dict:
+    """A [[policies]] entry; the EVM rules live in its [policies.evm] sub-table (keyguard's
+    config model: one sub-table per chain family)."""
+    rules = {
         "chain_ids": [1337, 31337],
         "to": "any",
         "max_value": "1 ether",
@@ -115,8 +124,8 @@ def policy(name: str = "dev", **kw: Any) -> dict:
         "contract_creation": True,
         "delegations": [DELEGATE],
     }
-    d.update(kw)
-    return d
+    rules.update(evm)
+    return {"name": name, "keys": ["*"] if keys is None else keys, "evm": rules}
 
 
 def base_config(
@@ -665,6 +674,19 @@ def expected_type(tx: dict) -> int:
     return 0
 
 
+def field_matches(got: Any, accepted: set | tuple | list | str) -> bool:
+    """data.field names the offending field: exactly one of `accepted`, or a path inside it
+    (`accessList[0].storageKeys[0]`, `authorizationList[0].s`)."""
+    if not isinstance(got, str):
+        return False
+    if isinstance(accepted, str):
+        accepted = {accepted}
+    for a in accepted:
+        if got == a or got.startswith(a + "[") or got.startswith(a + "."):
+            return True
+    return False
+
+
 def assert_error(resp: dict, code: int, **data: Any) -> dict:
     """The response is a JSON-RPC error with this code (and these data fields, when given);
     nothing signed leaked."""
@@ -675,7 +697,9 @@ def assert_error(resp: dict, code: int, **data: Any) -> dict:
     d = err.get("data")
     for k, v in data.items():
         assert isinstance(d, dict), f"error data is not an object: {err}"
-        if isinstance(v, (set, tuple, list)):
+        if k == "field":
+            assert field_matches(d.get("field"), v), f"data.field={d.get('field')!r}, expected {v!r}: {err}"
+        elif isinstance(v, (set, tuple, list)):
             assert d.get(k) in v, f"data.{k}={d.get(k)!r} not in {v}: {err}"
         else:
             assert d.get(k) == v, f"data.{k}={d.get(k)!r} != {v!r}: {err}"

@@ -129,7 +129,7 @@ def _start_fails(tmp_path, cfg_text: str, env=None) -> str:
     [
         (lambda c: c | {"bogus": 1}, "bogus"),
         (lambda c: c | {"listeners": [kg.listener() | {"bogus_key": 1}]}, "bogus_key"),
-        (lambda c: c | {"policies": [kg.policy() | {"max_vlaue": "1 ether"}]}, "max_vlaue"),
+        (lambda c: c | {"policies": [kg.policy(max_vlaue="1 ether")]}, "max_vlaue"),
         (lambda c: c | {"policies": [kg.policy(max_value="1 bitcoin")]}, "max_value"),
         (lambda c: c | {"listeners": [kg.listener(address="0.0.0.0:0", auth="none")]}, "loopback"),
         (lambda c: c | {"listeners": [kg.listener(protocol="nope")]}, "nope"),
