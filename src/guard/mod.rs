@@ -199,3 +199,6 @@ impl Guard {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -92,3 +92,6 @@ pub fn address_of(key: &PublicKey) -> Option<Address> {
         PublicKey::Ed25519(_) => None,
     }
 }
+
+#[cfg(test)]
+mod tests;

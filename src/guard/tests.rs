@@ -1,0 +1,135 @@
+//! The pipeline's guarantees with a misbehaving backend: a signature that fails pass 2 is never
+//! released, and every outcome is in the audit log.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use k256::ecdsa::SigningKey;
+use keyguard_chain::{KeyId, PublicKey, Signature, SigningPayload};
+use serde_json::json;
+
+use super::{Guard, GuardError};
+use crate::access::Caller;
+use crate::backend::{BackendError, KeyBackend, KeyInfo};
+use crate::config::{Config, ResponseShape};
+use crate::store::{Decision, Store};
+
+/// Claims one key but signs with another: what a faulty or compromised HSM looks like.
+struct LyingBackend {
+    claimed: SigningKey,
+    actual: SigningKey,
+}
+
+fn public(key: &SigningKey) -> PublicKey {
+    let point = key.verifying_key().to_encoded_point(false);
+    PublicKey::Secp256k1(point.as_bytes().try_into().unwrap())
+}
+
+#[async_trait]
+impl KeyBackend for LyingBackend {
+    fn name(&self) -> &'static str {
+        "lying"
+    }
+    fn keys(&self) -> Vec<KeyInfo> {
+        vec![KeyInfo {
+            id: KeyId::new("k").unwrap(),
+            public_key: public(&self.claimed),
+        }]
+    }
+    fn public_key(&self, _: &KeyId) -> Result<PublicKey, BackendError> {
+        Ok(public(&self.claimed))
+    }
+    async fn sign(&self, _: &KeyId, payload: &SigningPayload) -> Result<Signature, BackendError> {
+        let SigningPayload::Secp256k1Prehash(digest) = payload else {
+            unreachable!()
+        };
+        let (sig, recid) = self.actual.sign_prehash_recoverable(digest).unwrap();
+        let (r, s) = sig.split_bytes();
+        Ok(Signature::Secp256k1 {
+            r: r.into(),
+            s: s.into(),
+            recovery_id: recid.to_byte(),
+        })
+    }
+}
+
+const CONFIG: &str = r#"
+[data]
+dir = "unused"
+[keystore]
+backend = "software"
+[[policies]]
+name = "p"
+keys = ["*"]
+[policies.evm]
+chain_ids = [31337]
+to = "any"
+max_value = "1 ether"
+max_fee_per_gas = "500 gwei"
+max_priority_fee_per_gas = "500 gwei"
+max_fee_per_blob_gas = "500 gwei"
+"#;
+
+fn caller(grants: &[&str]) -> Caller {
+    Caller {
+        name: "test".into(),
+        grants: grants.iter().map(|s| s.to_string()).collect::<Vec<_>>().into(),
+        response: ResponseShape::Raw,
+    }
+}
+
+async fn run(honest: bool, grants: &[&str]) -> (Result<(), GuardError>, Vec<Decision>) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::parse(Path::new("t.toml"), CONFIG).unwrap();
+    let claimed = SigningKey::from_slice(&[1; 32]).unwrap();
+    let actual = if honest {
+        claimed.clone()
+    } else {
+        SigningKey::from_slice(&[2; 32]).unwrap()
+    };
+    let from = keyguard_evm::address_of(&public(&claimed)).unwrap();
+    let store = Store::open(&dir.path().join("db")).unwrap();
+    let guard = Guard::new(
+        &config,
+        Arc::new(LyingBackend { claimed, actual }),
+        store.audit_log(),
+    );
+    let params = json!([{"from": from, "to": from, "gas": "0x5208", "nonce": "0x0",
+        "chainId": "0x7a69", "maxFeePerGas": "0x1", "maxPriorityFeePerGas": "0x1"}]);
+    let result = guard
+        .sign_evm_transaction(&caller(grants), 31337, &params)
+        .await
+        .map(|_| ());
+    let decisions = store
+        .recent_audit(10)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.decision)
+        .collect();
+    (result, decisions)
+}
+
+#[tokio::test]
+async fn a_signature_failing_pass_two_is_withheld_and_audited() {
+    let (result, decisions) = run(false, &["*"]).await;
+    match result {
+        Err(GuardError::Backend(reason)) => assert!(reason.contains("recovers to"), "{reason}"),
+        other => panic!("expected a backend failure, got {other:?}"),
+    }
+    assert_eq!(decisions, vec![Decision::Failed]);
+}
+
+#[tokio::test]
+async fn honest_signatures_are_released_after_their_audit_row() {
+    let (result, decisions) = run(true, &["*"]).await;
+    result.unwrap();
+    assert_eq!(decisions, vec![Decision::Signed]);
+}
+
+#[tokio::test]
+async fn keys_not_granted_are_refused_before_signing() {
+    let (result, decisions) = run(true, &["other"]).await;
+    assert!(matches!(result, Err(GuardError::Unauthorized(_))));
+    assert_eq!(decisions, vec![Decision::Refused]);
+}
