@@ -83,6 +83,41 @@ def test_no_secret_on_stdout_or_stderr(daemon):
     assert kg.PASSPHRASE not in out and PW not in out
 
 
+def test_restart_keeps_keys(daemon, start):
+    """A second daemon on the same data dir (after the first stops) serves the same keys and
+    creates none."""
+    daemon.stop()
+    again = start(lambda data: dict(daemon.config), name="restart")
+    assert again.keys == daemon.keys
+    req = kg.tx_request("legacy", HEX_KEY.address, nonce=kg.fresh_nonce())
+    kg.verify_signed(kg.result(again.url(), "eth_signTransaction", [req]), req, HEX_KEY.address)
+    again.stop()
+
+
+def test_dev_config_falls_back_to_default_passphrase(tmp_path):
+    import os
+
+    cfg = kg.base_config(tmp_path / "var")
+    cfg["dev"] = True
+    env_clean = {k: v for k, v in os.environ.items() if k != "KEYGUARD_PASSPHRASE"}
+    kg.write_config(tmp_path / "dev.toml", cfg)
+    import subprocess
+
+    p = subprocess.Popen([kg.keyguard_bin(), "start", "--config", str(tmp_path / "dev.toml")], env=env_clean,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        lines = []
+        for line in p.stdout:
+            lines.append(line)
+            if line.strip() == "keyguard: ready":
+                break
+        assert lines and lines[-1].strip() == "keyguard: ready", "".join(lines)
+    finally:
+        p.terminate()
+        _, err = p.communicate(timeout=10)
+    assert "passphrase" in err.lower(), f"the default passphrase must be announced loudly:\n{err}"
+
+
 def test_import_wrong_password_fails(tmp_path):
     cfg = kg.write_config(tmp_path / "k.toml", kg.base_config(tmp_path / "var", create_on_first_start=[]))
     f = tmp_path / "ks.json"

@@ -84,6 +84,39 @@ def test_sign_4844_as_op_batcher_sends_it(daemon, addr):
     assert d["maxFeePerBlobGas"] == 3 * kg.GWEI
 
 
+def op_batcher_args(addr: str, blob: bool) -> dict:
+    """Exactly the JSON that op-service's signer client marshals (key order, nulls and all):
+    gasPrice and data null, input used, accessList null from a tx built without one,
+    blob fields only for a blob tx."""
+    tx = {
+        "from": addr,
+        "to": "0xff00000000000000000000000000000000042069",  # a batch inbox
+        "gas": kg.q(21_000 + 16 * 4 + 100_000),
+        "gasPrice": None,
+        "maxFeePerGas": kg.q(12 * kg.GWEI),
+        "maxPriorityFeePerGas": kg.q(kg.GWEI),
+        "value": kg.q(0),
+        "nonce": kg.q(kg.fresh_nonce()),
+        "data": None,
+        "input": "0x" if blob else "0x00" + "ab" * 120,
+        "accessList": None,
+        "chainId": kg.q(31337),
+    }
+    if blob:
+        tx["blobVersionedHashes"] = ["0x01" + "%062x" % i for i in range(1, 7)]
+        tx["maxFeePerBlobGas"] = kg.q(2 * kg.GWEI)
+    return tx
+
+
+@pytest.mark.parametrize("blob", [False, True], ids=["calldata-1559", "blobs-4844"])
+def test_op_batcher_wire_format(daemon, addr, blob):
+    req = op_batcher_args(addr, blob)
+    raw = kg.result(daemon.url(), "eth_signTransaction", [req])
+    d = kg.verify_signed(raw, req, addr)
+    assert d["type"] == (3 if blob else 2)
+    assert d["accessList"] == []
+
+
 def test_sign_7702_authorization_is_carried_verbatim(daemon, addr):
     auth = kg.authorization(31337, kg.DELEGATE, 11)
     req = kg.tx_request("7702", addr, nonce=kg.fresh_nonce(), authorizationList=[auth], to=kg.AUTHORITY.address)
@@ -191,3 +224,41 @@ def test_websocket_error_path(daemon, addr):
         ws.send(json.dumps({"jsonrpc": "2.0", "id": 7, "method": "eth_signTransaction", "params": [req]}))
         resp = json.loads(ws.recv(timeout=30))
     kg.assert_error(resp, -32001, rule="evm.chain_id")
+
+
+def test_7702_any_chain_authorization(daemon, addr):
+    req = kg.tx_request("7702", addr, nonce=kg.fresh_nonce(), authorizationList=[kg.authorization(0, kg.DELEGATE, 0)])
+    raw = kg.result(daemon.url(), "eth_signTransaction", [req])
+    assert kg.verify_signed(raw, req, addr)["authorizationList"][0]["chainId"] == 0
+
+
+def test_concurrent_requests(daemon, addr):
+    """Many clients at once (HTTP and WebSocket): every answer is the signature of its own
+    request."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    reqs = [kg.tx_request(("legacy", "1559", "4844")[i % 3], addr, nonce=kg.fresh_nonce()) for i in range(48)]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(lambda r: kg.sign(daemon.url(), r), reqs))
+    hashes = set()
+    for req, resp in zip(reqs, answers):
+        assert "error" not in resp, resp
+        hashes.add(kg.verify_signed(resp["result"], req, addr)["hash"])
+    assert len(hashes) == len(reqs)
+
+
+def test_websocket_many_in_flight(daemon, addr):
+    """Several requests sent before reading any answer: answers are matched by id."""
+    from websockets.sync.client import connect
+
+    reqs = {i: kg.tx_request("1559", addr, nonce=kg.fresh_nonce()) for i in range(100, 110)}
+    with connect(daemon.ws_url(), open_timeout=10, close_timeout=5) as ws:
+        for i, r in reqs.items():
+            ws.send(json.dumps({"jsonrpc": "2.0", "id": i, "method": "eth_signTransaction", "params": [r]}))
+        got = {}
+        for _ in reqs:
+            m = json.loads(ws.recv(timeout=30))
+            got[m["id"]] = m
+    assert set(got) == set(reqs)
+    for i, r in reqs.items():
+        kg.verify_signed(got[i]["result"], r, addr)
