@@ -283,6 +283,17 @@ KEY_RE = re.compile(r"^keyguard: key (\S+) (\S+) (\S+)\s*$")
 LISTENER_RE = re.compile(r"^keyguard: listener (\S+) (\S+) (http://\S+) (ws://\S+)\s*$")
 
 
+def _die_with_parent() -> None:
+    """preexec_fn: the daemon gets SIGTERM if the test process dies (Linux prctl)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
 def start_daemon(workdir: Path, cfg: dict, env: dict | None = None, timeout: float = 60) -> Daemon:
     """Write cfg to workdir/keyguard.toml, run `keyguard start`, wait for `keyguard: ready`."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -298,6 +309,7 @@ def start_daemon(workdir: Path, cfg: dict, env: dict | None = None, timeout: flo
         stderr=errf,
         text=True,
         bufsize=1,
+        preexec_fn=_die_with_parent,
     )
     errf.close()
     d = Daemon(config_path=cfg_path, config=copy.deepcopy(cfg), proc=proc, stderr_path=stderr_path)
