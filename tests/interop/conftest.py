@@ -1,0 +1,71 @@
+"""Fixtures for keyguard's interop suite.
+
+`start` (module scope) writes a config into a tmp dir, runs `$KEYGUARD_BIN start --config F`,
+waits for `keyguard: ready` (60 s, stderr shown on failure) and stops every daemon it started at
+the end of the module. The daemon's stderr is attached to the report of any failing test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import pytest
+
+import kg
+
+REPO = Path(__file__).resolve().parents[2]
+_running: list[kg.Daemon] = []
+
+
+@pytest.fixture(scope="module")
+def start(tmp_path_factory):
+    started: list[kg.Daemon] = []
+
+    def _start(make_config, name: str = "kg", env: dict | None = None, before_start=None) -> kg.Daemon:
+        """make_config(data_dir) -> config dict; before_start(workdir, cfg) runs CLI set-up."""
+        workdir = tmp_path_factory.mktemp(name)
+        cfg = make_config(workdir / "var")
+        if before_start is not None:
+            kg.write_config(workdir / "keyguard.toml", cfg)
+            before_start(workdir, cfg)
+        d = kg.start_daemon(workdir, cfg, env)
+        started.append(d)
+        _running.append(d)
+        return d
+
+    yield _start
+    for d in started:
+        d.stop()
+        _running.remove(d)
+
+
+@pytest.fixture
+def nothing_signed():
+    """`with nothing_signed(daemon): ...` asserts the audit log gained no signature (when
+    `keyguard audit list --json` exists; otherwise the per-response checks must do)."""
+
+    @contextlib.contextmanager
+    def _check(daemon: kg.Daemon):
+        before = daemon.signed_count()
+        yield
+        if before is not None:
+            after = daemon.signed_count()
+            assert after == before, f"audit log shows {after - before} new signature(s) after a refused request"
+
+    return _check
+
+
+def node_modules() -> Path:
+    return Path(os.environ.get("KEYGUARD_NODE_MODULES", REPO / "target" / "node" / "node_modules"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed and _running:
+        for d in _running:
+            tail = d.stderr()[-6000:]
+            rep.sections.append((f"keyguard stderr ({d.config_path})", tail))
