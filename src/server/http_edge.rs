@@ -57,6 +57,20 @@ fn too_large(limit: usize) -> HttpResponse {
         .expect("static response")
 }
 
+/// Most bytes read and discarded from an oversized body before answering 413. Closing a socket
+/// with unread data makes the kernel send RST, which can destroy the 413 before the client reads
+/// it; draining a bounded amount lets ordinary clients see the error, and the bound keeps a huge
+/// upload from costing more than this.
+const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
+
+async fn drain<B>(body: B)
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let _ = Limited::new(body, DRAIN_LIMIT).collect().await;
+}
+
 impl<S, B> Service<HttpRequest<B>> for EdgeService<S>
 where
     S: Service<HttpRequest, Response = HttpResponse> + Clone + Send + 'static,
@@ -81,7 +95,10 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit as u64) {
-            return Box::pin(async move { Ok(too_large(limit)) });
+            return Box::pin(async move {
+                drain(request.into_body()).await;
+                Ok(too_large(limit))
+            });
         }
         let authorization = request
             .headers()
