@@ -60,6 +60,9 @@ pub struct Config {
     /// Per-key policies.
     #[serde(default)]
     pub policies: Vec<PolicyConfig>,
+    /// Prometheus metrics, health and readiness.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
     /// Where this configuration was read from (for messages).
     #[serde(skip)]
     pub path: PathBuf,
@@ -83,6 +86,14 @@ impl DataConfig {
     pub fn keys_dir(&self) -> PathBuf {
         self.dir.join("keys")
     }
+}
+
+/// The metrics listener (`/metrics`, `/health`, `/ready`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Bind address; keep it on loopback or a management network.
+    pub address: SocketAddr,
 }
 
 /// Which key backend holds the keys.

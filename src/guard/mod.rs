@@ -103,6 +103,7 @@ impl Guard {
         chain_hint: u64,
         params: &Value,
     ) -> Result<SignedTx, GuardError> {
+        let started = std::time::Instant::now();
         let request_id = self.new_request_id();
         let mut entry = AuditEntry {
             request_id: request_id.clone(),
@@ -128,7 +129,23 @@ impl Guard {
                 entry.reason = Some(e.to_string());
             }
         }
+        let chain = entry.chain.clone().unwrap_or_default();
+        let rule = entry.rule.clone();
         let committed = self.audit.append(entry).await;
+        let decision = match (&outcome, &committed) {
+            (Ok(_), Ok(_)) => Decision::Signed,
+            (Ok(_), Err(_)) => Decision::Failed,
+            (Err(e), _) => e.decision(),
+        };
+        crate::metrics::request(
+            &chain,
+            "eth_signTransaction",
+            decision.as_str(),
+            started.elapsed(),
+        );
+        if let (Decision::Refused, Some(rule)) = (decision, rule) {
+            crate::metrics::rejection(&rule);
+        }
         match (outcome, committed) {
             (Ok(signed), Ok(_)) => {
                 tracing::info!(request_id, client = %caller.name, tx = %signed.hash, "signed");
@@ -188,11 +205,13 @@ impl Guard {
         };
         evm.check(&intent)?;
 
+        let sign_started = std::time::Instant::now();
         let signature = self
             .backend
             .sign(key, &intent.payload())
             .await
             .map_err(|e| GuardError::Backend(e.to_string()))?;
+        crate::metrics::sign(self.backend.name(), sign_started.elapsed());
         keyguard_evm::finalize(&intent, &signature).map_err(|e| {
             tracing::error!(key = %key, error = %e, "ALERT: pass 2 rejected a backend signature");
             GuardError::Backend(e.to_string())
