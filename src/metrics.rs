@@ -64,3 +64,8 @@ pub fn sign(backend: &'static str, elapsed: Duration) {
 pub fn keys_loaded(backend: &'static str, scheme: keyguard_chain::Scheme) {
     metrics::gauge!(KEYS, "backend" => backend, "scheme" => scheme.to_string()).increment(1.0);
 }
+
+/// Counts a configuration reload by outcome.
+pub fn reload(outcome: &'static str) {
+    metrics::counter!(RELOADS, "outcome" => outcome).increment(1);
+}

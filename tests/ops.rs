@@ -173,3 +173,123 @@ fn data_directory_open_to_others_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("chmod go-rwx"), "{err}");
 }
+
+fn transfer(addr: &str, value: &str) -> serde_json::Value {
+    let from = rpc(addr, "eth_accounts", serde_json::json!([]))["result"][0].clone();
+    rpc(
+        addr,
+        "eth_signTransaction",
+        serde_json::json!([{"from": from, "to": from, "gas": "0x5208", "nonce": "0x0",
+            "chainId": "0x7a69", "maxFeePerGas": "0x1", "maxPriorityFeePerGas": "0x1",
+            "value": value}]),
+    )
+}
+
+const HALF_ETHER: &str = "0x6f05b59d3b20000";
+
+#[test]
+fn reload_keeps_the_old_policy_on_a_broken_file_and_applies_a_stricter_one() {
+    use rustix::process::Signal;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(dir.path(), "");
+    let daemon = Daemon::start(dir.path(), &text, &[]);
+    let addr = daemon.rpc_addr();
+    assert!(transfer(&addr, HALF_ETHER)["result"].is_string());
+
+    std::fs::write(
+        &daemon.config,
+        text.replace("max_value =", "max_value = = "),
+    )
+    .unwrap();
+    daemon.signal(Signal::HUP);
+    assert!(daemon.wait_line("keyguard: reload").contains("rejected"));
+    assert!(transfer(&addr, HALF_ETHER)["result"].is_string());
+
+    let moved = text
+        .replace("[data]", "[data]\n# moved")
+        .replace("/var\"", "/other\"");
+    std::fs::write(&daemon.config, moved).unwrap();
+    daemon.signal(Signal::HUP);
+    let line = daemon.wait_line("keyguard: reload");
+    assert!(
+        line.contains("rejected") && line.contains("[data]"),
+        "{line}"
+    );
+
+    std::fs::write(
+        &daemon.config,
+        text.replace("max_value = \"1 ether\"", "max_value = \"0.1 ether\""),
+    )
+    .unwrap();
+    daemon.signal(Signal::HUP);
+    assert_eq!(daemon.wait_line("keyguard: reload"), "keyguard: reloaded");
+    let refused = transfer(&addr, HALF_ETHER);
+    assert_eq!(
+        refused["error"]["data"]["rule"], "evm.max_value",
+        "{refused}"
+    );
+}
+
+#[test]
+fn every_shipped_config_passes_config_check() {
+    let configs = concat!(env!("CARGO_MANIFEST_DIR"), "/configs");
+    let cwd = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(configs).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = Command::new(common::binary())
+                .args(["config", "check", "--config"])
+                .arg(&path)
+                .current_dir(cwd.path())
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{}: {stdout}", path.display());
+            assert!(stdout.contains(": OK"), "{stdout}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1);
+}
+
+#[test]
+fn config_check_reports_every_problem_with_its_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = config(dir.path(), "").replace(
+        "address = \"127.0.0.1:0\"\nchain_id",
+        "address = \"0.0.0.0:0\"\nchain_id",
+    ) + "\n[[clients]]\nname = \"a\"\ntoken_sha256 = \"xyz\"\nkeys = [\"../etc\"]\n";
+    let path = dir.path().join("broken.toml");
+    std::fs::write(&path, broken).unwrap();
+    let out = Command::new(common::binary())
+        .args(["config", "check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "listeners[0].auth",
+        "clients[0].token_sha256",
+        "clients[0].keys",
+    ] {
+        assert!(stdout.contains(needle), "{needle} missing in:\n{stdout}");
+    }
+    let unknown = dir.path().join("unknown.toml");
+    std::fs::write(
+        &unknown,
+        config(dir.path(), "").replace("[keystore]", "[keystore]\nbakend = 1"),
+    )
+    .unwrap();
+    let out = Command::new(common::binary())
+        .args(["config", "check", "--config"])
+        .arg(&unknown)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("bakend") && stdout.contains("line"),
+        "{stdout}"
+    );
+}

@@ -10,6 +10,7 @@ use keyguard_chain::{KeyId, Scheme};
 use sd_notify::NotifyState;
 
 use super::keys::{describe, open_keystore};
+use super::reload::Reloader;
 use crate::backend::KeyBackend;
 use crate::config::{Config, Protocol};
 use crate::guard::Guard;
@@ -26,13 +27,14 @@ pub(crate) fn run(config_path: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config_path, config))
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    // Installed before READY=1: a stop request right after readiness must be a clean stop.
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
+async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Installed before READY=1: a stop or reload right after readiness must be handled.
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     hardening::check_private(&config.data.dir)?;
     hardening::check_private(&config.data.database())?;
     let keystore = open_keystore(&config)?;
@@ -71,6 +73,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let guard = Arc::new(Guard::new(&config, backend, store.audit_log()));
 
     let mut handles = Vec::new();
+    let mut auths = Vec::new();
     for listener in &config.listeners {
         match listener.protocol {
             Protocol::EvmJsonRpc => {
@@ -85,6 +88,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                     addr = running.local_addr
                 );
                 handles.push(running.handle);
+                auths.push((listener.name.clone(), running.auth));
             }
         }
     }
@@ -94,10 +98,35 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     notify(&[NotifyState::Ready]);
     spawn_watchdog();
 
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut reloader = Reloader {
+        path: config_path.to_owned(),
+        current: config,
+        guard: guard.clone(),
+        auths,
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = hangup.recv() => {
+                notify(&[NotifyState::Reloading]);
+                match reloader.reload() {
+                    Ok(()) => {
+                        println!("keyguard: reloaded");
+                        tracing::info!("configuration reloaded");
+                        metrics::reload("applied");
+                    }
+                    Err(e) => {
+                        println!("keyguard: reload rejected: {e:#}");
+                        tracing::error!("reload rejected, previous configuration stays: {e:#}");
+                        metrics::reload("rejected");
+                    }
+                }
+                notify(&[NotifyState::Ready]);
+            }
+        }
     }
+    drop(reloader);
     tracing::info!("stopping: finishing in-flight requests");
     notify(&[NotifyState::Stopping]);
     for h in &handles {

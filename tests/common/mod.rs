@@ -57,6 +57,7 @@ pub struct Daemon {
     pub child: Child,
     pub lines: Vec<String>,
     pub config: PathBuf,
+    later: mpsc::Receiver<String>,
 }
 
 impl Daemon {
@@ -103,7 +104,27 @@ impl Daemon {
             child,
             lines,
             config,
+            later: rx,
         }
+    }
+
+    /// Waits for a later stdout line starting with `prefix` and returns it.
+    pub fn wait_line(&self, prefix: &str) -> String {
+        loop {
+            let line = self
+                .later
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("no line starting {prefix:?}"));
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+    }
+
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
     }
 
     /// The value after `prefix` on the first startup line that has it.
@@ -129,8 +150,7 @@ impl Daemon {
 
     /// Sends SIGTERM and returns the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        self.signal(rustix::process::Signal::TERM);
         self.child.wait().unwrap()
     }
 }
