@@ -13,6 +13,7 @@
 //! -> sign (backend) -> pass 2 (chain crate re-decodes and recovers) -> audit commit -> response.
 
 pub mod access;
+pub mod approvals;
 pub mod backend;
 pub mod cli;
 pub mod config;

@@ -8,8 +8,10 @@
 //! after its audit row is durable.
 
 mod error;
+mod people;
 
 pub use error::GuardError;
+pub use people::intent_digest;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,6 +63,7 @@ pub struct Guard {
     policies: RwLock<Arc<PolicySet>>,
     id_prefix: String,
     next_id: AtomicU64,
+    controls: people::Controls,
 }
 
 impl Guard {
@@ -76,6 +79,7 @@ impl Guard {
             .unwrap_or_default()
             .as_millis();
         Guard {
+            controls: people::Controls::new(config),
             policies: RwLock::new(Arc::new(resolve_policies(config, &keys))),
             backend,
             audit,
@@ -89,6 +93,7 @@ impl Guard {
     pub fn reload_policies(&self, config: &Config) {
         let set = Arc::new(resolve_policies(config, &self.backend.keys()));
         *self.policies.write().unwrap_or_else(|e| e.into_inner()) = set;
+        self.reload_limits(config);
     }
 
     fn policy_for(&self, key: &KeyId) -> Option<Arc<KeyPolicy>> {
@@ -135,7 +140,27 @@ impl Guard {
             reason: None,
             tx_hash: None,
         };
-        let outcome = self.evm_stages(caller, params, &mut entry).await;
+        // `from` names the key; reading it is not decoding, and lets the kill switch and the
+        // per-key limit refuse before any decoding work.
+        let key_hint = params
+            .get(0)
+            .and_then(|tx| tx.get("from"))
+            .and_then(Value::as_str)
+            .and_then(|from| from.parse::<Address>().ok())
+            .and_then(|from| self.evm_keys.get(&from));
+        let (outcome, _pass) = match self
+            .pre_check(caller, "eth_signTransaction", key_hint)
+            .await
+        {
+            Ok(pass) => (
+                self.evm_stages(caller, params, &mut entry).await,
+                Some(pass),
+            ),
+            Err(e) => {
+                entry.key_id = key_hint.map(ToString::to_string);
+                (Err(e), None)
+            }
+        };
         match &outcome {
             Ok(signed) => {
                 entry.decision = Decision::Signed;
@@ -222,15 +247,56 @@ impl Guard {
             .into());
         };
         evm.check(&intent)?;
+        if self.controls.kill.is_disabled(Some(key.as_str())) {
+            // The hint and the decoded `from` are the same field; this guards future changes.
+            return Err(GuardError::KeyDisabled(format!("key {key} is disabled")));
+        }
 
+        let chain = format!("eip155:{}", intent.chain_id());
+        let payload = intent.payload();
+        let requirement = evm.approval_needed(&intent).map(people::evm_requirement);
+        let digest = intent_digest(
+            key,
+            &chain,
+            alloy_consensus::SignableTransaction::signature_hash(&intent.tx).as_slice(),
+        );
+        let input = people::ApprovalInput {
+            key,
+            chain: &chain,
+            digest,
+            summary: &entry.summary,
+        };
+        let approval = self.approval_stage(caller, input, requirement).await;
+        if let (Value::Object(summary), Err(GuardError::ApprovalRequired { approval_id, .. })) =
+            (&mut entry.summary, &approval)
+        {
+            summary.insert("approval_id".into(), Value::String(approval_id.clone()));
+        }
+        let approval = approval?;
+        if let (Value::Object(summary), Some(id)) = (&mut entry.summary, &approval) {
+            summary.insert("approval_id".into(), Value::String(id.clone()));
+        }
+        let signed = self.sign_evm(key, &intent, &payload).await;
+        if let (Err(_), Some(id)) = (&signed, &approval) {
+            self.restore_approval(id);
+        }
+        signed
+    }
+
+    async fn sign_evm(
+        &self,
+        key: &KeyId,
+        intent: &TxIntent,
+        payload: &keyguard_chain::SigningPayload,
+    ) -> Result<SignedTx, GuardError> {
         let sign_started = std::time::Instant::now();
         let signature = self
             .backend
-            .sign(key, &intent.payload())
+            .sign(key, payload)
             .await
             .map_err(|e| GuardError::Backend(e.to_string()))?;
         crate::metrics::sign(self.backend.name(), sign_started.elapsed());
-        keyguard_evm::finalize(&intent, &signature).map_err(|e| {
+        keyguard_evm::finalize(intent, &signature).map_err(|e| {
             tracing::error!(key = %key, error = %e, "ALERT: pass 2 rejected a backend signature");
             GuardError::Backend(e.to_string())
         })

@@ -7,6 +7,7 @@
 mod audit;
 mod migrations;
 mod read;
+pub(crate) mod state;
 mod writer;
 
 #[cfg(test)]
@@ -22,6 +23,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags};
 
 pub use audit::{AuditEntry, AuditReceipt, AuditRow, AuditVerification, Decision, GENESIS_HASH};
+pub use read::AuditFilter;
+pub(crate) use state as state_sql;
+pub use state::{ApprovalRecord, StateDb, UserRecord};
 pub use writer::AuditLog;
 
 /// How long a connection waits for a lock held by another connection.
@@ -152,6 +156,16 @@ impl Store {
     /// The newest `limit` audit rows, newest first. Blocking (use `spawn_blocking` in async code).
     pub fn recent_audit(&self, limit: usize) -> Result<Vec<AuditRow>, StoreError> {
         read::recent(&self.reader(), limit)
+    }
+
+    /// Audit rows matching `filter`. Blocking.
+    pub fn query_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
+        read::query(&self.reader(), filter)
+    }
+
+    /// A connection for control state (users, approvals, kill switch).
+    pub fn state_db(&self) -> Result<StateDb, StoreError> {
+        StateDb::open(&self.path)
     }
 
     /// Recomputes the whole hash chain from a consistent snapshot. Blocking, O(rows).

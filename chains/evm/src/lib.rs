@@ -17,7 +17,7 @@ mod wire;
 
 pub use args::{decode_sign_transaction_params, decode_transaction_args};
 pub use finalize::{finalize, SignedTx};
-pub use rules::{Destinations, EvmPolicy, Wei};
+pub use rules::{Destinations, EvmApprovalRule, EvmPolicy, Wei};
 
 use alloy_consensus::{SignableTransaction, Transaction, TypedTransaction};
 use alloy_primitives::{keccak256, Address, U256};
