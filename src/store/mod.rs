@@ -176,6 +176,15 @@ impl Store {
     /// Verifies the chain of the database at `path`, opened read-only, without starting a writer
     /// or migrating (for `keyguard audit verify` against a copy or a live daemon's file).
     pub fn verify_path(path: &Path) -> Result<AuditVerification, StoreError> {
+        read::verify(&Self::open_read_only(path)?)
+    }
+
+    /// Audit rows matching `filter` from the database at `path`, opened read-only.
+    pub fn query_path(path: &Path, filter: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
+        read::query(&Self::open_read_only(path)?, filter)
+    }
+
+    fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -192,7 +201,7 @@ impl Store {
         if found > known {
             return Err(StoreError::TooNew { found, known });
         }
-        read::verify(&conn)
+        Ok(conn)
     }
 
     /// Stops the writer after everything queued has been written, and waits for its thread.

@@ -104,6 +104,19 @@ impl StateDb {
         Ok(out)
     }
 
+    /// Audit rows matching `filter` (read through this connection).
+    pub fn query_audit(
+        &self,
+        filter: &super::AuditFilter,
+    ) -> Result<Vec<super::AuditRow>, StoreError> {
+        super::read::query(&self.lock(), filter)
+    }
+
+    /// Recomputes the audit hash chain.
+    pub fn verify_audit(&self) -> Result<super::AuditVerification, StoreError> {
+        super::read::verify(&self.lock())
+    }
+
     // ---- users ------------------------------------------------------------------------------
 
     /// Number of users with the `admin` role.
