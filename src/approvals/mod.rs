@@ -35,7 +35,7 @@ pub enum ApprovalOutcome {
     /// The quorum was met; this request consumed the approval and may sign.
     Proceed(String),
     /// Waiting for approvers.
-    Held(ApprovalRecord),
+    Held(Box<ApprovalRecord>),
 }
 
 /// Why a request cannot proceed and will not be held either.
@@ -120,7 +120,7 @@ impl Approvals {
                             Ok(Err(ApprovalError::Consumed(a.id)))
                         };
                     }
-                    "pending" if live => return Ok(Ok(ApprovalOutcome::Held(a))),
+                    "pending" if live => return Ok(Ok(ApprovalOutcome::Held(Box::new(a)))),
                     _ => {} // expired: a fresh request below
                 }
             }
@@ -142,7 +142,7 @@ impl Approvals {
                 state: "pending".into(),
             };
             sql::insert_approval(tx, &record)?;
-            Ok(Ok(ApprovalOutcome::Held(record)))
+            Ok(Ok(ApprovalOutcome::Held(Box::new(record))))
         })?
     }
 
@@ -186,7 +186,7 @@ impl Approvals {
             if user.name == a.requester {
                 return Ok(Err(VoteError::SelfApproval));
             }
-            if !user.groups.iter().any(|g| *g == a.group) {
+            if !user.groups.contains(&a.group) {
                 return Ok(Err(VoteError::NotInGroup(a.group)));
             }
             let vote = if approve { "approve" } else { "reject" };
