@@ -7,9 +7,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use keyguard_chain::{KeyId, Scheme};
 
-use super::keys::{describe, open_keystore};
+use super::keys::{describe, open_keystore, open_pkcs11};
 use crate::backend::KeyBackend;
-use crate::config::{Config, Protocol};
+use crate::config::{BackendKind, Config, Protocol};
 use crate::guard::Guard;
 use crate::server;
 use crate::store::Store;
@@ -24,24 +24,17 @@ pub(crate) fn run(config_path: &Path) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let keystore = open_keystore(&config)?;
-    if keystore.keys().is_empty() {
-        for scheme in &config.keystore.create_on_first_start {
-            let id = KeyId::new(format!("dev-{scheme}"))?;
-            let info = keystore.generate(id, *scheme)?;
-            println!("keyguard: created key {}", describe(&info));
-            if *scheme == Scheme::Secp256k1 {
-                println!(
-                    "keyguard: EVM address {}",
-                    describe(&info).rsplit(' ').next().unwrap_or("")
-                );
-            }
+    let backend: Arc<dyn KeyBackend> = match config.keystore.backend {
+        BackendKind::Software => open_software(&config)?,
+        BackendKind::Pkcs11 => {
+            super::keys::prepare_data_dir(&config.data.dir)?;
+            let token = open_pkcs11(&config).context("opening the PKCS#11 token")?;
+            Arc::new(token)
         }
-    }
-    for key in keystore.keys() {
+    };
+    for key in backend.keys() {
         println!("keyguard: key {}", describe(&key));
     }
-    let backend: Arc<dyn KeyBackend> = Arc::new(keystore);
 
     let store = Store::open(&config.data.database())
         .with_context(|| format!("opening {}", config.data.database().display()))?;
@@ -81,6 +74,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .context("closing the store")??;
     Ok(())
+}
+
+fn open_software(config: &Config) -> anyhow::Result<Arc<dyn KeyBackend>> {
+    let keystore = open_keystore(config)?;
+    if keystore.keys().is_empty() {
+        for scheme in &config.keystore.create_on_first_start {
+            let id = KeyId::new(format!("dev-{scheme}"))?;
+            let info = keystore.generate(id, *scheme)?;
+            println!("keyguard: created key {}", describe(&info));
+            if *scheme == Scheme::Secp256k1 {
+                println!(
+                    "keyguard: EVM address {}",
+                    describe(&info).rsplit(' ').next().unwrap_or("")
+                );
+            }
+        }
+    }
+    Ok(Arc::new(keystore))
 }
 
 async fn shutdown_signal() {
