@@ -282,6 +282,62 @@ pub fn list_keys(settings: &TokenSettings) -> Result<Vec<KeyInfo>, Pkcs11Error> 
     Ok(conn.keys.values().map(|k| k.info.clone()).collect())
 }
 
+/// Raw token throughput for `keyguard bench`: `sessions` threads, each signing with its own
+/// session in a loop for `duration` (`CKM_ECDSA` over distinct digests, nothing checked).
+/// Returns each call's latency in microseconds. Needs the library to itself, like
+/// [`generate_key`].
+pub fn raw_sign_latencies(
+    settings: &TokenSettings,
+    key: &KeyId,
+    sessions: usize,
+    duration: Duration,
+) -> Result<Vec<u32>, Pkcs11Error> {
+    let conn = Connection::open(settings, true)?;
+    if !conn.keys.contains_key(key) {
+        return Err(Pkcs11Error::MissingKey(key.to_string()));
+    }
+    let start = std::time::Instant::now();
+    let results: Vec<Result<Vec<u32>, CkError>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..sessions.max(1))
+            .map(|t| {
+                let conn = &conn;
+                s.spawn(move || {
+                    let mut latencies = Vec::new();
+                    let mut n = 0u64;
+                    while start.elapsed() < duration {
+                        let mut digest = [0u8; 32];
+                        digest[..8].copy_from_slice(&(t as u64).to_be_bytes());
+                        digest[8..16].copy_from_slice(&n.to_be_bytes());
+                        let payload = SigningPayload::Secp256k1Prehash(digest);
+                        let sent = std::time::Instant::now();
+                        conn.sign_raw(key, &payload)?;
+                        latencies.push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                        n += 1;
+                    }
+                    Ok(latencies)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join().unwrap_or(Err(CkError::Pkcs11(
+                    RvError::GeneralError,
+                    cryptoki::context::Function::Sign,
+                )))
+            })
+            .collect()
+    });
+    let mut all = Vec::new();
+    for r in results {
+        all.extend(r.map_err(|source| Pkcs11Error::Token {
+            operation: "C_Sign",
+            source,
+        })?);
+    }
+    Ok(all)
+}
+
 /// Errors that say nothing about the token's health: the request was wrong, not the token.
 fn is_request_error(e: &CkError) -> bool {
     matches!(
@@ -309,6 +365,7 @@ fn sign_blocking(
     conn: &Arc<Connection>,
     key: &KeyInfo,
     payload: &SigningPayload,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Attempt {
     let mut raw = conn.sign_raw(&key.id, payload);
     if let Err(CkError::Pkcs11(RvError::UserNotLoggedIn, _)) = raw {
@@ -327,6 +384,9 @@ fn sign_blocking(
             }
         }
     }
+    // The session is back in the pool: let the next request use the token while this one's
+    // signature is checked (two EC recoveries cost about as much as the token's sign).
+    drop(permit);
     let raw = match raw {
         Ok(raw) => raw,
         Err(e) => {
@@ -420,8 +480,7 @@ impl KeyBackend for Pkcs11Backend {
         let payload = payload.clone();
         let task = tokio::task::spawn_blocking(move || {
             // The permit lives as long as the token call, even if the caller gave up waiting.
-            let _permit = permit;
-            sign_blocking(&shared, &conn, &info, &payload)
+            sign_blocking(&shared, &conn, &info, &payload, permit)
         });
         let attempt = match tokio::time::timeout(timeout, task).await {
             Ok(Ok(attempt)) => attempt,
