@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 /// The PKCS#11 token holding the keys.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pkcs11Config {
     /// The vendor's PKCS#11 library (`/usr/lib/softhsm/libsofthsm2.so`).
