@@ -6,7 +6,7 @@
 //! with the public key read at start. A signature that recovers to neither is a token fault and
 //! is never released (pass 2 would refuse it too; failing here names the backend).
 
-use k256::ecdsa::{RecoveryId, Signature as EcdsaSignature, VerifyingKey};
+use k256::ecdsa::Signature as EcdsaSignature;
 use keyguard_chain::Signature;
 
 /// What was wrong with a token's signature.
@@ -45,15 +45,22 @@ pub(crate) fn secp256k1_from_token(
         Some(low) => (low, true),
         None => (sig, false),
     };
-    let expected =
-        VerifyingKey::from_sec1_bytes(public).map_err(|_| SignatureFault::DoesNotVerify)?;
+    let Some(expected) = keyguard_evm::address_of(&keyguard_chain::PublicKey::Secp256k1(*public))
+    else {
+        return Err(SignatureFault::DoesNotVerify);
+    };
+    let (r, s) = sig.split_bytes();
+    let prehash = alloy_primitives::B256::from(*digest);
     for id in 0u8..=1 {
-        let Some(recovery_id) = RecoveryId::from_byte(id) else {
-            continue;
-        };
-        let recovered = VerifyingKey::recover_from_prehash(digest, &sig, recovery_id);
-        if matches!(&recovered, Ok(k) if *k == expected) {
-            let (r, s) = sig.split_bytes();
+        // libsecp256k1's recovery is several times cheaper than k256's (which also re-verifies),
+        // and this trial runs once or twice per token signature.
+        let candidate = alloy_primitives::Signature::from_bytes_and_parity(
+            &[r.as_slice(), s.as_slice()].concat(),
+            id == 1,
+        );
+        let recovered =
+            alloy_consensus::crypto::secp256k1::recover_signer_unchecked(&candidate, prehash);
+        if recovered.ok() == Some(expected) {
             return Ok(Secp256k1Outcome {
                 signature: Signature::Secp256k1 {
                     r: r.into(),
@@ -87,6 +94,7 @@ pub(crate) fn ed25519_from_token(
 mod tests {
     use super::*;
     use k256::ecdsa::SigningKey;
+    use k256::ecdsa::{RecoveryId, VerifyingKey};
 
     fn key() -> (SigningKey, [u8; 65]) {
         let sk = SigningKey::from_slice(&[7u8; 32]).unwrap();
