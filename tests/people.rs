@@ -474,3 +474,49 @@ fn audit_verify_detects_any_single_row_edit_delete_or_reorder() {
         assert!(stderr.contains(&format!("seq {seq}")), "{name}: {stderr}");
     }
 }
+
+#[test]
+fn a_waiting_listener_holds_the_call_until_the_quorum_is_met() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(dir.path(), REUSABLE_CODES).replace(
+        "keys = [\"*\"]\n[[policies]]",
+        "keys = [\"*\"]\napproval_wait_secs = 60\n[[policies]]",
+    );
+    let daemon = Daemon::start(dir.path(), &text, &[]);
+    let (rpc, from, sock) = (daemon.rpc_addr(), address(&daemon), socket(dir.path()));
+    let alice = bootstrap_admin(&daemon, "alice");
+    let ann = add_user(&sock, &alice, "ann", &["approver"], &["treasury"]);
+    let bob = add_user(&sock, &alice, "bob", &["approver"], &["treasury"]);
+
+    let started = Instant::now();
+    let call = {
+        let (rpc, from) = (rpc.clone(), from.clone());
+        std::thread::spawn(move || sign(&rpc, &from, 11 * ETHER, 7))
+    };
+    // The call is held open: it shows up as pending while nobody has answered it.
+    let id = loop {
+        let pending = admin(&sock, &ann, "approvals.list", json!({}));
+        if let Some(id) = pending["result"][0]["id"].as_str() {
+            break id.to_string();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never became pending"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!call.is_finished());
+    admin(&sock, &ann, "approvals.approve", json!({"id": id}));
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        !call.is_finished(),
+        "one approval of two must not release it"
+    );
+    admin(&sock, &bob, "approvals.approve", json!({"id": id}));
+    let released = call.join().unwrap();
+    assert!(
+        released["result"].as_str().unwrap().starts_with("0x"),
+        "{released}"
+    );
+    assert_eq!(signed_rows(&daemon.config).len(), 1);
+}

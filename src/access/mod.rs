@@ -25,6 +25,9 @@ pub struct Caller {
     pub grants: Arc<[String]>,
     /// Response shape this caller gets.
     pub response: ResponseShape,
+    /// How long a request that needs approvals waits for them before answering -32002
+    /// (zero: answer at once; for simple clients that cannot retry).
+    pub approval_wait: std::time::Duration,
 }
 
 impl Caller {
@@ -90,6 +93,7 @@ impl Authenticator {
                     name: c.name.as_str().into(),
                     grants: c.keys.clone().into(),
                     response: c.response.unwrap_or(listener.response),
+                    approval_wait: listener.approval_wait(),
                 };
                 Some((hash, caller))
             })
@@ -100,6 +104,7 @@ impl Authenticator {
                 name: "local".into(),
                 grants: listener.keys.clone().into(),
                 response: listener.response,
+                approval_wait: listener.approval_wait(),
             },
             by_token_hash,
         }

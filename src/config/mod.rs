@@ -218,6 +218,19 @@ pub struct ListenerConfig {
     /// Requests with a larger body are refused before parsing.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: u32,
+    /// Seconds a signing call that needs approvals waits for them (0 answers -32002 at once).
+    #[serde(default)]
+    pub approval_wait_secs: u32,
+}
+
+/// Longest approval wait a listener may configure: beyond it clients and proxies time out.
+pub const MAX_APPROVAL_WAIT_SECS: u32 = 600;
+
+impl ListenerConfig {
+    /// The approval wait as a duration.
+    pub fn approval_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.approval_wait_secs))
+    }
 }
 
 fn default_max_body() -> u32 {
@@ -337,6 +350,12 @@ impl Config {
             }
             if l.max_body_bytes < 1024 {
                 problems.push(self.invalid(key("max_body_bytes"), "must be at least 1024"));
+            }
+            if l.approval_wait_secs > MAX_APPROVAL_WAIT_SECS {
+                problems.push(self.invalid(
+                    key("approval_wait_secs"),
+                    format!("at most {MAX_APPROVAL_WAIT_SECS}"),
+                ));
             }
         }
         let mut client_names = HashSet::new();

@@ -21,6 +21,9 @@ use crate::approvals::{
 };
 use crate::config::Config;
 
+/// How often a waiting approval call looks at the approval book again.
+const APPROVAL_POLL: Duration = Duration::from_millis(200);
+
 /// Kill switch, rate limits and the approval book, shared by every listener.
 pub(super) struct Controls {
     pub(super) kill: Arc<KillSwitch>,
@@ -120,6 +123,7 @@ impl Guard {
     /// After policy: with no requirement, proceed; otherwise hold the request (`-32002`) until
     /// the quorum approved this exact intent, then consume the approval for this one signature.
     /// Returns the consumed approval's id.
+    /// Answers a request that needs approvals: proceed, hold (-32002), or refuse.
     pub(super) async fn approval_stage(
         &self,
         caller: &Caller,
@@ -144,18 +148,35 @@ impl Guard {
             caller.name.to_string(),
         );
         let digest = input.digest;
-        let decided = tokio::task::spawn_blocking(move || {
-            let intent = HeldIntent {
-                key: &key,
-                digest: &digest,
-                requester: &requester,
-                chain: Some(&chain),
-                summary: &summary,
-            };
-            book.decide(&intent, &req, crate::store::now_ms())
-        })
-        .await
-        .map_err(|e| GuardError::Backend(format!("approval book: {e}")))?;
+        let deadline = tokio::time::Instant::now() + caller.approval_wait;
+        let decided = loop {
+            let (book, req) = (book.clone(), req.clone());
+            let (key, chain, summary, requester) = (
+                key.clone(),
+                chain.clone(),
+                summary.clone(),
+                requester.clone(),
+            );
+            let decided = tokio::task::spawn_blocking(move || {
+                let intent = HeldIntent {
+                    key: &key,
+                    digest: &digest,
+                    requester: &requester,
+                    chain: Some(&chain),
+                    summary: &summary,
+                };
+                book.decide(&intent, &req, crate::store::now_ms())
+            })
+            .await
+            .map_err(|e| GuardError::Backend(format!("approval book: {e}")))?;
+            // A listener with an approval wait holds the call open and asks again until the
+            // quorum is met, the request is rejected or expires, or the wait runs out.
+            let still_pending = matches!(decided, Ok(ApprovalOutcome::Held(_)));
+            if !still_pending || tokio::time::Instant::now() >= deadline {
+                break decided;
+            }
+            tokio::time::sleep(APPROVAL_POLL.min(deadline - tokio::time::Instant::now())).await;
+        };
         match decided {
             Ok(ApprovalOutcome::Proceed(id)) => Ok(Some(id)),
             Ok(ApprovalOutcome::Held(a)) => Err(GuardError::ApprovalRequired {
