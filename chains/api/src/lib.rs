@@ -106,13 +106,24 @@ pub enum SigningPayload {
     Secp256k1Prehash([u8; 32]),
     /// A whole message for Ed25519 (which hashes internally).
     Ed25519Message(Vec<u8>),
+    /// A BIP341 key-path sighash, signed with BIP340 Schnorr by the key tweaked with
+    /// `merkle_root` (BIP86: none). The tweak is applied inside the backend, so the untweaked
+    /// private key never leaves it either.
+    TaprootKeySpend {
+        /// The sighash keyguard computed.
+        sighash: [u8; 32],
+        /// Script tree root committed in the tweak; `None` for BIP86 key-path-only outputs.
+        merkle_root: Option<[u8; 32]>,
+    },
 }
 
 impl SigningPayload {
     /// The scheme a key must have to sign this payload.
     pub fn scheme(&self) -> Scheme {
         match self {
-            SigningPayload::Secp256k1Prehash(_) => Scheme::Secp256k1,
+            SigningPayload::Secp256k1Prehash(_) | SigningPayload::TaprootKeySpend { .. } => {
+                Scheme::Secp256k1
+            }
             SigningPayload::Ed25519Message(_) => Scheme::Ed25519,
         }
     }
@@ -132,6 +143,8 @@ pub enum Signature {
     },
     /// Ed25519 `R || S`.
     Ed25519([u8; 64]),
+    /// BIP340 Schnorr signature (`R.x || s`) by a (possibly tweaked) secp256k1 key.
+    Bip340([u8; 64]),
 }
 
 /// Why a request was refused, in the terms the client must see.

@@ -142,6 +142,10 @@ impl Connection {
             .get(key)
             .map(|k| k.handle)
             .ok_or(CkError::Pkcs11(RvError::KeyHandleInvalid, Function::Sign))?;
+        // Tokens have no BIP340 mechanism: HSM keys are usable for ECDSA only (non-HD keys).
+        if matches!(payload, SigningPayload::TaprootKeySpend { .. }) {
+            return Err(CkError::Pkcs11(RvError::MechanismInvalid, Function::Sign));
+        }
         let session = self.take_session()?;
         // Mechanism is not Send, so it is built here on the thread that signs.
         let result = match payload {
@@ -153,6 +157,9 @@ impl Connection {
                 handle,
                 message,
             ),
+            SigningPayload::TaprootKeySpend { .. } => {
+                Err(CkError::Pkcs11(RvError::MechanismInvalid, Function::Sign))
+            }
         };
         // A session whose operation failed may be left mid-operation; close it instead of
         // handing it to the next request.

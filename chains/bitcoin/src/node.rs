@@ -1,0 +1,1 @@
+//! Upstream Bitcoin Core node: placeholder, see the daemon for the client.
