@@ -6,6 +6,8 @@ pub mod pkcs11;
 pub mod software;
 
 use async_trait::async_trait;
+use keyguard_bitcoin::bitcoin::bip32::{DerivationPath, Fingerprint, Xpub};
+use keyguard_bitcoin::bitcoin::NetworkKind;
 use keyguard_chain::{KeyId, PublicKey, Scheme, Signature, SigningPayload};
 
 /// A key a backend holds, as the rest of keyguard may see it (public parts only).
@@ -48,6 +50,14 @@ pub enum BackendError {
         /// What the backend reported.
         reason: String,
     },
+    /// The key is not a BIP32 seed, or the path is not one a seed may derive.
+    #[error("{key} cannot derive {reason}")]
+    Derivation {
+        /// The key asked for.
+        key: KeyId,
+        /// What was refused.
+        reason: String,
+    },
     /// The backend cannot sign right now (HSM unreachable or recovering, all sessions busy);
     /// the request fails at once instead of waiting.
     #[error("{backend} backend unavailable: {reason}")]
@@ -70,4 +80,37 @@ pub trait KeyBackend: Send + Sync {
     fn public_key(&self, key: &KeyId) -> Result<PublicKey, BackendError>;
     /// Sign a payload keyguard computed; the result is checked by pass 2 before release.
     async fn sign(&self, key: &KeyId, payload: &SigningPayload) -> Result<Signature, BackendError>;
+
+    /// BIP32 seeds this backend holds: id and master fingerprint. Single keys (HSM) have none.
+    fn seeds(&self) -> Vec<(KeyId, Fingerprint)> {
+        Vec::new()
+    }
+
+    /// The extended public key of seed `key` at a hardened account path.
+    fn account_xpub(
+        &self,
+        key: &KeyId,
+        path: &DerivationPath,
+        network: NetworkKind,
+    ) -> Result<Xpub, BackendError> {
+        let _ = (path, network);
+        Err(BackendError::Derivation {
+            key: key.clone(),
+            reason: "xpubs: not a BIP32 seed".into(),
+        })
+    }
+
+    /// Signs with the child of seed `key` at `path`, derived inside the backend.
+    async fn sign_derived(
+        &self,
+        key: &KeyId,
+        path: &DerivationPath,
+        payload: &SigningPayload,
+    ) -> Result<Signature, BackendError> {
+        let _ = (path, payload);
+        Err(BackendError::Derivation {
+            key: key.clone(),
+            reason: "child keys: not a BIP32 seed".into(),
+        })
+    }
 }

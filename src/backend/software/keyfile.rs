@@ -92,7 +92,7 @@ pub(super) fn argon2_params(kdf: &KdfParams) -> Result<Params, String> {
 
 /// Derives the file key. argon2's working memory is itself secret-derived (it lets one finish
 /// the hash without the passphrase), so it lives in a zeroizing buffer too.
-fn derive_file_key(
+pub(super) fn derive_file_key(
     passphrase: &Passphrase,
     kdf: &KdfParams,
     salt: &[u8],
@@ -339,11 +339,16 @@ pub(super) fn check_dir(dir: &Path) -> Result<(), KeystoreError> {
 
 /// Paths of every `*.key.json` in `dir`, sorted.
 pub(super) fn key_file_paths(dir: &Path) -> Result<Vec<PathBuf>, KeystoreError> {
+    file_paths(dir, KEY_FILE_SUFFIX)
+}
+
+/// Paths of every file in `dir` whose name ends with `suffix`, sorted.
+pub(super) fn file_paths(dir: &Path, suffix: &str) -> Result<Vec<PathBuf>, KeystoreError> {
     let mut paths = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;
         let name = entry.file_name();
-        if name.to_str().is_some_and(|n| n.ends_with(KEY_FILE_SUFFIX)) {
+        if name.to_str().is_some_and(|n| n.ends_with(suffix)) {
             paths.push(entry.path());
         }
     }
@@ -370,6 +375,7 @@ pub(super) fn read_key_file(path: &Path) -> Result<Vec<u8>, KeystoreError> {
     Ok(contents)
 }
 
+#[cfg(test)]
 pub(super) fn key_file_path(dir: &Path, id: &KeyId) -> PathBuf {
     dir.join(format!("{id}{KEY_FILE_SUFFIX}"))
 }
@@ -381,10 +387,20 @@ pub(super) fn write_new_key_file(
     id: &KeyId,
     contents: &[u8],
 ) -> Result<PathBuf, KeystoreError> {
-    let final_path = key_file_path(dir, id);
+    write_new_file(dir, id, KEY_FILE_SUFFIX, contents)
+}
+
+/// [`write_new_key_file`] for any suffix (seed files are `<id>.seed.json`).
+pub(super) fn write_new_file(
+    dir: &Path,
+    id: &KeyId,
+    suffix: &str,
+    contents: &[u8],
+) -> Result<PathBuf, KeystoreError> {
+    let final_path = dir.join(format!("{id}{suffix}"));
     let mut tag = [0u8; 8];
     OsRng.fill_bytes(&mut tag);
-    let tmp_path = dir.join(format!(".{id}{KEY_FILE_SUFFIX}.tmp-{}", hex::encode(tag)));
+    let tmp_path = dir.join(format!(".{id}{suffix}.tmp-{}", hex::encode(tag)));
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)

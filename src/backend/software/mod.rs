@@ -17,8 +17,11 @@
 
 mod keyfile;
 mod secret;
+mod seed;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_seed;
 mod v3_import;
 
 use std::collections::BTreeMap;
@@ -38,7 +41,11 @@ use keyfile::{
     argon2_params, check_dir, decrypt_key_file, encrypt_key_file, key_file_paths, parse_key_file,
     read_key_file, write_new_key_file, DecryptFailure,
 };
+use keyguard_bitcoin::bitcoin::bip32::{DerivationPath, Fingerprint, Xpub};
+use keyguard_bitcoin::bitcoin::NetworkKind;
 use secret::SecretKey;
+use seed::{LoadedSeed, SEED_FILE_SUFFIX};
+pub use seed::{SeedInfo, ETH_KEY_SUFFIX};
 
 /// Argon2id cost for newly written key files. Existing files carry their own parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,6 +164,8 @@ pub struct SoftwareKeystore {
     passphrase: Passphrase,
     kdf: KdfParams,
     keys: RwLock<BTreeMap<KeyId, Arc<LoadedKey>>>,
+    /// BIP32 seeds; each also contributes its Ethereum key to `keys`.
+    seeds: RwLock<BTreeMap<KeyId, Arc<LoadedSeed>>>,
 }
 
 impl fmt::Debug for SoftwareKeystore {
@@ -207,8 +216,23 @@ impl SoftwareKeystore {
                 Err(DecryptFailure::Aead) => aead_failures.push((path, parsed.info.id)),
             }
         }
+        let mut seeds = BTreeMap::new();
+        for path in keyfile::file_paths(dir, SEED_FILE_SUFFIX)? {
+            let contents = read_key_file(&path)?;
+            match seed::decrypt_seed(&path, &contents, passphrase) {
+                Ok(loaded) => {
+                    Self::insert_seed_keys(&mut keys, &loaded, &path)?;
+                    seeds.insert(loaded.info.id.clone(), Arc::new(loaded));
+                }
+                Err(DecryptFailure::Other(e)) => return Err(e),
+                Err(DecryptFailure::Aead) => {
+                    let id = seed::read_info(&path, &contents)?.id;
+                    aead_failures.push((path, id));
+                }
+            }
+        }
         if let Some((path, id)) = aead_failures.into_iter().next() {
-            return Err(if keys.is_empty() {
+            return Err(if keys.is_empty() && seeds.is_empty() {
                 KeystoreError::WrongPassphrase { key: id }
             } else {
                 corrupt(
@@ -223,7 +247,98 @@ impl SoftwareKeystore {
             passphrase: passphrase.clone(),
             kdf,
             keys: RwLock::new(keys),
+            seeds: RwLock::new(seeds),
         })
+    }
+
+    /// Registers a seed's Ethereum key (m/44'/60'/0'/0/0) as an ordinary secp256k1 key, so the
+    /// Ethereum pipeline signs with it unchanged.
+    fn insert_seed_keys(
+        keys: &mut BTreeMap<KeyId, Arc<LoadedKey>>,
+        loaded: &LoadedSeed,
+        path: &Path,
+    ) -> Result<(), KeystoreError> {
+        let info = &loaded.info;
+        if keys.contains_key(&info.id) || keys.contains_key(&info.eth_key) {
+            return Err(corrupt(
+                path,
+                "seed id or its -eth key clashes with a key file",
+            ));
+        }
+        let secret = loaded.eth_secret().map_err(|r| corrupt(path, r))?;
+        let key = SecretKey::from_bytes(Scheme::Secp256k1, secret.as_slice())
+            .ok_or_else(|| corrupt(path, "derived Ethereum key is invalid"))?;
+        let info = KeyInfo {
+            id: info.eth_key.clone(),
+            public_key: key.public_key(),
+        };
+        keys.insert(info.id.clone(), Arc::new(LoadedKey { info, secret: key }));
+        Ok(())
+    }
+
+    /// Public facts of every seed file in `dir`, without decrypting anything.
+    pub fn list_seeds(dir: &Path) -> Result<Vec<SeedInfo>, KeystoreError> {
+        if !dir.exists() {
+            return Ok(Vec::new());
+        }
+        check_dir(dir)?;
+        keyfile::file_paths(dir, SEED_FILE_SUFFIX)?
+            .iter()
+            .map(|p| seed::read_info(p, &read_key_file(p)?))
+            .collect()
+    }
+
+    /// Imports a BIP39 mnemonic (and optional BIP39 passphrase) as a new seed.
+    pub fn import_mnemonic(
+        &self,
+        id: KeyId,
+        words: &str,
+        bip39_passphrase: &str,
+    ) -> Result<SeedInfo, KeystoreError> {
+        self.add_seed(id, seed::seed_from_mnemonic(words, bip39_passphrase)?)
+    }
+
+    /// Generates a new seed from a fresh 24-word mnemonic. The words are returned only so the
+    /// CLI can write an offline backup when explicitly asked to; keyguard never shows them again.
+    pub fn generate_seed(&self, id: KeyId) -> Result<(SeedInfo, Zeroizing<String>), KeystoreError> {
+        let (words, seed) = seed::generate_mnemonic()?;
+        Ok((self.add_seed(id, seed)?, words))
+    }
+
+    fn add_seed(&self, id: KeyId, seed: Zeroizing<[u8; 64]>) -> Result<SeedInfo, KeystoreError> {
+        if self.read_keys().contains_key(&id) || self.read_seeds().contains_key(&id) {
+            return Err(KeystoreError::Exists(id));
+        }
+        check_dir(&self.dir)?;
+        let (loaded, contents) = seed::encrypt_seed(id.clone(), seed, &self.passphrase, &self.kdf)?;
+        let path = keyfile::write_new_file(&self.dir, &id, SEED_FILE_SUFFIX, &contents)?;
+        let mut keys = self.keys.write().unwrap_or_else(PoisonError::into_inner);
+        if let Err(e) = Self::insert_seed_keys(&mut keys, &loaded, &path) {
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        let info = loaded.info.clone();
+        self.seeds
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, Arc::new(loaded));
+        Ok(info)
+    }
+
+    /// Public facts of every loaded seed.
+    pub fn seed_infos(&self) -> Vec<SeedInfo> {
+        self.read_seeds().values().map(|s| s.info.clone()).collect()
+    }
+
+    fn read_seeds(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<KeyId, Arc<LoadedSeed>>> {
+        self.seeds.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn seed(&self, id: &KeyId) -> Result<Arc<LoadedSeed>, BackendError> {
+        self.read_seeds()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| BackendError::UnknownKey(id.clone()))
     }
 
     /// Public info of every key file in `dir`, sorted by id, without decrypting anything.
@@ -279,7 +394,7 @@ impl SoftwareKeystore {
     }
 
     fn add(&self, id: KeyId, secret: SecretKey) -> Result<KeyInfo, KeystoreError> {
-        if self.read_keys().contains_key(&id) {
+        if self.read_keys().contains_key(&id) || self.read_seeds().contains_key(&id) {
             return Err(KeystoreError::Exists(id));
         }
         check_dir(&self.dir)?;
@@ -332,5 +447,40 @@ impl KeyBackend for SoftwareKeystore {
     async fn sign(&self, key: &KeyId, payload: &SigningPayload) -> Result<Signature, BackendError> {
         let loaded = self.key(key)?;
         loaded.secret.sign(key, payload)
+    }
+
+    fn seeds(&self) -> Vec<(KeyId, Fingerprint)> {
+        self.read_seeds()
+            .values()
+            .map(|s| (s.info.id.clone(), s.info.fingerprint))
+            .collect()
+    }
+
+    fn account_xpub(
+        &self,
+        key: &KeyId,
+        path: &DerivationPath,
+        network: NetworkKind,
+    ) -> Result<Xpub, BackendError> {
+        self.seed(key)?
+            .xpub(path, network)
+            .map_err(|reason| BackendError::Derivation {
+                key: key.clone(),
+                reason,
+            })
+    }
+
+    async fn sign_derived(
+        &self,
+        key: &KeyId,
+        path: &DerivationPath,
+        payload: &SigningPayload,
+    ) -> Result<Signature, BackendError> {
+        self.seed(key)?
+            .sign(path, payload)
+            .map_err(|reason| BackendError::SigningFailed {
+                key: key.clone(),
+                reason,
+            })
     }
 }
