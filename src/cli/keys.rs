@@ -84,6 +84,21 @@ pub(crate) enum KeysCommand {
         #[arg(long)]
         secret_hex_file: Option<PathBuf>,
     },
+    /// BIP39/BIP32 seeds (software keystore): generate or import a mnemonic.
+    #[command(subcommand)]
+    Seed(super::bitcoin::SeedCommand),
+    /// Fingerprints, account xpubs and descriptors (BIP84, BIP86) of every seed; public only.
+    Descriptors {
+        /// Configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// bitcoin, testnet, signet or regtest.
+        #[arg(long, default_value = "bitcoin")]
+        network: String,
+        /// Account number.
+        #[arg(long, default_value_t = 0)]
+        account: u32,
+    },
 }
 
 /// systemd credential name (`LoadCredential=keyguard-passphrase:...`) read from
@@ -250,6 +265,12 @@ fn pkcs11_generate(_config: &Config, _id: KeyId, _scheme: Scheme) -> anyhow::Res
 
 pub(crate) fn run(command: KeysCommand) -> anyhow::Result<()> {
     match command {
+        KeysCommand::Seed(command) => super::bitcoin::seed(command),
+        KeysCommand::Descriptors {
+            config,
+            network,
+            account,
+        } => super::bitcoin::descriptors(&config, &network, account),
         KeysCommand::Disable { key, all, admin } => {
             super::admin::key_switch("keys.disable", key, all, &admin)
         }
@@ -270,11 +291,15 @@ pub(crate) fn run(command: KeysCommand) -> anyhow::Result<()> {
             } else {
                 Vec::new()
             };
-            if keys.is_empty() {
+            let seeds = super::bitcoin::list_seeds(&config)?;
+            if keys.is_empty() && seeds.is_empty() {
                 println!("no keys in {}", dir.display());
             }
             for k in keys {
                 println!("{}", describe(&k));
+            }
+            for s in seeds {
+                println!("{s}");
             }
             Ok(())
         }

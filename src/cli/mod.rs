@@ -3,6 +3,7 @@
 mod admin;
 mod audit;
 mod bench;
+mod bitcoin;
 mod config_check;
 mod keys;
 mod people;
@@ -78,6 +79,9 @@ enum Command {
     },
     /// Load generator: eth_signTransaction throughput and latency, and the raw crypto ceiling.
     Bench(bench::BenchArgs),
+    /// Bitcoin Core external signer (`bitcoind -signer="keyguard btc-signer"`): enumerate,
+    /// getdescriptors, signtx (PSBT on stdin), forwarded to the running daemon.
+    BtcSigner(bitcoin::BtcSignerArgs),
     /// Check a configuration without starting.
     Config {
         #[command(subcommand)]
@@ -140,6 +144,7 @@ impl Cli {
                 Ok(())
             }
             Command::Bench(args) => bench::run(args),
+            Command::BtcSigner(args) => bitcoin::btc_signer(args),
             Command::Config {
                 command: ConfigCommand::Check { config },
             } => config_check::run(&config),

@@ -75,7 +75,8 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
     let approvals = Approvals::new(state.clone());
     let guard = Arc::new(
         Guard::new(&config, backend, store.audit_log())
-            .with_people(kill.clone(), approvals.clone()),
+            .with_people(kill.clone(), approvals.clone())
+            .with_spend_history(state.clone()),
     );
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
     let admin_socket = if config.admin.enabled {

@@ -263,6 +263,9 @@ pub struct PolicyConfig {
     /// Ethereum rules; a key with no `evm` table cannot sign Ethereum transactions.
     #[serde(default)]
     pub evm: Option<EvmPolicy>,
+    /// Bitcoin rules (`[policies.bitcoin]`) for BIP32 seed keys.
+    #[serde(default)]
+    pub bitcoin: Option<keyguard_bitcoin::BitcoinPolicy>,
 }
 
 /// Whether a key pattern list (`"*"` or ids) covers `key`.

@@ -7,9 +7,11 @@
 //! outcome, refused or signed, is written to the audit log, and a signature is released only
 //! after its audit row is durable.
 
+mod bitcoin;
 mod error;
 mod people;
 
+pub use bitcoin::build_wallet;
 pub use error::GuardError;
 pub use people::intent_digest;
 
@@ -33,25 +35,33 @@ use crate::store::{AuditEntry, AuditLog, Decision};
 struct KeyPolicy {
     name: String,
     evm: Option<EvmPolicy>,
+    bitcoin: Option<keyguard_bitcoin::BitcoinPolicy>,
 }
 
 /// The policy of every key, resolved from one configuration.
 type PolicySet = HashMap<KeyId, Arc<KeyPolicy>>;
 
-fn resolve_policies(config: &Config, keys: &[KeyInfo]) -> PolicySet {
+fn resolve_policies(config: &Config, keys: &[KeyInfo], seeds: &[KeyId]) -> PolicySet {
     keys.iter()
-        .filter_map(|key| {
+        .map(|k| &k.id)
+        .chain(seeds)
+        .filter_map(|id| {
             let p = config
                 .policies
                 .iter()
-                .find(|p| patterns_match(&p.keys, &key.id))?;
+                .find(|p| patterns_match(&p.keys, id))?;
             let resolved = KeyPolicy {
                 name: p.name.clone(),
                 evm: p.evm.clone(),
+                bitcoin: p.bitcoin.clone(),
             };
-            Some((key.id.clone(), Arc::new(resolved)))
+            Some((id.clone(), Arc::new(resolved)))
         })
         .collect()
+}
+
+fn seed_ids(backend: &dyn KeyBackend) -> Vec<KeyId> {
+    backend.seeds().into_iter().map(|(id, _)| id).collect()
 }
 
 /// Runs signing requests through the pipeline. Shared by every listener.
@@ -64,6 +74,7 @@ pub struct Guard {
     id_prefix: String,
     next_id: AtomicU64,
     controls: people::Controls,
+    bitcoin: bitcoin::BitcoinState,
 }
 
 impl Guard {
@@ -80,7 +91,12 @@ impl Guard {
             .as_millis();
         Guard {
             controls: people::Controls::new(config),
-            policies: RwLock::new(Arc::new(resolve_policies(config, &keys))),
+            policies: RwLock::new(Arc::new(resolve_policies(
+                config,
+                &keys,
+                &seed_ids(backend.as_ref()),
+            ))),
+            bitcoin: bitcoin::BitcoinState::default(),
             backend,
             audit,
             evm_keys,
@@ -91,7 +107,9 @@ impl Guard {
 
     /// Applies the policies of a new (already validated) configuration to the next request.
     pub fn reload_policies(&self, config: &Config) {
-        let set = Arc::new(resolve_policies(config, &self.backend.keys()));
+        let seeds = seed_ids(self.backend.as_ref());
+        let set = Arc::new(resolve_policies(config, &self.backend.keys(), &seeds));
+        self.bitcoin.clear_wallets();
         *self.policies.write().unwrap_or_else(|e| e.into_inner()) = set;
         self.reload_limits(config);
     }

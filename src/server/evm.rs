@@ -26,12 +26,12 @@ pub struct EvmListener {
     pub auth: Arc<AuthSwitch>,
 }
 
-struct EvmContext {
-    guard: Arc<Guard>,
+pub(super) struct EvmContext {
+    pub(super) guard: Arc<Guard>,
     chain_id: u64,
 }
 
-fn caller(ext: &Extensions) -> Result<&Caller, ErrorObjectOwned> {
+pub(super) fn caller(ext: &Extensions) -> Result<&Caller, ErrorObjectOwned> {
     match ext.get::<Authentication>() {
         Some(Authentication::Caller(c)) => Ok(c),
         Some(Authentication::Refused(reason)) => Err(rpc_error::unauthorized(reason)),
@@ -77,6 +77,7 @@ fn build_module(ctx: EvmContext) -> RpcModule<EvmContext> {
             },
         )
         .expect("unique method");
+    super::bitcoin::register(&mut module);
     module
 }
 

@@ -2,6 +2,7 @@
 //! into the protocol's own error form; none of them makes a policy decision.
 
 pub mod admin;
+mod bitcoin;
 pub mod evm;
 mod http_edge;
 pub mod metrics_http;

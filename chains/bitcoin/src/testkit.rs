@@ -236,3 +236,8 @@ pub fn foreign_script(seed_byte: u8) -> ScriptBuf {
 pub fn to_base64(psbt: &Psbt) -> String {
     crate::encode_psbt(psbt, &crate::PsbtFormat::V0).expect("encode")
 }
+
+/// The same PSBT as version 2 (BIP370) bytes.
+pub fn to_v2(psbt: &Psbt) -> Vec<u8> {
+    crate::v2::v0_to_v2_fresh(&psbt.serialize())
+}

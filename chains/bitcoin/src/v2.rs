@@ -409,12 +409,15 @@ pub(crate) fn v0_to_v2(v0: &[u8], fields: &V2Fields) -> Result<Vec<u8>, RawError
     Ok(write_raw(&raw))
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "testkit"))]
 pub(crate) fn v0_to_v2_fresh(v0: &[u8]) -> Vec<u8> {
     //! Test helper: builds a v2 PSBT from a v0 one (the Creator/Constructor roles of BIP370).
-    let (raw, _) = parse_raw(v0).unwrap();
-    let tx_raw = get(&raw.global, G_UNSIGNED_TX).unwrap().unwrap();
-    let tx: Transaction = deserialize(tx_raw).unwrap();
+    let (raw, _) = parse_raw(v0).expect("valid v0 PSBT");
+    let tx_raw = get(&raw.global, G_UNSIGNED_TX)
+        .ok()
+        .flatten()
+        .expect("unsigned tx");
+    let tx: Transaction = deserialize(tx_raw).expect("unsigned tx");
     let pair = |k: u8, v: Vec<u8>| Pair {
         key: vec![k],
         value: v,
@@ -464,5 +467,5 @@ pub(crate) fn v0_to_v2_fresh(v0: &[u8]) -> Vec<u8> {
             })
             .collect(),
     };
-    v0_to_v2(v0, &fields).unwrap()
+    v0_to_v2(v0, &fields).expect("convertible")
 }

@@ -1,0 +1,388 @@
+//! The Bitcoin path through the pipeline (`btc_signPsbt`, `btc_getDescriptors`), built like
+//! the Ethereum one: pre-check (kill switch, rate limits) -> authorize -> decode (pass 1) ->
+//! policy (stateless rules, then the rolling window, reserved atomically) -> sign every input
+//! with the seed's child keys -> pass 2 -> audit commit -> release.
+//!
+//! The rolling-window ledger lives in memory for speed and is rebuilt from the audit log
+//! (signed `btc_signPsbt` rows carry `spend_sat`) the first time a key is used after a start,
+//! so a restart does not reset the window.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use keyguard_bitcoin::bitcoin::{Amount, NetworkKind};
+use keyguard_bitcoin::wallet::{account_path, Account, Wallet};
+use keyguard_bitcoin::{BitcoinPolicy, SignedPsbt, SpendIntent};
+use keyguard_chain::{KeyId, Rejection};
+use serde_json::{json, Value};
+
+use super::{Guard, GuardError};
+use crate::access::Caller;
+use crate::backend::KeyBackend;
+use crate::store::{AuditEntry, AuditFilter, Decision, StateDb};
+
+const METHOD: &str = "btc_signPsbt";
+
+/// Per-guard Bitcoin state: wallets (public views of seeds), the spend window ledger.
+#[derive(Default)]
+pub(super) struct BitcoinState {
+    wallets: RwLock<HashMap<KeyId, Arc<Wallet>>>,
+    windows: Mutex<HashMap<KeyId, VecDeque<(i64, u64)>>>,
+    history: Option<StateDb>,
+}
+
+impl BitcoinState {
+    pub(super) fn clear_wallets(&self) {
+        self.wallets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The public view of seed `key` that `policy` lets keyguard sign for: BIP84 and BIP86
+/// accounts, xpubs derived inside the backend.
+pub fn build_wallet(
+    backend: &dyn KeyBackend,
+    key: &KeyId,
+    policy: &BitcoinPolicy,
+) -> Result<Wallet, GuardError> {
+    let fingerprint = backend
+        .seeds()
+        .into_iter()
+        .find(|(id, _)| id == key)
+        .map(|(_, fp)| fp)
+        .ok_or_else(|| Rejection::invalid("key", format!("{key} is not a BIP32 seed")))?;
+    let mut accounts = Vec::new();
+    for kind in &policy.script_types {
+        for n in &policy.accounts {
+            let path = account_path(*kind, policy.network, *n)
+                .ok_or_else(|| Rejection::invalid("accounts", "account out of range"))?;
+            let xpub = backend
+                .account_xpub(key, &path, NetworkKind::from(policy.network))
+                .map_err(|e| GuardError::Backend(e.to_string()))?;
+            accounts.push(Account {
+                kind: *kind,
+                path,
+                xpub,
+            });
+        }
+    }
+    Ok(Wallet {
+        fingerprint,
+        network: policy.network,
+        accounts,
+        max_index: policy.max_index,
+        change_gap: policy.change_gap,
+    })
+}
+
+impl Guard {
+    /// Lets the rolling spend window be rebuilt from the audit log after a restart.
+    pub fn with_spend_history(mut self, state: StateDb) -> Self {
+        self.bitcoin.history = Some(state);
+        self
+    }
+
+    /// Bitcoin policy and wallet of `key`, or why there is none.
+    fn bitcoin_setup(&self, key: &KeyId) -> Result<(BitcoinPolicy, Arc<Wallet>), GuardError> {
+        let policy = self
+            .policy_for(key)
+            .and_then(|p| p.bitcoin.clone())
+            .ok_or_else(|| {
+                Rejection::policy(
+                    "policy.none",
+                    "key",
+                    format!("no policy with Bitcoin rules governs key {key}"),
+                )
+            })?;
+        if let Some(w) = self
+            .bitcoin
+            .wallets
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+        {
+            if w.network == policy.network {
+                return Ok((policy, w.clone()));
+            }
+        }
+        let wallet = Arc::new(build_wallet(self.backend.as_ref(), key, &policy)?);
+        self.bitcoin
+            .wallets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.clone(), wallet.clone());
+        Ok((policy, wallet))
+    }
+
+    /// The seed a request names, or the only seed with Bitcoin rules this caller may use.
+    fn bitcoin_key(&self, caller: &Caller, named: Option<&str>) -> Result<KeyId, GuardError> {
+        if let Some(name) = named {
+            return KeyId::new(name).map_err(|e| Rejection::invalid("key", e.to_string()).into());
+        }
+        let candidates: Vec<KeyId> = self
+            .backend
+            .seeds()
+            .into_iter()
+            .map(|(id, _)| id)
+            .filter(|id| {
+                caller.may_use(id) && self.policy_for(id).is_some_and(|p| p.bitcoin.is_some())
+            })
+            .collect();
+        match candidates.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => {
+                Err(Rejection::invalid("key", "no Bitcoin key is available to this client").into())
+            }
+            _ => {
+                Err(Rejection::invalid("key", "several Bitcoin keys: name one with \"key\"").into())
+            }
+        }
+    }
+
+    /// `btc_getDescriptors`: receive and internal descriptors of every account (public only).
+    pub fn bitcoin_descriptors(
+        &self,
+        caller: &Caller,
+        params: &Value,
+    ) -> Result<Value, GuardError> {
+        let key = self.bitcoin_key(caller, params.get("key").and_then(Value::as_str))?;
+        if !caller.may_use(&key) {
+            return Err(GuardError::Unauthorized(format!(
+                "key {key} is not granted to client {}",
+                caller.name
+            )));
+        }
+        let (_, wallet) = self.bitcoin_setup(&key)?;
+        let (receive, internal): (Vec<_>, Vec<_>) = wallet.descriptors().into_iter().unzip();
+        Ok(json!({
+            "key": key,
+            "fingerprint": wallet.fingerprint.to_string(),
+            "network": wallet.network.to_string(),
+            "receive": receive,
+            "internal": internal,
+        }))
+    }
+
+    /// `btc_signPsbt`: the whole pipeline for one PSBT.
+    pub async fn sign_bitcoin_psbt(
+        &self,
+        caller: &Caller,
+        params: &Value,
+    ) -> Result<SignedPsbt, GuardError> {
+        let started = std::time::Instant::now();
+        let request_id = self.new_request_id();
+        let mut entry = AuditEntry {
+            request_id: request_id.clone(),
+            client: caller.name.to_string(),
+            key_id: None,
+            chain: Some("bitcoin".into()),
+            method: METHOD.into(),
+            summary: Value::Null,
+            decision: Decision::Refused,
+            rule: None,
+            reason: None,
+            tx_hash: None,
+        };
+        let key = self.bitcoin_key(caller, params.get("key").and_then(Value::as_str));
+        let hint = key.as_ref().ok();
+        let outcome = match self.pre_check(caller, METHOD, hint).await {
+            Ok(_pass) => match &key {
+                Ok(key) => self.bitcoin_stages(caller, key, params, &mut entry).await,
+                Err(e) => Err(GuardError::Rejected(match e {
+                    GuardError::Rejected(r) => r.clone(),
+                    other => Rejection::invalid("key", other.to_string()),
+                })),
+            },
+            Err(e) => Err(e),
+        };
+        entry.key_id = hint.map(ToString::to_string);
+        let (outcome, reservation) = match outcome {
+            Ok((signed, r)) => (Ok(signed), Some(r)),
+            Err(e) => (Err(e), None),
+        };
+        match &outcome {
+            Ok(signed) => {
+                entry.decision = Decision::Signed;
+                entry.tx_hash = Some(signed.txid.to_string());
+            }
+            Err(e) => {
+                entry.decision = e.decision();
+                entry.rule = e.rule().map(str::to_owned);
+                entry.reason = Some(e.to_string());
+            }
+        }
+        let chain = entry.chain.clone().unwrap_or_default();
+        let rule = entry.rule.clone();
+        let committed = self.audit.append(entry).await;
+        let decision = match (&outcome, &committed) {
+            (Ok(_), Ok(_)) => Decision::Signed,
+            (Ok(_), Err(_)) => Decision::Failed,
+            (Err(e), _) => e.decision(),
+        };
+        crate::metrics::request(&chain, METHOD, decision.as_str(), started.elapsed());
+        if let (Decision::Refused, Some(rule)) = (decision, rule) {
+            crate::metrics::rejection(&rule);
+        }
+        match (outcome, committed) {
+            (Ok(signed), Ok(_)) => {
+                tracing::info!(request_id, client = %caller.name, txid = %signed.txid, "signed psbt");
+                Ok(signed)
+            }
+            (Ok(_), Err(e)) => {
+                if let Some(r) = reservation {
+                    self.release_spend(r);
+                }
+                tracing::error!(request_id, error = %e, "audit commit failed; signature withheld");
+                Err(GuardError::Backend(format!(
+                    "audit log unavailable, signature withheld: {e}"
+                )))
+            }
+            (Err(refusal), audit) => {
+                if let Err(e) = audit {
+                    tracing::error!(request_id, error = %e, "audit commit of a refusal failed");
+                }
+                tracing::info!(request_id, client = %caller.name, %refusal, "refused");
+                Err(refusal)
+            }
+        }
+    }
+
+    async fn bitcoin_stages(
+        &self,
+        caller: &Caller,
+        key: &KeyId,
+        params: &Value,
+        entry: &mut AuditEntry,
+    ) -> Result<(SignedPsbt, (KeyId, i64, u64)), GuardError> {
+        if !caller.may_use(key) {
+            return Err(GuardError::Unauthorized(format!(
+                "key {key} is not granted to client {}",
+                caller.name
+            )));
+        }
+        let psbt = params
+            .get("psbt")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Rejection::invalid("psbt", "missing base64 PSBT"))?;
+        let finalize = match params.get("finalize") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(Rejection::invalid("finalize", "must be a boolean").into()),
+        };
+        let (policy, wallet) = self.bitcoin_setup(key)?;
+        entry.chain = Some(format!("bitcoin:{}", policy.network));
+        let intent: SpendIntent = keyguard_bitcoin::decode(psbt, &wallet)?;
+        entry.summary = intent.summary();
+        if let (Some(p), Value::Object(summary)) = (self.policy_for(key), &mut entry.summary) {
+            summary.insert("policy".into(), Value::String(p.name.clone()));
+        }
+        policy.check(&intent)?;
+        if self.controls.kill.is_disabled(Some(key.as_str())) {
+            return Err(GuardError::KeyDisabled(format!("key {key} is disabled")));
+        }
+        let reservation = self.reserve_spend(key, &policy, &intent)?;
+        let signed = self.sign_psbt_inputs(key, &intent, finalize).await;
+        match signed {
+            Ok(s) => Ok((s, reservation)),
+            Err(e) => {
+                self.release_spend(reservation);
+                Err(e)
+            }
+        }
+    }
+
+    /// Signs every input keyguard re-derived, then pass 2.
+    pub(super) async fn sign_psbt_inputs(
+        &self,
+        key: &KeyId,
+        intent: &SpendIntent,
+        finalize: bool,
+    ) -> Result<SignedPsbt, GuardError> {
+        let mut signatures = Vec::with_capacity(intent.jobs.len());
+        for job in &intent.jobs {
+            let sign_started = std::time::Instant::now();
+            let sig = self
+                .backend
+                .sign_derived(key, &job.path, &job.payload)
+                .await
+                .map_err(|e| GuardError::Backend(e.to_string()))?;
+            crate::metrics::sign(self.backend.name(), sign_started.elapsed());
+            signatures.push(sig);
+        }
+        keyguard_bitcoin::finalize(intent, &signatures, finalize).map_err(|e| {
+            tracing::error!(key = %key, error = %e, "ALERT: pass 2 rejected a backend signature");
+            GuardError::Backend(e.to_string())
+        })
+    }
+
+    /// Checks the rolling window and reserves this spend in it under one lock, so concurrent
+    /// requests cannot both fit under the limit.
+    fn reserve_spend(
+        &self,
+        key: &KeyId,
+        policy: &BitcoinPolicy,
+        intent: &SpendIntent,
+    ) -> Result<(KeyId, i64, u64), GuardError> {
+        let now = now_ms();
+        let since = now - (policy.window_secs as i64).saturating_mul(1000);
+        let mut windows = self
+            .bitcoin
+            .windows
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !windows.contains_key(key) {
+            windows.insert(key.clone(), self.spend_history(key, since)?);
+        }
+        let ledger = windows.entry(key.clone()).or_default();
+        while ledger.front().is_some_and(|(at, _)| *at < since) {
+            ledger.pop_front();
+        }
+        let spent: u64 = ledger.iter().map(|(_, s)| s).sum();
+        policy.check_window(intent, Amount::from_sat(spent))?;
+        let sat = intent.spend().to_sat();
+        ledger.push_back((now, sat));
+        Ok((key.clone(), now, sat))
+    }
+
+    fn release_spend(&self, (key, at, sat): (KeyId, i64, u64)) {
+        let mut windows = self
+            .bitcoin
+            .windows
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(ledger) = windows.get_mut(&key) {
+            if let Some(pos) = ledger.iter().position(|e| *e == (at, sat)) {
+                ledger.remove(pos);
+            }
+        }
+    }
+
+    fn spend_history(&self, key: &KeyId, since: i64) -> Result<VecDeque<(i64, u64)>, GuardError> {
+        let Some(state) = &self.bitcoin.history else {
+            return Ok(VecDeque::new());
+        };
+        let filter = AuditFilter {
+            since_ms: Some(since),
+            key: Some(key.to_string()),
+            decision: Some("signed".into()),
+            method: Some(METHOD.into()),
+            ..AuditFilter::default()
+        };
+        let rows = state
+            .query_audit(&filter)
+            .map_err(|e| GuardError::Backend(format!("reading spend history: {e}")))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| Some((r.ts_ms, r.summary.get("spend_sat")?.as_u64()?)))
+            .collect())
+    }
+}

@@ -1,0 +1,337 @@
+//! Bitcoin through the real binary: a seed imported by the CLI, `btc_getDescriptors`,
+//! `btc_signPsbt` (v0 and v2, finalized transactions verified by Bitcoin Core's script
+//! interpreter), policy refusals over JSON-RPC, the rolling window across a restart, the
+//! seed's Ethereum key, and the Bitcoin Core external-signer command.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use keyguard_bitcoin::bitcoin::base64::prelude::{Engine as _, BASE64_STANDARD};
+use keyguard_bitcoin::bitcoin::{Network, Transaction, TxOut};
+use keyguard_bitcoin::testkit::{build_psbt, foreign_script, to_base64, OurInput, TestWallet};
+use keyguard_bitcoin::ScriptKind;
+use serde_json::{json, Value};
+
+const WORDS: &str = "abandon abandon abandon abandon abandon abandon abandon abandon abandon \
+                     abandon abandon about";
+
+fn config(dir: &Path) -> String {
+    format!(
+        r#"
+[data]
+dir = "{data}"
+[keystore]
+backend = "software"
+kdf_memory_kib = 1024
+kdf_iterations = 1
+[[listeners]]
+name = "evm"
+protocol = "evm-jsonrpc"
+address = "127.0.0.1:0"
+chain_id = 1
+auth = "none"
+keys = ["*"]
+[[policies]]
+name = "btc"
+keys = ["hot"]
+[policies.bitcoin]
+network = "regtest"
+destinations = "any"
+max_spend_per_tx = "0.01 btc"
+max_spend_per_window = "0.0025 btc"
+max_fee = "10000 sat"
+max_feerate_sat_vb = 100
+[[policies]]
+name = "eth"
+keys = ["hot-eth"]
+[policies.evm]
+chain_ids = [1]
+to = "any"
+max_value = "1 ether"
+max_fee_per_gas = "500 gwei"
+max_priority_fee_per_gas = "500 gwei"
+max_fee_per_blob_gas = "500 gwei"
+"#,
+        data = dir.join("var").display()
+    )
+}
+
+fn keyguard(args: &[&str], env: &[(&str, &str)], stdin: &str) -> String {
+    let mut cmd = Command::new(common::binary());
+    cmd.args(args)
+        .env("KEYGUARD_PASSPHRASE", "test-passphrase")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "keyguard {args:?} failed");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn test_wallet() -> TestWallet {
+    let seed = bip39::Mnemonic::parse(WORDS).unwrap().to_seed("");
+    TestWallet::new(&seed, Network::Regtest)
+}
+
+fn consensus_verify(tx: &Transaction, prevouts: &[TxOut]) -> Result<(), String> {
+    let bytes = keyguard_bitcoin::bitcoin::consensus::serialize(tx);
+    let utxos: Vec<bitcoinconsensus::Utxo> = prevouts
+        .iter()
+        .map(|p| bitcoinconsensus::Utxo {
+            script_pubkey: p.script_pubkey.as_bytes().as_ptr(),
+            script_pubkey_len: p.script_pubkey.len() as u32,
+            value: p.value.to_sat() as i64,
+        })
+        .collect();
+    for (i, p) in prevouts.iter().enumerate() {
+        bitcoinconsensus::verify(
+            p.script_pubkey.as_bytes(),
+            p.value.to_sat(),
+            &bytes,
+            Some(&utxos),
+            i,
+        )
+        .map_err(|e| format!("input {i}: {e:?}"))?;
+    }
+    Ok(())
+}
+
+fn policy_error(resp: &Value) -> (String, String) {
+    assert_eq!(resp["error"]["code"], -32001, "{resp}");
+    let data = &resp["error"]["data"];
+    (
+        data["rule"].as_str().unwrap().into(),
+        data["field"].as_str().unwrap().into(),
+    )
+}
+
+#[test]
+fn bitcoin_signing_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let text = config(dir);
+    let cfg = dir.join("keyguard.toml");
+    std::fs::write(&cfg, &text).unwrap();
+    let words = dir.join("words");
+    std::fs::write(&words, WORDS).unwrap();
+    let cfg_s = cfg.to_str().unwrap();
+    let out = keyguard(
+        &[
+            "keys",
+            "seed",
+            "import",
+            "--config",
+            cfg_s,
+            "--id",
+            "hot",
+            "--mnemonic-file",
+            words.to_str().unwrap(),
+        ],
+        &[],
+        "",
+    );
+    assert!(out.contains("fingerprint 73c5da0a"), "{out}");
+    let listed = keyguard(&["keys", "list", "--config", cfg_s], &[], "");
+    assert!(
+        listed.contains("0x9858EfFD232B4033E47d90003D41EC34EcaEda94"),
+        "{listed}"
+    );
+    let desc = keyguard(
+        &[
+            "keys",
+            "descriptors",
+            "--config",
+            cfg_s,
+            "--network",
+            "regtest",
+        ],
+        &[],
+        "",
+    );
+    assert!(
+        desc.contains("wpkh([73c5da0a/84h/1h/0h]tpub") && !desc.contains("prv"),
+        "{desc}"
+    );
+
+    let daemon = common::Daemon::start(dir, &text, &[]);
+    let addr = daemon.rpc_addr();
+    let d = common::rpc(&addr, "btc_getDescriptors", json!([{}]));
+    assert_eq!(d["result"]["fingerprint"], "73c5da0a", "{d}");
+    assert_eq!(d["result"]["network"], "regtest");
+    // The seed's Ethereum key is an ordinary account.
+    let accounts = common::rpc(&addr, "eth_accounts", json!([]));
+    assert!(accounts
+        .to_string()
+        .to_lowercase()
+        .contains("0x9858effd232b4033e47d90003d41ec34ecaeda94"));
+
+    let tw = test_wallet();
+    let inputs = [
+        OurInput {
+            kind: ScriptKind::P2wpkh,
+            index: 0,
+            sat: 60_000,
+        },
+        OurInput {
+            kind: ScriptKind::P2tr,
+            index: 1,
+            sat: 50_000,
+        },
+    ];
+    let psbt = build_psbt(
+        &tw,
+        &inputs,
+        &[(foreign_script(9), 70_000)],
+        Some((ScriptKind::P2tr, 0, 39_000)),
+    );
+    let prevouts: Vec<TxOut> = psbt
+        .inputs
+        .iter()
+        .map(|i| i.witness_utxo.clone().unwrap())
+        .collect();
+    let resp = common::rpc(
+        &addr,
+        "btc_signPsbt",
+        json!([{"psbt": to_base64(&psbt), "finalize": true}]),
+    );
+    let result = &resp["result"];
+    assert_eq!(result["complete"], true, "{resp}");
+    let tx: Transaction = keyguard_bitcoin::bitcoin::consensus::encode::deserialize_hex(
+        result["hex"].as_str().unwrap(),
+    )
+    .unwrap();
+    consensus_verify(&tx, &prevouts).unwrap();
+    let mut lied = prevouts.clone();
+    lied[0].value += keyguard_bitcoin::bitcoin::Amount::from_sat(1);
+    assert!(consensus_verify(&tx, &lied).is_err());
+
+    // The fee attack, refused over JSON-RPC with the rule and the input index.
+    let mut attack = psbt.clone();
+    attack.inputs[0].non_witness_utxo = None;
+    let resp = common::rpc(&addr, "btc_signPsbt", json!([to_base64(&attack)]));
+    assert_eq!(
+        policy_error(&resp),
+        ("bitcoin.input_amount_proof".into(), "inputs[0]".into())
+    );
+
+    // Not finalized: partial signatures come back in a PSBT.
+    let resp = common::rpc(&addr, "btc_signPsbt", json!([to_base64(&psbt)]));
+    assert_eq!(resp["result"]["complete"], false, "{resp}");
+    // Spent so far: 2 x 71_000 = 142_000 of 250_000. A third is still within the window...
+    let resp = common::rpc(&addr, "btc_signPsbt", json!([to_base64(&psbt)]));
+    assert!(resp["result"].is_object(), "{resp}");
+    // ...a fourth is not.
+    let resp = common::rpc(&addr, "btc_signPsbt", json!([to_base64(&psbt)]));
+    assert_eq!(policy_error(&resp).0, "bitcoin.max_spend_per_window");
+
+    // The window survives a restart (rebuilt from the audit log).
+    daemon.terminate();
+    let daemon = common::Daemon::start(dir, &text, &[]);
+    let addr = daemon.rpc_addr();
+    let resp = common::rpc(&addr, "btc_signPsbt", json!([to_base64(&psbt)]));
+    assert_eq!(policy_error(&resp).0, "bitcoin.max_spend_per_window");
+
+    // Bitcoin Core's external signer interface.
+    let url = format!("http://{addr}");
+    let env = [("KEYGUARD_URL", url.as_str())];
+    let e: Value = serde_json::from_str(&keyguard(&["btc-signer", "enumerate"], &env, "")).unwrap();
+    assert_eq!(e[0]["fingerprint"], "73c5da0a", "{e}");
+    let g: Value = serde_json::from_str(&keyguard(
+        &[
+            "btc-signer",
+            "--fingerprint",
+            "73c5da0a",
+            "--chain",
+            "regtest",
+            "getdescriptors",
+            "--account",
+            "0",
+        ],
+        &env,
+        "",
+    ))
+    .unwrap();
+    assert!(
+        g["receive"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("wpkh([73c5da0a/84h/1h/0h]"),
+        "{g}"
+    );
+    let wrong: Value = serde_json::from_str(&keyguard(
+        &["btc-signer", "--chain", "main", "getdescriptors"],
+        &env,
+        "",
+    ))
+    .unwrap();
+    assert!(wrong["error"].is_string(), "{wrong}");
+}
+
+#[test]
+fn psbt_v2_over_rpc_comes_back_as_v2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let text = config(dir).replace("max_spend_per_window = \"0.0025 btc\"\n", "");
+    std::fs::write(dir.join("keyguard.toml"), &text).unwrap();
+    let words = dir.join("words");
+    std::fs::write(&words, WORDS).unwrap();
+    let cfg = dir.join("keyguard.toml");
+    keyguard(
+        &[
+            "keys",
+            "seed",
+            "import",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--id",
+            "hot",
+            "--mnemonic-file",
+            words.to_str().unwrap(),
+        ],
+        &[],
+        "",
+    );
+    let daemon = common::Daemon::start(dir, &text, &[]);
+    let addr = daemon.rpc_addr();
+    let tw = test_wallet();
+    let inputs = [OurInput {
+        kind: ScriptKind::P2tr,
+        index: 2,
+        sat: 80_000,
+    }];
+    let psbt = build_psbt(
+        &tw,
+        &inputs,
+        &[(foreign_script(3), 50_000)],
+        Some((ScriptKind::P2wpkh, 1, 29_000)),
+    );
+    let v2 = keyguard_bitcoin::testkit::to_v2(&psbt);
+    let resp = common::rpc(
+        &addr,
+        "btc_signPsbt",
+        json!({"psbt": BASE64_STANDARD.encode(v2), "finalize": true}),
+    );
+    let out = BASE64_STANDARD
+        .decode(resp["result"]["psbt"].as_str().unwrap())
+        .unwrap();
+    // PSBT_GLOBAL_VERSION = 2 is present in the answer.
+    assert!(
+        out.windows(6)
+            .any(|w| w == [0x01, 0xfb, 0x04, 0x02, 0x00, 0x00]),
+        "{resp}"
+    );
+    assert_eq!(resp["result"]["complete"], true);
+}
