@@ -55,25 +55,49 @@ pub(crate) enum KeysCommand {
     },
 }
 
-/// The keystore passphrase: from the configured environment variable, or in a dev config
-/// the well-known default, with a warning that cannot be missed.
+/// systemd credential name (`LoadCredential=keyguard-passphrase:...`) read from
+/// `$CREDENTIALS_DIRECTORY` when the environment variable is not set.
+const PASSPHRASE_CREDENTIAL: &str = "keyguard-passphrase";
+
+/// The keystore passphrase: from the configured environment variable, else from the systemd
+/// credential, else (dev configs only) the well-known default with a warning that cannot be
+/// missed.
 pub(crate) fn passphrase(config: &Config) -> anyhow::Result<Passphrase> {
-    match std::env::var(&config.keystore.passphrase_env) {
-        Ok(p) if !p.is_empty() => Ok(Passphrase::new(p)),
-        _ if config.dev => {
-            eprintln!(
-                "keyguard: WARNING: {} is not set; this dev config uses the default passphrase. \
-                 Never use it for keys that hold value.",
-                config.keystore.passphrase_env
-            );
-            tracing::warn!("dev default keystore passphrase in use");
-            Ok(Passphrase::new(DEV_PASSPHRASE.to_string()))
+    if let Ok(p) = std::env::var(&config.keystore.passphrase_env) {
+        if !p.is_empty() {
+            return Ok(Passphrase::new(p));
         }
-        _ => anyhow::bail!(
-            "{} is not set: the keystore passphrase is required (only dev configs have a default)",
-            config.keystore.passphrase_env
-        ),
     }
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        let path = Path::new(&dir).join(PASSPHRASE_CREDENTIAL);
+        if path.exists() {
+            let text = Zeroizing::new(
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading credential {}", path.display()))?,
+            );
+            let trimmed = text.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(
+                !trimmed.is_empty(),
+                "credential {} is empty",
+                path.display()
+            );
+            return Ok(Passphrase::new(trimmed.to_string()));
+        }
+    }
+    if config.dev {
+        eprintln!(
+            "keyguard: WARNING: {} is not set; this dev config uses the default passphrase. \
+             Never use it for keys that hold value.",
+            config.keystore.passphrase_env
+        );
+        tracing::warn!("dev default keystore passphrase in use");
+        return Ok(Passphrase::new(DEV_PASSPHRASE.to_string()));
+    }
+    anyhow::bail!(
+        "{} is not set and no systemd credential {PASSPHRASE_CREDENTIAL} was given: the keystore \
+         passphrase is required (only dev configs have a default)",
+        config.keystore.passphrase_env
+    )
 }
 
 /// KDF parameters for newly written key files.

@@ -12,14 +12,14 @@ use jsonrpsee::server::{HttpBody, HttpRequest, HttpResponse};
 use serde_json::json;
 use tower::{Layer, Service};
 
-use crate::access::Authenticator;
+use crate::access::AuthSwitch;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Tower layer installing [`EdgeService`].
 #[derive(Clone)]
 pub(crate) struct EdgeLayer {
-    pub(crate) auth: Arc<Authenticator>,
+    pub(crate) auth: Arc<AuthSwitch>,
     pub(crate) max_body: usize,
 }
 
@@ -39,7 +39,7 @@ impl<S> Layer<S> for EdgeLayer {
 #[derive(Clone)]
 pub(crate) struct EdgeService<S> {
     inner: S,
-    auth: Arc<Authenticator>,
+    auth: Arc<AuthSwitch>,
     max_body: usize,
 }
 
@@ -104,7 +104,7 @@ where
             .headers()
             .get(http::header::AUTHORIZATION)
             .map(|v| v.as_bytes());
-        let authentication = self.auth.authenticate(authorization);
+        let authentication = self.auth.current().authenticate(authorization);
         let (mut parts, body) = request.into_parts();
         parts.extensions.insert(authentication);
         // Take the service that was polled ready, leave a fresh clone behind.
