@@ -71,6 +71,9 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
     let store = Store::open(&config.data.database())
         .with_context(|| format!("opening {}", config.data.database().display()))?;
     let guard = Arc::new(Guard::new(&config, backend, store.audit_log()));
+    guard
+        .restore_state(&store)
+        .context("restoring velocity counters and nonces")?;
 
     let mut handles = Vec::new();
     let mut auths = Vec::new();

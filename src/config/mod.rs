@@ -180,6 +180,20 @@ pub struct ListenerConfig {
     /// Requests with a larger body are refused before parsing.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: u32,
+    /// Upstream node: enables `eth_sendTransaction` and proxies `proxy_methods`.
+    #[serde(default)]
+    pub upstream: Option<UpstreamConfig>,
+}
+
+/// The node behind a listener.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// JSON-RPC URL of the node.
+    pub url: String,
+    /// Read-only methods passed through to the node (`eth_getBalance`, `net_version`, ...).
+    #[serde(default)]
+    pub proxy_methods: Vec<String>,
 }
 
 fn default_max_body() -> u32 {
@@ -294,6 +308,11 @@ impl Config {
                 )),
                 _ => {}
             }
+            for m in l.upstream.iter().flat_map(|u| &u.proxy_methods) {
+                if let Err(e) = crate::server::upstream::proxy_allowed(m) {
+                    problems.push(self.invalid(key("upstream.proxy_methods"), e));
+                }
+            }
             if l.max_body_bytes < 1024 {
                 problems.push(self.invalid(key("max_body_bytes"), "must be at least 1024"));
             }
@@ -316,7 +335,13 @@ impl Config {
             }
         }
         let mut policy_names = HashSet::new();
+        let base = self.path.parent().unwrap_or(Path::new("."));
         for (i, p) in self.policies.iter().enumerate() {
+            if let Some(evm) = &p.evm {
+                if let Err(e) = evm.prepare(base) {
+                    problems.push(self.invalid(format!("policies[{i}].evm"), e));
+                }
+            }
             if !policy_names.insert(&p.name) {
                 problems.push(self.invalid(
                     format!("policies[{i}].name"),

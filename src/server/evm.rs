@@ -26,12 +26,13 @@ pub struct EvmListener {
     pub auth: Arc<AuthSwitch>,
 }
 
-struct EvmContext {
-    guard: Arc<Guard>,
-    chain_id: u64,
+pub(super) struct EvmContext {
+    pub(super) guard: Arc<Guard>,
+    pub(super) chain_id: u64,
+    pub(super) upstream: Option<Arc<super::upstream::Upstream>>,
 }
 
-fn caller(ext: &Extensions) -> Result<&Caller, ErrorObjectOwned> {
+pub(super) fn caller(ext: &Extensions) -> Result<&Caller, ErrorObjectOwned> {
     match ext.get::<Authentication>() {
         Some(Authentication::Caller(c)) => Ok(c),
         Some(Authentication::Refused(reason)) => Err(rpc_error::unauthorized(reason)),
@@ -39,8 +40,13 @@ fn caller(ext: &Extensions) -> Result<&Caller, ErrorObjectOwned> {
     }
 }
 
-fn build_module(ctx: EvmContext) -> RpcModule<EvmContext> {
+fn build_module(ctx: EvmContext, proxied: &[String]) -> RpcModule<EvmContext> {
+    let has_upstream = ctx.upstream.is_some();
     let mut module = RpcModule::new(ctx);
+    super::evm_methods::register_signing(&mut module);
+    if has_upstream {
+        super::evm_methods::register_upstream(&mut module, proxied);
+    }
     module
         .register_method("health_status", |_, _, _| "OK")
         .expect("unique method");
@@ -102,10 +108,25 @@ pub async fn start(
         .build(listener.address)
         .await?;
     let local_addr = server.local_addr()?;
-    let module = build_module(EvmContext {
-        guard,
-        chain_id: listener.chain_id,
-    });
+    let upstream = match &listener.upstream {
+        Some(u) => Some(Arc::new(
+            super::upstream::Upstream::new(&u.url).map_err(std::io::Error::other)?,
+        )),
+        None => None,
+    };
+    let proxied = listener
+        .upstream
+        .as_ref()
+        .map(|u| u.proxy_methods.clone())
+        .unwrap_or_default();
+    let module = build_module(
+        EvmContext {
+            guard,
+            chain_id: listener.chain_id,
+            upstream,
+        },
+        &proxied,
+    );
     let handle = server.start(module);
     Ok(EvmListener {
         handle,

@@ -2,6 +2,8 @@
 //! into the protocol's own error form; none of them makes a policy decision.
 
 pub mod evm;
+mod evm_methods;
 mod http_edge;
 pub mod metrics_http;
 pub mod rpc_error;
+pub mod upstream;

@@ -6,9 +6,10 @@ use super::{now_ms, StoreError};
 
 /// Every migration the binary knows, in ascending version order. Never edit a released entry:
 /// append a new one.
-pub(crate) const MIGRATIONS: &[(u32, &str)] = &[(
-    1,
-    "CREATE TABLE audit_log (
+pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE audit_log (
         seq        INTEGER PRIMARY KEY,
         ts_ms      INTEGER NOT NULL,
         request_id TEXT NOT NULL,
@@ -29,7 +30,31 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[(
     BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
     CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
     BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;",
-)];
+    ),
+    // Conflict-guard state of the EVM policy engine (see store/state.rs).
+    (
+        2,
+        "CREATE TABLE velocity_events (
+            id         INTEGER PRIMARY KEY,
+            key_id     TEXT NOT NULL,
+            counter    TEXT NOT NULL,
+            ts_ms      INTEGER NOT NULL,
+            amount     TEXT NOT NULL,
+            request_id TEXT NOT NULL
+        );
+        CREATE INDEX velocity_events_ts ON velocity_events(ts_ms);
+        CREATE TABLE evm_nonces (
+            key_id     TEXT NOT NULL,
+            chain_id   INTEGER NOT NULL,
+            nonce      INTEGER NOT NULL,
+            sighash    BLOB NOT NULL,
+            max_fee    TEXT NOT NULL,
+            tip        TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            PRIMARY KEY (key_id, chain_id, nonce)
+        );",
+    ),
+];
 
 /// The newest schema version this binary understands.
 pub(crate) fn known_version() -> u32 {

@@ -7,6 +7,7 @@
 mod audit;
 mod migrations;
 mod read;
+mod state;
 mod writer;
 
 #[cfg(test)]
@@ -22,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags};
 
 pub use audit::{AuditEntry, AuditReceipt, AuditRow, AuditVerification, Decision, GENESIS_HASH};
+pub use state::{NonceRow, StateWrite, VelocityRow};
 pub use writer::AuditLog;
 
 /// How long a connection waits for a lock held by another connection.
@@ -152,6 +154,16 @@ impl Store {
     /// The newest `limit` audit rows, newest first. Blocking (use `spawn_blocking` in async code).
     pub fn recent_audit(&self, limit: usize) -> Result<Vec<AuditRow>, StoreError> {
         read::recent(&self.reader(), limit)
+    }
+
+    /// Velocity rows counted at or after `since_ms` (to rebuild counters at start). Blocking.
+    pub fn velocity_since(&self, since_ms: i64) -> Result<Vec<VelocityRow>, StoreError> {
+        state::velocity_since(&self.reader(), since_ms)
+    }
+
+    /// Every signed EVM nonce (to rebuild nonce rules at start). Blocking.
+    pub fn evm_nonces(&self) -> Result<Vec<NonceRow>, StoreError> {
+        state::nonces(&self.reader())
     }
 
     /// Recomputes the whole hash chain from a consistent snapshot. Blocking, O(rows).
