@@ -3,6 +3,7 @@
 mod bench;
 mod config_check;
 mod keys;
+mod policy_check;
 mod reload;
 mod start;
 
@@ -60,11 +61,22 @@ enum Command {
     },
     /// Load generator: eth_signTransaction throughput and latency, and the raw crypto ceiling.
     Bench(bench::BenchArgs),
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Check a configuration without starting.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Dry run: decode a request and print every rule's decision, without signing.
+    Check(policy_check::CheckArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,6 +145,9 @@ impl Cli {
                 Ok(())
             }
             Command::Bench(args) => bench::run(args),
+            Command::Policy {
+                command: PolicyCommand::Check(args),
+            } => policy_check::run(args),
             Command::Config {
                 command: ConfigCommand::Check { config },
             } => config_check::run(&config),

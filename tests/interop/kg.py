@@ -60,14 +60,20 @@ def _toml_value(v: Any) -> str:
 def _table(out: list[str], header: str, body: dict) -> None:
     out.append(f"\n{header}")
     subtables = []
+    arrays = []
     for k, v in body.items():
         if isinstance(v, dict):
             subtables.append((k, v))
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            arrays.append((k, v))  # arrays of tables, e.g. [[policies.evm.rules]]
         elif v is not None:
             out.append(f"{k} = {_toml_value(v)}")
+    name = header.strip("[]")
     for k, v in subtables:
-        name = header.strip("[]")
         _table(out, f"[{name}.{k}]", v)
+    for k, v in arrays:
+        for item in v:
+            _table(out, f"[[{name}.{k}]]", item)
 
 
 def to_toml(cfg: dict) -> str:

@@ -141,6 +141,21 @@ impl Abi {
             .any(|f| f.name == name || f.signature() == name)
     }
 
+    /// Whether some function named in `functions` (every function when empty) has an
+    /// argument called `arg` (unnamed parameters are `arg0`, `arg1`, ...).
+    pub fn has_argument(&self, functions: &[String], arg: &str) -> bool {
+        self.by_selector.values().any(|f| {
+            (functions.is_empty()
+                || functions
+                    .iter()
+                    .any(|n| *n == f.name || *n == f.signature()))
+                && f.inputs
+                    .iter()
+                    .enumerate()
+                    .any(|(i, p)| p.name == arg || (p.name.is_empty() && format!("arg{i}") == arg))
+        })
+    }
+
     /// Every function, for listing in errors.
     pub fn function_signatures(&self) -> Vec<String> {
         let mut v: Vec<_> = self.by_selector.values().map(|f| f.signature()).collect();

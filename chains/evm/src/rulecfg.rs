@@ -410,6 +410,13 @@ pub(crate) fn compile(p: &EvmPolicy, base: Option<&Path>) -> Result<Compiled, St
         let mut args = Vec::new();
         for (name, c) in &r.args {
             let at = format!("{at}.args.{name}");
+            if let Some(a) = &abi {
+                if !a.has_argument(&r.functions, name) {
+                    return Err(format!(
+                        "{at}: no function of the rule has an argument called {name:?}"
+                    ));
+                }
+            }
             let lit = |t: &String| Literal::new(t, &profiles, &chains);
             let amount = |t: &String| {
                 profiles

@@ -232,9 +232,9 @@ fn every_rule_kind_at_and_over_its_boundary() {
             Ok("usdc-approve-router"),
         ),
         (
-            "usdc approve to another spender",
+            "usdc approve to another spender (args.to binds transfer only)",
             tx(1, USDC, U256::ZERO, &approve(BOB, usdc(1)), none.clone()),
-            Err(("usdc-transfer", "input.to")),
+            Ok("usdc-transfer"),
         ),
         (
             "usdc approve over token approval max",
@@ -457,6 +457,10 @@ fn config_mistakes_are_load_errors() {
         ("args.x = { max = \"1\" }", "need an abi"),
         ("to = [\"NOTATOKEN\"]", "not the native asset"),
         ("hours = [18, 8]", "hours"),
+        (
+            "abi = \"erc20\"\nfunctions = [\"transfer\"]\nargs.spender = { eq = \"0x00\" }",
+            "no function of the rule has an argument",
+        ),
     ];
     for (rule, want) in bad {
         let text = format!(
