@@ -85,8 +85,9 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
                     .with_context(|| {
                         format!("binding listener {} on {}", listener.name, listener.address)
                     })?;
+                let s = if listener.tls.is_some() { "s" } else { "" };
                 println!(
-                    "keyguard: listener {} evm-jsonrpc http://{addr} ws://{addr}",
+                    "keyguard: listener {} evm-jsonrpc http{s}://{addr} ws{s}://{addr}",
                     listener.name,
                     addr = running.local_addr
                 );

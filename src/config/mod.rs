@@ -183,6 +183,21 @@ pub struct ListenerConfig {
     /// Upstream node: enables `eth_sendTransaction` and proxies `proxy_methods`.
     #[serde(default)]
     pub upstream: Option<UpstreamConfig>,
+    /// TLS with required client certificates (op-batcher / op-proposer signer clients).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS settings of a listener (PEM files, relative to the working directory).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Server certificate chain.
+    pub cert: PathBuf,
+    /// Server private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA that client certificates must chain to (client certificates are required).
+    pub client_ca: PathBuf,
 }
 
 /// The node behind a listener.
@@ -206,8 +221,13 @@ fn default_max_body() -> u32 {
 pub struct ClientConfig {
     /// Name used in logs and the audit log.
     pub name: String,
-    /// Hex SHA-256 of the bearer token (the token itself is never stored).
+    /// Hex SHA-256 of the bearer token (the token itself is never stored). May be empty for a
+    /// client that authenticates by `cert_dns_name` only.
+    #[serde(default)]
     pub token_sha256: String,
+    /// First DNS name of the client's TLS certificate (op-signer's client identity).
+    #[serde(default)]
+    pub cert_dns_name: Option<String>,
     /// Keys this client may use (`"*"` for all).
     pub keys: Vec<String>,
     /// Overrides the listener's response shape for this client.
@@ -313,6 +333,13 @@ impl Config {
                     problems.push(self.invalid(key("upstream.proxy_methods"), e));
                 }
             }
+            if l.tls.is_some() && l.auth != AuthMode::Bearer {
+                problems.push(self.invalid(
+                    key("auth"),
+                    "a TLS listener authenticates clients: use auth = \"bearer\" \
+                     (certificates by cert_dns_name, or bearer tokens)",
+                ));
+            }
             if l.max_body_bytes < 1024 {
                 problems.push(self.invalid(key("max_body_bytes"), "must be at least 1024"));
             }
@@ -325,12 +352,13 @@ impl Config {
                 problems.push(self.invalid(key("name"), format!("duplicate client {:?}", c.name)));
             }
             let ok = c.token_sha256.len() == 64 && hex::decode(&c.token_sha256).is_ok();
-            if !ok {
+            let cert_only = c.token_sha256.is_empty() && c.cert_dns_name.is_some();
+            if !ok && !cert_only {
                 problems.push(self.invalid(
                     key("token_sha256"),
                     "expected 64 hex digits (see `keyguard clients token`)",
                 ));
-            } else if !hashes.insert(c.token_sha256.to_ascii_lowercase()) {
+            } else if ok && !hashes.insert(c.token_sha256.to_ascii_lowercase()) {
                 problems.push(self.invalid(key("token_sha256"), "two clients share a token"));
             }
         }

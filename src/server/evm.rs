@@ -96,18 +96,13 @@ pub async fn start(
     let edge = EdgeLayer {
         auth: auth.clone(),
         max_body: listener.max_body_bytes as usize,
+        cert_name: None,
     };
     let server_config = ServerConfig::builder()
         .max_request_body_size(listener.max_body_bytes)
         .max_connections(4096)
         .set_batch_request_config(BatchRequestConfig::Limit(100))
         .build();
-    let server = Server::builder()
-        .set_config(server_config)
-        .set_http_middleware(tower::ServiceBuilder::new().layer(edge))
-        .build(listener.address)
-        .await?;
-    let local_addr = server.local_addr()?;
     let upstream = match &listener.upstream {
         Some(u) => Some(Arc::new(
             super::upstream::Upstream::new(&u.url).map_err(std::io::Error::other)?,
@@ -127,7 +122,34 @@ pub async fn start(
         },
         &proxied,
     );
-    let handle = server.start(module);
+    let (handle, local_addr) = match &listener.tls {
+        None => {
+            let server = Server::builder()
+                .set_config(server_config)
+                .set_http_middleware(tower::ServiceBuilder::new().layer(edge))
+                .build(listener.address)
+                .await?;
+            let local_addr = server.local_addr()?;
+            (server.start(module), local_addr)
+        }
+        Some(tls) => {
+            let acceptor =
+                tokio_rustls::TlsAcceptor::from(Arc::new(super::tls::server_config(tls)?));
+            let tcp = tokio::net::TcpListener::bind(listener.address).await?;
+            let local_addr = tcp.local_addr()?;
+            let (stop, handle) = jsonrpsee::server::stop_channel();
+            tokio::spawn(super::tls::serve(
+                tcp,
+                acceptor,
+                module.into(),
+                server_config,
+                auth.clone(),
+                listener.max_body_bytes as usize,
+                stop,
+            ));
+            (handle, local_addr)
+        }
+    };
     Ok(EvmListener {
         handle,
         local_addr,

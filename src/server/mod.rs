@@ -6,4 +6,5 @@ mod evm_methods;
 mod http_edge;
 pub mod metrics_http;
 pub mod rpc_error;
+pub mod tls;
 pub mod upstream;

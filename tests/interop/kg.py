@@ -286,7 +286,7 @@ def audit_entry_is_signature(e: Any) -> bool:
 
 
 KEY_RE = re.compile(r"^keyguard: key (\S+) (\S+) (\S+)\s*$")
-LISTENER_RE = re.compile(r"^keyguard: listener (\S+) (\S+) (http://\S+) (ws://\S+)\s*$")
+LISTENER_RE = re.compile(r"^keyguard: listener (\S+) (\S+) (https?://\S+) (wss?://\S+)\s*$")
 
 
 def _die_with_parent() -> None:
