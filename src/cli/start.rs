@@ -9,10 +9,10 @@ use anyhow::Context;
 use keyguard_chain::{KeyId, Scheme};
 use sd_notify::NotifyState;
 
-use super::keys::{describe, open_keystore};
+use super::keys::{describe, open_keystore, open_pkcs11};
 use super::reload::Reloader;
 use crate::backend::KeyBackend;
-use crate::config::{Config, Protocol};
+use crate::config::{BackendKind, Config, Protocol};
 use crate::guard::Guard;
 use crate::server;
 use crate::server::metrics_http::Readiness;
@@ -37,27 +37,21 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     hardening::check_private(&config.data.dir)?;
     hardening::check_private(&config.data.database())?;
-    let keystore = open_keystore(&config)?;
-    if keystore.keys().is_empty() {
-        for scheme in &config.keystore.create_on_first_start {
-            let id = KeyId::new(format!("dev-{scheme}"))?;
-            let info = keystore.generate(id, *scheme)?;
-            println!("keyguard: created key {}", describe(&info));
-            if *scheme == Scheme::Secp256k1 {
-                let address = keyguard_evm::address_of(&info.public_key).unwrap_or_default();
-                println!("keyguard: EVM address {}", address.to_checksum(None));
-            }
+    let backend: Arc<dyn KeyBackend> = match config.keystore.backend {
+        BackendKind::Software => open_software(&config)?,
+        BackendKind::Pkcs11 => {
+            super::keys::prepare_data_dir(&config.data.dir)?;
+            Arc::new(open_pkcs11(&config).context("opening the PKCS#11 token")?)
         }
-    }
+    };
     if let Err(why) = hardening::lock_memory() {
         tracing::warn!("memory not locked: {why}");
     }
-    let keys = keystore.keys();
+    let keys = backend.keys();
     for key in &keys {
         println!("keyguard: key {}", describe(key));
-        metrics::keys_loaded("software", key.scheme());
+        metrics::keys_loaded(backend.name(), key.scheme());
     }
-    let backend: Arc<dyn KeyBackend> = Arc::new(keystore);
 
     let readiness = Readiness::default();
     if let Some(m) = &config.metrics {
@@ -144,6 +138,23 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
         .await
         .context("closing the store")??;
     Ok(())
+}
+
+/// The software keystore, creating the configured dev keys when it is empty.
+fn open_software(config: &Config) -> anyhow::Result<Arc<dyn KeyBackend>> {
+    let keystore = open_keystore(config)?;
+    if keystore.keys().is_empty() {
+        for scheme in &config.keystore.create_on_first_start {
+            let id = KeyId::new(format!("dev-{scheme}"))?;
+            let info = keystore.generate(id, *scheme)?;
+            println!("keyguard: created key {}", describe(&info));
+            if *scheme == Scheme::Secp256k1 {
+                let address = keyguard_evm::address_of(&info.public_key).unwrap_or_default();
+                println!("keyguard: EVM address {}", address.to_checksum(None));
+            }
+        }
+    }
+    Ok(Arc::new(keystore))
 }
 
 /// Tells systemd (when started by it) about a state change; a no-op elsewhere.

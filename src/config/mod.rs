@@ -9,6 +9,9 @@ use keyguard_chain::{KeyId, Scheme};
 use keyguard_evm::EvmPolicy;
 use serde::Deserialize;
 
+mod pkcs11;
+pub use pkcs11::{PinSource, Pkcs11Config};
+
 /// A configuration problem, located by file and (from the TOML parser) line and key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -102,6 +105,18 @@ pub struct MetricsConfig {
 pub enum BackendKind {
     /// The encrypted software keystore under the data directory.
     Software,
+    /// A PKCS#11 token (HSM), configured in `[keystore.pkcs11]`.
+    Pkcs11,
+}
+
+impl BackendKind {
+    /// The name used in configs, logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Software => "software",
+            BackendKind::Pkcs11 => "pkcs11",
+        }
+    }
 }
 
 /// Key store settings.
@@ -122,6 +137,9 @@ pub struct KeystoreConfig {
     /// Argon2id passes for newly written key files.
     #[serde(default)]
     pub kdf_iterations: Option<u32>,
+    /// The token, when `backend = "pkcs11"`.
+    #[serde(default)]
+    pub pkcs11: Option<Pkcs11Config>,
 }
 
 fn default_passphrase_env() -> String {
@@ -307,6 +325,9 @@ impl Config {
     /// Every semantic problem of the configuration (empty when it is valid).
     pub fn problems(&self) -> Vec<ConfigError> {
         let mut problems = Vec::new();
+        if let Err(e) = self.validate_keystore() {
+            problems.push(e);
+        }
         let mut names = HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
             let key = |k: &str| format!("listeners[{i}].{k}");
@@ -406,6 +427,31 @@ impl Config {
             }
         }
         refs
+    }
+
+    fn validate_keystore(&self) -> Result<(), ConfigError> {
+        let ks = &self.keystore;
+        match (ks.backend, &ks.pkcs11) {
+            (BackendKind::Software, Some(_)) => Err(self.invalid(
+                "keystore.pkcs11",
+                "only used with backend = \"pkcs11\" (the software keystore ignores it)",
+            )),
+            (BackendKind::Pkcs11, None) => Err(self.invalid(
+                "keystore.pkcs11",
+                "backend = \"pkcs11\" needs a [keystore.pkcs11] table (library, token_label, pin)",
+            )),
+            (BackendKind::Pkcs11, Some(_)) if !ks.create_on_first_start.is_empty() => Err(self
+                .invalid(
+                    "keystore.create_on_first_start",
+                    "not used with an HSM: create token keys with \
+                     `keyguard keys generate --backend pkcs11`",
+                )),
+            (BackendKind::Pkcs11, Some(p)) => match p.problems() {
+                Some((key, reason)) => Err(self.invalid(format!("keystore.pkcs11.{key}"), reason)),
+                None => Ok(()),
+            },
+            (BackendKind::Software, None) => Ok(()),
+        }
     }
 }
 
