@@ -206,7 +206,10 @@ impl Literal {
     fn new(text: &str, profiles: &Profiles, chains: &[u64]) -> Literal {
         Literal {
             text: text.to_string(),
-            address: text.parse().ok(),
+            address: text
+                .parse()
+                .ok()
+                .filter(|a| check_checksum(text, *a).is_ok()),
             uint: profiles.parse_amount(text, chains).ok(),
             boolean: text.parse().ok(),
             bytes: text.strip_prefix("0x").and_then(|h| hex::decode(h).ok()),
@@ -313,6 +316,21 @@ fn check_hours(hours: &Option<[u8; 2]>, at: &str) -> Result<(), String> {
     }
 }
 
+/// A mixed-case address must carry a valid EIP-55 checksum: a wrong one is a typo, and a typo
+/// in an allowlist sends funds to nobody (or to somebody).
+pub(crate) fn check_checksum(text: &str, a: Address) -> Result<(), String> {
+    let digits = text
+        .trim()
+        .trim_start_matches("0x")
+        .trim_start_matches("0X");
+    let mixed = digits.bytes().any(|b| b.is_ascii_lowercase())
+        && digits.bytes().any(|b| b.is_ascii_uppercase());
+    if mixed && a.to_checksum(None)[2..] != *digits {
+        return Err(format!("{text} has an invalid EIP-55 checksum"));
+    }
+    Ok(())
+}
+
 /// Resolves destination names to `(chain, address)`: an address matches on any chain, a
 /// symbol only on the chains whose profile defines it.
 pub(crate) fn resolve_addresses(
@@ -324,6 +342,7 @@ pub(crate) fn resolve_addresses(
     let mut out = Vec::new();
     for n in names {
         if let Ok(a) = n.parse::<Address>() {
+            check_checksum(n, a).map_err(|e| format!("{at}: {e}"))?;
             out.push((None, a));
             continue;
         }

@@ -458,6 +458,10 @@ fn config_mistakes_are_load_errors() {
         ("to = [\"NOTATOKEN\"]", "not the native asset"),
         ("hours = [18, 8]", "hours"),
         (
+            "to = [\"0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeD\"]",
+            "checksum",
+        ),
+        (
             "abi = \"erc20\"\nfunctions = [\"transfer\"]\nargs.spender = { eq = \"0x00\" }",
             "no function of the rule has an argument",
         ),
