@@ -17,8 +17,8 @@ use keyguard_evm::Debit;
 
 use crate::store::{NonceRow, StateWrite, Store, StoreError, VelocityRow};
 
-/// The longest velocity window keyguard rebuilds at start.
-pub const MAX_WINDOW_MS: u64 = 31 * 86_400_000;
+/// The longest velocity window keyguard rebuilds at start (config refuses longer ones).
+pub use keyguard_evm::rulecfg::MAX_WINDOW_MS;
 
 #[derive(Default)]
 struct Counter {

@@ -4,6 +4,7 @@
 //! The same code serves signing (stop at the first refusal) and the dry run (record every
 //! rule's outcome), so `keyguard policy check` cannot disagree with the signer.
 
+use std::rc::Rc;
 use std::sync::Arc;
 
 use alloy_consensus::Transaction;
@@ -115,29 +116,104 @@ impl Eval {
     }
 }
 
-enum Verdict {
-    Skip(String),
-    Match(Option<DecodedCall>),
-    Fail {
-        depth: u8,
-        field: String,
-        reason: String,
-    },
+type Decoded = Rc<Result<DecodedCall, CallError>>;
+
+/// Why a rule does not apply; reasons are rendered only when reported (the hot path of a
+/// 50-rule policy must not format 49 strings per request).
+enum Skip {
+    Chain,
+    Creation,
+    CreationOnly,
+    Destination,
+}
+
+enum Miss<'a> {
+    Time,
+    Value(U256),
+    PlainOnly,
+    Decode(Decoded),
+    Function(Decoded),
+    Arg(Decoded, &'a str, &'a ArgCheck),
+}
+
+enum Verdict<'a> {
+    Skip(Skip),
+    Match(Option<Decoded>),
+    Fail { depth: u8, miss: Miss<'a> },
+}
+
+impl Skip {
+    fn render(&self, intent: &TxIntent) -> String {
+        match self {
+            Skip::Chain => format!("chain {} not covered", intent.chain_id()),
+            Skip::Creation => "rule does not cover creation".into(),
+            Skip::CreationOnly => "rule covers creation only".into(),
+            Skip::Destination => format!(
+                "destination {} not covered",
+                intent.to().unwrap_or_default()
+            ),
+        }
+    }
+}
+
+impl Miss<'_> {
+    /// `(field, reason)`.
+    fn render(&self, rule: &Rule, intent: &TxIntent) -> (String, String) {
+        let sig = |d: &Decoded| match d.as_ref() {
+            Ok(c) => c.signature.clone(),
+            Err(e) => e.to_string(),
+        };
+        match self {
+            Miss::Time => (
+                "time".into(),
+                format!("outside the UTC time window of rule {}", rule.name),
+            ),
+            Miss::Value(max) => (
+                "value".into(),
+                format!(
+                    "{} wei is above the rule's limit of {max} wei",
+                    intent.value()
+                ),
+            ),
+            Miss::PlainOnly => (
+                "input".into(),
+                format!(
+                    "rule {} allows plain transfers only (no calldata)",
+                    rule.name
+                ),
+            ),
+            Miss::Decode(d) => ("input".into(), sig(d)),
+            Miss::Function(d) => (
+                "input".into(),
+                format!("function {} is not allowed by rule {}", sig(d), rule.name),
+            ),
+            Miss::Arg(d, name, check) => {
+                let reason = match d.as_ref() {
+                    Ok(call) => match call.arg(name) {
+                        Some(v) => check_arg(v, check).err().unwrap_or_default(),
+                        None => String::new(),
+                    },
+                    Err(e) => e.to_string(),
+                };
+                (format!("input.{name}"), reason)
+            }
+        }
+    }
 }
 
 /// Decodes calldata once per ABI, however many rules share it.
 struct CallCache<'a> {
     input: &'a [u8],
-    done: Vec<(*const Abi, Result<DecodedCall, CallError>)>,
+    done: Vec<(*const Abi, Decoded)>,
 }
 
 impl CallCache<'_> {
-    fn get(&mut self, abi: &Arc<Abi>) -> Result<DecodedCall, CallError> {
+    fn get(&mut self, abi: &Arc<Abi>) -> Decoded {
         let key = Arc::as_ptr(abi);
         if let Some((_, r)) = self.done.iter().find(|(k, _)| *k == key) {
             return r.clone();
         }
-        let r = abi.decode(self.input);
+        let r = Rc::new(abi.decode(self.input));
         self.done.push((key, r.clone()));
         r
     }
@@ -156,7 +232,7 @@ fn lit_matches(v: &alloy_dyn_abi::DynSolValue, l: &Literal) -> bool {
     }
 }
 
-fn check_arg(v: &alloy_dyn_abi::DynSolValue, c: &ArgCheck) -> Result<(), String> {
+fn arg_ok(v: &alloy_dyn_abi::DynSolValue, c: &ArgCheck) -> bool {
     use alloy_dyn_abi::DynSolValue as V;
     let len = match v {
         V::Bytes(b) => Some(b.len()),
@@ -167,99 +243,73 @@ fn check_arg(v: &alloy_dyn_abi::DynSolValue, c: &ArgCheck) -> Result<(), String>
         V::Uint(u, _) => Some(*u),
         _ => None,
     };
-    let shown = crate::abi::value_json(v).to_string();
     match c {
-        ArgCheck::Eq(l) if lit_matches(v, l) => Ok(()),
-        ArgCheck::Eq(l) => Err(format!("{shown} is not {}", l.text)),
-        ArgCheck::OneOf(ls) if ls.iter().any(|l| lit_matches(v, l)) => Ok(()),
-        ArgCheck::OneOf(_) => Err(format!("{shown} is not one of the allowed values")),
-        ArgCheck::Max(m) => match uint {
-            Some(u) if u <= *m => Ok(()),
-            Some(u) => Err(format!("{u} is above the limit of {m}")),
-            None => Err(format!("{shown} is not a uint")),
-        },
-        ArgCheck::Min(m) => match uint {
-            Some(u) if u >= *m => Ok(()),
-            Some(u) => Err(format!("{u} is below the minimum of {m}")),
-            None => Err(format!("{shown} is not a uint")),
-        },
-        ArgCheck::MaxLen(m) => match len {
-            Some(n) if n <= *m => Ok(()),
-            Some(n) => Err(format!("{n} bytes is above the limit of {m}")),
-            None => Err(format!("{shown} has no length")),
-        },
-        ArgCheck::Len(m) => match len {
-            Some(n) if n == *m => Ok(()),
-            Some(n) => Err(format!("{n} bytes, expected {m}")),
-            None => Err(format!("{shown} has no length")),
-        },
+        ArgCheck::Eq(l) => lit_matches(v, l),
+        ArgCheck::OneOf(ls) => ls.iter().any(|l| lit_matches(v, l)),
+        ArgCheck::Max(m) => uint.is_some_and(|u| u <= *m),
+        ArgCheck::Min(m) => uint.is_some_and(|u| u >= *m),
+        ArgCheck::MaxLen(m) => len.is_some_and(|n| n <= *m),
+        ArgCheck::Len(m) => len == Some(*m),
     }
 }
 
-fn rule_verdict(rule: &Rule, intent: &TxIntent, calls: &mut CallCache<'_>, now_ms: u64) -> Verdict {
+fn check_arg(v: &alloy_dyn_abi::DynSolValue, c: &ArgCheck) -> Result<(), String> {
+    if arg_ok(v, c) {
+        return Ok(());
+    }
+    let shown = crate::abi::value_json(v).to_string();
+    Err(match c {
+        ArgCheck::Eq(l) => format!("{shown} is not {}", l.text),
+        ArgCheck::OneOf(_) => format!("{shown} is not one of the allowed values"),
+        ArgCheck::Max(m) => format!("{shown} is not a uint at most {m}"),
+        ArgCheck::Min(m) => format!("{shown} is not a uint at least {m}"),
+        ArgCheck::MaxLen(m) => format!("{shown} is not bytes/string of at most {m} bytes"),
+        ArgCheck::Len(m) => format!("{shown} is not bytes/string of exactly {m} bytes"),
+    })
+}
+
+fn rule_verdict<'a>(
+    rule: &'a Rule,
+    intent: &TxIntent,
+    calls: &mut CallCache<'_>,
+    now_ms: u64,
+) -> Verdict<'a> {
     let chain = intent.chain_id();
     if !rule.chain_ids.is_empty() && !rule.chain_ids.contains(&chain) {
-        return Verdict::Skip(format!("chain {chain} not covered"));
+        return Verdict::Skip(Skip::Chain);
     }
     match intent.to() {
-        None if !rule.create => return Verdict::Skip("rule does not cover creation".into()),
-        Some(_) if rule.create => return Verdict::Skip("rule covers creation only".into()),
+        None if !rule.create => return Verdict::Skip(Skip::Creation),
+        Some(_) if rule.create => return Verdict::Skip(Skip::CreationOnly),
         Some(to) => {
             if let Some(list) = &rule.to {
                 if !list
                     .iter()
                     .any(|(c, a)| *a == to && c.is_none_or(|c| c == chain))
                 {
-                    return Verdict::Skip(format!("destination {to} not covered"));
+                    return Verdict::Skip(Skip::Destination);
                 }
             }
         }
         None => {}
     }
-    if let Some(w) = &rule.window {
-        if !w.contains(now_ms) {
-            return Verdict::Fail {
-                depth: 1,
-                field: "time".into(),
-                reason: format!("outside the UTC time window of rule {}", rule.name),
-            };
-        }
+    let fail = |depth, miss| Verdict::Fail { depth, miss };
+    if rule.window.as_ref().is_some_and(|w| !w.contains(now_ms)) {
+        return fail(1, Miss::Time);
     }
-    if let Some(max) = rule.max_value {
-        if intent.value() > max {
-            return Verdict::Fail {
-                depth: 1,
-                field: "value".into(),
-                reason: format!(
-                    "{} wei is above the rule's limit of {max} wei",
-                    intent.value()
-                ),
-            };
-        }
+    if let Some(max) = rule.max_value.filter(|m| intent.value() > *m) {
+        return fail(1, Miss::Value(max));
     }
-    let input = intent.tx.input();
     let Some(abi) = &rule.abi else {
-        if !rule.calldata_any && !input.is_empty() {
-            return Verdict::Fail {
-                depth: 2,
-                field: "input".into(),
-                reason: format!(
-                    "rule {} allows plain transfers only (no calldata)",
-                    rule.name
-                ),
-            };
+        if !rule.calldata_any && !intent.tx.input().is_empty() {
+            return fail(2, Miss::PlainOnly);
         }
         return Verdict::Match(None);
     };
-    let call = match calls.get(abi) {
+    let decoded = calls.get(abi);
+    let call = match decoded.as_ref() {
         Ok(c) => c,
-        Err(e) => {
-            return Verdict::Fail {
-                depth: 2,
-                field: "input".into(),
-                reason: e.to_string(),
-            }
-        }
+        Err(_) => return fail(2, Miss::Decode(decoded)),
     };
     if !rule.functions.is_empty()
         && !rule
@@ -267,31 +317,18 @@ fn rule_verdict(rule: &Rule, intent: &TxIntent, calls: &mut CallCache<'_>, now_m
             .iter()
             .any(|f| *f == call.function || *f == call.signature)
     {
-        return Verdict::Fail {
-            depth: 2,
-            field: "input".into(),
-            reason: format!(
-                "function {} is not allowed by rule {}",
-                call.signature, rule.name
-            ),
-        };
+        return fail(2, Miss::Function(decoded.clone()));
     }
     for (name, c) in &rule.args {
-        let field = format!("input.{name}");
         // A constraint binds the functions that have the argument (`args.to` on a rule for
         // `transfer` and `approve` constrains `transfer`); load checks every name exists.
-        let Some(v) = call.arg(name) else {
-            continue;
-        };
-        if let Err(reason) = check_arg(v, c) {
-            return Verdict::Fail {
-                depth: 3,
-                field,
-                reason,
-            };
+        if let Some(v) = call.arg(name) {
+            if !arg_ok(v, c) {
+                return fail(3, Miss::Arg(decoded.clone(), name, c));
+            }
         }
     }
-    Verdict::Match(Some(call))
+    Verdict::Match(Some(decoded.clone()))
 }
 
 fn velocity_debits(
@@ -392,14 +429,14 @@ pub(crate) fn decide_rules(
         input: intent.tx.input(),
         done: Vec::new(),
     };
-    let mut allowed: Option<(&Rule, Option<DecodedCall>)> = None;
-    let mut best_fail: Option<(u8, &Rule, String, String)> = None;
+    let mut allowed: Option<(&Rule, Option<Decoded>)> = None;
+    let mut best_fail: Option<(u8, &Rule, Miss<'_>)> = None;
     for rule in &c.rules {
         if allowed.is_some() && eval.trace.is_none() && !rule.deny {
             continue;
         }
         match rule_verdict(rule, intent, &mut calls, now_ms) {
-            Verdict::Match(call) if rule.deny => {
+            Verdict::Match(_) if rule.deny => {
                 eval.note(rule.name, "deny", "matches".into());
                 let r = Err(Rejection::policy(
                     rule.name,
@@ -407,7 +444,6 @@ pub(crate) fn decide_rules(
                     format!("denied by rule {}", rule.name),
                 ));
                 eval.check(rule.name, r)?;
-                let _ = call;
             }
             Verdict::Match(call) => {
                 eval.note(rule.name, "allow", "matches".into());
@@ -415,26 +451,36 @@ pub(crate) fn decide_rules(
                     allowed = Some((rule, call));
                 }
             }
-            Verdict::Skip(why) => eval.note(rule.name, "skip", why),
+            Verdict::Skip(why) => {
+                if eval.trace.is_some() {
+                    eval.note(rule.name, "skip", why.render(intent));
+                }
+            }
             Verdict::Fail { .. } if rule.deny => eval.note(rule.name, "skip", "no match".into()),
-            Verdict::Fail {
-                depth,
-                field,
-                reason,
-            } => {
-                eval.note(rule.name, "fail", format!("{field}: {reason}"));
+            Verdict::Fail { depth, miss } => {
+                if eval.trace.is_some() {
+                    let (field, reason) = miss.render(rule, intent);
+                    eval.note(rule.name, "fail", format!("{field}: {reason}"));
+                }
                 if best_fail.as_ref().is_none_or(|(d, ..)| depth > *d) {
-                    best_fail = Some((depth, rule, field, reason));
+                    best_fail = Some((depth, rule, miss));
                 }
             }
         }
     }
     let (allowed_by, call, may_unlimited) = match (allowed, c.rules.is_empty()) {
         (_, true) => ("policy.limits", None, false),
-        (Some((rule, call)), false) => (rule.name, call, rule.allow_unlimited_approval),
+        (Some((rule, call)), false) => (
+            rule.name,
+            call.and_then(|d| d.as_ref().as_ref().ok().cloned()),
+            rule.allow_unlimited_approval,
+        ),
         (None, false) => {
             let r = match best_fail {
-                Some((_, rule, field, reason)) => Rejection::policy(rule.name, field, reason),
+                Some((_, rule, miss)) => {
+                    let (field, reason) = miss.render(rule, intent);
+                    Rejection::policy(rule.name, field, reason)
+                }
                 None => Rejection::policy(
                     "evm.no_rule",
                     "to",

@@ -192,6 +192,9 @@ fn ten() -> u32 {
     10
 }
 
+/// The longest velocity window: the daemon rebuilds this much history at start.
+pub const MAX_WINDOW_MS: u64 = 31 * 86_400_000;
+
 /// A literal from the config, pre-parsed for each ABI type it may be compared with.
 #[derive(Clone, Debug)]
 pub(crate) struct Literal {
@@ -530,6 +533,11 @@ pub(crate) fn compile(p: &EvmPolicy, base: Option<&Path>) -> Result<Compiled, St
             return Err(format!("{at}.name: duplicate limit {:?}", v.name));
         }
         let window_ms = parse_window(&v.window).map_err(|e| format!("{at}.window: {e}"))?;
+        if window_ms > MAX_WINDOW_MS {
+            return Err(format!(
+                "{at}.window: at most 31 days (older counts are not kept)"
+            ));
+        }
         let (counted, max) = if v.asset.eq_ignore_ascii_case("tx") {
             let n: u64 = v
                 .max

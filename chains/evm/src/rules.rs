@@ -12,6 +12,18 @@
 //! | `evm.max_priority_fee_per_gas` | paying a colluding builder through tips |
 //! | `evm.max_fee_per_blob_gas` | burning the balance in blob fees |
 //! | `evm.delegation` | EIP-7702: handing the account's code to an unknown contract |
+//! | `evm.max_gas` | burning the balance through an absurd gas limit |
+//! | `evm.max_calldata_bytes` | oversized payloads (and fees) from a key that posts small data |
+//! | `evm.max_blobs` | blob fees from a key that should post few or no blobs |
+//! | `evm.time_window` | a stolen credential used outside the operators' hours |
+//! | `evm.no_rule` | anything no allow rule covers (deny by default) |
+//! | *rule name* | calls outside the functions, arguments and amounts a rule allows |
+//! | `evm.token_max_transfer` / `evm.token_max_approval` | draining a token in one call |
+//! | `evm.unlimited_approval` | approve-then-drain: `approve(x, 2^256-1)` and permits alike |
+//! | `evm.velocity` | slow draining through many transactions under the per-tx limit |
+//! | `evm.nonce_reuse` | a second, different transaction for a nonce already signed |
+//! | `evm.typed_data`, `evm.typed_data_chain_id` | blind permits; cross-chain replay |
+//! | `evm.message` | chosen-plaintext: a hash passed off as a message |
 
 use std::fmt;
 use std::str::FromStr;

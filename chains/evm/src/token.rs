@@ -79,7 +79,8 @@ fn uint(v: Option<&DynSolValue>) -> Option<U256> {
 /// Reads calldata sent to `to` as a token movement, if it is one (exact decoding only).
 pub fn token_move(to: Address, input: &[u8]) -> Option<TokenMove> {
     if input.get(..4) == Some(&SET_APPROVAL_FOR_ALL[..]) {
-        let nft = Abi::builtin("erc721")?;
+        static NFT: OnceLock<Option<Arc<Abi>>> = OnceLock::new();
+        let nft = NFT.get_or_init(|| Abi::builtin("erc721")).as_ref()?;
         let call = nft.decode(input).ok()?;
         let approved = matches!(call.arg("approved"), Some(DynSolValue::Bool(true)));
         return Some(TokenMove {
