@@ -17,6 +17,7 @@ pub mod approvals;
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod fuzz_harness;
 pub mod guard;
 pub mod hardening;
 pub mod metrics;
