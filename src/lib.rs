@@ -14,9 +14,11 @@
 //! -> sign (backend) -> pass 2 (chain crate re-decodes and recovers) -> audit commit -> response.
 
 pub mod access;
+pub mod approvals;
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod fuzz_harness;
 pub mod guard;
 pub mod hardening;
 pub mod metrics;

@@ -1,5 +1,12 @@
 //! Who is calling and what they were granted. Authentication happens at the transport edge
 //! (a bearer token becomes a [`Caller`]); the guard only asks a caller whether a key is granted.
+//!
+//! Also here: employees ([`roles`], [`totp`]), the [`kill`] switch and request [`limits`].
+
+pub mod kill;
+pub mod limits;
+pub mod roles;
+pub mod totp;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +25,9 @@ pub struct Caller {
     pub grants: Arc<[String]>,
     /// Response shape this caller gets.
     pub response: ResponseShape,
+    /// How long a request that needs approvals waits for them before answering -32002
+    /// (zero: answer at once; for simple clients that cannot retry).
+    pub approval_wait: std::time::Duration,
 }
 
 impl Caller {
@@ -85,6 +95,7 @@ impl Authenticator {
                     name: c.name.as_str().into(),
                     grants: c.keys.clone().into(),
                     response: c.response.unwrap_or(listener.response),
+                    approval_wait: listener.approval_wait(),
                 };
                 Some((hash, caller))
             })
@@ -97,6 +108,7 @@ impl Authenticator {
                     name: c.name.as_str().into(),
                     grants: c.keys.clone().into(),
                     response: c.response.unwrap_or(listener.response),
+                    approval_wait: listener.approval_wait(),
                 };
                 Some((c.cert_dns_name.clone()?, caller))
             })
@@ -108,6 +120,7 @@ impl Authenticator {
                 name: "local".into(),
                 grants: listener.keys.clone().into(),
                 response: listener.response,
+                approval_wait: listener.approval_wait(),
             },
             by_token_hash,
         }

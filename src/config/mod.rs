@@ -1,6 +1,10 @@
 //! The TOML configuration model. Every table refuses keys it does not know (a misspelt limit
 //! must not silently become no limit), and [`Config::load`] validates before anything starts.
 
+mod people;
+
+pub use people::{parse_duration, AdminConfig, LimitConfig, RateLimitsConfig};
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -66,6 +70,12 @@ pub struct Config {
     /// Prometheus metrics, health and readiness.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// The admin API (users, kill switch, approvals, audit).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Request rate limits, applied before any decoding.
+    #[serde(default)]
+    pub rate_limits: Option<RateLimitsConfig>,
     /// Where this configuration was read from (for messages).
     #[serde(skip)]
     pub path: PathBuf,
@@ -83,6 +93,16 @@ impl DataConfig {
     /// The SQLite database.
     pub fn database(&self) -> PathBuf {
         self.dir.join("keyguard.db")
+    }
+
+    /// The admin API socket unless configured elsewhere.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.join("admin.sock")
+    }
+
+    /// Dropping a file here disables every key (root's emergency stop).
+    pub fn kill_file(&self) -> PathBuf {
+        self.dir.join("KILL")
     }
 
     /// The software keystore directory.
@@ -204,6 +224,9 @@ pub struct ListenerConfig {
     /// TLS with required client certificates (op-batcher / op-proposer signer clients).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Seconds a signing call that needs approvals waits for them (0 answers -32002 at once).
+    #[serde(default)]
+    pub approval_wait_secs: u32,
 }
 
 /// TLS settings of a listener (PEM files, relative to the working directory).
@@ -227,6 +250,16 @@ pub struct UpstreamConfig {
     /// Read-only methods passed through to the node (`eth_getBalance`, `net_version`, ...).
     #[serde(default)]
     pub proxy_methods: Vec<String>,
+}
+
+/// Longest approval wait a listener may configure: beyond it clients and proxies time out.
+pub const MAX_APPROVAL_WAIT_SECS: u32 = 600;
+
+impl ListenerConfig {
+    /// The approval wait as a duration.
+    pub fn approval_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.approval_wait_secs))
+    }
 }
 
 fn default_max_body() -> u32 {
@@ -364,6 +397,12 @@ impl Config {
             if l.max_body_bytes < 1024 {
                 problems.push(self.invalid(key("max_body_bytes"), "must be at least 1024"));
             }
+            if l.approval_wait_secs > MAX_APPROVAL_WAIT_SECS {
+                problems.push(self.invalid(
+                    key("approval_wait_secs"),
+                    format!("at most {MAX_APPROVAL_WAIT_SECS}"),
+                ));
+            }
         }
         let mut client_names = HashSet::new();
         let mut hashes = HashSet::new();
@@ -398,11 +437,73 @@ impl Config {
                 ));
             }
         }
+        problems.extend(self.people_problems());
         for (key, pattern) in self.key_references() {
             if pattern != "*" {
                 if let Err(e) = KeyId::new(pattern) {
                     problems.push(self.invalid(key, e.to_string()));
                 }
+            }
+        }
+        problems
+    }
+
+    /// The admin socket in force.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.admin
+            .socket
+            .clone()
+            .unwrap_or_else(|| self.data.admin_socket())
+    }
+
+    fn people_problems(&self) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
+        for (key, value) in [
+            ("admin.proposal_ttl", &self.admin.proposal_ttl),
+            ("admin.audit_head_interval", &self.admin.audit_head_interval),
+        ] {
+            match parse_duration(value) {
+                Ok(d) if d.is_zero() => problems.push(self.invalid(key, "must not be zero")),
+                Ok(_) => {}
+                Err(e) => problems.push(self.invalid(key, e)),
+            }
+        }
+        if self.admin.issuer.contains(':') {
+            problems.push(self.invalid("admin.issuer", "may not contain ':'"));
+        }
+        if let Some(limits) = &self.rate_limits {
+            for (name, limit) in [
+                ("per_client", &limits.per_client),
+                ("per_key", &limits.per_key),
+                ("per_method", &limits.per_method),
+            ] {
+                if let Some(l) = limit {
+                    if crate::access::limits::quota(l).is_none() {
+                        problems.push(self.invalid(
+                            format!("rate_limits.{name}"),
+                            "per_second must be a positive number and burst at least 1",
+                        ));
+                    }
+                }
+            }
+        }
+        for (i, p) in self.policies.iter().enumerate() {
+            let Some(rule) = p.evm.as_ref().and_then(|e| e.require_approval.as_ref()) else {
+                continue;
+            };
+            let key = |k: &str| format!("policies[{i}].evm.require_approval.{k}");
+            if rule.approvers == 0 {
+                problems.push(self.invalid(key("approvers"), "must be at least 1"));
+            }
+            if rule.group.is_empty() {
+                problems.push(self.invalid(key("group"), "must name a group"));
+            }
+            match parse_duration(&rule.within) {
+                Ok(d) if d.is_zero() => {
+                    problems.push(self.invalid(key("within"), "must not be zero"))
+                }
+                Ok(_) => {}
+                Err(e) => problems.push(self.invalid(key("within"), e)),
             }
         }
         problems

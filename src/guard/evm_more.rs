@@ -34,7 +34,22 @@ impl Guard {
     ) -> Result<[u8; 65], GuardError> {
         let started = std::time::Instant::now();
         let mut entry = self.entry(caller, chain_hint, method);
-        let outcome = self.digest_stages(caller, request, &mut entry).await;
+        let from = match &request {
+            DigestRequest::Typed(Ok(t)) => Some(t.from),
+            DigestRequest::Message(Ok(m)) => Some(m.from),
+            _ => None,
+        };
+        let key_hint = from.and_then(|f| self.evm_keys.get(&f));
+        let (outcome, _pass) = match self.pre_check(caller, method, key_hint).await {
+            Ok(pass) => (
+                self.digest_stages(caller, request, &mut entry).await,
+                Some(pass),
+            ),
+            Err(e) => {
+                entry.key_id = key_hint.map(ToString::to_string);
+                (Err(e), None)
+            }
+        };
         self.conclude(caller, method, started, entry, outcome).await
     }
 
@@ -68,6 +83,9 @@ impl Guard {
         };
         if let Value::Object(s) = &mut entry.summary {
             s.insert("allowed_by".into(), Value::String(allowed_by.into()));
+        }
+        if self.controls.kill.is_disabled(Some(key.as_str())) {
+            return Err(GuardError::KeyDisabled(format!("key {key} is disabled")));
         }
         let signature = self
             .backend

@@ -9,9 +9,11 @@
 
 mod error;
 mod evm_more;
+mod people;
 
 pub use error::GuardError;
 pub use evm_more::DigestRequest;
+pub use people::intent_digest;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,6 +68,7 @@ pub struct Guard {
     id_prefix: String,
     next_id: AtomicU64,
     ledger: Ledger,
+    controls: people::Controls,
 }
 
 impl Guard {
@@ -81,6 +84,7 @@ impl Guard {
             .unwrap_or_default()
             .as_millis();
         Guard {
+            controls: people::Controls::new(config),
             policies: RwLock::new(Arc::new(resolve_policies(config, &keys))),
             backend,
             audit,
@@ -95,6 +99,7 @@ impl Guard {
     pub fn reload_policies(&self, config: &Config) {
         let set = Arc::new(resolve_policies(config, &self.backend.keys()));
         *self.policies.write().unwrap_or_else(|e| e.into_inner()) = set;
+        self.reload_limits(config);
     }
 
     fn policy_for(&self, key: &KeyId) -> Option<Arc<KeyPolicy>> {
@@ -143,7 +148,22 @@ impl Guard {
     ) -> Result<SignedTx, GuardError> {
         let started = std::time::Instant::now();
         let mut entry = self.entry(caller, chain_hint, method);
-        let outcome = self.evm_stages(caller, intent, &mut entry).await;
+        // `from` names the key: the kill switch and the per-key rate limit refuse before any
+        // policy work.
+        let key_hint = intent
+            .as_ref()
+            .ok()
+            .and_then(|i| self.evm_keys.get(&i.from));
+        let (outcome, _pass) = match self.pre_check(caller, method, key_hint).await {
+            Ok(pass) => (
+                self.evm_stages(caller, intent, &mut entry).await,
+                Some(pass),
+            ),
+            Err(e) => {
+                entry.key_id = key_hint.map(ToString::to_string);
+                (Err(e), None)
+            }
+        };
         if let Ok((signed, _)) = &outcome {
             entry.tx_hash = Some(signed.hash.to_string());
         }
@@ -276,6 +296,48 @@ impl Guard {
         if let Value::Object(summary) = &mut entry.summary {
             summary.insert("decision".into(), decision.to_json());
         }
+        if self.controls.kill.is_disabled(Some(key.as_str())) {
+            // The hint and the decoded `from` are the same field; this guards future changes.
+            return Err(GuardError::KeyDisabled(format!("key {key} is disabled")));
+        }
+
+        let chain = format!("eip155:{}", intent.chain_id());
+        let requirement = evm.approval_needed(&intent).map(people::evm_requirement);
+        let digest = intent_digest(&key, &chain, intent.tx.signature_hash().as_slice());
+        let input = people::ApprovalInput {
+            key: &key,
+            chain: &chain,
+            digest,
+            summary: &entry.summary,
+        };
+        let approval = self.approval_stage(caller, input, requirement).await;
+        if let (Value::Object(summary), Err(GuardError::ApprovalRequired { approval_id, .. })) =
+            (&mut entry.summary, &approval)
+        {
+            summary.insert("approval_id".into(), Value::String(approval_id.clone()));
+        }
+        let approval = approval?;
+        if let (Value::Object(summary), Some(id)) = (&mut entry.summary, &approval) {
+            summary.insert("approval_id".into(), Value::String(id.clone()));
+        }
+        let signed = self
+            .reserve_and_sign(&key, evm, &intent, &decision, now)
+            .await;
+        if let (Err(_), Some(id)) = (&signed, &approval) {
+            self.restore_approval(id);
+        }
+        signed
+    }
+
+    /// Conflict guard (velocity and nonce reservations, released on any failure), sign, pass 2.
+    async fn reserve_and_sign(
+        &self,
+        key: &KeyId,
+        evm: &EvmPolicy,
+        intent: &TxIntent,
+        decision: &keyguard_evm::TxDecision,
+        now: u64,
+    ) -> Result<(SignedTx, Option<Reservation<'_>>), GuardError> {
         let nonce = evm.nonce_rules().map(|n| NonceClaim {
             chain_id: intent.chain_id(),
             nonce: intent.tx.nonce(),
@@ -291,17 +353,17 @@ impl Guard {
         let reservation = if decision.debits.is_empty() && nonce.is_none() {
             None
         } else {
-            Some(self.ledger.reserve(&key, &decision.debits, nonce, now)?)
+            Some(self.ledger.reserve(key, &decision.debits, nonce, now)?)
         };
 
         let sign_started = std::time::Instant::now();
         let signature = self
             .backend
-            .sign(&key, &intent.payload())
+            .sign(key, &intent.payload())
             .await
             .map_err(|e| GuardError::Backend(e.to_string()))?;
         crate::metrics::sign(self.backend.name(), sign_started.elapsed());
-        let signed = keyguard_evm::finalize(&intent, &signature).map_err(|e| {
+        let signed = keyguard_evm::finalize(intent, &signature).map_err(|e| {
             tracing::error!(key = %key, error = %e, "ALERT: pass 2 rejected a backend signature");
             GuardError::Backend(e.to_string())
         })?;

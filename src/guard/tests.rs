@@ -80,6 +80,7 @@ fn caller(grants: &[&str]) -> Caller {
             .collect::<Vec<_>>()
             .into(),
         response: ResponseShape::Raw,
+        approval_wait: std::time::Duration::ZERO,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Transports. Each turns its protocol's requests into guard calls and the guard's refusals
 //! into the protocol's own error form; none of them makes a policy decision.
 
+pub mod admin;
 pub mod evm;
 mod evm_methods;
 mod http_edge;

@@ -9,8 +9,8 @@ use rusqlite::{params, Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::audit::{AuditEntry, AuditReceipt, RowFields};
+use super::ledger::{self, StateWrite};
 use super::read;
-use super::state::{self, StateWrite};
 use super::{now_ms, StoreError};
 
 /// Most entries written in one transaction.
@@ -225,7 +225,7 @@ impl Writer {
             let (mut seq, mut prev) = (self.last_seq, self.head);
             for (e, writes, _) in batch {
                 for w in writes {
-                    state::write(&tx, &e.request_id, w)?;
+                    ledger::write(&tx, &e.request_id, w)?;
                 }
                 seq += 1;
                 let summary = serde_json::to_string(&e.summary)

@@ -30,7 +30,7 @@ pub use args::{decode_sign_transaction_params, decode_transaction_args};
 pub use engine::{Debit, RuleOutcome, TxDecision};
 pub use finalize::{finalize, finalize_digest, SignedTx};
 pub use message::{decode_eth_sign, decode_personal_sign, MessageIntent};
-pub use rules::{Destinations, EvmPolicy, Wei};
+pub use rules::{Destinations, EvmApprovalRule, EvmPolicy, Wei};
 pub use typed::{decode_typed_data, decode_typed_data_params, TypedIntent};
 
 use alloy_consensus::{SignableTransaction, Transaction, TypedTransaction};

@@ -171,6 +171,24 @@ pub struct EvmPolicy {
     pub messages: Vec<MessageRule>,
     #[serde(skip)]
     compiled: OnceLock<Result<Arc<Compiled>, String>>,
+    /// Transfers above an amount need human approval (the daemon runs the approval book).
+    #[serde(default)]
+    pub require_approval: Option<EvmApprovalRule>,
+}
+
+/// `require_approval = { above = "10 ether", approvers = 2, group = "treasury", within = "1h" }`:
+/// native value above `above` needs `approvers` distinct members of `group` within `within`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvmApprovalRule {
+    /// Native value (wei) strictly above which approval is required.
+    pub above: Wei,
+    /// Distinct approvals needed.
+    pub approvers: u32,
+    /// The approvers' group.
+    pub group: String,
+    /// How long a request stays open, e.g. `"1h"` (parsed by the daemon).
+    pub within: String,
 }
 
 fn over(rule: &'static str, field: &str, value: U256, cap: Wei) -> Result<(), Rejection> {
@@ -192,6 +210,13 @@ fn now_ms() -> u64 {
 }
 
 impl EvmPolicy {
+    /// The approval rule this intent falls under, if any (rule name `evm.require_approval`).
+    pub fn approval_needed(&self, intent: &TxIntent) -> Option<&EvmApprovalRule> {
+        self.require_approval
+            .as_ref()
+            .filter(|r| intent.value() > r.above.0)
+    }
+
     /// Compiles the rule engine, reading ABI and profile files relative to `base` (the config
     /// file's directory). Called once at config load; errors name the key.
     pub fn prepare(&self, base: &Path) -> Result<(), String> {
