@@ -70,8 +70,11 @@ pub fn config_toml(data: &[u8]) {
     }
 }
 
+/// A harness: arbitrary bytes in, a panic on a broken invariant.
+pub type Harness = fn(&[u8]);
+
 /// Every harness by the name of its fuzz target and corpus directory.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Harness)] = &[
     ("evm_transaction_args", evm_transaction_args),
     ("evm_signed_transaction", evm_signed_transaction),
     ("config_toml", config_toml),
