@@ -396,3 +396,5 @@ pub(crate) fn now_ms() -> u64 {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_ledger;
