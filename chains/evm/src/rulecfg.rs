@@ -192,6 +192,9 @@ fn ten() -> u32 {
     10
 }
 
+/// Largest ABI or profile file read at load.
+const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
+
 /// The longest velocity window: the daemon rebuilds this much history at start.
 pub const MAX_WINDOW_MS: u64 = 31 * 86_400_000;
 
@@ -372,6 +375,15 @@ pub(crate) fn compile(p: &EvmPolicy, base: Option<&Path>) -> Result<Compiled, St
             Some(b) if f.is_relative() => b.join(f),
             _ => f.clone(),
         };
+        // Only regular files of sane size: a path to a device or a huge file is a mistake that
+        // must not hang or exhaust the loader.
+        let meta = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if !meta.is_file() || meta.len() > MAX_FILE_BYTES {
+            return Err(format!(
+                "{}: not a regular file of at most {MAX_FILE_BYTES} bytes",
+                path.display()
+            ));
+        }
         std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
     };
     let mut profiles = Profiles::shipped();

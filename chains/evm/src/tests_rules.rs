@@ -479,6 +479,16 @@ fn config_mistakes_are_load_errors() {
 }
 
 #[test]
+fn abi_and_profile_files_must_be_regular_files() {
+    let text = "chain_ids = [1]\nto = \"any\"\nmax_value = \"1\"\nmax_fee_per_gas = \"1\"\n\
+                max_priority_fee_per_gas = \"1\"\nmax_fee_per_blob_gas = \"1\"\n\
+                abis = { z = \"/dev/zero\" }\n";
+    let p: EvmPolicy = toml::from_str(text).unwrap();
+    let e = p.prepare(std::path::Path::new(".")).unwrap_err();
+    assert!(e.contains("not a regular file"), "{e}");
+}
+
+#[test]
 fn exact_decoding_refuses_dirty_padding() {
     let abi = Abi::builtin("erc20").unwrap();
     let good = erc20_call(
