@@ -112,6 +112,18 @@ for name in one fifty; do
   grep -q "keyguard: ready" "$work/$name.out" || { cat "$work/$name.err" >&2; exit 1; }
 done
 
+# The policy alone, in process (no HTTP, no signing, no fsync): nanoseconds per decision.
+cat > "$work/request.json" <<JSON
+{"from": "0x000000000000000000000000000000000000bEEF", "to": "$token", "input": "$input",
+ "value": "0x0", "gas": "0x186a0", "nonce": "0x1", "chainId": "0x7a69",
+ "maxFeePerGas": "0x3b9aca00", "maxPriorityFeePerGas": "0x1"}
+JSON
+for name in one fifty; do
+  ns=$("$bin" policy check --config "$work/$name.toml" --key dev-secp256k1 --request "$work/request.json" \
+        --repeat 200000 | grep ns_per_evaluation | tr -dc '0-9.')
+  echo "policy evaluation ($name): $ns ns per decision"
+done
+
 # A, B, then B, A: the order cancels drift (other load, SQLite file growth) between runs.
 one=http://127.0.0.1:18561
 fifty=http://127.0.0.1:18562

@@ -30,6 +30,9 @@ pub(crate) struct CheckArgs {
     /// Evaluate at this time (Unix milliseconds) instead of now.
     #[arg(long)]
     at_ms: Option<u64>,
+    /// Also time N evaluations of a transaction request (the cost of the policy alone).
+    #[arg(long)]
+    repeat: Option<u32>,
 }
 
 fn key_for(config: &Config, from: alloy_primitives::Address) -> anyhow::Result<KeyId> {
@@ -111,6 +114,14 @@ fn evaluate(
             };
             let key = resolve(intent.from)?;
             let (name, evm) = policy_for(config, &key)?;
+            let timing = args.repeat.filter(|n| *n > 0).map(|n| {
+                let started = std::time::Instant::now();
+                for _ in 0..n {
+                    let _ = std::hint::black_box(evm.decide(&intent, now));
+                }
+                let per = started.elapsed().as_nanos() as f64 / f64::from(n);
+                json!({"evaluations": n, "ns_per_evaluation": per.round()})
+            });
             let (trace, decision) = evm.explain(&intent, now);
             let decision = match decision {
                 Ok(d) => {
@@ -138,6 +149,7 @@ fn evaluate(
                 "method": method, "key": key, "policy": name,
                 "intent": intent.summary(), "rules": trace, "decision": decision,
                 "note": "velocity counters and nonce history are not consulted by the dry run",
+                "timing": timing,
             }))
         }
         "eth_signTypedData_v4" | "eth_signTypedData" | "personal_sign" | "eth_sign" => {
