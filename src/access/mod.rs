@@ -52,6 +52,8 @@ pub struct Authenticator {
     mode: AuthMode,
     anonymous: Caller,
     by_token_hash: HashMap<[u8; 32], Caller>,
+    /// Clients identified by the first DNS name of their TLS client certificate.
+    by_cert_name: HashMap<String, Caller>,
 }
 
 /// A listener's authenticator, replaceable on reload without touching open connections.
@@ -98,7 +100,21 @@ impl Authenticator {
                 Some((hash, caller))
             })
             .collect();
+        let by_cert_name = config
+            .clients
+            .iter()
+            .filter_map(|c| {
+                let caller = Caller {
+                    name: c.name.as_str().into(),
+                    grants: c.keys.clone().into(),
+                    response: c.response.unwrap_or(listener.response),
+                    approval_wait: listener.approval_wait(),
+                };
+                Some((c.cert_dns_name.clone()?, caller))
+            })
+            .collect();
         Authenticator {
+            by_cert_name,
             mode: listener.auth,
             anonymous: Caller {
                 name: "local".into(),
@@ -107,6 +123,19 @@ impl Authenticator {
                 approval_wait: listener.approval_wait(),
             },
             by_token_hash,
+        }
+    }
+
+    /// Authenticates a request on a TLS connection: a client certificate whose first DNS name
+    /// is a configured `cert_dns_name` identifies the client; otherwise the bearer token does.
+    pub fn authenticate_with_cert(
+        &self,
+        cert_name: Option<&str>,
+        authorization: Option<&[u8]>,
+    ) -> Authentication {
+        match cert_name.and_then(|n| self.by_cert_name.get(n)) {
+            Some(caller) if self.mode == AuthMode::Bearer => Authentication::Caller(caller.clone()),
+            _ => self.authenticate(authorization),
         }
     }
 

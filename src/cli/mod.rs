@@ -7,6 +7,7 @@ mod bitcoin;
 mod config_check;
 mod keys;
 mod people;
+mod policy_check;
 mod reload;
 mod start;
 
@@ -82,11 +83,22 @@ enum Command {
     /// Bitcoin Core external signer (`bitcoind -signer="keyguard btc-signer"`): enumerate,
     /// getdescriptors, signtx (PSBT on stdin), forwarded to the running daemon.
     BtcSigner(bitcoin::BtcSignerArgs),
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Check a configuration without starting.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Dry run: decode a request and print every rule's decision, without signing.
+    Check(policy_check::CheckArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,6 +157,9 @@ impl Cli {
             }
             Command::Bench(args) => bench::run(args),
             Command::BtcSigner(args) => bitcoin::btc_signer(args),
+            Command::Policy {
+                command: PolicyCommand::Check(args),
+            } => policy_check::run(args),
             Command::Config {
                 command: ConfigCommand::Check { config },
             } => config_check::run(&config),

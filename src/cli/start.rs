@@ -78,6 +78,9 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
             .with_people(kill.clone(), approvals.clone())
             .with_spend_history(state.clone()),
     );
+    guard
+        .restore_state(&store)
+        .context("restoring velocity counters and nonces")?;
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
     let admin_socket = if config.admin.enabled {
         let ctx = Arc::new(AdminContext::new(
@@ -114,8 +117,9 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
                     .with_context(|| {
                         format!("binding listener {} on {}", listener.name, listener.address)
                     })?;
+                let s = if listener.tls.is_some() { "s" } else { "" };
                 println!(
-                    "keyguard: listener {} evm-jsonrpc http://{addr} ws://{addr}",
+                    "keyguard: listener {} evm-jsonrpc http{s}://{addr} ws{s}://{addr}",
                     listener.name,
                     addr = running.local_addr
                 );

@@ -218,9 +218,38 @@ pub struct ListenerConfig {
     /// Requests with a larger body are refused before parsing.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: u32,
+    /// Upstream node: enables `eth_sendTransaction` and proxies `proxy_methods`.
+    #[serde(default)]
+    pub upstream: Option<UpstreamConfig>,
+    /// TLS with required client certificates (op-batcher / op-proposer signer clients).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// Seconds a signing call that needs approvals waits for them (0 answers -32002 at once).
     #[serde(default)]
     pub approval_wait_secs: u32,
+}
+
+/// TLS settings of a listener (PEM files, relative to the working directory).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Server certificate chain.
+    pub cert: PathBuf,
+    /// Server private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA that client certificates must chain to (client certificates are required).
+    pub client_ca: PathBuf,
+}
+
+/// The node behind a listener.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// JSON-RPC URL of the node.
+    pub url: String,
+    /// Read-only methods passed through to the node (`eth_getBalance`, `net_version`, ...).
+    #[serde(default)]
+    pub proxy_methods: Vec<String>,
 }
 
 /// Longest approval wait a listener may configure: beyond it clients and proxies time out.
@@ -243,8 +272,13 @@ fn default_max_body() -> u32 {
 pub struct ClientConfig {
     /// Name used in logs and the audit log.
     pub name: String,
-    /// Hex SHA-256 of the bearer token (the token itself is never stored).
+    /// Hex SHA-256 of the bearer token (the token itself is never stored). May be empty for a
+    /// client that authenticates by `cert_dns_name` only.
+    #[serde(default)]
     pub token_sha256: String,
+    /// First DNS name of the client's TLS certificate (op-signer's client identity).
+    #[serde(default)]
+    pub cert_dns_name: Option<String>,
     /// Keys this client may use (`"*"` for all).
     pub keys: Vec<String>,
     /// Overrides the listener's response shape for this client.
@@ -351,6 +385,18 @@ impl Config {
                 )),
                 _ => {}
             }
+            for m in l.upstream.iter().flat_map(|u| &u.proxy_methods) {
+                if let Err(e) = crate::server::upstream::proxy_allowed(m) {
+                    problems.push(self.invalid(key("upstream.proxy_methods"), e));
+                }
+            }
+            if l.tls.is_some() && l.auth != AuthMode::Bearer {
+                problems.push(self.invalid(
+                    key("auth"),
+                    "a TLS listener authenticates clients: use auth = \"bearer\" \
+                     (certificates by cert_dns_name, or bearer tokens)",
+                ));
+            }
             if l.max_body_bytes < 1024 {
                 problems.push(self.invalid(key("max_body_bytes"), "must be at least 1024"));
             }
@@ -369,17 +415,24 @@ impl Config {
                 problems.push(self.invalid(key("name"), format!("duplicate client {:?}", c.name)));
             }
             let ok = c.token_sha256.len() == 64 && hex::decode(&c.token_sha256).is_ok();
-            if !ok {
+            let cert_only = c.token_sha256.is_empty() && c.cert_dns_name.is_some();
+            if !ok && !cert_only {
                 problems.push(self.invalid(
                     key("token_sha256"),
                     "expected 64 hex digits (see `keyguard clients token`)",
                 ));
-            } else if !hashes.insert(c.token_sha256.to_ascii_lowercase()) {
+            } else if ok && !hashes.insert(c.token_sha256.to_ascii_lowercase()) {
                 problems.push(self.invalid(key("token_sha256"), "two clients share a token"));
             }
         }
         let mut policy_names = HashSet::new();
+        let base = self.path.parent().unwrap_or(Path::new("."));
         for (i, p) in self.policies.iter().enumerate() {
+            if let Some(evm) = &p.evm {
+                if let Err(e) = evm.prepare(base) {
+                    problems.push(self.invalid(format!("policies[{i}].evm"), e));
+                }
+            }
             if !policy_names.insert(&p.name) {
                 problems.push(self.invalid(
                     format!("policies[{i}].name"),

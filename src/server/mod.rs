@@ -4,6 +4,9 @@
 pub mod admin;
 mod bitcoin;
 pub mod evm;
+mod evm_methods;
 mod http_edge;
 pub mod metrics_http;
 pub mod rpc_error;
+pub mod tls;
+pub mod upstream;

@@ -80,6 +80,29 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
         PRIMARY KEY (action, proposer)
     );",
     ),
+    // Conflict-guard state of the EVM policy engine (see store/ledger.rs).
+    (
+        3,
+        "CREATE TABLE velocity_events (
+            id         INTEGER PRIMARY KEY,
+            key_id     TEXT NOT NULL,
+            counter    TEXT NOT NULL,
+            ts_ms      INTEGER NOT NULL,
+            amount     TEXT NOT NULL,
+            request_id TEXT NOT NULL
+        );
+        CREATE INDEX velocity_events_ts ON velocity_events(ts_ms);
+        CREATE TABLE evm_nonces (
+            key_id     TEXT NOT NULL,
+            chain_id   INTEGER NOT NULL,
+            nonce      INTEGER NOT NULL,
+            sighash    BLOB NOT NULL,
+            max_fee    TEXT NOT NULL,
+            tip        TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            PRIMARY KEY (key_id, chain_id, nonce)
+        );",
+    ),
 ];
 
 /// The newest schema version this binary understands.

@@ -5,6 +5,7 @@
 //! concurrently with the writer).
 
 mod audit;
+mod ledger;
 mod migrations;
 mod read;
 pub(crate) mod state;
@@ -23,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags};
 
 pub use audit::{AuditEntry, AuditReceipt, AuditRow, AuditVerification, Decision, GENESIS_HASH};
+pub use ledger::{NonceRow, StateWrite, VelocityRow};
 pub use read::AuditFilter;
 pub(crate) use state as state_sql;
 pub use state::{ApprovalRecord, StateDb, UserRecord};
@@ -166,6 +168,16 @@ impl Store {
     /// A connection for control state (users, approvals, kill switch).
     pub fn state_db(&self) -> Result<StateDb, StoreError> {
         StateDb::open(&self.path)
+    }
+
+    /// Velocity rows counted at or after `since_ms` (to rebuild counters at start). Blocking.
+    pub fn velocity_since(&self, since_ms: i64) -> Result<Vec<VelocityRow>, StoreError> {
+        ledger::velocity_since(&self.reader(), since_ms)
+    }
+
+    /// Every signed EVM nonce (to rebuild nonce rules at start). Blocking.
+    pub fn evm_nonces(&self) -> Result<Vec<NonceRow>, StoreError> {
+        ledger::nonces(&self.reader())
     }
 
     /// Recomputes the whole hash chain from a consistent snapshot. Blocking, O(rows).
