@@ -78,4 +78,71 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("evm_transaction_args", evm_transaction_args),
     ("evm_signed_transaction", evm_signed_transaction),
     ("config_toml", config_toml),
+    ("bitcoin_psbt", bitcoin_psbt),
 ];
+
+/// A PSBT (v0 or v2, raw bytes): strict parsing refuses or yields a PSBT that re-encodes and
+/// re-parses to the same transaction; decoding against a fixed wallet (BIP84/86 account 0 of the
+/// all-"abandon" seed) refuses with a named field or rule, or yields an intent whose summary and
+/// policy check are computable; a fixed bogus signature never passes pass 2.
+pub fn bitcoin_psbt(data: &[u8]) {
+    use keyguard_bitcoin::bitcoin::bip32::{Fingerprint, Xpub};
+    use keyguard_bitcoin::{wallet, Wallet};
+    use std::str::FromStr;
+    let Ok((psbt, format)) = keyguard_bitcoin::decode::parse_psbt_bytes(data) else {
+        return;
+    };
+    let b64 = keyguard_bitcoin::encode_psbt(&psbt, &format).expect("a parsed PSBT re-encodes");
+    let (again, _) = keyguard_bitcoin::parse_psbt(&b64).expect("a re-encoded PSBT parses");
+    assert_eq!(again.unsigned_tx, psbt.unsigned_tx, "round trip changed the transaction");
+    let accounts = [
+        (wallet::ScriptKind::P2wpkh, BIP84_XPUB),
+        (wallet::ScriptKind::P2tr, BIP86_XPUB),
+    ]
+    .into_iter()
+    .map(|(kind, xpub)| wallet::Account {
+        kind,
+        path: wallet::account_path(kind, keyguard_bitcoin::bitcoin::Network::Bitcoin, 0)
+            .expect("static"),
+        xpub: Xpub::from_str(xpub).expect("static"),
+    })
+    .collect();
+    let wallet = Wallet {
+        fingerprint: Fingerprint::from_str("73c5da0a").expect("static"),
+        network: keyguard_bitcoin::bitcoin::Network::Bitcoin,
+        accounts,
+        max_index: 1000,
+        change_gap: 100,
+    };
+    match keyguard_bitcoin::decode::decode_parsed(psbt, format, &wallet) {
+        Ok(intent) => {
+            let _ = intent.summary();
+            let policy: keyguard_bitcoin::BitcoinPolicy =
+                toml::from_str(BITCOIN_PERMISSIVE).expect("static");
+            let _ = policy.check(&intent);
+            if !intent.jobs.is_empty() {
+                let bogus: Vec<_> = intent
+                    .jobs
+                    .iter()
+                    .map(|_| keyguard_chain::Signature::Bip340([1; 64]))
+                    .collect();
+                assert!(keyguard_bitcoin::finalize(&intent, &bogus, true).is_err());
+            }
+        }
+        Err(keyguard_chain::Rejection::InvalidParams { field, .. }) => assert!(!field.is_empty()),
+        Err(keyguard_chain::Rejection::Policy { field, .. }) => assert!(!field.is_empty()),
+    }
+}
+
+const BIP84_XPUB: &str = "xpub6CatWdiZiodmUeTDp8LT5or8nmbKNcuyvz7WyksVFkKB4RHwCD3XyuvPEbvqAQY3rAPshWcMLoP2fMFMKHPJ4ZeZXYVUhLv1VMrjPC7PW6V";
+const BIP86_XPUB: &str = "xpub6BgBgsespWvERF3LHQu6CnqdvfEvtMcQjYrcRzx53QJjSxarj2afYWcLteoGVky7D3UKDP9QyrLprQ3VCECoY49yfdDEHGCtMMj92pReUsQ";
+const BITCOIN_PERMISSIVE: &str = r#"
+network = "bitcoin"
+destinations = "any"
+allow_foreign_inputs = true
+max_spend_per_tx = "21000000 btc"
+max_fee = "21000000 btc"
+max_feerate_sat_vb = 100000000
+max_fee_percent = 100
+max_op_return = 10
+"#;

@@ -335,3 +335,23 @@ fn psbt_v2_over_rpc_comes_back_as_v2() {
     );
     assert_eq!(resp["result"]["complete"], true);
 }
+
+#[test]
+fn embit_written_psbts_decode_in_both_versions() {
+    // Seed corpus of the fuzz target, written by embit (v0 and BIP370 v2).
+    let seed = bip39::Mnemonic::parse(WORDS).unwrap().to_seed("");
+    let tw = TestWallet::new(&seed, Network::Bitcoin);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/bitcoin_psbt");
+    for (name, jobs) in [("seed-v0-0", 2), ("seed-v2-0", 2)] {
+        let bytes = std::fs::read(dir.join(name)).unwrap();
+        let (psbt, format) = keyguard_bitcoin::decode::parse_psbt_bytes(&bytes).unwrap();
+        let intent = keyguard_bitcoin::decode::decode_parsed(psbt, format, &tw.wallet).unwrap();
+        assert_eq!(intent.jobs.len(), jobs, "{name}");
+        assert!(matches!(intent.outputs[1].class, keyguard_bitcoin::OutputClass::Change { index: 0 }));
+    }
+    // Without the previous transaction the segwit v0 input is refused (the fee attack).
+    let bytes = std::fs::read(dir.join("seed-v2-1")).unwrap();
+    let (psbt, format) = keyguard_bitcoin::decode::parse_psbt_bytes(&bytes).unwrap();
+    let err = keyguard_bitcoin::decode::decode_parsed(psbt, format, &tw.wallet).unwrap_err();
+    assert!(err.to_string().contains("bitcoin.input_amount_proof"), "{err}");
+}
