@@ -41,10 +41,21 @@ fn main() {
         .filter_map(|a| a.parse().ok())
         .next()
         .unwrap_or(2.0);
-    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let kdf = KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 };
-    let store = SoftwareKeystore::open(&tmp.path().join("keys"), &Passphrase::new("bench".into()), kdf).unwrap();
+    let kdf = KdfParams {
+        memory_kib: 1024,
+        iterations: 1,
+        parallelism: 1,
+    };
+    let store = SoftwareKeystore::open(
+        &tmp.path().join("keys"),
+        &Passphrase::new("bench".into()),
+        kdf,
+    )
+    .unwrap();
     let id = KeyId::new("hot").unwrap();
     store.import_mnemonic(id.clone(), WORDS, "").unwrap();
     let policy: BitcoinPolicy = toml::from_str(
@@ -58,12 +69,26 @@ fn main() {
     let secp = Secp256k1::new();
 
     println!("keyguard bitcoin_psbt bench: {seconds} s per figure, 1 thread");
-    println!("{:<8} {:>5} {:>12} {:>12} {:>12} {:>14} {:>10}", "type", "in", "raw sig/s", "backend sig/s", "psbt/s", "keyguard sig/s", "overhead");
+    println!(
+        "{:<8} {:>5} {:>12} {:>12} {:>12} {:>14} {:>10}",
+        "type", "in", "raw sig/s", "backend sig/s", "psbt/s", "keyguard sig/s", "overhead"
+    );
     for kind in [ScriptKind::P2wpkh, ScriptKind::P2tr] {
         for n in [1u32, 10] {
-            let inputs: Vec<OurInput> = (0..n).map(|index| OurInput { kind, index, sat: 100_000 }).collect();
+            let inputs: Vec<OurInput> = (0..n)
+                .map(|index| OurInput {
+                    kind,
+                    index,
+                    sat: 100_000,
+                })
+                .collect();
             let total = 100_000 * u64::from(n);
-            let psbt = build_psbt(&tw, &inputs, &[(foreign_script(9), total / 2)], Some((kind, 0, total / 2 - 2_000)));
+            let psbt = build_psbt(
+                &tw,
+                &inputs,
+                &[(foreign_script(9), total / 2)],
+                Some((kind, 0, total / 2 - 2_000)),
+            );
             let b64 = to_base64(&psbt);
             let intent = keyguard_bitcoin::decode(&b64, &wallet).unwrap();
             policy.check(&intent).unwrap();
@@ -81,8 +106,12 @@ fn main() {
                             std::hint::black_box(secp.sign_ecdsa(&Message::from_digest(*d), key));
                         }
                         SigningPayload::TaprootKeySpend { sighash, .. } => {
-                            let kp = Keypair::from_secret_key(&secp, key).tap_tweak(&secp, None).to_keypair();
-                            std::hint::black_box(secp.sign_schnorr(&Message::from_digest(*sighash), &kp));
+                            let kp = Keypair::from_secret_key(&secp, key)
+                                .tap_tweak(&secp, None)
+                                .to_keypair();
+                            std::hint::black_box(
+                                secp.sign_schnorr(&Message::from_digest(*sighash), &kp),
+                            );
                         }
                         SigningPayload::Ed25519Message(_) => unreachable!(),
                     }
@@ -90,7 +119,11 @@ fn main() {
             }) * f64::from(n);
             let backend = rate(seconds, || {
                 for job in &intent.jobs {
-                    std::hint::black_box(runtime.block_on(store.sign_derived(&id, &job.path, &job.payload)).unwrap());
+                    std::hint::black_box(
+                        runtime
+                            .block_on(store.sign_derived(&id, &job.path, &job.payload))
+                            .unwrap(),
+                    );
                 }
             }) * f64::from(n);
             let psbts = rate(seconds, || {
@@ -99,7 +132,11 @@ fn main() {
                 let sigs: Vec<_> = intent
                     .jobs
                     .iter()
-                    .map(|j| runtime.block_on(store.sign_derived(&id, &j.path, &j.payload)).unwrap())
+                    .map(|j| {
+                        runtime
+                            .block_on(store.sign_derived(&id, &j.path, &j.payload))
+                            .unwrap()
+                    })
                     .collect();
                 std::hint::black_box(keyguard_bitcoin::finalize(&intent, &sigs, true).unwrap());
             });

@@ -94,7 +94,10 @@ pub fn bitcoin_psbt(data: &[u8]) {
     };
     let b64 = keyguard_bitcoin::encode_psbt(&psbt, &format).expect("a parsed PSBT re-encodes");
     let (again, _) = keyguard_bitcoin::parse_psbt(&b64).expect("a re-encoded PSBT parses");
-    assert_eq!(again.unsigned_tx, psbt.unsigned_tx, "round trip changed the transaction");
+    assert_eq!(
+        again.unsigned_tx, psbt.unsigned_tx,
+        "round trip changed the transaction"
+    );
     let accounts = [
         (wallet::ScriptKind::P2wpkh, BIP84_XPUB),
         (wallet::ScriptKind::P2tr, BIP86_XPUB),

@@ -347,11 +347,226 @@ fn embit_written_psbts_decode_in_both_versions() {
         let (psbt, format) = keyguard_bitcoin::decode::parse_psbt_bytes(&bytes).unwrap();
         let intent = keyguard_bitcoin::decode::decode_parsed(psbt, format, &tw.wallet).unwrap();
         assert_eq!(intent.jobs.len(), jobs, "{name}");
-        assert!(matches!(intent.outputs[1].class, keyguard_bitcoin::OutputClass::Change { index: 0 }));
+        assert!(matches!(
+            intent.outputs[1].class,
+            keyguard_bitcoin::OutputClass::Change { index: 0 }
+        ));
     }
     // Without the previous transaction the segwit v0 input is refused (the fee attack).
     let bytes = std::fs::read(dir.join("seed-v2-1")).unwrap();
     let (psbt, format) = keyguard_bitcoin::decode::parse_psbt_bytes(&bytes).unwrap();
     let err = keyguard_bitcoin::decode::decode_parsed(psbt, format, &tw.wallet).unwrap_err();
-    assert!(err.to_string().contains("bitcoin.input_amount_proof"), "{err}");
+    assert!(
+        err.to_string().contains("bitcoin.input_amount_proof"),
+        "{err}"
+    );
+}
+
+type Utxos =
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, u32), (f64, String)>>>;
+
+/// A stand-in for Bitcoin Core speaking its JSON-RPC (`gettxout`, `sendrawtransaction`).
+fn fake_node(runtime: &tokio::runtime::Runtime, utxos: Utxos) -> String {
+    runtime.block_on(async move {
+        let server = jsonrpsee::server::Server::builder()
+            .build("127.0.0.1:0")
+            .await
+            .unwrap();
+        let addr = server.local_addr().unwrap();
+        let mut module = jsonrpsee::RpcModule::new(utxos);
+        module
+            .register_method("gettxout", |params, utxos, _| {
+                let (txid, vout, _mempool): (String, u32, bool) = params.parse().unwrap();
+                match utxos.lock().unwrap().get(&(txid, vout)) {
+                    Some((btc, hex)) => json!({
+                        "bestblock": "00".repeat(32), "confirmations": 1, "value": btc,
+                        "scriptPubKey": {"asm": "", "hex": hex, "type": "witness_v0_keyhash"},
+                        "coinbase": false
+                    }),
+                    None => Value::Null,
+                }
+            })
+            .unwrap();
+        module
+            .register_method("sendrawtransaction", |params, _, _| {
+                let (hex,): (String,) = params.parse().unwrap();
+                let tx: Transaction =
+                    keyguard_bitcoin::bitcoin::consensus::encode::deserialize_hex(&hex).unwrap();
+                Value::String(tx.compute_txid().to_string())
+            })
+            .unwrap();
+        let handle = server.start(module);
+        std::mem::forget(handle);
+        format!("http://{addr}")
+    })
+}
+
+#[test]
+fn upstream_node_checks_inputs_and_broadcasts() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let utxos: Utxos = Default::default();
+    let url = fake_node(&runtime, utxos.clone());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let text = config(dir).replace(
+        "[[policies]]\nname = \"btc\"",
+        &format!("[bitcoin_node]\nurl = \"{url}\"\n[[policies]]\nname = \"btc\""),
+    );
+    let cfg = dir.join("keyguard.toml");
+    std::fs::write(&cfg, &text).unwrap();
+    std::fs::write(dir.join("words"), WORDS).unwrap();
+    keyguard(
+        &[
+            "keys",
+            "seed",
+            "import",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--id",
+            "hot",
+            "--mnemonic-file",
+            dir.join("words").to_str().unwrap(),
+        ],
+        &[],
+        "",
+    );
+    let daemon = common::Daemon::start(dir, &text, &[]);
+    let addr = daemon.rpc_addr();
+
+    let tw = test_wallet();
+    let inputs = [OurInput {
+        kind: ScriptKind::P2wpkh,
+        index: 4,
+        sat: 60_000,
+    }];
+    let psbt = build_psbt(
+        &tw,
+        &inputs,
+        &[(foreign_script(9), 30_000)],
+        Some((ScriptKind::P2wpkh, 2, 29_000)),
+    );
+    let outpoint = psbt.unsigned_tx.input[0].previous_output;
+    let key = (outpoint.txid.to_string(), outpoint.vout);
+    let spk = psbt.inputs[0]
+        .witness_utxo
+        .as_ref()
+        .unwrap()
+        .script_pubkey
+        .to_hex_string();
+    let b64 = to_base64(&psbt);
+
+    // Unknown to the node (spent or never existed): refused.
+    let resp = common::rpc(&addr, "btc_signPsbt", json!([{"psbt": b64}]));
+    assert_eq!(
+        policy_error(&resp),
+        ("bitcoin.node_utxo_spent".into(), "inputs[0]".into())
+    );
+    // The node disagrees about the amount.
+    utxos
+        .lock()
+        .unwrap()
+        .insert(key.clone(), (0.0007, spk.clone()));
+    let resp = common::rpc(&addr, "btc_signPsbt", json!([{"psbt": b64}]));
+    assert_eq!(
+        policy_error(&resp),
+        ("bitcoin.node_utxo_mismatch".into(), "inputs[0]".into())
+    );
+    // Agreeing node: signed, audited, then relayed.
+    utxos.lock().unwrap().insert(key, (0.0006, spk));
+    let resp = common::rpc(
+        &addr,
+        "btc_signPsbt",
+        json!([{"psbt": b64, "finalize": true, "broadcast": true}]),
+    );
+    let result = &resp["result"];
+    assert_eq!(result["broadcast"]["txid"], result["txid"], "{resp}");
+    // Broadcast without finalize is a malformed request.
+    let resp = common::rpc(
+        &addr,
+        "btc_signPsbt",
+        json!([{"psbt": b64, "broadcast": true}]),
+    );
+    assert_eq!(resp["error"]["code"], -32602, "{resp}");
+}
+
+#[test]
+fn conflicting_spend_refused_across_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let text = config(dir).replace("max_spend_per_window = \"0.0025 btc\"\n", "");
+    let cfg = dir.join("keyguard.toml");
+    std::fs::write(&cfg, &text).unwrap();
+    std::fs::write(dir.join("words"), WORDS).unwrap();
+    keyguard(
+        &[
+            "keys",
+            "seed",
+            "import",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--id",
+            "hot",
+            "--mnemonic-file",
+            dir.join("words").to_str().unwrap(),
+        ],
+        &[],
+        "",
+    );
+    let tw = test_wallet();
+    let inputs = [OurInput {
+        kind: ScriptKind::P2tr,
+        index: 0,
+        sat: 90_000,
+    }];
+    let pay = |dest: u8, fee: u64| {
+        build_psbt(
+            &tw,
+            &inputs,
+            &[(foreign_script(dest), 50_000)],
+            Some((ScriptKind::P2tr, 0, 40_000 - fee)),
+        )
+    };
+    let daemon = common::Daemon::start(dir, &text, &[]);
+    let addr = daemon.rpc_addr();
+    let first = common::rpc(&addr, "btc_signPsbt", json!([to_base64(&pay(9, 1_000))]));
+    assert!(first["result"].is_object(), "{first}");
+    // Signing the same transaction again is fine (idempotent retry)...
+    assert!(
+        common::rpc(&addr, "btc_signPsbt", json!([to_base64(&pay(9, 1_000))]))["result"]
+            .is_object()
+    );
+    // ...paying someone else with the same coin is a double spend.
+    let resp = common::rpc(&addr, "btc_signPsbt", json!([to_base64(&pay(8, 1_000))]));
+    assert_eq!(
+        policy_error(&resp),
+        ("bitcoin.conflicting_spend".into(), "inputs[0]".into())
+    );
+    // A fee bump of the same payment is refused too unless the policy allows it.
+    let resp = common::rpc(&addr, "btc_signPsbt", json!([to_base64(&pay(9, 2_000))]));
+    assert_eq!(policy_error(&resp).0, "bitcoin.conflicting_spend");
+    daemon.terminate();
+    let daemon = common::Daemon::start(dir, &text, &[]);
+    let resp = common::rpc(
+        &daemon.rpc_addr(),
+        "btc_signPsbt",
+        json!([to_base64(&pay(8, 1_000))]),
+    );
+    assert_eq!(
+        policy_error(&resp).0,
+        "bitcoin.conflicting_spend",
+        "forgotten after restart"
+    );
+    daemon.terminate();
+    let bumping = text.replace(
+        "max_feerate_sat_vb = 100\n",
+        "max_feerate_sat_vb = 100\nallow_fee_bump = true\n",
+    );
+    let daemon = common::Daemon::start(dir, &bumping, &[]);
+    let addr = daemon.rpc_addr();
+    assert!(
+        common::rpc(&addr, "btc_signPsbt", json!([to_base64(&pay(9, 2_000))]))["result"]
+            .is_object()
+    );
+    let resp = common::rpc(&addr, "btc_signPsbt", json!([to_base64(&pay(8, 3_000))]));
+    assert_eq!(policy_error(&resp).0, "bitcoin.conflicting_spend");
 }

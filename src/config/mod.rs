@@ -64,6 +64,9 @@ pub struct Config {
     /// Applications allowed to call, with their credentials and grants.
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
+    /// Upstream Bitcoin Core node: inputs checked unspent before signing; broadcast on request.
+    #[serde(default)]
+    pub bitcoin_node: Option<crate::server::bitcoin_node::BitcoinNodeConfig>,
     /// Per-key policies.
     #[serde(default)]
     pub policies: Vec<PolicyConfig>,

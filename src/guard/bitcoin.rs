@@ -13,26 +13,53 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use keyguard_bitcoin::bitcoin::{Amount, NetworkKind};
 use keyguard_bitcoin::wallet::{account_path, Account, Wallet};
-use keyguard_bitcoin::{BitcoinPolicy, SignedPsbt, SpendIntent};
+use keyguard_bitcoin::{BitcoinPolicy, SignedPsbt, SignedSpend, SpendIntent};
 use keyguard_chain::{KeyId, Rejection};
 use serde_json::{json, Value};
 
 use super::{Guard, GuardError};
 use crate::access::Caller;
 use crate::backend::KeyBackend;
+use crate::server::bitcoin_node::BitcoinNode;
 use crate::store::{AuditEntry, AuditFilter, Decision, StateDb};
 
 const METHOD: &str = "btc_signPsbt";
+
+/// What a request reserved before signing, undone if it is not released.
+pub(super) struct Reservation {
+    key: KeyId,
+    at: i64,
+    sat: u64,
+    /// Outpoints newly claimed, with what they replaced (a fee bump).
+    outpoints: Vec<(String, Option<SignedSpend>)>,
+}
 
 /// Per-guard Bitcoin state: wallets (public views of seeds), the spend window ledger.
 #[derive(Default)]
 pub(super) struct BitcoinState {
     wallets: RwLock<HashMap<KeyId, Arc<Wallet>>>,
     windows: Mutex<HashMap<KeyId, VecDeque<(i64, u64)>>>,
+    /// Outpoints signed per key, and in which transaction (conflict guard).
+    signed: Mutex<HashMap<KeyId, HashMap<String, SignedSpend>>>,
     history: Option<StateDb>,
+    /// `None`: no node configured; `Some(Err)`: configured but unusable (fail closed).
+    node: Option<Result<Arc<BitcoinNode>, String>>,
 }
 
 impl BitcoinState {
+    pub(super) fn new(config: &crate::config::Config) -> Self {
+        let node = config.bitcoin_node.as_ref().map(|c| {
+            BitcoinNode::new(c).map(Arc::new).map_err(|e| {
+                tracing::error!(error = %e, "bitcoin node unusable; Bitcoin signing will fail");
+                e.to_string()
+            })
+        });
+        BitcoinState {
+            node,
+            ..Default::default()
+        }
+    }
+
     pub(super) fn clear_wallets(&self) {
         self.wallets
             .write()
@@ -262,7 +289,7 @@ impl Guard {
         key: &KeyId,
         params: &Value,
         entry: &mut AuditEntry,
-    ) -> Result<(SignedPsbt, (KeyId, i64, u64)), GuardError> {
+    ) -> Result<(SignedPsbt, Reservation), GuardError> {
         if !caller.may_use(key) {
             return Err(GuardError::Unauthorized(format!(
                 "key {key} is not granted to client {}",
@@ -278,6 +305,18 @@ impl Guard {
             Some(Value::Bool(b)) => *b,
             Some(_) => return Err(Rejection::invalid("finalize", "must be a boolean").into()),
         };
+        let broadcast = match params.get("broadcast") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(Rejection::invalid("broadcast", "must be a boolean").into()),
+        };
+        if broadcast && (!finalize || self.bitcoin.node.is_none()) {
+            return Err(Rejection::invalid(
+                "broadcast",
+                "needs finalize = true and a configured [bitcoin_node]",
+            )
+            .into());
+        }
         let (policy, wallet) = self.bitcoin_setup(key)?;
         entry.chain = Some(format!("bitcoin:{}", policy.network));
         let intent: SpendIntent = keyguard_bitcoin::decode(psbt, &wallet)?;
@@ -289,6 +328,7 @@ impl Guard {
         if self.controls.kill.is_disabled(Some(key.as_str())) {
             return Err(GuardError::KeyDisabled(format!("key {key} is disabled")));
         }
+        self.check_with_node(&intent).await?;
         let reservation = self.reserve_spend(key, &policy, &intent)?;
         let signed = self.sign_psbt_inputs(key, &intent, finalize).await;
         match signed {
@@ -298,6 +338,42 @@ impl Guard {
                 Err(e)
             }
         }
+    }
+
+    fn node(&self) -> Result<Option<Arc<BitcoinNode>>, GuardError> {
+        match &self.bitcoin.node {
+            None => Ok(None),
+            Some(Ok(node)) => Ok(Some(node.clone())),
+            Some(Err(e)) => Err(GuardError::Backend(format!("bitcoin node unusable: {e}"))),
+        }
+    }
+
+    /// With a node configured: every input must be unspent with the amount and script the PSBT
+    /// claims (an already spent input means a conflicting payment we would double-sign).
+    async fn check_with_node(&self, intent: &SpendIntent) -> Result<(), GuardError> {
+        let Some(node) = self.node()? else {
+            return Ok(());
+        };
+        let mut utxos = Vec::with_capacity(intent.inputs.len());
+        for input in &intent.psbt.unsigned_tx.input {
+            let utxo = node
+                .utxo(&input.previous_output)
+                .await
+                .map_err(|e| GuardError::Backend(e.to_string()))?;
+            utxos.push(utxo);
+        }
+        keyguard_bitcoin::node::check_utxos(intent, &utxos)?;
+        Ok(())
+    }
+
+    /// Relays a signed, audited transaction through the node; returns the node's txid.
+    pub async fn bitcoin_broadcast(&self, hex: &str) -> Result<String, GuardError> {
+        let node = self
+            .node()?
+            .ok_or_else(|| Rejection::invalid("broadcast", "no [bitcoin_node] configured"))?;
+        node.broadcast(hex)
+            .await
+            .map_err(|e| GuardError::Backend(e.to_string()))
     }
 
     /// Signs every input keyguard re-derived, then pass 2.
@@ -324,14 +400,96 @@ impl Guard {
         })
     }
 
-    /// Checks the rolling window and reserves this spend in it under one lock, so concurrent
-    /// requests cannot both fit under the limit.
+    /// Checks the conflict guard and the rolling window and reserves this spend in both, each
+    /// under one lock, so concurrent requests can neither double-spend an outpoint nor both fit
+    /// under the limit.
     fn reserve_spend(
         &self,
         key: &KeyId,
         policy: &BitcoinPolicy,
         intent: &SpendIntent,
-    ) -> Result<(KeyId, i64, u64), GuardError> {
+    ) -> Result<Reservation, GuardError> {
+        let outpoints = self.claim_outpoints(key, policy, intent)?;
+        match self.reserve_window(key, policy, intent) {
+            Ok((at, sat)) => Ok(Reservation {
+                key: key.clone(),
+                at,
+                sat,
+                outpoints,
+            }),
+            Err(e) => {
+                self.unclaim(key, outpoints);
+                Err(e)
+            }
+        }
+    }
+
+    fn claim_outpoints(
+        &self,
+        key: &KeyId,
+        policy: &BitcoinPolicy,
+        intent: &SpendIntent,
+    ) -> Result<Vec<(String, Option<SignedSpend>)>, GuardError> {
+        let since = now_ms() - (policy.conflict_window_secs as i64).saturating_mul(1000);
+        let mut all = self
+            .bitcoin
+            .signed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !all.contains_key(key) {
+            let mut known = HashMap::new();
+            for summary in self.history_rows(key, since)? {
+                let (Some(spend), Some(list)) = (
+                    SignedSpend::from_summary(&summary),
+                    summary.get("outpoints").and_then(Value::as_array),
+                ) else {
+                    continue;
+                };
+                for op in list.iter().filter_map(Value::as_str) {
+                    known.insert(op.to_string(), spend.clone());
+                }
+            }
+            all.insert(key.clone(), known);
+        }
+        let known = all.entry(key.clone()).or_default();
+        let outpoints = intent.outpoints();
+        for (i, op) in outpoints.iter().enumerate() {
+            if let Some(earlier) = known.get(op) {
+                policy.check_conflict(intent, i, earlier)?;
+            }
+        }
+        let this = SignedSpend::of(intent);
+        Ok(outpoints
+            .into_iter()
+            .map(|op| {
+                let before = known.insert(op.clone(), this.clone());
+                (op, before)
+            })
+            .collect())
+    }
+
+    fn unclaim(&self, key: &KeyId, outpoints: Vec<(String, Option<SignedSpend>)>) {
+        let mut all = self
+            .bitcoin
+            .signed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(known) = all.get_mut(key) {
+            for (op, before) in outpoints {
+                match before {
+                    Some(b) => known.insert(op, b),
+                    None => known.remove(&op),
+                };
+            }
+        }
+    }
+
+    fn reserve_window(
+        &self,
+        key: &KeyId,
+        policy: &BitcoinPolicy,
+        intent: &SpendIntent,
+    ) -> Result<(i64, u64), GuardError> {
         let now = now_ms();
         let since = now - (policy.window_secs as i64).saturating_mul(1000);
         let mut windows = self
@@ -350,25 +508,43 @@ impl Guard {
         policy.check_window(intent, Amount::from_sat(spent))?;
         let sat = intent.spend().to_sat();
         ledger.push_back((now, sat));
-        Ok((key.clone(), now, sat))
+        Ok((now, sat))
     }
 
-    fn release_spend(&self, (key, at, sat): (KeyId, i64, u64)) {
+    fn release_spend(&self, r: Reservation) {
+        self.unclaim(&r.key, r.outpoints);
         let mut windows = self
             .bitcoin
             .windows
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(ledger) = windows.get_mut(&key) {
-            if let Some(pos) = ledger.iter().position(|e| *e == (at, sat)) {
+        if let Some(ledger) = windows.get_mut(&r.key) {
+            if let Some(pos) = ledger.iter().position(|e| *e == (r.at, r.sat)) {
                 ledger.remove(pos);
             }
         }
     }
 
     fn spend_history(&self, key: &KeyId, since: i64) -> Result<VecDeque<(i64, u64)>, GuardError> {
+        Ok(self
+            .history(key, since)?
+            .into_iter()
+            .filter_map(|(at, s)| Some((at, s.get("spend_sat")?.as_u64()?)))
+            .collect())
+    }
+
+    fn history_rows(&self, key: &KeyId, since: i64) -> Result<Vec<Value>, GuardError> {
+        Ok(self
+            .history(key, since)?
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect())
+    }
+
+    /// Signed `btc_signPsbt` audit rows of `key` since `since`: (time, summary).
+    fn history(&self, key: &KeyId, since: i64) -> Result<Vec<(i64, Value)>, GuardError> {
         let Some(state) = &self.bitcoin.history else {
-            return Ok(VecDeque::new());
+            return Ok(Vec::new());
         };
         let filter = AuditFilter {
             since_ms: Some(since),
@@ -380,9 +556,6 @@ impl Guard {
         let rows = state
             .query_audit(&filter)
             .map_err(|e| GuardError::Backend(format!("reading spend history: {e}")))?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|r| Some((r.ts_ms, r.summary.get("spend_sat")?.as_u64()?)))
-            .collect())
+        Ok(rows.into_iter().map(|r| (r.ts_ms, r.summary)).collect())
     }
 }

@@ -101,7 +101,7 @@ impl Guard {
                 &keys,
                 &seed_ids(backend.as_ref()),
             ))),
-            bitcoin: bitcoin::BitcoinState::default(),
+            bitcoin: bitcoin::BitcoinState::new(config),
             backend,
             audit,
             evm_keys,

@@ -2,7 +2,9 @@
 //!
 //! `btc_signPsbt` takes one object `{"psbt": base64, "key"?: seed id, "finalize"?: bool}` (or
 //! the same as positional `[psbt, finalize?]`) and answers
-//! `{"psbt", "complete", "txid", "hex"?, "signed_inputs"}`.
+//! `{"psbt", "complete", "txid", "hex"?, "signed_inputs"}`. With `"broadcast": true` (needs
+//! `finalize` and a `[bitcoin_node]`) the audited transaction is relayed and the answer gains
+//! `"broadcast": {"txid"} | {"error"}`.
 
 use jsonrpsee::server::RpcModule;
 use jsonrpsee::types::{ErrorObjectOwned, Params};
@@ -46,13 +48,24 @@ pub(super) fn register(module: &mut RpcModule<EvmContext>) {
                     .sign_bitcoin_psbt(caller, &params)
                     .await
                     .map_err(|e| rpc_error::from_guard(&e))?;
-                Ok::<Value, ErrorObjectOwned>(json!({
+                let mut out = json!({
                     "psbt": signed.psbt,
                     "complete": signed.complete,
                     "txid": signed.txid.to_string(),
                     "hex": signed.tx_hex,
                     "signed_inputs": signed.signed_inputs,
-                }))
+                });
+                // Only after the signature is audited; a relay failure does not undo the signing,
+                // so it is reported next to the signed result rather than as an error.
+                if params.get("broadcast") == Some(&Value::Bool(true)) {
+                    if let Some(hex) = &signed.tx_hex {
+                        out["broadcast"] = match ctx.guard.bitcoin_broadcast(hex).await {
+                            Ok(txid) => json!({ "txid": txid }),
+                            Err(e) => json!({ "error": e.to_string() }),
+                        };
+                    }
+                }
+                Ok::<Value, ErrorObjectOwned>(out)
             },
         )
         .expect("unique method");

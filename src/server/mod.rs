@@ -3,6 +3,7 @@
 
 pub mod admin;
 mod bitcoin;
+pub mod bitcoin_node;
 pub mod evm;
 mod evm_methods;
 mod http_edge;

@@ -12,7 +12,10 @@
 //! - [`finalize`]: pass 2: every signature checked against the re-derived key and a sighash
 //!   recomputed from the re-encoded PSBT; optional BIP174 finalization.
 //!
-//! Pure code: no sockets, storage or private keys. The upstream node client lives in `node`.
+//! - [`node`]: an upstream node's view of the inputs (unspent, same amount and script) checked
+//!   against the intent; the JSON-RPC client itself is in the daemon.
+//!
+//! Pure code: no sockets, storage or private keys.
 
 pub mod decode;
 pub mod finalize;
@@ -26,7 +29,7 @@ pub mod wallet;
 pub use bitcoin;
 pub use decode::{decode, encode_psbt, parse_psbt, PsbtFormat};
 pub use finalize::{finalize, SignedPsbt};
-pub use rules::{BitcoinPolicy, Sats};
+pub use rules::{BitcoinPolicy, Sats, SignedSpend};
 pub use wallet::{Account, ScriptKind, Wallet};
 
 use bitcoin::bip32::DerivationPath;
@@ -77,6 +80,18 @@ pub struct OutputFacts {
     pub script_pubkey: ScriptBuf,
     /// Change, spend or data.
     pub class: OutputClass,
+}
+
+impl OutputFacts {
+    /// The address, or `script:<hex>` for scripts without one.
+    pub fn payee(&self) -> String {
+        match &self.class {
+            OutputClass::Spend {
+                address: Some(address),
+            } => address.clone(),
+            _ => format!("script:{}", self.script_pubkey.to_hex_string()),
+        }
+    }
 }
 
 /// One signature keyguard will ask the backend for.
@@ -148,6 +163,28 @@ impl SpendIntent {
         decode::sum(paid.chain(std::iter::once(self.fee()))).unwrap_or(Amount::MAX_MONEY)
     }
 
+    /// `txid:vout` of every input, in order.
+    pub fn outpoints(&self) -> Vec<String> {
+        self.psbt
+            .unsigned_tx
+            .input
+            .iter()
+            .map(|i| i.previous_output.to_string())
+            .collect()
+    }
+
+    /// The payments (payee, sat) of the non-change outputs, sorted: what a fee bump must keep.
+    pub fn payments(&self) -> Vec<(String, u64)> {
+        let mut list: Vec<_> = self
+            .outputs
+            .iter()
+            .filter(|o| matches!(o.class, OutputClass::Spend { .. }))
+            .map(|o| (o.payee(), o.amount.to_sat()))
+            .collect();
+        list.sort();
+        list
+    }
+
     /// Estimated virtual size once signed.
     pub fn vsize(&self) -> u64 {
         decode::estimated_vsize(self)
@@ -165,7 +202,7 @@ impl SpendIntent {
             .iter()
             .map(|o| match &o.class {
                 OutputClass::Change { index } => json!({"change": index, "sat": o.amount.to_sat()}),
-                OutputClass::Spend { address } => json!({"to": address, "sat": o.amount.to_sat()}),
+                OutputClass::Spend { .. } => json!({"to": o.payee(), "sat": o.amount.to_sat()}),
                 OutputClass::OpReturn { data_len } => json!({"op_return": data_len}),
             })
             .collect();
@@ -176,6 +213,7 @@ impl SpendIntent {
             "inputs": self.inputs.len(),
             "signing": self.jobs.iter().map(|j| j.input).collect::<Vec<_>>(),
             "outputs": outputs,
+            "outpoints": self.outpoints(),
             "fee_sat": self.fee().to_sat(),
             "spend_sat": self.spend().to_sat(),
             "vsize": self.vsize(),

@@ -22,6 +22,7 @@
 //! | `bitcoin.locktime` | transactions locked far into the future (funds frozen) |
 //! | `bitcoin.sequence` | relative timelocks (BIP68) that freeze the coins |
 //! | `bitcoin.rbf` | replaceability against the operator's setting (zero-conf merchants vs fee bumping) |
+//! | `bitcoin.conflicting_spend` | signing an outpoint again in another transaction (a double spend: two payments where one was approved); with `allow_fee_bump`, only the same payments at a higher fee |
 
 use std::fmt;
 use std::str::FromStr;
@@ -56,6 +57,7 @@ pub mod rule {
     pub const LOCKTIME: &str = "bitcoin.locktime";
     pub const SEQUENCE: &str = "bitcoin.sequence";
     pub const RBF: &str = "bitcoin.rbf";
+    pub const CONFLICTING_SPEND: &str = "bitcoin.conflicting_spend";
 }
 
 /// An amount in config: `"0.5 btc"`, `"1000 sat"` or `"1000"` (satoshis).
@@ -141,6 +143,14 @@ struct RawPolicy {
     change_gap: u32,
     #[serde(default = "default_max_index")]
     max_index: u32,
+    #[serde(default)]
+    allow_fee_bump: bool,
+    #[serde(default = "default_conflict_window")]
+    conflict_window_secs: u64,
+}
+
+fn default_conflict_window() -> u64 {
+    30 * 86_400
 }
 
 fn default_accounts() -> Vec<u32> {
@@ -219,6 +229,11 @@ pub struct BitcoinPolicy {
     pub change_gap: u32,
     /// Highest address index re-derived for inputs.
     pub max_index: u32,
+    /// Whether an outpoint already signed may be signed again in a transaction that makes the
+    /// same payments at a higher fee (RBF fee bump).
+    pub allow_fee_bump: bool,
+    /// How long signed outpoints are remembered across restarts (from the audit log).
+    pub conflict_window_secs: u64,
 }
 
 impl TryFrom<RawPolicy> for BitcoinPolicy {
@@ -276,6 +291,8 @@ impl TryFrom<RawPolicy> for BitcoinPolicy {
             rbf: raw.rbf,
             change_gap: raw.change_gap,
             max_index: raw.max_index,
+            allow_fee_bump: raw.allow_fee_bump,
+            conflict_window_secs: raw.conflict_window_secs,
         })
     }
 }
@@ -339,6 +356,38 @@ impl BitcoinPolicy {
             ));
         }
         Ok(())
+    }
+
+    /// An input already signed in transaction `earlier` (with its payments and fee): refused
+    /// unless it is the same transaction, or a fee bump of the same payments when allowed.
+    pub fn check_conflict(
+        &self,
+        intent: &SpendIntent,
+        input: usize,
+        earlier: &SignedSpend,
+    ) -> Result<(), Rejection> {
+        if earlier.txid == intent.txid().to_string() {
+            return Ok(());
+        }
+        let bump = self.allow_fee_bump
+            && earlier.payments == intent.payments()
+            && intent.fee().to_sat() > earlier.fee_sat;
+        if bump {
+            return Ok(());
+        }
+        Err(refuse(
+            rule::CONFLICTING_SPEND,
+            format!("inputs[{input}]"),
+            format!(
+                "outpoint already signed in transaction {}{}",
+                earlier.txid,
+                if self.allow_fee_bump {
+                    " with other payments or a fee not lower"
+                } else {
+                    ""
+                }
+            ),
+        ))
     }
 
     fn check_inputs(&self, intent: &SpendIntent) -> Result<(), Rejection> {
@@ -546,4 +595,42 @@ fn spend_field(intent: &SpendIntent) -> String {
         .map(|(o, _)| o.to_string())
         .collect();
     format!("outputs[{}]", list.join(","))
+}
+
+/// A transaction keyguard signed, as remembered for conflict checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedSpend {
+    /// Its txid.
+    pub txid: String,
+    /// Its payments (see [`SpendIntent::payments`]).
+    pub payments: Vec<(String, u64)>,
+    /// Its fee.
+    pub fee_sat: u64,
+}
+
+impl SignedSpend {
+    /// From a decoded intent.
+    pub fn of(intent: &SpendIntent) -> Self {
+        SignedSpend {
+            txid: intent.txid().to_string(),
+            payments: intent.payments(),
+            fee_sat: intent.fee().to_sat(),
+        }
+    }
+
+    /// From the summary keyguard wrote to the audit log for it.
+    pub fn from_summary(summary: &serde_json::Value) -> Option<Self> {
+        let mut payments: Vec<(String, u64)> = summary
+            .get("outputs")?
+            .as_array()?
+            .iter()
+            .filter_map(|o| Some((o.get("to")?.as_str()?.to_string(), o.get("sat")?.as_u64()?)))
+            .collect();
+        payments.sort();
+        Some(SignedSpend {
+            txid: summary.get("txid")?.as_str()?.to_string(),
+            payments,
+            fee_sat: summary.get("fee_sat")?.as_u64()?,
+        })
+    }
 }

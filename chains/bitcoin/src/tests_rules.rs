@@ -439,3 +439,26 @@ fn network_of_xpubs_and_policy_addresses() {
 fn unknown_policy_fields_are_refused() {
     assert!(toml::from_str::<BitcoinPolicy>("network = \"regtest\"\ndestinations = \"any\"\nmax_spend_per_tx = \"1 btc\"\nmax_fee = \"1000 sat\"\nmax_feerate_sat_vb = 10\nmax_fees = 1").is_err());
 }
+
+#[test]
+fn node_cross_check() {
+    use crate::node::check_utxos;
+    let tw = wallet();
+    let intent = decode(&to_base64(&base(&tw)), &tw.wallet).unwrap();
+    let real = intent.psbt.inputs[0].witness_utxo.clone();
+    check_utxos(&intent, std::slice::from_ref(&real)).unwrap();
+    let err = check_utxos(&intent, &[None]).unwrap_err();
+    assert!(
+        matches!(err, Rejection::Policy { rule: "bitcoin.node_utxo_spent", ref field, .. } if field == "inputs[0]")
+    );
+    let mut other = real.unwrap();
+    other.value = Amount::from_sat(1);
+    let err = check_utxos(&intent, &[Some(other)]).unwrap_err();
+    assert!(matches!(
+        err,
+        Rejection::Policy {
+            rule: "bitcoin.node_utxo_mismatch",
+            ..
+        }
+    ));
+}
