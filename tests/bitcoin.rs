@@ -570,3 +570,14 @@ fn conflicting_spend_refused_across_restart() {
     let resp = common::rpc(&addr, "btc_signPsbt", json!([to_base64(&pay(8, 3_000))]));
     assert_eq!(policy_error(&resp).0, "bitcoin.conflicting_spend");
 }
+
+#[test]
+fn hot_wallet_example_config_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/bitcoin-hot-wallet.toml");
+    let config = keyguard::config::Config::load(&path).unwrap();
+    let btc = config.policies[0].bitcoin.as_ref().unwrap();
+    assert_eq!(btc.network, Network::Regtest);
+    assert_eq!(btc.max_spend_per_window.unwrap().to_sat(), 200_000_000);
+    assert_eq!(config.policies[0].keys, ["hot"]);
+    assert!(config.policies[1].evm.is_some() && config.policies[1].keys == ["hot-eth"]);
+}

@@ -148,9 +148,12 @@ fn verify_all(psbt: &Psbt, intent: &SpendIntent) -> Result<(), VerificationFailu
                     .tap_key_sig
                     .ok_or_else(|| bad("signature missing after re-decode"))?;
                 // The output key in the scriptPubKey, which decode proved is our key tweaked.
-                let output_key =
-                    XOnlyPublicKey::from_slice(&prevouts[i].script_pubkey.as_bytes()[2..34])
-                        .map_err(|_| bad("bad taproot output key"))?;
+                let output_key = prevouts[i]
+                    .script_pubkey
+                    .as_bytes()
+                    .get(2..34)
+                    .and_then(|k| XOnlyPublicKey::from_slice(k).ok())
+                    .ok_or_else(|| bad("bad taproot output key"))?;
                 let msg = Message::from_digest(hash.to_byte_array());
                 secp()
                     .verify_schnorr(&sig.signature, &msg, &output_key)

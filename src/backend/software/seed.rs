@@ -6,15 +6,17 @@
 //! The AEAD associated data binds the file version, id, fingerprint and Ethereum public key, so
 //! a seed file renamed or edited to claim other public facts does not decrypt.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use keyguard_bitcoin::bitcoin::bip32::{ChildNumber, DerivationPath, Fingerprint, Xpriv, Xpub};
-use keyguard_bitcoin::bitcoin::hashes::Hash;
+use keyguard_bitcoin::bitcoin::hashes::{hmac, sha512, Hash, HashEngine};
 use keyguard_bitcoin::bitcoin::key::TapTweak;
+use keyguard_bitcoin::bitcoin::secp256k1::Scalar;
 use keyguard_bitcoin::bitcoin::secp256k1::{All, Keypair, Message, Secp256k1, SecretKey};
 use keyguard_bitcoin::bitcoin::{NetworkKind, TapNodeHash};
 use keyguard_chain::{KeyId, PublicKey, Signature, SigningPayload};
@@ -71,6 +73,23 @@ pub struct SeedInfo {
 pub(super) struct LoadedSeed {
     pub(super) info: SeedInfo,
     seed: Zeroizing<[u8; SEED_LEN]>,
+    /// Chain-level keys (`purpose'/coin'/account'/chain`) already derived: the last,
+    /// non-hardened step is then one HMAC and one scalar addition instead of a derivation from
+    /// the seed with two point multiplications. Holds no more than the seed already gives.
+    chains: Mutex<HashMap<Vec<ChildNumber>, Arc<ChainKey>>>,
+}
+
+/// A chain-level extended private key; erased on drop.
+struct ChainKey {
+    secret: SecretKey,
+    chain_code: Zeroizing<[u8; 32]>,
+    public: keyguard_bitcoin::bitcoin::secp256k1::PublicKey,
+}
+
+impl Drop for ChainKey {
+    fn drop(&mut self) {
+        self.secret.non_secure_erase();
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -120,6 +139,7 @@ impl LoadedSeed {
                 eth_public_key: PublicKey::Secp256k1([0; 65]),
             },
             seed,
+            chains: Mutex::new(HashMap::new()),
         };
         let master = loaded.master().map_err(bad)?;
         loaded.info.fingerprint = master.fingerprint(secp());
@@ -141,6 +161,50 @@ impl LoadedSeed {
         let child = master.derive_priv(secp(), path).map_err(|e| e.to_string());
         master.private_key.non_secure_erase();
         Ok(child?.private_key)
+    }
+
+    /// The key at `chain_path / index` (BIP32 CKDpriv for a non-hardened index) from the cached
+    /// chain-level key.
+    fn address_key(&self, path: &[ChildNumber]) -> Result<SecretKey, DeriveError> {
+        let (ChildNumber::Normal { index }, prefix) = path
+            .split_last()
+            .map(|(last, prefix)| (*last, prefix))
+            .ok_or("empty path")?
+        else {
+            return Err("the last step must be non-hardened".into());
+        };
+        let chain = self.chain_key(prefix)?;
+        let mut engine = hmac::HmacEngine::<sha512::Hash>::new(chain.chain_code.as_slice());
+        engine.input(&chain.public.serialize());
+        engine.input(&index.to_be_bytes());
+        let i = hmac::Hmac::<sha512::Hash>::from_engine(engine).to_byte_array();
+        let mut il = Zeroizing::new([0u8; 32]);
+        il.copy_from_slice(&i[..32]);
+        // IL >= n or a zero child has probability ~2^-127; BIP32 says skip the index: refuse.
+        let tweak = Scalar::from_be_bytes(*il).map_err(|_| "invalid child at this index")?;
+        chain
+            .secret
+            .add_tweak(&tweak)
+            .map_err(|_| "invalid child at this index".into())
+    }
+
+    fn chain_key(&self, prefix: &[ChildNumber]) -> Result<Arc<ChainKey>, DeriveError> {
+        let mut chains = self.chains.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(k) = chains.get(prefix) {
+            return Ok(k.clone());
+        }
+        let mut master = self.master()?;
+        let derived = master.derive_priv(secp(), &prefix.to_vec());
+        master.private_key.non_secure_erase();
+        let mut xpriv = derived.map_err(|e| e.to_string())?;
+        let key = Arc::new(ChainKey {
+            secret: xpriv.private_key,
+            chain_code: Zeroizing::new(xpriv.chain_code.to_bytes()),
+            public: xpriv.private_key.public_key(secp()),
+        });
+        xpriv.private_key.non_secure_erase();
+        chains.insert(prefix.to_vec(), key.clone());
+        Ok(key)
     }
 
     /// The Ethereum key's secret, for the keystore's ordinary secp256k1 key map.
@@ -192,7 +256,7 @@ impl LoadedSeed {
                 "derivation path {path} is not a BIP84/BIP86 address path"
             ));
         }
-        let mut key = self.derive(path)?;
+        let mut key = self.address_key(&c)?;
         let out = match payload {
             SigningPayload::Secp256k1Prehash(digest) => {
                 let sig = secp().sign_ecdsa_recoverable(&Message::from_digest(*digest), &key);
