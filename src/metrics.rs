@@ -69,3 +69,19 @@ pub fn keys_loaded(backend: &'static str, scheme: keyguard_chain::Scheme) {
 pub fn reload(outcome: &'static str) {
     metrics::counter!(RELOADS, "outcome" => outcome).increment(1);
 }
+
+/// Signing requests waiting for approvals.
+pub const APPROVALS_PENDING: &str = "keyguard_approvals_pending";
+/// Keys taken offline by the kill switch (`scope="all"` is 1 while everything is off).
+pub const KEYS_DISABLED: &str = "keyguard_keys_disabled";
+
+/// Sets the pending-approvals gauge.
+pub fn approvals_pending(count: usize) {
+    metrics::gauge!(APPROVALS_PENDING).set(count as f64);
+}
+
+/// Sets the kill-switch gauges.
+pub fn keys_disabled(all: bool, individually: usize) {
+    metrics::gauge!(KEYS_DISABLED, "scope" => "all").set(f64::from(u8::from(all)));
+    metrics::gauge!(KEYS_DISABLED, "scope" => "key").set(individually as f64);
+}
