@@ -7,8 +7,10 @@
 //! outcome, refused or signed, is written to the audit log, and a signature is released only
 //! after its audit row is durable.
 
+mod cometbft;
 mod error;
 
+pub use cometbft::{CometbftSigned, CometbftTarget};
 pub use error::GuardError;
 
 use std::collections::HashMap;
@@ -41,6 +43,7 @@ pub struct Guard {
     policies: HashMap<KeyId, Arc<KeyPolicy>>,
     id_prefix: String,
     next_id: AtomicU64,
+    cometbft: Option<Arc<cometbft::CometbftGuard>>,
 }
 
 impl Guard {
@@ -75,6 +78,7 @@ impl Guard {
             policies,
             id_prefix: format!("{started:x}"),
             next_id: AtomicU64::new(1),
+            cometbft: None,
         }
     }
 

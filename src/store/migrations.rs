@@ -6,9 +6,10 @@ use super::{now_ms, StoreError};
 
 /// Every migration the binary knows, in ascending version order. Never edit a released entry:
 /// append a new one.
-pub(crate) const MIGRATIONS: &[(u32, &str)] = &[(
-    1,
-    "CREATE TABLE audit_log (
+pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE audit_log (
         seq        INTEGER PRIMARY KEY,
         ts_ms      INTEGER NOT NULL,
         request_id TEXT NOT NULL,
@@ -29,7 +30,27 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[(
     BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
     CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
     BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;",
-)];
+    ),
+    (
+        2,
+        // The CometBFT double-sign watermark: the last height/round/step signed per chain and
+        // key, with what was signed, so a timestamp-only repeat gets the same signature back.
+        "CREATE TABLE cometbft_watermarks (
+        chain_id      TEXT NOT NULL,
+        key_id        TEXT NOT NULL,
+        height        INTEGER NOT NULL,
+        round         INTEGER NOT NULL,
+        step          INTEGER NOT NULL,
+        block_id      BLOB NOT NULL,
+        sign_bytes    BLOB NOT NULL,
+        signature     BLOB NOT NULL,
+        ext_signature BLOB NOT NULL,
+        source        TEXT NOT NULL,
+        updated_ms    INTEGER NOT NULL,
+        PRIMARY KEY (chain_id, key_id)
+    );",
+    ),
+];
 
 /// The newest schema version this binary understands.
 pub(crate) fn known_version() -> u32 {

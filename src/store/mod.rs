@@ -7,6 +7,7 @@
 mod audit;
 mod migrations;
 mod read;
+mod watermarks;
 mod writer;
 
 #[cfg(test)]
@@ -22,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags};
 
 pub use audit::{AuditEntry, AuditReceipt, AuditRow, AuditVerification, Decision, GENESIS_HASH};
+pub use watermarks::{WatermarkError, WatermarkRow, WatermarkStore};
 pub use writer::AuditLog;
 
 /// How long a connection waits for a lock held by another connection.
@@ -61,6 +63,7 @@ pub struct Store {
     path: PathBuf,
     reader: Mutex<Connection>,
     log: AuditLog,
+    watermarks: WatermarkStore,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -70,7 +73,8 @@ impl std::fmt::Debug for Store {
     }
 }
 
-pub(crate) fn now_ms() -> i64 {
+/// The wall clock in Unix milliseconds.
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -126,11 +130,14 @@ impl Store {
         migrations::migrate(&mut wconn)?;
         let reader = Connection::open(path).map_err(open_err)?;
         configure(&reader).map_err(open_err)?;
+        let wm = Connection::open(path).map_err(open_err)?;
+        configure(&wm).map_err(open_err)?;
         let (log, handle) = writer::spawn(wconn)?;
         Ok(Store {
             path: path.to_path_buf(),
             reader: Mutex::new(reader),
             log,
+            watermarks: WatermarkStore::new(wm),
             writer: Mutex::new(Some(handle)),
         })
     }
@@ -142,6 +149,11 @@ impl Store {
     /// A cheap, cloneable handle for appending audit entries.
     pub fn audit_log(&self) -> AuditLog {
         self.log.clone()
+    }
+
+    /// The CometBFT watermark table (its own connection; blocking calls).
+    pub fn watermarks(&self) -> WatermarkStore {
+        self.watermarks.clone()
     }
 
     /// Schema version of the open database.
