@@ -3,6 +3,7 @@
 mod bench;
 mod keys;
 mod start;
+mod state;
 
 use std::path::PathBuf;
 
@@ -38,6 +39,11 @@ enum Command {
     Clients {
         #[command(subcommand)]
         command: ClientsCommand,
+    },
+    /// CometBFT double-sign state: import from a file signer, show, export.
+    State {
+        #[command(subcommand)]
+        command: state::StateCommand,
     },
     /// Load generator: eth_signTransaction throughput and latency, and the raw crypto ceiling.
     Bench(bench::BenchArgs),
@@ -92,6 +98,7 @@ impl Cli {
                 );
                 Ok(())
             }
+            Command::State { command } => state::run(command),
             Command::Bench(args) => bench::run(args),
         }
     }

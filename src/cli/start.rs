@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use keyguard_chain::{KeyId, Scheme};
@@ -10,8 +11,9 @@ use keyguard_chain::{KeyId, Scheme};
 use super::keys::{describe, open_keystore};
 use crate::backend::KeyBackend;
 use crate::config::{Config, Protocol};
-use crate::guard::Guard;
+use crate::guard::{CometbftTarget, Guard};
 use crate::server;
+use crate::server::privval::PrivvalClient;
 use crate::store::Store;
 
 pub(crate) fn run(config_path: &Path) -> anyhow::Result<()> {
@@ -45,7 +47,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let store = Store::open(&config.data.database())
         .with_context(|| format!("opening {}", config.data.database().display()))?;
-    let guard = Arc::new(Guard::new(&config, backend, store.audit_log()));
+    let guard = Arc::new(
+        Guard::new(&config, backend.clone(), store.audit_log()).with_cometbft(store.watermarks()),
+    );
 
     let mut handles = Vec::new();
     for listener in &config.listeners {
@@ -65,6 +69,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             }
         }
     }
+    let privval_tasks = start_validators(&config, backend.as_ref(), &guard)?;
     println!("keyguard: ready");
     tracing::info!(listeners = handles.len(), "ready");
 
@@ -76,11 +81,56 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     for h in handles {
         h.stopped().await;
     }
+    // Aborting is safe at any await point: a signature leaves only after its watermark commit.
+    for t in &privval_tasks {
+        t.abort();
+    }
+    for t in privval_tasks {
+        let _ = t.await;
+    }
     drop(guard);
     tokio::task::spawn_blocking(move || store.close())
         .await
         .context("closing the store")??;
     Ok(())
+}
+
+/// Starts dialing every `[[validators]]` entry; prints one stable line per validator.
+fn start_validators(
+    config: &Config,
+    backend: &dyn KeyBackend,
+    guard: &Arc<Guard>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut tasks = Vec::new();
+    for v in &config.validators {
+        let name = v.display_name();
+        let key = KeyId::new(v.key.as_str())?;
+        let public_key = backend
+            .public_key(&key)
+            .with_context(|| format!("validator {name}: key {key}"))?;
+        let addr = v
+            .parsed_addr()
+            .map_err(|e| anyhow::anyhow!("validator {name}: addr: {e}"))?;
+        let client = PrivvalClient {
+            target: CometbftTarget {
+                name: name.clone(),
+                chain_id: v.chain_id.clone(),
+                key: key.clone(),
+                public_key,
+                limits: v.limits(),
+                new_validator: v.new_validator,
+            },
+            addr,
+            version: v.protocol,
+            retry_max: Duration::from_millis(v.retry_max_ms),
+        };
+        println!(
+            "keyguard: validator {name} chain {} key {key} {} protocol {}",
+            v.chain_id, v.addr, v.protocol
+        );
+        tasks.push(server::privval::start(guard.clone(), client));
+    }
+    Ok(tasks)
 }
 
 async fn shutdown_signal() {

@@ -9,6 +9,9 @@ use keyguard_chain::{KeyId, Scheme};
 use keyguard_evm::EvmPolicy;
 use serde::Deserialize;
 
+mod validators;
+pub use validators::{PrivvalAddr, ValidatorConfig};
+
 /// A configuration problem, located by file and (from the TOML parser) line and key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -60,6 +63,9 @@ pub struct Config {
     /// Per-key policies.
     #[serde(default)]
     pub policies: Vec<PolicyConfig>,
+    /// CometBFT validator nodes to serve as remote signer.
+    #[serde(default)]
+    pub validators: Vec<ValidatorConfig>,
     /// Where this configuration was read from (for messages).
     #[serde(skip)]
     pub path: PathBuf,
@@ -293,6 +299,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_validators()?;
         for (what, list) in self
             .listeners
             .iter()
@@ -303,6 +310,36 @@ impl Config {
             for k in list.iter().filter(|k| *k != "*") {
                 KeyId::new(k.as_str())
                     .map_err(|e| self.invalid(format!("{what}.keys"), e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_validators(&self) -> Result<(), ConfigError> {
+        let mut names = HashSet::new();
+        let mut new_flags = std::collections::HashMap::new();
+        for (i, v) in self.validators.iter().enumerate() {
+            let key = |k: &str| format!("validators[{i}].{k}");
+            if !names.insert(v.display_name()) {
+                return Err(self.invalid(key("name"), "duplicate validator name"));
+            }
+            if v.chain_id.is_empty() || v.chain_id.len() > 50 {
+                return Err(self.invalid(key("chain_id"), "must be 1-50 characters"));
+            }
+            KeyId::new(v.key.as_str()).map_err(|e| self.invalid(key("key"), e.to_string()))?;
+            v.parsed_addr().map_err(|e| self.invalid(key("addr"), e))?;
+            // Sentries of one validator share a watermark, so they must agree on whether an
+            // empty state may be signed from.
+            let flag = new_flags
+                .entry((v.chain_id.clone(), v.key.clone()))
+                .or_insert(v.new_validator);
+            if *flag != v.new_validator {
+                return Err(self.invalid(
+                    key("new_validator"),
+                    "entries for one chain and key must agree on new_validator",
+                ));
             }
         }
         Ok(())

@@ -3,4 +3,5 @@
 
 pub mod evm;
 mod http_edge;
+pub mod privval;
 pub mod rpc_error;
