@@ -142,6 +142,40 @@ impl NodeListener {
         (NodeListener::Unix(l), format!("unix://{}", path.display()))
     }
 
+    /// Waits up to `within` for keyguard to dial in and finish the handshake.
+    pub fn try_accept(&self, within: Duration) -> Option<MockConn> {
+        let deadline = Instant::now() + within;
+        let set = |nb| match self {
+            NodeListener::Tcp(l, _) => l.set_nonblocking(nb).unwrap(),
+            NodeListener::Unix(l) => l.set_nonblocking(nb).unwrap(),
+        };
+        set(true);
+        let conn = loop {
+            let got = match self {
+                NodeListener::Tcp(l, id) => l.accept().map(|(s, _)| {
+                    s.set_nonblocking(false).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    s.set_nodelay(true).unwrap();
+                    SecretConnection::new(s, id)
+                        .ok()
+                        .map(|c| MockConn::Secret(Box::new(c)))
+                }),
+                NodeListener::Unix(l) => l.accept().map(|(s, _)| {
+                    s.set_nonblocking(false).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    Some(MockConn::Unix(s))
+                }),
+            };
+            match got {
+                Ok(c) => break c,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+                Err(_) => break None,
+            }
+        };
+        set(false);
+        conn
+    }
+
     /// Waits for keyguard to dial in.
     pub fn accept(&self) -> MockConn {
         match self {

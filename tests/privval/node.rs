@@ -184,21 +184,27 @@ macro_rules! legacy {
                 }
             }
 
-            pub fn sign(c: &mut MockConn, chain: &str, a: &Ask) -> Option<Result<(Vec<u8>, Vec<u8>, (i64, i32)), Refused>> {
+            pub fn sign(
+                c: &mut MockConn,
+                chain: &str,
+                a: &Ask,
+            ) -> Option<Result<(Vec<u8>, Vec<u8>, (i64, i32)), Refused>> {
                 let req = if a.proposal {
                     pv::Message {
-                        sum: Some(pv::message::Sum::SignProposalRequest(pv::SignProposalRequest {
-                            proposal: Some(types::Proposal {
-                                r#type: 32,
-                                height: a.height,
-                                round: a.round,
-                                pol_round: a.pol_round,
-                                block_id: block_id(a.block),
-                                timestamp: Some(ts(a.ts)),
-                                signature: vec![],
-                            }),
-                            chain_id: chain.into(),
-                        })),
+                        sum: Some(pv::message::Sum::SignProposalRequest(
+                            pv::SignProposalRequest {
+                                proposal: Some(types::Proposal {
+                                    r#type: 32,
+                                    height: a.height,
+                                    round: a.round,
+                                    pol_round: a.pol_round,
+                                    block_id: block_id(a.block),
+                                    timestamp: Some(ts(a.ts)),
+                                    signature: vec![],
+                                }),
+                                chain_id: chain.into(),
+                            },
+                        )),
                     }
                 } else {
                     #[allow(unused_mut)]
@@ -233,14 +239,16 @@ macro_rules! legacy {
                         }
                         (None, None) => panic!("empty SignedVoteResponse"),
                     },
-                    Some(pv::message::Sum::SignedProposalResponse(r)) => match (r.proposal, r.error) {
-                        (_, Some(e)) => Err((e.code, e.description)),
-                        (Some(p), None) => {
-                            let t = p.timestamp.clone().unwrap();
-                            Ok((p.signature, Vec::new(), (t.seconds, t.nanos)))
+                    Some(pv::message::Sum::SignedProposalResponse(r)) => {
+                        match (r.proposal, r.error) {
+                            (_, Some(e)) => Err((e.code, e.description)),
+                            (Some(p), None) => {
+                                let t = p.timestamp.clone().unwrap();
+                                Ok((p.signature, Vec::new(), (t.seconds, t.nanos)))
+                            }
+                            (None, None) => panic!("empty SignedProposalResponse"),
                         }
-                        (None, None) => panic!("empty SignedProposalResponse"),
-                    },
+                    }
                     other => panic!("unexpected response {other:?}"),
                 })
             }
@@ -249,18 +257,33 @@ macro_rules! legacy {
                 let req = pv::Message {
                     sum: Some(pv::message::Sum::PingRequest(pv::PingRequest {})),
                 };
-                matches!(c.call::<_, pv::Message>(&req).and_then(|m| m.sum), Some(pv::message::Sum::PingResponse(_)))
+                matches!(
+                    c.call::<_, pv::Message>(&req).and_then(|m| m.sum),
+                    Some(pv::message::Sum::PingResponse(_))
+                )
             }
         }
     };
 }
 
-type NoExt = (fn(&mut tendermint_proto::v0_34::types::Vote, &Ask), fn(&tendermint_proto::v0_34::types::Vote) -> Vec<u8>);
-type NoExt37 = (fn(&mut tendermint_proto::v0_37::types::Vote, &Ask), fn(&tendermint_proto::v0_37::types::Vote) -> Vec<u8>);
-type Ext38 = (fn(&mut tendermint_proto::v0_38::types::Vote, &Ask), fn(&tendermint_proto::v0_38::types::Vote) -> Vec<u8>);
+type NoExt = (
+    fn(&mut tendermint_proto::v0_34::types::Vote, &Ask),
+    fn(&tendermint_proto::v0_34::types::Vote) -> Vec<u8>,
+);
+type NoExt37 = (
+    fn(&mut tendermint_proto::v0_37::types::Vote, &Ask),
+    fn(&tendermint_proto::v0_37::types::Vote) -> Vec<u8>,
+);
+type Ext38 = (
+    fn(&mut tendermint_proto::v0_38::types::Vote, &Ask),
+    fn(&tendermint_proto::v0_38::types::Vote) -> Vec<u8>,
+);
 const NO_EXT_34: NoExt = (|_, _| {}, |_| Vec::new());
 const NO_EXT_37: NoExt37 = (|_, _| {}, |_| Vec::new());
-const EXT_38: Ext38 = (|v, a| v.extension = a.extension.clone(), |v| v.extension_signature.clone());
+const EXT_38: Ext38 = (
+    |v, a| v.extension = a.extension.clone(),
+    |v| v.extension_signature.clone(),
+);
 
 legacy!(v0_34, NO_EXT_34);
 legacy!(v0_37, NO_EXT_37);
@@ -274,7 +297,10 @@ pub mod v1 {
     use iq_cometbft_proto::v1::types::v1 as types;
 
     fn its(t: (i64, i32)) -> Option<IqTimestamp> {
-        Some(IqTimestamp { seconds: t.0, nanos: t.1 })
+        Some(IqTimestamp {
+            seconds: t.0,
+            nanos: t.1,
+        })
     }
 
     fn block_id(b: Option<u8>) -> Option<types::BlockId> {
@@ -283,7 +309,9 @@ pub mod v1 {
 
     pub fn pubkey(c: &mut MockConn, chain: &str) -> Option<Result<Vec<u8>, Refused>> {
         let req = pv::Message {
-            sum: Some(pv::message::Sum::PubKeyRequest(pv::PubKeyRequest { chain_id: chain.into() })),
+            sum: Some(pv::message::Sum::PubKeyRequest(pv::PubKeyRequest {
+                chain_id: chain.into(),
+            })),
         };
         let resp: pv::Message = c.call(&req)?;
         let Some(pv::message::Sum::PubKeyResponse(r)) = resp.sum else {
@@ -296,21 +324,27 @@ pub mod v1 {
         Some(Ok(r.pub_key_bytes))
     }
 
-    pub fn sign(c: &mut MockConn, chain: &str, a: &Ask) -> Option<Result<(Vec<u8>, Vec<u8>, (i64, i32)), Refused>> {
+    pub fn sign(
+        c: &mut MockConn,
+        chain: &str,
+        a: &Ask,
+    ) -> Option<Result<(Vec<u8>, Vec<u8>, (i64, i32)), Refused>> {
         let req = if a.proposal {
             pv::Message {
-                sum: Some(pv::message::Sum::SignProposalRequest(pv::SignProposalRequest {
-                    proposal: Some(types::Proposal {
-                        r#type: 32,
-                        height: a.height,
-                        round: a.round,
-                        pol_round: a.pol_round,
-                        block_id: block_id(a.block),
-                        timestamp: its(a.ts),
-                        signature: vec![],
-                    }),
-                    chain_id: chain.into(),
-                })),
+                sum: Some(pv::message::Sum::SignProposalRequest(
+                    pv::SignProposalRequest {
+                        proposal: Some(types::Proposal {
+                            r#type: 32,
+                            height: a.height,
+                            round: a.round,
+                            pol_round: a.pol_round,
+                            block_id: block_id(a.block),
+                            timestamp: its(a.ts),
+                            signature: vec![],
+                        }),
+                        chain_id: chain.into(),
+                    },
+                )),
             }
         } else {
             pv::Message {
@@ -355,7 +389,9 @@ pub mod v1 {
 
     pub fn sign_bytes(c: &mut MockConn) -> Refused {
         let req = pv::Message {
-            sum: Some(pv::message::Sum::SignBytesRequest(pv::SignBytesRequest { value: vec![1, 2, 3] })),
+            sum: Some(pv::message::Sum::SignBytesRequest(pv::SignBytesRequest {
+                value: vec![1, 2, 3],
+            })),
         };
         let resp: pv::Message = c.call(&req).expect("connection");
         match resp.sum {
@@ -369,8 +405,13 @@ pub mod v1 {
     }
 
     pub fn ping(c: &mut MockConn) -> bool {
-        let req = pv::Message { sum: Some(pv::message::Sum::PingRequest(pv::PingRequest {})) };
-        matches!(c.call::<_, pv::Message>(&req).and_then(|m| m.sum), Some(pv::message::Sum::PingResponse(_)))
+        let req = pv::Message {
+            sum: Some(pv::message::Sum::PingRequest(pv::PingRequest {})),
+        };
+        matches!(
+            c.call::<_, pv::Message>(&req).and_then(|m| m.sum),
+            Some(pv::message::Sum::PingResponse(_))
+        )
     }
 }
 
@@ -384,7 +425,12 @@ pub struct Node {
 
 impl Node {
     pub fn new(conn: MockConn, ver: Ver, chain: &str) -> Node {
-        Node { conn, ver, chain: chain.into(), key: None }
+        Node {
+            conn,
+            ver,
+            chain: chain.into(),
+            key: None,
+        }
     }
 
     pub fn pubkey(&mut self) -> Option<Result<Vec<u8>, Refused>> {
@@ -436,9 +482,17 @@ impl Node {
                 key.verify_strict(&oracle_extension_sign_bytes(&chain, a), &ext)
                     .expect("extension signature verifies");
             } else {
-                assert!(extension_signature.is_empty(), "unexpected extension signature for {a:?}");
+                assert!(
+                    extension_signature.is_empty(),
+                    "unexpected extension signature for {a:?}"
+                );
             }
-            Released { signature, extension_signature, ts: t, sign_bytes }
+            Released {
+                signature,
+                extension_signature,
+                ts: t,
+                sign_bytes,
+            }
         }))
     }
 }

@@ -16,7 +16,9 @@ fn drive(node: &mut Node) {
     for h in 1..=3i64 {
         let b = h as u8;
         node.sign(&Ask::proposal(h, 0, b, now())).unwrap().unwrap();
-        node.sign(&Ask::vote(PREVOTE, h, 0, Some(b), now())).unwrap().unwrap();
+        node.sign(&Ask::vote(PREVOTE, h, 0, Some(b), now()))
+            .unwrap()
+            .unwrap();
         let mut pc = Ask::vote(PRECOMMIT, h, 0, Some(b), now());
         if ext {
             pc.extension = format!("ext-{h}").into_bytes();
@@ -47,12 +49,18 @@ fn drive(node: &mut Node) {
 
     // Height 4: round 0 fails (nil votes), round 1 commits with a POL round.
     node.sign(&Ask::proposal(4, 0, 40, now())).unwrap().unwrap();
-    node.sign(&Ask::vote(PREVOTE, 4, 0, None, now())).unwrap().unwrap();
-    node.sign(&Ask::vote(PRECOMMIT, 4, 0, None, now())).unwrap().unwrap();
+    node.sign(&Ask::vote(PREVOTE, 4, 0, None, now()))
+        .unwrap()
+        .unwrap();
+    node.sign(&Ask::vote(PRECOMMIT, 4, 0, None, now()))
+        .unwrap()
+        .unwrap();
     let mut p = Ask::proposal(4, 1, 41, now());
     p.pol_round = 0;
     node.sign(&p).unwrap().unwrap();
-    node.sign(&Ask::vote(PREVOTE, 4, 1, Some(41), now())).unwrap().unwrap();
+    node.sign(&Ask::vote(PREVOTE, 4, 1, Some(41), now()))
+        .unwrap()
+        .unwrap();
     let mut pc = Ask::vote(PRECOMMIT, 4, 1, Some(41), now());
     if node.ver == Ver::V1 {
         // v1 may tell the signer not to sign the extension.
