@@ -77,6 +77,14 @@ impl CometbftGuard {
     }
 }
 
+fn mark_signed(entry: &mut AuditEntry, signed: &CometbftSigned) {
+    entry.decision = Decision::Signed;
+    entry.tx_hash = Some(hex::encode(&signed.signature));
+    if let Value::Object(m) = &mut entry.summary {
+        m.insert("reused".into(), signed.reused.into());
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, GuardError> {
@@ -159,16 +167,15 @@ impl Guard {
             tx_hash: None,
         };
         let outcome = self
-            .cometbft_stages(target, chain_id, request, sign_extension)
+            .cometbft_stages(target, chain_id, request, sign_extension, &entry)
             .await;
+        if let Ok((signed, true)) = outcome {
+            // The signed row was committed together with the watermark.
+            return Ok(signed);
+        }
+        let outcome = outcome.map(|(signed, _)| signed);
         match &outcome {
-            Ok(signed) => {
-                entry.decision = Decision::Signed;
-                entry.tx_hash = Some(hex::encode(&signed.signature));
-                if let Value::Object(m) = &mut entry.summary {
-                    m.insert("reused".into(), signed.reused.into());
-                }
-            }
+            Ok(signed) => mark_signed(&mut entry, signed),
             Err(e) => {
                 entry.decision = e.decision();
                 entry.rule = e.rule().map(str::to_owned);
@@ -194,13 +201,15 @@ impl Guard {
         }
     }
 
+    /// Runs the stages; `Ok((_, true))` when the signed audit row is already committed.
     async fn cometbft_stages(
         &self,
         target: &CometbftTarget,
         chain_id: &str,
         request: SignRequest,
         sign_extension: bool,
-    ) -> Result<CometbftSigned, GuardError> {
+        entry: &AuditEntry,
+    ) -> Result<(CometbftSigned, bool), GuardError> {
         let cg = self
             .cometbft
             .clone()
@@ -263,45 +272,58 @@ impl Guard {
             Some(bytes) if sign_extension => self.sign_and_verify(target, &bytes).await?,
             _ => Vec::new(),
         };
-        if !reused {
-            let next = SignedState::after(
-                &request,
-                request.sign_bytes(chain_id),
-                signature.clone(),
-                extension_signature.clone(),
-            );
-            let (store, c, k) = (
-                cg.store.clone(),
-                target.chain_id.clone(),
-                target.key.to_string(),
-            );
-            let (expected, next2) = (stored.clone(), next.clone());
-            let written =
-                blocking(move || store.advance(&c, &k, expected.as_ref(), &next2)).await?;
-            match written {
-                Ok(()) => *cached = Some(Some(next)),
-                Err(WatermarkError::Stale { current, .. }) => {
-                    *cached = Some(Some(*current));
-                    return Err(GuardError::Backend(
-                        "watermark changed outside this signer; signature withheld".into(),
-                    ));
-                }
-                Err(e) => {
-                    // Unknown outcome: re-read before the next decision.
-                    *cached = None;
-                    return Err(GuardError::Backend(format!(
-                        "watermark commit failed, signature withheld: {e}"
-                    )));
-                }
-            }
-        }
-        drop(cached);
-        Ok(CometbftSigned {
+        let signed = CometbftSigned {
             request,
             signature,
             extension_signature,
             reused,
-        })
+        };
+        if reused {
+            return Ok((signed, false));
+        }
+        let next = SignedState::after(
+            &signed.request,
+            signed.request.sign_bytes(chain_id),
+            signed.signature.clone(),
+            signed.extension_signature.clone(),
+        );
+        // The audit row and the watermark commit run in parallel (two fsyncs overlapping, not
+        // in sequence); the signature is released only if both commit. Should the watermark
+        // fail, the caller appends a second row recording that this signature was withheld.
+        let mut row = entry.clone();
+        mark_signed(&mut row, &signed);
+        let audit = self.audit.append(row);
+        let (store, c, k) = (
+            cg.store.clone(),
+            target.chain_id.clone(),
+            target.key.to_string(),
+        );
+        let (expected, next2) = (stored.clone(), next.clone());
+        let written = blocking(move || store.advance(&c, &k, expected.as_ref(), &next2)).await;
+        let audited = audit.await;
+        match written? {
+            Ok(()) => *cached = Some(Some(next)),
+            Err(WatermarkError::Stale { current, .. }) => {
+                *cached = Some(Some(*current));
+                return Err(GuardError::Backend(
+                    "watermark changed outside this signer; signature withheld".into(),
+                ));
+            }
+            Err(e) => {
+                // Unknown outcome: re-read before the next decision.
+                *cached = None;
+                return Err(GuardError::Backend(format!(
+                    "watermark commit failed, signature withheld: {e}"
+                )));
+            }
+        }
+        drop(cached);
+        match audited {
+            Ok(_) => Ok((signed, true)),
+            Err(e) => Err(GuardError::Backend(format!(
+                "audit log unavailable, signature withheld: {e}"
+            ))),
+        }
     }
 
     async fn sign_and_verify(

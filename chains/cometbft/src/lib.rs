@@ -40,3 +40,38 @@ pub mod proto {
 
 #[cfg(test)]
 mod tests;
+
+/// The fuzz target's body, public so the corpus can be replayed by `cargo test` too.
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::wire::{decode_bytes, Request, WireVersion};
+    use crate::{check_request, decide, BlockLimits, SignRequest, SignedState};
+
+    /// Decodes `data` as every wire version and runs whatever decodes through the rules.
+    pub fn exercise(data: &[u8]) {
+        for v in [
+            WireVersion::V0_34,
+            WireVersion::V0_37,
+            WireVersion::V0_38,
+            WireVersion::V1,
+            WireVersion::Auto,
+        ] {
+            let request = match decode_bytes(v, data) {
+                Ok(Request::SignVote { vote, .. }) => SignRequest::Vote(vote),
+                Ok(Request::SignProposal { proposal, .. }) => SignRequest::Proposal(proposal),
+                _ => continue,
+            };
+            let limits = BlockLimits {
+                max_height_jump: Some(10),
+                max_timestamp_drift_ms: Some(1000),
+                max_height: Some(i64::MAX),
+            };
+            let last = SignedState::after(&request, request.sign_bytes("c"), vec![0; 64], vec![]);
+            let _ = check_request("c", "c", &limits, &request, &last, 0);
+            let _ = decide(&last, &request, "c");
+            let _ = decide(&SignedState::default(), &request, "c");
+            let _ = request.extension_sign_bytes("c");
+            let _ = request.summary("c");
+        }
+    }
+}
