@@ -7,6 +7,9 @@ use std::sync::{Barrier, Mutex};
 use crate::harness::{config_text, Keyguard, NodeListener, ValidatorSpec};
 use crate::node::{now, Ask, Node, Ver};
 
+/// Blocks signed and signatures released at one step.
+type StepOutcome = (BTreeSet<u8>, BTreeSet<Vec<u8>>);
+
 const SENTRIES: usize = 32;
 const STEPS: i64 = 20;
 
@@ -35,7 +38,7 @@ fn thirty_two_connections_racing_one_step_sign_one_block() {
 
     let barrier = Barrier::new(SENTRIES);
     // step -> (blocks signed, signatures released)
-    let released: Mutex<BTreeMap<i64, (BTreeSet<u8>, BTreeSet<Vec<u8>>)>> = Mutex::default();
+    let released: Mutex<BTreeMap<i64, StepOutcome>> = Mutex::default();
     let refused = Mutex::new(0usize);
     std::thread::scope(|s| {
         for (i, l) in listeners.iter().enumerate() {

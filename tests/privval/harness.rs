@@ -122,7 +122,7 @@ pub fn cli(args: &[&str]) -> (bool, String, String) {
 
 /// Where the mock node listens (`priv_validator_laddr`).
 pub enum NodeListener {
-    Tcp(TcpListener, IdentitySecret),
+    Tcp(TcpListener, Box<IdentitySecret>),
     Unix(UnixListener),
 }
 
@@ -133,7 +133,7 @@ impl NodeListener {
         let identity = IdentitySecret::generate(&mut cometbft_p2p::rand_core::OsRng);
         let id = cometbft_p2p::PublicKey::from(&identity).peer_id();
         let addr = format!("tcp://{id}@{}", l.local_addr().unwrap());
-        (NodeListener::Tcp(l, identity), addr)
+        (NodeListener::Tcp(l, Box::new(identity)), addr)
     }
 
     /// A Unix socket listener at `path`; returns the `unix://` address.
@@ -157,7 +157,7 @@ impl NodeListener {
                     s.set_nonblocking(false).unwrap();
                     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
                     s.set_nodelay(true).unwrap();
-                    SecretConnection::new(s, id)
+                    SecretConnection::new(s, id.as_ref())
                         .ok()
                         .map(|c| MockConn::Secret(Box::new(c)))
                 }),
@@ -185,7 +185,7 @@ impl NodeListener {
                 let (s, _) = l.accept().unwrap();
                 s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
                 s.set_nodelay(true).unwrap();
-                if let Ok(c) = SecretConnection::new(s, identity) {
+                if let Ok(c) = SecretConnection::new(s, identity.as_ref()) {
                     break MockConn::Secret(Box::new(c));
                 }
             },

@@ -72,6 +72,9 @@ pub struct Released {
     pub sign_bytes: Vec<u8>,
 }
 
+/// A response's (signature, extension signature, timestamp), not yet verified.
+pub type RawSigned = (Vec<u8>, Vec<u8>, (i64, i32));
+
 /// keyguard's refusal: (code, description).
 pub type Refused = (i32, String);
 
@@ -188,7 +191,7 @@ macro_rules! legacy {
                 c: &mut MockConn,
                 chain: &str,
                 a: &Ask,
-            ) -> Option<Result<(Vec<u8>, Vec<u8>, (i64, i32)), Refused>> {
+            ) -> Option<Result<RawSigned, Refused>> {
                 let req = if a.proposal {
                     pv::Message {
                         sum: Some(pv::message::Sum::SignProposalRequest(
@@ -324,11 +327,7 @@ pub mod v1 {
         Some(Ok(r.pub_key_bytes))
     }
 
-    pub fn sign(
-        c: &mut MockConn,
-        chain: &str,
-        a: &Ask,
-    ) -> Option<Result<(Vec<u8>, Vec<u8>, (i64, i32)), Refused>> {
+    pub fn sign(c: &mut MockConn, chain: &str, a: &Ask) -> Option<Result<RawSigned, Refused>> {
         let req = if a.proposal {
             pv::Message {
                 sum: Some(pv::message::Sum::SignProposalRequest(
