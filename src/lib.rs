@@ -17,5 +17,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod guard;
+pub mod hardening;
+pub mod metrics;
 pub mod server;
 pub mod store;

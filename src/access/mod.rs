@@ -44,6 +44,27 @@ pub struct Authenticator {
     by_token_hash: HashMap<[u8; 32], Caller>,
 }
 
+/// A listener's authenticator, replaceable on reload without touching open connections.
+#[derive(Debug)]
+pub struct AuthSwitch(std::sync::RwLock<Arc<Authenticator>>);
+
+impl AuthSwitch {
+    /// Starts with `auth`.
+    pub fn new(auth: Authenticator) -> Self {
+        AuthSwitch(std::sync::RwLock::new(Arc::new(auth)))
+    }
+
+    /// The authenticator in force.
+    pub fn current(&self) -> Arc<Authenticator> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts a new authenticator in force for the next request.
+    pub fn replace(&self, auth: Authenticator) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(auth);
+    }
+}
+
 /// SHA-256 of a bearer token, the form in which tokens are configured.
 pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()

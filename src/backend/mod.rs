@@ -1,6 +1,8 @@
 //! Key backends behind one small trait. The guard computes every payload; a backend only
 //! signs it with a key it holds and never hands the private key out.
 
+#[cfg(feature = "pkcs11")]
+pub mod pkcs11;
 pub mod software;
 
 use async_trait::async_trait;
@@ -44,6 +46,15 @@ pub enum BackendError {
         /// The key asked for.
         key: KeyId,
         /// What the backend reported.
+        reason: String,
+    },
+    /// The backend cannot sign right now (HSM unreachable or recovering, all sessions busy);
+    /// the request fails at once instead of waiting.
+    #[error("{backend} backend unavailable: {reason}")]
+    Unavailable {
+        /// The backend's name.
+        backend: &'static str,
+        /// What is wrong, without key material.
         reason: String,
     },
 }

@@ -30,6 +30,13 @@ pub(crate) struct BenchArgs {
     /// Seconds for the raw k256 ceiling (0 skips it).
     #[arg(long, default_value_t = 5)]
     ceiling: u64,
+    /// Also measure raw `C_Sign` on this config's PKCS#11 token (before any URL load), with
+    /// the config's `sessions` threads, for `--duration` seconds.
+    #[arg(long)]
+    pkcs11_config: Option<std::path::PathBuf>,
+    /// The token key the raw measurement signs with.
+    #[arg(long, requires = "pkcs11_config")]
+    pkcs11_key: Option<String>,
 }
 
 struct Measurement {
@@ -85,6 +92,9 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             "keyguard's own crypto path (k256 sign + libsecp256k1 recover, {cores} threads): {rate:.0} tx/s"
         );
     }
+    if let Some(config) = &args.pkcs11_config {
+        raw_pkcs11(config, args.pkcs11_key.as_deref(), args.duration)?;
+    }
     // One thread for the load generator, so it takes the same share of the machine for every
     // signer it measures.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -105,6 +115,41 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
         })?;
     }
     Ok(())
+}
+
+#[cfg(feature = "pkcs11")]
+fn raw_pkcs11(config: &std::path::Path, key: Option<&str>, secs: u64) -> anyhow::Result<()> {
+    use crate::backend::pkcs11::{raw_sign_latencies, settings_from_config};
+    let config = crate::config::Config::load(config)?;
+    let p = config
+        .keystore
+        .pkcs11
+        .as_ref()
+        .context("--pkcs11-config needs a [keystore.pkcs11] table")?;
+    let key = keyguard_chain::KeyId::new(key.context("--pkcs11-key is required")?)?;
+    let settings = settings_from_config(p)?;
+    let elapsed = Instant::now();
+    let mut latencies_us = raw_sign_latencies(
+        &settings,
+        &key,
+        p.sessions as usize,
+        Duration::from_secs(secs),
+    )?;
+    latencies_us.sort_unstable();
+    Measurement {
+        requests: latencies_us.len(),
+        errors: 0,
+        elapsed: elapsed.elapsed(),
+        latencies_us,
+        first_error: None,
+    }
+    .report(&format!("raw C_Sign ({} sessions)", p.sessions));
+    Ok(())
+}
+
+#[cfg(not(feature = "pkcs11"))]
+fn raw_pkcs11(_config: &std::path::Path, _key: Option<&str>, _secs: u64) -> anyhow::Result<()> {
+    anyhow::bail!("this keyguard was built without the `pkcs11` feature")
 }
 
 #[derive(Clone, Copy)]

@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 
 use crate::backend::software::{KdfParams, Passphrase, SoftwareKeystore};
 use crate::backend::KeyInfo;
-use crate::config::Config;
+use crate::config::{BackendKind, Config};
 
 /// Default passphrase of a `dev = true` config without `KEYGUARD_PASSPHRASE`.
 const DEV_PASSPHRASE: &str = "keyguard-dev-passphrase-not-for-production";
@@ -22,11 +22,14 @@ pub(crate) enum KeysCommand {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Create a new key inside the keystore.
+    /// Create a new key inside the keystore (or on the HSM token, never extractable).
     Generate {
         /// Configuration file.
         #[arg(long)]
         config: PathBuf,
+        /// Where to create it: software or pkcs11; must match the config (defaults to it).
+        #[arg(long)]
+        backend: Option<String>,
         /// Name of the new key.
         #[arg(long)]
         id: String,
@@ -55,25 +58,49 @@ pub(crate) enum KeysCommand {
     },
 }
 
-/// The keystore passphrase: from the configured environment variable, or in a dev config
-/// the well-known default, with a warning that cannot be missed.
+/// systemd credential name (`LoadCredential=keyguard-passphrase:...`) read from
+/// `$CREDENTIALS_DIRECTORY` when the environment variable is not set.
+const PASSPHRASE_CREDENTIAL: &str = "keyguard-passphrase";
+
+/// The keystore passphrase: from the configured environment variable, else from the systemd
+/// credential, else (dev configs only) the well-known default with a warning that cannot be
+/// missed.
 pub(crate) fn passphrase(config: &Config) -> anyhow::Result<Passphrase> {
-    match std::env::var(&config.keystore.passphrase_env) {
-        Ok(p) if !p.is_empty() => Ok(Passphrase::new(p)),
-        _ if config.dev => {
-            eprintln!(
-                "keyguard: WARNING: {} is not set; this dev config uses the default passphrase. \
-                 Never use it for keys that hold value.",
-                config.keystore.passphrase_env
-            );
-            tracing::warn!("dev default keystore passphrase in use");
-            Ok(Passphrase::new(DEV_PASSPHRASE.to_string()))
+    if let Ok(p) = std::env::var(&config.keystore.passphrase_env) {
+        if !p.is_empty() {
+            return Ok(Passphrase::new(p));
         }
-        _ => anyhow::bail!(
-            "{} is not set: the keystore passphrase is required (only dev configs have a default)",
-            config.keystore.passphrase_env
-        ),
     }
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        let path = Path::new(&dir).join(PASSPHRASE_CREDENTIAL);
+        if path.exists() {
+            let text = Zeroizing::new(
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading credential {}", path.display()))?,
+            );
+            let trimmed = text.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(
+                !trimmed.is_empty(),
+                "credential {} is empty",
+                path.display()
+            );
+            return Ok(Passphrase::new(trimmed.to_string()));
+        }
+    }
+    if config.dev {
+        eprintln!(
+            "keyguard: WARNING: {} is not set; this dev config uses the default passphrase. \
+             Never use it for keys that hold value.",
+            config.keystore.passphrase_env
+        );
+        tracing::warn!("dev default keystore passphrase in use");
+        return Ok(Passphrase::new(DEV_PASSPHRASE.to_string()));
+    }
+    anyhow::bail!(
+        "{} is not set and no systemd credential {PASSPHRASE_CREDENTIAL} was given: the keystore \
+         passphrase is required (only dev configs have a default)",
+        config.keystore.passphrase_env
+    )
 }
 
 /// KDF parameters for newly written key files.
@@ -131,10 +158,75 @@ fn parse_scheme(s: &str) -> anyhow::Result<Scheme> {
     }
 }
 
+/// Opens the configured PKCS#11 token as a backend (login, key discovery, public keys).
+#[cfg(feature = "pkcs11")]
+pub(crate) fn open_pkcs11(
+    config: &Config,
+) -> anyhow::Result<crate::backend::pkcs11::Pkcs11Backend> {
+    use crate::backend::pkcs11::{settings_from_config, Pkcs11Backend};
+    let p = pkcs11_config(config)?;
+    let settings = settings_from_config(p)?;
+    Ok(Pkcs11Backend::open(
+        settings,
+        p.sessions as usize,
+        std::time::Duration::from_millis(p.timeout_ms),
+    )?)
+}
+
+/// A build without the feature says so instead of pretending the backend does not exist.
+#[cfg(not(feature = "pkcs11"))]
+pub(crate) fn open_pkcs11(
+    _config: &Config,
+) -> anyhow::Result<crate::backend::software::SoftwareKeystore> {
+    anyhow::bail!("this keyguard was built without the `pkcs11` feature")
+}
+
+fn pkcs11_config(config: &Config) -> anyhow::Result<&crate::config::Pkcs11Config> {
+    config
+        .keystore
+        .pkcs11
+        .as_ref()
+        .context("the config has no [keystore.pkcs11] table")
+}
+
+#[cfg(feature = "pkcs11")]
+fn pkcs11_list(config: &Config) -> anyhow::Result<()> {
+    use crate::backend::pkcs11::{list_keys, settings_from_config};
+    let p = pkcs11_config(config)?;
+    let keys = list_keys(&settings_from_config(p)?)?;
+    if keys.is_empty() {
+        println!("no keys on token {:?}", p.token_label);
+    }
+    for k in keys {
+        println!("{}", describe(&k));
+    }
+    Ok(())
+}
+
+#[cfg(feature = "pkcs11")]
+fn pkcs11_generate(config: &Config, id: KeyId, scheme: Scheme) -> anyhow::Result<KeyInfo> {
+    use crate::backend::pkcs11::{generate_key, settings_from_config};
+    let settings = settings_from_config(pkcs11_config(config)?)?;
+    Ok(generate_key(&settings, &id, scheme)?)
+}
+
+#[cfg(not(feature = "pkcs11"))]
+fn pkcs11_list(_config: &Config) -> anyhow::Result<()> {
+    anyhow::bail!("this keyguard was built without the `pkcs11` feature")
+}
+
+#[cfg(not(feature = "pkcs11"))]
+fn pkcs11_generate(_config: &Config, _id: KeyId, _scheme: Scheme) -> anyhow::Result<KeyInfo> {
+    anyhow::bail!("this keyguard was built without the `pkcs11` feature")
+}
+
 pub(crate) fn run(command: KeysCommand) -> anyhow::Result<()> {
     match command {
         KeysCommand::List { config } => {
             let config = Config::load(&config)?;
+            if config.keystore.backend == BackendKind::Pkcs11 {
+                return pkcs11_list(&config);
+            }
             let dir = config.data.keys_dir();
             let keys = if dir.exists() {
                 SoftwareKeystore::list(&dir)?
@@ -149,10 +241,25 @@ pub(crate) fn run(command: KeysCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        KeysCommand::Generate { config, id, scheme } => {
+        KeysCommand::Generate {
+            config,
+            backend,
+            id,
+            scheme,
+        } => {
             let config = Config::load(&config)?;
-            let store = open_keystore(&config)?;
-            let info = store.generate(KeyId::new(id)?, parse_scheme(&scheme)?)?;
+            let configured = config.keystore.backend;
+            if let Some(b) = backend.filter(|b| b != configured.name()) {
+                anyhow::bail!(
+                    "--backend {b}: the config uses backend = \"{}\"",
+                    configured.name()
+                );
+            }
+            let (id, scheme) = (KeyId::new(id)?, parse_scheme(&scheme)?);
+            let info = match configured {
+                BackendKind::Software => open_keystore(&config)?.generate(id, scheme)?,
+                BackendKind::Pkcs11 => pkcs11_generate(&config, id, scheme)?,
+            };
             println!("created {}", describe(&info));
             Ok(())
         }
@@ -163,6 +270,12 @@ pub(crate) fn run(command: KeysCommand) -> anyhow::Result<()> {
             secret_hex_file,
         } => {
             let config = Config::load(&config)?;
+            if config.keystore.backend == BackendKind::Pkcs11 {
+                // Importing would put a key on the HSM that existed outside it first.
+                anyhow::bail!(
+                    "keys import is for the software keystore; generate HSM keys on the token"
+                );
+            }
             let store = open_keystore(&config)?;
             let id = KeyId::new(id)?;
             let info = match (keystore_v3, secret_hex_file) {

@@ -1,7 +1,9 @@
 //! The `keyguard` command: the daemon, key management, audit, tokens and the load generator.
 
 mod bench;
+mod config_check;
 mod keys;
+mod reload;
 mod start;
 mod state;
 
@@ -13,8 +15,25 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "keyguard", version, about)]
 pub struct Cli {
+    /// Log format on stderr: human-readable text or one JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYGUARD_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// JSON Lines, for log shippers.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -47,6 +66,22 @@ enum Command {
     },
     /// Load generator: eth_signTransaction throughput and latency, and the raw crypto ceiling.
     Bench(bench::BenchArgs),
+    /// Check a configuration without starting.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate everything `start` would refuse (syntax, rules, paths, permissions, key
+    /// references) and print every problem with its location.
+    Check {
+        /// Configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,6 +113,11 @@ enum ClientsCommand {
 }
 
 impl Cli {
+    /// The requested log format.
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format
+    }
+
     /// Runs the chosen command.
     pub fn run(self) -> anyhow::Result<()> {
         match self.command {
@@ -100,6 +140,9 @@ impl Cli {
             }
             Command::State { command } => state::run(command),
             Command::Bench(args) => bench::run(args),
+            Command::Config {
+                command: ConfigCommand::Check { config },
+            } => config_check::run(&config),
         }
     }
 }

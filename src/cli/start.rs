@@ -1,5 +1,6 @@
-//! `keyguard start`: load config and keys, open the store, bind listeners, serve until told to
-//! stop. Startup lines on stdout are a stable interface (tests and scripts read them).
+//! `keyguard start`: harden the process, load config and keys, open the store, bind listeners,
+//! tell systemd we are ready, serve until told to stop. Startup lines on stdout are a stable
+//! interface (tests and scripts read them).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -7,43 +8,61 @@ use std::time::Duration;
 
 use anyhow::Context;
 use keyguard_chain::{KeyId, Scheme};
+use sd_notify::NotifyState;
 
-use super::keys::{describe, open_keystore};
+use super::keys::{describe, open_keystore, open_pkcs11};
+use super::reload::Reloader;
 use crate::backend::KeyBackend;
-use crate::config::{Config, Protocol};
+use crate::config::{BackendKind, Config, Protocol};
 use crate::guard::{CometbftTarget, Guard};
 use crate::server;
+use crate::server::metrics_http::Readiness;
 use crate::server::privval::PrivvalClient;
 use crate::store::Store;
+use crate::{hardening, metrics};
 
 pub(crate) fn run(config_path: &Path) -> anyhow::Result<()> {
+    // Before any key is in memory.
+    hardening::forbid_core_dumps()?;
     let config = Config::load(config_path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config_path, config))
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let keystore = open_keystore(&config)?;
-    if keystore.keys().is_empty() {
-        for scheme in &config.keystore.create_on_first_start {
-            let id = KeyId::new(format!("dev-{scheme}"))?;
-            let info = keystore.generate(id, *scheme)?;
-            println!("keyguard: created key {}", describe(&info));
-            if *scheme == Scheme::Secp256k1 {
-                println!(
-                    "keyguard: EVM address {}",
-                    describe(&info).rsplit(' ').next().unwrap_or("")
-                );
-            }
+async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Installed before READY=1: a stop or reload right after readiness must be handled.
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    hardening::check_private(&config.data.dir)?;
+    hardening::check_private(&config.data.database())?;
+    let backend: Arc<dyn KeyBackend> = match config.keystore.backend {
+        BackendKind::Software => open_software(&config)?,
+        BackendKind::Pkcs11 => {
+            super::keys::prepare_data_dir(&config.data.dir)?;
+            Arc::new(open_pkcs11(&config).context("opening the PKCS#11 token")?)
         }
+    };
+    if let Err(why) = hardening::lock_memory() {
+        tracing::warn!("memory not locked: {why}");
     }
-    for key in keystore.keys() {
-        println!("keyguard: key {}", describe(&key));
+    let keys = backend.keys();
+    for key in &keys {
+        println!("keyguard: key {}", describe(key));
+        metrics::keys_loaded(backend.name(), key.scheme());
     }
-    let backend: Arc<dyn KeyBackend> = Arc::new(keystore);
+
+    let readiness = Readiness::default();
+    if let Some(m) = &config.metrics {
+        let handle = metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
+        let addr = server::metrics_http::start(m.address, handle, readiness.clone())
+            .await
+            .with_context(|| format!("binding the metrics listener on {}", m.address))?;
+        println!("keyguard: metrics http://{addr}/metrics");
+    }
 
     let store = Store::open(&config.data.database())
         .with_context(|| format!("opening {}", config.data.database().display()))?;
@@ -52,6 +71,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
 
     let mut handles = Vec::new();
+    let mut auths = Vec::new();
     for listener in &config.listeners {
         match listener.protocol {
             Protocol::EvmJsonRpc => {
@@ -66,15 +86,48 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                     addr = running.local_addr
                 );
                 handles.push(running.handle);
+                auths.push((listener.name.clone(), running.auth));
             }
         }
     }
     let privval_tasks = start_validators(&config, backend.as_ref(), &guard)?;
+    readiness.set_ready();
     println!("keyguard: ready");
     tracing::info!(listeners = handles.len(), "ready");
+    notify(&[NotifyState::Ready]);
+    spawn_watchdog();
 
-    shutdown_signal().await;
+    let mut reloader = Reloader {
+        path: config_path.to_owned(),
+        current: config,
+        guard: guard.clone(),
+        auths,
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = hangup.recv() => {
+                notify(&[NotifyState::Reloading]);
+                match reloader.reload() {
+                    Ok(()) => {
+                        println!("keyguard: reloaded");
+                        tracing::info!("configuration reloaded");
+                        metrics::reload("applied");
+                    }
+                    Err(e) => {
+                        println!("keyguard: reload rejected: {e:#}");
+                        tracing::error!("reload rejected, previous configuration stays: {e:#}");
+                        metrics::reload("rejected");
+                    }
+                }
+                notify(&[NotifyState::Ready]);
+            }
+        }
+    }
+    drop(reloader);
     tracing::info!("stopping: finishing in-flight requests");
+    notify(&[NotifyState::Stopping]);
     for h in &handles {
         let _ = h.stop();
     }
@@ -133,11 +186,42 @@ fn start_validators(
     Ok(tasks)
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// The software keystore, creating the configured dev keys when it is empty.
+fn open_software(config: &Config) -> anyhow::Result<Arc<dyn KeyBackend>> {
+    let keystore = open_keystore(config)?;
+    if keystore.keys().is_empty() {
+        for scheme in &config.keystore.create_on_first_start {
+            let id = KeyId::new(format!("dev-{scheme}"))?;
+            let info = keystore.generate(id, *scheme)?;
+            println!("keyguard: created key {}", describe(&info));
+            if *scheme == Scheme::Secp256k1 {
+                let address = keyguard_evm::address_of(&info.public_key).unwrap_or_default();
+                println!("keyguard: EVM address {}", address.to_checksum(None));
+            }
+        }
     }
+    Ok(Arc::new(keystore))
+}
+
+/// Tells systemd (when started by it) about a state change; a no-op elsewhere.
+fn notify(state: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!("sd_notify failed: {e}");
+    }
+}
+
+/// Pings systemd's watchdog at half its interval. The pings come from the async runtime, so a
+/// wedged runtime stops them and systemd restarts the service.
+fn spawn_watchdog() {
+    let Some(interval) = sd_notify::watchdog_enabled().filter(|d| !d.is_zero()) else {
+        return;
+    };
+    let period = interval / 2;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            notify(&[NotifyState::Watchdog]);
+        }
+    });
 }

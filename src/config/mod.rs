@@ -11,6 +11,8 @@ use serde::Deserialize;
 
 mod validators;
 pub use validators::{PrivvalAddr, ValidatorConfig};
+mod pkcs11;
+pub use pkcs11::{PinSource, Pkcs11Config};
 
 /// A configuration problem, located by file and (from the TOML parser) line and key.
 #[derive(Debug, thiserror::Error)]
@@ -66,13 +68,16 @@ pub struct Config {
     /// CometBFT validator nodes to serve as remote signer.
     #[serde(default)]
     pub validators: Vec<ValidatorConfig>,
+    /// Prometheus metrics, health and readiness.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
     /// Where this configuration was read from (for messages).
     #[serde(skip)]
     pub path: PathBuf,
 }
 
 /// The data directory: `<dir>/keyguard.db` and `<dir>/keys/`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
     /// Relative paths are taken from the working directory.
@@ -91,16 +96,36 @@ impl DataConfig {
     }
 }
 
+/// The metrics listener (`/metrics`, `/health`, `/ready`).
+#[derive(Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Bind address; keep it on loopback or a management network.
+    pub address: SocketAddr,
+}
+
 /// Which key backend holds the keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// The encrypted software keystore under the data directory.
     Software,
+    /// A PKCS#11 token (HSM), configured in `[keystore.pkcs11]`.
+    Pkcs11,
+}
+
+impl BackendKind {
+    /// The name used in configs, logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Software => "software",
+            BackendKind::Pkcs11 => "pkcs11",
+        }
+    }
 }
 
 /// Key store settings.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeystoreConfig {
     /// The backend.
@@ -117,6 +142,9 @@ pub struct KeystoreConfig {
     /// Argon2id passes for newly written key files.
     #[serde(default)]
     pub kdf_iterations: Option<u32>,
+    /// The token, when `backend = "pkcs11"`.
+    #[serde(default)]
+    pub pkcs11: Option<Pkcs11Config>,
 }
 
 fn default_passphrase_env() -> String {
@@ -226,12 +254,27 @@ impl Config {
 
     /// Parses and validates configuration text (`path` is used in messages).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let config = Self::parse_unvalidated(path, text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a file without the semantic checks, so that `config check` can list
+    /// every problem instead of the first.
+    pub fn load_unvalidated(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse_unvalidated(path, &text)
+    }
+
+    fn parse_unvalidated(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string().trim_end().to_string(),
         })?;
         config.path = path.to_owned();
-        config.validate()?;
         Ok(config)
     }
 
@@ -244,32 +287,44 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        match self.problems().into_iter().next() {
+            Some(first) => Err(first),
+            None => Ok(()),
+        }
+    }
+
+    /// Every semantic problem of the configuration (empty when it is valid).
+    pub fn problems(&self) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
+        if let Err(e) = self.validate_keystore() {
+            problems.push(e);
+        }
+        if let Err(e) = self.validate_validators() {
+            problems.push(e);
+        }
         let mut names = HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
             let key = |k: &str| format!("listeners[{i}].{k}");
             if !names.insert(&l.name) {
-                return Err(self.invalid(key("name"), format!("duplicate listener {:?}", l.name)));
+                problems
+                    .push(self.invalid(key("name"), format!("duplicate listener {:?}", l.name)));
             }
             match l.auth {
-                AuthMode::None if !l.address.ip().is_loopback() => {
-                    return Err(self.invalid(
-                        key("auth"),
-                        format!(
-                            "auth = \"none\" is only allowed on loopback, not {}",
-                            l.address
-                        ),
-                    ))
-                }
-                AuthMode::Bearer if !l.keys.is_empty() => {
-                    return Err(self.invalid(
-                        key("keys"),
-                        "grants on a bearer listener come from [[clients]], not the listener",
-                    ))
-                }
+                AuthMode::None if !l.address.ip().is_loopback() => problems.push(self.invalid(
+                    key("auth"),
+                    format!(
+                        "auth = \"none\" is only allowed on loopback, not {}",
+                        l.address
+                    ),
+                )),
+                AuthMode::Bearer if !l.keys.is_empty() => problems.push(self.invalid(
+                    key("keys"),
+                    "grants on a bearer listener come from [[clients]], not the listener",
+                )),
                 _ => {}
             }
             if l.max_body_bytes < 1024 {
-                return Err(self.invalid(key("max_body_bytes"), "must be at least 1024"));
+                problems.push(self.invalid(key("max_body_bytes"), "must be at least 1024"));
             }
         }
         let mut client_names = HashSet::new();
@@ -277,42 +332,84 @@ impl Config {
         for (i, c) in self.clients.iter().enumerate() {
             let key = |k: &str| format!("clients[{i}].{k}");
             if !client_names.insert(&c.name) {
-                return Err(self.invalid(key("name"), format!("duplicate client {:?}", c.name)));
+                problems.push(self.invalid(key("name"), format!("duplicate client {:?}", c.name)));
             }
             let ok = c.token_sha256.len() == 64 && hex::decode(&c.token_sha256).is_ok();
             if !ok {
-                return Err(self.invalid(
+                problems.push(self.invalid(
                     key("token_sha256"),
                     "expected 64 hex digits (see `keyguard clients token`)",
                 ));
-            }
-            if !hashes.insert(c.token_sha256.to_ascii_lowercase()) {
-                return Err(self.invalid(key("token_sha256"), "two clients share a token"));
+            } else if !hashes.insert(c.token_sha256.to_ascii_lowercase()) {
+                problems.push(self.invalid(key("token_sha256"), "two clients share a token"));
             }
         }
         let mut policy_names = HashSet::new();
         for (i, p) in self.policies.iter().enumerate() {
             if !policy_names.insert(&p.name) {
-                return Err(self.invalid(
+                problems.push(self.invalid(
                     format!("policies[{i}].name"),
                     format!("duplicate policy {:?}", p.name),
                 ));
             }
         }
-        self.validate_validators()?;
-        for (what, list) in self
-            .listeners
-            .iter()
-            .map(|l| ("listeners", &l.keys))
-            .chain(self.clients.iter().map(|c| ("clients", &c.keys)))
-            .chain(self.policies.iter().map(|p| ("policies", &p.keys)))
-        {
-            for k in list.iter().filter(|k| *k != "*") {
-                KeyId::new(k.as_str())
-                    .map_err(|e| self.invalid(format!("{what}.keys"), e.to_string()))?;
+        for (key, pattern) in self.key_references() {
+            if pattern != "*" {
+                if let Err(e) = KeyId::new(pattern) {
+                    problems.push(self.invalid(key, e.to_string()));
+                }
             }
         }
-        Ok(())
+        problems
+    }
+
+    /// Every key pattern the configuration names, with its location (`clients[0].keys`).
+    pub fn key_references(&self) -> Vec<(String, &str)> {
+        let mut refs = Vec::new();
+        for (what, lists) in [
+            (
+                "listeners",
+                self.listeners.iter().map(|l| &l.keys).collect::<Vec<_>>(),
+            ),
+            ("clients", self.clients.iter().map(|c| &c.keys).collect()),
+            ("policies", self.policies.iter().map(|p| &p.keys).collect()),
+        ] {
+            for (i, list) in lists.into_iter().enumerate() {
+                refs.extend(
+                    list.iter()
+                        .map(|k| (format!("{what}[{i}].keys"), k.as_str())),
+                );
+            }
+        }
+        for (i, v) in self.validators.iter().enumerate() {
+            refs.push((format!("validators[{i}].key"), v.key.as_str()));
+        }
+        refs
+    }
+
+    fn validate_keystore(&self) -> Result<(), ConfigError> {
+        let ks = &self.keystore;
+        match (ks.backend, &ks.pkcs11) {
+            (BackendKind::Software, Some(_)) => Err(self.invalid(
+                "keystore.pkcs11",
+                "only used with backend = \"pkcs11\" (the software keystore ignores it)",
+            )),
+            (BackendKind::Pkcs11, None) => Err(self.invalid(
+                "keystore.pkcs11",
+                "backend = \"pkcs11\" needs a [keystore.pkcs11] table (library, token_label, pin)",
+            )),
+            (BackendKind::Pkcs11, Some(_)) if !ks.create_on_first_start.is_empty() => Err(self
+                .invalid(
+                    "keystore.create_on_first_start",
+                    "not used with an HSM: create token keys with \
+                     `keyguard keys generate --backend pkcs11`",
+                )),
+            (BackendKind::Pkcs11, Some(p)) => match p.problems() {
+                Some((key, reason)) => Err(self.invalid(format!("keystore.pkcs11.{key}"), reason)),
+                None => Ok(()),
+            },
+            (BackendKind::Software, None) => Ok(()),
+        }
     }
 }
 

@@ -71,3 +71,61 @@ fn cometbft_example_parses_and_addresses_are_checked() {
     let text = COMETBFT.replace("protocol = \"v0.38\"", "protocol = \"v0.39\"");
     assert!(parse(&text).is_err());
 }
+
+const PKCS11: &str = "[keystore.pkcs11]\nlibrary = \"/usr/lib/softhsm/libsofthsm2.so\"\n\
+                      token_label = \"kg\"\npin_env = \"KG_PIN\"\n";
+
+fn with_pkcs11(table: &str) -> String {
+    let dev = DEV
+        .replace("backend = \"software\"", "backend = \"pkcs11\"")
+        .replace("create_on_first_start = [\"secp256k1\", \"ed25519\"]", "");
+    // The [keystore.pkcs11] table must follow [keystore] directly.
+    dev.replacen("\n[[listeners]]", &format!("\n{table}\n[[listeners]]"), 1)
+}
+
+#[test]
+fn pkcs11_keystore_parses_with_defaults() {
+    let c = parse(&with_pkcs11(PKCS11)).unwrap();
+    assert_eq!(c.keystore.backend, BackendKind::Pkcs11);
+    let p = c.keystore.pkcs11.unwrap();
+    assert_eq!(p.sessions, 4);
+    assert!(!p.allow_extractable);
+    assert_eq!(p.pin_source().unwrap(), PinSource::Env("KG_PIN".into()));
+}
+
+#[test]
+fn pkcs11_keystore_mistakes_are_refused() {
+    let cases = [
+        (
+            with_pkcs11("[keystore.pkcs11]\nlibrary = \"/x.so\"\ntoken_label = \"kg\"\n"),
+            "pin",
+        ),
+        (with_pkcs11(&format!("{PKCS11}pin = \"1234\"\n")), "pin"),
+        (
+            with_pkcs11(&format!("{PKCS11}pin_file = \"/p\"\n")),
+            "not both",
+        ),
+        (with_pkcs11(&format!("{PKCS11}sessions = 0\n")), "sessions"),
+        (with_pkcs11(&format!("{PKCS11}keys = [\"a/b\"]\n")), "keys"),
+        (
+            with_pkcs11(&format!("{PKCS11}keys = [\"a\", \"a\"]\n")),
+            "twice",
+        ),
+        (with_pkcs11(""), "needs a [keystore.pkcs11]"),
+        (
+            DEV.replacen("\n[[listeners]]", &format!("\n{PKCS11}\n[[listeners]]"), 1),
+            "only used with backend",
+        ),
+        (
+            with_pkcs11(PKCS11).replace(
+                "[keystore.pkcs11]",
+                "create_on_first_start = [\"ed25519\"]\n[keystore.pkcs11]",
+            ),
+            "create_on_first_start",
+        ),
+    ];
+    for (text, needle) in cases {
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+}

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 /// One validator node (a sentry) to serve. Several entries may share a chain and key; they
 /// then share one watermark.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ValidatorConfig {
     /// Name used in logs and the audit log (default: `<chain_id>@<addr>`).

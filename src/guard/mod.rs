@@ -15,7 +15,7 @@ pub use error::GuardError;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use alloy_primitives::Address;
@@ -24,7 +24,7 @@ use keyguard_evm::{EvmPolicy, SignedTx, TxIntent};
 use serde_json::Value;
 
 use crate::access::Caller;
-use crate::backend::KeyBackend;
+use crate::backend::{KeyBackend, KeyInfo};
 use crate::config::{patterns_match, Config};
 use crate::store::{AuditEntry, AuditLog, Decision};
 
@@ -35,12 +35,32 @@ struct KeyPolicy {
     evm: Option<EvmPolicy>,
 }
 
+/// The policy of every key, resolved from one configuration.
+type PolicySet = HashMap<KeyId, Arc<KeyPolicy>>;
+
+fn resolve_policies(config: &Config, keys: &[KeyInfo]) -> PolicySet {
+    keys.iter()
+        .filter_map(|key| {
+            let p = config
+                .policies
+                .iter()
+                .find(|p| patterns_match(&p.keys, &key.id))?;
+            let resolved = KeyPolicy {
+                name: p.name.clone(),
+                evm: p.evm.clone(),
+            };
+            Some((key.id.clone(), Arc::new(resolved)))
+        })
+        .collect()
+}
+
 /// Runs signing requests through the pipeline. Shared by every listener.
 pub struct Guard {
     backend: Arc<dyn KeyBackend>,
     audit: AuditLog,
     evm_keys: HashMap<Address, KeyId>,
-    policies: HashMap<KeyId, Arc<KeyPolicy>>,
+    /// Swapped whole on reload, so a request sees either the old or the new policy set.
+    policies: RwLock<Arc<PolicySet>>,
     id_prefix: String,
     next_id: AtomicU64,
     cometbft: Option<Arc<cometbft::CometbftGuard>>,
@@ -49,37 +69,35 @@ pub struct Guard {
 impl Guard {
     /// Builds the guard over a loaded backend and an open audit log.
     pub fn new(config: &Config, backend: Arc<dyn KeyBackend>, audit: AuditLog) -> Self {
-        let mut evm_keys = HashMap::new();
-        let mut policies = HashMap::new();
-        for key in backend.keys() {
-            if let Some(address) = keyguard_evm::address_of(&key.public_key) {
-                evm_keys.insert(address, key.id.clone());
-            }
-            if let Some(p) = config
-                .policies
-                .iter()
-                .find(|p| patterns_match(&p.keys, &key.id))
-            {
-                let resolved = KeyPolicy {
-                    name: p.name.clone(),
-                    evm: p.evm.clone(),
-                };
-                policies.insert(key.id.clone(), Arc::new(resolved));
-            }
-        }
+        let keys = backend.keys();
+        let evm_keys = keys
+            .iter()
+            .filter_map(|k| Some((keyguard_evm::address_of(&k.public_key)?, k.id.clone())))
+            .collect();
         let started = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis();
         Guard {
+            policies: RwLock::new(Arc::new(resolve_policies(config, &keys))),
             backend,
             audit,
             evm_keys,
-            policies,
             id_prefix: format!("{started:x}"),
             next_id: AtomicU64::new(1),
             cometbft: None,
         }
+    }
+
+    /// Applies the policies of a new (already validated) configuration to the next request.
+    pub fn reload_policies(&self, config: &Config) {
+        let set = Arc::new(resolve_policies(config, &self.backend.keys()));
+        *self.policies.write().unwrap_or_else(|e| e.into_inner()) = set;
+    }
+
+    fn policy_for(&self, key: &KeyId) -> Option<Arc<KeyPolicy>> {
+        let set = self.policies.read().unwrap_or_else(|e| e.into_inner());
+        set.get(key).cloned()
     }
 
     /// A request id unique within this process run and ordered by arrival.
@@ -107,6 +125,7 @@ impl Guard {
         chain_hint: u64,
         params: &Value,
     ) -> Result<SignedTx, GuardError> {
+        let started = std::time::Instant::now();
         let request_id = self.new_request_id();
         let mut entry = AuditEntry {
             request_id: request_id.clone(),
@@ -132,7 +151,23 @@ impl Guard {
                 entry.reason = Some(e.to_string());
             }
         }
+        let chain = entry.chain.clone().unwrap_or_default();
+        let rule = entry.rule.clone();
         let committed = self.audit.append(entry).await;
+        let decision = match (&outcome, &committed) {
+            (Ok(_), Ok(_)) => Decision::Signed,
+            (Ok(_), Err(_)) => Decision::Failed,
+            (Err(e), _) => e.decision(),
+        };
+        crate::metrics::request(
+            &chain,
+            "eth_signTransaction",
+            decision.as_str(),
+            started.elapsed(),
+        );
+        if let (Decision::Refused, Some(rule)) = (decision, rule) {
+            crate::metrics::rejection(&rule);
+        }
         match (outcome, committed) {
             (Ok(signed), Ok(_)) => {
                 tracing::info!(request_id, client = %caller.name, tx = %signed.hash, "signed");
@@ -178,11 +213,11 @@ impl Guard {
             )));
         }
 
-        let policy = self.policies.get(key);
-        if let (Some(p), Value::Object(summary)) = (policy, &mut entry.summary) {
+        let policy = self.policy_for(key);
+        if let (Some(p), Value::Object(summary)) = (&policy, &mut entry.summary) {
             summary.insert("policy".into(), Value::String(p.name.clone()));
         }
-        let Some(evm) = policy.and_then(|p| p.evm.as_ref()) else {
+        let Some(evm) = policy.as_ref().and_then(|p| p.evm.as_ref()) else {
             return Err(Rejection::policy(
                 "policy.none",
                 "from",
@@ -192,11 +227,13 @@ impl Guard {
         };
         evm.check(&intent)?;
 
+        let sign_started = std::time::Instant::now();
         let signature = self
             .backend
             .sign(key, &intent.payload())
             .await
             .map_err(|e| GuardError::Backend(e.to_string()))?;
+        crate::metrics::sign(self.backend.name(), sign_started.elapsed());
         keyguard_evm::finalize(&intent, &signature).map_err(|e| {
             tracing::error!(key = %key, error = %e, "ALERT: pass 2 rejected a backend signature");
             GuardError::Backend(e.to_string())

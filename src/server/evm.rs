@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::http_edge::EdgeLayer;
 use super::rpc_error;
-use crate::access::{Authentication, Authenticator, Caller};
+use crate::access::{AuthSwitch, Authentication, Authenticator, Caller};
 use crate::config::{Config, ListenerConfig, ResponseShape};
 use crate::guard::Guard;
 
@@ -22,6 +22,8 @@ pub struct EvmListener {
     pub handle: ServerHandle,
     /// The bound address (the configured port may have been 0).
     pub local_addr: SocketAddr,
+    /// Who may call; replaced on reload.
+    pub auth: Arc<AuthSwitch>,
 }
 
 struct EvmContext {
@@ -84,8 +86,9 @@ pub async fn start(
     listener: &ListenerConfig,
     guard: Arc<Guard>,
 ) -> std::io::Result<EvmListener> {
+    let auth = Arc::new(AuthSwitch::new(Authenticator::new(config, listener)));
     let edge = EdgeLayer {
-        auth: Arc::new(Authenticator::new(config, listener)),
+        auth: auth.clone(),
         max_body: listener.max_body_bytes as usize,
     };
     let server_config = ServerConfig::builder()
@@ -104,5 +107,9 @@ pub async fn start(
         chain_id: listener.chain_id,
     });
     let handle = server.start(module);
-    Ok(EvmListener { handle, local_addr })
+    Ok(EvmListener {
+        handle,
+        local_addr,
+        auth,
+    })
 }

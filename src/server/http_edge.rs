@@ -12,14 +12,14 @@ use jsonrpsee::server::{HttpBody, HttpRequest, HttpResponse};
 use serde_json::json;
 use tower::{Layer, Service};
 
-use crate::access::Authenticator;
+use crate::access::AuthSwitch;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Tower layer installing [`EdgeService`].
 #[derive(Clone)]
 pub(crate) struct EdgeLayer {
-    pub(crate) auth: Arc<Authenticator>,
+    pub(crate) auth: Arc<AuthSwitch>,
     pub(crate) max_body: usize,
 }
 
@@ -39,7 +39,7 @@ impl<S> Layer<S> for EdgeLayer {
 #[derive(Clone)]
 pub(crate) struct EdgeService<S> {
     inner: S,
-    auth: Arc<Authenticator>,
+    auth: Arc<AuthSwitch>,
     max_body: usize,
 }
 
@@ -55,6 +55,20 @@ fn too_large(limit: usize) -> HttpResponse {
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(HttpBody::from(body.to_string()))
         .expect("static response")
+}
+
+/// Most bytes read and discarded from an oversized body before answering 413. Closing a socket
+/// with unread data makes the kernel send RST, which can destroy the 413 before the client reads
+/// it; draining a bounded amount lets ordinary clients see the error, and the bound keeps a huge
+/// upload from costing more than this.
+const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
+
+async fn drain<B>(body: B)
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let _ = Limited::new(body, DRAIN_LIMIT).collect().await;
 }
 
 impl<S, B> Service<HttpRequest<B>> for EdgeService<S>
@@ -81,13 +95,16 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit as u64) {
-            return Box::pin(async move { Ok(too_large(limit)) });
+            return Box::pin(async move {
+                drain(request.into_body()).await;
+                Ok(too_large(limit))
+            });
         }
         let authorization = request
             .headers()
             .get(http::header::AUTHORIZATION)
             .map(|v| v.as_bytes());
-        let authentication = self.auth.authenticate(authorization);
+        let authentication = self.auth.current().authenticate(authorization);
         let (mut parts, body) = request.into_parts();
         parts.extensions.insert(authentication);
         // Take the service that was polled ready, leave a fresh clone behind.

@@ -3,5 +3,6 @@
 
 pub mod evm;
 mod http_edge;
+pub mod metrics_http;
 pub mod privval;
 pub mod rpc_error;

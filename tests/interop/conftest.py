@@ -27,6 +27,8 @@ def start(tmp_path_factory):
         """make_config(data_dir) -> config dict; before_start(workdir, cfg) runs CLI set-up."""
         workdir = tmp_path_factory.mktemp(name)
         cfg = make_config(workdir / "var")
+        if cfg["keystore"]["backend"] == "pkcs11":
+            env = dict(env or {}, **kg.provision_softhsm(workdir, cfg))
         if before_start is not None:
             kg.write_config(workdir / "keyguard.toml", cfg)
             before_start(workdir, cfg)
@@ -39,6 +41,17 @@ def start(tmp_path_factory):
     for d in started:
         d.stop()
         _running.remove(d)
+
+
+@pytest.fixture(scope="module", params=["software", "pkcs11"])
+def backend(request):
+    """The key backend a module's daemon uses: signing tests run once per backend (software
+    keystore, PKCS#11 on a fresh SoftHSM2 token)."""
+    if request.param == "pkcs11" and not kg.softhsm_available():
+        if os.environ.get("CI") == "true" or os.environ.get("KEYGUARD_SKIP_PKCS11") != "1":
+            pytest.fail("SoftHSM2 is not installed: run through tests/run (it installs it)")
+        pytest.skip("SoftHSM2 is not installed (tests/run warned: KEYGUARD_SKIP_PKCS11=1)")
+    return request.param
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -134,23 +135,79 @@ def base_config(
     policies: list[dict] | None = None,
     clients: list[dict] | None = None,
     create_on_first_start: list[str] | None = None,
+    backend: str = "software",
 ) -> dict:
-    cfg: dict[str, Any] = {
-        "dev": False,
-        "data": {"dir": str(data_dir)},
-        "keystore": {
+    """backend="pkcs11": keys on a fresh SoftHSM2 token next to data_dir, created by
+    `keyguard keys generate --backend pkcs11` with the same ids the software keystore uses
+    (see provision_softhsm, which conftest's `start` runs)."""
+    if backend == "software":
+        keystore: dict[str, Any] = {
             "backend": "software",
             "passphrase_env": "KEYGUARD_PASSPHRASE",
             "create_on_first_start": ["secp256k1", "ed25519"] if create_on_first_start is None else create_on_first_start,
             "kdf_memory_kib": 8192,
             "kdf_iterations": 1,
-        },
+        }
+    elif backend == "pkcs11":
+        keystore = {
+            "backend": "pkcs11",
+            "pkcs11": {
+                "library": softhsm_library(),
+                "token_label": "kg-interop",
+                "pin_env": HSM_PIN_ENV,
+                "sessions": 4,
+            },
+        }
+    else:
+        raise ValueError(backend)
+    cfg: dict[str, Any] = {
+        "dev": False,
+        "data": {"dir": str(data_dir)},
+        "keystore": keystore,
         "listeners": [listener()] if listeners is None else listeners,
     }
     if clients:
         cfg["clients"] = clients
     cfg["policies"] = [policy()] if policies is None else policies
     return cfg
+
+
+# ------------------------------------------------------------------------------------------
+# SoftHSM2 token for the PKCS#11 backend
+# ------------------------------------------------------------------------------------------
+
+HSM_PIN_ENV = "KG_INTEROP_HSM_PIN"
+HSM_PIN = "73159246"
+HSM_SO_PIN = "64295173"
+
+
+def softhsm_library() -> str:
+    return os.environ.get("KEYGUARD_SOFTHSM2_LIB", "/usr/lib/softhsm/libsofthsm2.so")
+
+
+def softhsm_available() -> bool:
+    return os.path.exists(softhsm_library()) and shutil.which("softhsm2-util") is not None
+
+
+def provision_softhsm(workdir: Path, cfg: dict, key_ids: tuple[tuple[str, str], ...] = (("dev-secp256k1", "secp256k1"), ("dev-ed25519", "ed25519"))) -> dict:
+    """Create a fresh token in workdir/softhsm with its own SOFTHSM2_CONF, generate the keys
+    through keyguard's CLI, and return the environment the daemon needs."""
+    p = cfg["keystore"]["pkcs11"]
+    tokens = workdir / "softhsm" / "tokens"
+    tokens.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "softhsm" / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    env = {"SOFTHSM2_CONF": str(conf), HSM_PIN_ENV: HSM_PIN}
+    r = subprocess.run(
+        ["softhsm2-util", "--init-token", "--free", "--label", p["token_label"], "--pin", HSM_PIN, "--so-pin", HSM_SO_PIN],
+        env=dict(os.environ, **env), capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 0, f"softhsm2-util --init-token failed: {r.stderr}"
+    cfg_path = write_config(workdir / "keyguard.toml", cfg)
+    for key_id, scheme in key_ids:
+        r = run_cli(["keys", "generate", "--backend", "pkcs11", "--id", key_id, "--scheme", scheme, "--config", str(cfg_path)], env=env)
+        assert r.returncode == 0, f"keys generate {key_id}: {r.stderr}"
+    return env
 
 
 # ------------------------------------------------------------------------------------------

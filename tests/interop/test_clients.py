@@ -10,13 +10,14 @@ import kg
 
 
 @pytest.fixture(scope="module")
-def daemon(start):
+def daemon(start, backend):
     return start(
         lambda data: kg.base_config(
             data,
             listeners=[kg.listener("evm"), kg.listener("evm-geth", response="geth")],
+            backend=backend,
         ),
-        name="clients",
+        name=f"clients-{backend}",
     )
 
 

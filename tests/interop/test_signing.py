@@ -14,13 +14,14 @@ KINDS = ["legacy", "2930", "1559", "4844", "7702"]
 
 
 @pytest.fixture(scope="module")
-def daemon(start):
+def daemon(start, backend):
     return start(
         lambda data: kg.base_config(
             data,
             listeners=[kg.listener("evm"), kg.listener("evm-geth", response="geth")],
+            backend=backend,
         ),
-        name="signing",
+        name=f"signing-{backend}",
     )
 
 

@@ -273,16 +273,14 @@ fn access_list(args: &Args<'_>) -> Result<AccessList, Rejection> {
         .iter()
         .enumerate()
         .map(|(i, item)| {
-            let field = format!("accessList[{i}]");
-            let obj = wire::object(&field, item, &["address", "storageKeys"])?;
-            let get = |k: &str| {
-                obj.get(k)
-                    .filter(|v| !v.is_null())
-                    .ok_or_else(|| Rejection::invalid(format!("{field}.{k}"), "missing"))
-            };
-            let address = wire::address(&format!("{field}.address"), get("address")?)?;
-            let keys_field = format!("{field}.storageKeys");
-            let storage_keys = wire::array(&keys_field, get("storageKeys")?)?
+            let e = Entry::new(
+                format!("accessList[{i}]"),
+                item,
+                &["address", "storageKeys"],
+            )?;
+            let address = wire::address(&e.name("address"), e.get("address")?)?;
+            let keys_field = e.name("storageKeys");
+            let storage_keys = wire::array(&keys_field, e.get("storageKeys")?)?
                 .iter()
                 .enumerate()
                 .map(|(j, k)| wire::b256(&format!("{keys_field}[{j}]"), k))
@@ -296,14 +294,45 @@ fn access_list(args: &Args<'_>) -> Result<AccessList, Rejection> {
     Ok(AccessList(items))
 }
 
-fn blob_hashes(args: &Args<'_>) -> Result<Vec<B256>, Rejection> {
-    let list = wire::array("blobVersionedHashes", args.require("blobVersionedHashes")?)?;
+/// A required list that must hold at least one element.
+fn non_empty<'a>(args: &Args<'a>, name: &str, why: &str) -> Result<&'a Vec<Value>, Rejection> {
+    let list = wire::array(name, args.require(name)?)?;
     if list.is_empty() {
-        return Err(Rejection::invalid(
-            "blobVersionedHashes",
-            "a blob transaction needs at least one blob",
-        ));
+        return Err(Rejection::invalid(name, why));
     }
+    Ok(list)
+}
+
+/// One object inside a list (`accessList[0]`), whose fields are named by their full path.
+struct Entry<'a> {
+    path: String,
+    fields: &'a Map<String, Value>,
+}
+
+impl<'a> Entry<'a> {
+    fn new(path: String, v: &'a Value, known: &[&str]) -> Result<Self, Rejection> {
+        let fields = wire::object(&path, v, known)?;
+        Ok(Entry { path, fields })
+    }
+
+    fn name(&self, key: &str) -> String {
+        format!("{}.{key}", self.path)
+    }
+
+    fn get(&self, key: &str) -> Result<&'a Value, Rejection> {
+        self.fields
+            .get(key)
+            .filter(|v| !v.is_null())
+            .ok_or_else(|| Rejection::invalid(self.name(key), "missing"))
+    }
+}
+
+fn blob_hashes(args: &Args<'_>) -> Result<Vec<B256>, Rejection> {
+    let list = non_empty(
+        args,
+        "blobVersionedHashes",
+        "a blob transaction needs at least one blob",
+    )?;
     list.iter()
         .enumerate()
         .map(|(i, h)| {
@@ -321,42 +350,33 @@ fn blob_hashes(args: &Args<'_>) -> Result<Vec<B256>, Rejection> {
 }
 
 fn authorizations(args: &Args<'_>) -> Result<Vec<SignedAuthorization>, Rejection> {
-    let list = wire::array("authorizationList", args.require("authorizationList")?)?;
-    if list.is_empty() {
-        return Err(Rejection::invalid(
-            "authorizationList",
-            "a type 4 transaction needs at least one authorization",
-        ));
-    }
+    let list = non_empty(
+        args,
+        "authorizationList",
+        "a type 4 transaction needs at least one authorization",
+    )?;
     list.iter()
         .enumerate()
         .map(|(i, a)| {
-            let field = format!("authorizationList[{i}]");
-            let obj = wire::object(
-                &field,
+            let e = Entry::new(
+                format!("authorizationList[{i}]"),
                 a,
                 &["chainId", "address", "nonce", "yParity", "r", "s"],
             )?;
-            let get = |k: &str| {
-                obj.get(k)
-                    .filter(|v| !v.is_null())
-                    .ok_or_else(|| Rejection::invalid(format!("{field}.{k}"), "missing"))
-            };
-            let name = |k: &str| format!("{field}.{k}");
-            let y_parity = wire::quantity_u64(&name("yParity"), get("yParity")?)?;
+            let y_parity = wire::quantity_u64(&e.name("yParity"), e.get("yParity")?)?;
             if y_parity > 1 {
-                return Err(Rejection::invalid(name("yParity"), "must be 0 or 1"));
+                return Err(Rejection::invalid(e.name("yParity"), "must be 0 or 1"));
             }
             let inner = Authorization {
-                chain_id: wire::quantity(&name("chainId"), get("chainId")?, 256)?,
-                address: wire::address(&name("address"), get("address")?)?,
-                nonce: wire::quantity_u64(&name("nonce"), get("nonce")?)?,
+                chain_id: wire::quantity(&e.name("chainId"), e.get("chainId")?, 256)?,
+                address: wire::address(&e.name("address"), e.get("address")?)?,
+                nonce: wire::quantity_u64(&e.name("nonce"), e.get("nonce")?)?,
             };
             Ok(SignedAuthorization::new_unchecked(
                 inner,
                 y_parity as u8,
-                wire::quantity(&name("r"), get("r")?, 256)?,
-                wire::quantity(&name("s"), get("s")?, 256)?,
+                wire::quantity(&e.name("r"), e.get("r")?, 256)?,
+                wire::quantity(&e.name("s"), e.get("s")?, 256)?,
             ))
         })
         .collect()

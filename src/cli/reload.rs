@@ -1,0 +1,76 @@
+//! SIGHUP: re-read the configuration and put its policies and clients in force for the next
+//! request. A file that does not parse or validate, or that changes what only a restart can
+//! change (data, keystore, listeners, metrics, validators), is rejected and the running config stays.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::access::{AuthSwitch, Authenticator};
+use crate::config::{Config, ListenerConfig};
+use crate::guard::Guard;
+
+/// What a reload can touch.
+pub(crate) struct Reloader {
+    pub(crate) path: PathBuf,
+    pub(crate) current: Config,
+    pub(crate) guard: Arc<Guard>,
+    pub(crate) auths: Vec<(String, Arc<AuthSwitch>)>,
+}
+
+fn listener_identity(l: &ListenerConfig) -> impl PartialEq + std::fmt::Debug + '_ {
+    (
+        &l.name,
+        l.protocol,
+        l.address,
+        l.chain_id,
+        l.auth,
+        l.max_body_bytes,
+    )
+}
+
+fn needs_restart(old: &Config, new: &Config) -> Option<&'static str> {
+    if old.dev != new.dev {
+        return Some("dev");
+    }
+    if old.data != new.data {
+        return Some("data");
+    }
+    if old.keystore != new.keystore {
+        return Some("keystore");
+    }
+    if old.metrics != new.metrics {
+        return Some("metrics");
+    }
+    // Validator connections hold their chain, key and limits for their lifetime.
+    if old.validators != new.validators {
+        return Some("validators");
+    }
+    let same_listeners = old.listeners.len() == new.listeners.len()
+        && old
+            .listeners
+            .iter()
+            .zip(&new.listeners)
+            .all(|(a, b)| listener_identity(a) == listener_identity(b));
+    (!same_listeners).then_some("listeners")
+}
+
+impl Reloader {
+    /// Reloads; on error the running configuration is untouched.
+    pub(crate) fn reload(&mut self) -> anyhow::Result<()> {
+        let new = Config::load(&self.path)?;
+        if let Some(section) = needs_restart(&self.current, &new) {
+            anyhow::bail!(
+                "{}: [{section}] changed; that takes a restart (policies and clients reload)",
+                self.path.display()
+            );
+        }
+        self.guard.reload_policies(&new);
+        for (name, switch) in &self.auths {
+            if let Some(listener) = new.listeners.iter().find(|l| &l.name == name) {
+                switch.replace(Authenticator::new(&new, listener));
+            }
+        }
+        self.current = new;
+        Ok(())
+    }
+}

@@ -1,0 +1,71 @@
+//! Every Prometheus metric keyguard exports, named in one place so dashboards and alerts have a
+//! stable contract. Recording is cheap (atomic counters); rendering happens on scrape.
+
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Signing requests by chain, method and decision (`signed`, `refused`, `failed`).
+pub const REQUESTS: &str = "keyguard_requests_total";
+/// Refusals by the rule that refused.
+pub const REJECTIONS: &str = "keyguard_rejections_total";
+/// Time spent in the key backend per signature, by backend.
+pub const SIGN_SECONDS: &str = "keyguard_sign_duration_seconds";
+/// Time from request decode to release (or refusal), by chain and method.
+pub const REQUEST_SECONDS: &str = "keyguard_request_duration_seconds";
+/// Keys loaded, by backend and scheme.
+pub const KEYS: &str = "keyguard_keys";
+/// Configuration reloads by outcome (`applied`, `rejected`).
+pub const RELOADS: &str = "keyguard_config_reloads_total";
+/// 1 once every listener accepts connections.
+pub const READY: &str = "keyguard_ready";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+];
+
+/// Installs the process-wide recorder. Call once, before any metric is recorded.
+pub fn install() -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
+/// Records the outcome of one signing request.
+pub fn request(chain: &str, method: &'static str, decision: &'static str, elapsed: Duration) {
+    metrics::counter!(REQUESTS, "chain" => chain.to_owned(), "method" => method, "decision" => decision)
+        .increment(1);
+    metrics::histogram!(REQUEST_SECONDS, "chain" => chain.to_owned(), "method" => method)
+        .record(elapsed.as_secs_f64());
+}
+
+/// Records a refusal by rule.
+pub fn rejection(rule: &str) {
+    metrics::counter!(REJECTIONS, "rule" => rule.to_owned()).increment(1);
+}
+
+/// Records one backend signature.
+pub fn sign(backend: &'static str, elapsed: Duration) {
+    metrics::histogram!(SIGN_SECONDS, "backend" => backend).record(elapsed.as_secs_f64());
+}
+
+/// Counts a loaded key.
+pub fn keys_loaded(backend: &'static str, scheme: keyguard_chain::Scheme) {
+    metrics::gauge!(KEYS, "backend" => backend, "scheme" => scheme.to_string()).increment(1.0);
+}
+
+/// Counts a configuration reload by outcome.
+pub fn reload(outcome: &'static str) {
+    metrics::counter!(RELOADS, "outcome" => outcome).increment(1);
+}

@@ -1,0 +1,192 @@
+//! Starts the real `keyguard` binary on a config written to a temporary directory and reads its
+//! stable startup lines, for integration tests that talk to it through real sockets.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const POLICY: &str = r#"
+[[policies]]
+name = "test"
+keys = ["*"]
+[policies.evm]
+chain_ids = [31337]
+to = "any"
+max_value = "1 ether"
+max_fee_per_gas = "500 gwei"
+max_priority_fee_per_gas = "500 gwei"
+max_fee_per_blob_gas = "500 gwei"
+"#;
+
+/// A config with one open loopback EVM listener and a metrics listener, both on free ports.
+pub fn config(dir: &Path, extra: &str) -> String {
+    format!(
+        r#"
+[data]
+dir = "{data}"
+[keystore]
+backend = "software"
+create_on_first_start = ["secp256k1"]
+kdf_memory_kib = 1024
+kdf_iterations = 1
+[[listeners]]
+name = "evm"
+protocol = "evm-jsonrpc"
+address = "127.0.0.1:0"
+chain_id = 31337
+auth = "none"
+keys = ["*"]
+[metrics]
+address = "127.0.0.1:0"
+{POLICY}
+{extra}
+"#,
+        data = dir.join("var").display()
+    )
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_keyguard")
+}
+
+/// A running daemon and what it printed at start.
+pub struct Daemon {
+    pub child: Child,
+    pub lines: Vec<String>,
+    pub config: PathBuf,
+    later: mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    /// Writes `config_text` and starts `keyguard start`, waiting for `keyguard: ready`.
+    pub fn start(dir: &Path, config_text: &str, env: &[(&str, &str)]) -> Daemon {
+        let config = dir.join("keyguard.toml");
+        std::fs::write(&config, config_text).unwrap();
+        let mut cmd = Command::new(binary());
+        cmd.args(["start", "--config"])
+            .arg(&config)
+            .env("KEYGUARD_PASSPHRASE", "test-passphrase")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        loop {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) => {
+                    let done = line == "keyguard: ready";
+                    lines.push(line);
+                    if done {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("keyguard did not become ready; stdout: {lines:?}");
+                }
+            }
+        }
+        Daemon {
+            child,
+            lines,
+            config,
+            later: rx,
+        }
+    }
+
+    /// Waits for a later stdout line starting with `prefix` and returns it.
+    pub fn wait_line(&self, prefix: &str) -> String {
+        loop {
+            let line = self
+                .later
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("no line starting {prefix:?}"));
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+    }
+
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+    }
+
+    /// The value after `prefix` on the first startup line that has it.
+    pub fn line_after(&self, prefix: &str) -> String {
+        self.lines
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no line starting {prefix:?} in {:?}", self.lines))
+            .to_string()
+    }
+
+    /// `host:port` of the EVM listener.
+    pub fn rpc_addr(&self) -> String {
+        let rest = self.line_after("keyguard: listener evm evm-jsonrpc http://");
+        rest.split_whitespace().next().unwrap().to_string()
+    }
+
+    /// `host:port` of the metrics listener.
+    pub fn metrics_addr(&self) -> String {
+        let rest = self.line_after("keyguard: metrics http://");
+        rest.trim_end_matches("/metrics").to_string()
+    }
+
+    /// Sends SIGTERM and returns the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        self.signal(rustix::process::Signal::TERM);
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 request over a fresh TCP connection; returns (status, body).
+pub fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A JSON-RPC call over HTTP; returns the whole response object.
+pub fn rpc(addr: &str, method: &str, params: serde_json::Value) -> serde_json::Value {
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let (_, text) = http(addr, "POST", "/", &body.to_string());
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
