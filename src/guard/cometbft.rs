@@ -166,11 +166,14 @@ impl Guard {
             reason: None,
             tx_hash: None,
         };
+        let started = std::time::Instant::now();
+        let chain_label = format!("cometbft:{}", target.chain_id);
         let outcome = self
             .cometbft_stages(target, chain_id, request, sign_extension, &entry)
             .await;
         if let Ok((signed, true)) = outcome {
             // The signed row was committed together with the watermark.
+            crate::metrics::request(&chain_label, method, "signed", started.elapsed());
             return Ok(signed);
         }
         let outcome = outcome.map(|(signed, _)| signed);
@@ -182,7 +185,17 @@ impl Guard {
                 entry.reason = Some(e.to_string());
             }
         }
+        let rule = entry.rule.clone();
         let committed = self.audit.append(entry).await;
+        let decision = match (&outcome, &committed) {
+            (Ok(_), Ok(_)) => Decision::Signed,
+            (Ok(_), Err(_)) => Decision::Failed,
+            (Err(e), _) => e.decision(),
+        };
+        crate::metrics::request(&chain_label, method, decision.as_str(), started.elapsed());
+        if let (Decision::Refused, Some(rule)) = (decision, rule) {
+            crate::metrics::rejection(&rule);
+        }
         match (outcome, committed) {
             (Ok(signed), Ok(_)) => Ok(signed),
             (Ok(_), Err(e)) => {
@@ -302,7 +315,14 @@ impl Guard {
         let written = blocking(move || store.advance(&c, &k, expected.as_ref(), &next2)).await;
         let audited = audit.await;
         match written? {
-            Ok(()) => *cached = Some(Some(next)),
+            Ok(()) => {
+                crate::metrics::cometbft_watermark(
+                    &target.chain_id,
+                    target.key.as_str(),
+                    next.height,
+                );
+                *cached = Some(Some(next));
+            }
             Err(WatermarkError::Stale { current, .. }) => {
                 *cached = Some(Some(*current));
                 return Err(GuardError::Backend(
@@ -331,11 +351,13 @@ impl Guard {
         target: &CometbftTarget,
         sign_bytes: &[u8],
     ) -> Result<Vec<u8>, GuardError> {
+        let sign_started = std::time::Instant::now();
         let sig = self
             .backend
             .sign(&target.key, &payload(&target.public_key, sign_bytes))
             .await
             .map_err(|e| GuardError::Backend(e.to_string()))?;
+        crate::metrics::sign(self.backend.name(), sign_started.elapsed());
         verify(&target.public_key, sign_bytes, &sig).map_err(|e| {
             tracing::error!(key = %target.key, error = %e, "ALERT: pass 2 rejected a backend signature");
             GuardError::Backend(e.to_string())

@@ -243,3 +243,5 @@ impl Guard {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_cometbft;
