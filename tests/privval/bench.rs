@@ -38,8 +38,106 @@ fn vote_signing_latency() {
         })
         .collect::<Vec<_>>();
     let _kg = Keyguard::start(dir.path(), &config_text(dir.path(), &specs));
-    // Accept both at once, as a node does, so neither handshake times out while the other
-    // transport is measured.
+    // Accepted one after the other: keyguard drops a connection that is idle for 30 s (a real
+    // node pings every few seconds), redials, and the mock skips the stale dials.
+    for (i, (name, l)) in [("unix", &unix), ("secretconnection", &tcp)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut node = Node::new(l.accept(), Ver::V038, &format!("bench-{i}"));
+        let chain = node.chain.clone();
+        node.pubkey().unwrap().unwrap();
+        measure("keyguard", name, &mut node, &chain);
+    }
+}
+
+/// Times `votes()` sequential prevote/precommit pairs at increasing heights; prints p50/p99.
+fn measure(signer: &str, name: &str, node: &mut Node, chain: &str) {
+    let n = votes();
+    let mut lat = Vec::with_capacity(n);
+    for k in 0..n as i64 {
+        let ask = Ask::vote(
+            1 + (k % 2) as i32,
+            k / 2 + 1,
+            0,
+            Some((k % 200) as u8),
+            now(),
+        );
+        let t = Instant::now();
+        let r = v0_38::sign(&mut node.conn, chain, &ask).expect("connection");
+        lat.push(t.elapsed().as_micros());
+        assert!(r.is_ok(), "{r:?}");
+    }
+    // Spot-check that what was timed verifies.
+    let ask = Ask::vote(1, n as i64 + 1, 0, Some(1), now());
+    node.sign(&ask).unwrap().unwrap();
+    lat.sort_unstable();
+    println!(
+        "privval {signer} {name}: {n} sequential votes, p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99),
+        *lat.last().unwrap() as f64 / 1000.0
+    );
+}
+
+/// The same harness against tmkms (`TMKMS_BIN`, built with `--features softsign`), which
+/// writes its state file without fsync.
+#[test]
+#[ignore = "benchmark: run benches/privval_latency.sh with TMKMS_BIN set"]
+fn tmkms_vote_signing_latency() {
+    let Ok(tmkms) = std::env::var("TMKMS_BIN") else {
+        eprintln!("TMKMS_BIN not set; skipping the tmkms comparison");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // One consensus key per chain: tmkms refuses the same key under two providers.
+    for key in ["consensus-0.key", "consensus-1.key", "identity.key"] {
+        let ok = std::process::Command::new(&tmkms)
+            .args(["softsign", "keygen"])
+            .arg(d.join(key))
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "tmkms softsign keygen failed");
+    }
+    let (unix, unix_addr) = NodeListener::unix(&d.join("tmkms.sock"));
+    let (tcp, tcp_addr) = NodeListener::tcp();
+    let mut config = String::new();
+    for (i, addr) in [unix_addr, tcp_addr].iter().enumerate() {
+        let state = d.join(format!("state-{i}.json"));
+        std::fs::write(
+            &state,
+            r#"{"height":"0","round":"0","step":0,"block_id":null}"#,
+        )
+        .unwrap();
+        config.push_str(&format!(
+            "[[chain]]\nid = \"bench-{i}\"\nkey_format = {{ type = \"hex\" }}\n\
+             state_file = \"{}\"\n\n[[providers.softsign]]\nchain_ids = [\"bench-{i}\"]\n\
+             key_type = \"consensus\"\npath = \"{}\"\n\n[[validator]]\nchain_id = \"bench-{i}\"\n\
+             addr = \"{addr}\"\nsecret_key = \"{}\"\nprotocol_version = \"v0.38\"\nreconnect = true\n\n",
+            state.display(),
+            d.join(format!("consensus-{i}.key")).display(),
+            d.join("identity.key").display(),
+        ));
+    }
+    std::fs::write(d.join("tmkms.toml"), config).unwrap();
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Killed(
+        std::process::Command::new(&tmkms)
+            .args(["start", "-c"])
+            .arg(d.join("tmkms.toml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut nodes: Vec<(&str, Node)> = [("unix", &unix), ("secretconnection", &tcp)]
         .into_iter()
         .enumerate()
@@ -51,33 +149,8 @@ fn vote_signing_latency() {
         })
         .collect();
     for (name, node) in nodes.iter_mut() {
-        let name = *name;
         let chain = node.chain.clone();
         node.pubkey().unwrap().unwrap();
-        let n = votes();
-        let mut lat = Vec::with_capacity(n);
-        for k in 0..n as i64 {
-            let ask = Ask::vote(
-                1 + (k % 2) as i32,
-                k / 2 + 1,
-                0,
-                Some((k % 200) as u8),
-                now(),
-            );
-            let t = Instant::now();
-            let r = v0_38::sign(&mut node.conn, &chain, &ask).expect("connection");
-            lat.push(t.elapsed().as_micros());
-            assert!(r.is_ok(), "{r:?}");
-        }
-        // Spot-check that what was timed verifies.
-        let ask = Ask::vote(1, n as i64 + 1, 0, Some(1), now());
-        node.sign(&ask).unwrap().unwrap();
-        lat.sort_unstable();
-        println!(
-            "privval {name}: {n} sequential votes, p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
-            percentile(&lat, 0.50),
-            percentile(&lat, 0.99),
-            *lat.last().unwrap() as f64 / 1000.0
-        );
+        measure("tmkms", name, node, &chain);
     }
 }
