@@ -60,7 +60,9 @@ fn measure(signer: &str, name: &str, node: &mut Node, chain: &str) {
             1 + (k % 2) as i32,
             k / 2 + 1,
             0,
-            Some((k % 200) as u8),
+            // Prevote and precommit the same block, as a validator does (tmkms refuses a
+            // precommit for another block than its prevote).
+            Some(((k / 2) % 200) as u8),
             now(),
         );
         let t = Instant::now();
@@ -91,8 +93,7 @@ fn tmkms_vote_signing_latency() {
     };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // One consensus key per chain: tmkms refuses the same key under two providers.
-    for key in ["consensus-0.key", "consensus-1.key", "identity.key"] {
+    for key in ["consensus.key", "identity.key"] {
         let ok = std::process::Command::new(&tmkms)
             .args(["softsign", "keygen"])
             .arg(d.join(key))
@@ -113,14 +114,17 @@ fn tmkms_vote_signing_latency() {
         .unwrap();
         config.push_str(&format!(
             "[[chain]]\nid = \"bench-{i}\"\nkey_format = {{ type = \"hex\" }}\n\
-             state_file = \"{}\"\n\n[[providers.softsign]]\nchain_ids = [\"bench-{i}\"]\n\
-             key_type = \"consensus\"\npath = \"{}\"\n\n[[validator]]\nchain_id = \"bench-{i}\"\n\
+             state_file = \"{}\"\n\n[[validator]]\nchain_id = \"bench-{i}\"\n\
              addr = \"{addr}\"\nsecret_key = \"{}\"\nprotocol_version = \"v0.38\"\nreconnect = true\n\n",
             state.display(),
-            d.join(format!("consensus-{i}.key")).display(),
             d.join("identity.key").display(),
         ));
     }
+    // tmkms allows one softsign consensus key, serving both chains.
+    config.push_str(&format!(
+        "[[providers.softsign]]\nchain_ids = [\"bench-0\", \"bench-1\"]\nkey_type = \"consensus\"\npath = \"{}\"\n",
+        d.join("consensus.key").display()
+    ));
     std::fs::write(d.join("tmkms.toml"), config).unwrap();
     struct Killed(std::process::Child);
     impl Drop for Killed {
@@ -138,19 +142,14 @@ fn tmkms_vote_signing_latency() {
             .spawn()
             .unwrap(),
     );
-    let mut nodes: Vec<(&str, Node)> = [("unix", &unix), ("secretconnection", &tcp)]
+    // One after the other, like keyguard's run (an idle connection may be dropped and redialed).
+    for (i, (name, l)) in [("unix", &unix), ("secretconnection", &tcp)]
         .into_iter()
         .enumerate()
-        .map(|(i, (name, l))| {
-            (
-                name,
-                Node::new(l.accept(), Ver::V038, &format!("bench-{i}")),
-            )
-        })
-        .collect();
-    for (name, node) in nodes.iter_mut() {
+    {
+        let mut node = Node::new(l.accept(), Ver::V038, &format!("bench-{i}"));
         let chain = node.chain.clone();
         node.pubkey().unwrap().unwrap();
-        measure("tmkms", name, node, &chain);
+        measure("tmkms", name, &mut node, &chain);
     }
 }
