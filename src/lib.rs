@@ -4,6 +4,7 @@
 //! - [`server`]: transports; the EVM JSON-RPC listener turns HTTP/WebSocket calls into guard calls.
 //! - [`access`]: who is calling (bearer tokens) and which keys they were granted.
 //! - [`guard`]: the pipeline itself: authorize, decode, policy, sign, verify, audit, in order.
+//! - [`policy`]: durable velocity counters and nonce ownership, reserved before signing.
 //! - [`backend`]: key backends behind one trait (encrypted software keystore today).
 //! - [`store`]: SQLite: migrations and the hash-chained audit log with group commit.
 //! - [`config`]: the TOML model, validated before anything starts.
@@ -13,11 +14,14 @@
 //! -> sign (backend) -> pass 2 (chain crate re-decodes and recovers) -> audit commit -> response.
 
 pub mod access;
+pub mod approvals;
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod fuzz_harness;
 pub mod guard;
 pub mod hardening;
 pub mod metrics;
+pub mod policy;
 pub mod server;
 pub mod store;

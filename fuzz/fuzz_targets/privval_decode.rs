@@ -1,11 +1,4 @@
-//! Any bytes through the privval decoder of every wire version, then through the block-field
-//! rules, the watermark decision and the sign-bytes encoder: nothing may panic.
-//!
-//!   cargo +nightly fuzz run privval_decode fuzz/corpus/privval_decode
 #![no_main]
-
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    keyguard_cometbft::fuzzing::exercise(data);
-});
+//! See keyguard::fuzz_harness::privval_decode (and keyguard_cometbft::fuzzing) for the
+//! invariants checked.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| keyguard::fuzz_harness::privval_decode(data));

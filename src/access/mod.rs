@@ -1,5 +1,12 @@
 //! Who is calling and what they were granted. Authentication happens at the transport edge
 //! (a bearer token becomes a [`Caller`]); the guard only asks a caller whether a key is granted.
+//!
+//! Also here: employees ([`roles`], [`totp`]), the [`kill`] switch and request [`limits`].
+
+pub mod kill;
+pub mod limits;
+pub mod roles;
+pub mod totp;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +25,9 @@ pub struct Caller {
     pub grants: Arc<[String]>,
     /// Response shape this caller gets.
     pub response: ResponseShape,
+    /// How long a request that needs approvals waits for them before answering -32002
+    /// (zero: answer at once; for simple clients that cannot retry).
+    pub approval_wait: std::time::Duration,
 }
 
 impl Caller {
@@ -42,6 +52,8 @@ pub struct Authenticator {
     mode: AuthMode,
     anonymous: Caller,
     by_token_hash: HashMap<[u8; 32], Caller>,
+    /// Clients identified by the first DNS name of their TLS client certificate.
+    by_cert_name: HashMap<String, Caller>,
 }
 
 /// A listener's authenticator, replaceable on reload without touching open connections.
@@ -83,18 +95,47 @@ impl Authenticator {
                     name: c.name.as_str().into(),
                     grants: c.keys.clone().into(),
                     response: c.response.unwrap_or(listener.response),
+                    approval_wait: listener.approval_wait(),
                 };
                 Some((hash, caller))
             })
             .collect();
+        let by_cert_name = config
+            .clients
+            .iter()
+            .filter_map(|c| {
+                let caller = Caller {
+                    name: c.name.as_str().into(),
+                    grants: c.keys.clone().into(),
+                    response: c.response.unwrap_or(listener.response),
+                    approval_wait: listener.approval_wait(),
+                };
+                Some((c.cert_dns_name.clone()?, caller))
+            })
+            .collect();
         Authenticator {
+            by_cert_name,
             mode: listener.auth,
             anonymous: Caller {
                 name: "local".into(),
                 grants: listener.keys.clone().into(),
                 response: listener.response,
+                approval_wait: listener.approval_wait(),
             },
             by_token_hash,
+        }
+    }
+
+    /// Authenticates a request on a TLS connection: a client certificate whose first DNS name
+    /// is a configured `cert_dns_name` identifies the client; otherwise the bearer token does.
+    pub fn authenticate_with_cert(
+        &self,
+        cert_name: Option<&str>,
+        authorization: Option<&[u8]>,
+    ) -> Authentication {
+        match cert_name.and_then(|n| self.by_cert_name.get(n)) {
+            Some(caller) if self.mode == AuthMode::Bearer => Authentication::Caller(caller.clone()),
+            _ => self.authenticate(authorization),
         }
     }
 

@@ -27,6 +27,15 @@ pub(crate) struct BenchArgs {
     /// After the closed-loop run, pace a second run at half the measured throughput.
     #[arg(long)]
     half_load: bool,
+    /// Destination of the signed transactions.
+    #[arg(long, default_value = "0x000000000000000000000000000000000000dEaD")]
+    to: String,
+    /// Calldata of the signed transactions (e.g. an ERC-20 transfer, to load the rule engine).
+    #[arg(long, default_value = "0x")]
+    input: String,
+    /// Native value of the signed transactions, as a hex quantity.
+    #[arg(long, default_value = "0x1")]
+    value: String,
     /// Seconds for the raw k256 ceiling (0 skips it).
     #[arg(long, default_value_t = 5)]
     ceiling: u64,
@@ -225,6 +234,7 @@ async fn load(url: &str, args: &BenchArgs, rate: Option<f64>) -> anyhow::Result<
             .request_timeout(Duration::from_secs(30))
             .build(url)?;
         let (from, chain_id, nonce) = (from.clone(), chain_id.clone(), nonce.clone());
+        let (to, input, value) = (args.to.clone(), args.input.clone(), args.value.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0usize;
@@ -241,11 +251,12 @@ async fn load(url: &str, args: &BenchArgs, rate: Option<f64>) -> anyhow::Result<
                 let n = nonce.fetch_add(1, Ordering::Relaxed);
                 let tx = json!({
                     "from": from,
-                    "to": "0x000000000000000000000000000000000000dEaD",
-                    "gas": "0x5208",
+                    "to": to,
+                    "input": input,
+                    "gas": "0x186a0",
                     "maxFeePerGas": "0x3b9aca00",
                     "maxPriorityFeePerGas": "0x1",
-                    "value": "0x1",
+                    "value": value,
                     "nonce": format!("{n:#x}"),
                     "chainId": chain_id,
                 });

@@ -37,6 +37,34 @@ pub(crate) enum KeysCommand {
         #[arg(long, default_value = "secp256k1")]
         scheme: String,
     },
+    /// Kill switch: stop signing with KEY (or every key) from the very next request, on every
+    /// listener, persistently. Needs an operator or admin and a TOTP code.
+    Disable {
+        /// Key id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        key: Option<String>,
+        /// Every key.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        admin: super::admin::AdminArgs,
+    },
+    /// Sign with KEY (or every key) again. Needs two different admins to run the same command.
+    Enable {
+        /// Key id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        key: Option<String>,
+        /// Every key.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        admin: super::admin::AdminArgs,
+    },
+    /// Which keys are switched off.
+    Status {
+        #[command(flatten)]
+        admin: super::admin::AdminArgs,
+    },
     /// Import an existing secp256k1 key.
     Import {
         /// Configuration file.
@@ -222,6 +250,15 @@ fn pkcs11_generate(_config: &Config, _id: KeyId, _scheme: Scheme) -> anyhow::Res
 
 pub(crate) fn run(command: KeysCommand) -> anyhow::Result<()> {
     match command {
+        KeysCommand::Disable { key, all, admin } => {
+            super::admin::key_switch("keys.disable", key, all, &admin)
+        }
+        KeysCommand::Enable { key, all, admin } => {
+            super::admin::key_switch("keys.enable", key, all, &admin)
+        }
+        KeysCommand::Status { admin } => {
+            super::admin::key_switch("keys.status", None, false, &admin)
+        }
         KeysCommand::List { config } => {
             let config = Config::load(&config)?;
             if config.keystore.backend == BackendKind::Pkcs11 {

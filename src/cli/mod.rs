@@ -1,8 +1,12 @@
 //! The `keyguard` command: the daemon, key management, audit, tokens and the load generator.
 
+mod admin;
+mod audit;
 mod bench;
 mod config_check;
 mod keys;
+mod people;
+mod policy_check;
 mod reload;
 mod start;
 mod state;
@@ -52,7 +56,22 @@ enum Command {
     /// Read and verify the audit log.
     Audit {
         #[command(subcommand)]
-        command: AuditCommand,
+        command: audit::AuditCommand,
+    },
+    /// Employees: users with roles and TOTP (through the admin API).
+    Users {
+        #[command(subcommand)]
+        command: admin::UsersCommand,
+    },
+    /// Signing requests held for M-of-N approval.
+    Approvals {
+        #[command(subcommand)]
+        command: admin::ApprovalsCommand,
+    },
+    /// Raw admin API access for scripts.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
     },
     /// Client credentials.
     Clients {
@@ -66,11 +85,22 @@ enum Command {
     },
     /// Load generator: eth_signTransaction throughput and latency, and the raw crypto ceiling.
     Bench(bench::BenchArgs),
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Check a configuration without starting.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Dry run: decode a request and print every rule's decision, without signing.
+    Check(policy_check::CheckArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,25 +115,9 @@ enum ConfigCommand {
 }
 
 #[derive(Debug, Subcommand)]
-enum AuditCommand {
-    /// Recompute the hash chain of the whole audit log.
-    Verify {
-        /// Configuration file.
-        #[arg(long)]
-        config: PathBuf,
-    },
-    /// Show the most recent audit rows.
-    List {
-        /// Configuration file.
-        #[arg(long)]
-        config: PathBuf,
-        /// How many rows.
-        #[arg(long, default_value_t = 20)]
-        limit: usize,
-        /// JSON output for scripts.
-        #[arg(long)]
-        json: bool,
-    },
+enum AdminCommand {
+    /// Call one admin method with JSON params, print the JSON result.
+    Call(admin::CallArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,7 +137,12 @@ impl Cli {
         match self.command {
             Command::Start { config } => start::run(&config),
             Command::Keys { command } => keys::run(command),
-            Command::Audit { command } => audit(command),
+            Command::Audit { command } => audit::run(command),
+            Command::Users { command } => admin::users(command),
+            Command::Approvals { command } => admin::approvals(command),
+            Command::Admin {
+                command: AdminCommand::Call(args),
+            } => admin::call(args),
             Command::Clients {
                 command: ClientsCommand::Token,
             } => {
@@ -140,53 +159,12 @@ impl Cli {
             }
             Command::State { command } => state::run(command),
             Command::Bench(args) => bench::run(args),
+            Command::Policy {
+                command: PolicyCommand::Check(args),
+            } => policy_check::run(args),
             Command::Config {
                 command: ConfigCommand::Check { config },
             } => config_check::run(&config),
-        }
-    }
-}
-
-fn audit(command: AuditCommand) -> anyhow::Result<()> {
-    use crate::config::Config;
-    use crate::store::Store;
-    match command {
-        AuditCommand::Verify { config } => {
-            let config = Config::load(&config)?;
-            let store = Store::open(&config.data.database())?;
-            let report = store.verify_audit()?;
-            println!(
-                "audit log verified: {} rows, head {}",
-                report.rows,
-                hex::encode(report.head)
-            );
-            Ok(())
-        }
-        AuditCommand::List {
-            config,
-            limit,
-            json,
-        } => {
-            let config = Config::load(&config)?;
-            let store = Store::open(&config.data.database())?;
-            let rows = store.recent_audit(limit)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                for r in rows {
-                    println!(
-                        "{:>6} {} {:<8} {:<10} {:<20} {} {}",
-                        r.seq,
-                        r.ts_ms,
-                        r.decision,
-                        r.client,
-                        r.method,
-                        r.key_id.as_deref().unwrap_or("-"),
-                        r.rule.as_deref().or(r.tx_hash.as_deref()).unwrap_or("")
-                    );
-                }
-            }
-            Ok(())
         }
     }
 }

@@ -12,10 +12,13 @@ use sd_notify::NotifyState;
 
 use super::keys::{describe, open_keystore, open_pkcs11};
 use super::reload::Reloader;
+use crate::access::kill::KillSwitch;
+use crate::approvals::Approvals;
 use crate::backend::KeyBackend;
 use crate::config::{BackendKind, Config, Protocol};
 use crate::guard::{CometbftTarget, Guard};
 use crate::server;
+use crate::server::admin::{AdminContext, ReloadRequest};
 use crate::server::metrics_http::Readiness;
 use crate::server::privval::PrivvalClient;
 use crate::store::Store;
@@ -37,6 +40,7 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
     // Installed before READY=1: a stop or reload right after readiness must be handled.
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut usr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
     hardening::check_private(&config.data.dir)?;
     hardening::check_private(&config.data.database())?;
     let backend: Arc<dyn KeyBackend> = match config.keystore.backend {
@@ -66,9 +70,44 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
 
     let store = Store::open(&config.data.database())
         .with_context(|| format!("opening {}", config.data.database().display()))?;
-    let guard = Arc::new(
-        Guard::new(&config, backend.clone(), store.audit_log()).with_cometbft(store.watermarks()),
+    let state = store.state_db().context("opening control state")?;
+    let kill = Arc::new(
+        KillSwitch::load(state.clone(), config.data.kill_file()).context("loading kill switch")?,
     );
+    let approvals = Approvals::new(state.clone());
+    let guard = Arc::new(
+        Guard::new(&config, backend.clone(), store.audit_log())
+            .with_people(kill.clone(), approvals.clone())
+            .with_cometbft(store.watermarks()),
+    );
+    guard
+        .restore_state(&store)
+        .context("restoring velocity counters and nonces")?;
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
+    let admin_socket = if config.admin.enabled {
+        let ctx = Arc::new(AdminContext::new(
+            config.admin.clone(),
+            state.clone(),
+            store.audit_log(),
+            kill.clone(),
+            approvals,
+            reload_tx,
+        ));
+        let path = config.admin_socket();
+        server::admin::start(&path, ctx)
+            .await
+            .with_context(|| format!("binding the admin socket {}", path.display()))?;
+        println!("keyguard: admin unix:{}", path.display());
+        Some(path)
+    } else {
+        None
+    };
+    let (all_off, off) = kill.status();
+    if all_off || !off.is_empty() {
+        println!("keyguard: kill switch on: all={all_off} keys={off:?}");
+    }
+    super::people::spawn_kill_file_watch(kill.clone(), store.audit_log());
+    super::people::spawn_head_log(state, &config.admin.audit_head_interval);
 
     let mut handles = Vec::new();
     let mut auths = Vec::new();
@@ -80,8 +119,9 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
                     .with_context(|| {
                         format!("binding listener {} on {}", listener.name, listener.address)
                     })?;
+                let s = if listener.tls.is_some() { "s" } else { "" };
                 println!(
-                    "keyguard: listener {} evm-jsonrpc http://{addr} ws://{addr}",
+                    "keyguard: listener {} evm-jsonrpc http{s}://{addr} ws{s}://{addr}",
                     listener.name,
                     addr = running.local_addr
                 );
@@ -107,6 +147,15 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
+            _ = usr1.recv() => {
+                super::people::emergency_stop(&kill, &store.audit_log(), "SIGUSR1").await;
+            }
+            Some(reply) = reload_rx.recv() => {
+                let outcome = reloader.reload().map_err(|e| format!("{e:#}"));
+                println!("keyguard: {}", if outcome.is_ok() { "reloaded" } else { "reload rejected" });
+                metrics::reload(if outcome.is_ok() { "applied" } else { "rejected" });
+                let _ = reply.send(outcome);
+            }
             _ = hangup.recv() => {
                 notify(&[NotifyState::Reloading]);
                 match reloader.reload() {
@@ -142,6 +191,9 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
         let _ = t.await;
     }
     drop(guard);
+    if let Some(path) = admin_socket {
+        let _ = std::fs::remove_file(path);
+    }
     tokio::task::spawn_blocking(move || store.close())
         .await
         .context("closing the store")??;

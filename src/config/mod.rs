@@ -1,6 +1,10 @@
 //! The TOML configuration model. Every table refuses keys it does not know (a misspelt limit
 //! must not silently become no limit), and [`Config::load`] validates before anything starts.
 
+mod people;
+
+pub use people::{parse_duration, AdminConfig, LimitConfig, RateLimitsConfig};
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -71,6 +75,12 @@ pub struct Config {
     /// Prometheus metrics, health and readiness.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// The admin API (users, kill switch, approvals, audit).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Request rate limits, applied before any decoding.
+    #[serde(default)]
+    pub rate_limits: Option<RateLimitsConfig>,
     /// Where this configuration was read from (for messages).
     #[serde(skip)]
     pub path: PathBuf,
@@ -88,6 +98,16 @@ impl DataConfig {
     /// The SQLite database.
     pub fn database(&self) -> PathBuf {
         self.dir.join("keyguard.db")
+    }
+
+    /// The admin API socket unless configured elsewhere.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.join("admin.sock")
+    }
+
+    /// Dropping a file here disables every key (root's emergency stop).
+    pub fn kill_file(&self) -> PathBuf {
+        self.dir.join("KILL")
     }
 
     /// The software keystore directory.
@@ -203,6 +223,48 @@ pub struct ListenerConfig {
     /// Requests with a larger body are refused before parsing.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: u32,
+    /// Upstream node: enables `eth_sendTransaction` and proxies `proxy_methods`.
+    #[serde(default)]
+    pub upstream: Option<UpstreamConfig>,
+    /// TLS with required client certificates (op-batcher / op-proposer signer clients).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Seconds a signing call that needs approvals waits for them (0 answers -32002 at once).
+    #[serde(default)]
+    pub approval_wait_secs: u32,
+}
+
+/// TLS settings of a listener (PEM files, relative to the working directory).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Server certificate chain.
+    pub cert: PathBuf,
+    /// Server private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA that client certificates must chain to (client certificates are required).
+    pub client_ca: PathBuf,
+}
+
+/// The node behind a listener.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// JSON-RPC URL of the node.
+    pub url: String,
+    /// Read-only methods passed through to the node (`eth_getBalance`, `net_version`, ...).
+    #[serde(default)]
+    pub proxy_methods: Vec<String>,
+}
+
+/// Longest approval wait a listener may configure: beyond it clients and proxies time out.
+pub const MAX_APPROVAL_WAIT_SECS: u32 = 600;
+
+impl ListenerConfig {
+    /// The approval wait as a duration.
+    pub fn approval_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.approval_wait_secs))
+    }
 }
 
 fn default_max_body() -> u32 {
@@ -215,8 +277,13 @@ fn default_max_body() -> u32 {
 pub struct ClientConfig {
     /// Name used in logs and the audit log.
     pub name: String,
-    /// Hex SHA-256 of the bearer token (the token itself is never stored).
+    /// Hex SHA-256 of the bearer token (the token itself is never stored). May be empty for a
+    /// client that authenticates by `cert_dns_name` only.
+    #[serde(default)]
     pub token_sha256: String,
+    /// First DNS name of the client's TLS certificate (op-signer's client identity).
+    #[serde(default)]
+    pub cert_dns_name: Option<String>,
     /// Keys this client may use (`"*"` for all).
     pub keys: Vec<String>,
     /// Overrides the listener's response shape for this client.
@@ -323,8 +390,26 @@ impl Config {
                 )),
                 _ => {}
             }
+            for m in l.upstream.iter().flat_map(|u| &u.proxy_methods) {
+                if let Err(e) = crate::server::upstream::proxy_allowed(m) {
+                    problems.push(self.invalid(key("upstream.proxy_methods"), e));
+                }
+            }
+            if l.tls.is_some() && l.auth != AuthMode::Bearer {
+                problems.push(self.invalid(
+                    key("auth"),
+                    "a TLS listener authenticates clients: use auth = \"bearer\" \
+                     (certificates by cert_dns_name, or bearer tokens)",
+                ));
+            }
             if l.max_body_bytes < 1024 {
                 problems.push(self.invalid(key("max_body_bytes"), "must be at least 1024"));
+            }
+            if l.approval_wait_secs > MAX_APPROVAL_WAIT_SECS {
+                problems.push(self.invalid(
+                    key("approval_wait_secs"),
+                    format!("at most {MAX_APPROVAL_WAIT_SECS}"),
+                ));
             }
         }
         let mut client_names = HashSet::new();
@@ -335,17 +420,24 @@ impl Config {
                 problems.push(self.invalid(key("name"), format!("duplicate client {:?}", c.name)));
             }
             let ok = c.token_sha256.len() == 64 && hex::decode(&c.token_sha256).is_ok();
-            if !ok {
+            let cert_only = c.token_sha256.is_empty() && c.cert_dns_name.is_some();
+            if !ok && !cert_only {
                 problems.push(self.invalid(
                     key("token_sha256"),
                     "expected 64 hex digits (see `keyguard clients token`)",
                 ));
-            } else if !hashes.insert(c.token_sha256.to_ascii_lowercase()) {
+            } else if ok && !hashes.insert(c.token_sha256.to_ascii_lowercase()) {
                 problems.push(self.invalid(key("token_sha256"), "two clients share a token"));
             }
         }
         let mut policy_names = HashSet::new();
+        let base = self.path.parent().unwrap_or(Path::new("."));
         for (i, p) in self.policies.iter().enumerate() {
+            if let Some(evm) = &p.evm {
+                if let Err(e) = evm.prepare(base) {
+                    problems.push(self.invalid(format!("policies[{i}].evm"), e));
+                }
+            }
             if !policy_names.insert(&p.name) {
                 problems.push(self.invalid(
                     format!("policies[{i}].name"),
@@ -353,11 +445,73 @@ impl Config {
                 ));
             }
         }
+        problems.extend(self.people_problems());
         for (key, pattern) in self.key_references() {
             if pattern != "*" {
                 if let Err(e) = KeyId::new(pattern) {
                     problems.push(self.invalid(key, e.to_string()));
                 }
+            }
+        }
+        problems
+    }
+
+    /// The admin socket in force.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.admin
+            .socket
+            .clone()
+            .unwrap_or_else(|| self.data.admin_socket())
+    }
+
+    fn people_problems(&self) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
+        for (key, value) in [
+            ("admin.proposal_ttl", &self.admin.proposal_ttl),
+            ("admin.audit_head_interval", &self.admin.audit_head_interval),
+        ] {
+            match parse_duration(value) {
+                Ok(d) if d.is_zero() => problems.push(self.invalid(key, "must not be zero")),
+                Ok(_) => {}
+                Err(e) => problems.push(self.invalid(key, e)),
+            }
+        }
+        if self.admin.issuer.contains(':') {
+            problems.push(self.invalid("admin.issuer", "may not contain ':'"));
+        }
+        if let Some(limits) = &self.rate_limits {
+            for (name, limit) in [
+                ("per_client", &limits.per_client),
+                ("per_key", &limits.per_key),
+                ("per_method", &limits.per_method),
+            ] {
+                if let Some(l) = limit {
+                    if crate::access::limits::quota(l).is_none() {
+                        problems.push(self.invalid(
+                            format!("rate_limits.{name}"),
+                            "per_second must be a positive number and burst at least 1",
+                        ));
+                    }
+                }
+            }
+        }
+        for (i, p) in self.policies.iter().enumerate() {
+            let Some(rule) = p.evm.as_ref().and_then(|e| e.require_approval.as_ref()) else {
+                continue;
+            };
+            let key = |k: &str| format!("policies[{i}].evm.require_approval.{k}");
+            if rule.approvers == 0 {
+                problems.push(self.invalid(key("approvers"), "must be at least 1"));
+            }
+            if rule.group.is_empty() {
+                problems.push(self.invalid(key("group"), "must name a group"));
+            }
+            match parse_duration(&rule.within) {
+                Ok(d) if d.is_zero() => {
+                    problems.push(self.invalid(key("within"), "must not be zero"))
+                }
+                Ok(_) => {}
+                Err(e) => problems.push(self.invalid(key("within"), e)),
             }
         }
         problems

@@ -227,6 +227,14 @@ impl Guard {
             .cometbft
             .clone()
             .ok_or_else(|| GuardError::Backend("CometBFT signing is not enabled".into()))?;
+        // The kill switch stops consensus signing too: a validator that misses blocks loses
+        // little, one that signs with a compromised key can lose its stake.
+        if self.controls.kill.is_disabled(Some(target.key.as_str())) {
+            return Err(GuardError::KeyDisabled(format!(
+                "key {} is disabled",
+                target.key
+            )));
+        }
         let slot = cg.slot(&target.chain_id, &target.key);
         let mut cached = slot.lock().await;
 

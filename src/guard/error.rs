@@ -16,6 +16,24 @@ pub enum GuardError {
     /// The backend failed, pass 2 failed, or the audit log could not commit (`-32007`).
     #[error("backend failure: {0}")]
     Backend(String),
+    /// Held until enough humans approve this exact intent (`-32002`).
+    #[error("approval {approval_id} required: {approved} of {required} approvals")]
+    ApprovalRequired {
+        approval_id: String,
+        required: u32,
+        approved: u32,
+        /// Unix milliseconds after which the request can no longer be approved.
+        expires_at_ms: i64,
+    },
+    /// A rate limit is exhausted (`-32003`).
+    #[error("rate limited by {rule}; retry after {retry_after_ms} ms")]
+    RateLimited {
+        rule: &'static str,
+        retry_after_ms: u64,
+    },
+    /// The key (or every key) is switched off (`-32004`).
+    #[error("key disabled: {0}")]
+    KeyDisabled(String),
 }
 
 impl GuardError {
@@ -26,6 +44,9 @@ impl GuardError {
             GuardError::Rejected(Rejection::InvalidParams { .. }) => Some("request.invalid"),
             GuardError::Unauthorized(_) => Some("access.key_not_granted"),
             GuardError::Backend(_) => None,
+            GuardError::ApprovalRequired { .. } => Some("approval.required"),
+            GuardError::RateLimited { rule, .. } => Some(rule),
+            GuardError::KeyDisabled(_) => Some("kill_switch"),
         }
     }
 
@@ -33,6 +54,7 @@ impl GuardError {
     pub fn decision(&self) -> Decision {
         match self {
             GuardError::Backend(_) => Decision::Failed,
+            GuardError::ApprovalRequired { .. } => Decision::Held,
             _ => Decision::Refused,
         }
     }

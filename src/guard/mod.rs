@@ -9,15 +9,20 @@
 
 mod cometbft;
 mod error;
+mod evm_more;
+mod people;
 
 pub use cometbft::{CometbftSigned, CometbftTarget};
 pub use error::GuardError;
+pub use evm_more::DigestRequest;
+pub use people::intent_digest;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use alloy_consensus::{SignableTransaction, Transaction};
 use alloy_primitives::Address;
 use keyguard_chain::{KeyId, Rejection};
 use keyguard_evm::{EvmPolicy, SignedTx, TxIntent};
@@ -26,7 +31,8 @@ use serde_json::Value;
 use crate::access::Caller;
 use crate::backend::{KeyBackend, KeyInfo};
 use crate::config::{patterns_match, Config};
-use crate::store::{AuditEntry, AuditLog, Decision};
+use crate::policy::{Ledger, NonceClaim, Reservation};
+use crate::store::{AuditEntry, AuditLog, Decision, Store};
 
 /// The policy that governs one key, resolved at start.
 #[derive(Debug)]
@@ -64,6 +70,8 @@ pub struct Guard {
     id_prefix: String,
     next_id: AtomicU64,
     cometbft: Option<Arc<cometbft::CometbftGuard>>,
+    ledger: Ledger,
+    controls: people::Controls,
 }
 
 impl Guard {
@@ -79,6 +87,7 @@ impl Guard {
             .unwrap_or_default()
             .as_millis();
         Guard {
+            controls: people::Controls::new(config),
             policies: RwLock::new(Arc::new(resolve_policies(config, &keys))),
             backend,
             audit,
@@ -86,6 +95,7 @@ impl Guard {
             id_prefix: format!("{started:x}"),
             next_id: AtomicU64::new(1),
             cometbft: None,
+            ledger: Ledger::default(),
         }
     }
 
@@ -93,6 +103,7 @@ impl Guard {
     pub fn reload_policies(&self, config: &Config) {
         let set = Arc::new(resolve_policies(config, &self.backend.keys()));
         *self.policies.write().unwrap_or_else(|e| e.into_inner()) = set;
+        self.reload_limits(config);
     }
 
     fn policy_for(&self, key: &KeyId) -> Option<Arc<KeyPolicy>> {
@@ -125,25 +136,77 @@ impl Guard {
         chain_hint: u64,
         params: &Value,
     ) -> Result<SignedTx, GuardError> {
+        let intent = keyguard_evm::decode_sign_transaction_params(params);
+        self.sign_evm_intent(caller, chain_hint, "eth_signTransaction", intent)
+            .await
+    }
+
+    /// The pipeline for an already decoded transaction (`eth_sendTransaction` fills fields
+    /// from the node first; Clef's `account_signTransaction` arrives in its own envelope).
+    pub async fn sign_evm_intent(
+        &self,
+        caller: &Caller,
+        chain_hint: u64,
+        method: &'static str,
+        intent: Result<TxIntent, Rejection>,
+    ) -> Result<SignedTx, GuardError> {
         let started = std::time::Instant::now();
-        let request_id = self.new_request_id();
-        let mut entry = AuditEntry {
-            request_id: request_id.clone(),
+        let mut entry = self.entry(caller, chain_hint, method);
+        // `from` names the key: the kill switch and the per-key rate limit refuse before any
+        // policy work.
+        let key_hint = intent
+            .as_ref()
+            .ok()
+            .and_then(|i| self.evm_keys.get(&i.from));
+        let (outcome, _pass) = match self.pre_check(caller, method, key_hint).await {
+            Ok(pass) => (
+                self.evm_stages(caller, intent, &mut entry).await,
+                Some(pass),
+            ),
+            Err(e) => {
+                entry.key_id = key_hint.map(ToString::to_string);
+                (Err(e), None)
+            }
+        };
+        if let Ok((signed, _)) = &outcome {
+            entry.tx_hash = Some(signed.hash.to_string());
+        }
+        self.conclude(caller, method, started, entry, outcome).await
+    }
+
+    fn entry(&self, caller: &Caller, chain_hint: u64, method: &'static str) -> AuditEntry {
+        AuditEntry {
+            request_id: self.new_request_id(),
             client: caller.name.to_string(),
             key_id: None,
             chain: Some(format!("eip155:{chain_hint}")),
-            method: "eth_signTransaction".into(),
+            method: method.into(),
             summary: Value::Null,
             decision: Decision::Refused,
             rule: None,
             reason: None,
             tx_hash: None,
-        };
-        let outcome = self.evm_stages(caller, params, &mut entry).await;
+        }
+    }
+
+    /// Audit (with the request's conflict-guard state in the same commit), metrics, release.
+    async fn conclude<T>(
+        &self,
+        caller: &Caller,
+        method: &'static str,
+        started: std::time::Instant,
+        mut entry: AuditEntry,
+        outcome: Result<(T, Option<Reservation<'_>>), GuardError>,
+    ) -> Result<T, GuardError> {
+        let request_id = entry.request_id.clone();
+        let mut state = Vec::new();
         match &outcome {
-            Ok(signed) => {
+            Ok((_, reservation)) => {
                 entry.decision = Decision::Signed;
-                entry.tx_hash = Some(signed.hash.to_string());
+                state = reservation
+                    .as_ref()
+                    .map(Reservation::writes)
+                    .unwrap_or_default();
             }
             Err(e) => {
                 entry.decision = e.decision();
@@ -153,25 +216,23 @@ impl Guard {
         }
         let chain = entry.chain.clone().unwrap_or_default();
         let rule = entry.rule.clone();
-        let committed = self.audit.append(entry).await;
+        let committed = self.audit.append_with_state(entry, state).await;
         let decision = match (&outcome, &committed) {
             (Ok(_), Ok(_)) => Decision::Signed,
             (Ok(_), Err(_)) => Decision::Failed,
             (Err(e), _) => e.decision(),
         };
-        crate::metrics::request(
-            &chain,
-            "eth_signTransaction",
-            decision.as_str(),
-            started.elapsed(),
-        );
+        crate::metrics::request(&chain, method, decision.as_str(), started.elapsed());
         if let (Decision::Refused, Some(rule)) = (decision, rule) {
             crate::metrics::rejection(&rule);
         }
         match (outcome, committed) {
-            (Ok(signed), Ok(_)) => {
-                tracing::info!(request_id, client = %caller.name, tx = %signed.hash, "signed");
-                Ok(signed)
+            (Ok((value, reservation)), Ok(_)) => {
+                if let Some(r) = reservation {
+                    r.commit();
+                }
+                tracing::info!(request_id, client = %caller.name, method, "signed");
+                Ok(value)
             }
             (Ok(_), Err(e)) => {
                 tracing::error!(request_id, error = %e, "audit commit failed; signature withheld");
@@ -189,21 +250,15 @@ impl Guard {
         }
     }
 
-    async fn evm_stages(
+    /// The key behind an EVM address, checked against the caller's grants, and its policy.
+    fn evm_key(
         &self,
         caller: &Caller,
-        params: &Value,
+        from: Address,
         entry: &mut AuditEntry,
-    ) -> Result<SignedTx, GuardError> {
-        let intent: TxIntent = keyguard_evm::decode_sign_transaction_params(params)?;
-        entry.summary = intent.summary();
-        entry.chain = Some(format!("eip155:{}", intent.chain_id()));
-
-        let key = self.evm_keys.get(&intent.from).ok_or_else(|| {
-            Rejection::invalid(
-                "from",
-                format!("{} is not an account of this signer", intent.from),
-            )
+    ) -> Result<(KeyId, Arc<KeyPolicy>), GuardError> {
+        let key = self.evm_keys.get(&from).ok_or_else(|| {
+            Rejection::invalid("from", format!("{from} is not an account of this signer"))
         })?;
         entry.key_id = Some(key.to_string());
         if !caller.may_use(key) {
@@ -212,20 +267,98 @@ impl Guard {
                 caller.name
             )));
         }
-
         let policy = self.policy_for(key);
         if let (Some(p), Value::Object(summary)) = (&policy, &mut entry.summary) {
             summary.insert("policy".into(), Value::String(p.name.clone()));
         }
-        let Some(evm) = policy.as_ref().and_then(|p| p.evm.as_ref()) else {
-            return Err(Rejection::policy(
+        match policy {
+            Some(p) if p.evm.is_some() => Ok((key.clone(), p)),
+            _ => Err(Rejection::policy(
                 "policy.none",
                 "from",
                 format!("no policy with Ethereum rules governs key {key}"),
             )
-            .into());
+            .into()),
+        }
+    }
+
+    async fn evm_stages(
+        &self,
+        caller: &Caller,
+        intent: Result<TxIntent, Rejection>,
+        entry: &mut AuditEntry,
+    ) -> Result<(SignedTx, Option<Reservation<'_>>), GuardError> {
+        let intent = intent?;
+        entry.summary = intent.summary();
+        entry.chain = Some(format!("eip155:{}", intent.chain_id()));
+        let (key, policy) = self.evm_key(caller, intent.from, entry)?;
+        let Some(evm) = policy.evm.as_ref() else {
+            return Err(Rejection::policy("policy.none", "from", "no Ethereum rules").into());
         };
-        evm.check(&intent)?;
+        let now = now_ms();
+        let decision = evm.decide(&intent, now)?;
+        if let Value::Object(summary) = &mut entry.summary {
+            summary.insert("decision".into(), decision.to_json());
+        }
+        if self.controls.kill.is_disabled(Some(key.as_str())) {
+            // The hint and the decoded `from` are the same field; this guards future changes.
+            return Err(GuardError::KeyDisabled(format!("key {key} is disabled")));
+        }
+
+        let chain = format!("eip155:{}", intent.chain_id());
+        let requirement = evm.approval_needed(&intent).map(people::evm_requirement);
+        let digest = intent_digest(&key, &chain, intent.tx.signature_hash().as_slice());
+        let input = people::ApprovalInput {
+            key: &key,
+            chain: &chain,
+            digest,
+            summary: &entry.summary,
+        };
+        let approval = self.approval_stage(caller, input, requirement).await;
+        if let (Value::Object(summary), Err(GuardError::ApprovalRequired { approval_id, .. })) =
+            (&mut entry.summary, &approval)
+        {
+            summary.insert("approval_id".into(), Value::String(approval_id.clone()));
+        }
+        let approval = approval?;
+        if let (Value::Object(summary), Some(id)) = (&mut entry.summary, &approval) {
+            summary.insert("approval_id".into(), Value::String(id.clone()));
+        }
+        let signed = self
+            .reserve_and_sign(&key, evm, &intent, &decision, now)
+            .await;
+        if let (Err(_), Some(id)) = (&signed, &approval) {
+            self.restore_approval(id);
+        }
+        signed
+    }
+
+    /// Conflict guard (velocity and nonce reservations, released on any failure), sign, pass 2.
+    async fn reserve_and_sign(
+        &self,
+        key: &KeyId,
+        evm: &EvmPolicy,
+        intent: &TxIntent,
+        decision: &keyguard_evm::TxDecision,
+        now: u64,
+    ) -> Result<(SignedTx, Option<Reservation<'_>>), GuardError> {
+        let nonce = evm.nonce_rules().map(|n| NonceClaim {
+            chain_id: intent.chain_id(),
+            nonce: intent.tx.nonce(),
+            sighash: intent.tx.signature_hash(),
+            max_fee: intent.tx.max_fee_per_gas(),
+            tip: intent
+                .tx
+                .max_priority_fee_per_gas()
+                .unwrap_or(intent.tx.max_fee_per_gas()),
+            allow_replacement: n.allow_replacement,
+            min_bump_percent: n.min_fee_bump_percent,
+        });
+        let reservation = if decision.debits.is_empty() && nonce.is_none() {
+            None
+        } else {
+            Some(self.ledger.reserve(key, &decision.debits, nonce, now)?)
+        };
 
         let sign_started = std::time::Instant::now();
         let signature = self
@@ -234,14 +367,40 @@ impl Guard {
             .await
             .map_err(|e| GuardError::Backend(e.to_string()))?;
         crate::metrics::sign(self.backend.name(), sign_started.elapsed());
-        keyguard_evm::finalize(&intent, &signature).map_err(|e| {
+        let signed = keyguard_evm::finalize(intent, &signature).map_err(|e| {
             tracing::error!(key = %key, error = %e, "ALERT: pass 2 rejected a backend signature");
             GuardError::Backend(e.to_string())
-        })
+        })?;
+        Ok((signed, reservation))
     }
+
+    /// The policy's fee caps `(max_fee_per_gas, max_priority_fee_per_gas)` for an account,
+    /// used to clamp fees an upstream node suggests.
+    pub fn evm_fee_caps(
+        &self,
+        from: Address,
+    ) -> Option<(alloy_primitives::U256, alloy_primitives::U256)> {
+        let key = self.evm_keys.get(&from)?;
+        let policy = self.policy_for(key)?;
+        let evm = policy.evm.as_ref()?;
+        Some((evm.max_fee_per_gas.0, evm.max_priority_fee_per_gas.0))
+    }
+
+    /// Rebuilds velocity counters and signed nonces from the store (call once at start).
+    pub fn restore_state(&self, store: &Store) -> Result<(), crate::store::StoreError> {
+        self.ledger.restore(store, now_ms())
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_cometbft;
+#[cfg(test)]
+mod tests_ledger;

@@ -21,7 +21,7 @@ struct LyingBackend {
     actual: SigningKey,
 }
 
-fn public(key: &SigningKey) -> PublicKey {
+pub(super) fn public(key: &SigningKey) -> PublicKey {
     let point = key.verifying_key().to_encoded_point(false);
     PublicKey::Secp256k1(point.as_bytes().try_into().unwrap())
 }
@@ -71,7 +71,7 @@ max_priority_fee_per_gas = "500 gwei"
 max_fee_per_blob_gas = "500 gwei"
 "#;
 
-fn caller(grants: &[&str]) -> Caller {
+pub(super) fn caller(grants: &[&str]) -> Caller {
     Caller {
         name: "test".into(),
         grants: grants
@@ -80,6 +80,7 @@ fn caller(grants: &[&str]) -> Caller {
             .collect::<Vec<_>>()
             .into(),
         response: ResponseShape::Raw,
+        approval_wait: std::time::Duration::ZERO,
     }
 }
 

@@ -26,12 +26,13 @@ pub struct EvmListener {
     pub auth: Arc<AuthSwitch>,
 }
 
-struct EvmContext {
-    guard: Arc<Guard>,
-    chain_id: u64,
+pub(super) struct EvmContext {
+    pub(super) guard: Arc<Guard>,
+    pub(super) chain_id: u64,
+    pub(super) upstream: Option<Arc<super::upstream::Upstream>>,
 }
 
-fn caller(ext: &Extensions) -> Result<&Caller, ErrorObjectOwned> {
+pub(super) fn caller(ext: &Extensions) -> Result<&Caller, ErrorObjectOwned> {
     match ext.get::<Authentication>() {
         Some(Authentication::Caller(c)) => Ok(c),
         Some(Authentication::Refused(reason)) => Err(rpc_error::unauthorized(reason)),
@@ -39,8 +40,13 @@ fn caller(ext: &Extensions) -> Result<&Caller, ErrorObjectOwned> {
     }
 }
 
-fn build_module(ctx: EvmContext) -> RpcModule<EvmContext> {
+fn build_module(ctx: EvmContext, proxied: &[String]) -> RpcModule<EvmContext> {
+    let has_upstream = ctx.upstream.is_some();
     let mut module = RpcModule::new(ctx);
+    super::evm_methods::register_signing(&mut module);
+    if has_upstream {
+        super::evm_methods::register_upstream(&mut module, proxied);
+    }
     module
         .register_method("health_status", |_, _, _| "OK")
         .expect("unique method");
@@ -90,23 +96,60 @@ pub async fn start(
     let edge = EdgeLayer {
         auth: auth.clone(),
         max_body: listener.max_body_bytes as usize,
+        cert_name: None,
     };
     let server_config = ServerConfig::builder()
         .max_request_body_size(listener.max_body_bytes)
         .max_connections(4096)
         .set_batch_request_config(BatchRequestConfig::Limit(100))
         .build();
-    let server = Server::builder()
-        .set_config(server_config)
-        .set_http_middleware(tower::ServiceBuilder::new().layer(edge))
-        .build(listener.address)
-        .await?;
-    let local_addr = server.local_addr()?;
-    let module = build_module(EvmContext {
-        guard,
-        chain_id: listener.chain_id,
-    });
-    let handle = server.start(module);
+    let upstream = match &listener.upstream {
+        Some(u) => Some(Arc::new(
+            super::upstream::Upstream::new(&u.url).map_err(std::io::Error::other)?,
+        )),
+        None => None,
+    };
+    let proxied = listener
+        .upstream
+        .as_ref()
+        .map(|u| u.proxy_methods.clone())
+        .unwrap_or_default();
+    let module = build_module(
+        EvmContext {
+            guard,
+            chain_id: listener.chain_id,
+            upstream,
+        },
+        &proxied,
+    );
+    let (handle, local_addr) = match &listener.tls {
+        None => {
+            let server = Server::builder()
+                .set_config(server_config)
+                .set_http_middleware(tower::ServiceBuilder::new().layer(edge))
+                .build(listener.address)
+                .await?;
+            let local_addr = server.local_addr()?;
+            (server.start(module), local_addr)
+        }
+        Some(tls) => {
+            let acceptor =
+                tokio_rustls::TlsAcceptor::from(Arc::new(super::tls::server_config(tls)?));
+            let tcp = tokio::net::TcpListener::bind(listener.address).await?;
+            let local_addr = tcp.local_addr()?;
+            let (stop, handle) = jsonrpsee::server::stop_channel();
+            tokio::spawn(super::tls::serve(
+                tcp,
+                acceptor,
+                module.into(),
+                server_config,
+                auth.clone(),
+                listener.max_body_bytes as usize,
+                stop,
+            ));
+            (handle, local_addr)
+        }
+    };
     Ok(EvmListener {
         handle,
         local_addr,

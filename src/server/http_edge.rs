@@ -21,6 +21,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) struct EdgeLayer {
     pub(crate) auth: Arc<AuthSwitch>,
     pub(crate) max_body: usize,
+    /// The first DNS name of the TLS client certificate of this connection, if any.
+    pub(crate) cert_name: Option<Arc<str>>,
 }
 
 impl<S> Layer<S> for EdgeLayer {
@@ -31,6 +33,7 @@ impl<S> Layer<S> for EdgeLayer {
             inner,
             auth: self.auth.clone(),
             max_body: self.max_body,
+            cert_name: self.cert_name.clone(),
         }
     }
 }
@@ -41,6 +44,7 @@ pub(crate) struct EdgeService<S> {
     inner: S,
     auth: Arc<AuthSwitch>,
     max_body: usize,
+    cert_name: Option<Arc<str>>,
 }
 
 fn too_large(limit: usize) -> HttpResponse {
@@ -104,7 +108,10 @@ where
             .headers()
             .get(http::header::AUTHORIZATION)
             .map(|v| v.as_bytes());
-        let authentication = self.auth.current().authenticate(authorization);
+        let authentication = self
+            .auth
+            .current()
+            .authenticate_with_cert(self.cert_name.as_deref(), authorization);
         let (mut parts, body) = request.into_parts();
         parts.extensions.insert(authentication);
         // Take the service that was polled ready, leave a fresh clone behind.

@@ -19,6 +19,10 @@ pub enum Decision {
     Signed,
     Refused,
     Failed,
+    /// Held for human approval (`-32002`); a later retry may sign.
+    Held,
+    /// An admin action that took effect.
+    Accepted,
 }
 
 impl Decision {
@@ -27,6 +31,8 @@ impl Decision {
             Decision::Signed => "signed",
             Decision::Refused => "refused",
             Decision::Failed => "failed",
+            Decision::Held => "held",
+            Decision::Accepted => "accepted",
         }
     }
 }
@@ -44,6 +50,8 @@ impl FromStr for Decision {
             "signed" => Ok(Decision::Signed),
             "refused" => Ok(Decision::Refused),
             "failed" => Ok(Decision::Failed),
+            "held" => Ok(Decision::Held),
+            "accepted" => Ok(Decision::Accepted),
             other => Err(format!("unknown decision {other:?}")),
         }
     }

@@ -33,6 +33,78 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
     ),
     (
         2,
+        // People and control: users with roles and TOTP, M-of-N approvals, the kill switch and
+        // two-admin proposals. `key_controls.key_id = '*'` is the all-keys switch.
+        "CREATE TABLE users (
+        name           TEXT PRIMARY KEY,
+        roles          TEXT NOT NULL,
+        groups         TEXT NOT NULL,
+        totp_secret    BLOB NOT NULL,
+        last_totp_step INTEGER NOT NULL DEFAULT 0,
+        created_ms     INTEGER NOT NULL
+    );
+    CREATE TABLE approvals (
+        id            TEXT PRIMARY KEY,
+        key_id        TEXT NOT NULL,
+        intent_digest BLOB NOT NULL,
+        requester     TEXT NOT NULL,
+        chain         TEXT,
+        summary       TEXT NOT NULL,
+        rule          TEXT NOT NULL,
+        grp           TEXT NOT NULL,
+        required      INTEGER NOT NULL,
+        created_ms    INTEGER NOT NULL,
+        expires_ms    INTEGER NOT NULL,
+        state         TEXT NOT NULL,
+        consumed_ms   INTEGER
+    );
+    CREATE INDEX approvals_intent ON approvals(key_id, intent_digest, created_ms);
+    CREATE TABLE approval_votes (
+        approval_id TEXT NOT NULL REFERENCES approvals(id),
+        user        TEXT NOT NULL,
+        vote        TEXT NOT NULL,
+        ts_ms       INTEGER NOT NULL,
+        PRIMARY KEY (approval_id, user)
+    );
+    CREATE TABLE key_controls (
+        key_id     TEXT PRIMARY KEY,
+        disabled   INTEGER NOT NULL,
+        changed_ms INTEGER NOT NULL,
+        changed_by TEXT NOT NULL
+    );
+    CREATE TABLE admin_proposals (
+        action     TEXT NOT NULL,
+        proposer   TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        PRIMARY KEY (action, proposer)
+    );",
+    ),
+    // Conflict-guard state of the EVM policy engine (see store/ledger.rs).
+    (
+        3,
+        "CREATE TABLE velocity_events (
+            id         INTEGER PRIMARY KEY,
+            key_id     TEXT NOT NULL,
+            counter    TEXT NOT NULL,
+            ts_ms      INTEGER NOT NULL,
+            amount     TEXT NOT NULL,
+            request_id TEXT NOT NULL
+        );
+        CREATE INDEX velocity_events_ts ON velocity_events(ts_ms);
+        CREATE TABLE evm_nonces (
+            key_id     TEXT NOT NULL,
+            chain_id   INTEGER NOT NULL,
+            nonce      INTEGER NOT NULL,
+            sighash    BLOB NOT NULL,
+            max_fee    TEXT NOT NULL,
+            tip        TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            PRIMARY KEY (key_id, chain_id, nonce)
+        );",
+    ),
+    (
+        4,
         // The CometBFT double-sign watermark: the last height/round/step signed per chain and
         // key, with what was signed, so a timestamp-only repeat gets the same signature back.
         "CREATE TABLE cometbft_watermarks (

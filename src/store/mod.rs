@@ -5,8 +5,10 @@
 //! concurrently with the writer).
 
 mod audit;
+mod ledger;
 mod migrations;
 mod read;
+pub(crate) mod state;
 mod watermarks;
 mod writer;
 
@@ -23,6 +25,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags};
 
 pub use audit::{AuditEntry, AuditReceipt, AuditRow, AuditVerification, Decision, GENESIS_HASH};
+pub use ledger::{NonceRow, StateWrite, VelocityRow};
+pub use read::AuditFilter;
+pub(crate) use state as state_sql;
+pub use state::{ApprovalRecord, StateDb, UserRecord};
 pub use watermarks::{WatermarkError, WatermarkRow, WatermarkStore};
 pub use writer::AuditLog;
 
@@ -166,6 +172,26 @@ impl Store {
         read::recent(&self.reader(), limit)
     }
 
+    /// Audit rows matching `filter`. Blocking.
+    pub fn query_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
+        read::query(&self.reader(), filter)
+    }
+
+    /// A connection for control state (users, approvals, kill switch).
+    pub fn state_db(&self) -> Result<StateDb, StoreError> {
+        StateDb::open(&self.path)
+    }
+
+    /// Velocity rows counted at or after `since_ms` (to rebuild counters at start). Blocking.
+    pub fn velocity_since(&self, since_ms: i64) -> Result<Vec<VelocityRow>, StoreError> {
+        ledger::velocity_since(&self.reader(), since_ms)
+    }
+
+    /// Every signed EVM nonce (to rebuild nonce rules at start). Blocking.
+    pub fn evm_nonces(&self) -> Result<Vec<NonceRow>, StoreError> {
+        ledger::nonces(&self.reader())
+    }
+
     /// Recomputes the whole hash chain from a consistent snapshot. Blocking, O(rows).
     pub fn verify_audit(&self) -> Result<AuditVerification, StoreError> {
         read::verify(&self.reader())
@@ -174,6 +200,15 @@ impl Store {
     /// Verifies the chain of the database at `path`, opened read-only, without starting a writer
     /// or migrating (for `keyguard audit verify` against a copy or a live daemon's file).
     pub fn verify_path(path: &Path) -> Result<AuditVerification, StoreError> {
+        read::verify(&Self::open_read_only(path)?)
+    }
+
+    /// Audit rows matching `filter` from the database at `path`, opened read-only.
+    pub fn query_path(path: &Path, filter: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
+        read::query(&Self::open_read_only(path)?, filter)
+    }
+
+    fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -190,7 +225,7 @@ impl Store {
         if found > known {
             return Err(StoreError::TooNew { found, known });
         }
-        read::verify(&conn)
+        Ok(conn)
     }
 
     /// Stops the writer after everything queued has been written, and waits for its thread.

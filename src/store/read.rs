@@ -57,37 +57,105 @@ fn to32(v: &[u8], seq: i64, col: &str) -> Result<[u8; 32], StoreError> {
 
 /// The newest `limit` rows, newest first.
 pub(crate) fn recent(conn: &Connection, limit: usize) -> Result<Vec<AuditRow>, StoreError> {
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let sql = format!("SELECT {SELECT_COLUMNS} FROM audit_log ORDER BY seq DESC LIMIT ?1");
+    let filter = AuditFilter {
+        limit: Some(limit),
+        newest_first: true,
+        ..AuditFilter::default()
+    };
+    query(conn, &filter)
+}
+
+/// Which audit rows to read. Every set field must match; `None` matches anything.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditFilter {
+    /// Rows at or after this time (unix ms).
+    pub since_ms: Option<i64>,
+    /// Rows before this time (unix ms).
+    pub until_ms: Option<i64>,
+    pub chain: Option<String>,
+    pub key: Option<String>,
+    pub client: Option<String>,
+    pub decision: Option<String>,
+    pub rule: Option<String>,
+    pub method: Option<String>,
+    /// Rows after this seq (for following the log).
+    pub after_seq: Option<i64>,
+    /// At most this many rows.
+    pub limit: Option<usize>,
+    /// Newest first instead of in chain order.
+    pub newest_first: bool,
+}
+
+/// Rows matching `filter`.
+pub(crate) fn query(conn: &Connection, filter: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
+    use rusqlite::types::Value as Sql;
+    let mut sql = format!("SELECT {SELECT_COLUMNS} FROM audit_log WHERE 1 = 1");
+    let mut args: Vec<Sql> = Vec::new();
+    let mut cond = |column: &str, op: &str, v: Sql| {
+        args.push(v);
+        sql.push_str(&format!(" AND {column} {op} ?{}", args.len()));
+    };
+    if let Some(v) = filter.since_ms {
+        cond("ts_ms", ">=", Sql::Integer(v));
+    }
+    if let Some(v) = filter.until_ms {
+        cond("ts_ms", "<", Sql::Integer(v));
+    }
+    if let Some(v) = filter.after_seq {
+        cond("seq", ">", Sql::Integer(v));
+    }
+    for (column, v) in [
+        ("chain", &filter.chain),
+        ("key_id", &filter.key),
+        ("client", &filter.client),
+        ("decision", &filter.decision),
+        ("rule", &filter.rule),
+        ("method", &filter.method),
+    ] {
+        if let Some(v) = v {
+            cond(column, "=", Sql::Text(v.clone()));
+        }
+    }
+    sql.push_str(if filter.newest_first {
+        " ORDER BY seq DESC"
+    } else {
+        " ORDER BY seq ASC"
+    });
+    if let Some(limit) = filter.limit {
+        sql.push_str(&format!(
+            " LIMIT {}",
+            i64::try_from(limit).unwrap_or(i64::MAX)
+        ));
+    }
     let mut stmt = conn.prepare(&sql)?;
     let raws = stmt
-        .query_map([limit], RawRow::read)?
+        .query_map(rusqlite::params_from_iter(args), RawRow::read)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    raws.into_iter()
-        .map(|raw| {
-            let seq = raw.seq;
-            let corrupt = |reason: String| StoreError::Corrupt { seq, reason };
-            let [request_id, client, method, summary, decision] = raw.text;
-            let [key_id, chain, rule, reason, tx_hash] = raw.opt;
-            Ok(AuditRow {
-                seq,
-                ts_ms: raw.ts_ms,
-                request_id,
-                client,
-                key_id,
-                chain,
-                method,
-                summary: serde_json::from_str(&summary)
-                    .map_err(|e| corrupt(format!("summary: {e}")))?,
-                decision: decision.parse().map_err(corrupt)?,
-                rule,
-                reason,
-                tx_hash,
-                prev_hash: to32(&raw.prev_hash, seq, "prev_hash")?,
-                hash: to32(&raw.hash, seq, "hash")?,
-            })
-        })
-        .collect()
+    raws.into_iter().map(to_row).collect()
+}
+
+fn to_row(raw: RawRow) -> Result<AuditRow, StoreError> {
+    let seq = raw.seq;
+    let corrupt = |reason: String| StoreError::Corrupt { seq, reason };
+    let [request_id, client, method, summary, decision] = raw.text;
+    let [key_id, chain, rule, reason, tx_hash] = raw.opt;
+    Ok(AuditRow {
+        seq,
+        ts_ms: raw.ts_ms,
+        request_id,
+        client,
+        key_id,
+        chain,
+        method,
+        summary: serde_json::from_str(&summary).map_err(|e| corrupt(format!("summary: {e}")))?,
+        decision: decision.parse().map_err(corrupt)?,
+        rule,
+        reason,
+        tx_hash,
+        prev_hash: to32(&raw.prev_hash, seq, "prev_hash")?,
+        hash: to32(&raw.hash, seq, "hash")?,
+    })
 }
 
 /// Recomputes the whole chain; fails at the first row (or missing seq) that does not match.

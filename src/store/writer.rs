@@ -9,6 +9,7 @@ use rusqlite::{params, Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::audit::{AuditEntry, AuditReceipt, RowFields};
+use super::ledger::{self, StateWrite};
 use super::read;
 use super::{now_ms, StoreError};
 
@@ -16,9 +17,10 @@ use super::{now_ms, StoreError};
 pub(crate) const MAX_BATCH: usize = 512;
 
 type Reply = oneshot::Sender<Result<AuditReceipt, StoreError>>;
+type Pending = (Box<AuditEntry>, Vec<StateWrite>, Reply);
 
 pub(crate) enum Msg {
-    Append(Box<AuditEntry>, Reply),
+    Append(Box<AuditEntry>, Vec<StateWrite>, Reply),
     /// Answered once every message queued before it has been processed.
     Flush(oneshot::Sender<()>),
     /// Drain what is queued before it, then stop; later messages are refused.
@@ -52,8 +54,21 @@ impl AuditLog {
         &self,
         entry: AuditEntry,
     ) -> impl Future<Output = Result<AuditReceipt, StoreError>> + Send + 'static {
+        self.append_with_state(entry, Vec::new())
+    }
+
+    /// Like [`AuditLog::append`], and commits `state` rows in the same transaction: the
+    /// conflict-guard state of a signature is durable exactly when its audit row is.
+    pub fn append_with_state(
+        &self,
+        entry: AuditEntry,
+        state: Vec<StateWrite>,
+    ) -> impl Future<Output = Result<AuditReceipt, StoreError>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
-        let sent = self.tx.send(Msg::Append(Box::new(entry), reply)).is_ok();
+        let sent = self
+            .tx
+            .send(Msg::Append(Box::new(entry), state, reply))
+            .is_ok();
         async move {
             if !sent {
                 return Err(stopped());
@@ -131,13 +146,13 @@ pub(crate) fn spawn(
 impl Writer {
     fn run(&mut self, rx: mpsc::Receiver<Msg>) {
         while let Ok(first) = rx.recv() {
-            let mut batch: Vec<(Box<AuditEntry>, Reply)> = Vec::new();
+            let mut batch: Vec<Pending> = Vec::new();
             let mut flushes = Vec::new();
             let mut shutdown = None;
             let mut next = Some(first);
             while let Some(msg) = next.take() {
                 match msg {
-                    Msg::Append(e, r) => batch.push((e, r)),
+                    Msg::Append(e, w, r) => batch.push((e, w, r)),
                     Msg::Flush(r) => flushes.push(r),
                     Msg::Shutdown(r) => {
                         shutdown = Some(r);
@@ -167,7 +182,7 @@ impl Writer {
         }
     }
 
-    fn write_batch(&mut self, batch: Vec<(Box<AuditEntry>, Reply)>) {
+    fn write_batch(&mut self, batch: Vec<Pending>) {
         match self.commit(&batch) {
             Ok(receipts) => {
                 self.commits.fetch_add(1, Ordering::Relaxed);
@@ -175,7 +190,7 @@ impl Writer {
                     self.last_seq = last.seq;
                     self.head = last.hash;
                 }
-                for ((_, reply), receipt) in batch.into_iter().zip(receipts) {
+                for ((_, _, reply), receipt) in batch.into_iter().zip(receipts) {
                     let _ = reply.send(Ok(receipt));
                 }
             }
@@ -183,7 +198,7 @@ impl Writer {
                 self.stale = true;
                 let msg = format!("audit commit failed: {e}");
                 tracing::error!(entries = batch.len(), error = %e, "audit commit failed");
-                for (_, reply) in batch {
+                for (_, _, reply) in batch {
                     let _ = reply.send(Err(StoreError::Unavailable(msg.clone())));
                 }
             }
@@ -191,10 +206,7 @@ impl Writer {
     }
 
     /// Writes the batch in one IMMEDIATE transaction; dropping it on error rolls back.
-    fn commit(
-        &mut self,
-        batch: &[(Box<AuditEntry>, Reply)],
-    ) -> Result<Vec<AuditReceipt>, StoreError> {
+    fn commit(&mut self, batch: &[Pending]) -> Result<Vec<AuditReceipt>, StoreError> {
         if self.stale {
             (self.last_seq, self.head) = read::head(&self.conn)?;
             self.stale = false;
@@ -211,7 +223,10 @@ impl Writer {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?;
             let (mut seq, mut prev) = (self.last_seq, self.head);
-            for (e, _) in batch {
+            for (e, writes, _) in batch {
+                for w in writes {
+                    ledger::write(&tx, &e.request_id, w)?;
+                }
                 seq += 1;
                 let summary = serde_json::to_string(&e.summary)
                     .map_err(|err| StoreError::Unavailable(format!("summary: {err}")))?;
@@ -258,7 +273,7 @@ impl Writer {
 fn refuse(msg: Msg) {
     let closed = || StoreError::Unavailable("store is closed".into());
     match msg {
-        Msg::Append(_, r) => {
+        Msg::Append(_, _, r) => {
             let _ = r.send(Err(closed()));
         }
         Msg::Flush(r) => {

@@ -61,14 +61,20 @@ def _toml_value(v: Any) -> str:
 def _table(out: list[str], header: str, body: dict) -> None:
     out.append(f"\n{header}")
     subtables = []
+    arrays = []
     for k, v in body.items():
         if isinstance(v, dict):
             subtables.append((k, v))
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            arrays.append((k, v))  # arrays of tables, e.g. [[policies.evm.rules]]
         elif v is not None:
             out.append(f"{k} = {_toml_value(v)}")
+    name = header.strip("[]")
     for k, v in subtables:
-        name = header.strip("[]")
         _table(out, f"[{name}.{k}]", v)
+    for k, v in arrays:
+        for item in v:
+            _table(out, f"[[{name}.{k}]]", item)
 
 
 def to_toml(cfg: dict) -> str:
@@ -337,7 +343,7 @@ def audit_entry_is_signature(e: Any) -> bool:
 
 
 KEY_RE = re.compile(r"^keyguard: key (\S+) (\S+) (\S+)\s*$")
-LISTENER_RE = re.compile(r"^keyguard: listener (\S+) (\S+) (http://\S+) (ws://\S+)\s*$")
+LISTENER_RE = re.compile(r"^keyguard: listener (\S+) (\S+) (https?://\S+) (wss?://\S+)\s*$")
 
 
 def _die_with_parent() -> None:

@@ -83,6 +83,13 @@ impl<'a> Args<'a> {
 
 /// Decodes one `TransactionArgs` object.
 pub fn decode_transaction_args(v: &Value) -> Result<TxIntent, Rejection> {
+    if !v.is_object() {
+        // Found by fuzzing: the error for a non-object must still name where it was.
+        return Err(Rejection::invalid(
+            "params[0]",
+            "expected a TransactionArgs object",
+        ));
+    }
     let args = Args(wire::object("", v, KNOWN_FIELDS)?);
     if let Some(f) = ["blobs", "commitments", "proofs"]
         .into_iter()

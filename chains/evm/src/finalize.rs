@@ -80,3 +80,35 @@ pub fn finalize(intent: &TxIntent, sig: &Signature) -> Result<SignedTx, Verifica
         hash,
     })
 }
+
+/// Pass 2 for a digest keyguard computed (typed data, messages): the signature must be
+/// canonical and recover to `from`. Returns the 65-byte `r || s || v` (v = 27/28).
+pub fn finalize_digest(
+    from: alloy_primitives::Address,
+    hash: B256,
+    sig: &Signature,
+) -> Result<[u8; 65], VerificationFailure> {
+    let Signature::Secp256k1 { r, s, recovery_id } = sig else {
+        return Err(fail("backend returned a non-secp256k1 signature"));
+    };
+    if *recovery_id > 1 {
+        return Err(fail("recovery id is not 0 or 1"));
+    }
+    let signature = alloy_primitives::Signature::new(
+        U256::from_be_bytes(*r),
+        U256::from_be_bytes(*s),
+        *recovery_id == 1,
+    );
+    if signature.normalize_s().is_some() {
+        return Err(fail("signature has a high s value (not canonical)"));
+    }
+    let signer = signature
+        .recover_address_from_prehash(&hash)
+        .map_err(|e| fail(format!("signer recovery failed: {e}")))?;
+    if signer != from {
+        return Err(fail(format!(
+            "signature recovers to {signer}, not to {from}"
+        )));
+    }
+    Ok(signature.as_bytes())
+}

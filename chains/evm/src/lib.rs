@@ -3,21 +3,35 @@
 //! Layout, in the order a request uses it:
 //! - [`wire`]: strict readers for hex quantities, bytes and addresses (geth's rules).
 //! - [`args`]: `TransactionArgs` -> [`TxIntent`] (pass 1: type inference, required fields).
-//! - [`rules`]: [`EvmPolicy`], the per-key rules checked on the intent before any key is used.
+//! - [`rules`]: [`EvmPolicy`], the per-key rules checked on the intent before any key is used:
+//!   fixed limits, then [`rulecfg`] (config, compiled at load) evaluated by [`engine`]
+//!   (allow/deny rules bound to [`abi`]s, [`token`] movements, velocity debits), with
+//!   [`profile`]s supplying token decimals.
+//! - [`typed`], [`message`]: EIP-712 typed data and EIP-191 messages, hashed here.
 //! - [`TxIntent::payload`]: the digest keyguard signs, computed here, never taken from a client.
 //! - [`finalize`]: pass 2: attach the signature, re-decode the bytes, recover the signer and
 //!   prove the result is the approved intent.
 //!
 //! Pure code: no sockets, storage or keys.
 
+pub mod abi;
 mod args;
+pub mod engine;
 pub mod finalize;
+pub mod message;
+pub mod profile;
+pub mod rulecfg;
 pub mod rules;
+pub mod token;
+pub mod typed;
 mod wire;
 
 pub use args::{decode_sign_transaction_params, decode_transaction_args};
-pub use finalize::{finalize, SignedTx};
-pub use rules::{Destinations, EvmPolicy, Wei};
+pub use engine::{Debit, RuleOutcome, TxDecision};
+pub use finalize::{finalize, finalize_digest, SignedTx};
+pub use message::{decode_eth_sign, decode_personal_sign, MessageIntent};
+pub use rules::{Destinations, EvmApprovalRule, EvmPolicy, Wei};
+pub use typed::{decode_typed_data, decode_typed_data_params, TypedIntent};
 
 use alloy_consensus::{SignableTransaction, Transaction, TypedTransaction};
 use alloy_primitives::{keccak256, Address, U256};
@@ -95,3 +109,5 @@ pub fn address_of(key: &PublicKey) -> Option<Address> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_rules;

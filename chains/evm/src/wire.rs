@@ -118,10 +118,16 @@ pub(crate) fn object<'a>(
         .as_object()
         .ok_or_else(|| Rejection::invalid(field, "expected an object"))?;
     if let Some(unknown) = map.keys().find(|k| !known.contains(&k.as_str())) {
-        let name = if field.is_empty() {
-            unknown.clone()
+        // An empty key still gets a visible name (found by fuzzing).
+        let key = if unknown.is_empty() {
+            "\"\"".to_string()
         } else {
-            format!("{field}.{unknown}")
+            unknown.clone()
+        };
+        let name = if field.is_empty() {
+            key
+        } else {
+            format!("{field}.{key}")
         };
         return Err(Rejection::invalid(name, "unknown field"));
     }

@@ -4,7 +4,8 @@
 //!
 //! Refusals go back as `RemoteSignerError { code, description }`, with these codes:
 //! 1 policy (double-sign, regression, block-field rules; the description starts with the rule),
-//! 2 invalid request, 3 not allowed (SignBytes, wrong key), 4 backend or store failure.
+//! 2 invalid request, 3 not allowed (SignBytes, key disabled by the kill switch), 4 backend or
+//! store failure.
 
 mod conn;
 
@@ -109,7 +110,9 @@ pub fn remote_error(e: &GuardError) -> RemoteError {
     let code = match e {
         GuardError::Rejected(Rejection::Policy { .. }) => CODE_POLICY,
         GuardError::Rejected(Rejection::InvalidParams { .. }) => CODE_INVALID,
-        GuardError::Unauthorized(_) => CODE_NOT_ALLOWED,
+        GuardError::Unauthorized(_) | GuardError::KeyDisabled(_) => CODE_NOT_ALLOWED,
+        // Consensus messages cannot wait for human approval; a rate limit refuses too.
+        GuardError::ApprovalRequired { .. } | GuardError::RateLimited { .. } => CODE_POLICY,
         GuardError::Backend(_) => CODE_BACKEND,
     };
     let description = match e {

@@ -1,0 +1,532 @@
+//! Evaluation of a transaction against a whole policy: fixed limits, caps, token limits, then
+//! the allow/deny rules (deny by default), then the velocity debits the daemon must reserve.
+//!
+//! The same code serves signing (stop at the first refusal) and the dry run (record every
+//! rule's outcome), so `keyguard policy check` cannot disagree with the signer.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use alloy_consensus::Transaction;
+use alloy_primitives::{Address, U256};
+use keyguard_chain::Rejection;
+
+use crate::abi::{Abi, CallError, DecodedCall};
+use crate::profile::AssetRef;
+use crate::rulecfg::{ArgCheck, Compiled, Counted, Literal, Rule};
+use crate::token::{token_move, MoveKind, TokenMove};
+use crate::TxIntent;
+
+/// An amount the daemon must reserve against a rolling-window limit before signing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Debit {
+    /// The velocity limit's name (its counter identity).
+    pub limit: &'static str,
+    /// Counter key: the limit name, plus `@destination` for per-destination limits.
+    pub counter: String,
+    /// Amount counted by this request (1 for transaction counts).
+    pub amount: U256,
+    /// The limit.
+    pub max: U256,
+    /// Window length in milliseconds.
+    pub window_ms: u64,
+}
+
+/// Why a transaction was allowed, and what it commits the key to.
+#[derive(Clone, Debug)]
+pub struct TxDecision {
+    /// The rule that allowed it (`policy.limits` when the policy has no rule list).
+    pub allowed_by: &'static str,
+    /// Velocity reservations required.
+    pub debits: Vec<Debit>,
+    /// The token movement, if the call is one.
+    pub token: Option<TokenMove>,
+    /// Calldata decoded by the allowing rule's ABI.
+    pub call: Option<DecodedCall>,
+}
+
+impl TxDecision {
+    /// JSON for the audit row.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "allowed_by": self.allowed_by,
+            "token": self.token.as_ref().map(TokenMove::to_json),
+            "call": self.call.as_ref().map(DecodedCall::to_json),
+        })
+    }
+}
+
+/// One line of a dry run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RuleOutcome {
+    /// Rule name.
+    pub rule: String,
+    /// `pass`, `fail`, `allow`, `deny`, `skip`.
+    pub outcome: &'static str,
+    /// Why.
+    pub detail: String,
+}
+
+/// Stop-at-first or record-everything evaluation.
+pub(crate) struct Eval {
+    pub(crate) trace: Option<Vec<RuleOutcome>>,
+    pub(crate) first: Option<Rejection>,
+}
+
+impl Eval {
+    pub(crate) fn new(tracing: bool) -> Eval {
+        Eval {
+            trace: tracing.then(Vec::new),
+            first: None,
+        }
+    }
+
+    /// Records a check; returns `Err` only when not tracing.
+    pub(crate) fn check(
+        &mut self,
+        rule: &'static str,
+        r: Result<(), Rejection>,
+    ) -> Result<(), Rejection> {
+        let Some(trace) = &mut self.trace else {
+            return r;
+        };
+        let (outcome, detail) = match &r {
+            Ok(()) => ("pass", String::new()),
+            Err(e) => ("fail", e.to_string()),
+        };
+        trace.push(RuleOutcome {
+            rule: rule.to_string(),
+            outcome,
+            detail,
+        });
+        if let Err(e) = r {
+            self.first.get_or_insert(e);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn note(&mut self, rule: &str, outcome: &'static str, detail: String) {
+        if let Some(t) = &mut self.trace {
+            t.push(RuleOutcome {
+                rule: rule.to_string(),
+                outcome,
+                detail,
+            });
+        }
+    }
+}
+
+type Decoded = Rc<Result<DecodedCall, CallError>>;
+
+/// Why a rule does not apply; reasons are rendered only when reported (the hot path of a
+/// 50-rule policy must not format 49 strings per request).
+enum Skip {
+    Chain,
+    Creation,
+    CreationOnly,
+    Destination,
+}
+
+enum Miss<'a> {
+    Time,
+    Value(U256),
+    PlainOnly,
+    Decode(Decoded),
+    Function(Decoded),
+    Arg(Decoded, &'a str, &'a ArgCheck),
+}
+
+enum Verdict<'a> {
+    Skip(Skip),
+    Match(Option<Decoded>),
+    Fail { depth: u8, miss: Miss<'a> },
+}
+
+impl Skip {
+    fn render(&self, intent: &TxIntent) -> String {
+        match self {
+            Skip::Chain => format!("chain {} not covered", intent.chain_id()),
+            Skip::Creation => "rule does not cover creation".into(),
+            Skip::CreationOnly => "rule covers creation only".into(),
+            Skip::Destination => format!(
+                "destination {} not covered",
+                intent.to().unwrap_or_default()
+            ),
+        }
+    }
+}
+
+impl Miss<'_> {
+    /// `(field, reason)`.
+    fn render(&self, rule: &Rule, intent: &TxIntent) -> (String, String) {
+        let sig = |d: &Decoded| match d.as_ref() {
+            Ok(c) => c.signature.clone(),
+            Err(e) => e.to_string(),
+        };
+        match self {
+            Miss::Time => (
+                "time".into(),
+                format!("outside the UTC time window of rule {}", rule.name),
+            ),
+            Miss::Value(max) => (
+                "value".into(),
+                format!(
+                    "{} wei is above the rule's limit of {max} wei",
+                    intent.value()
+                ),
+            ),
+            Miss::PlainOnly => (
+                "input".into(),
+                format!(
+                    "rule {} allows plain transfers only (no calldata)",
+                    rule.name
+                ),
+            ),
+            Miss::Decode(d) => ("input".into(), sig(d)),
+            Miss::Function(d) => (
+                "input".into(),
+                format!("function {} is not allowed by rule {}", sig(d), rule.name),
+            ),
+            Miss::Arg(d, name, check) => {
+                let reason = match d.as_ref() {
+                    Ok(call) => match call.arg(name) {
+                        Some(v) => check_arg(v, check).err().unwrap_or_default(),
+                        None => String::new(),
+                    },
+                    Err(e) => e.to_string(),
+                };
+                (format!("input.{name}"), reason)
+            }
+        }
+    }
+}
+
+/// Decodes calldata once per ABI, however many rules share it.
+struct CallCache<'a> {
+    input: &'a [u8],
+    done: Vec<(*const Abi, Decoded)>,
+}
+
+impl CallCache<'_> {
+    fn get(&mut self, abi: &Arc<Abi>) -> Decoded {
+        let key = Arc::as_ptr(abi);
+        if let Some((_, r)) = self.done.iter().find(|(k, _)| *k == key) {
+            return r.clone();
+        }
+        let r = Rc::new(abi.decode(self.input));
+        self.done.push((key, r.clone()));
+        r
+    }
+}
+
+fn lit_matches(v: &alloy_dyn_abi::DynSolValue, l: &Literal) -> bool {
+    use alloy_dyn_abi::DynSolValue as V;
+    match v {
+        V::Address(a) => l.address == Some(*a),
+        V::Uint(u, _) => l.uint == Some(*u),
+        V::Bool(b) => l.boolean == Some(*b),
+        V::Bytes(b) => l.bytes.as_deref() == Some(b.as_slice()),
+        V::FixedBytes(w, n) => l.bytes.as_deref() == Some(&w[..*n]),
+        V::String(s) => *s == l.text,
+        _ => false,
+    }
+}
+
+fn arg_ok(v: &alloy_dyn_abi::DynSolValue, c: &ArgCheck) -> bool {
+    use alloy_dyn_abi::DynSolValue as V;
+    let len = match v {
+        V::Bytes(b) => Some(b.len()),
+        V::String(s) => Some(s.len()),
+        _ => None,
+    };
+    let uint = match v {
+        V::Uint(u, _) => Some(*u),
+        _ => None,
+    };
+    match c {
+        ArgCheck::Eq(l) => lit_matches(v, l),
+        ArgCheck::OneOf(ls) => ls.iter().any(|l| lit_matches(v, l)),
+        ArgCheck::Max(m) => uint.is_some_and(|u| u <= *m),
+        ArgCheck::Min(m) => uint.is_some_and(|u| u >= *m),
+        ArgCheck::MaxLen(m) => len.is_some_and(|n| n <= *m),
+        ArgCheck::Len(m) => len == Some(*m),
+    }
+}
+
+fn check_arg(v: &alloy_dyn_abi::DynSolValue, c: &ArgCheck) -> Result<(), String> {
+    if arg_ok(v, c) {
+        return Ok(());
+    }
+    let shown = crate::abi::value_json(v).to_string();
+    Err(match c {
+        ArgCheck::Eq(l) => format!("{shown} is not {}", l.text),
+        ArgCheck::OneOf(_) => format!("{shown} is not one of the allowed values"),
+        ArgCheck::Max(m) => format!("{shown} is not a uint at most {m}"),
+        ArgCheck::Min(m) => format!("{shown} is not a uint at least {m}"),
+        ArgCheck::MaxLen(m) => format!("{shown} is not bytes/string of at most {m} bytes"),
+        ArgCheck::Len(m) => format!("{shown} is not bytes/string of exactly {m} bytes"),
+    })
+}
+
+fn rule_verdict<'a>(
+    rule: &'a Rule,
+    intent: &TxIntent,
+    calls: &mut CallCache<'_>,
+    now_ms: u64,
+) -> Verdict<'a> {
+    let chain = intent.chain_id();
+    if !rule.chain_ids.is_empty() && !rule.chain_ids.contains(&chain) {
+        return Verdict::Skip(Skip::Chain);
+    }
+    match intent.to() {
+        None if !rule.create => return Verdict::Skip(Skip::Creation),
+        Some(_) if rule.create => return Verdict::Skip(Skip::CreationOnly),
+        Some(to) => {
+            if let Some(list) = &rule.to {
+                if !list
+                    .iter()
+                    .any(|(c, a)| *a == to && c.is_none_or(|c| c == chain))
+                {
+                    return Verdict::Skip(Skip::Destination);
+                }
+            }
+        }
+        None => {}
+    }
+    let fail = |depth, miss| Verdict::Fail { depth, miss };
+    if rule.window.as_ref().is_some_and(|w| !w.contains(now_ms)) {
+        return fail(1, Miss::Time);
+    }
+    if let Some(max) = rule.max_value.filter(|m| intent.value() > *m) {
+        return fail(1, Miss::Value(max));
+    }
+    let Some(abi) = &rule.abi else {
+        if !rule.calldata_any && !intent.tx.input().is_empty() {
+            return fail(2, Miss::PlainOnly);
+        }
+        return Verdict::Match(None);
+    };
+    let decoded = calls.get(abi);
+    let call = match decoded.as_ref() {
+        Ok(c) => c,
+        Err(_) => return fail(2, Miss::Decode(decoded)),
+    };
+    if !rule.functions.is_empty()
+        && !rule
+            .functions
+            .iter()
+            .any(|f| *f == call.function || *f == call.signature)
+    {
+        return fail(2, Miss::Function(decoded.clone()));
+    }
+    for (name, c) in &rule.args {
+        // A constraint binds the functions that have the argument (`args.to` on a rule for
+        // `transfer` and `approve` constrains `transfer`); load checks every name exists.
+        if let Some(v) = call.arg(name) {
+            if !arg_ok(v, c) {
+                return fail(3, Miss::Arg(decoded.clone(), name, c));
+            }
+        }
+    }
+    Verdict::Match(Some(decoded.clone()))
+}
+
+fn velocity_debits(
+    c: &Compiled,
+    intent: &TxIntent,
+    token: Option<&TokenMove>,
+) -> Result<Vec<Debit>, Rejection> {
+    let chain = intent.chain_id();
+    let mut out = Vec::new();
+    for v in &c.velocity {
+        let mut counted: Option<(U256, Option<Address>, &'static str)> = None;
+        match &v.counted {
+            Counted::Transactions => counted = Some((U256::from(1), intent.to(), "nonce")),
+            Counted::Assets(assets) => {
+                for (ch, asset) in assets.iter().filter(|(ch, _)| *ch == chain) {
+                    let _ = ch;
+                    match (asset, token) {
+                        (AssetRef::Native, _) if !intent.value().is_zero() => {
+                            counted = Some((intent.value(), intent.to(), "value"))
+                        }
+                        (AssetRef::Token(a), Some(t))
+                            if t.token == *a && t.kind == MoveKind::Transfer =>
+                        {
+                            counted = Some((t.amount, Some(t.counterparty), t.field))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let Some((amount, dest, field)) = counted else {
+            continue;
+        };
+        if amount > v.max {
+            return Err(Rejection::policy(
+                "evm.velocity",
+                field,
+                format!(
+                    "{amount} alone exceeds limit {} of {} per window",
+                    v.name, v.max
+                ),
+            ));
+        }
+        let counter = match (v.per_destination, dest) {
+            (true, Some(d)) => format!("{}@{d:#x}", v.name),
+            (true, None) => format!("{}@create", v.name),
+            (false, _) => v.name.to_string(),
+        };
+        out.push(Debit {
+            limit: v.name,
+            counter,
+            amount,
+            max: v.max,
+            window_ms: v.window_ms,
+        });
+    }
+    Ok(out)
+}
+
+/// The rule-list part of the decision (after the fixed limits passed).
+pub(crate) fn decide_rules(
+    c: &Compiled,
+    intent: &TxIntent,
+    now_ms: u64,
+    eval: &mut Eval,
+) -> Result<TxDecision, Rejection> {
+    let chain = intent.chain_id();
+    let token = intent.to().and_then(|to| token_move(to, intent.tx.input()));
+    let token_rule = token.as_ref().and_then(|t| {
+        c.tokens
+            .iter()
+            .find(|r| r.token.iter().any(|(ch, a)| *ch == chain && *a == t.token))
+    });
+    if let (Some(t), Some(r)) = (&token, token_rule) {
+        let res = match t.kind {
+            MoveKind::Transfer => match r.max_transfer {
+                Some(m) if t.amount > m => Err(Rejection::policy(
+                    "evm.token_max_transfer",
+                    t.field,
+                    format!("{} is above the token's transfer limit of {m}", t.amount),
+                )),
+                _ => Ok(()),
+            },
+            MoveKind::Approval if t.is_unlimited() => Ok(()),
+            MoveKind::Approval => match r.max_approval {
+                Some(m) if t.amount > m => Err(Rejection::policy(
+                    "evm.token_max_approval",
+                    t.field,
+                    format!("{} is above the token's approval limit of {m}", t.amount),
+                )),
+                _ => Ok(()),
+            },
+        };
+        eval.check("evm.token_limits", res)?;
+    }
+
+    let mut calls = CallCache {
+        input: intent.tx.input(),
+        done: Vec::new(),
+    };
+    let mut allowed: Option<(&Rule, Option<Decoded>)> = None;
+    let mut best_fail: Option<(u8, &Rule, Miss<'_>)> = None;
+    for rule in &c.rules {
+        if allowed.is_some() && eval.trace.is_none() && !rule.deny {
+            continue;
+        }
+        match rule_verdict(rule, intent, &mut calls, now_ms) {
+            Verdict::Match(_) if rule.deny => {
+                eval.note(rule.name, "deny", "matches".into());
+                let r = Err(Rejection::policy(
+                    rule.name,
+                    "to",
+                    format!("denied by rule {}", rule.name),
+                ));
+                eval.check(rule.name, r)?;
+            }
+            Verdict::Match(call) => {
+                eval.note(rule.name, "allow", "matches".into());
+                if allowed.is_none() {
+                    allowed = Some((rule, call));
+                }
+            }
+            Verdict::Skip(why) => {
+                if eval.trace.is_some() {
+                    eval.note(rule.name, "skip", why.render(intent));
+                }
+            }
+            Verdict::Fail { .. } if rule.deny => eval.note(rule.name, "skip", "no match".into()),
+            Verdict::Fail { depth, miss } => {
+                if eval.trace.is_some() {
+                    let (field, reason) = miss.render(rule, intent);
+                    eval.note(rule.name, "fail", format!("{field}: {reason}"));
+                }
+                if best_fail.as_ref().is_none_or(|(d, ..)| depth > *d) {
+                    best_fail = Some((depth, rule, miss));
+                }
+            }
+        }
+    }
+    let (allowed_by, call, may_unlimited) = match (allowed, c.rules.is_empty()) {
+        (_, true) => ("policy.limits", None, false),
+        (Some((rule, call)), false) => (
+            rule.name,
+            call.and_then(|d| d.as_ref().as_ref().ok().cloned()),
+            rule.allow_unlimited_approval,
+        ),
+        (None, false) => {
+            let r = match best_fail {
+                Some((_, rule, miss)) => {
+                    let (field, reason) = miss.render(rule, intent);
+                    Rejection::policy(rule.name, field, reason)
+                }
+                None => Rejection::policy(
+                    "evm.no_rule",
+                    "to",
+                    format!(
+                        "no allow rule covers {} on chain {chain} (deny by default)",
+                        intent
+                            .to()
+                            .map_or("contract creation".to_string(), |a| a.to_string())
+                    ),
+                ),
+            };
+            eval.check("evm.rules", Err(r))?;
+            ("evm.rules", None, false)
+        }
+    };
+    if let Some(t) = token.as_ref().filter(|t| t.is_unlimited()) {
+        let ok = may_unlimited || token_rule.is_some_and(|r| r.allow_unlimited_approval);
+        let r = if ok {
+            Ok(())
+        } else {
+            Err(Rejection::policy(
+                "evm.unlimited_approval",
+                t.field,
+                format!(
+                    "unlimited approval of {} to {} (no rule allows unlimited approvals)",
+                    t.token, t.counterparty
+                ),
+            ))
+        };
+        eval.check("evm.unlimited_approval", r)?;
+    }
+    let debits = velocity_debits(c, intent, token.as_ref());
+    let debits = match debits {
+        Ok(d) => d,
+        Err(e) => {
+            eval.check("evm.velocity", Err(e))?;
+            Vec::new()
+        }
+    };
+    if let Some(first) = eval.first.take() {
+        return Err(first);
+    }
+    Ok(TxDecision {
+        allowed_by,
+        debits,
+        token,
+        call,
+    })
+}

@@ -1,0 +1,609 @@
+//! The configurable part of an Ethereum policy: allow/deny rules bound to ABIs, token limits,
+//! velocity limits, time windows, nonce rules; and their compiled form.
+//!
+//! Config text is compiled once at load (ABIs read, symbols resolved, amounts scaled by the
+//! token's decimals), so a mistake is a start-up error naming the key, never a silent open door.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use alloy_primitives::{Address, U256};
+use serde::Deserialize;
+
+use crate::abi::Abi;
+use crate::message::CompiledMessageRule;
+use crate::profile::{AssetRef, Profiles};
+use crate::typed::CompiledTypedRule;
+use crate::EvmPolicy;
+
+/// Whether a rule allows or denies what it matches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// A request this rule matches may be signed (if no deny rule matches).
+    #[default]
+    Allow,
+    /// A request this rule matches is refused, whatever else allows it.
+    Deny,
+}
+
+/// What calldata a rule without an ABI accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CalldataMode {
+    /// Only empty calldata (a plain value transfer). The default without `abi`.
+    None,
+    /// Any calldata (a batch inbox takes opaque bytes).
+    Any,
+}
+
+/// UTC day of week.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum Weekday {
+    Sun,
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+}
+
+/// UTC days and hours during which something is allowed (`hours = [8, 18]` is 08:00-17:59).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeWindow {
+    /// Allowed days; empty means every day.
+    #[serde(default)]
+    pub days: Vec<Weekday>,
+    /// `[start, end)` hours, 0-24; absent means all day.
+    #[serde(default)]
+    pub hours: Option<[u8; 2]>,
+}
+
+impl TimeWindow {
+    /// Whether `now_ms` (Unix milliseconds) falls inside the window.
+    pub fn contains(&self, now_ms: u64) -> bool {
+        let days_since_epoch = now_ms / 86_400_000;
+        // 1970-01-01 was a Thursday.
+        let weekday = [
+            Weekday::Thu,
+            Weekday::Fri,
+            Weekday::Sat,
+            Weekday::Sun,
+            Weekday::Mon,
+            Weekday::Tue,
+            Weekday::Wed,
+        ][(days_since_epoch % 7) as usize];
+        let hour = ((now_ms / 3_600_000) % 24) as u8;
+        let day_ok = self.days.is_empty() || self.days.contains(&weekday);
+        let hour_ok = self.hours.is_none_or(|[a, b]| hour >= a && hour < b);
+        day_ok && hour_ok
+    }
+}
+
+/// A constraint on one decoded argument. Values are written as strings: addresses, decimal
+/// or `"1000 USDC"` amounts, `"true"`, `0x` bytes.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArgConstraint {
+    /// The argument equals this value.
+    pub eq: Option<String>,
+    /// The argument is one of these (an address allowlist, a set of ids).
+    pub one_of: Option<Vec<String>>,
+    /// A uint argument is at most this.
+    pub max: Option<String>,
+    /// A uint argument is at least this.
+    pub min: Option<String>,
+    /// A bytes/string argument is at most this many bytes.
+    pub max_len: Option<usize>,
+    /// A bytes/string argument is exactly this many bytes.
+    pub len: Option<usize>,
+}
+
+/// One allow or deny rule for transactions.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Stable name, reported with every decision this rule makes.
+    pub name: String,
+    /// `allow` (default) or `deny`.
+    #[serde(default)]
+    pub action: Action,
+    /// Chains the rule covers; empty means every chain of the policy.
+    #[serde(default)]
+    pub chain_ids: Vec<u64>,
+    /// Destinations (addresses or token symbols of the chain profiles); absent means any.
+    pub to: Option<Vec<String>>,
+    /// The rule covers contract creation (no `to`).
+    #[serde(default)]
+    pub create: bool,
+    /// ABI the calldata must decode against: `erc20`, `erc721`, or a name from `abis`.
+    pub abi: Option<String>,
+    /// Functions allowed (names or full signatures); empty means every function of the ABI.
+    #[serde(default)]
+    pub functions: Vec<String>,
+    /// Without `abi`: `none` (default, plain transfers) or `any`.
+    pub calldata: Option<CalldataMode>,
+    /// Constraints on decoded arguments, by argument name.
+    #[serde(default)]
+    pub args: BTreeMap<String, ArgConstraint>,
+    /// Most native value per transaction under this rule.
+    pub max_value: Option<String>,
+    /// Whether this rule may sign `approve(spender, type(uint256).max)` and the like.
+    #[serde(default)]
+    pub allow_unlimited_approval: bool,
+    /// UTC days the rule applies on.
+    #[serde(default)]
+    pub days: Vec<Weekday>,
+    /// UTC hours the rule applies in.
+    pub hours: Option<[u8; 2]>,
+}
+
+/// Per-token limits, applied to every transaction that moves the token.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenLimit {
+    /// Token symbol (from the profiles) or address.
+    pub token: String,
+    /// Most one `transfer`/`transferFrom` may move.
+    pub max_transfer: Option<String>,
+    /// Most one `approve`/`increaseAllowance`/permit may grant.
+    pub max_approval: Option<String>,
+    /// Whether unlimited approvals of this token may be signed.
+    #[serde(default)]
+    pub allow_unlimited_approval: bool,
+}
+
+/// A rolling-window limit, counted durably per key.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VelocityLimit {
+    /// Stable name (the counter's identity in the store).
+    pub name: String,
+    /// `tx` (count transactions), the native symbol, or a token symbol/address.
+    pub asset: String,
+    /// Most per window, in asset units (`"500"` ETH, `"50"` transactions).
+    pub max: String,
+    /// Window length: `"30s"`, `"15m"`, `"1h"`, `"24h"`, `"7d"`.
+    pub window: String,
+    /// Count separately per destination (recipient of a transfer).
+    #[serde(default)]
+    pub per_destination: bool,
+}
+
+/// Nonce rules: a nonce, once signed, belongs to one transaction.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NonceRules {
+    /// A different transaction with an already-signed nonce may be signed only if it raises
+    /// both fee fields by at least `min_fee_bump_percent` (a replacement), never otherwise.
+    #[serde(default)]
+    pub allow_replacement: bool,
+    /// Minimum fee increase of a replacement, percent (geth's pool needs 10).
+    #[serde(default = "ten")]
+    pub min_fee_bump_percent: u32,
+}
+
+fn ten() -> u32 {
+    10
+}
+
+/// Largest ABI or profile file read at load.
+const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The longest velocity window: the daemon rebuilds this much history at start.
+pub const MAX_WINDOW_MS: u64 = 31 * 86_400_000;
+
+/// A literal from the config, pre-parsed for each ABI type it may be compared with.
+#[derive(Clone, Debug)]
+pub(crate) struct Literal {
+    pub(crate) text: String,
+    pub(crate) address: Option<Address>,
+    pub(crate) uint: Option<U256>,
+    pub(crate) boolean: Option<bool>,
+    pub(crate) bytes: Option<Vec<u8>>,
+}
+
+impl Literal {
+    fn new(text: &str, profiles: &Profiles, chains: &[u64]) -> Literal {
+        Literal {
+            text: text.to_string(),
+            address: text
+                .parse()
+                .ok()
+                .filter(|a| check_checksum(text, *a).is_ok()),
+            uint: profiles.parse_amount(text, chains).ok(),
+            boolean: text.parse().ok(),
+            bytes: text.strip_prefix("0x").and_then(|h| hex::decode(h).ok()),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum ArgCheck {
+    Eq(Literal),
+    OneOf(Vec<Literal>),
+    Max(U256),
+    Min(U256),
+    MaxLen(usize),
+    Len(usize),
+}
+
+#[derive(Debug)]
+pub(crate) struct Rule {
+    pub(crate) name: &'static str,
+    pub(crate) deny: bool,
+    pub(crate) chain_ids: Vec<u64>,
+    /// `(chain or any, address)`.
+    pub(crate) to: Option<Vec<(Option<u64>, Address)>>,
+    pub(crate) create: bool,
+    pub(crate) abi: Option<Arc<Abi>>,
+    pub(crate) functions: Vec<String>,
+    pub(crate) calldata_any: bool,
+    pub(crate) args: Vec<(String, ArgCheck)>,
+    pub(crate) max_value: Option<U256>,
+    pub(crate) allow_unlimited_approval: bool,
+    pub(crate) window: Option<TimeWindow>,
+}
+
+#[derive(Debug)]
+pub(crate) struct TokenRule {
+    pub(crate) token: Vec<(u64, Address)>,
+    pub(crate) max_transfer: Option<U256>,
+    pub(crate) max_approval: Option<U256>,
+    pub(crate) allow_unlimited_approval: bool,
+}
+
+/// What a velocity limit counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Counted {
+    Transactions,
+    Assets(Vec<(u64, AssetRef)>),
+}
+
+#[derive(Debug)]
+pub(crate) struct Velocity {
+    pub(crate) name: &'static str,
+    pub(crate) counted: Counted,
+    pub(crate) max: U256,
+    pub(crate) window_ms: u64,
+    pub(crate) per_destination: bool,
+}
+
+/// The compiled policy extensions.
+#[derive(Debug)]
+pub struct Compiled {
+    pub(crate) profiles: Profiles,
+    pub(crate) rules: Vec<Rule>,
+    pub(crate) tokens: Vec<TokenRule>,
+    pub(crate) velocity: Vec<Velocity>,
+    pub(crate) typed: Vec<CompiledTypedRule>,
+    pub(crate) messages: Vec<CompiledMessageRule>,
+}
+
+/// Rule names become `&'static str` (the type every rejection carries); they are interned once
+/// per configuration load, so the leak is bounded by the size of the config.
+pub(crate) fn intern(name: &str) -> &'static str {
+    Box::leak(name.to_string().into_boxed_str())
+}
+
+/// Parses `"30s"`, `"15m"`, `"1h"`, `"7d"` into milliseconds.
+pub fn parse_window(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("invalid window {text:?} (use e.g. \"24h\")"))?;
+    let unit_ms = match unit.trim() {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("invalid window unit in {text:?} (s, m, h or d)")),
+    };
+    if n == 0 {
+        return Err(format!("window {text:?} is empty"));
+    }
+    n.checked_mul(unit_ms)
+        .ok_or_else(|| format!("window {text:?} is too long"))
+}
+
+fn check_hours(hours: &Option<[u8; 2]>, at: &str) -> Result<(), String> {
+    match hours {
+        Some([a, b]) if a >= b || *b > 24 => Err(format!(
+            "{at}.hours: [{a}, {b}] is not a range of UTC hours within 0-24"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A mixed-case address must carry a valid EIP-55 checksum: a wrong one is a typo, and a typo
+/// in an allowlist sends funds to nobody (or to somebody).
+pub(crate) fn check_checksum(text: &str, a: Address) -> Result<(), String> {
+    let digits = text
+        .trim()
+        .trim_start_matches("0x")
+        .trim_start_matches("0X");
+    let mixed = digits.bytes().any(|b| b.is_ascii_lowercase())
+        && digits.bytes().any(|b| b.is_ascii_uppercase());
+    if mixed && a.to_checksum(None)[2..] != *digits {
+        return Err(format!("{text} has an invalid EIP-55 checksum"));
+    }
+    Ok(())
+}
+
+/// Resolves destination names to `(chain, address)`: an address matches on any chain, a
+/// symbol only on the chains whose profile defines it.
+pub(crate) fn resolve_addresses(
+    names: &[String],
+    profiles: &Profiles,
+    chains: &[u64],
+    at: &str,
+) -> Result<Vec<(Option<u64>, Address)>, String> {
+    let mut out = Vec::new();
+    for n in names {
+        if let Ok(a) = n.parse::<Address>() {
+            check_checksum(n, a).map_err(|e| format!("{at}: {e}"))?;
+            out.push((None, a));
+            continue;
+        }
+        for (chain, asset, _) in profiles
+            .resolve_asset(n, chains)
+            .map_err(|e| format!("{at}: {e}"))?
+        {
+            match asset {
+                AssetRef::Token(a) => out.push((Some(chain), a)),
+                AssetRef::Native => {
+                    return Err(format!("{at}: {n:?} is a native asset, not an address"))
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Compiles a policy's rules; files are read relative to `base`.
+pub(crate) fn compile(p: &EvmPolicy, base: Option<&Path>) -> Result<Compiled, String> {
+    let chain_ids: &[u64] = &p.chain_ids;
+    let read = |f: &PathBuf| -> Result<String, String> {
+        let path = match base {
+            Some(b) if f.is_relative() => b.join(f),
+            _ => f.clone(),
+        };
+        // Only regular files of sane size: a path to a device or a huge file is a mistake that
+        // must not hang or exhaust the loader.
+        let meta = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if !meta.is_file() || meta.len() > MAX_FILE_BYTES {
+            return Err(format!(
+                "{}: not a regular file of at most {MAX_FILE_BYTES} bytes",
+                path.display()
+            ));
+        }
+        std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let mut profiles = Profiles::shipped();
+    for (i, f) in p.profiles.iter().enumerate() {
+        profiles
+            .add_toml(&f.display().to_string(), &read(f)?)
+            .map_err(|e| format!("profiles[{i}]: {e}"))?;
+    }
+    let mut abis: BTreeMap<String, Arc<Abi>> = BTreeMap::new();
+    for builtin in ["erc20", "erc721"] {
+        if let Some(a) = Abi::builtin(builtin) {
+            abis.insert(builtin.into(), a);
+        }
+    }
+    for (name, path) in &p.abis {
+        let abi = Abi::from_json(name, &read(path)?).map_err(|e| format!("abis.{name}: {e}"))?;
+        abis.insert(name.clone(), Arc::new(abi));
+    }
+
+    let mut rules = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, r) in p.rules.iter().enumerate() {
+        let at = format!("rules[{i}]");
+        if !seen.insert(r.name.as_str()) {
+            return Err(format!("{at}.name: duplicate rule {:?}", r.name));
+        }
+        let chains: Vec<u64> = if r.chain_ids.is_empty() {
+            chain_ids.to_vec()
+        } else {
+            r.chain_ids.clone()
+        };
+        let abi = match &r.abi {
+            Some(name) => Some(abis.get(name).cloned().ok_or_else(|| {
+                format!("{at}.abi: unknown ABI {name:?} (erc20, erc721 or one of [abis])")
+            })?),
+            None => None,
+        };
+        for f in &r.functions {
+            match &abi {
+                Some(a) if a.has_function(f) => {}
+                Some(a) => {
+                    return Err(format!(
+                        "{at}.functions: {f:?} is not in ABI {} ({})",
+                        a.name,
+                        a.function_signatures().join(", ")
+                    ))
+                }
+                None => return Err(format!("{at}.functions: needs an abi")),
+            }
+        }
+        if abi.is_none() && !r.args.is_empty() {
+            return Err(format!("{at}.args: argument constraints need an abi"));
+        }
+        if abi.is_some() && r.calldata.is_some() {
+            return Err(format!("{at}.calldata: not used with an abi"));
+        }
+        check_hours(&r.hours, &at)?;
+        let mut args = Vec::new();
+        for (name, c) in &r.args {
+            let at = format!("{at}.args.{name}");
+            if let Some(a) = &abi {
+                if !a.has_argument(&r.functions, name) {
+                    return Err(format!(
+                        "{at}: no function of the rule has an argument called {name:?}"
+                    ));
+                }
+            }
+            let lit = |t: &String| Literal::new(t, &profiles, &chains);
+            let amount = |t: &String| {
+                profiles
+                    .parse_amount(t, &chains)
+                    .map_err(|e| format!("{at}: {e}"))
+            };
+            let before = args.len();
+            if let Some(v) = &c.eq {
+                args.push((name.clone(), ArgCheck::Eq(lit(v))));
+            }
+            if let Some(v) = &c.one_of {
+                args.push((name.clone(), ArgCheck::OneOf(v.iter().map(lit).collect())));
+            }
+            if let Some(v) = &c.max {
+                args.push((name.clone(), ArgCheck::Max(amount(v)?)));
+            }
+            if let Some(v) = &c.min {
+                args.push((name.clone(), ArgCheck::Min(amount(v)?)));
+            }
+            if let Some(v) = c.max_len {
+                args.push((name.clone(), ArgCheck::MaxLen(v)));
+            }
+            if let Some(v) = c.len {
+                args.push((name.clone(), ArgCheck::Len(v)));
+            }
+            if args.len() == before {
+                return Err(format!("{at}: constraint has no condition"));
+            }
+        }
+        rules.push(Rule {
+            name: intern(&r.name),
+            deny: r.action == Action::Deny,
+            to: r
+                .to
+                .as_ref()
+                .map(|t| resolve_addresses(t, &profiles, &chains, &format!("{at}.to")))
+                .transpose()?,
+            chain_ids: r.chain_ids.clone(),
+            create: r.create,
+            abi,
+            functions: r.functions.clone(),
+            calldata_any: r.calldata == Some(CalldataMode::Any),
+            args,
+            max_value: r
+                .max_value
+                .as_ref()
+                .map(|v| profiles.parse_amount(v, &chains))
+                .transpose()
+                .map_err(|e| format!("{at}.max_value: {e}"))?,
+            allow_unlimited_approval: r.allow_unlimited_approval,
+            window: (!r.days.is_empty() || r.hours.is_some()).then(|| TimeWindow {
+                days: r.days.clone(),
+                hours: r.hours,
+            }),
+        });
+    }
+
+    let mut tokens = Vec::new();
+    for (i, t) in p.tokens.iter().enumerate() {
+        let at = format!("tokens[{i}]");
+        let token = profiles
+            .resolve_asset(&t.token, chain_ids)
+            .map_err(|e| format!("{at}.token: {e}"))?
+            .into_iter()
+            .filter_map(|(c, a, _)| match a {
+                AssetRef::Token(a) => Some((c, a)),
+                AssetRef::Native => None,
+            })
+            .collect::<Vec<_>>();
+        if token.is_empty() {
+            return Err(format!("{at}.token: {:?} is not a token", t.token));
+        }
+        let amount = |v: &Option<String>, k: &str| {
+            v.as_ref()
+                .map(|v| profiles.parse_amount(v, chain_ids))
+                .transpose()
+                .map_err(|e| format!("{at}.{k}: {e}"))
+        };
+        tokens.push(TokenRule {
+            token,
+            max_transfer: amount(&t.max_transfer, "max_transfer")?,
+            max_approval: amount(&t.max_approval, "max_approval")?,
+            allow_unlimited_approval: t.allow_unlimited_approval,
+        });
+    }
+
+    let mut velocity = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for (i, v) in p.velocity.iter().enumerate() {
+        let at = format!("velocity[{i}]");
+        if !names.insert(v.name.as_str()) {
+            return Err(format!("{at}.name: duplicate limit {:?}", v.name));
+        }
+        let window_ms = parse_window(&v.window).map_err(|e| format!("{at}.window: {e}"))?;
+        if window_ms > MAX_WINDOW_MS {
+            return Err(format!(
+                "{at}.window: at most 31 days (older counts are not kept)"
+            ));
+        }
+        let (counted, max) = if v.asset.eq_ignore_ascii_case("tx") {
+            let n: u64 = v
+                .max
+                .trim()
+                .parse()
+                .map_err(|_| format!("{at}.max: a transaction count, got {:?}", v.max))?;
+            (Counted::Transactions, U256::from(n))
+        } else {
+            let assets = profiles
+                .resolve_asset(&v.asset, chain_ids)
+                .map_err(|e| format!("{at}.asset: {e}"))?;
+            let decimals = assets[0].2;
+            if assets.iter().any(|(_, _, d)| *d != decimals) {
+                return Err(format!("{at}.asset: decimals differ across chains"));
+            }
+            let max = alloy_primitives::utils::parse_units(v.max.trim(), decimals)
+                .map_err(|e| format!("{at}.max: {e}"))?;
+            if max.is_negative() {
+                return Err(format!("{at}.max: negative"));
+            }
+            (
+                Counted::Assets(assets.into_iter().map(|(c, a, _)| (c, a)).collect()),
+                max.get_absolute(),
+            )
+        };
+        velocity.push(Velocity {
+            name: intern(&v.name),
+            counted,
+            max,
+            window_ms,
+            per_destination: v.per_destination,
+        });
+    }
+    if let Some(w) = &p.time_window {
+        check_hours(&w.hours, "time_window")?;
+    }
+    let typed = p
+        .typed_data
+        .iter()
+        .enumerate()
+        .map(|(i, r)| r.compile(&profiles, chain_ids, &format!("typed_data[{i}]")))
+        .collect::<Result<_, _>>()?;
+    let messages = p
+        .messages
+        .iter()
+        .enumerate()
+        .map(|(i, r)| r.compile(&format!("messages[{i}]")))
+        .collect::<Result<_, _>>()?;
+    Ok(Compiled {
+        profiles,
+        rules,
+        tokens,
+        velocity,
+        typed,
+        messages,
+    })
+}

@@ -1,0 +1,209 @@
+//! `keyguard audit ...`: read, filter, export and verify the hash-chained audit log. These read
+//! the database file directly (read-only): whoever can read the file can read the log, and it
+//! works with the daemon stopped. The admin API's `audit.query` serves auditors remotely.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use crate::config::{parse_duration, Config};
+use crate::store::{AuditFilter, AuditRow, Store};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Recompute the hash chain of the whole audit log; fails at the first bad row.
+    Verify {
+        /// Configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// The most recent rows (oldest first); `--follow` keeps printing new ones.
+    Tail {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Keep watching for new rows.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Rows matching the filters, in chain order.
+    Query {
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// JSON Lines with every column, including the chain hashes, for external anchoring.
+    Export {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Write here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Same as `tail` (kept for scripts written before `tail`).
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+}
+
+/// Filters shared by the reading commands.
+#[derive(Debug, Args)]
+pub(crate) struct FilterArgs {
+    /// Configuration file.
+    #[arg(long)]
+    config: PathBuf,
+    /// Rows newer than this: a duration ago (`1h`, `30m`) or unix milliseconds.
+    #[arg(long)]
+    since: Option<String>,
+    /// Rows older than this: a duration ago or unix milliseconds.
+    #[arg(long)]
+    until: Option<String>,
+    /// Chain, e.g. `eip155:1`.
+    #[arg(long)]
+    chain: Option<String>,
+    /// Key id.
+    #[arg(long)]
+    key: Option<String>,
+    /// Client (or `user:<name>` for admin actions).
+    #[arg(long)]
+    client: Option<String>,
+    /// signed, refused, failed, held or accepted.
+    #[arg(long)]
+    decision: Option<String>,
+    /// Rule name, e.g. `evm.max_value`.
+    #[arg(long)]
+    rule: Option<String>,
+    /// Method, e.g. `eth_signTransaction` or `admin.keys.disable`.
+    #[arg(long)]
+    method: Option<String>,
+    /// At most this many rows (tail: default 20).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// JSON output (one object per line).
+    #[arg(long)]
+    json: bool,
+}
+
+fn time_arg(s: &str) -> anyhow::Result<i64> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    let ago = parse_duration(s).map_err(anyhow::Error::msg)?;
+    Ok(crate::store::now_ms() - i64::try_from(ago.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl FilterArgs {
+    fn filter(&self) -> anyhow::Result<AuditFilter> {
+        Ok(AuditFilter {
+            since_ms: self.since.as_deref().map(time_arg).transpose()?,
+            until_ms: self.until.as_deref().map(time_arg).transpose()?,
+            chain: self.chain.clone(),
+            key: self.key.clone(),
+            client: self.client.clone(),
+            decision: self.decision.clone(),
+            rule: self.rule.clone(),
+            method: self.method.clone(),
+            after_seq: None,
+            limit: self.limit,
+            newest_first: false,
+        })
+    }
+
+    fn database(&self) -> anyhow::Result<PathBuf> {
+        Ok(Config::load(&self.config)?.data.database())
+    }
+}
+
+fn print_row(r: &AuditRow, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(r)?);
+    } else {
+        println!(
+            "{:>6} {} {:<8} {:<14} {:<22} {:<16} {}",
+            r.seq,
+            r.ts_ms,
+            r.decision,
+            r.client,
+            r.method,
+            r.key_id.as_deref().unwrap_or("-"),
+            r.rule.as_deref().or(r.tx_hash.as_deref()).unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+fn query(db: &Path, filter: &AuditFilter) -> anyhow::Result<Vec<AuditRow>> {
+    Store::query_path(db, filter).with_context(|| format!("reading {}", db.display()))
+}
+
+pub(crate) fn run(command: AuditCommand) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::Verify { config } => {
+            let config = Config::load(&config)?;
+            let report = Store::verify_path(&config.data.database())?;
+            println!(
+                "audit log verified: {} rows, head {}",
+                report.rows,
+                hex::encode(report.head)
+            );
+            Ok(())
+        }
+        AuditCommand::Tail { filter, follow } => tail(&filter, follow),
+        AuditCommand::List { filter } => tail(&filter, false),
+        AuditCommand::Query { filter: args } => {
+            for r in query(&args.database()?, &args.filter()?)? {
+                print_row(&r, args.json)?;
+            }
+            Ok(())
+        }
+        AuditCommand::Export { filter: args, out } => {
+            let rows = query(&args.database()?, &args.filter()?)?;
+            let mut sink: Box<dyn Write> = match &out {
+                Some(path) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("creating {}", path.display()))?,
+                )),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            for r in &rows {
+                serde_json::to_writer(&mut sink, r)?;
+                sink.write_all(b"\n")?;
+            }
+            sink.flush()?;
+            if out.is_some() {
+                eprintln!("exported {} rows", rows.len());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn tail(args: &FilterArgs, follow: bool) -> anyhow::Result<()> {
+    let db = args.database()?;
+    let mut filter = args.filter()?;
+    filter.newest_first = true;
+    filter.limit = Some(args.limit.unwrap_or(20));
+    let mut rows = query(&db, &filter)?;
+    rows.reverse();
+    let mut last = 0;
+    for r in &rows {
+        print_row(r, args.json)?;
+        last = r.seq;
+    }
+    if !follow {
+        return Ok(());
+    }
+    filter.newest_first = false;
+    filter.limit = None;
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        filter.after_seq = Some(last);
+        for r in query(&db, &filter)? {
+            print_row(&r, args.json)?;
+            last = r.seq;
+        }
+        std::io::stdout().flush()?;
+    }
+}

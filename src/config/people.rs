@@ -1,0 +1,109 @@
+//! Configuration of the admin API, rate limits and approval timing.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// `[admin]`: the admin JSON-RPC API and how users authenticate to it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve the admin API at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Unix socket path (mode 0600); default `<data.dir>/admin.sock`.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    /// Refuse a TOTP code whose time step was already used by the same user (RFC 6238 §5.2).
+    #[serde(default = "yes")]
+    pub totp_single_use: bool,
+    /// Time steps of clock drift accepted either side.
+    #[serde(default = "one")]
+    pub totp_skew: u8,
+    /// Issuer shown in authenticator apps.
+    #[serde(default = "issuer")]
+    pub issuer: String,
+    /// How long the first admin's half of a two-admin action waits for the second.
+    #[serde(default = "proposal_ttl")]
+    pub proposal_ttl: String,
+    /// How often the audit head hash is logged for external anchoring.
+    #[serde(default = "head_interval")]
+    pub audit_head_interval: String,
+}
+
+fn yes() -> bool {
+    true
+}
+fn one() -> u8 {
+    1
+}
+fn issuer() -> String {
+    "keyguard".into()
+}
+fn proposal_ttl() -> String {
+    "1h".into()
+}
+fn head_interval() -> String {
+    "5m".into()
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            socket: None,
+            totp_single_use: true,
+            totp_skew: 1,
+            issuer: issuer(),
+            proposal_ttl: proposal_ttl(),
+            audit_head_interval: head_interval(),
+        }
+    }
+}
+
+/// `[rate_limits]`: each limit is optional; absent means unlimited.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// Per client (bearer token identity, or `local`).
+    #[serde(default)]
+    pub per_client: Option<LimitConfig>,
+    /// Per key.
+    #[serde(default)]
+    pub per_key: Option<LimitConfig>,
+    /// Per JSON-RPC method.
+    #[serde(default)]
+    pub per_method: Option<LimitConfig>,
+}
+
+/// A sustained rate with a burst allowance.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    /// Sustained requests per second (may be fractional, e.g. 0.5).
+    pub per_second: f64,
+    /// Requests allowed at once from a full bucket.
+    pub burst: u32,
+}
+
+/// Parses `"500ms"`, `"90s"`, `"30m"`, `"1h"`, `"2d"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{s:?}: missing unit (ms, s, m, h, d)"))?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("{s:?}: expected a number"))?;
+    let secs = match unit.trim() {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        u => return Err(format!("{s:?}: unknown unit {u:?} (ms, s, m, h, d)")),
+    };
+    n.checked_mul(secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{s:?}: too long"))
+}

@@ -1,0 +1,223 @@
+//! The two guard stages that involve people rather than chains, kept chain-agnostic so every
+//! signing path calls the same code:
+//!
+//! - [`Guard::pre_check`], first in every path: kill switch, then rate limits — before any
+//!   decoding, so a disabled key or a flood costs nothing.
+//! - [`Guard::approval_stage`], after policy: hold, or consume an approval exactly once.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use keyguard_chain::{KeyId, Rejection};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::{Guard, GuardError};
+use crate::access::kill::{KillSwitch, Pass};
+use crate::access::limits::RateLimits;
+use crate::access::Caller;
+use crate::approvals::{
+    ApprovalError, ApprovalOutcome, ApprovalRequirement, Approvals, HeldIntent,
+};
+use crate::config::Config;
+
+/// How often a waiting approval call looks at the approval book again.
+const APPROVAL_POLL: Duration = Duration::from_millis(200);
+
+/// Kill switch, rate limits and the approval book, shared by every listener.
+pub(super) struct Controls {
+    pub(super) kill: Arc<KillSwitch>,
+    pub(super) limits: RwLock<Arc<RateLimits>>,
+    pub(super) approvals: Option<Approvals>,
+}
+
+impl Controls {
+    /// In-memory kill switch, the configured limits, no approval book (approval rules refuse).
+    pub(super) fn new(config: &Config) -> Self {
+        Controls {
+            kill: Arc::new(KillSwitch::default()),
+            limits: RwLock::new(Arc::new(RateLimits::new(config.rate_limits.as_ref()))),
+            approvals: None,
+        }
+    }
+}
+
+/// A stable digest of "this key signs these exact bytes on this chain": approvals bind to it,
+/// so an approval of one transaction can never release another.
+pub fn intent_digest(key: &KeyId, chain: &str, signing_bytes: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"keyguard/intent/v1\0");
+    for part in [key.as_str().as_bytes(), chain.as_bytes(), signing_bytes] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
+}
+
+/// What the approval stage knows about one request.
+pub(super) struct ApprovalInput<'a> {
+    pub(super) key: &'a KeyId,
+    pub(super) chain: &'a str,
+    pub(super) digest: [u8; 32],
+    pub(super) summary: &'a Value,
+}
+
+impl Guard {
+    /// Attaches the persistent kill switch and the approval book (the daemon does; tests may not).
+    pub fn with_people(mut self, kill: Arc<KillSwitch>, approvals: Approvals) -> Self {
+        self.controls.kill = kill;
+        self.controls.approvals = Some(approvals);
+        self
+    }
+
+    /// The kill switch requests pass through.
+    pub fn kill_switch(&self) -> Arc<KillSwitch> {
+        self.controls.kill.clone()
+    }
+
+    pub(super) fn reload_limits(&self, config: &Config) {
+        let limits = Arc::new(RateLimits::new(config.rate_limits.as_ref()));
+        *self
+            .controls
+            .limits
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = limits;
+    }
+
+    /// First stage of every signing path. `key` is the key the request names, if it could be
+    /// found without decoding; the returned pass must be held until the response is decided.
+    pub async fn pre_check(
+        &self,
+        caller: &Caller,
+        method: &str,
+        key: Option<&KeyId>,
+    ) -> Result<Pass, GuardError> {
+        let pass = self
+            .controls
+            .kill
+            .admit(key.map(KeyId::as_str))
+            .await
+            .map_err(|()| {
+                GuardError::KeyDisabled(match key {
+                    Some(k) => format!("key {k} is disabled"),
+                    None => "all keys are disabled".into(),
+                })
+            })?;
+        let limits = self
+            .controls
+            .limits
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        limits
+            .check(&caller.name, method, key.map(KeyId::as_str))
+            .map_err(|l| GuardError::RateLimited {
+                rule: l.scope.rule(),
+                retry_after_ms: u64::try_from(l.retry_after.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            })?;
+        Ok(pass)
+    }
+
+    /// After policy: with no requirement, proceed; otherwise hold the request (`-32002`) until
+    /// the quorum approved this exact intent, then consume the approval for this one signature.
+    /// Returns the consumed approval's id.
+    /// Answers a request that needs approvals: proceed, hold (-32002), or refuse.
+    pub(super) async fn approval_stage(
+        &self,
+        caller: &Caller,
+        input: ApprovalInput<'_>,
+        requirement: Option<ApprovalRequirement>,
+    ) -> Result<Option<String>, GuardError> {
+        let Some(req) = requirement else {
+            return Ok(None);
+        };
+        let Some(book) = self.controls.approvals.clone() else {
+            return Err(Rejection::policy(
+                "approval.unavailable",
+                "value",
+                "this request needs approval but no approval book is running",
+            )
+            .into());
+        };
+        let (key, chain, summary, requester) = (
+            input.key.to_string(),
+            input.chain.to_owned(),
+            input.summary.clone(),
+            caller.name.to_string(),
+        );
+        let digest = input.digest;
+        let deadline = tokio::time::Instant::now() + caller.approval_wait;
+        let decided = loop {
+            let (book, req) = (book.clone(), req.clone());
+            let (key, chain, summary, requester) = (
+                key.clone(),
+                chain.clone(),
+                summary.clone(),
+                requester.clone(),
+            );
+            let decided = tokio::task::spawn_blocking(move || {
+                let intent = HeldIntent {
+                    key: &key,
+                    digest: &digest,
+                    requester: &requester,
+                    chain: Some(&chain),
+                    summary: &summary,
+                };
+                book.decide(&intent, &req, crate::store::now_ms())
+            })
+            .await
+            .map_err(|e| GuardError::Backend(format!("approval book: {e}")))?;
+            // A listener with an approval wait holds the call open and asks again until the
+            // quorum is met, the request is rejected or expires, or the wait runs out.
+            let still_pending = matches!(decided, Ok(ApprovalOutcome::Held(_)));
+            if !still_pending || tokio::time::Instant::now() >= deadline {
+                break decided;
+            }
+            tokio::time::sleep(APPROVAL_POLL.min(deadline - tokio::time::Instant::now())).await;
+        };
+        match decided {
+            Ok(ApprovalOutcome::Proceed(id)) => Ok(Some(id)),
+            Ok(ApprovalOutcome::Held(a)) => Err(GuardError::ApprovalRequired {
+                approval_id: a.id,
+                required: a.required,
+                approved: a.approved,
+                expires_at_ms: a.expires_ms,
+            }),
+            Err(ApprovalError::Rejected(id)) => Err(Rejection::policy(
+                "approval.rejected",
+                "approval_id",
+                format!("approval {id} was rejected"),
+            )
+            .into()),
+            Err(ApprovalError::Consumed(id)) => Err(Rejection::policy(
+                "approval.consumed",
+                "approval_id",
+                format!("this exact request was already signed with approval {id}"),
+            )
+            .into()),
+            Err(ApprovalError::Store(e)) => Err(GuardError::Backend(format!("approval book: {e}"))),
+        }
+    }
+
+    /// Gives back an approval consumed by a request that then failed to sign.
+    pub(super) fn restore_approval(&self, id: &str) {
+        if let Some(book) = &self.controls.approvals {
+            if let Err(e) = book.restore(id) {
+                tracing::error!(approval = id, error = %e, "could not restore approval");
+            }
+        }
+    }
+}
+
+/// The daemon-level form of an Ethereum approval rule.
+pub(super) fn evm_requirement(rule: &keyguard_evm::EvmApprovalRule) -> ApprovalRequirement {
+    ApprovalRequirement {
+        rule: "evm.require_approval".into(),
+        approvers: rule.approvers,
+        group: rule.group.clone(),
+        // Validated at load; an unparsable value here would mean a zero-length window.
+        within: crate::config::parse_duration(&rule.within).unwrap_or(Duration::ZERO),
+    }
+}

@@ -1,0 +1,294 @@
+//! The admin API: JSON-RPC 2.0, one request per line, on a Unix socket that only the service
+//! user can open (mode 0600). Never on a signing listener.
+//!
+//! Every request carries `params.auth = {user, totp}`. The order is fixed: authenticate the
+//! user (TOTP, single use) -> check the role table -> act -> audit. Refusals are audited too,
+//! under `client = "user:<name>"` and `method = "admin.<method>"`.
+
+mod methods;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::access::kill::KillSwitch;
+use crate::access::roles::{self, Role};
+use crate::access::totp;
+use crate::approvals::Approvals;
+use crate::config::{parse_duration, AdminConfig};
+use crate::store::{AuditEntry, AuditLog, Decision, StateDb, UserRecord};
+
+/// Longest request line accepted; admin requests are small.
+const MAX_LINE: usize = 64 * 1024;
+
+/// JSON-RPC error codes of the admin API.
+pub mod codes {
+    /// Malformed request or parameters.
+    pub const INVALID_PARAMS: i32 = -32602;
+    /// Unknown method.
+    pub const METHOD_NOT_FOUND: i32 = -32601;
+    /// Not authenticated (user/TOTP) or the role does not allow the method.
+    pub const UNAUTHORIZED: i32 = -32005;
+    /// The action was understood but cannot be done (e.g. a vote that is not allowed).
+    pub const REFUSED: i32 = -32010;
+    /// Storage or internal failure.
+    pub const INTERNAL: i32 = -32603;
+}
+
+/// A request to the main loop to reload the configuration; answered with the outcome.
+pub type ReloadRequest = oneshot::Sender<Result<(), String>>;
+
+/// Everything the admin API acts on.
+pub struct AdminContext {
+    pub settings: AdminConfig,
+    pub db: StateDb,
+    pub audit: AuditLog,
+    pub kill: Arc<KillSwitch>,
+    pub approvals: Approvals,
+    pub reload: mpsc::Sender<ReloadRequest>,
+    next_id: AtomicU64,
+}
+
+impl AdminContext {
+    /// Builds the context.
+    pub fn new(
+        settings: AdminConfig,
+        db: StateDb,
+        audit: AuditLog,
+        kill: Arc<KillSwitch>,
+        approvals: Approvals,
+        reload: mpsc::Sender<ReloadRequest>,
+    ) -> Self {
+        AdminContext {
+            settings,
+            db,
+            audit,
+            kill,
+            approvals,
+            reload,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    fn proposal_ttl_ms(&self) -> i64 {
+        parse_duration(&self.settings.proposal_ttl).map_or(3_600_000, |d| {
+            i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+        })
+    }
+}
+
+/// An admin API failure: a JSON-RPC error, and the audit rule it is recorded under.
+#[derive(Debug)]
+pub(crate) struct AdminError {
+    code: i32,
+    rule: &'static str,
+    message: String,
+}
+
+impl AdminError {
+    pub(crate) fn new(code: i32, rule: &'static str, message: impl Into<String>) -> Self {
+        AdminError {
+            code,
+            rule,
+            message: message.into(),
+        }
+    }
+
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::new(codes::INVALID_PARAMS, "admin.invalid", message)
+    }
+
+    fn internal(e: impl std::fmt::Display) -> Self {
+        Self::new(codes::INTERNAL, "admin.internal", e.to_string())
+    }
+}
+
+/// What a method did: its result, and how it is audited.
+pub(crate) struct Done {
+    result: Value,
+    decision: Decision,
+    key: Option<String>,
+}
+
+/// Binds the socket (replacing a stale one), restricts it to the owner, and serves.
+pub async fn start(path: &Path, ctx: Arc<AdminContext>) -> std::io::Result<PathBuf> {
+    if path.exists() {
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(serve_connection(stream, ctx.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    Ok(path.to_path_buf())
+}
+
+async fn serve_connection(stream: UnixStream, ctx: Arc<AdminContext>) {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let mut limited = (&mut reader).take(MAX_LINE as u64 + 1);
+        match limited.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let response = if line.len() > MAX_LINE {
+            error_response(Value::Null, codes::INVALID_PARAMS, "request line too long")
+        } else {
+            handle_line(&ctx, &line).await
+        };
+        let mut out = response.to_string().into_bytes();
+        out.push(b'\n');
+        if write.write_all(&out).await.is_err() || line.len() > MAX_LINE {
+            return;
+        }
+    }
+}
+
+fn error_response(id: Value, code: i32, message: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+}
+
+async fn handle_line(ctx: &AdminContext, line: &[u8]) -> Value {
+    let request: Value = match serde_json::from_slice(line) {
+        Ok(v) => v,
+        Err(e) => return error_response(Value::Null, codes::INVALID_PARAMS, &e.to_string()),
+    };
+    let id = request.get("id").cloned().unwrap_or(Value::Null);
+    let Some(method) = request.get("method").and_then(Value::as_str) else {
+        return error_response(id, codes::INVALID_PARAMS, "missing method");
+    };
+    let params = request.get("params").cloned().unwrap_or(json!({}));
+    match handle(ctx, method, params).await {
+        Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        Err(e) => error_response(id, e.code, &e.message),
+    }
+}
+
+/// Authenticates, authorizes, runs and audits one admin request.
+async fn handle(ctx: &AdminContext, method: &str, mut params: Value) -> Result<Value, AdminError> {
+    let auth = params
+        .as_object_mut()
+        .and_then(|p| p.remove("auth"))
+        .unwrap_or(Value::Null);
+    let user_name = auth
+        .get("user")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let code = auth.get("totp").and_then(Value::as_str).unwrap_or("");
+    let known = roles::PERMISSIONS.iter().any(|(m, _)| *m == method);
+    let outcome = if !known {
+        Err(AdminError::new(
+            codes::METHOD_NOT_FOUND,
+            "admin.unknown_method",
+            format!("unknown method {method:?}"),
+        ))
+    } else {
+        match authenticate(ctx, &user_name, code).await {
+            Err(e) => Err(e),
+            Ok(user) => {
+                let user_roles: Vec<Role> =
+                    user.roles.iter().filter_map(|r| Role::parse(r)).collect();
+                if roles::allowed(&user_roles, method) {
+                    methods::run(ctx, &user, method, &params).await
+                } else {
+                    Err(AdminError::new(
+                        codes::UNAUTHORIZED,
+                        "admin.role",
+                        format!("roles {:?} may not call {method}", user.roles),
+                    ))
+                }
+            }
+        }
+    };
+    let n = ctx.next_id.fetch_add(1, Ordering::Relaxed);
+    let mut entry = AuditEntry {
+        request_id: format!("admin-{:x}-{n}", crate::store::now_ms()),
+        client: format!("user:{user_name}"),
+        key_id: None,
+        chain: None,
+        method: format!("admin.{method}"),
+        summary: params,
+        decision: Decision::Refused,
+        rule: None,
+        reason: None,
+        tx_hash: None,
+    };
+    match &outcome {
+        Ok(done) => {
+            entry.decision = done.decision;
+            entry.key_id = done.key.clone();
+            if done.decision == Decision::Held {
+                entry.rule = Some("admin.two_admins".into());
+            }
+        }
+        Err(e) => {
+            entry.rule = Some(e.rule.into());
+            entry.reason = Some(e.message.clone());
+            entry.decision = if e.code == codes::INTERNAL {
+                Decision::Failed
+            } else {
+                Decision::Refused
+            };
+        }
+    }
+    if let Err(e) = ctx.audit.append(entry).await {
+        tracing::error!(error = %e, "audit of an admin action failed");
+        return Err(AdminError::internal(format!("audit log unavailable: {e}")));
+    }
+    tracing::info!(user = %user_name, method, ok = outcome.is_ok(), "admin request");
+    outcome.map(|d| d.result)
+}
+
+/// The user named in `auth`, if the TOTP code is right (and, by default, not used before).
+async fn authenticate(
+    ctx: &AdminContext,
+    name: &str,
+    code: &str,
+) -> Result<UserRecord, AdminError> {
+    let refused = |why: &str| AdminError::new(codes::UNAUTHORIZED, "admin.auth", why.to_owned());
+    let user = ctx
+        .db
+        .user(name)
+        .map_err(AdminError::internal)?
+        // Same message for an unknown user and a wrong code: no user enumeration.
+        .ok_or_else(|| refused("unknown user or invalid TOTP code"))?;
+    let now = u64::try_from(crate::store::now_ms() / 1000).unwrap_or(0);
+    let step = totp::verify(
+        &user.totp_secret,
+        code,
+        now,
+        u64::from(ctx.settings.totp_skew),
+    )
+    .map_err(|_| refused("unknown user or invalid TOTP code"))?;
+    if ctx.settings.totp_single_use
+        && !ctx
+            .db
+            .consume_totp_step(&user.name, step)
+            .map_err(AdminError::internal)?
+    {
+        return Err(refused("TOTP code already used; wait for the next one"));
+    }
+    Ok(user)
+}

@@ -1,0 +1,181 @@
+//! The EVM listener's methods beyond `eth_signTransaction`: typed data, messages, Clef's
+//! `account_*` namespace, and (with an upstream node) `eth_sendTransaction` and proxied reads.
+
+use jsonrpsee::server::RpcModule;
+use jsonrpsee::types::{ErrorObjectOwned, Params};
+use keyguard_chain::Rejection;
+use serde_json::{json, Value};
+
+use super::evm::{caller, EvmContext};
+use super::rpc_error;
+use crate::guard::DigestRequest;
+
+fn params_value(params: &Params<'_>) -> Result<Value, ErrorObjectOwned> {
+    match params.as_str() {
+        Some(raw) => serde_json::from_str(raw).map_err(|e| {
+            rpc_error::from_guard(&Rejection::invalid("params", e.to_string()).into())
+        }),
+        None => Ok(Value::Array(Vec::new())),
+    }
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> ErrorObjectOwned {
+    rpc_error::from_guard(&Rejection::invalid(field, reason).into())
+}
+
+fn hex_sig(sig: [u8; 65]) -> Value {
+    Value::String(format!("0x{}", hex::encode(sig)))
+}
+
+type Module = RpcModule<EvmContext>;
+
+fn digest_method(module: &mut Module, name: &'static str, decode: fn(&Value) -> DigestRequest) {
+    module
+        .register_async_method(name, move |params: Params<'static>, ctx, ext| async move {
+            let caller = caller(&ext)?;
+            let p = params_value(&params)?;
+            let sig = ctx
+                .guard
+                .sign_evm_digest(caller, ctx.chain_id, name, decode(&p))
+                .await
+                .map_err(|e| rpc_error::from_guard(&e))?;
+            Ok::<Value, ErrorObjectOwned>(hex_sig(sig))
+        })
+        .expect("unique method");
+}
+
+fn clef_sign_data(p: &Value) -> DigestRequest {
+    let parts = p.as_array().map(Vec::as_slice).unwrap_or_default();
+    let [Value::String(content_type), addr, data] = parts else {
+        return DigestRequest::Message(Err(Rejection::invalid(
+            "params",
+            "expected [contentType, address, data]",
+        )));
+    };
+    match content_type.as_str() {
+        "text/plain" => {
+            DigestRequest::Message(keyguard_evm::decode_personal_sign(&json!([data, addr])))
+        }
+        "data/typed" => DigestRequest::Typed(
+            keyguard_evm::decode_typed_data_params(&json!([addr, data])).map(Box::new),
+        ),
+        other => DigestRequest::Message(Err(Rejection::invalid(
+            "contentType",
+            format!("{other:?} is not signed by keyguard (text/plain or data/typed)"),
+        ))),
+    }
+}
+
+/// Registers typed data, messages and the Clef namespace.
+pub(super) fn register_signing(module: &mut Module) {
+    digest_method(module, "eth_signTypedData_v4", |p| {
+        DigestRequest::Typed(keyguard_evm::decode_typed_data_params(p).map(Box::new))
+    });
+    digest_method(module, "eth_signTypedData", |p| {
+        DigestRequest::Typed(keyguard_evm::decode_typed_data_params(p).map(Box::new))
+    });
+    digest_method(module, "account_signTypedData", |p| {
+        DigestRequest::Typed(keyguard_evm::decode_typed_data_params(p).map(Box::new))
+    });
+    digest_method(module, "eth_sign", |p| {
+        DigestRequest::Message(keyguard_evm::decode_eth_sign(p))
+    });
+    digest_method(module, "personal_sign", |p| {
+        DigestRequest::Message(keyguard_evm::decode_personal_sign(p))
+    });
+    digest_method(module, "account_signData", clef_sign_data);
+    module
+        .register_method("account_version", |_, _, _| "6.1.0")
+        .expect("unique method");
+    module
+        .register_method("account_list", |_, ctx, ext| {
+            caller(ext).map(|c| ctx.guard.evm_accounts(c))
+        })
+        .expect("unique method");
+    module
+        .register_async_method(
+            "account_signTransaction",
+            |params: Params<'static>, ctx, ext| async move {
+                let caller = caller(&ext)?;
+                let p = params_value(&params)?;
+                // Clef: [SendTxArgs, methodSelector?]; the selector is only a UI hint.
+                let args = match p.as_array().map(Vec::as_slice) {
+                    Some([args]) | Some([args, Value::Null | Value::String(_)]) => args.clone(),
+                    _ => return Err(invalid("params", "expected [SendTxArgs, methodSelector?]")),
+                };
+                let intent = keyguard_evm::decode_transaction_args(&args);
+                let signed = ctx
+                    .guard
+                    .sign_evm_intent(caller, ctx.chain_id, "account_signTransaction", intent)
+                    .await
+                    .map_err(|e| rpc_error::from_guard(&e))?;
+                Ok::<Value, ErrorObjectOwned>(signed.geth_json())
+            },
+        )
+        .expect("unique method");
+}
+
+/// Registers `eth_sendTransaction` and the proxied read-only methods.
+pub(super) fn register_upstream(module: &mut Module, proxied: &[String]) {
+    module
+        .register_async_method(
+            "eth_sendTransaction",
+            |params: Params<'static>, ctx, ext| async move {
+                let caller = caller(&ext)?;
+                let Some(upstream) = ctx.upstream.clone() else {
+                    return Err(invalid("method", "no upstream node configured"));
+                };
+                let p = params_value(&params)?;
+                let mut args = match p.as_array().map(Vec::as_slice) {
+                    Some([Value::Object(a)]) => a.clone(),
+                    _ => return Err(invalid("params", "expected [TransactionArgs]")),
+                };
+                let from = super::upstream::from_of(&args)
+                    .ok_or_else(|| invalid("from", "missing or not an address"))?;
+                let caps = ctx.guard.evm_fee_caps(from).ok_or_else(|| {
+                    invalid("from", format!("{from} is not an account of this signer"))
+                })?;
+                upstream
+                    .fill(&mut args, ctx.chain_id, caps)
+                    .await
+                    .map_err(|e| {
+                        rpc_error::from_guard(&crate::guard::GuardError::Backend(e.to_string()))
+                    })?;
+                let intent = keyguard_evm::decode_transaction_args(&Value::Object(args));
+                let signed = ctx
+                    .guard
+                    .sign_evm_intent(caller, ctx.chain_id, "eth_sendTransaction", intent)
+                    .await
+                    .map_err(|e| rpc_error::from_guard(&e))?;
+                upstream
+                    .send_raw(&signed.raw.to_string())
+                    .await
+                    .map_err(|e| ErrorObjectOwned::owned(-32000, e.to_string(), None::<()>))?;
+                Ok::<Value, ErrorObjectOwned>(Value::String(signed.hash.to_string()))
+            },
+        )
+        .expect("unique method");
+    for m in proxied {
+        let name: &'static str = Box::leak(m.clone().into_boxed_str());
+        let registered = module.register_async_method(
+            name,
+            move |params: Params<'static>, ctx, ext| async move {
+                caller(&ext)?;
+                let Some(upstream) = ctx.upstream.clone() else {
+                    return Err(invalid("method", "no upstream node configured"));
+                };
+                let list = match params_value(&params)? {
+                    Value::Array(l) => l,
+                    _ => return Err(invalid("params", "positional params only")),
+                };
+                upstream
+                    .call(name, list)
+                    .await
+                    .map_err(|e| ErrorObjectOwned::owned(-32000, e.to_string(), None::<()>))
+            },
+        );
+        if let Err(e) = registered {
+            tracing::warn!(method = name, error = %e, "proxied method not registered");
+        }
+    }
+}

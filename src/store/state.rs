@@ -1,0 +1,390 @@
+//! Mutable control state next to the audit log: users, approvals, the kill switch and two-admin
+//! proposals. One connection behind a mutex; every change is its own IMMEDIATE transaction with
+//! `synchronous=FULL`, so a decision is durable before the caller acts on it.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use zeroize::Zeroizing;
+
+use super::{configure, now_ms, StoreError};
+
+/// A user as stored. The TOTP secret never leaves through `Debug`.
+#[derive(Clone)]
+pub struct UserRecord {
+    /// Login name.
+    pub name: String,
+    /// Role names (`admin`, `operator`, `approver`, `auditor`).
+    pub roles: Vec<String>,
+    /// Approval groups (e.g. `treasury`).
+    pub groups: Vec<String>,
+    /// Raw TOTP secret bytes.
+    pub totp_secret: Zeroizing<Vec<u8>>,
+    /// Highest TOTP time step accepted so far (codes are single use).
+    pub last_totp_step: i64,
+}
+
+impl std::fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRecord")
+            .field("name", &self.name)
+            .field("roles", &self.roles)
+            .field("groups", &self.groups)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A stored approval request.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ApprovalRecord {
+    pub id: String,
+    pub key_id: String,
+    #[serde(skip)]
+    pub intent_digest: Vec<u8>,
+    pub requester: String,
+    pub chain: Option<String>,
+    pub summary: serde_json::Value,
+    pub rule: String,
+    pub group: String,
+    pub required: u32,
+    pub approved: u32,
+    pub approvers: Vec<String>,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    /// `pending`, `approved`, `rejected` or `consumed`.
+    pub state: String,
+}
+
+/// Handle to the control-state connection; cheap to clone.
+#[derive(Clone)]
+pub struct StateDb {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for StateDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateDb")
+    }
+}
+
+fn split(list: &str) -> Vec<String> {
+    list.split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+impl StateDb {
+    /// Opens a connection to an already migrated database.
+    pub fn open(path: &Path) -> Result<StateDb, StoreError> {
+        let conn = Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        configure(&conn)?;
+        Ok(StateDb {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` in one IMMEDIATE transaction (committed only if `f` succeeds).
+    pub fn transaction<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Audit rows matching `filter` (read through this connection).
+    pub fn query_audit(
+        &self,
+        filter: &super::AuditFilter,
+    ) -> Result<Vec<super::AuditRow>, StoreError> {
+        super::read::query(&self.lock(), filter)
+    }
+
+    /// Recomputes the audit hash chain.
+    pub fn verify_audit(&self) -> Result<super::AuditVerification, StoreError> {
+        super::read::verify(&self.lock())
+    }
+
+    // ---- users ------------------------------------------------------------------------------
+
+    /// Number of users with the `admin` role.
+    pub fn admin_count(&self) -> Result<usize, StoreError> {
+        Ok(self
+            .users()?
+            .iter()
+            .filter(|u| u.roles.iter().any(|r| r == "admin"))
+            .count())
+    }
+
+    /// Every user, by name.
+    pub fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT name, roles, groups, totp_secret, last_totp_step FROM users ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], read_user)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// One user.
+    pub fn user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
+        let conn = self.lock();
+        Ok(conn
+            .query_row(
+                "SELECT name, roles, groups, totp_secret, last_totp_step FROM users WHERE name = ?1",
+                [name],
+                read_user,
+            )
+            .optional()?)
+    }
+
+    /// Adds a user; fails if the name is taken.
+    pub fn add_user(
+        &self,
+        name: &str,
+        roles: &[String],
+        groups: &[String],
+        secret: &[u8],
+    ) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        let n = conn.execute(
+            "INSERT OR IGNORE INTO users (name, roles, groups, totp_secret, created_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![name, roles.join(","), groups.join(","), secret, now_ms()],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Removes a user; true if one was removed.
+    pub fn remove_user(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .lock()
+            .execute("DELETE FROM users WHERE name = ?1", [name])?
+            == 1)
+    }
+
+    /// Records `step` as used if it is newer than the last accepted one (single-use codes).
+    pub fn consume_totp_step(&self, name: &str, step: i64) -> Result<bool, StoreError> {
+        let n = self.lock().execute(
+            "UPDATE users SET last_totp_step = ?2 WHERE name = ?1 AND last_totp_step < ?2",
+            params![name, step],
+        )?;
+        Ok(n == 1)
+    }
+
+    // ---- kill switch ------------------------------------------------------------------------
+
+    /// Persists a key's (or `*`'s) switch position.
+    pub fn set_key_disabled(&self, key: &str, disabled: bool, by: &str) -> Result<(), StoreError> {
+        self.lock().execute(
+            "INSERT INTO key_controls (key_id, disabled, changed_ms, changed_by) \
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT(key_id) DO UPDATE SET \
+             disabled = excluded.disabled, changed_ms = excluded.changed_ms, \
+             changed_by = excluded.changed_by",
+            params![key, disabled, now_ms(), by],
+        )?;
+        Ok(())
+    }
+
+    /// Keys (and possibly `*`) currently disabled.
+    pub fn disabled_keys(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare("SELECT key_id FROM key_controls WHERE disabled = 1 ORDER BY key_id")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    // ---- two-admin proposals ----------------------------------------------------------------
+
+    /// Records `proposer`'s proposal of `action` and returns the other live proposers of the same
+    /// action. Expired proposals are dropped first.
+    pub fn propose(
+        &self,
+        action: &str,
+        proposer: &str,
+        ttl_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let now = now_ms();
+        self.transaction(|tx| {
+            tx.execute("DELETE FROM admin_proposals WHERE expires_ms <= ?1", [now])?;
+            tx.execute(
+                "INSERT INTO admin_proposals (action, proposer, created_ms, expires_ms) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT(action, proposer) DO UPDATE SET \
+                 created_ms = excluded.created_ms, expires_ms = excluded.expires_ms",
+                params![action, proposer, now, now.saturating_add(ttl_ms)],
+            )?;
+            let mut stmt = tx.prepare(
+                "SELECT proposer FROM admin_proposals WHERE action = ?1 AND proposer <> ?2",
+            )?;
+            let others = stmt
+                .query_map(params![action, proposer], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(others)
+        })
+    }
+
+    /// Forgets every proposal of `action` (after it was carried out).
+    pub fn clear_proposals(&self, action: &str) -> Result<(), StoreError> {
+        self.lock()
+            .execute("DELETE FROM admin_proposals WHERE action = ?1", [action])?;
+        Ok(())
+    }
+}
+
+fn read_user(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
+    let roles: String = r.get(1)?;
+    let groups: String = r.get(2)?;
+    Ok(UserRecord {
+        name: r.get(0)?,
+        roles: split(&roles),
+        groups: split(&groups),
+        totp_secret: Zeroizing::new(r.get(3)?),
+        last_totp_step: r.get(4)?,
+    })
+}
+
+/// Reads one approval with its votes, inside a transaction or not.
+pub(crate) fn approval(conn: &Connection, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
+    let row = conn
+        .query_row(
+            "SELECT id, key_id, intent_digest, requester, chain, summary, rule, grp, required, \
+             created_ms, expires_ms, state FROM approvals WHERE id = ?1",
+            [id],
+            read_approval,
+        )
+        .optional()?;
+    row.map(|r| with_votes(conn, r)).transpose()
+}
+
+fn read_approval(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApprovalRecord> {
+    let summary: String = r.get(5)?;
+    Ok(ApprovalRecord {
+        id: r.get(0)?,
+        key_id: r.get(1)?,
+        intent_digest: r.get(2)?,
+        requester: r.get(3)?,
+        chain: r.get(4)?,
+        summary: serde_json::from_str(&summary).unwrap_or(serde_json::Value::Null),
+        rule: r.get(6)?,
+        group: r.get(7)?,
+        required: r.get(8)?,
+        approved: 0,
+        approvers: Vec::new(),
+        created_ms: r.get(9)?,
+        expires_ms: r.get(10)?,
+        state: r.get(11)?,
+    })
+}
+
+fn with_votes(conn: &Connection, mut a: ApprovalRecord) -> Result<ApprovalRecord, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT user FROM approval_votes WHERE approval_id = ?1 AND vote = 'approve' \
+         ORDER BY ts_ms",
+    )?;
+    a.approvers = stmt
+        .query_map([&a.id], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    a.approved = u32::try_from(a.approvers.len()).unwrap_or(u32::MAX);
+    Ok(a)
+}
+
+/// The newest approval for one key and intent.
+pub(crate) fn latest_approval(
+    conn: &Connection,
+    key: &str,
+    digest: &[u8],
+) -> Result<Option<ApprovalRecord>, StoreError> {
+    let row = conn
+        .query_row(
+            "SELECT id, key_id, intent_digest, requester, chain, summary, rule, grp, required, \
+             created_ms, expires_ms, state FROM approvals WHERE key_id = ?1 AND intent_digest = ?2 \
+             ORDER BY created_ms DESC, rowid DESC LIMIT 1",
+            params![key, digest],
+            read_approval,
+        )
+        .optional()?;
+    row.map(|r| with_votes(conn, r)).transpose()
+}
+
+/// Inserts a new pending approval.
+pub(crate) fn insert_approval(conn: &Connection, a: &ApprovalRecord) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO approvals (id, key_id, intent_digest, requester, chain, summary, rule, grp, \
+         required, created_ms, expires_ms, state) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'pending')",
+        params![
+            a.id,
+            a.key_id,
+            a.intent_digest,
+            a.requester,
+            a.chain,
+            a.summary.to_string(),
+            a.rule,
+            a.group,
+            a.required,
+            a.created_ms,
+            a.expires_ms
+        ],
+    )?;
+    Ok(())
+}
+
+/// Moves an approval from state `from` to `to`; true if it was in `from`.
+pub(crate) fn transition(
+    conn: &Connection,
+    id: &str,
+    from: &str,
+    to: &str,
+) -> Result<bool, StoreError> {
+    let n = conn.execute(
+        "UPDATE approvals SET state = ?3, consumed_ms = CASE WHEN ?3 = 'consumed' THEN ?4 \
+         ELSE consumed_ms END WHERE id = ?1 AND state = ?2",
+        params![id, from, to, now_ms()],
+    )?;
+    Ok(n == 1)
+}
+
+/// Records a vote; false if this user already voted on this approval.
+pub(crate) fn insert_vote(
+    conn: &Connection,
+    id: &str,
+    user: &str,
+    vote: &str,
+) -> Result<bool, StoreError> {
+    let n = conn.execute(
+        "INSERT OR IGNORE INTO approval_votes (approval_id, user, vote, ts_ms) \
+         VALUES (?1, ?2, ?3, ?4)",
+        params![id, user, vote, now_ms()],
+    )?;
+    Ok(n == 1)
+}
+
+/// Approvals in `state` that have not expired, oldest first.
+pub(crate) fn live_approvals(
+    conn: &Connection,
+    state: &str,
+    now: i64,
+) -> Result<Vec<ApprovalRecord>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, key_id, intent_digest, requester, chain, summary, rule, grp, required, \
+         created_ms, expires_ms, state FROM approvals WHERE state = ?1 AND expires_ms > ?2 \
+         ORDER BY created_ms",
+    )?;
+    let rows = stmt
+        .query_map(params![state, now], read_approval)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter().map(|r| with_votes(conn, r)).collect()
+}
