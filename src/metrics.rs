@@ -77,3 +77,19 @@ pub fn cometbft_watermark(chain_id: &str, key: &str, height: i64) {
     metrics::gauge!(COMETBFT_WATERMARK, "chain" => chain_id.to_owned(), "key" => key.to_owned())
         .set(height as f64);
 }
+
+/// Signing requests waiting for approvals.
+pub const APPROVALS_PENDING: &str = "keyguard_approvals_pending";
+/// Keys taken offline by the kill switch (`scope="all"` is 1 while everything is off).
+pub const KEYS_DISABLED: &str = "keyguard_keys_disabled";
+
+/// Sets the pending-approvals gauge.
+pub fn approvals_pending(count: usize) {
+    metrics::gauge!(APPROVALS_PENDING).set(count as f64);
+}
+
+/// Sets the kill-switch gauges.
+pub fn keys_disabled(all: bool, individually: usize) {
+    metrics::gauge!(KEYS_DISABLED, "scope" => "all").set(f64::from(u8::from(all)));
+    metrics::gauge!(KEYS_DISABLED, "scope" => "key").set(individually as f64);
+}

@@ -125,6 +125,8 @@ fn metrics_health_and_readiness_are_served() {
         "{text}"
     );
     assert!(has("keyguard_ready 1"), "{text}");
+    assert!(has(r#"keyguard_keys_disabled{scope="all"} 0"#), "{text}");
+    assert!(has("keyguard_approvals_pending 0"), "{text}");
 }
 
 #[test]

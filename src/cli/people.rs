@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::access::kill::{KillSwitch, ALL_KEYS};
+use crate::approvals::Approvals;
 use crate::store::{AuditEntry, AuditFilter, AuditLog, Decision, StateDb};
 
 /// Disables every key with no TOTP: the host's root can always stop signing, never start it.
@@ -68,6 +69,25 @@ pub(crate) fn spawn_head_log(state: StateDb, interval: &str) {
                 if let Some(r) = rows.first() {
                     tracing::info!(seq = r.seq, head = %hex::encode(r.hash), "audit head");
                 }
+            }
+        }
+    });
+}
+
+/// Keeps the control-state gauges current: how many approvals wait and which keys are off.
+/// Read from the same state the guard uses, every few seconds (cheap indexed queries).
+pub(crate) fn spawn_control_gauges(kill: Arc<KillSwitch>, approvals: Approvals) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            let (all_off, keys) = kill.status();
+            crate::metrics::keys_disabled(all_off, keys.len());
+            let book = approvals.clone();
+            let pending =
+                tokio::task::spawn_blocking(move || book.pending(crate::store::now_ms())).await;
+            if let Ok(Ok(list)) = pending {
+                crate::metrics::approvals_pending(list.len());
             }
         }
     });

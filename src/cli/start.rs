@@ -75,6 +75,7 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
         KillSwitch::load(state.clone(), config.data.kill_file()).context("loading kill switch")?,
     );
     let approvals = Approvals::new(state.clone());
+    let approval_book = approvals.clone();
     let guard = Arc::new(
         Guard::new(&config, backend.clone(), store.audit_log())
             .with_people(kill.clone(), approvals.clone())
@@ -108,6 +109,7 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
     }
     super::people::spawn_kill_file_watch(kill.clone(), store.audit_log());
     super::people::spawn_head_log(state, &config.admin.audit_head_interval);
+    super::people::spawn_control_gauges(kill.clone(), approval_book);
 
     let mut handles = Vec::new();
     let mut auths = Vec::new();
