@@ -100,10 +100,11 @@ fn sigkill_under_load_never_releases_conflicting_signatures() {
                         // Mostly the current step; sometimes an older one again. Always one of
                         // two candidate blocks, so sentries and restarts conflict.
                         let cur = next.load(Ordering::SeqCst);
+                        // `next` steps back after a kill and can briefly sit below zero.
                         let n = if rng.gen_bool(0.2) {
                             (cur - 1).max(0)
                         } else {
-                            cur
+                            cur.max(0)
                         };
                         let block = (n % 100) as u8 * 2 + rng.gen_range(0..2u8);
                         let (hrs, ask) = ask_for(n, block);
