@@ -79,7 +79,14 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("evm_signed_transaction", evm_signed_transaction),
     ("config_toml", config_toml),
     ("bitcoin_psbt", bitcoin_psbt),
+    ("privval_decode", privval_decode),
 ];
+
+/// Any bytes through the CometBFT privval decoder of every wire version, then the block-field
+/// rules, the watermark decision and the sign-bytes encoder: nothing may panic.
+pub fn privval_decode(data: &[u8]) {
+    keyguard_cometbft::fuzzing::exercise(data);
+}
 
 /// A PSBT (v0 or v2, raw bytes): strict parsing refuses or yields a PSBT that re-encodes and
 /// re-parses to the same transaction; decoding against a fixed wallet (BIP84/86 account 0 of the

@@ -17,6 +17,8 @@ pub const REQUEST_SECONDS: &str = "keyguard_request_duration_seconds";
 pub const KEYS: &str = "keyguard_keys";
 /// Configuration reloads by outcome (`applied`, `rejected`).
 pub const RELOADS: &str = "keyguard_config_reloads_total";
+/// Last signed CometBFT height per chain and key (the double-sign watermark).
+pub const COMETBFT_WATERMARK: &str = "keyguard_cometbft_watermark_height";
 /// 1 once every listener accepts connections.
 pub const READY: &str = "keyguard_ready";
 
@@ -68,6 +70,12 @@ pub fn keys_loaded(backend: &'static str, scheme: keyguard_chain::Scheme) {
 /// Counts a configuration reload by outcome.
 pub fn reload(outcome: &'static str) {
     metrics::counter!(RELOADS, "outcome" => outcome).increment(1);
+}
+
+/// Records a committed CometBFT watermark height.
+pub fn cometbft_watermark(chain_id: &str, key: &str, height: i64) {
+    metrics::gauge!(COMETBFT_WATERMARK, "chain" => chain_id.to_owned(), "key" => key.to_owned())
+        .set(height as f64);
 }
 
 /// Signing requests waiting for approvals.

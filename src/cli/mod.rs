@@ -10,6 +10,7 @@ mod people;
 mod policy_check;
 mod reload;
 mod start;
+mod state;
 
 use std::path::PathBuf;
 
@@ -77,6 +78,11 @@ enum Command {
     Clients {
         #[command(subcommand)]
         command: ClientsCommand,
+    },
+    /// CometBFT double-sign state: import from a file signer, show, export.
+    State {
+        #[command(subcommand)]
+        command: state::StateCommand,
     },
     /// Load generator: eth_signTransaction throughput and latency, and the raw crypto ceiling.
     Bench(bench::BenchArgs),
@@ -155,6 +161,7 @@ impl Cli {
                 );
                 Ok(())
             }
+            Command::State { command } => state::run(command),
             Command::Bench(args) => bench::run(args),
             Command::BtcSigner(args) => bitcoin::btc_signer(args),
             Command::Policy {

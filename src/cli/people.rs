@@ -77,18 +77,22 @@ pub(crate) fn spawn_head_log(state: StateDb, interval: &str) {
 /// Keeps the control-state gauges current: how many approvals wait and which keys are off.
 /// Read from the same state the guard uses, every few seconds (cheap indexed queries).
 pub(crate) fn spawn_control_gauges(kill: Arc<KillSwitch>, approvals: Approvals) {
+    // Set once before the caller reports ready, so the first scrape already has them.
+    update_control_gauges(&kill, &approvals);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tick.tick().await;
-            let (all_off, keys) = kill.status();
-            crate::metrics::keys_disabled(all_off, keys.len());
-            let book = approvals.clone();
-            let pending =
-                tokio::task::spawn_blocking(move || book.pending(crate::store::now_ms())).await;
-            if let Ok(Ok(list)) = pending {
-                crate::metrics::approvals_pending(list.len());
-            }
+            let (kill, book) = (kill.clone(), approvals.clone());
+            let _ = tokio::task::spawn_blocking(move || update_control_gauges(&kill, &book)).await;
         }
     });
+}
+
+fn update_control_gauges(kill: &KillSwitch, approvals: &Approvals) {
+    let (all_off, keys) = kill.status();
+    crate::metrics::keys_disabled(all_off, keys.len());
+    if let Ok(list) = approvals.pending(crate::store::now_ms()) {
+        crate::metrics::approvals_pending(list.len());
+    }
 }

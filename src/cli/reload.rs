@@ -1,6 +1,6 @@
 //! SIGHUP: re-read the configuration and put its policies and clients in force for the next
 //! request. A file that does not parse or validate, or that changes what only a restart can
-//! change (data, keystore, listeners, metrics), is rejected and the running config stays.
+//! change (data, keystore, listeners, metrics, validators), is rejected and the running config stays.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,6 +40,10 @@ fn needs_restart(old: &Config, new: &Config) -> Option<&'static str> {
     }
     if old.metrics != new.metrics {
         return Some("metrics");
+    }
+    // Validator connections hold their chain, key and limits for their lifetime.
+    if old.validators != new.validators {
+        return Some("validators");
     }
     let same_listeners = old.listeners.len() == new.listeners.len()
         && old

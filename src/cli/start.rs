@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use keyguard_chain::{KeyId, Scheme};
@@ -15,10 +16,11 @@ use crate::access::kill::KillSwitch;
 use crate::approvals::Approvals;
 use crate::backend::KeyBackend;
 use crate::config::{BackendKind, Config, Protocol};
-use crate::guard::Guard;
+use crate::guard::{CometbftTarget, Guard};
 use crate::server;
 use crate::server::admin::{AdminContext, ReloadRequest};
 use crate::server::metrics_http::Readiness;
+use crate::server::privval::PrivvalClient;
 use crate::store::Store;
 use crate::{hardening, metrics};
 
@@ -75,8 +77,9 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
     let approvals = Approvals::new(state.clone());
     let approval_book = approvals.clone();
     let guard = Arc::new(
-        Guard::new(&config, backend, store.audit_log())
+        Guard::new(&config, backend.clone(), store.audit_log())
             .with_people(kill.clone(), approvals.clone())
+            .with_cometbft(store.watermarks())
             .with_spend_history(state.clone()),
     );
     guard
@@ -130,6 +133,7 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
             }
         }
     }
+    let privval_tasks = start_validators(&config, backend.as_ref(), &guard)?;
     readiness.set_ready();
     println!("keyguard: ready");
     tracing::info!(listeners = handles.len(), "ready");
@@ -182,6 +186,13 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
     for h in handles {
         h.stopped().await;
     }
+    // Aborting is safe at any await point: a signature leaves only after its watermark commit.
+    for t in &privval_tasks {
+        t.abort();
+    }
+    for t in privval_tasks {
+        let _ = t.await;
+    }
     drop(guard);
     if let Some(path) = admin_socket {
         let _ = std::fs::remove_file(path);
@@ -190,6 +201,44 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
         .await
         .context("closing the store")??;
     Ok(())
+}
+
+/// Starts dialing every `[[validators]]` entry; prints one stable line per validator.
+fn start_validators(
+    config: &Config,
+    backend: &dyn KeyBackend,
+    guard: &Arc<Guard>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut tasks = Vec::new();
+    for v in &config.validators {
+        let name = v.display_name();
+        let key = KeyId::new(v.key.as_str())?;
+        let public_key = backend
+            .public_key(&key)
+            .with_context(|| format!("validator {name}: key {key}"))?;
+        let addr = v
+            .parsed_addr()
+            .map_err(|e| anyhow::anyhow!("validator {name}: addr: {e}"))?;
+        let client = PrivvalClient {
+            target: CometbftTarget {
+                name: name.clone(),
+                chain_id: v.chain_id.clone(),
+                key: key.clone(),
+                public_key,
+                limits: v.limits(),
+                new_validator: v.new_validator,
+            },
+            addr,
+            version: v.protocol,
+            retry_max: Duration::from_millis(v.retry_max_ms),
+        };
+        println!(
+            "keyguard: validator {name} chain {} key {key} {} protocol {}",
+            v.chain_id, v.addr, v.protocol
+        );
+        tasks.push(server::privval::start(guard.clone(), client));
+    }
+    Ok(tasks)
 }
 
 /// The software keystore, creating the configured dev keys when it is empty.

@@ -13,6 +13,8 @@ use keyguard_chain::{KeyId, Scheme};
 use keyguard_evm::EvmPolicy;
 use serde::Deserialize;
 
+mod validators;
+pub use validators::{PrivvalAddr, ValidatorConfig};
 mod pkcs11;
 pub use pkcs11::{PinSource, Pkcs11Config};
 
@@ -70,6 +72,9 @@ pub struct Config {
     /// Per-key policies.
     #[serde(default)]
     pub policies: Vec<PolicyConfig>,
+    /// CometBFT validator nodes to serve as remote signer.
+    #[serde(default)]
+    pub validators: Vec<ValidatorConfig>,
     /// Prometheus metrics, health and readiness.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
@@ -367,6 +372,9 @@ impl Config {
         if let Err(e) = self.validate_keystore() {
             problems.push(e);
         }
+        if let Err(e) = self.validate_validators() {
+            problems.push(e);
+        }
         let mut names = HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
             let key = |k: &str| format!("listeners[{i}].{k}");
@@ -533,6 +541,9 @@ impl Config {
                 );
             }
         }
+        for (i, v) in self.validators.iter().enumerate() {
+            refs.push((format!("validators[{i}].key"), v.key.as_str()));
+        }
         refs
     }
 
@@ -559,6 +570,36 @@ impl Config {
             },
             (BackendKind::Software, None) => Ok(()),
         }
+    }
+}
+
+impl Config {
+    fn validate_validators(&self) -> Result<(), ConfigError> {
+        let mut names = HashSet::new();
+        let mut new_flags = std::collections::HashMap::new();
+        for (i, v) in self.validators.iter().enumerate() {
+            let key = |k: &str| format!("validators[{i}].{k}");
+            if !names.insert(v.display_name()) {
+                return Err(self.invalid(key("name"), "duplicate validator name"));
+            }
+            if v.chain_id.is_empty() || v.chain_id.len() > 50 {
+                return Err(self.invalid(key("chain_id"), "must be 1-50 characters"));
+            }
+            KeyId::new(v.key.as_str()).map_err(|e| self.invalid(key("key"), e.to_string()))?;
+            v.parsed_addr().map_err(|e| self.invalid(key("addr"), e))?;
+            // Sentries of one validator share a watermark, so they must agree on whether an
+            // empty state may be signed from.
+            let flag = new_flags
+                .entry((v.chain_id.clone(), v.key.clone()))
+                .or_insert(v.new_validator);
+            if *flag != v.new_validator {
+                return Err(self.invalid(
+                    key("new_validator"),
+                    "entries for one chain and key must agree on new_validator",
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

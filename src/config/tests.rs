@@ -44,6 +44,34 @@ fn bad_token_hash_and_amounts_are_refused() {
     assert!(parse(&text).unwrap_err().to_string().contains("unit"));
 }
 
+const COMETBFT: &str = include_str!("../../configs/cometbft-validator.toml");
+
+#[test]
+fn cometbft_example_parses_and_addresses_are_checked() {
+    let c = parse(COMETBFT).unwrap();
+    assert_eq!(c.validators[0].chain_id, "my-chain-1");
+    assert_eq!(
+        c.validators[0].parsed_addr().unwrap(),
+        PrivvalAddr::Unix("/tmp/cometbft-privval.sock".into())
+    );
+    let tcp: PrivvalAddr = "tcp://f00dbabef00dbabef00dbabef00dbabef00dbabe@10.0.0.5:26659"
+        .parse()
+        .unwrap();
+    assert!(matches!(tcp, PrivvalAddr::Tcp { .. }));
+    for bad in [
+        "tcp://10.0.0.5:26659",
+        "tcp://abc@h:1",
+        "http://x",
+        "unix://",
+    ] {
+        let text = COMETBFT.replace("unix:///tmp/cometbft-privval.sock", bad);
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("validators[0].addr"), "{bad}: {err}");
+    }
+    let text = COMETBFT.replace("protocol = \"v0.38\"", "protocol = \"v0.39\"");
+    assert!(parse(&text).is_err());
+}
+
 const PKCS11: &str = "[keystore.pkcs11]\nlibrary = \"/usr/lib/softhsm/libsofthsm2.so\"\n\
                       token_label = \"kg\"\npin_env = \"KG_PIN\"\n";
 

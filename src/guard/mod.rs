@@ -8,11 +8,13 @@
 //! after its audit row is durable.
 
 mod bitcoin;
+mod cometbft;
 mod error;
 mod evm_more;
 mod people;
 
 pub use bitcoin::build_wallet;
+pub use cometbft::{CometbftSigned, CometbftTarget};
 pub use error::GuardError;
 pub use evm_more::DigestRequest;
 pub use people::intent_digest;
@@ -77,6 +79,7 @@ pub struct Guard {
     policies: RwLock<Arc<PolicySet>>,
     id_prefix: String,
     next_id: AtomicU64,
+    cometbft: Option<Arc<cometbft::CometbftGuard>>,
     ledger: Ledger,
     controls: people::Controls,
     bitcoin: bitcoin::BitcoinState,
@@ -107,6 +110,7 @@ impl Guard {
             evm_keys,
             id_prefix: format!("{started:x}"),
             next_id: AtomicU64::new(1),
+            cometbft: None,
             ledger: Ledger::default(),
         }
     }
@@ -414,5 +418,7 @@ pub(crate) fn now_ms() -> u64 {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_cometbft;
 #[cfg(test)]
 mod tests_ledger;

@@ -8,6 +8,7 @@ pub mod evm;
 mod evm_methods;
 mod http_edge;
 pub mod metrics_http;
+pub mod privval;
 pub mod rpc_error;
 pub mod tls;
 pub mod upstream;

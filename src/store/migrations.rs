@@ -103,6 +103,25 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
             PRIMARY KEY (key_id, chain_id, nonce)
         );",
     ),
+    (
+        4,
+        // The CometBFT double-sign watermark: the last height/round/step signed per chain and
+        // key, with what was signed, so a timestamp-only repeat gets the same signature back.
+        "CREATE TABLE cometbft_watermarks (
+        chain_id      TEXT NOT NULL,
+        key_id        TEXT NOT NULL,
+        height        INTEGER NOT NULL,
+        round         INTEGER NOT NULL,
+        step          INTEGER NOT NULL,
+        block_id      BLOB NOT NULL,
+        sign_bytes    BLOB NOT NULL,
+        signature     BLOB NOT NULL,
+        ext_signature BLOB NOT NULL,
+        source        TEXT NOT NULL,
+        updated_ms    INTEGER NOT NULL,
+        PRIMARY KEY (chain_id, key_id)
+    );",
+    ),
 ];
 
 /// The newest schema version this binary understands.

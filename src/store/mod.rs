@@ -9,6 +9,7 @@ mod ledger;
 mod migrations;
 mod read;
 pub(crate) mod state;
+mod watermarks;
 mod writer;
 
 #[cfg(test)]
@@ -28,6 +29,7 @@ pub use ledger::{NonceRow, StateWrite, VelocityRow};
 pub use read::AuditFilter;
 pub(crate) use state as state_sql;
 pub use state::{ApprovalRecord, StateDb, UserRecord};
+pub use watermarks::{WatermarkError, WatermarkRow, WatermarkStore};
 pub use writer::AuditLog;
 
 /// How long a connection waits for a lock held by another connection.
@@ -67,6 +69,7 @@ pub struct Store {
     path: PathBuf,
     reader: Mutex<Connection>,
     log: AuditLog,
+    watermarks: WatermarkStore,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -76,7 +79,8 @@ impl std::fmt::Debug for Store {
     }
 }
 
-pub(crate) fn now_ms() -> i64 {
+/// The wall clock in Unix milliseconds.
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -132,11 +136,14 @@ impl Store {
         migrations::migrate(&mut wconn)?;
         let reader = Connection::open(path).map_err(open_err)?;
         configure(&reader).map_err(open_err)?;
+        let wm = Connection::open(path).map_err(open_err)?;
+        configure(&wm).map_err(open_err)?;
         let (log, handle) = writer::spawn(wconn)?;
         Ok(Store {
             path: path.to_path_buf(),
             reader: Mutex::new(reader),
             log,
+            watermarks: WatermarkStore::new(wm),
             writer: Mutex::new(Some(handle)),
         })
     }
@@ -148,6 +155,11 @@ impl Store {
     /// A cheap, cloneable handle for appending audit entries.
     pub fn audit_log(&self) -> AuditLog {
         self.log.clone()
+    }
+
+    /// The CometBFT watermark table (its own connection; blocking calls).
+    pub fn watermarks(&self) -> WatermarkStore {
+        self.watermarks.clone()
     }
 
     /// Schema version of the open database.

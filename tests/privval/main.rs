@@ -1,0 +1,20 @@
+//! End-to-end tests of the CometBFT remote signer: the real keyguard binary dials mock
+//! validator nodes over Unix sockets and TCP SecretConnection.
+//!
+//! - `versions`: full heights, round changes, conflicts, timestamp-only repeats and vote
+//!   extensions on every wire version.
+//! - `concurrency`: 32 sentries racing conflicting same-step requests.
+//! - `state`: refusing a chain with no state, importing and exporting priv_validator_state.json.
+//! - `crash`: SIGKILL at random moments under signing load (`KEYGUARD_CRASH_KILLS` sets how
+//!   many; the reliability harness runs 200+).
+//! - `bench` (ignored): vote-signing latency, p50/p99 over 10,000 sequential votes.
+
+#![allow(unreachable_pub)]
+
+mod bench;
+mod concurrency;
+mod crash;
+mod harness;
+mod node;
+mod state;
+mod versions;
