@@ -241,44 +241,36 @@ impl Guard {
                 entry.decision = Decision::Signed;
                 entry.tx_hash = Some(signed.txid.to_string());
             }
-            Err(e) => {
-                entry.decision = e.decision();
-                entry.rule = e.rule().map(str::to_owned);
-                entry.reason = Some(e.to_string());
-            }
+            Err(e) => super::release::note_refusal(&mut entry, e),
         }
         let chain = entry.chain.clone().unwrap_or_default();
         let rule = entry.rule.clone();
         let committed = self.audit.append(entry).await;
-        let decision = match (&outcome, &committed) {
-            (Ok(_), Ok(_)) => Decision::Signed,
-            (Ok(_), Err(_)) => Decision::Failed,
-            (Err(e), _) => e.decision(),
-        };
-        crate::metrics::request(&chain, METHOD, decision.as_str(), started.elapsed());
-        if let (Decision::Refused, Some(rule)) = (decision, rule) {
-            crate::metrics::rejection(&rule);
-        }
+        let refusal = outcome.as_ref().err();
+        super::release::count(
+            &chain,
+            METHOD,
+            refusal,
+            &committed,
+            rule.as_deref(),
+            started,
+        );
         match (outcome, committed) {
             (Ok(signed), Ok(_)) => {
                 tracing::info!(request_id, client = %caller.name, txid = %signed.txid, "signed psbt");
                 Ok(signed)
             }
-            (Ok(_), Err(e)) => {
-                if let Some(r) = reservation {
+            (outcome, committed) => {
+                // A withheld signature gives its spend back to the window.
+                if let (Ok(_), Some(r)) = (&outcome, reservation) {
                     self.release_spend(r);
                 }
-                tracing::error!(request_id, error = %e, "audit commit failed; signature withheld");
-                Err(GuardError::Backend(format!(
-                    "audit log unavailable, signature withheld: {e}"
-                )))
-            }
-            (Err(refusal), audit) => {
-                if let Err(e) = audit {
-                    tracing::error!(request_id, error = %e, "audit commit of a refusal failed");
-                }
-                tracing::info!(request_id, client = %caller.name, %refusal, "refused");
-                Err(refusal)
+                Err(super::release::unreleased(
+                    &request_id,
+                    &caller.name,
+                    outcome.err(),
+                    committed.err(),
+                ))
             }
         }
     }

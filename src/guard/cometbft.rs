@@ -179,38 +179,27 @@ impl Guard {
         let outcome = outcome.map(|(signed, _)| signed);
         match &outcome {
             Ok(signed) => mark_signed(&mut entry, signed),
-            Err(e) => {
-                entry.decision = e.decision();
-                entry.rule = e.rule().map(str::to_owned);
-                entry.reason = Some(e.to_string());
-            }
+            Err(e) => super::release::note_refusal(&mut entry, e),
         }
         let rule = entry.rule.clone();
         let committed = self.audit.append(entry).await;
-        let decision = match (&outcome, &committed) {
-            (Ok(_), Ok(_)) => Decision::Signed,
-            (Ok(_), Err(_)) => Decision::Failed,
-            (Err(e), _) => e.decision(),
-        };
-        crate::metrics::request(&chain_label, method, decision.as_str(), started.elapsed());
-        if let (Decision::Refused, Some(rule)) = (decision, rule) {
-            crate::metrics::rejection(&rule);
-        }
+        let refusal = outcome.as_ref().err();
+        super::release::count(
+            &chain_label,
+            method,
+            refusal,
+            &committed,
+            rule.as_deref(),
+            started,
+        );
         match (outcome, committed) {
             (Ok(signed), Ok(_)) => Ok(signed),
-            (Ok(_), Err(e)) => {
-                tracing::error!(request_id, error = %e, "audit commit failed; signature withheld");
-                Err(GuardError::Backend(format!(
-                    "audit log unavailable, signature withheld: {e}"
-                )))
-            }
-            (Err(refusal), audit) => {
-                if let Err(e) = audit {
-                    tracing::error!(request_id, error = %e, "audit commit of a refusal failed");
-                }
-                tracing::info!(request_id, validator = %target.name, %refusal, "refused");
-                Err(refusal)
-            }
+            (outcome, committed) => Err(super::release::unreleased(
+                &request_id,
+                &target.name,
+                outcome.err(),
+                committed.err(),
+            )),
         }
     }
 

@@ -12,6 +12,7 @@ mod cometbft;
 mod error;
 mod evm_more;
 mod people;
+mod release;
 
 pub use bitcoin::build_wallet;
 pub use cometbft::{CometbftSigned, CometbftTarget};
@@ -226,24 +227,20 @@ impl Guard {
                     .map(Reservation::writes)
                     .unwrap_or_default();
             }
-            Err(e) => {
-                entry.decision = e.decision();
-                entry.rule = e.rule().map(str::to_owned);
-                entry.reason = Some(e.to_string());
-            }
+            Err(e) => release::note_refusal(&mut entry, e),
         }
         let chain = entry.chain.clone().unwrap_or_default();
         let rule = entry.rule.clone();
         let committed = self.audit.append_with_state(entry, state).await;
-        let decision = match (&outcome, &committed) {
-            (Ok(_), Ok(_)) => Decision::Signed,
-            (Ok(_), Err(_)) => Decision::Failed,
-            (Err(e), _) => e.decision(),
-        };
-        crate::metrics::request(&chain, method, decision.as_str(), started.elapsed());
-        if let (Decision::Refused, Some(rule)) = (decision, rule) {
-            crate::metrics::rejection(&rule);
-        }
+        let refusal = outcome.as_ref().err();
+        release::count(
+            &chain,
+            method,
+            refusal,
+            &committed,
+            rule.as_deref(),
+            started,
+        );
         match (outcome, committed) {
             (Ok((value, reservation)), Ok(_)) => {
                 if let Some(r) = reservation {
@@ -252,19 +249,12 @@ impl Guard {
                 tracing::info!(request_id, client = %caller.name, method, "signed");
                 Ok(value)
             }
-            (Ok(_), Err(e)) => {
-                tracing::error!(request_id, error = %e, "audit commit failed; signature withheld");
-                Err(GuardError::Backend(format!(
-                    "audit log unavailable, signature withheld: {e}"
-                )))
-            }
-            (Err(refusal), audit) => {
-                if let Err(e) = audit {
-                    tracing::error!(request_id, error = %e, "audit commit of a refusal failed");
-                }
-                tracing::info!(request_id, client = %caller.name, %refusal, "refused");
-                Err(refusal)
-            }
+            (outcome, committed) => Err(release::unreleased(
+                &request_id,
+                &caller.name,
+                outcome.err(),
+                committed.err(),
+            )),
         }
     }
 

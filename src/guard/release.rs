@@ -1,0 +1,60 @@
+//! The last stage every signing path shares: the outcome goes into its audit row, is counted,
+//! and a signature is released only if that row committed. Kept in one place so no chain can
+//! release a signature the audit log does not hold.
+
+use std::time::Instant;
+
+use super::GuardError;
+use crate::store::{AuditEntry, AuditReceipt, Decision, StoreError};
+
+/// Writes a refusal's decision, rule and reason into its audit row.
+pub(super) fn note_refusal(entry: &mut AuditEntry, refusal: &GuardError) {
+    entry.decision = refusal.decision();
+    entry.rule = refusal.rule().map(str::to_owned);
+    entry.reason = Some(refusal.to_string());
+}
+
+/// Counts one request in the metrics once its audit commit is known.
+pub(super) fn count(
+    chain: &str,
+    method: &'static str,
+    refusal: Option<&GuardError>,
+    committed: &Result<AuditReceipt, StoreError>,
+    rule: Option<&str>,
+    started: Instant,
+) {
+    let decision = match (refusal, committed) {
+        (None, Ok(_)) => Decision::Signed,
+        (None, Err(_)) => Decision::Failed,
+        (Some(e), _) => e.decision(),
+    };
+    crate::metrics::request(chain, method, decision.as_str(), started.elapsed());
+    if let (Decision::Refused, Some(rule)) = (decision, rule) {
+        crate::metrics::rejection(rule);
+    }
+}
+
+/// The caller's error when nothing is released: a signature whose audit row did not commit is
+/// withheld as a backend failure; a refusal is returned as it is (a failed audit of it is only
+/// logged, since nothing leaves).
+pub(super) fn unreleased(
+    request_id: &str,
+    who: &str,
+    refusal: Option<GuardError>,
+    audit: Option<StoreError>,
+) -> GuardError {
+    match (refusal, audit) {
+        (None, audit) => {
+            let e = audit.map_or_else(|| "no audit result".to_string(), |e| e.to_string());
+            tracing::error!(request_id, error = %e, "audit commit failed; signature withheld");
+            GuardError::Backend(format!("audit log unavailable, signature withheld: {e}"))
+        }
+        (Some(refusal), audit) => {
+            if let Some(e) = audit {
+                tracing::error!(request_id, error = %e, "audit commit of a refusal failed");
+            }
+            tracing::info!(request_id, who, %refusal, "refused");
+            refusal
+        }
+    }
+}
