@@ -26,6 +26,17 @@ pub(super) fn public(key: &SigningKey) -> PublicKey {
     PublicKey::Secp256k1(point.as_bytes().try_into().unwrap())
 }
 
+/// A k256 signature over `digest` in the form a backend returns.
+pub(super) fn sign_prehash(key: &SigningKey, digest: &[u8; 32]) -> Signature {
+    let (sig, recid) = key.sign_prehash_recoverable(digest).unwrap();
+    let (r, s) = sig.split_bytes();
+    Signature::Secp256k1 {
+        r: r.into(),
+        s: s.into(),
+        recovery_id: recid.to_byte(),
+    }
+}
+
 #[async_trait]
 impl KeyBackend for LyingBackend {
     fn name(&self) -> &'static str {
@@ -44,13 +55,7 @@ impl KeyBackend for LyingBackend {
         let SigningPayload::Secp256k1Prehash(digest) = payload else {
             unreachable!()
         };
-        let (sig, recid) = self.actual.sign_prehash_recoverable(digest).unwrap();
-        let (r, s) = sig.split_bytes();
-        Ok(Signature::Secp256k1 {
-            r: r.into(),
-            s: s.into(),
-            recovery_id: recid.to_byte(),
-        })
+        Ok(sign_prehash(&self.actual, digest))
     }
 }
 

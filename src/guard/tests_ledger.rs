@@ -10,7 +10,7 @@ use k256::ecdsa::SigningKey;
 use keyguard_chain::{KeyId, Rejection, Signature, SigningPayload};
 use serde_json::json;
 
-use super::tests::{caller, public};
+use super::tests::{caller, public, sign_prehash};
 use super::{Guard, GuardError};
 use crate::backend::{BackendError, KeyBackend, KeyInfo};
 use crate::config::Config;
@@ -49,13 +49,7 @@ impl KeyBackend for FlakyBackend {
                 reason: "wrong payload".into(),
             });
         };
-        let (sig, recid) = self.key.sign_prehash_recoverable(digest).unwrap();
-        let (r, s) = sig.split_bytes();
-        Ok(Signature::Secp256k1 {
-            r: r.into(),
-            s: s.into(),
-            recovery_id: recid.to_byte(),
-        })
+        Ok(sign_prehash(&self.key, digest))
     }
 }
 
