@@ -143,3 +143,35 @@ async fn keys_not_granted_are_refused_before_signing() {
     assert!(matches!(result, Err(GuardError::Unauthorized(_))));
     assert_eq!(decisions, vec![Decision::Refused]);
 }
+
+#[tokio::test]
+async fn a_signature_whose_audit_row_cannot_commit_is_withheld() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::parse(Path::new("t.toml"), CONFIG).unwrap();
+    let key = SigningKey::from_slice(&[1; 32]).unwrap();
+    let from = keyguard_evm::address_of(&public(&key)).unwrap();
+    let store = Store::open(&dir.path().join("db")).unwrap();
+    let audit = store.audit_log();
+    let guard = Guard::new(
+        &config,
+        Arc::new(LyingBackend {
+            claimed: key.clone(),
+            actual: key,
+        }),
+        audit.clone(),
+    );
+    // The writer refuses every later append, as a full or read-only disk would.
+    audit.shutdown().await.unwrap();
+    let params = json!([{"from": from, "to": from, "gas": "0x5208", "nonce": "0x0",
+        "chainId": "0x7a69", "maxFeePerGas": "0x1", "maxPriorityFeePerGas": "0x1"}]);
+    match guard
+        .sign_evm_transaction(&caller(&["*"]), 31337, &params)
+        .await
+    {
+        Err(GuardError::Backend(reason)) => {
+            assert!(reason.contains("signature withheld"), "{reason}")
+        }
+        other => panic!("a signature without its audit row was released: {other:?}"),
+    }
+    assert!(store.recent_audit(10).unwrap().is_empty());
+}
