@@ -80,7 +80,111 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("config_toml", config_toml),
     ("bitcoin_psbt", bitcoin_psbt),
     ("privval_decode", privval_decode),
+    ("evm_typed_data", evm_typed_data),
+    ("evm_abi_calldata", evm_abi_calldata),
 ];
+
+/// `eth_signTypedData_v4` params: decoding refuses with a named field or yields an intent whose
+/// hash is a pure function of the input (decoding twice gives the same hash), whose summary and
+/// policy check are computable, and which no unrelated signature finalizes.
+pub fn evm_typed_data(data: &[u8]) {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
+    let params = match value {
+        serde_json::Value::Array(_) => value,
+        other => serde_json::json!(["0x0000000000000000000000000000000000000001", other]),
+    };
+    match keyguard_evm::decode_typed_data_params(&params) {
+        Ok(intent) => {
+            let again = keyguard_evm::decode_typed_data_params(&params).expect("decoded once");
+            assert_eq!(
+                intent.hash, again.hash,
+                "typed-data hash is not deterministic"
+            );
+            let _ = intent.summary();
+            static POLICY: std::sync::OnceLock<keyguard_evm::EvmPolicy> =
+                std::sync::OnceLock::new();
+            let policy = POLICY.get_or_init(|| {
+                toml::from_str(&format!("{PERMISSIVE}{TYPED_RULE}")).expect("static")
+            });
+            if let Err(keyguard_chain::Rejection::Policy { field, rule, .. }) =
+                policy.check_typed_data(&intent)
+            {
+                assert!(!field.is_empty() && !rule.is_empty(), "unnamed refusal");
+            }
+        }
+        Err(keyguard_chain::Rejection::InvalidParams { field, .. }) => {
+            assert!(!field.is_empty(), "a refusal must name its field");
+        }
+        Err(other) => panic!("decoding returned a policy refusal: {other:?}"),
+    }
+}
+
+const TYPED_RULE: &str = r#"
+[[typed_data]]
+name = "any"
+allow_unlimited_approval = false
+"#;
+
+/// Calldata against the shipped ERC-20/721 ABIs and the example dispute-game factory ABI. The
+/// first byte picks a function (so the fuzzer need not find selectors), the rest is its argument
+/// encoding: whatever decodes must be exactly the canonical encoding of what it decoded to, and
+/// must render as JSON.
+pub fn evm_abi_calldata(data: &[u8]) {
+    use std::sync::OnceLock;
+    static ABIS: OnceLock<Vec<(keyguard_evm::abi::Abi, Vec<[u8; 4]>)>> = OnceLock::new();
+    let abis = ABIS.get_or_init(|| {
+        [
+            ("erc20", keyguard_evm::abi::ERC20_JSON),
+            ("erc721", keyguard_evm::abi::ERC721_JSON),
+            (
+                "dispute-game-factory",
+                include_str!("../configs/abi/dispute-game-factory.json"),
+            ),
+        ]
+        .into_iter()
+        .map(|(name, json)| {
+            let abi = keyguard_evm::abi::Abi::from_json(name, json).expect("shipped ABI");
+            let selectors = abi
+                .function_signatures()
+                .iter()
+                .map(|sig| {
+                    let h = alloy_primitives::keccak256(sig.as_bytes());
+                    [h[0], h[1], h[2], h[3]]
+                })
+                .collect();
+            (abi, selectors)
+        })
+        .collect()
+    });
+    let Some((&pick, rest)) = data.split_first() else {
+        return;
+    };
+    let total: usize = abis.iter().map(|(_, s)| s.len()).sum();
+    let mut n = pick as usize % (total + 1);
+    for (abi, selectors) in abis {
+        // n == total: the raw bytes themselves, selector included.
+        let input = if n == total {
+            rest.to_vec()
+        } else if n < selectors.len() {
+            [&selectors[n][..], rest].concat()
+        } else {
+            n -= selectors.len();
+            continue;
+        };
+        if let Ok(call) = abi.decode(&input) {
+            let _ = call.to_json();
+            assert_eq!(
+                &input[..4],
+                &alloy_primitives::keccak256(call.signature.as_bytes())[..4]
+            );
+        }
+        if n != total {
+            return;
+        }
+    }
+}
 
 /// Any bytes through the CometBFT privval decoder of every wire version, then the block-field
 /// rules, the watermark decision and the sign-bytes encoder: nothing may panic.
