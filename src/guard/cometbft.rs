@@ -1,7 +1,7 @@
 //! The CometBFT path of the guard:
 //!
 //! decode (transport + chain crate) -> block-field checks -> watermark decision -> sign ->
-//! pass 2 -> watermark commit (fsync) -> audit commit -> release.
+//! pass 2 -> watermark + audit row in one commit (fsync) -> release.
 //!
 //! Everything from the watermark read to its commit runs under ONE async lock per (chain,
 //! key), shared by every connection to every sentry: two same-step requests arriving together
@@ -19,7 +19,7 @@ use keyguard_cometbft::{check_request, decide, BlockLimits, SignRequest, SignedS
 use serde_json::Value;
 
 use super::{Guard, GuardError};
-use crate::store::{now_ms, AuditEntry, Decision, WatermarkError, WatermarkStore};
+use crate::store::{now_ms, AuditEntry, Decision, StateWrite, StoreError, WatermarkStore};
 
 /// One validator connection's view of what it signs for, resolved from the configuration.
 #[derive(Clone, Debug)]
@@ -297,49 +297,41 @@ impl Guard {
             signed.signature.clone(),
             signed.extension_signature.clone(),
         );
-        // Watermark first, then the audit row, one after the other: both live in one SQLite
-        // file, and two connections committing at once make one of them wait out SQLite's
-        // busy-handler sleeps (measured: p50 0.5 ms in sequence, 4 ms overlapped).
+        // The watermark commits in the audit writer's transaction, with the signed row: one
+        // fsync per vote, shared by group commit with every other connection, and the row can
+        // never exist without the watermark that covers it (nor the other way round). Still
+        // under the lock, so audit rows of one (chain, key) are in watermark order.
         let mut row = entry.clone();
         mark_signed(&mut row, &signed);
-        let (store, c, k) = (
-            cg.store.clone(),
-            target.chain_id.clone(),
-            target.key.to_string(),
-        );
-        let (expected, next2) = (stored.clone(), next.clone());
-        let written = blocking(move || store.advance(&c, &k, expected.as_ref(), &next2)).await;
-        match written? {
-            Ok(()) => {
+        let write = StateWrite::Watermark {
+            chain_id: target.chain_id.clone(),
+            key_id: target.key.to_string(),
+            expected: stored.map(Box::new),
+            next: Box::new(next.clone()),
+        };
+        match self.audit.append_with_state(row, vec![write]).await {
+            Ok(_) => {
                 crate::metrics::cometbft_watermark(
                     &target.chain_id,
                     target.key.as_str(),
                     next.height,
                 );
                 *cached = Some(Some(next));
+                Ok((signed, true))
             }
-            Err(WatermarkError::Stale { current, .. }) => {
-                *cached = Some(Some(*current));
-                return Err(GuardError::Backend(
-                    "watermark changed outside this signer; signature withheld".into(),
-                ));
+            Err(StoreError::StateConflict(e)) => {
+                *cached = None;
+                Err(GuardError::Backend(format!(
+                    "watermark changed outside this signer, signature withheld: {e}"
+                )))
             }
             Err(e) => {
                 // Unknown outcome: re-read before the next decision.
                 *cached = None;
-                return Err(GuardError::Backend(format!(
-                    "watermark commit failed, signature withheld: {e}"
-                )));
+                Err(GuardError::Backend(format!(
+                    "watermark and audit commit failed, signature withheld: {e}"
+                )))
             }
-        }
-        // Under the lock, so audit rows of one (chain, key) are in watermark order.
-        let audited = self.audit.append(row).await;
-        drop(cached);
-        match audited {
-            Ok(_) => Ok((signed, true)),
-            Err(e) => Err(GuardError::Backend(format!(
-                "audit log unavailable, signature withheld: {e}"
-            ))),
         }
     }
 

@@ -1,5 +1,5 @@
-//! Conflict-guard state that must be durable before a signature leaves: velocity debits and
-//! signed EVM nonces. Rows are written by the audit writer in the *same transaction* as the
+//! Conflict-guard state that must be durable before a signature leaves: velocity debits,
+//! signed EVM nonces and CometBFT watermarks. Rows are written by the audit writer in the *same transaction* as the
 //! audit row of the signature they belong to, so either both are on disk or neither is (and a
 //! signature is released only after that commit).
 
@@ -36,6 +36,20 @@ pub enum StateWrite {
         /// `maxPriorityFeePerGas` (or gas price), decimal.
         tip: String,
     },
+    /// A CometBFT watermark moving from `expected` (what the signer decided against; `None`:
+    /// no row) to `next`. Checked in the transaction: if the row is not `expected` or `next`
+    /// would lower it, the entry fails with [`StoreError::StateConflict`] and nothing of it is
+    /// written.
+    Watermark {
+        /// CometBFT chain id.
+        chain_id: String,
+        /// Consensus key.
+        key_id: String,
+        /// The row the decision was made against.
+        expected: Option<Box<keyguard_cometbft::SignedState>>,
+        /// The new watermark.
+        next: Box<keyguard_cometbft::SignedState>,
+    },
 }
 
 /// A velocity row as loaded at start.
@@ -62,8 +76,20 @@ pub(crate) fn write(
     tx: &Transaction<'_>,
     request_id: &str,
     w: &StateWrite,
-) -> rusqlite::Result<()> {
+) -> Result<(), StoreError> {
     match w {
+        StateWrite::Watermark {
+            chain_id,
+            key_id,
+            expected,
+            next,
+        } => {
+            super::watermarks::advance_in(tx, chain_id, key_id, expected.as_deref(), next)
+                .map_err(|e| match e {
+                    super::WatermarkError::Store(e) => e,
+                    conflict => StoreError::StateConflict(conflict.to_string()),
+                })?;
+        }
         StateWrite::Velocity {
             key_id,
             counter,

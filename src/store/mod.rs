@@ -62,6 +62,10 @@ pub enum StoreError {
     Corrupt { seq: i64, reason: String },
     #[error("database error: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// A state row an entry carried no longer matches what its decision was made against;
+    /// that entry (only) was not written.
+    #[error("state conflict: {0}")]
+    StateConflict(String),
 }
 
 /// The embedded SQLite store. `Send + Sync`; share it behind an `Arc`.

@@ -179,3 +179,70 @@ fn async_shutdown_drains_queue() {
     assert!(rt.block_on(log.append(entry(99))).is_err());
     assert_eq!(Store::verify_path(&path).unwrap().rows, 20);
 }
+
+fn state(height: i64) -> keyguard_cometbft::SignedState {
+    keyguard_cometbft::SignedState {
+        height,
+        round: 0,
+        step: keyguard_cometbft::Step::Precommit,
+        block_id: vec![height as u8; 32],
+        sign_bytes: vec![1, 2, 3],
+        signature: vec![9; 64],
+        extension_signature: Vec::new(),
+    }
+}
+
+fn watermark(expected: Option<i64>, next: i64) -> StateWrite {
+    StateWrite::Watermark {
+        chain_id: "c".into(),
+        key_id: "k".into(),
+        expected: expected.map(|h| Box::new(state(h))),
+        next: Box::new(state(next)),
+    }
+}
+
+/// A watermark commits with its audit row; one decided against a row that has moved on (or
+/// that would lower it) fails alone, leaving nothing behind, while its batch-mates commit.
+#[test]
+fn watermark_rides_the_audit_commit_and_conflicts_fail_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.db");
+    let store = Store::open(&path).unwrap();
+    let log = store.audit_log();
+    let rt = rt();
+    rt.block_on(log.append_with_state(entry(0), vec![watermark(None, 5)]))
+        .unwrap();
+    let row = store.watermarks().load("c", "k").unwrap().unwrap();
+    assert_eq!(row.state, state(5));
+    // Stall the writer so the next three land in one batch.
+    let lock = write_lock(&path);
+    let stale = rt.spawn(log.append_with_state(entry(1), vec![watermark(None, 6)]));
+    let good = rt.spawn(log.append_with_state(entry(2), vec![watermark(Some(5), 7)]));
+    let backwards = rt.spawn(log.append_with_state(entry(3), vec![watermark(Some(7), 6)]));
+    let plain = rt.spawn(log.append(entry(4)));
+    std::thread::sleep(Duration::from_millis(200));
+    drop(lock);
+    let (stale, good, backwards, plain) = rt.block_on(async {
+        (
+            stale.await.unwrap(),
+            good.await.unwrap(),
+            backwards.await.unwrap(),
+            plain.await.unwrap(),
+        )
+    });
+    assert!(
+        matches!(stale, Err(StoreError::StateConflict(_))),
+        "{stale:?}"
+    );
+    assert!(
+        matches!(backwards, Err(StoreError::StateConflict(_))),
+        "{backwards:?}"
+    );
+    assert_eq!(good.unwrap().seq, 2);
+    assert_eq!(plain.unwrap().seq, 3);
+    let row = store.watermarks().load("c", "k").unwrap().unwrap();
+    assert_eq!(row.state, state(7));
+    let v = store.verify_audit().unwrap();
+    assert_eq!(v.rows, 3);
+    store.close().unwrap();
+}

@@ -146,6 +146,36 @@ fn write_row(
     Ok(())
 }
 
+/// The check-and-write of [`WatermarkStore::advance`] inside a caller's transaction (the audit
+/// writer's, so the watermark and the signature's audit row share one commit and one fsync).
+pub(crate) fn advance_in(
+    conn: &Connection,
+    chain_id: &str,
+    key_id: &str,
+    expected: Option<&SignedState>,
+    next: &SignedState,
+) -> Result<(), WatermarkError> {
+    let current = read_row(conn, chain_id, key_id)?.map(|r| r.state);
+    if current.as_ref() != expected {
+        let c = current.unwrap_or_default();
+        return Err(WatermarkError::Stale {
+            chain_id: chain_id.into(),
+            key_id: key_id.into(),
+            height: c.height,
+            round: c.round,
+            step: c.step,
+            current: Box::new(c),
+        });
+    }
+    if let Some(c) = &current {
+        if next.hrs() < c.hrs() {
+            return Err(WatermarkError::Backwards(format!("{chain_id}/{key_id}")));
+        }
+    }
+    write_row(conn, chain_id, key_id, next, "signer")?;
+    Ok(())
+}
+
 impl WatermarkStore {
     pub(crate) fn new(conn: Connection) -> Self {
         WatermarkStore {
@@ -187,24 +217,7 @@ impl WatermarkStore {
     ) -> Result<(), WatermarkError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let current = read_row(&tx, chain_id, key_id)?.map(|r| r.state);
-        if current.as_ref() != expected {
-            let c = current.unwrap_or_default();
-            return Err(WatermarkError::Stale {
-                chain_id: chain_id.into(),
-                key_id: key_id.into(),
-                height: c.height,
-                round: c.round,
-                step: c.step,
-                current: Box::new(c),
-            });
-        }
-        if let Some(c) = &current {
-            if next.hrs() < c.hrs() {
-                return Err(WatermarkError::Backwards(format!("{chain_id}/{key_id}")));
-            }
-        }
-        write_row(&tx, chain_id, key_id, next, "signer")?;
+        advance_in(&tx, chain_id, key_id, expected, next)?;
         tx.commit()?;
         Ok(())
     }

@@ -184,14 +184,14 @@ impl Writer {
 
     fn write_batch(&mut self, batch: Vec<Pending>) {
         match self.commit(&batch) {
-            Ok(receipts) => {
+            Ok(outcomes) => {
                 self.commits.fetch_add(1, Ordering::Relaxed);
-                if let Some(last) = receipts.last() {
+                if let Some(last) = outcomes.iter().rev().find_map(|o| o.as_ref().ok()) {
                     self.last_seq = last.seq;
                     self.head = last.hash;
                 }
-                for ((_, _, reply), receipt) in batch.into_iter().zip(receipts) {
-                    let _ = reply.send(Ok(receipt));
+                for ((_, _, reply), outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = reply.send(outcome);
                 }
             }
             Err(e) => {
@@ -205,8 +205,13 @@ impl Writer {
         }
     }
 
-    /// Writes the batch in one IMMEDIATE transaction; dropping it on error rolls back.
-    fn commit(&mut self, batch: &[Pending]) -> Result<Vec<AuditReceipt>, StoreError> {
+    /// Writes the batch in one IMMEDIATE transaction; dropping it on error rolls back. An entry
+    /// whose state rows conflict ([`StoreError::StateConflict`]) is left out alone: its outcome
+    /// is that error and the others still commit.
+    fn commit(
+        &mut self,
+        batch: &[Pending],
+    ) -> Result<Vec<Result<AuditReceipt, StoreError>>, StoreError> {
         if self.stale {
             (self.last_seq, self.head) = read::head(&self.conn)?;
             self.stale = false;
@@ -215,7 +220,7 @@ impl Writer {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut receipts = Vec::with_capacity(batch.len());
+        let mut outcomes = Vec::with_capacity(batch.len());
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO audit_log (seq, ts_ms, request_id, client, key_id, chain, method, \
@@ -224,8 +229,30 @@ impl Writer {
             )?;
             let (mut seq, mut prev) = (self.last_seq, self.head);
             for (e, writes, _) in batch {
-                for w in writes {
-                    ledger::write(&tx, &e.request_id, w)?;
+                // Only a watermark can conflict, and it is checked before it writes: written
+                // first, a conflicting entry leaves nothing behind.
+                let ordered = writes
+                    .iter()
+                    .filter(|w| matches!(w, StateWrite::Watermark { .. }))
+                    .chain(
+                        writes
+                            .iter()
+                            .filter(|w| !matches!(w, StateWrite::Watermark { .. })),
+                    );
+                let mut conflict = None;
+                for w in ordered {
+                    match ledger::write(&tx, &e.request_id, w) {
+                        Ok(()) => {}
+                        Err(StoreError::StateConflict(c)) => {
+                            conflict = Some(c);
+                            break;
+                        }
+                        Err(other) => return Err(other),
+                    }
+                }
+                if let Some(c) = conflict {
+                    outcomes.push(Err(StoreError::StateConflict(c)));
+                    continue;
                 }
                 seq += 1;
                 let summary = serde_json::to_string(&e.summary)
@@ -261,12 +288,12 @@ impl Writer {
                     &prev[..],
                     &hash[..],
                 ])?;
-                receipts.push(AuditReceipt { seq, ts_ms, hash });
+                outcomes.push(Ok(AuditReceipt { seq, ts_ms, hash }));
                 prev = hash;
             }
         }
         tx.commit()?;
-        Ok(receipts)
+        Ok(outcomes)
     }
 }
 
