@@ -9,17 +9,20 @@
 //!   signing sessions, key generation.
 //! - `signing`: the token's raw signature to a releasable one (low S, recovery id, verified).
 //! - `der`: `CKA_EC_PARAMS` / `CKA_EC_POINT` parsing.
+//! - `workers`: one dedicated thread per session, fed from a bounded queue, doing `C_Sign`.
 //!
-//! A signature: the guard calls [`KeyBackend::sign`] -> wait (bounded) for one of `sessions`
-//! permits -> a blocking thread takes an idle session and calls `C_Sign` -> `signing` checks
-//! and normalizes -> pass 2 in the chain crate checks again. PKCS#11 calls block, so they never
-//! run on the async workers. While the token is broken, requests fail at once (`-32007`).
+//! A signature: the guard calls [`KeyBackend::sign`] -> the job is queued (bounded; full means
+//! `-32007` at once) -> the next free signing thread takes an idle session and calls `C_Sign`
+//! -> back on the caller, `signing` checks and normalizes -> pass 2 in the chain crate checks
+//! again. PKCS#11 calls block, so they never run on the async workers. While the token is
+//! broken, requests fail at once (`-32007`).
 
 mod der;
 mod recovery;
 mod settings;
 mod signing;
 mod token;
+mod workers;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -144,7 +147,6 @@ struct Shared {
     keys: BTreeMap<KeyId, KeyInfo>,
     state: Mutex<State>,
     wake: Condvar,
-    permits: Arc<tokio::sync::Semaphore>,
     sessions: usize,
     timeout: Duration,
     counters: Counters,
@@ -176,6 +178,7 @@ impl Shared {
 /// Keys in a PKCS#11 token.
 pub struct Pkcs11Backend {
     shared: Arc<Shared>,
+    workers: Option<workers::Workers>,
     recovery: Option<JoinHandle<()>>,
 }
 
@@ -208,7 +211,6 @@ impl Pkcs11Backend {
             keys,
             state: Mutex::new(State::Ready(Arc::new(conn))),
             wake: Condvar::new(),
-            permits: Arc::new(tokio::sync::Semaphore::new(sessions)),
             sessions,
             timeout,
             counters: Counters::default(),
@@ -221,8 +223,13 @@ impl Pkcs11Backend {
                 path: shared.settings.library.clone(),
                 reason: format!("starting the recovery thread: {e}"),
             })?;
+        let workers = workers::Workers::start(&shared).map_err(|e| Pkcs11Error::Library {
+            path: shared.settings.library.clone(),
+            reason: format!("starting the signing threads: {e}"),
+        })?;
         Ok(Self {
             shared,
+            workers: Some(workers),
             recovery: Some(recovery),
         })
     }
@@ -262,6 +269,8 @@ impl Drop for Pkcs11Backend {
         if let Some(handle) = self.recovery.take() {
             let _ = handle.join();
         }
+        // No signing thread holds a connection once they are joined.
+        drop(self.workers.take());
         // Closes sessions and finalizes the library (once no signing thread holds it).
         drop(old);
     }
@@ -356,78 +365,36 @@ fn is_request_error(e: &CkError) -> bool {
     )
 }
 
-/// What one blocking sign attempt produced.
-enum Attempt {
-    Signed(Signature, bool),
-    Failed(BackendError),
-}
-
-fn sign_blocking(
-    shared: &Shared,
-    conn: &Arc<Connection>,
+/// The token's raw output to a releasable signature (low S, recovery id, verified against
+/// the public key read at start); `true` when a high S was normalized.
+fn check(
     key: &KeyInfo,
     payload: &SigningPayload,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) -> Attempt {
-    let mut raw = conn.sign_raw(&key.id, payload);
-    if let Err(CkError::Pkcs11(RvError::UserNotLoggedIn, _)) = raw {
-        // The token dropped our login (its own reset, another process logging out): log in
-        // again on the long-lived session and retry once.
-        shared.counters.relogins.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!("pkcs11: token reports the user is not logged in; logging in again");
-        match conn.relogin(&shared.settings.pin, &shared.settings.token_label) {
-            Ok(()) => raw = conn.sign_raw(&key.id, payload),
-            Err(e) => {
-                shared.mark_broken(conn, e.to_string());
-                return Attempt::Failed(BackendError::Unavailable {
-                    backend: "pkcs11",
-                    reason: e.to_string(),
-                });
-            }
-        }
-    }
-    // The session is back in the pool: let the next request use the token while this one's
-    // signature is checked (two EC recoveries cost about as much as the token's sign).
-    drop(permit);
-    let raw = match raw {
-        Ok(raw) => raw,
-        Err(e) => {
-            let reason = format!("C_Sign with {}: {}", key.id, brief(&e));
-            if !is_request_error(&e) {
-                shared.mark_broken(conn, reason.clone());
-            }
-            return Attempt::Failed(BackendError::Unavailable {
-                backend: "pkcs11",
-                reason,
-            });
-        }
-    };
+    raw: &[u8],
+) -> Result<(Signature, bool), BackendError> {
     let checked = match (&key.public_key, payload) {
         (PublicKey::Secp256k1(pk), SigningPayload::Secp256k1Prehash(digest)) => {
-            signing::secp256k1_from_token(&raw, digest, pk)
+            signing::secp256k1_from_token(raw, digest, pk)
                 .map(|o| (o.signature, o.high_s_normalized))
         }
         (PublicKey::Ed25519(pk), SigningPayload::Ed25519Message(msg)) => {
-            signing::ed25519_from_token(&raw, msg, pk).map(|s| (s, false))
+            signing::ed25519_from_token(raw, msg, pk).map(|s| (s, false))
         }
         _ => {
-            return Attempt::Failed(BackendError::SchemeMismatch {
+            return Err(BackendError::SchemeMismatch {
                 key: key.id.clone(),
                 actual: key.scheme(),
                 wanted: payload.scheme(),
             })
         }
     };
-    match checked {
-        Ok((sig, high)) => Attempt::Signed(sig, high),
-        Err(fault) => {
-            tracing::error!(key = %key.id, %fault, "pkcs11: token returned a bad signature");
-            Attempt::Failed(BackendError::SigningFailed {
-                key: key.id.clone(),
-                reason: fault.to_string(),
-            })
+    checked.map_err(|fault| {
+        tracing::error!(key = %key.id, %fault, "pkcs11: token returned a bad signature");
+        BackendError::SigningFailed {
+            key: key.id.clone(),
+            reason: fault.to_string(),
         }
-    }
+    })
 }
 
 #[async_trait]
@@ -462,49 +429,39 @@ impl KeyBackend for Pkcs11Backend {
                 wanted: payload.scheme(),
             });
         }
-        let timeout = self.shared.timeout;
-        let permit = tokio::time::timeout(timeout, self.shared.permits.clone().acquire_owned())
-            .await
-            .map_err(|_| {
-                self.unavailable(format!(
-                    "all {} token sessions stayed busy for {} ms",
-                    self.shared.sessions,
-                    timeout.as_millis()
-                ))
-            })?
-            .map_err(|_| self.unavailable("closed"))?;
-        let conn = match &*self.shared.state() {
-            State::Ready(conn) => conn.clone(),
-            State::Broken { reason, .. } => return Err(self.unavailable(reason.clone())),
-            State::Closed => return Err(self.unavailable("closed")),
-        };
-        let shared = self.shared.clone();
-        let payload = payload.clone();
-        let task = tokio::task::spawn_blocking(move || {
-            // The permit lives as long as the token call, even if the caller gave up waiting.
-            sign_blocking(&shared, &conn, &info, &payload, permit)
-        });
-        let attempt = match tokio::time::timeout(timeout, task).await {
-            Ok(Ok(attempt)) => attempt,
-            Ok(Err(join)) => return Err(self.unavailable(format!("signing thread failed: {join}"))),
-            Err(_) => {
-                return Err(self.unavailable(format!(
-                    "the token did not answer within {} ms",
-                    timeout.as_millis()
-                )))
-            }
-        };
-        match attempt {
-            Attempt::Signed(sig, high) => {
-                let c = &self.shared.counters;
-                c.signatures.fetch_add(1, Ordering::Relaxed);
-                if high {
-                    c.high_s_normalized.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(sig)
-            }
-            Attempt::Failed(e) => Err(e),
+        if let Some(reason) = self.unavailable_reason() {
+            return Err(self.unavailable(reason));
         }
+        let timeout = self.shared.timeout;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.workers
+            .as_ref()
+            .ok_or_else(|| self.unavailable("closed"))?
+            .submit(workers::Job {
+                key: key.clone(),
+                payload: payload.clone(),
+                deadline: std::time::Instant::now() + timeout,
+                reply,
+            })?;
+        let late = || {
+            self.unavailable(format!(
+                "the token did not answer within {} ms ({} sessions)",
+                timeout.as_millis(),
+                self.shared.sessions
+            ))
+        };
+        let raw = match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(raw)) => raw?,
+            // The signing thread dropped the job: its deadline passed while it queued.
+            Ok(Err(_)) | Err(_) => return Err(late()),
+        };
+        let (sig, high) = check(&info, payload, &raw)?;
+        let c = &self.shared.counters;
+        c.signatures.fetch_add(1, Ordering::Relaxed);
+        if high {
+            c.high_s_normalized.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(sig)
     }
 }
 
