@@ -21,6 +21,10 @@ pub const RELOADS: &str = "keyguard_config_reloads_total";
 pub const COMETBFT_WATERMARK: &str = "keyguard_cometbft_watermark_height";
 /// 1 once every listener accepts connections.
 pub const READY: &str = "keyguard_ready";
+/// PKCS#11 token events: `signature`, `high_s_normalized`, `relogin`, `reconnect`, `failure`.
+pub const PKCS11_EVENTS: &str = "keyguard_pkcs11_events_total";
+/// 1 while the PKCS#11 token answers, 0 while requests fail fast and recovery runs.
+pub const PKCS11_AVAILABLE: &str = "keyguard_pkcs11_available";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
@@ -92,4 +96,14 @@ pub fn approvals_pending(count: usize) {
 pub fn keys_disabled(all: bool, individually: usize) {
     metrics::gauge!(KEYS_DISABLED, "scope" => "all").set(f64::from(u8::from(all)));
     metrics::gauge!(KEYS_DISABLED, "scope" => "key").set(individually as f64);
+}
+
+/// Counts a PKCS#11 token event (see [`PKCS11_EVENTS`]).
+pub fn pkcs11_event(event: &'static str) {
+    metrics::counter!(PKCS11_EVENTS, "event" => event).increment(1);
+}
+
+/// Sets whether the PKCS#11 token is usable.
+pub fn pkcs11_available(up: bool) {
+    metrics::gauge!(PKCS11_AVAILABLE).set(f64::from(u8::from(up)));
 }

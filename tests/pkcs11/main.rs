@@ -23,6 +23,7 @@ struct Daemon {
     child: Child,
     addr: String,
     keys: Vec<String>,
+    metrics: Option<String>,
 }
 
 impl Drop for Daemon {
@@ -51,7 +52,7 @@ fn start(token: &SoftToken, extra: &str) -> Daemon {
             }
         }
     });
-    let (mut addr, mut keys) = (None, Vec::new());
+    let (mut addr, mut keys, mut metrics) = (None, Vec::new(), None);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let line = rx
@@ -63,6 +64,9 @@ fn start(token: &SoftToken, extra: &str) -> Daemon {
         if let Some(rest) = line.strip_prefix("keyguard: listener evm evm-jsonrpc http://") {
             addr = rest.split_whitespace().next().map(str::to_string);
         }
+        if let Some(rest) = line.strip_prefix("keyguard: metrics http://") {
+            metrics = rest.strip_suffix("/metrics").map(str::to_string);
+        }
         if line == "keyguard: ready" {
             break;
         }
@@ -71,6 +75,7 @@ fn start(token: &SoftToken, extra: &str) -> Daemon {
         child,
         addr: addr.expect("listener line"),
         keys,
+        metrics,
     }
 }
 
@@ -190,7 +195,10 @@ fn token_removed_under_load_fails_fast_then_recovers() {
         return;
     };
     token.generate("hot", "secp256k1");
-    let daemon = start(&token, "sessions = 2\ntimeout_ms = 2000");
+    let daemon = start(
+        &token,
+        "sessions = 2\ntimeout_ms = 2000\n\n[metrics]\naddress = \"127.0.0.1:0\"",
+    );
     let from = address(&daemon, "hot");
     let r = sign_tx(&daemon.addr, &from, 0);
     verify(r["result"].as_str().expect("signed"), &from);
@@ -220,6 +228,11 @@ fn token_removed_under_load_fails_fast_then_recovers() {
     std::fs::rename(&dir, &away).expect("move token away");
     let removed_at = Instant::now();
     std::thread::sleep(Duration::from_millis(1500));
+    let metrics = daemon.metrics.clone().expect("metrics line");
+    assert!(
+        scrape(&metrics).contains("keyguard_pkcs11_available 0"),
+        "the token is gone but the gauge says it is available"
+    );
     std::fs::rename(&away, &dir).expect("move token back");
     let restored_at = Instant::now();
 
@@ -271,4 +284,26 @@ fn token_removed_under_load_fails_fast_then_recovers() {
         after["result"].as_str().expect("signed after recovery"),
         &from,
     );
+    let text = scrape(&metrics);
+    for needle in [
+        "keyguard_pkcs11_available 1",
+        "keyguard_pkcs11_events_total{event=\"reconnect\"}",
+        "keyguard_pkcs11_events_total{event=\"failure\"}",
+        "keyguard_pkcs11_events_total{event=\"signature\"}",
+    ] {
+        assert!(
+            text.contains(needle),
+            "{needle} missing from /metrics:\n{text}"
+        );
+    }
+}
+
+/// `GET /metrics` over plain HTTP/1.0.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("metrics listener");
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("response");
+    out
 }

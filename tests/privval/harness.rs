@@ -62,9 +62,15 @@ impl Keyguard {
     }
 
     pub fn start_with(path: &Path) -> Keyguard {
+        Self::start_with_env(path, &[])
+    }
+
+    /// Like [`Keyguard::start_with`], with extra environment (a PKCS#11 token's config).
+    pub fn start_with_env(path: &Path, envs: &[(String, String)]) -> Keyguard {
         let mut child = Command::new(bin())
             .args(["start", "--config"])
             .arg(path)
+            .envs(envs.iter().map(|(k, v)| (k, v)))
             .env("KEYGUARD_PASSPHRASE", PASSPHRASE)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

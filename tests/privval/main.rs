@@ -2,7 +2,8 @@
 //! validator nodes over Unix sockets and TCP SecretConnection.
 //!
 //! - `versions`: full heights, round changes, conflicts, timestamp-only repeats and vote
-//!   extensions on every wire version.
+//!   extensions on every wire version, with the consensus key in the software keystore and
+//!   on a SoftHSM2 token (PKCS#11).
 //! - `concurrency`: 32 sentries racing conflicting same-step requests.
 //! - `state`: refusing a chain with no state, importing and exporting priv_validator_state.json.
 //! - `crash`: SIGKILL at random moments under signing load (`KEYGUARD_CRASH_KILLS` sets how
@@ -16,5 +17,7 @@ mod concurrency;
 mod crash;
 mod harness;
 mod node;
+#[path = "../support/softhsm.rs"]
+mod softhsm;
 mod state;
 mod versions;

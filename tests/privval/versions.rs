@@ -96,8 +96,13 @@ fn drive(node: &mut Node) {
     assert!(desc.contains("cometbft.chain_id"), "{desc}");
 }
 
-#[test]
-fn every_wire_version_signs_full_heights_and_refuses_conflicts() {
+/// Where the consensus key lives.
+enum KeyHome {
+    Software,
+    Token(crate::softhsm::SoftToken),
+}
+
+fn every_wire_version(home: KeyHome) {
     let dir = tempfile::tempdir().unwrap();
     // (version, protocol setting, transport)
     let cases = [
@@ -126,7 +131,32 @@ fn every_wire_version_signs_full_heights_and_refuses_conflicts() {
             extra: "max_height_jump = 1000\nmax_timestamp_drift_ms = 60000\n".into(),
         });
     }
-    let _kg = Keyguard::start(dir.path(), &crate::harness::config_text(dir.path(), &specs));
+    let config = crate::harness::config_text(dir.path(), &specs);
+    let _kg = match &home {
+        KeyHome::Software => Keyguard::start(dir.path(), &config),
+        KeyHome::Token(token) => {
+            token.generate("consensus", "ed25519");
+            let software = config
+                .split_once("\n[[validators]]")
+                .map_or(config.as_str(), |(head, _)| head)
+                .split_once("[keystore]")
+                .map(|(_, keystore)| format!("[keystore]{keystore}"))
+                .unwrap();
+            let pkcs11 = format!(
+                "[keystore]\nbackend = \"pkcs11\"\n\n[keystore.pkcs11]\nlibrary = \"{}\"\n\
+                 token_label = \"{}\"\npin_env = \"{}\"\n",
+                token.library.display(),
+                token.label,
+                crate::softhsm::PIN_ENV
+            );
+            let config = config
+                .replace(&software, &pkcs11)
+                .replace("key = \"dev-ed25519\"", "key = \"consensus\"");
+            let path = dir.path().join("keyguard.toml");
+            std::fs::write(&path, config).unwrap();
+            Keyguard::start_with_env(&path, &token.envs())
+        }
+    };
     std::thread::scope(|s| {
         for (i, (ver, _, _)) in cases.iter().enumerate() {
             let l = &listeners[i];
@@ -136,4 +166,19 @@ fn every_wire_version_signs_full_heights_and_refuses_conflicts() {
             });
         }
     });
+}
+
+#[test]
+fn every_wire_version_signs_full_heights_and_refuses_conflicts() {
+    every_wire_version(KeyHome::Software);
+}
+
+/// The same matrix with the consensus key made on a SoftHSM2 token (`CKM_EDDSA`): every
+/// signature the mock node receives is checked with ed25519-dalek as above.
+#[test]
+fn every_wire_version_with_the_key_on_a_pkcs11_token() {
+    let Some(token) = crate::softhsm::SoftToken::new("kg-privval") else {
+        return;
+    };
+    every_wire_version(KeyHome::Token(token));
 }

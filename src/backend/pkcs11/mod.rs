@@ -163,6 +163,8 @@ impl Shared {
         if let State::Ready(current) = &*state {
             if Arc::ptr_eq(current, conn) {
                 tracing::error!(%reason, "pkcs11: token failed; failing requests until it recovers");
+                crate::metrics::pkcs11_event("failure");
+                crate::metrics::pkcs11_available(false);
                 let retired = Some(current.clone());
                 *state = State::Broken {
                     reason,
@@ -223,6 +225,7 @@ impl Pkcs11Backend {
                 path: shared.settings.library.clone(),
                 reason: format!("starting the recovery thread: {e}"),
             })?;
+        crate::metrics::pkcs11_available(true);
         let workers = workers::Workers::start(&shared).map_err(|e| Pkcs11Error::Library {
             path: shared.settings.library.clone(),
             reason: format!("starting the signing threads: {e}"),
@@ -458,8 +461,10 @@ impl KeyBackend for Pkcs11Backend {
         let (sig, high) = check(&info, payload, &raw)?;
         let c = &self.shared.counters;
         c.signatures.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::pkcs11_event("signature");
         if high {
             c.high_s_normalized.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::pkcs11_event("high_s_normalized");
         }
         Ok(sig)
     }

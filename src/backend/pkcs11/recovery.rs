@@ -49,6 +49,8 @@ pub(super) fn recovery_loop(shared: &Shared) {
         match result {
             Ok(conn) => {
                 shared.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::pkcs11_event("reconnect");
+                crate::metrics::pkcs11_available(true);
                 tracing::info!(keys = conn.keys.len(), "pkcs11: token reconnected");
                 *state = State::Ready(Arc::new(conn));
             }

@@ -122,6 +122,7 @@ fn sign_one(
             .counters
             .relogins
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::metrics::pkcs11_event("relogin");
         tracing::warn!("pkcs11: token reports the user is not logged in; logging in again");
         match conn.relogin(&shared.settings.pin, &shared.settings.token_label) {
             Ok(()) => raw = conn.sign_raw(key, payload),
