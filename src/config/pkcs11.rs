@@ -34,6 +34,11 @@ pub struct Pkcs11Config {
     /// is a valid key id.
     #[serde(default)]
     pub keys: Vec<String>,
+    /// Keys chosen by `CKA_ID` instead of label, as `key id = "hex CKA_ID"`: for tokens whose
+    /// keys were made by other tools with labels that are not usable key ids (or none). Each
+    /// must exist. With `keys` or `key_ids` set, only the keys they name are used.
+    #[serde(default)]
+    pub key_ids: std::collections::BTreeMap<String, String>,
     /// A request waiting longer than this for a session or for the token fails (`-32007`)
     /// instead of hanging.
     #[serde(default = "default_timeout_ms")]
@@ -89,6 +94,23 @@ impl Pkcs11Config {
             }
             if !seen.insert(k) {
                 return Some(("keys", format!("{k:?} is listed twice")));
+            }
+        }
+        let mut ckids = std::collections::HashSet::new();
+        for (k, ckid) in &self.key_ids {
+            if let Err(e) = keyguard_chain::KeyId::new(k.as_str()) {
+                return Some(("key_ids", e.to_string()));
+            }
+            if seen.contains(k) {
+                return Some(("key_ids", format!("{k:?} is also in keys")));
+            }
+            match hex::decode(ckid.strip_prefix("0x").unwrap_or(ckid)) {
+                Ok(b) if !b.is_empty() => {
+                    if !ckids.insert(b) {
+                        return Some(("key_ids", format!("CKA_ID {ckid} is given twice")));
+                    }
+                }
+                _ => return Some(("key_ids", format!("{k}: {ckid:?} is not a hex CKA_ID"))),
             }
         }
         None

@@ -307,3 +307,26 @@ fn scrape(addr: &str) -> String {
     s.read_to_string(&mut out).expect("response");
     out
 }
+
+/// A key made by another tool with a label that is no key id, chosen by its CKA_ID and named
+/// by the config; a CKA_ID that is not on the token stops startup naming it.
+#[test]
+fn keys_are_chosen_by_cka_id() {
+    let Some(token) = SoftToken::new("kg-ckid") else {
+        return;
+    };
+    token.pkcs11_tool_keypair("Vendor Key #7", "EC:secp256k1", &["--id", "a1b2"]);
+    let daemon = start(&token, "key_ids = { treasury = \"a1b2\" }");
+    assert_eq!(daemon.keys.len(), 1, "{:?}", daemon.keys);
+    assert!(daemon.keys[0].starts_with("treasury "), "{:?}", daemon.keys);
+    let from = address(&daemon, "treasury");
+    let r = sign_tx(&daemon.addr, &from, 0);
+    verify(r["result"].as_str().expect("signed"), &from);
+    drop(daemon);
+
+    let config = token.config("key_ids = { treasury = \"a1b2\", cold = \"0x0f0f\" }");
+    let out = token.keyguard(&["start", "--config", config.to_str().expect("utf-8")], &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("\"cold\"") && err.contains("0f0f"), "{err}");
+}

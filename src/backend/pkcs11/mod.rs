@@ -68,6 +68,16 @@ pub enum Pkcs11Error {
     /// A key listed in `keys` is not on the token.
     #[error("key {0:?} is listed in keystore.pkcs11.keys but no private key has that label")]
     MissingKey(String),
+    /// A key listed in `key_ids` is not on the token.
+    #[error(
+        "key {key:?} is listed in keystore.pkcs11.key_ids but no private key has CKA_ID {ckid}"
+    )]
+    MissingKeyId {
+        /// keyguard's key id.
+        key: String,
+        /// The CKA_ID, hex.
+        ckid: String,
+    },
     /// Two private keys share a label.
     #[error("several private keys are labelled {0:?}")]
     DuplicateLabel(String),

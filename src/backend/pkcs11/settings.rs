@@ -22,12 +22,23 @@ pub fn settings_from_config(config: &Pkcs11Config) -> Result<TokenSettings, Pkcs
         .iter()
         .map(|k| KeyId::new(k.as_str()).map_err(|e| Pkcs11Error::Pin(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
+    let by_ckid = config
+        .key_ids
+        .iter()
+        .map(|(k, ckid)| {
+            let id = KeyId::new(k.as_str()).map_err(|e| Pkcs11Error::Pin(e.to_string()))?;
+            let ckid = hex::decode(ckid.strip_prefix("0x").unwrap_or(ckid))
+                .map_err(|e| Pkcs11Error::Pin(format!("key_ids.{k}: {e}")))?;
+            Ok((id, ckid))
+        })
+        .collect::<Result<Vec<_>, Pkcs11Error>>()?;
     Ok(TokenSettings {
         library: config.library.clone(),
         token_label: config.token_label.clone(),
         pin,
         allow_extractable: config.allow_extractable,
         wanted,
+        by_ckid,
     })
 }
 

@@ -28,8 +28,25 @@ pub struct TokenSettings {
     pub(crate) token_label: String,
     pub(crate) pin: AuthPin,
     pub(crate) allow_extractable: bool,
-    /// Labels that must exist; empty means every usable key.
+    /// Labels that must exist; empty (and no `by_ckid`) means every usable key.
     pub(crate) wanted: Vec<KeyId>,
+    /// Keys chosen by `CKA_ID`, with the key id keyguard gives them.
+    pub(crate) by_ckid: Vec<(KeyId, Vec<u8>)>,
+}
+
+impl TokenSettings {
+    /// The key id a private key gets, and whether the config named it; `None` if unnamed
+    /// while the config names keys.
+    fn name_of(&self, label: &str, ckid: &[u8]) -> Option<(Result<KeyId, String>, bool)> {
+        if let Some((id, _)) = self.by_ckid.iter().find(|(_, c)| c == ckid) {
+            return Some((Ok(id.clone()), true));
+        }
+        let listed = self.wanted.iter().any(|w| w.as_str() == label);
+        if !listed && !(self.wanted.is_empty() && self.by_ckid.is_empty()) {
+            return None;
+        }
+        Some((KeyId::new(label).map_err(|e| e.to_string()), listed))
+    }
 }
 
 impl std::fmt::Debug for TokenSettings {
@@ -39,6 +56,7 @@ impl std::fmt::Debug for TokenSettings {
             .field("token_label", &self.token_label)
             .field("allow_extractable", &self.allow_extractable)
             .field("wanted", &self.wanted)
+            .field("by_ckid", &self.by_ckid)
             .finish_non_exhaustive()
     }
 }
@@ -320,6 +338,14 @@ fn discover(
             return Err(Pkcs11Error::MissingKey(wanted.to_string()));
         }
     }
+    for (wanted, ckid) in &settings.by_ckid {
+        if !keys.contains_key(wanted) {
+            return Err(Pkcs11Error::MissingKeyId {
+                key: wanted.to_string(),
+                ckid: hex::encode(ckid),
+            });
+        }
+    }
     Ok(keys)
 }
 
@@ -356,10 +382,9 @@ fn load_key(
         }
     }
     let label = key.label.clone().unwrap_or_default();
-    let listed = settings.wanted.iter().any(|w| w.as_str() == label);
-    if !settings.wanted.is_empty() && !listed {
+    let Some((id, listed)) = settings.name_of(&label, &key.ckid) else {
         return Ok(None);
-    }
+    };
     let skip = |reason: String| {
         if listed {
             Err(Pkcs11Error::UnsupportedKey {
@@ -371,7 +396,7 @@ fn load_key(
             Ok(None)
         }
     };
-    let Ok(id) = KeyId::new(label.clone()) else {
+    let Ok(id) = id else {
         return skip("its label is not a valid key id".into());
     };
     let scheme = match (key.key_type, der::curve_of(&key.ec_params)) {
