@@ -42,7 +42,8 @@ impl TokenSettings {
             return Some((Ok(id.clone()), true));
         }
         let listed = self.wanted.iter().any(|w| w.as_str() == label);
-        if !listed && !(self.wanted.is_empty() && self.by_ckid.is_empty()) {
+        let everything = self.wanted.is_empty() && self.by_ckid.is_empty();
+        if !(listed || everything) {
             return None;
         }
         Some((KeyId::new(label).map_err(|e| e.to_string()), listed))
