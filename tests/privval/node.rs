@@ -1,9 +1,49 @@
 //! A mock validator node for one wire version: builds requests with that version's protobuf
-//! types, and checks every signature it gets with ed25519-dalek `verify_strict` over sign bytes
-//! computed by `tendermint`'s own canonical encoding (CanonicalVoteExtension from
-//! tendermint-proto), not keyguard's.
+//! types, and checks every signature it gets (ed25519-dalek `verify_strict`, or k256 ECDSA over
+//! SHA-256 with low S for secp256k1 consensus keys, as CometBFT does) over sign bytes computed
+//! by `tendermint`'s own canonical encoding (CanonicalVoteExtension from tendermint-proto), not
+//! keyguard's.
 
 use ed25519_dalek::{Signature, VerifyingKey};
+
+/// The consensus key the node learned from `PubKey`.
+#[derive(Clone, Copy, Debug)]
+pub enum ConsensusKey {
+    Ed25519(VerifyingKey),
+    Secp256k1(k256::ecdsa::VerifyingKey),
+}
+
+impl ConsensusKey {
+    /// 32 bytes: Ed25519; 33 bytes: a compressed secp256k1 point.
+    fn from_wire(bytes: &[u8]) -> ConsensusKey {
+        match bytes.len() {
+            32 => {
+                ConsensusKey::Ed25519(VerifyingKey::from_bytes(bytes.try_into().unwrap()).unwrap())
+            }
+            33 => {
+                ConsensusKey::Secp256k1(k256::ecdsa::VerifyingKey::from_sec1_bytes(bytes).unwrap())
+            }
+            n => panic!("a {n}-byte consensus key"),
+        }
+    }
+
+    fn verify(&self, msg: &[u8], sig: &[u8]) -> Result<(), String> {
+        match self {
+            ConsensusKey::Ed25519(k) => {
+                let sig = Signature::from_slice(sig).map_err(|e| e.to_string())?;
+                k.verify_strict(msg, &sig).map_err(|e| e.to_string())
+            }
+            ConsensusKey::Secp256k1(k) => {
+                use k256::ecdsa::signature::Verifier;
+                let sig = k256::ecdsa::Signature::from_slice(sig).map_err(|e| e.to_string())?;
+                if sig.normalize_s().is_some() {
+                    return Err("high S (CometBFT accepts low S only)".into());
+                }
+                k.verify(msg, &sig).map_err(|e| e.to_string())
+            }
+        }
+    }
+}
 use prost::Message;
 use tendermint_proto::google::protobuf::Timestamp;
 
@@ -182,7 +222,7 @@ macro_rules! legacy {
                 }
                 use tendermint_proto::$m::crypto::public_key::Sum;
                 match r.pub_key.and_then(|k| k.sum) {
-                    Some(Sum::Ed25519(b)) => Some(Ok(b)),
+                    Some(Sum::Ed25519(b)) | Some(Sum::Secp256k1(b)) => Some(Ok(b)),
                     other => panic!("unexpected key {other:?}"),
                 }
             }
@@ -323,7 +363,12 @@ pub mod v1 {
         if let Some(e) = r.error {
             return Some(Err((e.code, e.description)));
         }
-        assert_eq!(r.pub_key_type, "ed25519");
+        let expected = if r.pub_key_bytes.len() == 33 {
+            "secp256k1"
+        } else {
+            "ed25519"
+        };
+        assert_eq!(r.pub_key_type, expected);
         Some(Ok(r.pub_key_bytes))
     }
 
@@ -419,7 +464,7 @@ pub struct Node {
     pub conn: MockConn,
     pub ver: Ver,
     pub chain: String,
-    pub key: Option<VerifyingKey>,
+    pub key: Option<ConsensusKey>,
 }
 
 impl Node {
@@ -441,7 +486,7 @@ impl Node {
             Ver::V1 => v1::pubkey(&mut self.conn, &chain),
         };
         if let Some(Ok(k)) = &r {
-            self.key = Some(VerifyingKey::from_bytes(&k.clone().try_into().unwrap()).unwrap());
+            self.key = Some(ConsensusKey::from_wire(k));
         }
         r
     }
@@ -468,8 +513,7 @@ impl Node {
         Some(r.map(|(signature, extension_signature, t)| {
             let key = self.key.expect("call pubkey first");
             let sign_bytes = oracle_sign_bytes(&chain, a, t);
-            let sig = Signature::from_slice(&signature).expect("64-byte signature");
-            key.verify_strict(&sign_bytes, &sig)
+            key.verify(&sign_bytes, &signature)
                 .unwrap_or_else(|e| panic!("released signature does not verify: {e} ({a:?})"));
             let wants_ext = self.ver.has_extensions()
                 && !a.proposal
@@ -477,9 +521,11 @@ impl Node {
                 && a.block.is_some()
                 && !a.skip_extension;
             if wants_ext {
-                let ext = Signature::from_slice(&extension_signature).expect("extension signature");
-                key.verify_strict(&oracle_extension_sign_bytes(&chain, a), &ext)
-                    .expect("extension signature verifies");
+                key.verify(
+                    &oracle_extension_sign_bytes(&chain, a),
+                    &extension_signature,
+                )
+                .expect("extension signature verifies");
             } else {
                 assert!(
                     extension_signature.is_empty(),

@@ -7,9 +7,10 @@ use crate::node::{now, Ask, Node, Ver};
 const PREVOTE: i32 = 1;
 const PRECOMMIT: i32 = 2;
 
-fn drive(node: &mut Node) {
+/// `key_len`: 32 for an Ed25519 consensus key, 33 for a compressed secp256k1 one.
+fn drive(node: &mut Node, key_len: usize) {
     let pk = node.pubkey().expect("connection").expect("public key");
-    assert_eq!(pk.len(), 32);
+    assert_eq!(pk.len(), key_len);
     assert!(node.ping());
     let ext = node.ver.has_extensions();
 
@@ -99,6 +100,8 @@ fn drive(node: &mut Node) {
 /// Where the consensus key lives.
 enum KeyHome {
     Software,
+    /// A secp256k1 consensus key in the software keystore.
+    SoftwareSecp256k1,
     Token(crate::softhsm::SoftToken),
 }
 
@@ -134,6 +137,12 @@ fn every_wire_version(home: KeyHome) {
     let config = crate::harness::config_text(dir.path(), &specs);
     let _kg = match &home {
         KeyHome::Software => Keyguard::start(dir.path(), &config),
+        KeyHome::SoftwareSecp256k1 => {
+            let config = config
+                .replace("[\"ed25519\"]", "[\"secp256k1\"]")
+                .replace("key = \"dev-ed25519\"", "key = \"dev-secp256k1\"");
+            Keyguard::start(dir.path(), &config)
+        }
         KeyHome::Token(token) => {
             token.generate("consensus", "ed25519");
             let software = config
@@ -157,12 +166,16 @@ fn every_wire_version(home: KeyHome) {
             Keyguard::start_with_env(&path, &token.envs())
         }
     };
+    let key_len = match home {
+        KeyHome::SoftwareSecp256k1 => 33,
+        _ => 32,
+    };
     std::thread::scope(|s| {
         for (i, (ver, _, _)) in cases.iter().enumerate() {
             let l = &listeners[i];
             s.spawn(move || {
                 let mut node = Node::new(l.accept(), *ver, &format!("chain-{i}"));
-                drive(&mut node);
+                drive(&mut node, key_len);
             });
         }
     });
@@ -171,6 +184,13 @@ fn every_wire_version(home: KeyHome) {
 #[test]
 fn every_wire_version_signs_full_heights_and_refuses_conflicts() {
     every_wire_version(KeyHome::Software);
+}
+
+/// The same matrix with a secp256k1 consensus key: 33-byte compressed key on the wire, ECDSA
+/// over SHA-256 of the sign bytes with low S, checked by k256.
+#[test]
+fn every_wire_version_with_a_secp256k1_consensus_key() {
+    every_wire_version(KeyHome::SoftwareSecp256k1);
 }
 
 /// The same matrix with the consensus key made on a SoftHSM2 token (`CKM_EDDSA`): every
