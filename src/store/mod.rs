@@ -5,6 +5,7 @@
 //! concurrently with the writer).
 
 mod audit;
+mod checkpoint;
 mod ledger;
 mod migrations;
 mod read;
@@ -75,6 +76,7 @@ pub struct Store {
     log: AuditLog,
     watermarks: WatermarkStore,
     writer: Mutex<Option<JoinHandle<()>>>,
+    _checkpointer: checkpoint::Checkpointer,
 }
 
 impl std::fmt::Debug for Store {
@@ -137,11 +139,14 @@ impl Store {
             )));
         }
         configure(&wconn).map_err(open_err)?;
+        checkpoint::disable_auto(&wconn).map_err(open_err)?;
         migrations::migrate(&mut wconn)?;
         let reader = Connection::open(path).map_err(open_err)?;
         configure(&reader).map_err(open_err)?;
         let wm = Connection::open(path).map_err(open_err)?;
         configure(&wm).map_err(open_err)?;
+        checkpoint::disable_auto(&wm).map_err(open_err)?;
+        let checkpointer = checkpoint::Checkpointer::start(path)?;
         let (log, handle) = writer::spawn(wconn)?;
         Ok(Store {
             path: path.to_path_buf(),
@@ -149,6 +154,7 @@ impl Store {
             log,
             watermarks: WatermarkStore::new(wm),
             writer: Mutex::new(Some(handle)),
+            _checkpointer: checkpointer,
         })
     }
 

@@ -246,3 +246,30 @@ fn watermark_rides_the_audit_commit_and_conflicts_fail_alone() {
     assert_eq!(v.rows, 3);
     store.close().unwrap();
 }
+
+/// With SQLite's in-commit checkpoint off, the background checkpointer still moves the WAL's
+/// pages into the database file, so the WAL restarts instead of growing without bound.
+#[test]
+fn background_checkpoint_moves_the_wal_into_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.db");
+    let store = Store::open(&path).unwrap();
+    let before = std::fs::metadata(&path).unwrap().len();
+    let log = store.audit_log();
+    let rt = rt();
+    rt.block_on(async {
+        for i in 0..2000 {
+            log.append(entry(i)).await.unwrap();
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::fs::metadata(&path).unwrap().len() <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing was checkpointed into the database file"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(store.verify_audit().unwrap().rows, 2000);
+    store.close().unwrap();
+}
