@@ -22,7 +22,7 @@ pub fn evm_transaction_args(data: &[u8]) {
             let _ = intent.payload();
             let _ = intent.summary();
             let policy: keyguard_evm::EvmPolicy = toml::from_str(PERMISSIVE).expect("static");
-            let _ = policy.check(&intent);
+            let _ = policy.check(&intent, 0);
             // A fixed, unrelated signature must never pass pass 2.
             let sig = keyguard_chain::Signature::Secp256k1 {
                 r: [1; 32],
@@ -123,13 +123,14 @@ pub fn bitcoin_psbt(data: &[u8]) {
         accounts,
         max_index: 1000,
         change_gap: 100,
+        single: None,
     };
     match keyguard_bitcoin::decode::decode_parsed(psbt, format, &wallet) {
         Ok(intent) => {
             let _ = intent.summary();
             let policy: keyguard_bitcoin::BitcoinPolicy =
                 toml::from_str(BITCOIN_PERMISSIVE).expect("static");
-            let _ = policy.check(&intent);
+            let _ = policy.check(&intent, 0);
             if !intent.jobs.is_empty() {
                 let bogus: Vec<_> = intent
                     .jobs

@@ -133,6 +133,7 @@ pub(crate) fn descriptors(
             accounts,
             max_index: 0,
             change_gap: 0,
+            single: None,
         };
         println!("{id} fingerprint {fingerprint} network {network}");
         for (a, (receive, internal)) in wallet.accounts.iter().zip(wallet.descriptors()) {
