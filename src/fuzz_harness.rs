@@ -22,7 +22,7 @@ pub fn evm_transaction_args(data: &[u8]) {
             let _ = intent.payload();
             let _ = intent.summary();
             let policy: keyguard_evm::EvmPolicy = toml::from_str(PERMISSIVE).expect("static");
-            let _ = policy.check(&intent, 0);
+            let _ = policy.check(&intent);
             // A fixed, unrelated signature must never pass pass 2.
             let sig = keyguard_chain::Signature::Secp256k1 {
                 r: [1; 32],

@@ -8,13 +8,14 @@
 //! after its audit row is durable.
 
 mod bitcoin;
+mod bitcoin_keys;
 mod cometbft;
 mod error;
 mod evm_more;
 mod people;
 mod release;
 
-pub use bitcoin::build_wallet;
+pub use bitcoin_keys::build_wallet;
 pub use cometbft::{CometbftSigned, CometbftTarget};
 pub use error::GuardError;
 pub use evm_more::DigestRequest;

@@ -221,3 +221,16 @@ pub(super) fn evm_requirement(rule: &keyguard_evm::EvmApprovalRule) -> ApprovalR
         within: crate::config::parse_duration(&rule.within).unwrap_or(Duration::ZERO),
     }
 }
+
+/// The daemon-level form of a Bitcoin approval rule (same book, same lifecycle as Ethereum's).
+pub(super) fn bitcoin_requirement(
+    rule: &keyguard_bitcoin::approval::BitcoinApprovalRule,
+) -> ApprovalRequirement {
+    ApprovalRequirement {
+        rule: keyguard_bitcoin::approval::RULE.into(),
+        approvers: rule.approvers,
+        group: rule.group.clone(),
+        // Validated at load, like the Ethereum rule.
+        within: crate::config::parse_duration(&rule.within).unwrap_or(Duration::ZERO),
+    }
+}

@@ -229,6 +229,6 @@ impl SpendIntent {
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod tests_rules;
-#[cfg(test)]
 mod tests_more;
+#[cfg(test)]
+mod tests_rules;

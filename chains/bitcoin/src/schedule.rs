@@ -142,7 +142,12 @@ impl TryFrom<RawWindow> for TimeWindow {
             days: raw.days,
             start_min,
             end_min,
-            offset_min: raw.utc_offset.as_deref().map(offset).transpose()?.unwrap_or(0),
+            offset_min: raw
+                .utc_offset
+                .as_deref()
+                .map(offset)
+                .transpose()?
+                .unwrap_or(0),
         })
     }
 }
@@ -161,10 +166,7 @@ impl TimeWindow {
     /// Local day and minute of the day at `now_ms` (Unix milliseconds).
     fn local(&self, now_ms: u64) -> (i64, u32) {
         let minutes = (now_ms / 60_000) as i64 + i64::from(self.offset_min);
-        (
-            minutes.div_euclid(1440),
-            minutes.rem_euclid(1440) as u32,
-        )
+        (minutes.div_euclid(1440), minutes.rem_euclid(1440) as u32)
     }
 
     fn day_ok(&self, day: i64) -> bool {
@@ -250,7 +252,10 @@ mod tests {
         let err = w.check(at(5, 12, 0)).unwrap_err();
         match err {
             Rejection::Policy {
-                rule, field, reason, ..
+                rule,
+                field,
+                reason,
+                ..
             } => {
                 assert_eq!((rule, field.as_str()), ("bitcoin.time_window", "time"));
                 assert!(reason.contains("sat 12:00"), "{reason}");
@@ -282,7 +287,10 @@ mod tests {
         assert!(w.contains(at(5, 5, 59)), "saturday early morning");
         assert!(!w.contains(at(5, 6, 0)));
         assert!(!w.contains(at(5, 23, 0)), "saturday night");
-        assert!(!w.contains(at(4, 5, 0)), "friday early morning follows thursday");
+        assert!(
+            !w.contains(at(4, 5, 0)),
+            "friday early morning follows thursday"
+        );
     }
 
     #[test]

@@ -49,7 +49,10 @@ fn time_window_is_checked_first_with_the_injected_clock() {
     );
     // Same instant, local time 20:00 at UTC+08:00: refused.
     let east = policy(r#"time_window = { hours = "09:00-17:00", utc_offset = "+08:00" }"#);
-    assert_eq!(rule_of(east.check(&intent, NOW_MS)).0, "bitcoin.time_window");
+    assert_eq!(
+        rule_of(east.check(&intent, NOW_MS)).0,
+        "bitcoin.time_window"
+    );
 }
 
 #[test]
