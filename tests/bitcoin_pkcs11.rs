@@ -89,8 +89,9 @@ fn hsm_key_signs_p2wpkh_psbts_and_refuses_taproot() {
     let key: PublicKey = hex_key.parse().expect("compressed public key");
     assert_eq!(result["internal"][0], desc);
 
-    // Two inputs of the key, a payment, change back to the key. Several rounds, so the token
-    // returns high-S signatures too (released low-S, or the interpreter would refuse them).
+    // Two inputs of the key, a payment, change back to the key. Twelve token signatures: about
+    // half come back high-S from the token; every released one must be low-S (BIP146
+    // standardness; consensus alone accepts high S, so it is checked separately).
     for round in 0..6u64 {
         let psbt = build_single_psbt(
             &key,
@@ -119,6 +120,13 @@ fn hsm_key_signs_p2wpkh_psbts_and_refuses_taproot() {
         )
         .unwrap();
         consensus_verify(&tx, &prevouts).unwrap();
+        for input in &tx.input {
+            let sig =
+                keyguard_bitcoin::bitcoin::ecdsa::Signature::from_slice(&input.witness[0]).unwrap();
+            let mut low = sig.signature;
+            low.normalize_s();
+            assert_eq!(low, sig.signature, "high S released");
+        }
         let mut lied = prevouts.clone();
         lied[1].value += Amount::from_sat(1);
         assert!(

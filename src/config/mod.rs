@@ -305,7 +305,7 @@ pub struct PolicyConfig {
     /// Ethereum rules; a key with no `evm` table cannot sign Ethereum transactions.
     #[serde(default)]
     pub evm: Option<EvmPolicy>,
-    /// Bitcoin rules (`[policies.bitcoin]`) for BIP32 seed keys.
+    /// Bitcoin rules (`[policies.bitcoin]`) for BIP32 seeds and single secp256k1 keys.
     #[serde(default)]
     pub bitcoin: Option<keyguard_bitcoin::BitcoinPolicy>,
 }

@@ -146,12 +146,15 @@ fn bitcoin_approval_and_time_window_are_checked_at_load() {
     let text = HOT_WALLET.replace("approvers = 2", "approvers = 0");
     let err = parse(&text).unwrap_err().to_string();
     assert!(err.contains("bitcoin.require_approval.approvers"), "{err}");
-    let text = HOT_WALLET.replace(
-        "# time_window = { days",
-        "time_window = { days",
-    );
+    let text = HOT_WALLET.replace("# time_window = { days", "time_window = { days");
     let c = parse(&text).unwrap();
-    let w = c.policies[0].bitcoin.as_ref().unwrap().time_window.clone().unwrap();
+    let w = c.policies[0]
+        .bitcoin
+        .as_ref()
+        .unwrap()
+        .time_window
+        .clone()
+        .unwrap();
     assert_eq!((w.start_min, w.end_min), (7 * 60, 22 * 60));
     let text = text.replace("07:00-22:00", "07:00-07:00");
     assert!(parse(&text).unwrap_err().to_string().contains("hours"));

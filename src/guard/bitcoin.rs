@@ -293,6 +293,7 @@ impl Guard {
             chain: &chain,
             digest,
             summary: &shown,
+            field: "spend",
         };
         let approval = self.approval_stage(caller, input, requirement).await;
         let id = match &approval {

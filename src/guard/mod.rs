@@ -322,6 +322,7 @@ impl Guard {
             chain: &chain,
             digest,
             summary: &entry.summary,
+            field: "value",
         };
         let approval = self.approval_stage(caller, input, requirement).await;
         if let (Value::Object(summary), Err(GuardError::ApprovalRequired { approval_id, .. })) =

@@ -60,6 +60,8 @@ pub(super) struct ApprovalInput<'a> {
     pub(super) chain: &'a str,
     pub(super) digest: [u8; 32],
     pub(super) summary: &'a Value,
+    /// The request field the approval rule looked at (named if no approval book runs).
+    pub(super) field: &'static str,
 }
 
 impl Guard {
@@ -136,7 +138,7 @@ impl Guard {
         let Some(book) = self.controls.approvals.clone() else {
             return Err(Rejection::policy(
                 "approval.unavailable",
-                "value",
+                input.field,
                 "this request needs approval but no approval book is running",
             )
             .into());
