@@ -20,6 +20,7 @@
 //! Pure code: no sockets, storage or private keys.
 
 pub mod approval;
+pub mod conflict;
 pub mod decode;
 pub mod finalize;
 pub mod node;
