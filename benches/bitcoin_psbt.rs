@@ -91,7 +91,7 @@ fn main() {
             );
             let b64 = to_base64(&psbt);
             let intent = keyguard_bitcoin::decode(&b64, &wallet).unwrap();
-            policy.check(&intent).unwrap();
+            policy.check(&intent, 0).unwrap();
 
             // Raw: the same digests, keys derived beforehand.
             let keys: Vec<_> = intent
@@ -128,7 +128,7 @@ fn main() {
             }) * f64::from(n);
             let psbts = rate(seconds, || {
                 let intent = keyguard_bitcoin::decode(&b64, &wallet).unwrap();
-                policy.check(&intent).unwrap();
+                policy.check(&intent, 0).unwrap();
                 let sigs: Vec<_> = intent
                     .jobs
                     .iter()

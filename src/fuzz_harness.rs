@@ -227,13 +227,14 @@ pub fn bitcoin_psbt(data: &[u8]) {
         accounts,
         max_index: 1000,
         change_gap: 100,
+        single: None,
     };
     match keyguard_bitcoin::decode::decode_parsed(psbt, format, &wallet) {
         Ok(intent) => {
             let _ = intent.summary();
             let policy: keyguard_bitcoin::BitcoinPolicy =
                 toml::from_str(BITCOIN_PERMISSIVE).expect("static");
-            let _ = policy.check(&intent);
+            let _ = policy.check(&intent, 0);
             if !intent.jobs.is_empty() {
                 let bogus: Vec<_> = intent
                     .jobs

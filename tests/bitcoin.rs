@@ -580,4 +580,5 @@ fn hot_wallet_example_config_loads() {
     assert_eq!(btc.max_spend_per_window.unwrap().to_sat(), 200_000_000);
     assert_eq!(config.policies[0].keys, ["hot"]);
     assert!(config.policies[1].evm.is_some() && config.policies[1].keys == ["hot-eth"]);
+    assert!(btc.require_approval.is_some() && btc.time_window.is_none());
 }

@@ -133,6 +133,7 @@ pub(crate) fn descriptors(
             accounts,
             max_index: 0,
             change_gap: 0,
+            single: None,
         };
         println!("{id} fingerprint {fingerprint} network {network}");
         for (a, (receive, internal)) in wallet.accounts.iter().zip(wallet.descriptors()) {
@@ -251,8 +252,13 @@ fn signer_command(args: &BtcSignerArgs) -> anyhow::Result<Value> {
             )
         }
         SignerCommand::Getdescriptors { account } => {
-            anyhow::ensure!(*account == 0, "keyguard's policy registers account 0 only");
-            let d = descriptors()?;
+            // The daemon answers for the accounts the key's policy registers and names the
+            // registered ones when Core asks for another.
+            let d = rpc(
+                args,
+                "btc_getDescriptors",
+                json!({ "key": args.key, "account": account }),
+            )?;
             check(&d)?;
             Ok(json!({ "receive": d["receive"], "internal": d["internal"] }))
         }

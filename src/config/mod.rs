@@ -305,7 +305,7 @@ pub struct PolicyConfig {
     /// Ethereum rules; a key with no `evm` table cannot sign Ethereum transactions.
     #[serde(default)]
     pub evm: Option<EvmPolicy>,
-    /// Bitcoin rules (`[policies.bitcoin]`) for BIP32 seed keys.
+    /// Bitcoin rules (`[policies.bitcoin]`) for BIP32 seeds and single secp256k1 keys.
     #[serde(default)]
     pub bitcoin: Option<keyguard_bitcoin::BitcoinPolicy>,
 }
@@ -501,18 +501,26 @@ impl Config {
                 }
             }
         }
-        for (i, p) in self.policies.iter().enumerate() {
-            let Some(rule) = p.evm.as_ref().and_then(|e| e.require_approval.as_ref()) else {
-                continue;
-            };
-            let key = |k: &str| format!("policies[{i}].evm.require_approval.{k}");
-            if rule.approvers == 0 {
+        // Both chains' approval rules share one shape: (approvers, group, within).
+        let rules = self.policies.iter().enumerate().flat_map(|(i, p)| {
+            let evm = p.evm.as_ref().and_then(|e| e.require_approval.as_ref());
+            let btc = p.bitcoin.as_ref().and_then(|b| b.require_approval.as_ref());
+            [
+                evm.map(|r| (i, "evm", r.approvers, &r.group, &r.within)),
+                btc.map(|r| (i, "bitcoin", r.approvers, &r.group, &r.within)),
+            ]
+            .into_iter()
+            .flatten()
+        });
+        for (i, chain, approvers, group, within) in rules {
+            let key = |k: &str| format!("policies[{i}].{chain}.require_approval.{k}");
+            if approvers == 0 {
                 problems.push(self.invalid(key("approvers"), "must be at least 1"));
             }
-            if rule.group.is_empty() {
+            if group.is_empty() {
                 problems.push(self.invalid(key("group"), "must name a group"));
             }
-            match parse_duration(&rule.within) {
+            match parse_duration(within) {
                 Ok(d) if d.is_zero() => {
                     problems.push(self.invalid(key("within"), "must not be zero"))
                 }

@@ -129,3 +129,33 @@ fn pkcs11_keystore_mistakes_are_refused() {
         assert!(err.contains(needle), "{needle}: {err}");
     }
 }
+
+const HOT_WALLET: &str = include_str!("../../configs/bitcoin-hot-wallet.toml");
+
+#[test]
+fn bitcoin_approval_and_time_window_are_checked_at_load() {
+    let c = parse(HOT_WALLET).unwrap();
+    let btc = c.policies[0].bitcoin.as_ref().unwrap();
+    assert_eq!(btc.require_approval.as_ref().unwrap().approvers, 2);
+    let text = HOT_WALLET.replace("within = \"1h\"", "within = \"0s\"");
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(
+        err.contains("policies[0].bitcoin.require_approval.within"),
+        "{err}"
+    );
+    let text = HOT_WALLET.replace("approvers = 2", "approvers = 0");
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.contains("bitcoin.require_approval.approvers"), "{err}");
+    let text = HOT_WALLET.replace("# time_window = { days", "time_window = { days");
+    let c = parse(&text).unwrap();
+    let w = c.policies[0]
+        .bitcoin
+        .as_ref()
+        .unwrap()
+        .time_window
+        .clone()
+        .unwrap();
+    assert_eq!((w.start_min, w.end_min), (7 * 60, 22 * 60));
+    let text = text.replace("07:00-22:00", "07:00-07:00");
+    assert!(parse(&text).unwrap_err().to_string().contains("hours"));
+}

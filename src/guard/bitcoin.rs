@@ -11,15 +11,14 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use keyguard_bitcoin::bitcoin::{Amount, NetworkKind};
-use keyguard_bitcoin::wallet::{account_path, Account, Wallet};
+use keyguard_bitcoin::bitcoin::Amount;
+use keyguard_bitcoin::wallet::Wallet;
 use keyguard_bitcoin::{BitcoinPolicy, SignedPsbt, SignedSpend, SpendIntent};
 use keyguard_chain::{KeyId, Rejection};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{Guard, GuardError};
 use crate::access::Caller;
-use crate::backend::KeyBackend;
 use crate::server::bitcoin_node::BitcoinNode;
 use crate::store::{AuditEntry, AuditFilter, Decision, StateDb};
 
@@ -74,43 +73,6 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// The public view of seed `key` that `policy` lets keyguard sign for: BIP84 and BIP86
-/// accounts, xpubs derived inside the backend.
-pub fn build_wallet(
-    backend: &dyn KeyBackend,
-    key: &KeyId,
-    policy: &BitcoinPolicy,
-) -> Result<Wallet, GuardError> {
-    let fingerprint = backend
-        .seeds()
-        .into_iter()
-        .find(|(id, _)| id == key)
-        .map(|(_, fp)| fp)
-        .ok_or_else(|| Rejection::invalid("key", format!("{key} is not a BIP32 seed")))?;
-    let mut accounts = Vec::new();
-    for kind in &policy.script_types {
-        for n in &policy.accounts {
-            let path = account_path(*kind, policy.network, *n)
-                .ok_or_else(|| Rejection::invalid("accounts", "account out of range"))?;
-            let xpub = backend
-                .account_xpub(key, &path, NetworkKind::from(policy.network))
-                .map_err(|e| GuardError::Backend(e.to_string()))?;
-            accounts.push(Account {
-                kind: *kind,
-                path,
-                xpub,
-            });
-        }
-    }
-    Ok(Wallet {
-        fingerprint,
-        network: policy.network,
-        accounts,
-        max_index: policy.max_index,
-        change_gap: policy.change_gap,
-    })
-}
-
 impl Guard {
     /// Lets the rolling spend window be rebuilt from the audit log after a restart.
     pub fn with_spend_history(mut self, state: StateDb) -> Self {
@@ -119,7 +81,10 @@ impl Guard {
     }
 
     /// Bitcoin policy and wallet of `key`, or why there is none.
-    fn bitcoin_setup(&self, key: &KeyId) -> Result<(BitcoinPolicy, Arc<Wallet>), GuardError> {
+    pub(super) fn bitcoin_setup(
+        &self,
+        key: &KeyId,
+    ) -> Result<(BitcoinPolicy, Arc<Wallet>), GuardError> {
         let policy = self
             .policy_for(key)
             .and_then(|p| p.bitcoin.clone())
@@ -141,62 +106,13 @@ impl Guard {
                 return Ok((policy, w.clone()));
             }
         }
-        let wallet = Arc::new(build_wallet(self.backend.as_ref(), key, &policy)?);
+        let wallet = Arc::new(super::build_wallet(self.backend.as_ref(), key, &policy)?);
         self.bitcoin
             .wallets
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(key.clone(), wallet.clone());
         Ok((policy, wallet))
-    }
-
-    /// The seed a request names, or the only seed with Bitcoin rules this caller may use.
-    fn bitcoin_key(&self, caller: &Caller, named: Option<&str>) -> Result<KeyId, GuardError> {
-        if let Some(name) = named {
-            return KeyId::new(name).map_err(|e| Rejection::invalid("key", e.to_string()).into());
-        }
-        let candidates: Vec<KeyId> = self
-            .backend
-            .seeds()
-            .into_iter()
-            .map(|(id, _)| id)
-            .filter(|id| {
-                caller.may_use(id) && self.policy_for(id).is_some_and(|p| p.bitcoin.is_some())
-            })
-            .collect();
-        match candidates.as_slice() {
-            [one] => Ok(one.clone()),
-            [] => {
-                Err(Rejection::invalid("key", "no Bitcoin key is available to this client").into())
-            }
-            _ => {
-                Err(Rejection::invalid("key", "several Bitcoin keys: name one with \"key\"").into())
-            }
-        }
-    }
-
-    /// `btc_getDescriptors`: receive and internal descriptors of every account (public only).
-    pub fn bitcoin_descriptors(
-        &self,
-        caller: &Caller,
-        params: &Value,
-    ) -> Result<Value, GuardError> {
-        let key = self.bitcoin_key(caller, params.get("key").and_then(Value::as_str))?;
-        if !caller.may_use(&key) {
-            return Err(GuardError::Unauthorized(format!(
-                "key {key} is not granted to client {}",
-                caller.name
-            )));
-        }
-        let (_, wallet) = self.bitcoin_setup(&key)?;
-        let (receive, internal): (Vec<_>, Vec<_>) = wallet.descriptors().into_iter().unzip();
-        Ok(json!({
-            "key": key,
-            "fingerprint": wallet.fingerprint.to_string(),
-            "network": wallet.network.to_string(),
-            "receive": receive,
-            "internal": internal,
-        }))
     }
 
     /// `btc_signPsbt`: the whole pipeline for one PSBT.
@@ -316,20 +232,79 @@ impl Guard {
         if let (Some(p), Value::Object(summary)) = (self.policy_for(key), &mut entry.summary) {
             summary.insert("policy".into(), Value::String(p.name.clone()));
         }
-        policy.check(&intent)?;
+        policy.check(&intent, super::now_ms())?;
         if self.controls.kill.is_disabled(Some(key.as_str())) {
             return Err(GuardError::KeyDisabled(format!("key {key} is disabled")));
         }
         self.check_with_node(&intent).await?;
-        let reservation = self.reserve_spend(key, &policy, &intent)?;
-        let signed = self.sign_psbt_inputs(key, &intent, finalize).await;
-        match signed {
-            Ok(s) => Ok((s, reservation)),
-            Err(e) => {
-                self.release_spend(reservation);
-                Err(e)
-            }
+        let approval = self
+            .bitcoin_approval(caller, key, &policy, &intent, entry)
+            .await?;
+        let signed = match self.reserve_spend(key, &policy, &intent) {
+            Ok(reservation) => match self.sign_psbt_inputs(key, &wallet, &intent, finalize).await {
+                Ok(s) => Ok((s, reservation)),
+                Err(e) => {
+                    self.release_spend(reservation);
+                    Err(e)
+                }
+            },
+            Err(e) => Err(e),
+        };
+        // An approval consumed by a request that then did not sign is given back, so the same
+        // transaction can be retried without asking the approvers again.
+        if let (Err(_), Some(id)) = (&signed, &approval) {
+            self.restore_approval(id);
         }
+        signed
+    }
+
+    /// The approval stage for a spend above `require_approval.above`: held (-32002) until the
+    /// quorum approved this exact transaction of this key, then consumed by one signature.
+    /// Approvers see the decoded intent: chain, destinations and amounts, change, fee.
+    async fn bitcoin_approval(
+        &self,
+        caller: &Caller,
+        key: &KeyId,
+        policy: &BitcoinPolicy,
+        intent: &SpendIntent,
+        entry: &mut AuditEntry,
+    ) -> Result<Option<String>, GuardError> {
+        let requirement = policy
+            .approval_needed(intent)
+            .map(super::people::bitcoin_requirement);
+        if requirement.is_none() {
+            return Ok(None);
+        }
+        let chain = format!("bitcoin:{}", policy.network);
+        let digest = super::intent_digest(
+            key,
+            &chain,
+            &keyguard_bitcoin::approval::approval_bytes(intent),
+        );
+        let mut shown = entry.summary.clone();
+        if let (Value::Object(shown), Value::Object(view)) = (
+            &mut shown,
+            keyguard_bitcoin::approval::approver_view(intent),
+        ) {
+            shown.extend(view);
+        }
+        let input = super::people::ApprovalInput {
+            key,
+            chain: &chain,
+            digest,
+            summary: &shown,
+            field: "spend",
+        };
+        let approval = self.approval_stage(caller, input, requirement).await;
+        let id = match &approval {
+            Ok(Some(id)) => Some(id.clone()),
+            Err(GuardError::ApprovalRequired { approval_id, .. }) => Some(approval_id.clone()),
+            _ => None,
+        };
+        if let (Value::Object(summary), Some(id)) = (&mut entry.summary, id) {
+            summary.insert("approval_id".into(), Value::String(id));
+        }
+        approval
     }
 
     fn node(&self) -> Result<Option<Arc<BitcoinNode>>, GuardError> {
@@ -366,30 +341,6 @@ impl Guard {
         node.broadcast(hex)
             .await
             .map_err(|e| GuardError::Backend(e.to_string()))
-    }
-
-    /// Signs every input keyguard re-derived, then pass 2.
-    pub(super) async fn sign_psbt_inputs(
-        &self,
-        key: &KeyId,
-        intent: &SpendIntent,
-        finalize: bool,
-    ) -> Result<SignedPsbt, GuardError> {
-        let mut signatures = Vec::with_capacity(intent.jobs.len());
-        for job in &intent.jobs {
-            let sign_started = std::time::Instant::now();
-            let sig = self
-                .backend
-                .sign_derived(key, &job.path, &job.payload)
-                .await
-                .map_err(|e| GuardError::Backend(e.to_string()))?;
-            crate::metrics::sign(self.backend.name(), sign_started.elapsed());
-            signatures.push(sig);
-        }
-        keyguard_bitcoin::finalize(intent, &signatures, finalize).map_err(|e| {
-            tracing::error!(key = %key, error = %e, "ALERT: pass 2 rejected a backend signature");
-            GuardError::Backend(e.to_string())
-        })
     }
 
     /// Checks the conflict guard and the rolling window and reserves this spend in both, each

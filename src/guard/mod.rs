@@ -8,13 +8,14 @@
 //! after its audit row is durable.
 
 mod bitcoin;
+mod bitcoin_keys;
 mod cometbft;
 mod error;
 mod evm_more;
 mod people;
 mod release;
 
-pub use bitcoin::build_wallet;
+pub use bitcoin_keys::build_wallet;
 pub use cometbft::{CometbftSigned, CometbftTarget};
 pub use error::GuardError;
 pub use evm_more::DigestRequest;
@@ -321,6 +322,7 @@ impl Guard {
             chain: &chain,
             digest,
             summary: &entry.summary,
+            field: "value",
         };
         let approval = self.approval_stage(caller, input, requirement).await;
         if let (Value::Object(summary), Err(GuardError::ApprovalRequired { approval_id, .. })) =

@@ -60,6 +60,8 @@ pub(super) struct ApprovalInput<'a> {
     pub(super) chain: &'a str,
     pub(super) digest: [u8; 32],
     pub(super) summary: &'a Value,
+    /// The request field the approval rule looked at (named if no approval book runs).
+    pub(super) field: &'static str,
 }
 
 impl Guard {
@@ -136,7 +138,7 @@ impl Guard {
         let Some(book) = self.controls.approvals.clone() else {
             return Err(Rejection::policy(
                 "approval.unavailable",
-                "value",
+                input.field,
                 "this request needs approval but no approval book is running",
             )
             .into());
@@ -218,6 +220,19 @@ pub(super) fn evm_requirement(rule: &keyguard_evm::EvmApprovalRule) -> ApprovalR
         approvers: rule.approvers,
         group: rule.group.clone(),
         // Validated at load; an unparsable value here would mean a zero-length window.
+        within: crate::config::parse_duration(&rule.within).unwrap_or(Duration::ZERO),
+    }
+}
+
+/// The daemon-level form of a Bitcoin approval rule (same book, same lifecycle as Ethereum's).
+pub(super) fn bitcoin_requirement(
+    rule: &keyguard_bitcoin::approval::BitcoinApprovalRule,
+) -> ApprovalRequirement {
+    ApprovalRequirement {
+        rule: keyguard_bitcoin::approval::RULE.into(),
+        approvers: rule.approvers,
+        group: rule.group.clone(),
+        // Validated at load, like the Ethereum rule.
         within: crate::config::parse_duration(&rule.within).unwrap_or(Duration::ZERO),
     }
 }

@@ -175,6 +175,9 @@ fn input_owner(
     prev: &TxOut,
     wallet: &Wallet,
 ) -> Result<Option<(ScriptKind, crate::wallet::KeyPosition)>, Rejection> {
+    if let Some(key) = &wallet.single {
+        return crate::single::input_owner(psbt, i, prev, key);
+    }
     let input = &psbt.inputs[i];
     let field = format!("inputs[{i}]");
     let claims_ours = input
@@ -323,6 +326,9 @@ fn classify_output(psbt: &Psbt, o: usize, wallet: &Wallet) -> OutputFacts {
 }
 
 fn change_index(meta: &bitcoin::psbt::Output, spk: &ScriptBuf, wallet: &Wallet) -> Option<u32> {
+    if let Some(key) = &wallet.single {
+        return crate::single::change_index(spk, key);
+    }
     let origins = meta
         .bip32_derivation
         .values()

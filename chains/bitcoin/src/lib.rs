@@ -12,15 +12,21 @@
 //! - [`finalize`]: pass 2: every signature checked against the re-derived key and a sighash
 //!   recomputed from the re-encoded PSBT; optional BIP174 finalization.
 //!
+//! - [`schedule`], [`approval`]: the time window and the approval threshold, rules that
+//!   depend on the clock and on people rather than on the transaction alone.
 //! - [`node`]: an upstream node's view of the inputs (unspent, same amount and script) checked
 //!   against the intent; the JSON-RPC client itself is in the daemon.
 //!
 //! Pure code: no sockets, storage or private keys.
 
+pub mod approval;
+pub mod conflict;
 pub mod decode;
 pub mod finalize;
 pub mod node;
 pub mod rules;
+pub mod schedule;
+pub mod single;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod v2;
@@ -223,5 +229,7 @@ impl SpendIntent {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_more;
 #[cfg(test)]
 mod tests_rules;

@@ -22,6 +22,8 @@
 //! | `bitcoin.locktime` | transactions locked far into the future (funds frozen) |
 //! | `bitcoin.sequence` | relative timelocks (BIP68) that freeze the coins |
 //! | `bitcoin.rbf` | replaceability against the operator's setting (zero-conf merchants vs fee bumping) |
+//! | `bitcoin.time_window` | signing outside the operators' days and hours (see [`crate::schedule`]) |
+//! | `bitcoin.require_approval` | large spends without M-of-N human approval (see [`crate::approval`]; enforced by the daemon's approval book) |
 //! | `bitcoin.conflicting_spend` | signing an outpoint again in another transaction (a double spend: two payments where one was approved); with `allow_fee_bump`, only the same payments at a higher fee |
 
 use std::fmt;
@@ -32,6 +34,9 @@ use bitcoin::{Address, Amount, Denomination, Network};
 use keyguard_chain::Rejection;
 use serde::{Deserialize, Deserializer};
 
+use crate::approval::BitcoinApprovalRule;
+pub use crate::conflict::SignedSpend;
+use crate::schedule::TimeWindow;
 use crate::wallet::ScriptKind;
 use crate::{OutputClass, SpendIntent};
 
@@ -58,6 +63,8 @@ pub mod rule {
     pub const SEQUENCE: &str = "bitcoin.sequence";
     pub const RBF: &str = "bitcoin.rbf";
     pub const CONFLICTING_SPEND: &str = "bitcoin.conflicting_spend";
+    pub const TIME_WINDOW: &str = "bitcoin.time_window";
+    pub const REQUIRE_APPROVAL: &str = crate::approval::RULE;
 }
 
 /// An amount in config: `"0.5 btc"`, `"1000 sat"` or `"1000"` (satoshis).
@@ -147,6 +154,8 @@ struct RawPolicy {
     allow_fee_bump: bool,
     #[serde(default = "default_conflict_window")]
     conflict_window_secs: u64,
+    time_window: Option<TimeWindow>,
+    require_approval: Option<BitcoinApprovalRule>,
 }
 
 fn default_conflict_window() -> u64 {
@@ -234,6 +243,10 @@ pub struct BitcoinPolicy {
     pub allow_fee_bump: bool,
     /// How long signed outpoints are remembered across restarts (from the audit log).
     pub conflict_window_secs: u64,
+    /// Days and hours signing is allowed; `None`: always.
+    pub time_window: Option<TimeWindow>,
+    /// Spends that need human approval; `None`: none do.
+    pub require_approval: Option<BitcoinApprovalRule>,
 }
 
 impl TryFrom<RawPolicy> for BitcoinPolicy {
@@ -293,6 +306,8 @@ impl TryFrom<RawPolicy> for BitcoinPolicy {
             max_index: raw.max_index,
             allow_fee_bump: raw.allow_fee_bump,
             conflict_window_secs: raw.conflict_window_secs,
+            time_window: raw.time_window,
+            require_approval: raw.require_approval,
         })
     }
 }
@@ -302,8 +317,13 @@ fn refuse(rule: &'static str, field: impl Into<String>, reason: impl Into<String
 }
 
 impl BitcoinPolicy {
-    /// Every stateless rule, in order; the first refusal wins.
-    pub fn check(&self, intent: &SpendIntent) -> Result<(), Rejection> {
+    /// Every rule that needs no daemon state, in order; the first refusal wins. `now_ms`
+    /// (Unix milliseconds) is the clock the time window is judged by, passed in so tests and
+    /// dry runs choose the instant.
+    pub fn check(&self, intent: &SpendIntent, now_ms: u64) -> Result<(), Rejection> {
+        if let Some(w) = &self.time_window {
+            w.check(now_ms)?;
+        }
         if intent.network != self.network {
             return Err(refuse(
                 rule::NETWORK,
@@ -388,6 +408,11 @@ impl BitcoinPolicy {
                 }
             ),
         ))
+    }
+
+    /// The approval rule `intent` falls under, if any (the daemon holds it for approvers).
+    pub fn approval_needed(&self, intent: &SpendIntent) -> Option<&BitcoinApprovalRule> {
+        self.require_approval.as_ref().filter(|r| r.applies(intent))
     }
 
     fn check_inputs(&self, intent: &SpendIntent) -> Result<(), Rejection> {
@@ -595,42 +620,4 @@ fn spend_field(intent: &SpendIntent) -> String {
         .map(|(o, _)| o.to_string())
         .collect();
     format!("outputs[{}]", list.join(","))
-}
-
-/// A transaction keyguard signed, as remembered for conflict checks.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SignedSpend {
-    /// Its txid.
-    pub txid: String,
-    /// Its payments (see [`SpendIntent::payments`]).
-    pub payments: Vec<(String, u64)>,
-    /// Its fee.
-    pub fee_sat: u64,
-}
-
-impl SignedSpend {
-    /// From a decoded intent.
-    pub fn of(intent: &SpendIntent) -> Self {
-        SignedSpend {
-            txid: intent.txid().to_string(),
-            payments: intent.payments(),
-            fee_sat: intent.fee().to_sat(),
-        }
-    }
-
-    /// From the summary keyguard wrote to the audit log for it.
-    pub fn from_summary(summary: &serde_json::Value) -> Option<Self> {
-        let mut payments: Vec<(String, u64)> = summary
-            .get("outputs")?
-            .as_array()?
-            .iter()
-            .filter_map(|o| Some((o.get("to")?.as_str()?.to_string(), o.get("sat")?.as_u64()?)))
-            .collect();
-        payments.sort();
-        Some(SignedSpend {
-            txid: summary.get("txid")?.as_str()?.to_string(),
-            payments,
-            fee_sat: summary.get("fee_sat")?.as_u64()?,
-        })
-    }
 }

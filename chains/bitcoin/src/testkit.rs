@@ -47,6 +47,7 @@ impl TestWallet {
             accounts,
             max_index: 100_000,
             change_gap: 1_000,
+            single: None,
         };
         TestWallet { master, wallet }
     }
@@ -240,4 +241,85 @@ pub fn to_base64(psbt: &Psbt) -> String {
 /// The same PSBT as version 2 (BIP370) bytes.
 pub fn to_v2(psbt: &Psbt) -> Vec<u8> {
     crate::v2::v0_to_v2_fresh(&psbt.serialize())
+}
+
+/// A PSBT spending outputs of the non-HD key `key` (one made-up previous transaction holding
+/// `inputs`, each paying to the key's script of that kind), to `pay`, with optional change back
+/// to the key's P2WPKH script; origins filled as Bitcoin Core writes them for a bare key
+/// (fingerprint = HASH160 prefix, empty path).
+pub fn build_single_psbt(
+    key: &bitcoin::secp256k1::PublicKey,
+    inputs: &[(ScriptKind, u64)],
+    pay: &[(ScriptBuf, u64)],
+    change: Option<u64>,
+) -> Psbt {
+    let wallet = Wallet::single(
+        Network::Regtest,
+        crate::single::SingleKey {
+            public_key: *key,
+            no_taproot: String::new(),
+        },
+    );
+    let prev = Transaction {
+        version: Version::TWO,
+        lock_time: LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: OutPoint::new(bitcoin::Txid::from_byte_array([9; 32]), 0),
+            script_sig: ScriptBuf::new(),
+            sequence: Sequence::MAX,
+            witness: Witness::new(),
+        }],
+        output: inputs
+            .iter()
+            .map(|(kind, sat)| TxOut {
+                value: Amount::from_sat(*sat),
+                script_pubkey: kind.script_for(key),
+            })
+            .collect(),
+    };
+    let txid = prev.compute_txid();
+    let mut output: Vec<TxOut> = pay
+        .iter()
+        .map(|(s, v)| TxOut {
+            value: Amount::from_sat(*v),
+            script_pubkey: s.clone(),
+        })
+        .collect();
+    if let Some(sat) = change {
+        output.push(TxOut {
+            value: Amount::from_sat(sat),
+            script_pubkey: ScriptKind::P2wpkh.script_for(key),
+        });
+    }
+    let tx = Transaction {
+        version: Version::TWO,
+        lock_time: LockTime::ZERO,
+        input: (0..inputs.len())
+            .map(|vout| TxIn {
+                previous_output: OutPoint::new(txid, vout as u32),
+                script_sig: ScriptBuf::new(),
+                sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
+                witness: Witness::new(),
+            })
+            .collect(),
+        output,
+    };
+    let mut psbt = Psbt::from_unsigned_tx(tx).expect("unsigned");
+    let origin = (wallet.fingerprint, DerivationPath::master());
+    for (n, (kind, _)) in inputs.iter().enumerate() {
+        let input = &mut psbt.inputs[n];
+        input.witness_utxo = Some(prev.output[n].clone());
+        match kind {
+            ScriptKind::P2wpkh => {
+                input.non_witness_utxo = Some(prev.clone());
+                input.bip32_derivation = BTreeMap::from([(*key, origin.clone())]);
+            }
+            ScriptKind::P2tr => {
+                let x = XOnlyPublicKey::from(*key);
+                input.tap_internal_key = Some(x);
+                input.tap_key_origins = BTreeMap::from([(x, (vec![], origin.clone()))]);
+            }
+        }
+    }
+    psbt
 }

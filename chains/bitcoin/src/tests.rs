@@ -10,6 +10,9 @@ use crate::{decode, finalize, BitcoinPolicy, OutputClass, SpendIntent};
 
 pub(crate) const SEED: [u8; 32] = [0x42; 32];
 
+/// The clock the rules see in these tests: Monday 2026-11-23 12:00 UTC.
+pub(crate) const NOW_MS: u64 = 20_780 * 86_400_000 + 12 * 3_600_000;
+
 pub(crate) fn wallet() -> TestWallet {
     TestWallet::new(&SEED, Network::Regtest)
 }
@@ -72,7 +75,7 @@ pub(crate) fn sign_b64(
     p: &BitcoinPolicy,
 ) -> Result<crate::SignedPsbt, Rejection> {
     let intent = decode(b64, &tw.wallet)?;
-    p.check(&intent)?;
+    p.check(&intent, NOW_MS)?;
     let sigs = sign_all(tw, &intent);
     Ok(finalize(&intent, &sigs, true).expect("pass 2"))
 }
@@ -142,7 +145,7 @@ fn psbt_v2_round_trips_and_verifies() {
     let intent = decode(&b64, &tw.wallet).unwrap();
     assert!(matches!(intent.format, crate::PsbtFormat::V2(_)));
     assert_eq!(intent.txid(), psbt.unsigned_tx.compute_txid());
-    policy("").check(&intent).unwrap();
+    policy("").check(&intent, NOW_MS).unwrap();
     let signed = finalize(&intent, &sign_all(&tw, &intent), true).unwrap();
     let out = BASE64_STANDARD.decode(&signed.psbt).unwrap();
     let (_, version) = crate::v2::parse_raw(&out).unwrap();

@@ -170,7 +170,7 @@ fn foreign_inputs_refused_unless_allowed() {
         max_fee_percent: 100.0,
         ..policy("")
     };
-    p.check(&intent).unwrap();
+    p.check(&intent, crate::tests::NOW_MS).unwrap();
     assert_eq!(intent.jobs.len(), 1);
 }
 

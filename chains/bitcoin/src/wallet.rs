@@ -107,6 +107,8 @@ pub struct Wallet {
     /// attacker who can choose an index far away could otherwise hide funds at an index no
     /// wallet scan ever reaches.
     pub change_gap: u32,
+    /// A non-HD key instead of accounts (see [`crate::single`]).
+    pub single: Option<crate::single::SingleKey>,
 }
 
 impl Wallet {
@@ -138,8 +140,13 @@ impl Wallet {
         })
     }
 
-    /// Output descriptors (with checksums) for each account: `(receive, internal)`.
+    /// Output descriptors (with checksums) for each account: `(receive, internal)`. A single
+    /// key has one descriptor, `wpkh(<pubkey>)`, serving as both (its change returns to it).
     pub fn descriptors(&self) -> Vec<(String, String)> {
+        if let Some(single) = &self.single {
+            let d = single.descriptor();
+            return vec![(d.clone(), d)];
+        }
         self.accounts
             .iter()
             .map(|a| {
