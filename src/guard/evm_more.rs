@@ -50,7 +50,8 @@ impl Guard {
                 (Err(e), None)
             }
         };
-        self.conclude(caller, method, started, entry, outcome).await
+        self.conclude(caller, method, started, entry, outcome, None)
+            .await
     }
 
     async fn digest_stages(
