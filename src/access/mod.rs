@@ -1,12 +1,14 @@
 //! Who is calling and what they were granted. Authentication happens at the transport edge
 //! (a bearer token becomes a [`Caller`]); the guard only asks a caller whether a key is granted.
 //!
-//! Also here: employees ([`roles`], [`totp`]), the [`kill`] switch and request [`limits`].
+//! Also here: employees ([`roles`], [`totp`], secrets at rest in [`totp_vault`]), the [`kill`]
+//! switch and request [`limits`].
 
 pub mod kill;
 pub mod limits;
 pub mod roles;
 pub mod totp;
+pub mod totp_vault;
 
 use std::collections::HashMap;
 use std::sync::Arc;

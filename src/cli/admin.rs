@@ -11,6 +11,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use crate::access::totp;
+use crate::access::totp_vault::TotpVault;
 use crate::config::Config;
 use crate::store::Store;
 
@@ -199,9 +200,15 @@ fn bootstrap(
     if admins >= 2 || !roles.iter().any(|r| r == "admin") {
         return Ok(false);
     }
+    // Sealed like the daemon seals it when the passphrase is at hand; otherwise the daemon
+    // seals this row at its next start or the first time the user signs in.
+    let vault = match super::keys::passphrase(&config) {
+        Ok(p) => TotpVault::open(&db, &p, super::keys::kdf(&config))?,
+        Err(_) => TotpVault::without_key(),
+    };
     let secret = totp::new_secret()?;
     let uri = totp::enrolment_uri(&secret, name, &config.admin.issuer)?;
-    if !db.add_user(name, roles, groups, &secret)? {
+    if !vault.add_user(&db, name, roles, groups, &secret)? {
         bail!("user {name:?} exists");
     }
     store.close()?;

@@ -13,6 +13,7 @@ use sd_notify::NotifyState;
 use super::keys::{describe, open_keystore, open_pkcs11};
 use super::reload::Reloader;
 use crate::access::kill::KillSwitch;
+use crate::access::totp_vault::TotpVault;
 use crate::approvals::Approvals;
 use crate::backend::KeyBackend;
 use crate::config::{BackendKind, Config, Protocol};
@@ -74,6 +75,7 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
     let kill = Arc::new(
         KillSwitch::load(state.clone(), config.data.kill_file()).context("loading kill switch")?,
     );
+    let vault = Arc::new(open_vault(&config, &state)?);
     let approvals = Approvals::new(state.clone());
     let approval_book = approvals.clone();
     let guard = Arc::new(
@@ -94,7 +96,8 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
             kill.clone(),
             approvals,
             reload_tx,
-        ));
+        )
+        .with_vault(vault));
         let path = config.admin_socket();
         server::admin::start(&path, ctx)
             .await
@@ -239,6 +242,28 @@ fn start_validators(
         tasks.push(server::privval::start(guard.clone(), client));
     }
     Ok(tasks)
+}
+
+/// The TOTP secret vault: sealed under the keystore passphrase. A PKCS#11 deployment without a
+/// keystore passphrase stores them raw (in the 0600 database) and says so at every start.
+fn open_vault(config: &Config, state: &crate::store::StateDb) -> anyhow::Result<TotpVault> {
+    let passphrase = match config.keystore.backend {
+        BackendKind::Software => Some(super::keys::passphrase(config)?),
+        BackendKind::Pkcs11 => super::keys::passphrase(config).ok(),
+    };
+    match passphrase {
+        Some(p) => TotpVault::open(state, &p, super::keys::kdf(config))
+            .context("opening the TOTP secrets"),
+        None => {
+            println!(
+                "keyguard: WARNING: no keystore passphrase ({}); users' TOTP secrets are stored \
+                 unencrypted",
+                config.keystore.passphrase_env
+            );
+            tracing::warn!("TOTP secrets are not encrypted at rest (no passphrase)");
+            Ok(TotpVault::without_key())
+        }
+    }
 }
 
 /// The software keystore, creating the configured dev keys when it is empty.

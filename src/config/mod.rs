@@ -3,7 +3,7 @@
 
 mod people;
 
-pub use people::{parse_duration, AdminConfig, LimitConfig, RateLimitsConfig};
+pub use people::{parse_duration, AdminConfig, AdminTlsConfig, LimitConfig, RateLimitsConfig};
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -475,6 +475,7 @@ impl Config {
         for (key, value) in [
             ("admin.proposal_ttl", &self.admin.proposal_ttl),
             ("admin.audit_head_interval", &self.admin.audit_head_interval),
+            ("admin.totp_lockout", &self.admin.totp_lockout),
         ] {
             match parse_duration(value) {
                 Ok(d) if d.is_zero() => problems.push(self.invalid(key, "must not be zero")),
@@ -484,6 +485,19 @@ impl Config {
         }
         if self.admin.issuer.contains(':') {
             problems.push(self.invalid("admin.issuer", "may not contain ':'"));
+        }
+        if self.admin.totp_max_failures == 0 {
+            problems.push(self.invalid("admin.totp_max_failures", "must be at least 1"));
+        }
+        match (&self.admin.tcp, &self.admin.tls) {
+            (Some(_), None) => problems.push(self.invalid(
+                "admin.tcp",
+                "the admin API is never served without TLS: add [admin.tls] cert and key",
+            )),
+            (None, Some(_)) => {
+                problems.push(self.invalid("admin.tls", "set admin.tcp to serve it"));
+            }
+            _ => {}
         }
         if let Some(limits) = &self.rate_limits {
             for (name, limit) in [

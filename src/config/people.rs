@@ -30,6 +30,33 @@ pub struct AdminConfig {
     /// How often the audit head hash is logged for external anchoring.
     #[serde(default = "head_interval")]
     pub audit_head_interval: String,
+    /// Consecutive wrong TOTP codes after which a user is locked (brute force of a 6-digit
+    /// code must not be possible at network speed).
+    #[serde(default = "max_failures")]
+    pub totp_max_failures: u32,
+    /// How long such a lock lasts.
+    #[serde(default = "lockout")]
+    pub totp_lockout: String,
+    /// Optional TCP listener for the admin API (always TLS), e.g. `"127.0.0.1:9551"`.
+    #[serde(default)]
+    pub tcp: Option<std::net::SocketAddr>,
+    /// Certificate and key of the TCP listener, and optionally a CA that client certificates
+    /// must chain to (then they are required).
+    #[serde(default)]
+    pub tls: Option<AdminTlsConfig>,
+}
+
+/// `[admin.tls]`: PEM files of the admin TCP listener.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTlsConfig {
+    /// Server certificate chain.
+    pub cert: PathBuf,
+    /// Server private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// If set, clients must present a certificate chaining to this CA (TOTP still applies).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -47,6 +74,12 @@ fn proposal_ttl() -> String {
 fn head_interval() -> String {
     "5m".into()
 }
+fn max_failures() -> u32 {
+    5
+}
+fn lockout() -> String {
+    "15m".into()
+}
 
 impl Default for AdminConfig {
     fn default() -> Self {
@@ -58,6 +91,10 @@ impl Default for AdminConfig {
             issuer: issuer(),
             proposal_ttl: proposal_ttl(),
             audit_head_interval: head_interval(),
+            totp_max_failures: max_failures(),
+            totp_lockout: lockout(),
+            tcp: None,
+            tls: None,
         }
     }
 }

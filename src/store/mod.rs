@@ -28,7 +28,7 @@ pub use audit::{AuditEntry, AuditReceipt, AuditRow, AuditVerification, Decision,
 pub use ledger::{NonceRow, StateWrite, VelocityRow};
 pub use read::AuditFilter;
 pub(crate) use state as state_sql;
-pub use state::{ApprovalRecord, StateDb, UserRecord};
+pub use state::{ApprovalRecord, SecretKdfRow, StateDb, UserRecord};
 pub use watermarks::{WatermarkError, WatermarkRow, WatermarkStore};
 pub use writer::AuditLog;
 

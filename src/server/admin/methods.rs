@@ -268,8 +268,8 @@ async fn users_add(
     let uri = totp::enrolment_uri(&secret, name, &ctx.settings.issuer)
         .map_err(|e| AdminError::invalid(e.to_string()))?;
     if !ctx
-        .db
-        .add_user(name, &roles, &groups, &secret)
+        .vault
+        .add_user(&ctx.db, name, &roles, &groups, &secret)
         .map_err(AdminError::internal)?
     {
         return Err(AdminError::invalid(format!("user {name:?} exists")));
