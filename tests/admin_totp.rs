@@ -30,13 +30,18 @@ fn totp_secrets_are_sealed_at_rest_including_rows_written_in_plaintext() {
     let sock = socket(dir.path());
     // The CLI here has no keystore passphrase: the first admin's row is written raw ...
     let alice = bootstrap_admin(&daemon, "alice");
-    assert_eq!(stored_secret(dir.path(), "alice"), (alice.secret.clone(), false));
+    assert_eq!(
+        stored_secret(dir.path(), "alice"),
+        (alice.secret.clone(), false)
+    );
     // ... and sealed by the daemon the first time alice signs in.
     let listed = admin(&sock, &alice, "users.list", json!({}));
     assert!(listed["result"].is_array(), "{listed}");
     let (stored, sealed) = stored_secret(dir.path(), "alice");
     assert!(sealed);
-    assert!(!stored.windows(alice.secret.len()).any(|w| w == alice.secret));
+    assert!(!stored
+        .windows(alice.secret.len())
+        .any(|w| w == alice.secret));
     // Users added through the API are sealed from the start.
     let ann = add_user(&sock, &alice, "ann", &["approver"], &["treasury"]);
     let (stored, sealed) = stored_secret(dir.path(), "ann");
@@ -96,7 +101,10 @@ fn consecutive_wrong_codes_lock_the_user_durably_until_the_lock_expires() {
     // Locked: even the right code is refused, naming the rule, and across a restart.
     let locked = admin(&sock, &alice, "users.list", json!({}));
     let message = locked["error"]["message"].as_str().unwrap();
-    assert!(message.contains("locked") && message.contains("admin.totp_lockout"), "{message}");
+    assert!(
+        message.contains("locked") && message.contains("admin.totp_lockout"),
+        "{message}"
+    );
     assert_eq!(daemon.terminate().code(), Some(0));
     let daemon = Daemon::start(dir.path(), &text, &[]);
     let still = admin(&sock, &alice, "users.list", json!({}));
@@ -108,6 +116,10 @@ fn consecutive_wrong_codes_lock_the_user_durably_until_the_lock_expires() {
     let r = admin_raw(&sock, "alice", &wrong, "users.list", json!({}));
     assert_eq!(r["error"]["message"], "unknown user or invalid TOTP code");
     let rows = audit_rows(&daemon.config, &["--rule", "admin.totp_lockout"]);
-    assert_eq!(rows.len(), 3, "the locking code and two refusals while locked");
+    assert_eq!(
+        rows.len(),
+        3,
+        "the locking code and two refusals while locked"
+    );
     assert!(rows.iter().all(|r| r["decision"] == "refused"));
 }

@@ -189,7 +189,8 @@ mod tests {
         let store = Store::open(&dir.path().join("k.db")).unwrap();
         let db = store.state_db().unwrap();
         // A row from before sealing existed.
-        db.add_user("old", &["admin".into()], &[], &[9u8; 20]).unwrap();
+        db.add_user("old", &["admin".into()], &[], &[9u8; 20])
+            .unwrap();
         let pass = Passphrase::new("right".into());
         let vault = TotpVault::open(&db, &pass, KDF).unwrap();
         let old = db.user("old").unwrap().unwrap();

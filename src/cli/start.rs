@@ -12,6 +12,7 @@ use sd_notify::NotifyState;
 
 use super::keys::{describe, open_keystore, open_pkcs11};
 use super::reload::Reloader;
+use crate::access::clients::ClientBook;
 use crate::access::kill::KillSwitch;
 use crate::access::totp_vault::TotpVault;
 use crate::approvals::Approvals;
@@ -76,6 +77,9 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
         KillSwitch::load(state.clone(), config.data.kill_file()).context("loading kill switch")?,
     );
     let vault = Arc::new(open_vault(&config, &state)?);
+    let clients = Arc::new(ClientBook::default());
+    clients.set_configured(&config.clients);
+    clients.load(&state).context("loading managed clients")?;
     let approvals = Approvals::new(state.clone());
     let approval_book = approvals.clone();
     let guard = Arc::new(
@@ -89,15 +93,18 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
         .context("restoring velocity counters and nonces")?;
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
     let admin_socket = if config.admin.enabled {
-        let ctx = Arc::new(AdminContext::new(
-            config.admin.clone(),
-            state.clone(),
-            store.audit_log(),
-            kill.clone(),
-            approvals,
-            reload_tx,
-        )
-        .with_vault(vault));
+        let ctx = Arc::new(
+            AdminContext::new(
+                config.admin.clone(),
+                state.clone(),
+                store.audit_log(),
+                kill.clone(),
+                approvals,
+                reload_tx,
+            )
+            .with_vault(vault)
+            .with_clients(clients.clone()),
+        );
         let path = config.admin_socket();
         server::admin::start(&path, ctx)
             .await
@@ -120,7 +127,7 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
     for listener in &config.listeners {
         match listener.protocol {
             Protocol::EvmJsonRpc => {
-                let running = server::evm::start(&config, listener, guard.clone())
+                let running = server::evm::start(&config, listener, guard.clone(), clients.clone())
                     .await
                     .with_context(|| {
                         format!("binding listener {} on {}", listener.name, listener.address)
@@ -148,6 +155,7 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
         current: config,
         guard: guard.clone(),
         auths,
+        clients,
     };
     loop {
         tokio::select! {
@@ -252,8 +260,9 @@ fn open_vault(config: &Config, state: &crate::store::StateDb) -> anyhow::Result<
         BackendKind::Pkcs11 => super::keys::passphrase(config).ok(),
     };
     match passphrase {
-        Some(p) => TotpVault::open(state, &p, super::keys::kdf(config))
-            .context("opening the TOTP secrets"),
+        Some(p) => {
+            TotpVault::open(state, &p, super::keys::kdf(config)).context("opening the TOTP secrets")
+        }
         None => {
             println!(
                 "keyguard: WARNING: no keystore passphrase ({}); users' TOTP secrets are stored \

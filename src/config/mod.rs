@@ -193,7 +193,7 @@ pub enum AuthMode {
 }
 
 /// Shape of a successful `eth_signTransaction` result.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ResponseShape {
     /// The raw signed transaction as 0x-hex (Web3Signer, op-signer, viem).

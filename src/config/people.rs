@@ -115,7 +115,7 @@ pub struct RateLimitsConfig {
 }
 
 /// A sustained rate with a burst allowance.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitConfig {
     /// Sustained requests per second (may be fractional, e.g. 0.5).

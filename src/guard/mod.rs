@@ -313,6 +313,7 @@ impl Guard {
         let intent = intent?;
         entry.summary = intent.summary();
         entry.chain = Some(format!("eip155:{}", intent.chain_id()));
+        Self::check_chain(caller, &format!("eip155:{}", intent.chain_id()))?;
         let (key, policy) = self.evm_key(caller, intent.from, entry)?;
         let Some(evm) = policy.evm.as_ref() else {
             return Err(Rejection::policy("policy.none", "from", "no Ethereum rules").into());

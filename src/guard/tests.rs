@@ -86,6 +86,7 @@ pub(super) fn caller(grants: &[&str]) -> Caller {
             .into(),
         response: ResponseShape::Raw,
         approval_wait: std::time::Duration::ZERO,
+        scope: None,
     }
 }
 
@@ -212,8 +213,13 @@ async fn an_approval_consumed_by_a_withheld_signature_is_given_back() {
     });
     let store = Store::open(&path).unwrap();
     let db = store.state_db().unwrap();
-    db.add_user("ann", &["approver".into()], &["treasury".into()], &[7u8; 20])
-        .unwrap();
+    db.add_user(
+        "ann",
+        &["approver".into()],
+        &["treasury".into()],
+        &[7u8; 20],
+    )
+    .unwrap();
     let approvals = Approvals::new(db.clone());
     let guard_over = |store: &Store| {
         Guard::new(&config, backend.clone(), store.audit_log())
@@ -231,7 +237,9 @@ async fn an_approval_consumed_by_a_withheld_signature_is_given_back() {
         other => panic!("expected the request to be held, got {other:?}"),
     };
     let ann = db.user("ann").unwrap().unwrap();
-    approvals.vote(&id, &ann, true, crate::store::now_ms()).unwrap();
+    approvals
+        .vote(&id, &ann, true, crate::store::now_ms())
+        .unwrap();
     let state = |id: &str| {
         db.transaction(|tx| state_sql::approval(tx, id))
             .unwrap()
@@ -251,7 +259,11 @@ async fn an_approval_consumed_by_a_withheld_signature_is_given_back() {
         }
         other => panic!("a signature without its audit row was released: {other:?}"),
     }
-    assert_eq!(state(&id), "approved", "the approval was lost with the signature");
+    assert_eq!(
+        state(&id),
+        "approved",
+        "the approval was lost with the signature"
+    );
 
     // Once the log works again the same request signs without a new vote, exactly once.
     drop(guard);

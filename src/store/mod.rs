@@ -5,6 +5,7 @@
 //! concurrently with the writer).
 
 mod audit;
+mod clients;
 mod ledger;
 mod migrations;
 mod read;
@@ -25,6 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags};
 
 pub use audit::{AuditEntry, AuditReceipt, AuditRow, AuditVerification, Decision, GENESIS_HASH};
+pub use clients::ClientRow;
 pub use ledger::{NonceRow, StateWrite, VelocityRow};
 pub use read::AuditFilter;
 pub(crate) use state as state_sql;

@@ -17,8 +17,8 @@
 //! not decrypt. The KDF parameters are bound implicitly: changing them changes the key.
 
 mod keyfile;
-mod secret;
 pub mod sealing;
+mod secret;
 mod seed;
 #[cfg(test)]
 mod tests;

@@ -108,7 +108,10 @@ mod tests {
         let key = SealingKey::derive(&Passphrase::new("p".into()), &kdf, &salt).unwrap();
         let sealed = key.seal(b"alice", b"secret bytes").unwrap();
         assert!(!sealed.windows(6).any(|w| w == b"secret"));
-        assert_eq!(key.open(b"alice", &sealed).unwrap().as_slice(), b"secret bytes");
+        assert_eq!(
+            key.open(b"alice", &sealed).unwrap().as_slice(),
+            b"secret bytes"
+        );
         assert!(key.open(b"bob", &sealed).is_err());
         let other = SealingKey::derive(&Passphrase::new("q".into()), &kdf, &salt).unwrap();
         assert!(other.open(b"alice", &sealed).is_err());

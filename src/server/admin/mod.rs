@@ -5,6 +5,7 @@
 //! user (TOTP, single use) -> check the role table -> act -> audit. Refusals are audited too,
 //! under `client = "user:<name>"` and `method = "admin.<method>"`.
 
+mod clients;
 mod methods;
 
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::access::clients::ClientBook;
 use crate::access::kill::KillSwitch;
 use crate::access::roles::{self, Role};
 use crate::access::totp;
@@ -54,6 +56,8 @@ pub struct AdminContext {
     pub reload: mpsc::Sender<ReloadRequest>,
     /// Opens the users' sealed TOTP secrets.
     pub vault: Arc<TotpVault>,
+    /// Managed clients, swapped after every change so listeners see it at the next request.
+    pub clients: Arc<ClientBook>,
     next_id: AtomicU64,
 }
 
@@ -75,6 +79,7 @@ impl AdminContext {
             approvals,
             reload,
             vault: Arc::new(TotpVault::without_key()),
+            clients: Arc::new(ClientBook::default()),
             next_id: AtomicU64::new(1),
         }
     }
@@ -82,6 +87,12 @@ impl AdminContext {
     /// Seals new users' TOTP secrets with `vault` (without one they are stored raw).
     pub fn with_vault(mut self, vault: Arc<TotpVault>) -> Self {
         self.vault = vault;
+        self
+    }
+
+    /// Manages `clients` (the daemon's book, shared with its listeners).
+    pub fn with_clients(mut self, clients: Arc<ClientBook>) -> Self {
+        self.clients = clients;
         self
     }
 
