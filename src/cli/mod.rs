@@ -1,6 +1,7 @@
 //! The `keyguard` command: the daemon, key management, audit, tokens and the load generator.
 
 mod admin;
+mod admin_tls;
 mod audit;
 mod bench;
 mod bitcoin;

@@ -106,6 +106,12 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
             .with_clients(clients.clone()),
         );
         let path = config.admin_socket();
+        if let (Some(addr), Some(tls)) = (config.admin.tcp, &config.admin.tls) {
+            let bound = server::admin::tcp::start(addr, tls, ctx.clone())
+                .await
+                .with_context(|| format!("binding the admin TLS listener on {addr}"))?;
+            println!("keyguard: admin https://{bound}");
+        }
         server::admin::start(&path, ctx)
             .await
             .with_context(|| format!("binding the admin socket {}", path.display()))?;

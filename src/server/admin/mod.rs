@@ -1,5 +1,6 @@
 //! The admin API: JSON-RPC 2.0, one request per line, on a Unix socket that only the service
-//! user can open (mode 0600). Never on a signing listener.
+//! user can open (mode 0600); optionally also over TLS on TCP ([`tcp`]). Never on a signing
+//! listener.
 //!
 //! Every request carries `params.auth = {user, totp}`. The order is fixed: authenticate the
 //! user (TOTP, single use) -> check the role table -> act -> audit. Refusals are audited too,
@@ -7,6 +8,7 @@
 
 mod clients;
 mod methods;
+pub mod tcp;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
