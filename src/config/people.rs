@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::{Config, ConfigError};
+
 /// `[admin]`: the admin JSON-RPC API and how users authenticate to it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -143,4 +145,74 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     n.checked_mul(secs)
         .map(Duration::from_secs)
         .ok_or_else(|| format!("{s:?}: too long"))
+}
+
+impl Config {
+    /// Problems of `[admin]` and `[rate_limits]`.
+    pub(super) fn people_problems(&self) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
+        for (key, value) in [
+            ("admin.proposal_ttl", &self.admin.proposal_ttl),
+            ("admin.audit_head_interval", &self.admin.audit_head_interval),
+            ("admin.totp_lockout", &self.admin.totp_lockout),
+        ] {
+            match parse_duration(value) {
+                Ok(d) if d.is_zero() => problems.push(self.invalid(key, "must not be zero")),
+                Ok(_) => {}
+                Err(e) => problems.push(self.invalid(key, e)),
+            }
+        }
+        if self.admin.issuer.contains(':') {
+            problems.push(self.invalid("admin.issuer", "may not contain ':'"));
+        }
+        if self.admin.totp_max_failures == 0 {
+            problems.push(self.invalid("admin.totp_max_failures", "must be at least 1"));
+        }
+        match (&self.admin.tcp, &self.admin.tls) {
+            (Some(_), None) => problems.push(self.invalid(
+                "admin.tcp",
+                "the admin API is never served without TLS: add [admin.tls] cert and key",
+            )),
+            (None, Some(_)) => {
+                problems.push(self.invalid("admin.tls", "set admin.tcp to serve it"));
+            }
+            _ => {}
+        }
+        if let Some(limits) = &self.rate_limits {
+            for (name, limit) in [
+                ("per_client", &limits.per_client),
+                ("per_key", &limits.per_key),
+                ("per_method", &limits.per_method),
+            ] {
+                if let Some(l) = limit {
+                    if crate::access::limits::quota(l).is_none() {
+                        problems.push(self.invalid(
+                            format!("rate_limits.{name}"),
+                            "per_second must be a positive number and burst at least 1",
+                        ));
+                    }
+                }
+            }
+        }
+        for (i, p) in self.policies.iter().enumerate() {
+            let Some(rule) = p.evm.as_ref().and_then(|e| e.require_approval.as_ref()) else {
+                continue;
+            };
+            let key = |k: &str| format!("policies[{i}].evm.require_approval.{k}");
+            if rule.approvers == 0 {
+                problems.push(self.invalid(key("approvers"), "must be at least 1"));
+            }
+            if rule.group.is_empty() {
+                problems.push(self.invalid(key("group"), "must name a group"));
+            }
+            match parse_duration(&rule.within) {
+                Ok(d) if d.is_zero() => {
+                    problems.push(self.invalid(key("within"), "must not be zero"))
+                }
+                Ok(_) => {}
+                Err(e) => problems.push(self.invalid(key("within"), e)),
+            }
+        }
+        problems
+    }
 }

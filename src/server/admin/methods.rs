@@ -107,7 +107,10 @@ pub(super) async fn run(
             let users = ctx.db.users().map_err(AdminError::internal)?;
             let list: Vec<_> = users
                 .iter()
-                .map(|u| json!({"name": u.name, "roles": u.roles, "groups": u.groups}))
+                .map(|u| {
+                    json!({"name": u.name, "roles": u.roles, "groups": u.groups,
+                        "locked_until_ms": u.locked_until_ms})
+                })
                 .collect();
             accepted(json!(list))
         }
