@@ -274,3 +274,38 @@ fn only_admins_manage_clients() {
         5
     );
 }
+
+#[test]
+fn a_config_client_cannot_take_a_managed_clients_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = bearer_config(dir.path());
+    let daemon = Daemon::start(dir.path(), &text, &[]);
+    let sock = socket(dir.path());
+    let alice = bootstrap_admin(&daemon, "alice");
+    let added = admin(
+        &sock,
+        &alice,
+        "clients.add",
+        json!({"name": "app", "keys": ["*"]}),
+    );
+    assert!(added["result"]["token"].is_string(), "{added}");
+    let taken = admin(
+        &sock,
+        &alice,
+        "clients.add",
+        json!({"name": "batcher", "keys": ["*"]}),
+    );
+    assert_eq!(error_code(&taken), Some(-32010), "{taken}");
+    let clash = text.replace(
+        "[admin]",
+        "[[clients]]\nname = \"app\"\ntoken_sha256 = \
+         \"0000000000000000000000000000000000000000000000000000000000000001\"\nkeys = [\"*\"]\n[admin]",
+    );
+    std::fs::write(&daemon.config, clash).unwrap();
+    daemon.signal(rustix::process::Signal::HUP);
+    let line = daemon.wait_line("keyguard: reload");
+    assert!(
+        line.contains("reload rejected") && line.contains("\"app\""),
+        "{line}"
+    );
+}

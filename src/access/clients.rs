@@ -254,6 +254,16 @@ impl ClientBook {
             .clone()
     }
 
+    /// The first config-file client whose name a managed client already has: two clients
+    /// under one name would make the audit log ambiguous.
+    pub fn name_clash<'a>(&self, configured: &'a [ClientConfig]) -> Option<&'a str> {
+        let managed: HashSet<Arc<str>> = self.current().values().map(|c| c.name.clone()).collect();
+        configured
+            .iter()
+            .map(|c| c.name.as_str())
+            .find(|n| managed.contains(*n))
+    }
+
     /// Names of the configured clients.
     pub fn configured_names(&self) -> HashSet<String> {
         self.configured()

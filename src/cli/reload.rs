@@ -67,6 +67,12 @@ impl Reloader {
                 self.path.display()
             );
         }
+        if let Some(name) = self.clients.name_clash(&new.clients) {
+            anyhow::bail!(
+                "{}: client {name:?} is also managed through the admin API; rename one",
+                self.path.display()
+            );
+        }
         self.guard.reload_policies(&new);
         self.clients.set_configured(&new.clients);
         for (name, switch) in &self.auths {

@@ -80,6 +80,12 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
     let clients = Arc::new(ClientBook::default());
     clients.set_configured(&config.clients);
     clients.load(&state).context("loading managed clients")?;
+    if let Some(name) = clients.name_clash(&config.clients) {
+        anyhow::bail!(
+            "client {name:?} is in the config file and managed through the admin API; \
+             rename one (`keyguard clients remove {name}`)"
+        );
+    }
     let approvals = Approvals::new(state.clone());
     let approval_book = approvals.clone();
     let guard = Arc::new(
