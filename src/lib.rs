@@ -2,7 +2,8 @@
 //!
 //! Layout (one module per pipeline stage, see `DESIGN.md`):
 //! - [`server`]: transports; the EVM JSON-RPC listener turns HTTP/WebSocket calls into guard calls.
-//! - [`access`]: who is calling (bearer tokens) and which keys they were granted.
+//! - [`access`]: who is calling (bearer tokens, clients managed through the admin API) and what
+//!   they were granted (keys, chains, methods, rate limit); users, roles, TOTP, kill switch.
 //! - [`guard`]: the pipeline itself: authorize, decode, policy, sign, verify, audit, in order.
 //! - [`policy`]: durable velocity counters and nonce ownership, reserved before signing.
 //! - [`backend`]: key backends behind one trait (encrypted software keystore today).

@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::config::{LimitConfig, RateLimitsConfig};
 
@@ -98,6 +98,45 @@ impl RateLimits {
             }
         }
         Ok(())
+    }
+}
+
+/// The rate limit of one managed client (its own quota, on top of the configured limits).
+pub struct ClientLimiter {
+    limit: LimitConfig,
+    limiter: DefaultDirectRateLimiter,
+    clock: DefaultClock,
+}
+
+impl std::fmt::Debug for ClientLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientLimiter")
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientLimiter {
+    /// A full bucket for `limit`; `None` for a limit that is not a valid quota.
+    pub fn new(limit: &LimitConfig) -> Option<Self> {
+        Some(ClientLimiter {
+            limit: limit.clone(),
+            limiter: RateLimiter::direct(quota(limit)?),
+            clock: DefaultClock::default(),
+        })
+    }
+
+    /// The configured limit.
+    pub fn limit(&self) -> &LimitConfig {
+        &self.limit
+    }
+
+    /// Takes one request; refuses with the time until the next one would pass.
+    pub fn check(&self) -> Result<(), Limited> {
+        self.limiter.check().map_err(|not_until| Limited {
+            scope: LimitScope::Client,
+            retry_after: not_until.wait_time_from(self.clock.now()),
+        })
     }
 }
 

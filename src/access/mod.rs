@@ -1,12 +1,15 @@
 //! Who is calling and what they were granted. Authentication happens at the transport edge
 //! (a bearer token becomes a [`Caller`]); the guard only asks a caller whether a key is granted.
 //!
-//! Also here: employees ([`roles`], [`totp`]), the [`kill`] switch and request [`limits`].
+//! Also here: employees ([`roles`], [`totp`], secrets at rest in [`totp_vault`]), the [`kill`]
+//! switch and request [`limits`].
 
+pub mod clients;
 pub mod kill;
 pub mod limits;
 pub mod roles;
 pub mod totp;
+pub mod totp_vault;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +18,7 @@ use keyguard_chain::KeyId;
 use sha2::{Digest, Sha256};
 
 use crate::config::{patterns_match, AuthMode, Config, ListenerConfig, ResponseShape};
+use clients::{CallerScope, ClientBook};
 
 /// An authenticated (or deliberately anonymous) caller.
 #[derive(Clone, Debug)]
@@ -28,12 +32,24 @@ pub struct Caller {
     /// How long a request that needs approvals waits for them before answering -32002
     /// (zero: answer at once; for simple clients that cannot retry).
     pub approval_wait: std::time::Duration,
+    /// Chains, methods and own rate limit of a client managed through the admin API.
+    pub scope: Option<Arc<CallerScope>>,
 }
 
 impl Caller {
     /// Whether the caller may use `key`.
     pub fn may_use(&self, key: &KeyId) -> bool {
         patterns_match(&self.grants, key)
+    }
+
+    /// Whether the caller may call the signing method `method`.
+    pub fn may_call(&self, method: &str) -> bool {
+        self.scope.as_ref().is_none_or(|s| s.may_call(method))
+    }
+
+    /// Whether the caller may sign for `chain`.
+    pub fn may_use_chain(&self, chain: &str) -> bool {
+        self.scope.as_ref().is_none_or(|s| s.may_use_chain(chain))
     }
 }
 
@@ -54,6 +70,8 @@ pub struct Authenticator {
     by_token_hash: HashMap<[u8; 32], Caller>,
     /// Clients identified by the first DNS name of their TLS client certificate.
     by_cert_name: HashMap<String, Caller>,
+    /// Clients managed through the admin API, consulted per request.
+    managed: Option<Arc<ClientBook>>,
 }
 
 /// A listener's authenticator, replaceable on reload without touching open connections.
@@ -96,6 +114,7 @@ impl Authenticator {
                     grants: c.keys.clone().into(),
                     response: c.response.unwrap_or(listener.response),
                     approval_wait: listener.approval_wait(),
+                    scope: None,
                 };
                 Some((hash, caller))
             })
@@ -109,6 +128,7 @@ impl Authenticator {
                     grants: c.keys.clone().into(),
                     response: c.response.unwrap_or(listener.response),
                     approval_wait: listener.approval_wait(),
+                    scope: None,
                 };
                 Some((c.cert_dns_name.clone()?, caller))
             })
@@ -121,9 +141,32 @@ impl Authenticator {
                 grants: listener.keys.clone().into(),
                 response: listener.response,
                 approval_wait: listener.approval_wait(),
+                scope: None,
             },
             by_token_hash,
+            managed: None,
         }
+    }
+
+    /// Also accepts the bearer tokens of the clients in `book` (read at every request).
+    pub fn with_managed(mut self, book: Arc<ClientBook>) -> Self {
+        self.managed = Some(book);
+        self
+    }
+
+    fn by_token(&self, token: &str) -> Option<Caller> {
+        let hash = token_hash(token);
+        if let Some(c) = self.by_token_hash.get(&hash) {
+            return Some(c.clone());
+        }
+        let managed = self.managed.as_ref()?.lookup(&hash)?;
+        Some(Caller {
+            name: managed.name.clone(),
+            grants: managed.grants.clone(),
+            response: managed.response.unwrap_or(self.anonymous.response),
+            approval_wait: self.anonymous.approval_wait,
+            scope: Some(managed.scope.clone()),
+        })
     }
 
     /// Authenticates a request on a TLS connection: a client certificate whose first DNS name
@@ -151,8 +194,8 @@ impl Authenticator {
                     .ok()
                     .and_then(|h| h.strip_prefix("Bearer "))
                     .map(str::trim);
-                match token.and_then(|t| self.by_token_hash.get(&token_hash(t))) {
-                    Some(caller) => Authentication::Caller(caller.clone()),
+                match token.and_then(|t| self.by_token(t)) {
+                    Some(caller) => Authentication::Caller(caller),
                     None => Authentication::Refused("invalid bearer token"),
                 }
             }

@@ -147,7 +147,8 @@ impl Approvals {
     }
 
     /// Gives a consumed approval back when the signature it was consumed for was not released
-    /// (backend failure), so the same intent can be retried.
+    /// (backend failure, or its audit row did not commit), so the same intent can be retried
+    /// without asking the approvers again: "exactly once" counts released signatures.
     pub fn restore(&self, id: &str) -> Result<(), StoreError> {
         self.db
             .transaction(|tx| sql::transition(tx, id, "consumed", "approved").map(|_| ()))

@@ -11,6 +11,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use crate::access::totp;
+use crate::access::totp_vault::TotpVault;
 use crate::config::Config;
 use crate::store::Store;
 
@@ -23,6 +24,18 @@ pub(crate) struct AdminArgs {
     /// Admin socket, instead of reading it from the config.
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// The admin API over TLS instead of the socket: `https://host:port`.
+    #[arg(long, env = "KEYGUARD_ADMIN_URL")]
+    admin_url: Option<String>,
+    /// CA certificate (PEM) that issued the admin listener's certificate.
+    #[arg(long, env = "KEYGUARD_ADMIN_CA")]
+    ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM), when the admin listener requires one.
+    #[arg(long)]
+    client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --client-cert.
+    #[arg(long)]
+    client_key: Option<PathBuf>,
     /// Your user name.
     #[arg(long, env = "KEYGUARD_USER")]
     user: Option<String>,
@@ -125,20 +138,37 @@ impl AdminArgs {
 
     /// Calls `method` and returns its result, or fails with the API's error message.
     pub(crate) fn call(&self, method: &str, mut params: Value) -> anyhow::Result<Value> {
-        let socket = self.socket()?;
+        let socket = match &self.admin_url {
+            Some(_) => None,
+            None => Some(self.socket()?),
+        };
         let Some(user) = &self.user else {
             bail!("give --user (or KEYGUARD_USER)");
         };
         if let Value::Object(p) = &mut params {
             p.insert("auth".into(), json!({"user": user, "totp": self.code()?}));
         }
-        let mut stream = UnixStream::connect(&socket)
-            .with_context(|| format!("connecting to {}", socket.display()))?;
         let request = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-        stream.write_all(format!("{request}\n").as_bytes())?;
-        let mut line = String::new();
-        BufReader::new(&stream).read_line(&mut line)?;
-        let response: Value = serde_json::from_str(&line).context("reading the response")?;
+        let response: Value = match (&self.admin_url, socket) {
+            (Some(url), _) => super::admin_tls::call(
+                &super::admin_tls::TlsTarget {
+                    url,
+                    ca_cert: self.ca_cert.as_ref(),
+                    client_cert: self.client_cert.as_ref(),
+                    client_key: self.client_key.as_ref(),
+                },
+                &request,
+            )?,
+            (None, socket) => {
+                let socket = socket.context("give --config, --socket or --admin-url")?;
+                let mut stream = UnixStream::connect(&socket)
+                    .with_context(|| format!("connecting to {}", socket.display()))?;
+                stream.write_all(format!("{request}\n").as_bytes())?;
+                let mut line = String::new();
+                BufReader::new(&stream).read_line(&mut line)?;
+                serde_json::from_str(&line).context("reading the response")?
+            }
+        };
         if let Some(err) = response.get("error") {
             let code = err.get("code").and_then(Value::as_i64).unwrap_or(0);
             let message = err.get("message").and_then(Value::as_str).unwrap_or("");
@@ -199,9 +229,15 @@ fn bootstrap(
     if admins >= 2 || !roles.iter().any(|r| r == "admin") {
         return Ok(false);
     }
+    // Sealed like the daemon seals it when the passphrase is at hand; otherwise the daemon
+    // seals this row at its next start or the first time the user signs in.
+    let vault = match super::keys::passphrase(&config) {
+        Ok(p) => TotpVault::open(&db, &p, super::keys::kdf(&config))?,
+        Err(_) => TotpVault::without_key(),
+    };
     let secret = totp::new_secret()?;
     let uri = totp::enrolment_uri(&secret, name, &config.admin.issuer)?;
-    if !db.add_user(name, roles, groups, &secret)? {
+    if !vault.add_user(&db, name, roles, groups, &secret)? {
         bail!("user {name:?} exists");
     }
     store.close()?;

@@ -1,9 +1,11 @@
 //! The `keyguard` command: the daemon, key management, audit, tokens and the load generator.
 
 mod admin;
+mod admin_tls;
 mod audit;
 mod bench;
 mod bitcoin;
+mod clients;
 mod config_check;
 mod keys;
 mod people;
@@ -74,10 +76,10 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
-    /// Client credentials.
+    /// Applications: bearer tokens and their scopes (through the admin API).
     Clients {
         #[command(subcommand)]
-        command: ClientsCommand,
+        command: clients::ClientsCommand,
     },
     /// CometBFT double-sign state: import from a file signer, show, export.
     State {
@@ -124,12 +126,6 @@ enum AdminCommand {
     Call(admin::CallArgs),
 }
 
-#[derive(Debug, Subcommand)]
-enum ClientsCommand {
-    /// Make a new random bearer token and print it with the hash to put in the config.
-    Token,
-}
-
 impl Cli {
     /// The requested log format.
     pub fn log_format(&self) -> LogFormat {
@@ -147,20 +143,7 @@ impl Cli {
             Command::Admin {
                 command: AdminCommand::Call(args),
             } => admin::call(args),
-            Command::Clients {
-                command: ClientsCommand::Token,
-            } => {
-                use rand::RngCore;
-                let mut raw = [0u8; 32];
-                rand::rngs::OsRng.fill_bytes(&mut raw);
-                let token = hex::encode(raw);
-                println!("token: {token}");
-                println!(
-                    "token_sha256: {}",
-                    hex::encode(crate::access::token_hash(&token))
-                );
-                Ok(())
-            }
+            Command::Clients { command } => clients::run(command),
             Command::State { command } => state::run(command),
             Command::Bench(args) => bench::run(args),
             Command::BtcSigner(args) => bitcoin::btc_signer(args),

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::access::clients::ClientBook;
 use crate::access::{AuthSwitch, Authenticator};
 use crate::config::{Config, ListenerConfig};
 use crate::guard::Guard;
@@ -15,6 +16,8 @@ pub(crate) struct Reloader {
     pub(crate) current: Config,
     pub(crate) guard: Arc<Guard>,
     pub(crate) auths: Vec<(String, Arc<AuthSwitch>)>,
+    /// Managed clients: kept across reloads; the configured ones are replaced.
+    pub(crate) clients: Arc<ClientBook>,
 }
 
 fn listener_identity(l: &ListenerConfig) -> impl PartialEq + std::fmt::Debug + '_ {
@@ -64,10 +67,18 @@ impl Reloader {
                 self.path.display()
             );
         }
+        if let Some(name) = self.clients.name_clash(&new.clients) {
+            anyhow::bail!(
+                "{}: client {name:?} is also managed through the admin API; rename one",
+                self.path.display()
+            );
+        }
         self.guard.reload_policies(&new);
+        self.clients.set_configured(&new.clients);
         for (name, switch) in &self.auths {
             if let Some(listener) = new.listeners.iter().find(|l| &l.name == name) {
-                switch.replace(Authenticator::new(&new, listener));
+                switch
+                    .replace(Authenticator::new(&new, listener).with_managed(self.clients.clone()));
             }
         }
         self.current = new;

@@ -12,7 +12,9 @@ use sd_notify::NotifyState;
 
 use super::keys::{describe, open_keystore, open_pkcs11};
 use super::reload::Reloader;
+use crate::access::clients::ClientBook;
 use crate::access::kill::KillSwitch;
+use crate::access::totp_vault::TotpVault;
 use crate::approvals::Approvals;
 use crate::backend::KeyBackend;
 use crate::config::{BackendKind, Config, Protocol};
@@ -74,6 +76,16 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
     let kill = Arc::new(
         KillSwitch::load(state.clone(), config.data.kill_file()).context("loading kill switch")?,
     );
+    let vault = Arc::new(open_vault(&config, &state)?);
+    let clients = Arc::new(ClientBook::default());
+    clients.set_configured(&config.clients);
+    clients.load(&state).context("loading managed clients")?;
+    if let Some(name) = clients.name_clash(&config.clients) {
+        anyhow::bail!(
+            "client {name:?} is in the config file and managed through the admin API; \
+             rename one (`keyguard clients remove {name}`)"
+        );
+    }
     let approvals = Approvals::new(state.clone());
     let approval_book = approvals.clone();
     let guard = Arc::new(
@@ -87,15 +99,25 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
         .context("restoring velocity counters and nonces")?;
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
     let admin_socket = if config.admin.enabled {
-        let ctx = Arc::new(AdminContext::new(
-            config.admin.clone(),
-            state.clone(),
-            store.audit_log(),
-            kill.clone(),
-            approvals,
-            reload_tx,
-        ));
+        let ctx = Arc::new(
+            AdminContext::new(
+                config.admin.clone(),
+                state.clone(),
+                store.audit_log(),
+                kill.clone(),
+                approvals,
+                reload_tx,
+            )
+            .with_vault(vault)
+            .with_clients(clients.clone()),
+        );
         let path = config.admin_socket();
+        if let (Some(addr), Some(tls)) = (config.admin.tcp, &config.admin.tls) {
+            let bound = server::admin::tcp::start(addr, tls, ctx.clone())
+                .await
+                .with_context(|| format!("binding the admin TLS listener on {addr}"))?;
+            println!("keyguard: admin https://{bound}");
+        }
         server::admin::start(&path, ctx)
             .await
             .with_context(|| format!("binding the admin socket {}", path.display()))?;
@@ -117,7 +139,7 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
     for listener in &config.listeners {
         match listener.protocol {
             Protocol::EvmJsonRpc => {
-                let running = server::evm::start(&config, listener, guard.clone())
+                let running = server::evm::start(&config, listener, guard.clone(), clients.clone())
                     .await
                     .with_context(|| {
                         format!("binding listener {} on {}", listener.name, listener.address)
@@ -145,6 +167,7 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
         current: config,
         guard: guard.clone(),
         auths,
+        clients,
     };
     loop {
         tokio::select! {
@@ -239,6 +262,29 @@ fn start_validators(
         tasks.push(server::privval::start(guard.clone(), client));
     }
     Ok(tasks)
+}
+
+/// The TOTP secret vault: sealed under the keystore passphrase. A PKCS#11 deployment without a
+/// keystore passphrase stores them raw (in the 0600 database) and says so at every start.
+fn open_vault(config: &Config, state: &crate::store::StateDb) -> anyhow::Result<TotpVault> {
+    let passphrase = match config.keystore.backend {
+        BackendKind::Software => Some(super::keys::passphrase(config)?),
+        BackendKind::Pkcs11 => super::keys::passphrase(config).ok(),
+    };
+    match passphrase {
+        Some(p) => {
+            TotpVault::open(state, &p, super::keys::kdf(config)).context("opening the TOTP secrets")
+        }
+        None => {
+            println!(
+                "keyguard: WARNING: no keystore passphrase ({}); users' TOTP secrets are stored \
+                 unencrypted",
+                config.keystore.passphrase_env
+            );
+            tracing::warn!("TOTP secrets are not encrypted at rest (no passphrase)");
+            Ok(TotpVault::without_key())
+        }
+    }
 }
 
 /// The software keystore, creating the configured dev keys when it is empty.

@@ -3,7 +3,7 @@
 
 mod people;
 
-pub use people::{parse_duration, AdminConfig, LimitConfig, RateLimitsConfig};
+pub use people::{parse_duration, AdminConfig, AdminTlsConfig, LimitConfig, RateLimitsConfig};
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -193,7 +193,7 @@ pub enum AuthMode {
 }
 
 /// Shape of a successful `eth_signTransaction` result.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ResponseShape {
     /// The raw signed transaction as 0x-hex (Web3Signer, op-signer, viem).
@@ -468,67 +468,6 @@ impl Config {
             .socket
             .clone()
             .unwrap_or_else(|| self.data.admin_socket())
-    }
-
-    fn people_problems(&self) -> Vec<ConfigError> {
-        let mut problems = Vec::new();
-        for (key, value) in [
-            ("admin.proposal_ttl", &self.admin.proposal_ttl),
-            ("admin.audit_head_interval", &self.admin.audit_head_interval),
-        ] {
-            match parse_duration(value) {
-                Ok(d) if d.is_zero() => problems.push(self.invalid(key, "must not be zero")),
-                Ok(_) => {}
-                Err(e) => problems.push(self.invalid(key, e)),
-            }
-        }
-        if self.admin.issuer.contains(':') {
-            problems.push(self.invalid("admin.issuer", "may not contain ':'"));
-        }
-        if let Some(limits) = &self.rate_limits {
-            for (name, limit) in [
-                ("per_client", &limits.per_client),
-                ("per_key", &limits.per_key),
-                ("per_method", &limits.per_method),
-            ] {
-                if let Some(l) = limit {
-                    if crate::access::limits::quota(l).is_none() {
-                        problems.push(self.invalid(
-                            format!("rate_limits.{name}"),
-                            "per_second must be a positive number and burst at least 1",
-                        ));
-                    }
-                }
-            }
-        }
-        // Both chains' approval rules share one shape: (approvers, group, within).
-        let rules = self.policies.iter().enumerate().flat_map(|(i, p)| {
-            let evm = p.evm.as_ref().and_then(|e| e.require_approval.as_ref());
-            let btc = p.bitcoin.as_ref().and_then(|b| b.require_approval.as_ref());
-            [
-                evm.map(|r| (i, "evm", r.approvers, &r.group, &r.within)),
-                btc.map(|r| (i, "bitcoin", r.approvers, &r.group, &r.within)),
-            ]
-            .into_iter()
-            .flatten()
-        });
-        for (i, chain, approvers, group, within) in rules {
-            let key = |k: &str| format!("policies[{i}].{chain}.require_approval.{k}");
-            if approvers == 0 {
-                problems.push(self.invalid(key("approvers"), "must be at least 1"));
-            }
-            if group.is_empty() {
-                problems.push(self.invalid(key("group"), "must name a group"));
-            }
-            match parse_duration(within) {
-                Ok(d) if d.is_zero() => {
-                    problems.push(self.invalid(key("within"), "must not be zero"))
-                }
-                Ok(_) => {}
-                Err(e) => problems.push(self.invalid(key("within"), e)),
-            }
-        }
-        problems
     }
 
     /// Every key pattern the configuration names, with its location (`clients[0].keys`).

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::{Config, ConfigError};
+
 /// `[admin]`: the admin JSON-RPC API and how users authenticate to it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +32,33 @@ pub struct AdminConfig {
     /// How often the audit head hash is logged for external anchoring.
     #[serde(default = "head_interval")]
     pub audit_head_interval: String,
+    /// Consecutive wrong TOTP codes after which a user is locked (brute force of a 6-digit
+    /// code must not be possible at network speed).
+    #[serde(default = "max_failures")]
+    pub totp_max_failures: u32,
+    /// How long such a lock lasts.
+    #[serde(default = "lockout")]
+    pub totp_lockout: String,
+    /// Optional TCP listener for the admin API (always TLS), e.g. `"127.0.0.1:9551"`.
+    #[serde(default)]
+    pub tcp: Option<std::net::SocketAddr>,
+    /// Certificate and key of the TCP listener, and optionally a CA that client certificates
+    /// must chain to (then they are required).
+    #[serde(default)]
+    pub tls: Option<AdminTlsConfig>,
+}
+
+/// `[admin.tls]`: PEM files of the admin TCP listener.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTlsConfig {
+    /// Server certificate chain.
+    pub cert: PathBuf,
+    /// Server private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// If set, clients must present a certificate chaining to this CA (TOTP still applies).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -47,6 +76,12 @@ fn proposal_ttl() -> String {
 fn head_interval() -> String {
     "5m".into()
 }
+fn max_failures() -> u32 {
+    5
+}
+fn lockout() -> String {
+    "15m".into()
+}
 
 impl Default for AdminConfig {
     fn default() -> Self {
@@ -58,6 +93,10 @@ impl Default for AdminConfig {
             issuer: issuer(),
             proposal_ttl: proposal_ttl(),
             audit_head_interval: head_interval(),
+            totp_max_failures: max_failures(),
+            totp_lockout: lockout(),
+            tcp: None,
+            tls: None,
         }
     }
 }
@@ -78,7 +117,7 @@ pub struct RateLimitsConfig {
 }
 
 /// A sustained rate with a burst allowance.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitConfig {
     /// Sustained requests per second (may be fractional, e.g. 0.5).
@@ -106,4 +145,82 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     n.checked_mul(secs)
         .map(Duration::from_secs)
         .ok_or_else(|| format!("{s:?}: too long"))
+}
+
+impl Config {
+    /// Problems of `[admin]` and `[rate_limits]`.
+    pub(super) fn people_problems(&self) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
+        for (key, value) in [
+            ("admin.proposal_ttl", &self.admin.proposal_ttl),
+            ("admin.audit_head_interval", &self.admin.audit_head_interval),
+            ("admin.totp_lockout", &self.admin.totp_lockout),
+        ] {
+            match parse_duration(value) {
+                Ok(d) if d.is_zero() => problems.push(self.invalid(key, "must not be zero")),
+                Ok(_) => {}
+                Err(e) => problems.push(self.invalid(key, e)),
+            }
+        }
+        if self.admin.issuer.contains(':') {
+            problems.push(self.invalid("admin.issuer", "may not contain ':'"));
+        }
+        if self.admin.totp_max_failures == 0 {
+            problems.push(self.invalid("admin.totp_max_failures", "must be at least 1"));
+        }
+        match (&self.admin.tcp, &self.admin.tls) {
+            (Some(_), None) => problems.push(self.invalid(
+                "admin.tcp",
+                "the admin API is never served without TLS: add [admin.tls] cert and key",
+            )),
+            (None, Some(_)) => {
+                problems.push(self.invalid("admin.tls", "set admin.tcp to serve it"));
+            }
+            _ => {}
+        }
+        if let Some(limits) = &self.rate_limits {
+            for (name, limit) in [
+                ("per_client", &limits.per_client),
+                ("per_key", &limits.per_key),
+                ("per_method", &limits.per_method),
+            ] {
+                if let Some(l) = limit {
+                    if crate::access::limits::quota(l).is_none() {
+                        problems.push(self.invalid(
+                            format!("rate_limits.{name}"),
+                            "per_second must be a positive number and burst at least 1",
+                        ));
+                    }
+                }
+            }
+        }
+        // Both chains' approval rules share one shape: (approvers, group, within).
+        let rules = self.policies.iter().enumerate().flat_map(|(i, p)| {
+            let evm = p.evm.as_ref().and_then(|e| e.require_approval.as_ref());
+            let btc = p.bitcoin.as_ref().and_then(|b| b.require_approval.as_ref());
+            [
+                evm.map(|r| (i, "evm", r.approvers, &r.group, &r.within)),
+                btc.map(|r| (i, "bitcoin", r.approvers, &r.group, &r.within)),
+            ]
+            .into_iter()
+            .flatten()
+        });
+        for (i, chain, approvers, group, within) in rules {
+            let key = |k: &str| format!("policies[{i}].{chain}.require_approval.{k}");
+            if approvers == 0 {
+                problems.push(self.invalid(key("approvers"), "must be at least 1"));
+            }
+            if group.is_empty() {
+                problems.push(self.invalid(key("group"), "must name a group"));
+            }
+            match parse_duration(within) {
+                Ok(d) if d.is_zero() => {
+                    problems.push(self.invalid(key("within"), "must not be zero"))
+                }
+                Ok(_) => {}
+                Err(e) => problems.push(self.invalid(key("within"), e)),
+            }
+        }
+        problems
+    }
 }

@@ -227,6 +227,7 @@ impl Guard {
         }
         let (policy, wallet) = self.bitcoin_setup(key)?;
         entry.chain = Some(format!("bitcoin:{}", policy.network));
+        Self::check_chain(caller, &format!("bitcoin:{}", policy.network))?;
         let intent: SpendIntent = keyguard_bitcoin::decode(psbt, &wallet)?;
         entry.summary = intent.summary();
         if let (Some(p), Value::Object(summary)) = (self.policy_for(key), &mut entry.summary) {

@@ -13,6 +13,10 @@ pub enum GuardError {
     /// The caller may not use this key (`-32005`).
     #[error("unauthorized: {0}")]
     Unauthorized(String),
+    /// The caller's scope does not cover this method or chain (`-32005`); `rule` is
+    /// `access.method_not_granted` or `access.chain_not_granted`.
+    #[error("unauthorized: {reason}")]
+    OutOfScope { rule: &'static str, reason: String },
     /// The backend failed, pass 2 failed, or the audit log could not commit (`-32007`).
     #[error("backend failure: {0}")]
     Backend(String),
@@ -43,6 +47,7 @@ impl GuardError {
             GuardError::Rejected(Rejection::Policy { rule, .. }) => Some(rule),
             GuardError::Rejected(Rejection::InvalidParams { .. }) => Some("request.invalid"),
             GuardError::Unauthorized(_) => Some("access.key_not_granted"),
+            GuardError::OutOfScope { rule, .. } => Some(rule),
             GuardError::Backend(_) => None,
             GuardError::ApprovalRequired { .. } => Some("approval.required"),
             GuardError::RateLimited { rule, .. } => Some(rule),

@@ -50,7 +50,8 @@ impl Guard {
                 (Err(e), None)
             }
         };
-        self.conclude(caller, method, started, entry, outcome).await
+        self.conclude(caller, method, started, entry, outcome, None)
+            .await
     }
 
     async fn digest_stages(
@@ -73,6 +74,9 @@ impl Guard {
             Decoded::Message(m) => (m.from, m.hash(), m.summary()),
         };
         entry.summary = summary;
+        if let Some(chain) = &entry.chain {
+            Self::check_chain(caller, chain)?;
+        }
         let (key, policy) = self.evm_key(caller, from, entry)?;
         let Some(evm) = policy.evm.as_ref() else {
             return Err(Rejection::policy("policy.none", "from", "no Ethereum rules").into());

@@ -178,9 +178,12 @@ impl Guard {
             .as_ref()
             .ok()
             .and_then(|i| self.evm_keys.get(&i.from));
+        // The approval this request consumed, if any: given back if the signature is withheld.
+        let mut consumed = None;
         let (outcome, _pass) = match self.pre_check(caller, method, key_hint).await {
             Ok(pass) => (
-                self.evm_stages(caller, intent, &mut entry).await,
+                self.evm_stages(caller, intent, &mut entry, &mut consumed)
+                    .await,
                 Some(pass),
             ),
             Err(e) => {
@@ -191,7 +194,8 @@ impl Guard {
         if let Ok((signed, _)) = &outcome {
             entry.tx_hash = Some(signed.hash.to_string());
         }
-        self.conclude(caller, method, started, entry, outcome).await
+        self.conclude(caller, method, started, entry, outcome, consumed.as_deref())
+            .await
     }
 
     fn entry(&self, caller: &Caller, chain_hint: u64, method: &'static str) -> AuditEntry {
@@ -210,6 +214,9 @@ impl Guard {
     }
 
     /// Audit (with the request's conflict-guard state in the same commit), metrics, release.
+    /// `approval` is the approval the request consumed: if the signature is withheld because
+    /// its audit row did not commit, the approvers' decision is given back, so a retry of the
+    /// identical request signs without asking them again (nothing was released).
     async fn conclude<T>(
         &self,
         caller: &Caller,
@@ -217,6 +224,7 @@ impl Guard {
         started: std::time::Instant,
         mut entry: AuditEntry,
         outcome: Result<(T, Option<Reservation<'_>>), GuardError>,
+        approval: Option<&str>,
     ) -> Result<T, GuardError> {
         let request_id = entry.request_id.clone();
         let mut state = Vec::new();
@@ -250,12 +258,17 @@ impl Guard {
                 tracing::info!(request_id, client = %caller.name, method, "signed");
                 Ok(value)
             }
-            (outcome, committed) => Err(release::unreleased(
-                &request_id,
-                &caller.name,
-                outcome.err(),
-                committed.err(),
-            )),
+            (outcome, committed) => {
+                if let (Ok(_), Some(id)) = (&outcome, approval) {
+                    self.restore_approval(id);
+                }
+                Err(release::unreleased(
+                    &request_id,
+                    &caller.name,
+                    outcome.err(),
+                    committed.err(),
+                ))
+            }
         }
     }
 
@@ -296,10 +309,12 @@ impl Guard {
         caller: &Caller,
         intent: Result<TxIntent, Rejection>,
         entry: &mut AuditEntry,
+        consumed: &mut Option<String>,
     ) -> Result<(SignedTx, Option<Reservation<'_>>), GuardError> {
         let intent = intent?;
         entry.summary = intent.summary();
         entry.chain = Some(format!("eip155:{}", intent.chain_id()));
+        Self::check_chain(caller, &format!("eip155:{}", intent.chain_id()))?;
         let (key, policy) = self.evm_key(caller, intent.from, entry)?;
         let Some(evm) = policy.evm.as_ref() else {
             return Err(Rejection::policy("policy.none", "from", "no Ethereum rules").into());
@@ -339,6 +354,9 @@ impl Guard {
             .await;
         if let (Err(_), Some(id)) = (&signed, &approval) {
             self.restore_approval(id);
+        }
+        if signed.is_ok() {
+            *consumed = approval;
         }
         signed
     }

@@ -94,6 +94,12 @@ impl Guard {
         method: &str,
         key: Option<&KeyId>,
     ) -> Result<Pass, GuardError> {
+        if !caller.may_call(method) {
+            return Err(GuardError::OutOfScope {
+                rule: "access.method_not_granted",
+                reason: format!("method {method} is not granted to client {}", caller.name),
+            });
+        }
         let pass = self
             .controls
             .kill
@@ -119,7 +125,27 @@ impl Guard {
                     .unwrap_or(u64::MAX)
                     .max(1),
             })?;
+        if let Some(limiter) = caller.scope.as_ref().and_then(|s| s.limiter()) {
+            limiter.check().map_err(|l| GuardError::RateLimited {
+                rule: l.scope.rule(),
+                retry_after_ms: u64::try_from(l.retry_after.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            })?;
+        }
         Ok(pass)
+    }
+
+    /// Refuses a chain outside the caller's scope (a managed client scoped to some chains).
+    pub(super) fn check_chain(caller: &Caller, chain: &str) -> Result<(), GuardError> {
+        if caller.may_use_chain(chain) {
+            Ok(())
+        } else {
+            Err(GuardError::OutOfScope {
+                rule: "access.chain_not_granted",
+                reason: format!("chain {chain} is not granted to client {}", caller.name),
+            })
+        }
     }
 
     /// After policy: with no requirement, proceed; otherwise hold the request (`-32002`) until

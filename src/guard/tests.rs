@@ -86,6 +86,7 @@ pub(super) fn caller(grants: &[&str]) -> Caller {
             .into(),
         response: ResponseShape::Raw,
         approval_wait: std::time::Duration::ZERO,
+        scope: None,
     }
 }
 
@@ -174,4 +175,118 @@ async fn a_signature_whose_audit_row_cannot_commit_is_withheld() {
         other => panic!("a signature without its audit row was released: {other:?}"),
     }
     assert!(store.recent_audit(10).unwrap().is_empty());
+}
+
+/// The policy above, with every transfer of more than 1 wei held for one treasury approver.
+const APPROVAL_CONFIG: &str = r#"
+[data]
+dir = "unused"
+[keystore]
+backend = "software"
+[[policies]]
+name = "p"
+keys = ["*"]
+[policies.evm]
+chain_ids = [31337]
+to = "any"
+max_value = "1 ether"
+max_fee_per_gas = "500 gwei"
+max_priority_fee_per_gas = "500 gwei"
+max_fee_per_blob_gas = "500 gwei"
+require_approval = { above = "1 wei", approvers = 1, group = "treasury", within = "1h" }
+"#;
+
+#[tokio::test]
+async fn an_approval_consumed_by_a_withheld_signature_is_given_back() {
+    use crate::access::kill::KillSwitch;
+    use crate::approvals::Approvals;
+    use crate::store::state_sql;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let config = Config::parse(Path::new("t.toml"), APPROVAL_CONFIG).unwrap();
+    let key = SigningKey::from_slice(&[1; 32]).unwrap();
+    let from = keyguard_evm::address_of(&public(&key)).unwrap();
+    let backend = Arc::new(LyingBackend {
+        claimed: key.clone(),
+        actual: key,
+    });
+    let store = Store::open(&path).unwrap();
+    let db = store.state_db().unwrap();
+    db.add_user(
+        "ann",
+        &["approver".into()],
+        &["treasury".into()],
+        &[7u8; 20],
+    )
+    .unwrap();
+    let approvals = Approvals::new(db.clone());
+    let guard_over = |store: &Store| {
+        Guard::new(&config, backend.clone(), store.audit_log())
+            .with_people(Arc::new(KillSwitch::default()), approvals.clone())
+    };
+    let guard = guard_over(&store);
+    let params = json!([{"from": from, "to": from, "gas": "0x5208", "nonce": "0x0",
+        "value": "0x2", "chainId": "0x7a69", "maxFeePerGas": "0x1",
+        "maxPriorityFeePerGas": "0x1"}]);
+    let id = match guard
+        .sign_evm_transaction(&caller(&["*"]), 31337, &params)
+        .await
+    {
+        Err(GuardError::ApprovalRequired { approval_id, .. }) => approval_id,
+        other => panic!("expected the request to be held, got {other:?}"),
+    };
+    let ann = db.user("ann").unwrap().unwrap();
+    approvals
+        .vote(&id, &ann, true, crate::store::now_ms())
+        .unwrap();
+    let state = |id: &str| {
+        db.transaction(|tx| state_sql::approval(tx, id))
+            .unwrap()
+            .unwrap()
+            .state
+    };
+    assert_eq!(state(&id), "approved");
+
+    // The retry consumes the approval and signs, but its audit row cannot commit.
+    store.audit_log().shutdown().await.unwrap();
+    match guard
+        .sign_evm_transaction(&caller(&["*"]), 31337, &params)
+        .await
+    {
+        Err(GuardError::Backend(reason)) => {
+            assert!(reason.contains("signature withheld"), "{reason}")
+        }
+        other => panic!("a signature without its audit row was released: {other:?}"),
+    }
+    assert_eq!(
+        state(&id),
+        "approved",
+        "the approval was lost with the signature"
+    );
+
+    // Once the log works again the same request signs without a new vote, exactly once.
+    drop(guard);
+    store.close().unwrap();
+    let store = Store::open(&path).unwrap();
+    let guard = guard_over(&store);
+    guard
+        .sign_evm_transaction(&caller(&["*"]), 31337, &params)
+        .await
+        .expect("the restored approval releases the retry");
+    assert_eq!(state(&id), "consumed");
+    match guard
+        .sign_evm_transaction(&caller(&["*"]), 31337, &params)
+        .await
+    {
+        Err(e) => assert_eq!(e.rule(), Some("approval.consumed"), "{e}"),
+        Ok(_) => panic!("a replay signed again"),
+    }
+    let decisions: Vec<_> = store
+        .recent_audit(10)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.decision)
+        .collect();
+    assert!(decisions.contains(&Decision::Signed), "{decisions:?}");
 }

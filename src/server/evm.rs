@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::http_edge::EdgeLayer;
 use super::rpc_error;
+use crate::access::clients::ClientBook;
 use crate::access::{AuthSwitch, Authentication, Authenticator, Caller};
 use crate::config::{Config, ListenerConfig, ResponseShape};
 use crate::guard::Guard;
@@ -92,8 +93,11 @@ pub async fn start(
     config: &Config,
     listener: &ListenerConfig,
     guard: Arc<Guard>,
+    clients: Arc<ClientBook>,
 ) -> std::io::Result<EvmListener> {
-    let auth = Arc::new(AuthSwitch::new(Authenticator::new(config, listener)));
+    let auth = Arc::new(AuthSwitch::new(
+        Authenticator::new(config, listener).with_managed(clients),
+    ));
     let edge = EdgeLayer {
         auth: auth.clone(),
         max_body: listener.max_body_bytes as usize,

@@ -40,7 +40,9 @@ pub fn from_guard(e: &GuardError) -> ErrorObjectOwned {
             format!("policy violation: {rule}: {reason}"),
             Some(json!({ "rule": rule, "field": field, "reason": reason })),
         ),
-        GuardError::Unauthorized(reason) => unauthorized(reason),
+        GuardError::Unauthorized(reason) | GuardError::OutOfScope { reason, .. } => {
+            unauthorized(reason)
+        }
         GuardError::Backend(reason) => ErrorObjectOwned::owned(
             BACKEND_FAILURE,
             "backend failure",

@@ -27,28 +27,41 @@ fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> std::io::Error 
     std::io::Error::other(format!("{what} {}: {e}", path.display()))
 }
 
+/// The certificate chain and private key of a TLS server, from PEM files.
+pub(crate) fn load_identity(
+    cert: &Path,
+    key: &Path,
+) -> std::io::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| io_err("reading certificate", cert, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| io_err("reading certificate", cert, e))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| io_err("reading private key", key, e))?;
+    Ok((certs, key))
+}
+
+/// A verifier that requires client certificates chaining to the CA(s) in `ca`.
+pub(crate) fn client_verifier(
+    ca: &Path,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> std::io::Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| io_err("reading client CA", ca, e))? {
+        let cert = cert.map_err(|e| io_err("reading client CA", ca, e))?;
+        roots.add(cert).map_err(|e| io_err("client CA", ca, e))?;
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| io_err("client CA", ca, e))
+}
+
 /// Builds the rustls server config: our certificate, and client certificates required and
 /// verified against `client_ca`.
 pub fn server_config(tls: &TlsConfig) -> std::io::Result<rustls::ServerConfig> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
-        .map_err(|e| io_err("reading certificate", &tls.cert, e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| io_err("reading certificate", &tls.cert, e))?;
-    let key = PrivateKeyDer::from_pem_file(&tls.key)
-        .map_err(|e| io_err("reading private key", &tls.key, e))?;
-    let mut roots = RootCertStore::empty();
-    for ca in CertificateDer::pem_file_iter(&tls.client_ca)
-        .map_err(|e| io_err("reading client CA", &tls.client_ca, e))?
-    {
-        let ca = ca.map_err(|e| io_err("reading client CA", &tls.client_ca, e))?;
-        roots
-            .add(ca)
-            .map_err(|e| io_err("client CA", &tls.client_ca, e))?;
-    }
+    let (certs, key) = load_identity(&tls.cert, &tls.key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| io_err("client CA", &tls.client_ca, e))?;
+    let verifier = client_verifier(&tls.client_ca, provider.clone())?;
     rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(std::io::Error::other)?

@@ -122,6 +122,33 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
         PRIMARY KEY (chain_id, key_id)
     );",
     ),
+    (
+        5,
+        // Clients managed through the admin API (only the token's hash is kept; the scope is
+        // JSON); TOTP secrets sealed under a key from the keystore passphrase (`secret_kdf`
+        // holds its salt, cost and a check value); consecutive wrong TOTP codes and the lockout
+        // they cause, durable so a restart does not reset a brute-force attempt.
+        "CREATE TABLE clients (
+        name         TEXT PRIMARY KEY,
+        token_sha256 BLOB NOT NULL UNIQUE,
+        scope        TEXT NOT NULL,
+        created_ms   INTEGER NOT NULL,
+        created_by   TEXT NOT NULL,
+        updated_ms   INTEGER NOT NULL,
+        updated_by   TEXT NOT NULL
+    );
+    CREATE TABLE secret_kdf (
+        id          INTEGER PRIMARY KEY CHECK (id = 1),
+        salt        BLOB NOT NULL,
+        memory_kib  INTEGER NOT NULL,
+        iterations  INTEGER NOT NULL,
+        parallelism INTEGER NOT NULL,
+        check_value BLOB NOT NULL
+    );
+    ALTER TABLE users ADD COLUMN totp_sealed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN totp_failures INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN locked_until_ms INTEGER NOT NULL DEFAULT 0;",
+    ),
 ];
 
 /// The newest schema version this binary understands.

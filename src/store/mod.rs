@@ -6,6 +6,7 @@
 
 mod audit;
 mod checkpoint;
+mod clients;
 mod ledger;
 mod migrations;
 mod read;
@@ -26,10 +27,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags};
 
 pub use audit::{AuditEntry, AuditReceipt, AuditRow, AuditVerification, Decision, GENESIS_HASH};
+pub use clients::ClientRow;
 pub use ledger::{NonceRow, StateWrite, VelocityRow};
 pub use read::AuditFilter;
 pub(crate) use state as state_sql;
-pub use state::{ApprovalRecord, StateDb, UserRecord};
+pub use state::{ApprovalRecord, SecretKdfRow, StateDb, UserRecord};
 pub use watermarks::{WatermarkError, WatermarkRow, WatermarkStore};
 pub use writer::AuditLog;
 

@@ -19,10 +19,17 @@ pub struct UserRecord {
     pub roles: Vec<String>,
     /// Approval groups (e.g. `treasury`).
     pub groups: Vec<String>,
-    /// Raw TOTP secret bytes.
+    /// The TOTP secret as stored: sealed (see `access::totp_vault`) or, in rows written
+    /// before sealing or without a passphrase, the raw bytes.
     pub totp_secret: Zeroizing<Vec<u8>>,
+    /// Whether `totp_secret` is sealed.
+    pub totp_sealed: bool,
     /// Highest TOTP time step accepted so far (codes are single use).
     pub last_totp_step: i64,
+    /// Consecutive wrong TOTP codes.
+    pub totp_failures: u32,
+    /// The user is refused until this time (unix ms) after too many wrong codes.
+    pub locked_until_ms: i64,
 }
 
 impl std::fmt::Debug for UserRecord {
@@ -88,7 +95,7 @@ impl StateDb {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -131,9 +138,7 @@ impl StateDb {
     /// Every user, by name.
     pub fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
         let conn = self.lock();
-        let mut stmt = conn.prepare(
-            "SELECT name, roles, groups, totp_secret, last_totp_step FROM users ORDER BY name",
-        )?;
+        let mut stmt = conn.prepare(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY name"))?;
         let rows = stmt.query_map([], read_user)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -143,14 +148,15 @@ impl StateDb {
         let conn = self.lock();
         Ok(conn
             .query_row(
-                "SELECT name, roles, groups, totp_secret, last_totp_step FROM users WHERE name = ?1",
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?1"),
                 [name],
                 read_user,
             )
             .optional()?)
     }
 
-    /// Adds a user; fails if the name is taken.
+    /// Adds a user with a raw (unsealed) TOTP secret; false if the name is taken. The daemon
+    /// adds users through `access::totp_vault`, which seals the secret first.
     pub fn add_user(
         &self,
         name: &str,
@@ -158,13 +164,124 @@ impl StateDb {
         groups: &[String],
         secret: &[u8],
     ) -> Result<bool, StoreError> {
+        self.insert_user(name, roles, groups, secret, false)
+    }
+
+    /// Adds a user with its TOTP secret as stored (`sealed` or raw); false if the name is taken.
+    pub fn insert_user(
+        &self,
+        name: &str,
+        roles: &[String],
+        groups: &[String],
+        stored_secret: &[u8],
+        sealed: bool,
+    ) -> Result<bool, StoreError> {
         let conn = self.lock();
         let n = conn.execute(
-            "INSERT OR IGNORE INTO users (name, roles, groups, totp_secret, created_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![name, roles.join(","), groups.join(","), secret, now_ms()],
+            "INSERT OR IGNORE INTO users (name, roles, groups, totp_secret, totp_sealed, \
+             created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                name,
+                roles.join(","),
+                groups.join(","),
+                stored_secret,
+                sealed,
+                now_ms()
+            ],
         )?;
         Ok(n == 1)
+    }
+
+    /// Replaces a raw TOTP secret by its sealed form; false if the row was already sealed.
+    pub fn seal_user_secret(&self, name: &str, sealed_secret: &[u8]) -> Result<bool, StoreError> {
+        let n = self.lock().execute(
+            "UPDATE users SET totp_secret = ?2, totp_sealed = 1 WHERE name = ?1 AND totp_sealed = 0",
+            params![name, sealed_secret],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Counts one wrong TOTP code; at `max` consecutive ones the user is locked until
+    /// `now + lock_ms`. Returns the lock's end if the user is now locked.
+    pub fn record_totp_failure(
+        &self,
+        name: &str,
+        max: u32,
+        lock_ms: i64,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        self.transaction(|tx| {
+            tx.execute(
+                "UPDATE users SET totp_failures = totp_failures + 1 WHERE name = ?1",
+                [name],
+            )?;
+            let failures: Option<u32> = tx
+                .query_row(
+                    "SELECT totp_failures FROM users WHERE name = ?1",
+                    [name],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match failures {
+                Some(f) if f >= max => {
+                    let until = now.saturating_add(lock_ms);
+                    tx.execute(
+                        "UPDATE users SET locked_until_ms = ?2 WHERE name = ?1",
+                        params![name, until],
+                    )?;
+                    Ok(Some(until))
+                }
+                _ => Ok(None),
+            }
+        })
+    }
+
+    /// A correct code: the count of wrong ones starts again.
+    pub fn reset_totp_failures(&self, name: &str) -> Result<(), StoreError> {
+        self.lock().execute(
+            "UPDATE users SET totp_failures = 0, locked_until_ms = 0 WHERE name = ?1 \
+             AND (totp_failures <> 0 OR locked_until_ms <> 0)",
+            [name],
+        )?;
+        Ok(())
+    }
+
+    /// The sealing key's salt, argon2 cost `(memory_kib, iterations, parallelism)` and check
+    /// value, if secrets were ever sealed in this database.
+    pub fn secret_kdf(&self) -> Result<Option<SecretKdfRow>, StoreError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT salt, memory_kib, iterations, parallelism, check_value FROM secret_kdf \
+                 WHERE id = 1",
+                [],
+                |r| {
+                    Ok(SecretKdfRow {
+                        salt: r.get(0)?,
+                        memory_kib: r.get(1)?,
+                        iterations: r.get(2)?,
+                        parallelism: r.get(3)?,
+                        check_value: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Records the sealing parameters unless some are recorded already (first writer wins).
+    pub fn init_secret_kdf(&self, row: &SecretKdfRow) -> Result<(), StoreError> {
+        self.lock().execute(
+            "INSERT OR IGNORE INTO secret_kdf (id, salt, memory_kib, iterations, parallelism, \
+             check_value) VALUES (1, ?1, ?2, ?3, ?4, ?5)",
+            params![
+                row.salt,
+                row.memory_kib,
+                row.iterations,
+                row.parallelism,
+                row.check_value
+            ],
+        )?;
+        Ok(())
     }
 
     /// Removes a user; true if one was removed.
@@ -244,6 +361,20 @@ impl StateDb {
     }
 }
 
+/// The parameters TOTP secrets are sealed with (`secret_kdf`). Public values only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretKdfRow {
+    pub salt: Vec<u8>,
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+    /// A known value sealed under the key: a wrong passphrase is noticed at start.
+    pub check_value: Vec<u8>,
+}
+
+const USER_COLUMNS: &str = "name, roles, groups, totp_secret, last_totp_step, totp_sealed, \
+                            totp_failures, locked_until_ms";
+
 fn read_user(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
     let roles: String = r.get(1)?;
     let groups: String = r.get(2)?;
@@ -253,6 +384,9 @@ fn read_user(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
         groups: split(&groups),
         totp_secret: Zeroizing::new(r.get(3)?),
         last_totp_step: r.get(4)?,
+        totp_sealed: r.get(5)?,
+        totp_failures: r.get(6)?,
+        locked_until_ms: r.get(7)?,
     })
 }
 

@@ -189,3 +189,45 @@ pub fn audit_rows(config: &Path, extra: &[&str]) -> Vec<Value> {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
+
+/// A loopback listener, an approval rule above 10 ETH, and `extra` appended.
+pub fn config(dir: &std::path::Path, extra: &str) -> String {
+    format!(
+        r#"
+[data]
+dir = "{data}"
+[keystore]
+backend = "software"
+create_on_first_start = ["secp256k1"]
+kdf_memory_kib = 1024
+kdf_iterations = 1
+[[listeners]]
+name = "evm"
+protocol = "evm-jsonrpc"
+address = "127.0.0.1:0"
+chain_id = 31337
+auth = "none"
+keys = ["*"]
+[[policies]]
+name = "treasury"
+keys = ["*"]
+[policies.evm]
+chain_ids = [31337]
+to = "any"
+max_value = "100 ether"
+max_fee_per_gas = "500 gwei"
+max_priority_fee_per_gas = "500 gwei"
+max_fee_per_blob_gas = "500 gwei"
+require_approval = {{ above = "10 ether", approvers = 2, group = "treasury", within = "1h" }}
+{extra}
+"#,
+        data = dir.join("var").display()
+    )
+}
+
+/// Tests call the API many times a minute as one user; single-use codes are tested separately.
+pub const REUSABLE_CODES: &str = "[admin]\ntotp_single_use = false\n";
+
+pub fn socket(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join("var/admin.sock")
+}

@@ -7,6 +7,7 @@
 //! - `keyfile` (private): the key file codec, `<dir>/<id>.key.json`, argon2id +
 //!   XChaCha20-Poly1305, atomic writes and permission checks.
 //! - `v3_import` (private): validation and decryption of Ethereum keystore v3 files.
+//! - [`sealing`]: the same KDF and AEAD for small secrets kept elsewhere (users' TOTP secrets).
 //!
 //! A key file looks like
 //! `{"version":1,"id","scheme","public_key":hex,"kdf":{"alg":"argon2id","memory_kib",
@@ -16,6 +17,7 @@
 //! not decrypt. The KDF parameters are bound implicitly: changing them changes the key.
 
 mod keyfile;
+pub mod sealing;
 mod secret;
 mod seed;
 #[cfg(test)]

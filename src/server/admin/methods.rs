@@ -10,7 +10,7 @@ use crate::access::totp;
 use crate::approvals::VoteError;
 use crate::store::{AuditFilter, Decision, UserRecord};
 
-fn accepted(result: Value) -> Result<Done, AdminError> {
+pub(super) fn accepted(result: Value) -> Result<Done, AdminError> {
     Ok(Done {
         result,
         decision: Decision::Accepted,
@@ -18,7 +18,7 @@ fn accepted(result: Value) -> Result<Done, AdminError> {
     })
 }
 
-fn str_param<'a>(params: &'a Value, name: &str) -> Result<&'a str, AdminError> {
+pub(super) fn str_param<'a>(params: &'a Value, name: &str) -> Result<&'a str, AdminError> {
     params
         .get(name)
         .and_then(Value::as_str)
@@ -26,7 +26,7 @@ fn str_param<'a>(params: &'a Value, name: &str) -> Result<&'a str, AdminError> {
         .ok_or_else(|| AdminError::invalid(format!("missing string parameter {name:?}")))
 }
 
-fn list_param(params: &Value, name: &str) -> Result<Vec<String>, AdminError> {
+pub(super) fn list_param(params: &Value, name: &str) -> Result<Vec<String>, AdminError> {
     match params.get(name) {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(items)) => items
@@ -57,7 +57,7 @@ fn key_target(params: &Value) -> Result<String, AdminError> {
 
 /// Two-admin rule: the first admin's call is recorded and held; the same call by a second,
 /// different admin within the proposal window carries it out.
-async fn second_admin(
+pub(super) async fn second_admin(
     ctx: &AdminContext,
     user: &UserRecord,
     action: &str,
@@ -99,12 +99,18 @@ pub(super) async fn run(
     method: &str,
     params: &Value,
 ) -> Result<Done, AdminError> {
+    if method.starts_with("clients.") {
+        return super::clients::run(ctx, user, method, params).await;
+    }
     match method {
         "users.list" => {
             let users = ctx.db.users().map_err(AdminError::internal)?;
             let list: Vec<_> = users
                 .iter()
-                .map(|u| json!({"name": u.name, "roles": u.roles, "groups": u.groups}))
+                .map(|u| {
+                    json!({"name": u.name, "roles": u.roles, "groups": u.groups,
+                        "locked_until_ms": u.locked_until_ms})
+                })
                 .collect();
             accepted(json!(list))
         }
@@ -268,8 +274,8 @@ async fn users_add(
     let uri = totp::enrolment_uri(&secret, name, &ctx.settings.issuer)
         .map_err(|e| AdminError::invalid(e.to_string()))?;
     if !ctx
-        .db
-        .add_user(name, &roles, &groups, &secret)
+        .vault
+        .add_user(&ctx.db, name, &roles, &groups, &secret)
         .map_err(AdminError::internal)?
     {
         return Err(AdminError::invalid(format!("user {name:?} exists")));

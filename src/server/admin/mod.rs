@@ -1,11 +1,14 @@
 //! The admin API: JSON-RPC 2.0, one request per line, on a Unix socket that only the service
-//! user can open (mode 0600). Never on a signing listener.
+//! user can open (mode 0600); optionally also over TLS on TCP ([`tcp`]). Never on a signing
+//! listener.
 //!
 //! Every request carries `params.auth = {user, totp}`. The order is fixed: authenticate the
 //! user (TOTP, single use) -> check the role table -> act -> audit. Refusals are audited too,
 //! under `client = "user:<name>"` and `method = "admin.<method>"`.
 
+mod clients;
 mod methods;
+pub mod tcp;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,9 +19,11 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::access::clients::ClientBook;
 use crate::access::kill::KillSwitch;
 use crate::access::roles::{self, Role};
 use crate::access::totp;
+use crate::access::totp_vault::TotpVault;
 use crate::approvals::Approvals;
 use crate::config::{parse_duration, AdminConfig};
 use crate::store::{AuditEntry, AuditLog, Decision, StateDb, UserRecord};
@@ -51,6 +56,10 @@ pub struct AdminContext {
     pub kill: Arc<KillSwitch>,
     pub approvals: Approvals,
     pub reload: mpsc::Sender<ReloadRequest>,
+    /// Opens the users' sealed TOTP secrets.
+    pub vault: Arc<TotpVault>,
+    /// Managed clients, swapped after every change so listeners see it at the next request.
+    pub clients: Arc<ClientBook>,
     next_id: AtomicU64,
 }
 
@@ -71,8 +80,28 @@ impl AdminContext {
             kill,
             approvals,
             reload,
+            vault: Arc::new(TotpVault::without_key()),
+            clients: Arc::new(ClientBook::default()),
             next_id: AtomicU64::new(1),
         }
+    }
+
+    /// Seals new users' TOTP secrets with `vault` (without one they are stored raw).
+    pub fn with_vault(mut self, vault: Arc<TotpVault>) -> Self {
+        self.vault = vault;
+        self
+    }
+
+    /// Manages `clients` (the daemon's book, shared with its listeners).
+    pub fn with_clients(mut self, clients: Arc<ClientBook>) -> Self {
+        self.clients = clients;
+        self
+    }
+
+    fn lockout_ms(&self) -> i64 {
+        parse_duration(&self.settings.totp_lockout).map_or(900_000, |d| {
+            i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+        })
     }
 
     fn proposal_ttl_ms(&self) -> i64 {
@@ -262,6 +291,11 @@ async fn handle(ctx: &AdminContext, method: &str, mut params: Value) -> Result<V
 }
 
 /// The user named in `auth`, if the TOTP code is right (and, by default, not used before).
+///
+/// `totp_max_failures` consecutive wrong codes lock the user for `totp_lockout` (rule
+/// `admin.totp_lockout`): a 6-digit code is one in a million, so unlimited guessing over the
+/// socket would find it. The count is durable, so a restart does not reset it. Once a lock has
+/// expired the next wrong code locks again at once; only a correct code resets the count.
 async fn authenticate(
     ctx: &AdminContext,
     name: &str,
@@ -274,14 +308,46 @@ async fn authenticate(
         .map_err(AdminError::internal)?
         // Same message for an unknown user and a wrong code: no user enumeration.
         .ok_or_else(|| refused("unknown user or invalid TOTP code"))?;
-    let now = u64::try_from(crate::store::now_ms() / 1000).unwrap_or(0);
-    let step = totp::verify(
-        &user.totp_secret,
-        code,
-        now,
-        u64::from(ctx.settings.totp_skew),
-    )
-    .map_err(|_| refused("unknown user or invalid TOTP code"))?;
+    let now_ms = crate::store::now_ms();
+    let max = ctx.settings.totp_max_failures;
+    if user.locked_until_ms > now_ms {
+        let secs = (user.locked_until_ms - now_ms + 999) / 1000;
+        return Err(AdminError::new(
+            codes::UNAUTHORIZED,
+            "admin.totp_lockout",
+            format!(
+                "user {name} is locked for another {secs} s after {max} consecutive wrong \
+                 TOTP codes (admin.totp_lockout)"
+            ),
+        ));
+    }
+    let secret = ctx
+        .vault
+        .secret(&ctx.db, &user)
+        .map_err(AdminError::internal)?;
+    let now = u64::try_from(now_ms / 1000).unwrap_or(0);
+    let step = match totp::verify(&secret, code, now, u64::from(ctx.settings.totp_skew)) {
+        Ok(step) => step,
+        Err(_) => {
+            let locked = ctx
+                .db
+                .record_totp_failure(&user.name, max, ctx.lockout_ms(), now_ms)
+                .map_err(AdminError::internal)?;
+            return Err(match locked {
+                Some(_) => AdminError::new(
+                    codes::UNAUTHORIZED,
+                    "admin.totp_lockout",
+                    format!(
+                        "invalid TOTP code; user {name} is locked for {} after {max} \
+                         consecutive wrong codes (admin.totp_lockout)",
+                        ctx.settings.totp_lockout
+                    ),
+                ),
+                None => refused("unknown user or invalid TOTP code"),
+            });
+        }
+    };
+    drop(secret);
     if ctx.settings.totp_single_use
         && !ctx
             .db
@@ -290,5 +356,8 @@ async fn authenticate(
     {
         return Err(refused("TOTP code already used; wait for the next one"));
     }
+    ctx.db
+        .reset_totp_failures(&user.name)
+        .map_err(AdminError::internal)?;
     Ok(user)
 }

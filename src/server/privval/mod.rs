@@ -110,7 +110,9 @@ pub fn remote_error(e: &GuardError) -> RemoteError {
     let code = match e {
         GuardError::Rejected(Rejection::Policy { .. }) => CODE_POLICY,
         GuardError::Rejected(Rejection::InvalidParams { .. }) => CODE_INVALID,
-        GuardError::Unauthorized(_) | GuardError::KeyDisabled(_) => CODE_NOT_ALLOWED,
+        GuardError::Unauthorized(_)
+        | GuardError::OutOfScope { .. }
+        | GuardError::KeyDisabled(_) => CODE_NOT_ALLOWED,
         // Consensus messages cannot wait for human approval; a rate limit refuses too.
         GuardError::ApprovalRequired { .. } | GuardError::RateLimited { .. } => CODE_POLICY,
         GuardError::Backend(_) => CODE_BACKEND,
