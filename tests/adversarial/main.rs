@@ -1,0 +1,20 @@
+//! Adversarial suites: for each protocol a table of hostile requests, each row with the error it
+//! must get, checked to have signed nothing and to have left an audit row; and the data
+//! directory filling up or turning read-only under a running daemon.
+//!
+//! - `evm`: Ethereum JSON-RPC (bearer listener).
+//! - `privval`: CometBFT remote signer (mock validator node over a Unix socket).
+//! - `bitcoin`: `btc_signPsbt`.
+//! - `admin`: the admin API on its Unix socket.
+//! - `disk`: a tmpfs data directory filled to the last byte, then remounted read-only.
+
+#![allow(unreachable_pub)]
+
+#[allow(dead_code)]
+#[path = "../common/mod.rs"]
+mod common;
+#[allow(dead_code)]
+#[path = "../control/mod.rs"]
+mod control;
+mod evm;
+mod helpers;
