@@ -17,4 +17,11 @@ mod common;
 #[path = "../control/mod.rs"]
 mod control;
 mod evm;
+#[allow(dead_code)]
+#[path = "../privval/harness.rs"]
+mod harness;
 mod helpers;
+#[allow(dead_code)]
+#[path = "../privval/node.rs"]
+mod node;
+mod privval;
