@@ -348,8 +348,8 @@ fn approval_rows(
     let late = admin(sock, ann, "approvals.approve", json!({"id": first}));
     failures.check(
         "approve an expired approval",
-        check_rpc_error(&late, -32010, &[])
-            .and_then(|()| check_audit(cfg, before, Audited::Row { method: "admin.approvals.approve", rule: None })),
+        check_rpc_error(&late, -32010, &[("rule", "approval.expired")])
+            .and_then(|()| check_audit(cfg, before, Audited::Row { method: "admin.approvals.approve", rule: Some("approval.expired") })),
     );
 
     // The retry after expiry is a fresh request, held again: the old approval is dead.

@@ -110,7 +110,7 @@ impl Failures {
             self.0.len(),
             self.0.join("\n")
         );
-        eprintln!("{table}: {rows} hostile rows refused, nothing signed, each audited");
+        eprintln!("{table}: {rows} hostile rows refused, nothing signed, audited or transport-refused");
     }
 }
 

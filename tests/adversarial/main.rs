@@ -10,6 +10,8 @@
 
 #![allow(unreachable_pub)]
 
+mod admin;
+mod bitcoin;
 #[allow(dead_code)]
 #[path = "../common/mod.rs"]
 mod common;
