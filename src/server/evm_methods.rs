@@ -98,8 +98,7 @@ pub(super) fn register_signing(module: &mut Module) {
             "account_signTransaction",
             |params: Params<'static>, ctx, ext| async move {
                 let chain = format!("eip155:{}", ctx.chain_id);
-                let caller =
-                    signing_caller(&ext, &ctx, "account_signTransaction", &chain).await?;
+                let caller = signing_caller(&ext, &ctx, "account_signTransaction", &chain).await?;
                 let p = params_value(&params)?;
                 // Clef: [SendTxArgs, methodSelector?]; the selector is only a UI hint.
                 let args = match p.as_array().map(Vec::as_slice) {

@@ -17,7 +17,8 @@ use crate::helpers::{check_audit, check_rpc_error, mark, Audited, Failures};
 /// One raw line to the socket; the first response line, parsed.
 fn send_line(socket: &Path, line: &str) -> Value {
     let mut s = UnixStream::connect(socket).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
     let _ = s.write_all(line.as_bytes());
     let _ = s.write_all(b"\n");
     let mut out = String::new();
@@ -42,18 +43,33 @@ struct Row {
     audited: Audited,
 }
 
-fn row(name: &'static str, line: String, code: i64, method: &'static str, rule: &'static str) -> Row {
+fn row(
+    name: &'static str,
+    line: String,
+    code: i64,
+    method: &'static str,
+    rule: &'static str,
+) -> Row {
     Row {
         name,
         line,
         code,
         rule: Some(rule),
-        audited: Audited::Row { method, rule: Some(rule) },
+        audited: Audited::Row {
+            method,
+            rule: Some(rule),
+        },
     }
 }
 
 fn transport(name: &'static str, line: String, why: &'static str) -> Row {
-    Row { name, line, code: -32602, rule: None, audited: Audited::Transport(why) }
+    Row {
+        name,
+        line,
+        code: -32602,
+        rule: None,
+        audited: Audited::Transport(why),
+    }
 }
 
 struct People {
@@ -68,32 +84,247 @@ fn table(p: &People) -> Vec<Row> {
     let status = "admin.keys.status";
     vec![
         transport("not JSON", "{{{".into(), "no method could be read"),
-        transport("no method", json!({"jsonrpc": "2.0", "id": 1, "params": {}}).to_string(), "no method could be read"),
-        transport("line over 64 KiB", request("keys.status", json!({"pad": "a".repeat(70_000)})), "refused before parsing"),
-        row("unknown method", as_user("alice", &alice.code(), "keys.export", json!({})), -32601, "admin.keys.export", "admin.unknown_method"),
-        row("no auth", request("keys.status", json!({})), -32005, status, "admin.auth"),
-        row("unknown user", as_user("mallory", "123456", "keys.status", json!({})), -32005, status, "admin.auth"),
-        row("wrong TOTP", as_user("alice", &alice.wrong_code(), "keys.status", json!({})), -32005, status, "admin.auth"),
-        row("empty TOTP", as_user("alice", "", "keys.status", json!({})), -32005, status, "admin.auth"),
-        row("non-numeric TOTP", as_user("alice", "abcdef", "keys.status", json!({})), -32005, status, "admin.auth"),
-        row("7-digit TOTP", as_user("alice", &format!("{}0", alice.code()), "keys.status", json!({})), -32005, status, "admin.auth"),
-        row("another user's TOTP", as_user("alice", &aud.code(), "keys.status", json!({})), -32005, status, "admin.auth"),
-        row("auth not an object", request("keys.status", json!({"auth": "alice"})), -32005, status, "admin.auth"),
-        row("params an array", request("keys.status", json!([{"auth": {"user": "alice", "totp": alice.code()}}])), -32005, status, "admin.auth"),
-        row("approver disables a key", as_user("ann", &ann.code(), "keys.disable", json!({"all": true})), -32005, "admin.keys.disable", "admin.role"),
-        row("auditor adds a user", as_user("aud", &aud.code(), "users.add", json!({"name": "eve", "roles": ["admin"]})), -32005, "admin.users.add", "admin.role"),
-        row("operator enables keys", as_user("olga", &olga.code(), "keys.enable", json!({"all": true})), -32005, "admin.keys.enable", "admin.role"),
-        row("operator adds a user", as_user("olga", &olga.code(), "users.add", json!({"name": "eve", "roles": ["operator"]})), -32005, "admin.users.add", "admin.role"),
-        row("approve an unknown approval", as_user("ann", &ann.code(), "approvals.approve", json!({"id": "apr-0000"})), -32010, "admin.approvals.approve", "approval.not_pending"),
-        row("users.add unknown role", as_user("alice", &alice.code(), "users.add", json!({"name": "eve", "roles": ["root"]})), -32602, "admin.users.add", "admin.invalid"),
-        row("users.add empty name", as_user("alice", &alice.code(), "users.add", json!({"name": "", "roles": ["auditor"]})), -32602, "admin.users.add", "admin.invalid"),
-        row("users.add 60 KB name", as_user("alice", &alice.code(), "users.add", json!({"name": "e".repeat(60_000), "roles": ["auditor"]})), -32602, "admin.users.add", "admin.invalid"),
-        row("users.add name with a colon", as_user("alice", &alice.code(), "users.add", json!({"name": "user:x", "roles": ["auditor"]})), -32602, "admin.users.add", "admin.invalid"),
-        row("keys.disable key and all", as_user("olga", &olga.code(), "keys.disable", json!({"key": "dev-secp256k1", "all": true})), -32602, "admin.keys.disable", "admin.invalid"),
-        row("keys.disable path as key", as_user("olga", &olga.code(), "keys.disable", json!({"key": "../../etc/passwd"})), -32602, "admin.keys.disable", "admin.invalid"),
-        row("keys.disable no key", as_user("olga", &olga.code(), "keys.disable", json!({})), -32602, "admin.keys.disable", "admin.invalid"),
-        row("admin removes itself", as_user("alice", &alice.code(), "users.remove", json!({"name": "alice"})), -32010, "admin.users.remove", "admin.self_remove"),
-        row("remove an unknown user", as_user("alice", &alice.code(), "users.remove", json!({"name": "nobody"})), -32602, "admin.users.remove", "admin.invalid"),
+        transport(
+            "no method",
+            json!({"jsonrpc": "2.0", "id": 1, "params": {}}).to_string(),
+            "no method could be read",
+        ),
+        transport(
+            "line over 64 KiB",
+            request("keys.status", json!({"pad": "a".repeat(70_000)})),
+            "refused before parsing",
+        ),
+        row(
+            "unknown method",
+            as_user("alice", &alice.code(), "keys.export", json!({})),
+            -32601,
+            "admin.keys.export",
+            "admin.unknown_method",
+        ),
+        row(
+            "no auth",
+            request("keys.status", json!({})),
+            -32005,
+            status,
+            "admin.auth",
+        ),
+        row(
+            "unknown user",
+            as_user("mallory", "123456", "keys.status", json!({})),
+            -32005,
+            status,
+            "admin.auth",
+        ),
+        row(
+            "wrong TOTP",
+            as_user("alice", &alice.wrong_code(), "keys.status", json!({})),
+            -32005,
+            status,
+            "admin.auth",
+        ),
+        row(
+            "empty TOTP",
+            as_user("alice", "", "keys.status", json!({})),
+            -32005,
+            status,
+            "admin.auth",
+        ),
+        row(
+            "non-numeric TOTP",
+            as_user("alice", "abcdef", "keys.status", json!({})),
+            -32005,
+            status,
+            "admin.auth",
+        ),
+        row(
+            "7-digit TOTP",
+            as_user(
+                "alice",
+                &format!("{}0", alice.code()),
+                "keys.status",
+                json!({}),
+            ),
+            -32005,
+            status,
+            "admin.auth",
+        ),
+        row(
+            "another user's TOTP",
+            as_user("alice", &aud.code(), "keys.status", json!({})),
+            -32005,
+            status,
+            "admin.auth",
+        ),
+        row(
+            "auth not an object",
+            request("keys.status", json!({"auth": "alice"})),
+            -32005,
+            status,
+            "admin.auth",
+        ),
+        row(
+            "params an array",
+            request(
+                "keys.status",
+                json!([{"auth": {"user": "alice", "totp": alice.code()}}]),
+            ),
+            -32005,
+            status,
+            "admin.auth",
+        ),
+        row(
+            "approver disables a key",
+            as_user("ann", &ann.code(), "keys.disable", json!({"all": true})),
+            -32005,
+            "admin.keys.disable",
+            "admin.role",
+        ),
+        row(
+            "auditor adds a user",
+            as_user(
+                "aud",
+                &aud.code(),
+                "users.add",
+                json!({"name": "eve", "roles": ["admin"]}),
+            ),
+            -32005,
+            "admin.users.add",
+            "admin.role",
+        ),
+        row(
+            "operator enables keys",
+            as_user("olga", &olga.code(), "keys.enable", json!({"all": true})),
+            -32005,
+            "admin.keys.enable",
+            "admin.role",
+        ),
+        row(
+            "operator adds a user",
+            as_user(
+                "olga",
+                &olga.code(),
+                "users.add",
+                json!({"name": "eve", "roles": ["operator"]}),
+            ),
+            -32005,
+            "admin.users.add",
+            "admin.role",
+        ),
+        row(
+            "approve an unknown approval",
+            as_user(
+                "ann",
+                &ann.code(),
+                "approvals.approve",
+                json!({"id": "apr-0000"}),
+            ),
+            -32010,
+            "admin.approvals.approve",
+            "approval.not_pending",
+        ),
+        row(
+            "users.add unknown role",
+            as_user(
+                "alice",
+                &alice.code(),
+                "users.add",
+                json!({"name": "eve", "roles": ["root"]}),
+            ),
+            -32602,
+            "admin.users.add",
+            "admin.invalid",
+        ),
+        row(
+            "users.add empty name",
+            as_user(
+                "alice",
+                &alice.code(),
+                "users.add",
+                json!({"name": "", "roles": ["auditor"]}),
+            ),
+            -32602,
+            "admin.users.add",
+            "admin.invalid",
+        ),
+        row(
+            "users.add 60 KB name",
+            as_user(
+                "alice",
+                &alice.code(),
+                "users.add",
+                json!({"name": "e".repeat(60_000), "roles": ["auditor"]}),
+            ),
+            -32602,
+            "admin.users.add",
+            "admin.invalid",
+        ),
+        row(
+            "users.add name with a colon",
+            as_user(
+                "alice",
+                &alice.code(),
+                "users.add",
+                json!({"name": "user:x", "roles": ["auditor"]}),
+            ),
+            -32602,
+            "admin.users.add",
+            "admin.invalid",
+        ),
+        row(
+            "keys.disable key and all",
+            as_user(
+                "olga",
+                &olga.code(),
+                "keys.disable",
+                json!({"key": "dev-secp256k1", "all": true}),
+            ),
+            -32602,
+            "admin.keys.disable",
+            "admin.invalid",
+        ),
+        row(
+            "keys.disable path as key",
+            as_user(
+                "olga",
+                &olga.code(),
+                "keys.disable",
+                json!({"key": "../../etc/passwd"}),
+            ),
+            -32602,
+            "admin.keys.disable",
+            "admin.invalid",
+        ),
+        row(
+            "keys.disable no key",
+            as_user("olga", &olga.code(), "keys.disable", json!({})),
+            -32602,
+            "admin.keys.disable",
+            "admin.invalid",
+        ),
+        row(
+            "admin removes itself",
+            as_user(
+                "alice",
+                &alice.code(),
+                "users.remove",
+                json!({"name": "alice"}),
+            ),
+            -32010,
+            "admin.users.remove",
+            "admin.self_remove",
+        ),
+        row(
+            "remove an unknown user",
+            as_user(
+                "alice",
+                &alice.code(),
+                "users.remove",
+                json!({"name": "nobody"}),
+            ),
+            -32602,
+            "admin.users.remove",
+            "admin.invalid",
+        ),
     ]
 }
 
@@ -127,6 +358,9 @@ fn admin_hostile_requests_are_refused_and_audited() {
     assert_eq!(status["result"]["all_disabled"], false, "{status}");
     assert_eq!(status["result"]["disabled"], json!([]), "{status}");
     let users = admin(&sock, &people.alice, "users.list", json!({}));
-    assert!(!users.to_string().contains("eve"), "a refused users.add took effect: {users}");
+    assert!(
+        !users.to_string().contains("eve"),
+        "a refused users.add took effect: {users}"
+    );
     failures.finish("admin", rows.len());
 }

@@ -99,7 +99,11 @@ fn wallet(network: Network) -> TestWallet {
 fn good_psbt(tw: &TestWallet) -> Psbt {
     build_psbt(
         tw,
-        &[OurInput { kind: ScriptKind::P2wpkh, index: 0, sat: 60_000 }],
+        &[OurInput {
+            kind: ScriptKind::P2wpkh,
+            index: 0,
+            sat: 60_000,
+        }],
         &[(foreign_script(9), 20_000)],
         Some((ScriptKind::P2wpkh, 0, 39_000)),
     )
@@ -143,73 +147,221 @@ fn table(tw: &TestWallet) -> Vec<Row> {
         data: vec![],
         rule: Some("access.unauthenticated"),
     };
-    let many: Vec<(keyguard_bitcoin::bitcoin::ScriptBuf, u64)> =
-        (0..2000).map(|i| (foreign_script((i % 200 + 1) as u8), 1)).collect();
+    let many: Vec<(keyguard_bitcoin::bitcoin::ScriptBuf, u64)> = (0..2000)
+        .map(|i| (foreign_script((i % 200 + 1) as u8), 1))
+        .collect();
     vec![
         row("no params", json!([]), -32602, &[("field", "psbt")]),
-        row("psbt not base64", json!([{"psbt": "***"}]), -32602, &[("field", "psbt")]),
-        row("psbt empty", json!([{"psbt": ""}]), -32602, &[("field", "psbt")]),
-        row("psbt garbage bytes", json!([{"psbt": BASE64_STANDARD.encode([0u8; 64])}]), -32602, &[("field", "psbt")]),
-        row("psbt magic only", json!([{"psbt": BASE64_STANDARD.encode(b"psbt\xff")}]), -32602, &[("field", "psbt")]),
-        row("psbt as number", json!([{"psbt": 7}]), -32602, &[("field", "psbt")]),
-        row("unknown param", json!([{"psbt": to_base64(&good_psbt(tw)), "evil": true}]), -32602, &[("field", "evil")]),
-        row("misspelt finalize", json!([{"psbt": to_base64(&good_psbt(tw)), "finalise": true}]), -32602, &[("field", "finalise")]),
-        row("unknown key", json!([{"psbt": to_base64(&good_psbt(tw)), "key": "nope"}]), -32001, &[("rule", "policy.none"), ("field", "key")]),
-        row("fee attack (no previous tx)", edited(tw, |p| p.inputs[0].non_witness_utxo = None), -32001, &[("rule", "bitcoin.input_amount_proof"), ("field", "inputs[0]")]),
-        row("previous tx does not match", edited(tw, |p| {
-            let prev = p.inputs[0].non_witness_utxo.as_mut().unwrap();
-            prev.output[0].value = Amount::from_sat(1);
-        }), -32001, &[("rule", "bitcoin.input_amount_proof"), ("field", "inputs[0]")]),
-        row("no input of ours", edited(tw, |p| p.inputs[0].bip32_derivation.clear()), -32602, &[("field", "psbt")]),
-        row("foreign input next to ours", {
-            let mut p = build_psbt(
-                tw,
-                &[
-                    OurInput { kind: ScriptKind::P2wpkh, index: 0, sat: 60_000 },
-                    OurInput { kind: ScriptKind::P2wpkh, index: 5, sat: 10_000 },
-                ],
-                &[(foreign_script(9), 20_000)],
-                Some((ScriptKind::P2wpkh, 0, 49_000)),
-            );
-            p.inputs[1].bip32_derivation.clear();
-            json!([{"psbt": to_base64(&p)}])
-        }, -32001, &[("rule", "bitcoin.foreign_input"), ("field", "inputs[1]")]),
-        row("mainnet keys on regtest", json!([{"psbt": to_base64(&good_psbt(&main))}]), -32001, &[("rule", "bitcoin.key_derivation"), ("field", "inputs[0]")]),
-        row("sighash NONE", edited(tw, |p| {
-            p.inputs[0].sighash_type = Some(keyguard_bitcoin::bitcoin::psbt::PsbtSighashType::from_u32(2));
-        }), -32001, &[("rule", "bitcoin.sighash_type"), ("field", "inputs[0].sighash_type")]),
-        row("dust output", edited(tw, |p| {
-            p.unsigned_tx.output[0].value = Amount::from_sat(1);
-            p.unsigned_tx.output[1].value = Amount::from_sat(58_000);
-        }), -32001, &[("rule", "bitcoin.dust"), ("field", "outputs[0]")]),
-        row("OP_RETURN data", edited(tw, |p| {
-            p.unsigned_tx.output.push(TxOut {
-                value: Amount::ZERO,
-                script_pubkey: keyguard_bitcoin::bitcoin::ScriptBuf::new_op_return([1u8; 8]),
-            });
-            p.outputs.push(Default::default());
-        }), -32001, &[("rule", "bitcoin.op_return"), ("field", "outputs[2]")]),
-        row("outputs exceed inputs", edited(tw, |p| p.unsigned_tx.output[0].value = Amount::from_sat(30_000)), -32001, &[("rule", "bitcoin.fee_positive")]),
-        row("fee over max_fee", edited(tw, |p| p.unsigned_tx.output[1].value = Amount::from_sat(20_000)), -32001, &[("rule", "bitcoin.max_fee")]),
-        row("spend over max_spend_per_tx", {
-            let p = build_psbt(
-                tw,
-                &[OurInput { kind: ScriptKind::P2tr, index: 1, sat: 5_000_000 }],
-                &[(foreign_script(9), 4_995_000)],
-                None,
-            );
-            json!([{"psbt": to_base64(&p)}])
-        }, -32001, &[("rule", "bitcoin.max_spend_per_tx")]),
-        row("timestamp locktime", edited(tw, |p| {
-            p.unsigned_tx.lock_time = keyguard_bitcoin::bitcoin::absolute::LockTime::from_consensus(1_700_000_000);
-        }), -32001, &[("rule", "bitcoin.locktime")]),
-        row("tx version 0x7fffffff", edited(tw, |p| {
-            p.unsigned_tx.version = keyguard_bitcoin::bitcoin::transaction::Version(i32::MAX);
-        }), -32001, &[("rule", "bitcoin.tx_version")]),
-        row("2000 dust outputs", {
-            let p = build_psbt(tw, &[OurInput { kind: ScriptKind::P2wpkh, index: 0, sat: 60_000 }], &many, None);
-            json!([{"psbt": to_base64(&p)}])
-        }, -32001, &[("rule", "bitcoin.dust")]),
+        row(
+            "psbt not base64",
+            json!([{"psbt": "***"}]),
+            -32602,
+            &[("field", "psbt")],
+        ),
+        row(
+            "psbt empty",
+            json!([{"psbt": ""}]),
+            -32602,
+            &[("field", "psbt")],
+        ),
+        row(
+            "psbt garbage bytes",
+            json!([{"psbt": BASE64_STANDARD.encode([0u8; 64])}]),
+            -32602,
+            &[("field", "psbt")],
+        ),
+        row(
+            "psbt magic only",
+            json!([{"psbt": BASE64_STANDARD.encode(b"psbt\xff")}]),
+            -32602,
+            &[("field", "psbt")],
+        ),
+        row(
+            "psbt as number",
+            json!([{"psbt": 7}]),
+            -32602,
+            &[("field", "psbt")],
+        ),
+        row(
+            "unknown param",
+            json!([{"psbt": to_base64(&good_psbt(tw)), "evil": true}]),
+            -32602,
+            &[("field", "evil")],
+        ),
+        row(
+            "misspelt finalize",
+            json!([{"psbt": to_base64(&good_psbt(tw)), "finalise": true}]),
+            -32602,
+            &[("field", "finalise")],
+        ),
+        row(
+            "unknown key",
+            json!([{"psbt": to_base64(&good_psbt(tw)), "key": "nope"}]),
+            -32001,
+            &[("rule", "policy.none"), ("field", "key")],
+        ),
+        row(
+            "fee attack (no previous tx)",
+            edited(tw, |p| p.inputs[0].non_witness_utxo = None),
+            -32001,
+            &[
+                ("rule", "bitcoin.input_amount_proof"),
+                ("field", "inputs[0]"),
+            ],
+        ),
+        row(
+            "previous tx does not match",
+            edited(tw, |p| {
+                let prev = p.inputs[0].non_witness_utxo.as_mut().unwrap();
+                prev.output[0].value = Amount::from_sat(1);
+            }),
+            -32001,
+            &[
+                ("rule", "bitcoin.input_amount_proof"),
+                ("field", "inputs[0]"),
+            ],
+        ),
+        row(
+            "no input of ours",
+            edited(tw, |p| p.inputs[0].bip32_derivation.clear()),
+            -32602,
+            &[("field", "psbt")],
+        ),
+        row(
+            "foreign input next to ours",
+            {
+                let mut p = build_psbt(
+                    tw,
+                    &[
+                        OurInput {
+                            kind: ScriptKind::P2wpkh,
+                            index: 0,
+                            sat: 60_000,
+                        },
+                        OurInput {
+                            kind: ScriptKind::P2wpkh,
+                            index: 5,
+                            sat: 10_000,
+                        },
+                    ],
+                    &[(foreign_script(9), 20_000)],
+                    Some((ScriptKind::P2wpkh, 0, 49_000)),
+                );
+                p.inputs[1].bip32_derivation.clear();
+                json!([{"psbt": to_base64(&p)}])
+            },
+            -32001,
+            &[("rule", "bitcoin.foreign_input"), ("field", "inputs[1]")],
+        ),
+        row(
+            "mainnet keys on regtest",
+            json!([{"psbt": to_base64(&good_psbt(&main))}]),
+            -32001,
+            &[("rule", "bitcoin.key_derivation"), ("field", "inputs[0]")],
+        ),
+        row(
+            "sighash NONE",
+            edited(tw, |p| {
+                p.inputs[0].sighash_type = Some(
+                    keyguard_bitcoin::bitcoin::psbt::PsbtSighashType::from_u32(2),
+                );
+            }),
+            -32001,
+            &[
+                ("rule", "bitcoin.sighash_type"),
+                ("field", "inputs[0].sighash_type"),
+            ],
+        ),
+        row(
+            "dust output",
+            edited(tw, |p| {
+                p.unsigned_tx.output[0].value = Amount::from_sat(1);
+                p.unsigned_tx.output[1].value = Amount::from_sat(58_000);
+            }),
+            -32001,
+            &[("rule", "bitcoin.dust"), ("field", "outputs[0]")],
+        ),
+        row(
+            "OP_RETURN data",
+            edited(tw, |p| {
+                p.unsigned_tx.output.push(TxOut {
+                    value: Amount::ZERO,
+                    script_pubkey: keyguard_bitcoin::bitcoin::ScriptBuf::new_op_return([1u8; 8]),
+                });
+                p.outputs.push(Default::default());
+            }),
+            -32001,
+            &[("rule", "bitcoin.op_return"), ("field", "outputs[2]")],
+        ),
+        row(
+            "outputs exceed inputs",
+            edited(tw, |p| {
+                p.unsigned_tx.output[0].value = Amount::from_sat(30_000)
+            }),
+            -32001,
+            &[("rule", "bitcoin.fee_positive")],
+        ),
+        row(
+            "fee over max_fee",
+            edited(tw, |p| {
+                p.unsigned_tx.output[1].value = Amount::from_sat(20_000)
+            }),
+            -32001,
+            &[("rule", "bitcoin.max_fee")],
+        ),
+        row(
+            "spend over max_spend_per_tx",
+            {
+                let p = build_psbt(
+                    tw,
+                    &[OurInput {
+                        kind: ScriptKind::P2tr,
+                        index: 1,
+                        sat: 5_000_000,
+                    }],
+                    &[(foreign_script(9), 4_995_000)],
+                    None,
+                );
+                json!([{"psbt": to_base64(&p)}])
+            },
+            -32001,
+            &[("rule", "bitcoin.max_spend_per_tx")],
+        ),
+        row(
+            "timestamp locktime",
+            edited(tw, |p| {
+                p.unsigned_tx.lock_time =
+                    keyguard_bitcoin::bitcoin::absolute::LockTime::from_consensus(1_700_000_000);
+            }),
+            -32001,
+            &[("rule", "bitcoin.locktime")],
+        ),
+        row(
+            "tx version 0x7fffffff",
+            edited(tw, |p| {
+                p.unsigned_tx.version = keyguard_bitcoin::bitcoin::transaction::Version(i32::MAX);
+            }),
+            -32001,
+            &[("rule", "bitcoin.tx_version")],
+        ),
+        row(
+            "2000 dust outputs",
+            {
+                let p = build_psbt(
+                    tw,
+                    &[OurInput {
+                        kind: ScriptKind::P2wpkh,
+                        index: 0,
+                        sat: 60_000,
+                    }],
+                    &many,
+                    None,
+                );
+                json!([{"psbt": to_base64(&p)}])
+            },
+            -32001,
+            &[("rule", "bitcoin.dust")],
+        ),
         Row {
             name: "key not granted to client",
             token: Some(NARROW),
@@ -230,7 +382,14 @@ fn check(cfg: &Path, rpc: &str, r: &Row) -> Result<(), String> {
     if carries_signature(&resp) || resp.to_string().contains("cHNidP") {
         return Err(format!("the error carries a PSBT or signature: {resp}"));
     }
-    check_audit(cfg, before, Audited::Row { method: METHOD, rule: r.rule })
+    check_audit(
+        cfg,
+        before,
+        Audited::Row {
+            method: METHOD,
+            rule: r.rule,
+        },
+    )
 }
 
 #[test]
@@ -249,12 +408,23 @@ fn bitcoin_hostile_psbts_are_refused_unsigned_and_audited() {
         .env("KEYGUARD_PASSPHRASE", "test-passphrase")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let daemon = Daemon::start(dir, &text, &[]);
     let rpc = daemon.rpc_addr();
     let tw = wallet(Network::Regtest);
-    let ok = call(&rpc, Some(GOOD), json!([{"psbt": to_base64(&good_psbt(&tw))}]));
-    assert!(ok["result"]["psbt"].is_string(), "the control PSBT must sign: {ok}");
+    let ok = call(
+        &rpc,
+        Some(GOOD),
+        json!([{"psbt": to_base64(&good_psbt(&tw))}]),
+    );
+    assert!(
+        ok["result"]["psbt"].is_string(),
+        "the control PSBT must sign: {ok}"
+    );
 
     let rows = table(&tw);
     let mut failures = Failures::default();

@@ -11,9 +11,7 @@ use serde_json::{json, Value};
 
 use crate::common::Daemon;
 use crate::control::{add_user, admin, bootstrap_admin, User};
-use crate::helpers::{
-    carries_signature, check_audit, check_rpc_error, mark, Audited, Failures,
-};
+use crate::helpers::{carries_signature, check_audit, check_rpc_error, mark, Audited, Failures};
 
 const GOOD: &str = "good-token-0123456789";
 const NARROW: &str = "narrow-token-0123456789";
@@ -26,7 +24,10 @@ fn sha(token: &str) -> String {
 
 fn config(dir: &Path, revoked_client: bool) -> String {
     let revoked = if revoked_client {
-        format!("[[clients]]\nname = \"revoked\"\ntoken_sha256 = \"{}\"\nkeys = [\"*\"]\n", sha(REVOKED))
+        format!(
+            "[[clients]]\nname = \"revoked\"\ntoken_sha256 = \"{}\"\nkeys = [\"*\"]\n",
+            sha(REVOKED)
+        )
     } else {
         String::new()
     };
@@ -98,7 +99,10 @@ fn post(addr: &str, token: Option<&str>, body: &str) -> (u16, Value) {
     let out = String::from_utf8_lossy(&out).into_owned();
     let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
     let text = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, serde_json::from_str(text).unwrap_or(Value::String(text.into())))
+    (
+        status,
+        serde_json::from_str(text).unwrap_or(Value::String(text.into())),
+    )
 }
 
 fn call(addr: &str, token: Option<&str>, method: &str, params: Value) -> Value {
@@ -157,7 +161,11 @@ fn row(name: &'static str, params: Value, code: i64, data: &[(&'static str, &'st
         data: data.to_vec(),
         audited: Audited::Row {
             method: SIGN,
-            rule: rule.or(if code == -32602 { Some("request.invalid") } else { None }),
+            rule: rule.or(if code == -32602 {
+                Some("request.invalid")
+            } else {
+                None
+            }),
         },
     }
 }
@@ -173,7 +181,10 @@ fn table(from: &str) -> Vec<Row> {
         send: Send::Call(token, SIGN, json!([tx(from)])),
         code: -32005,
         data: vec![],
-        audited: Audited::Row { method: SIGN, rule: Some("access.unauthenticated") },
+        audited: Audited::Row {
+            method: SIGN,
+            rule: Some("access.unauthenticated"),
+        },
     };
     let mut huge_array = vec![tx(from)];
     huge_array.extend((0..5000).map(|i| json!(i)));
@@ -181,70 +192,225 @@ fn table(from: &str) -> Vec<Row> {
         row("params missing", json!([]), -32602, &[]),
         row("params not a transaction", json!(["0x00"]), -32602, &[]),
         row("empty object", json!([{}]), -32602, &[]),
-        row("unknown field", with(from, "evil", json!("0x1")), -32602, &[("field", "evil")]),
+        row(
+            "unknown field",
+            with(from, "evil", json!("0x1")),
+            -32602,
+            &[("field", "evil")],
+        ),
         row("two transactions", json!([tx(from), tx(from)]), -32602, &[]),
         row("huge params array", Value::Array(huge_array), -32602, &[]),
-        row("value u256 max", with(from, "value", json!(u256_max)), -32001, &[("rule", "evm.max_value"), ("field", "value")]),
-        row("value over u256", with(from, "value", json!(over_u256)), -32602, &[("field", "value")]),
-        row("value negative", with(from, "value", json!("-0x1")), -32602, &[("field", "value")]),
-        row("value as JSON number", with(from, "value", json!(1)), -32602, &[("field", "value")]),
-        row("value empty hex", with(from, "value", json!("0x")), -32602, &[("field", "value")]),
-        row("value not hex", with(from, "value", json!("0xzz")), -32602, &[("field", "value")]),
-        row("nonce 2^64-1 (EIP-2681)", with(from, "nonce", json!("0xffffffffffffffff")), -32602, &[("field", "nonce")]),
-        row("nonce 2^64", with(from, "nonce", json!("0x10000000000000000")), -32602, &[("field", "nonce")]),
-        row("nonce missing", with(from, "nonce", Value::Null), -32602, &[("field", "nonce")]),
-        row("gas over u64", with(from, "gas", json!("0x10000000000000000")), -32602, &[("field", "gas")]),
-        row("chain id 0", with(from, "chainId", json!("0x0")), -32001, &[("rule", "evm.chain_id")]),
-        row("chain id huge", with(from, "chainId", json!(u256_max)), -32602, &[("field", "chainId")]),
-        row("wrong chain (mainnet)", with(from, "chainId", json!("0x1")), -32001, &[("rule", "evm.chain_id"), ("field", "chainId")]),
-        row("odd-length calldata", with(from, "data", json!("0x123")), -32602, &[("field", "data")]),
-        row("calldata over cap", with(from, "data", json!(big_data)), -32001, &[("rule", "evm.max_calldata_bytes")]),
-        row("fee over cap", with(from, "maxFeePerGas", json!("0xffffffffffffffffffff")), -32001, &[("rule", "evm.max_fee_per_gas")]),
-        row("fee over u128", with(from, "maxFeePerGas", json!(u256_max)), -32602, &[("field", "maxFeePerGas")]),
-        row("gasPrice and 1559 fees", with(from, "gasPrice", json!("0x1")), -32602, &[]),
-        row("short to address", with(from, "to", json!("0xdead")), -32602, &[("field", "to")]),
-        row("contract creation", with(from, "to", Value::Null), -32001, &[("rule", "evm.contract_creation")]),
-        row("blob transaction", {
-            let mut t = tx(from);
-            t["blobVersionedHashes"] = json!([format!("0x01{}", "00".repeat(31))]);
-            t["maxFeePerBlobGas"] = json!("0x1");
-            json!([t])
-        }, -32001, &[("rule", "evm.max_blobs")]),
-        row("blob sidecar", with(from, "blobs", json!(["0x00"])), -32602, &[("field", "blobs")]),
-        row("7702 delegation", with(from, "authorizationList", json!([{"chainId": "0x7a69", "address": "0x000000000000000000000000000000000000dEaD", "nonce": "0x0", "yParity": "0x0", "r": "0x1", "s": "0x1"}])), -32001, &[("rule", "evm.delegation")]),
-        row("wrong key (unknown from)", with(from, "from", json!("0x1111111111111111111111111111111111111111")), -32602, &[("field", "from")]),
-        row("replay: other tx for a signed nonce", {
-            let mut t = tx(from);
-            t["nonce"] = json!("0x0");
-            t["value"] = json!("0x2");
-            json!([t])
-        }, -32001, &[("rule", "evm.nonce_reuse"), ("field", "nonce")]),
+        row(
+            "value u256 max",
+            with(from, "value", json!(u256_max)),
+            -32001,
+            &[("rule", "evm.max_value"), ("field", "value")],
+        ),
+        row(
+            "value over u256",
+            with(from, "value", json!(over_u256)),
+            -32602,
+            &[("field", "value")],
+        ),
+        row(
+            "value negative",
+            with(from, "value", json!("-0x1")),
+            -32602,
+            &[("field", "value")],
+        ),
+        row(
+            "value as JSON number",
+            with(from, "value", json!(1)),
+            -32602,
+            &[("field", "value")],
+        ),
+        row(
+            "value empty hex",
+            with(from, "value", json!("0x")),
+            -32602,
+            &[("field", "value")],
+        ),
+        row(
+            "value not hex",
+            with(from, "value", json!("0xzz")),
+            -32602,
+            &[("field", "value")],
+        ),
+        row(
+            "nonce 2^64-1 (EIP-2681)",
+            with(from, "nonce", json!("0xffffffffffffffff")),
+            -32602,
+            &[("field", "nonce")],
+        ),
+        row(
+            "nonce 2^64",
+            with(from, "nonce", json!("0x10000000000000000")),
+            -32602,
+            &[("field", "nonce")],
+        ),
+        row(
+            "nonce missing",
+            with(from, "nonce", Value::Null),
+            -32602,
+            &[("field", "nonce")],
+        ),
+        row(
+            "gas over u64",
+            with(from, "gas", json!("0x10000000000000000")),
+            -32602,
+            &[("field", "gas")],
+        ),
+        row(
+            "chain id 0",
+            with(from, "chainId", json!("0x0")),
+            -32001,
+            &[("rule", "evm.chain_id")],
+        ),
+        row(
+            "chain id huge",
+            with(from, "chainId", json!(u256_max)),
+            -32602,
+            &[("field", "chainId")],
+        ),
+        row(
+            "wrong chain (mainnet)",
+            with(from, "chainId", json!("0x1")),
+            -32001,
+            &[("rule", "evm.chain_id"), ("field", "chainId")],
+        ),
+        row(
+            "odd-length calldata",
+            with(from, "data", json!("0x123")),
+            -32602,
+            &[("field", "data")],
+        ),
+        row(
+            "calldata over cap",
+            with(from, "data", json!(big_data)),
+            -32001,
+            &[("rule", "evm.max_calldata_bytes")],
+        ),
+        row(
+            "fee over cap",
+            with(from, "maxFeePerGas", json!("0xffffffffffffffffffff")),
+            -32001,
+            &[("rule", "evm.max_fee_per_gas")],
+        ),
+        row(
+            "fee over u128",
+            with(from, "maxFeePerGas", json!(u256_max)),
+            -32602,
+            &[("field", "maxFeePerGas")],
+        ),
+        row(
+            "gasPrice and 1559 fees",
+            with(from, "gasPrice", json!("0x1")),
+            -32602,
+            &[],
+        ),
+        row(
+            "short to address",
+            with(from, "to", json!("0xdead")),
+            -32602,
+            &[("field", "to")],
+        ),
+        row(
+            "contract creation",
+            with(from, "to", Value::Null),
+            -32001,
+            &[("rule", "evm.contract_creation")],
+        ),
+        row(
+            "blob transaction",
+            {
+                let mut t = tx(from);
+                t["blobVersionedHashes"] = json!([format!("0x01{}", "00".repeat(31))]);
+                t["maxFeePerBlobGas"] = json!("0x1");
+                json!([t])
+            },
+            -32001,
+            &[("rule", "evm.max_blobs")],
+        ),
+        row(
+            "blob sidecar",
+            with(from, "blobs", json!(["0x00"])),
+            -32602,
+            &[("field", "blobs")],
+        ),
+        row(
+            "7702 delegation",
+            with(
+                from,
+                "authorizationList",
+                json!([{"chainId": "0x7a69", "address": "0x000000000000000000000000000000000000dEaD", "nonce": "0x0", "yParity": "0x0", "r": "0x1", "s": "0x1"}]),
+            ),
+            -32001,
+            &[("rule", "evm.delegation")],
+        ),
+        row(
+            "wrong key (unknown from)",
+            with(
+                from,
+                "from",
+                json!("0x1111111111111111111111111111111111111111"),
+            ),
+            -32602,
+            &[("field", "from")],
+        ),
+        row(
+            "replay: other tx for a signed nonce",
+            {
+                let mut t = tx(from);
+                t["nonce"] = json!("0x0");
+                t["value"] = json!("0x2");
+                json!([t])
+            },
+            -32001,
+            &[("rule", "evm.nonce_reuse"), ("field", "nonce")],
+        ),
         Row {
             name: "key not granted to client",
             send: Send::Call(Some(NARROW), SIGN, json!([tx(from)])),
             code: -32005,
             data: vec![],
-            audited: Audited::Row { method: SIGN, rule: Some("access.key_not_granted") },
+            audited: Audited::Row {
+                method: SIGN,
+                rule: Some("access.key_not_granted"),
+            },
         },
         unauth("no token", None),
         unauth("unknown token", Some("not-a-token")),
         unauth("revoked token", Some(REVOKED)),
         Row {
             name: "raw hash eth_sign",
-            send: Send::Call(Some(GOOD), "eth_sign", json!([from, format!("0x{}", "11".repeat(32))])),
+            send: Send::Call(
+                Some(GOOD),
+                "eth_sign",
+                json!([from, format!("0x{}", "11".repeat(32))]),
+            ),
             code: -32001,
             data: vec![("rule", "evm.message")],
-            audited: Audited::Row { method: "eth_sign", rule: Some("evm.message") },
+            audited: Audited::Row {
+                method: "eth_sign",
+                rule: Some("evm.message"),
+            },
         },
         Row {
             name: "typed data without a rule",
-            send: Send::Call(Some(GOOD), "eth_signTypedData_v4", json!([from, {
-                "types": {"EIP712Domain": [{"name": "chainId", "type": "uint256"}], "M": [{"name": "x", "type": "uint256"}]},
-                "primaryType": "M", "domain": {"chainId": 31337}, "message": {"x": 1}
-            }])),
+            send: Send::Call(
+                Some(GOOD),
+                "eth_signTypedData_v4",
+                json!([from, {
+                    "types": {"EIP712Domain": [{"name": "chainId", "type": "uint256"}], "M": [{"name": "x", "type": "uint256"}]},
+                    "primaryType": "M", "domain": {"chainId": 31337}, "message": {"x": 1}
+                }]),
+            ),
             code: -32001,
             data: vec![("rule", "evm.typed_data")],
-            audited: Audited::Row { method: "eth_signTypedData_v4", rule: Some("evm.typed_data") },
+            audited: Audited::Row {
+                method: "eth_signTypedData_v4",
+                rule: Some("evm.typed_data"),
+            },
         },
         Row {
             name: "not JSON",
@@ -292,7 +458,12 @@ fn evm_hostile_requests_are_refused_unsigned_and_audited() {
     let cfg = daemon.config.clone();
 
     // One legitimate signature at nonce 0, so a different transaction for it is a replay.
-    let ok = call(&rpc, Some(GOOD), SIGN, json!([with(&from, "nonce", json!("0x0"))[0]]));
+    let ok = call(
+        &rpc,
+        Some(GOOD),
+        SIGN,
+        json!([with(&from, "nonce", json!("0x0"))[0]]),
+    );
     assert!(ok["result"].is_string(), "{ok}");
 
     // Revoke a client by reloading the config without it.
@@ -315,14 +486,22 @@ fn evm_hostile_requests_are_refused_unsigned_and_audited() {
     n += approval_rows(&cfg, &rpc, &sock, &ann, big, &mut failures);
 
     // The kill switch: the key disabled through the admin API.
-    let off = admin(&sock, &alice, "keys.disable", json!({"key": "dev-secp256k1"}));
+    let off = admin(
+        &sock,
+        &alice,
+        "keys.disable",
+        json!({"key": "dev-secp256k1"}),
+    );
     assert!(off["result"].is_object(), "{off}");
     let disabled = Row {
         name: "disabled key",
         send: Send::Call(Some(GOOD), SIGN, json!([tx(&from)])),
         code: -32004,
         data: vec![],
-        audited: Audited::Row { method: SIGN, rule: Some("kill_switch") },
+        audited: Audited::Row {
+            method: SIGN,
+            rule: Some("kill_switch"),
+        },
     };
     check(&cfg, &rpc, &disabled, &mut failures);
     n += 1;
@@ -340,7 +519,10 @@ fn approval_rows(
 ) -> usize {
     let held = call(rpc, Some(GOOD), SIGN, big.clone());
     assert_eq!(held["error"]["code"], -32002, "{held}");
-    let first = held["error"]["data"]["approval_id"].as_str().unwrap().to_string();
+    let first = held["error"]["data"]["approval_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     std::thread::sleep(Duration::from_millis(2100));
 
     // Voting on the expired request is refused, audited, and signs nothing.
@@ -348,19 +530,45 @@ fn approval_rows(
     let late = admin(sock, ann, "approvals.approve", json!({"id": first}));
     failures.check(
         "approve an expired approval",
-        check_rpc_error(&late, -32010, &[("rule", "approval.expired")])
-            .and_then(|()| check_audit(cfg, before, Audited::Row { method: "admin.approvals.approve", rule: Some("approval.expired") })),
+        check_rpc_error(&late, -32010, &[("rule", "approval.expired")]).and_then(|()| {
+            check_audit(
+                cfg,
+                before,
+                Audited::Row {
+                    method: "admin.approvals.approve",
+                    rule: Some("approval.expired"),
+                },
+            )
+        }),
     );
 
     // The retry after expiry is a fresh request, held again: the old approval is dead.
     let before = mark(cfg);
     let again = call(rpc, Some(GOOD), SIGN, big.clone());
-    let fresh = again["error"]["data"]["approval_id"].as_str().unwrap_or("").to_string();
+    let fresh = again["error"]["data"]["approval_id"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     failures.check(
         "retry after the approval expired",
         check_rpc_error(&again, -32002, &[])
-            .and_then(|()| if fresh != first { Ok(()) } else { Err(format!("expired approval {first} reused")) })
-            .and_then(|()| check_audit(cfg, before, Audited::Row { method: SIGN, rule: Some("approval.required") })),
+            .and_then(|()| {
+                if fresh != first {
+                    Ok(())
+                } else {
+                    Err(format!("expired approval {first} reused"))
+                }
+            })
+            .and_then(|()| {
+                check_audit(
+                    cfg,
+                    before,
+                    Audited::Row {
+                        method: SIGN,
+                        rule: Some("approval.required"),
+                    },
+                )
+            }),
     );
 
     // Approve, sign once (legitimately), then replay.
@@ -372,8 +580,16 @@ fn approval_rows(
     let replay = call(rpc, Some(GOOD), SIGN, big);
     failures.check(
         "replay of an approved request",
-        check_rpc_error(&replay, -32001, &[("rule", "approval.consumed")])
-            .and_then(|()| check_audit(cfg, before, Audited::Row { method: SIGN, rule: Some("approval.consumed") })),
+        check_rpc_error(&replay, -32001, &[("rule", "approval.consumed")]).and_then(|()| {
+            check_audit(
+                cfg,
+                before,
+                Audited::Row {
+                    method: SIGN,
+                    rule: Some("approval.consumed"),
+                },
+            )
+        }),
     );
     3
 }

@@ -64,7 +64,10 @@ pub fn check_audit(config: &Path, before: Mark, expect: Audited) -> Result<(), S
     let all = audit_rows_after(config, 0);
     let signed = all.iter().filter(|r| r["decision"] == "signed").count();
     if signed != before.signed {
-        return Err(format!("signed rows went from {} to {signed}", before.signed));
+        return Err(format!(
+            "signed rows went from {} to {signed}",
+            before.signed
+        ));
     }
     let new: Vec<&Value> = all
         .iter()
@@ -73,7 +76,9 @@ pub fn check_audit(config: &Path, before: Mark, expect: Audited) -> Result<(), S
     match expect {
         Audited::Transport(why) => {
             if !new.is_empty() {
-                return Err(format!("audit rows for a transport refusal ({why}): {new:?}"));
+                return Err(format!(
+                    "audit rows for a transport refusal ({why}): {new:?}"
+                ));
             }
         }
         Audited::Row { method, rule } => {
@@ -110,7 +115,9 @@ impl Failures {
             self.0.len(),
             self.0.join("\n")
         );
-        eprintln!("{table}: {rows} hostile rows refused, nothing signed, audited or transport-refused");
+        eprintln!(
+            "{table}: {rows} hostile rows refused, nothing signed, audited or transport-refused"
+        );
     }
 }
 

@@ -18,6 +18,7 @@ mod common;
 #[allow(dead_code)]
 #[path = "../control/mod.rs"]
 mod control;
+mod disk;
 mod evm;
 #[allow(dead_code)]
 #[path = "../privval/harness.rs"]

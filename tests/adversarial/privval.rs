@@ -23,13 +23,22 @@ const DROPPED: i32 = -1;
 
 /// The watermark as `keyguard state show --json` prints it.
 fn watermark(config: &Path) -> serde_json::Value {
-    let (ok, out, err) = cli(&["state", "show", "--json", "--config", config.to_str().unwrap()]);
+    let (ok, out, err) = cli(&[
+        "state",
+        "show",
+        "--json",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
     assert!(ok, "state show: {err}");
     serde_json::from_str(&out).unwrap()
 }
 
 /// A vote request built field by field, for rows the mock node's `Ask` cannot express.
-fn raw_vote(conn: &mut MockConn, edit: impl Fn(&mut types::Vote)) -> Option<(i32, String, Vec<u8>)> {
+fn raw_vote(
+    conn: &mut MockConn,
+    edit: impl Fn(&mut types::Vote),
+) -> Option<(i32, String, Vec<u8>)> {
     let t = now();
     let mut vote = types::Vote {
         r#type: 2,
@@ -37,9 +46,15 @@ fn raw_vote(conn: &mut MockConn, edit: impl Fn(&mut types::Vote)) -> Option<(i32
         round: 0,
         block_id: Some(types::BlockId {
             hash: vec![7; 32],
-            part_set_header: Some(types::PartSetHeader { total: 1, hash: vec![8; 32] }),
+            part_set_header: Some(types::PartSetHeader {
+                total: 1,
+                hash: vec![8; 32],
+            }),
         }),
-        timestamp: Some(iq_cometbft_proto::google::protobuf::Timestamp { seconds: t.0, nanos: t.1 }),
+        timestamp: Some(iq_cometbft_proto::google::protobuf::Timestamp {
+            seconds: t.0,
+            nanos: t.1,
+        }),
         validator_address: vec![0xAA; 20],
         validator_index: 0,
         ..Default::default()
@@ -56,7 +71,9 @@ fn raw_vote(conn: &mut MockConn, edit: impl Fn(&mut types::Vote)) -> Option<(i32
     match resp.sum {
         Some(pv::message::Sum::SignedVoteResponse(r)) => {
             let sig = r.vote.map(|v| v.signature).unwrap_or_default();
-            let (code, desc) = r.error.map_or((0, String::new()), |e| (e.code, e.description));
+            let (code, desc) = r
+                .error
+                .map_or((0, String::new()), |e| (e.code, e.description));
             Some((code, desc, sig))
         }
         other => panic!("unexpected response {other:?}"),
@@ -88,7 +105,14 @@ fn vote(ty: i32, h: i64, r: i32, block: Option<u8>) -> Ask {
 
 fn table() -> Vec<Row> {
     let sv = "privval.SignVote";
-    let row = |name, send, code, names, rule| Row { name, send, code, names, method: sv, rule };
+    let row = |name, send, code, names, rule| Row {
+        name,
+        send,
+        code,
+        names,
+        method: sv,
+        rule,
+    };
     let inval = Some("request.invalid");
     let mut future = vote(1, 11, 0, Some(3));
     future.ts.0 += 86_400;
@@ -101,35 +125,197 @@ fn table() -> Vec<Row> {
     let mut pol = Ask::proposal(11, 0, 3, now());
     pol.pol_round = 0;
     vec![
-        row("wrong chain id", Send::OtherChain(vote(1, 11, 0, Some(3))), 1, "cometbft.chain_id", Some("cometbft.chain_id")),
-        row("height regression", Send::Ask(vote(1, 9, 0, Some(3))), 1, "cometbft.height_regression", Some("cometbft.height_regression")),
-        row("round regression", Send::Ask(vote(2, 10, 0, Some(1))), 1, "cometbft.round_regression", Some("cometbft.round_regression")),
-        row("step regression", Send::Ask(vote(1, 10, 1, Some(1))), 1, "cometbft.step_regression", Some("cometbft.step_regression")),
-        row("double sign (other block, same step)", Send::Ask(vote(2, 10, 1, Some(2))), 1, "cometbft.double_sign", Some("cometbft.double_sign")),
-        row("double sign (nil after block)", Send::Ask(vote(2, 10, 1, None)), 1, "cometbft.double_sign", Some("cometbft.double_sign")),
-        row("height 0", Send::Ask(vote(1, 0, 0, Some(3))), 2, "height", inval),
-        row("negative height", Send::Ask(vote(1, -1, 0, Some(3))), 2, "height", inval),
-        row("height i64::MAX", Send::Ask(vote(1, i64::MAX, 0, Some(3))), 1, "cometbft.max_height_jump", Some("cometbft.max_height_jump")),
-        row("negative round", Send::Ask(vote(1, 11, -1, Some(3))), 2, "round", inval),
-        row("vote type 99", Send::Ask(vote(99, 11, 0, Some(3))), 2, "vote.type", inval),
-        row("proposal type in a vote", Send::Ask(vote(32, 11, 0, Some(3))), 2, "vote.type", inval),
-        row("timestamp a day ahead", Send::Ask(future), 1, "cometbft.timestamp_drift", Some("cometbft.timestamp_drift")),
-        row("timestamp nanos out of range", Send::Ask(bad_nanos), 2, "timestamp", inval),
-        row("extension on a prevote", Send::Ask(ext_prevote), 2, "extension", inval),
-        row("extension on a nil precommit", Send::Ask(ext_nil), 2, "extension", inval),
-        Row { name: "proposal pol_round not below round", send: Send::Ask(pol), code: 1, names: "cometbft.pol_round", method: "privval.SignProposal", rule: Some("cometbft.pol_round") },
-        row("block hash 31 bytes", Send::Raw(|v| v.block_id.as_mut().unwrap().hash = vec![7; 31]), 2, "block_id", inval),
-        row("part set hash without total", Send::Raw(|v| v.block_id.as_mut().unwrap().part_set_header.as_mut().unwrap().total = 0), 2, "block_id", inval),
-        row("block hash 33 bytes", Send::Raw(|v| v.block_id.as_mut().unwrap().hash = vec![7; 33]), 2, "block_id", inval),
-        row("part set hash 5 bytes", Send::Raw(|v| v.block_id.as_mut().unwrap().part_set_header.as_mut().unwrap().hash = vec![8; 5]), 2, "block_id", inval),
-        row("vote missing timestamp", Send::Raw(|v| v.timestamp = None), 2, "vote.timestamp", inval),
+        row(
+            "wrong chain id",
+            Send::OtherChain(vote(1, 11, 0, Some(3))),
+            1,
+            "cometbft.chain_id",
+            Some("cometbft.chain_id"),
+        ),
+        row(
+            "height regression",
+            Send::Ask(vote(1, 9, 0, Some(3))),
+            1,
+            "cometbft.height_regression",
+            Some("cometbft.height_regression"),
+        ),
+        row(
+            "round regression",
+            Send::Ask(vote(2, 10, 0, Some(1))),
+            1,
+            "cometbft.round_regression",
+            Some("cometbft.round_regression"),
+        ),
+        row(
+            "step regression",
+            Send::Ask(vote(1, 10, 1, Some(1))),
+            1,
+            "cometbft.step_regression",
+            Some("cometbft.step_regression"),
+        ),
+        row(
+            "double sign (other block, same step)",
+            Send::Ask(vote(2, 10, 1, Some(2))),
+            1,
+            "cometbft.double_sign",
+            Some("cometbft.double_sign"),
+        ),
+        row(
+            "double sign (nil after block)",
+            Send::Ask(vote(2, 10, 1, None)),
+            1,
+            "cometbft.double_sign",
+            Some("cometbft.double_sign"),
+        ),
+        row(
+            "height 0",
+            Send::Ask(vote(1, 0, 0, Some(3))),
+            2,
+            "height",
+            inval,
+        ),
+        row(
+            "negative height",
+            Send::Ask(vote(1, -1, 0, Some(3))),
+            2,
+            "height",
+            inval,
+        ),
+        row(
+            "height i64::MAX",
+            Send::Ask(vote(1, i64::MAX, 0, Some(3))),
+            1,
+            "cometbft.max_height_jump",
+            Some("cometbft.max_height_jump"),
+        ),
+        row(
+            "negative round",
+            Send::Ask(vote(1, 11, -1, Some(3))),
+            2,
+            "round",
+            inval,
+        ),
+        row(
+            "vote type 99",
+            Send::Ask(vote(99, 11, 0, Some(3))),
+            2,
+            "vote.type",
+            inval,
+        ),
+        row(
+            "proposal type in a vote",
+            Send::Ask(vote(32, 11, 0, Some(3))),
+            2,
+            "vote.type",
+            inval,
+        ),
+        row(
+            "timestamp a day ahead",
+            Send::Ask(future),
+            1,
+            "cometbft.timestamp_drift",
+            Some("cometbft.timestamp_drift"),
+        ),
+        row(
+            "timestamp nanos out of range",
+            Send::Ask(bad_nanos),
+            2,
+            "timestamp",
+            inval,
+        ),
+        row(
+            "extension on a prevote",
+            Send::Ask(ext_prevote),
+            2,
+            "extension",
+            inval,
+        ),
+        row(
+            "extension on a nil precommit",
+            Send::Ask(ext_nil),
+            2,
+            "extension",
+            inval,
+        ),
+        Row {
+            name: "proposal pol_round not below round",
+            send: Send::Ask(pol),
+            code: 1,
+            names: "cometbft.pol_round",
+            method: "privval.SignProposal",
+            rule: Some("cometbft.pol_round"),
+        },
+        row(
+            "block hash 31 bytes",
+            Send::Raw(|v| v.block_id.as_mut().unwrap().hash = vec![7; 31]),
+            2,
+            "block_id",
+            inval,
+        ),
+        row(
+            "part set hash without total",
+            Send::Raw(|v| {
+                v.block_id
+                    .as_mut()
+                    .unwrap()
+                    .part_set_header
+                    .as_mut()
+                    .unwrap()
+                    .total = 0
+            }),
+            2,
+            "block_id",
+            inval,
+        ),
+        row(
+            "block hash 33 bytes",
+            Send::Raw(|v| v.block_id.as_mut().unwrap().hash = vec![7; 33]),
+            2,
+            "block_id",
+            inval,
+        ),
+        row(
+            "part set hash 5 bytes",
+            Send::Raw(|v| {
+                v.block_id
+                    .as_mut()
+                    .unwrap()
+                    .part_set_header
+                    .as_mut()
+                    .unwrap()
+                    .hash = vec![8; 5]
+            }),
+            2,
+            "block_id",
+            inval,
+        ),
+        row(
+            "vote missing timestamp",
+            Send::Raw(|v| v.timestamp = None),
+            2,
+            "vote.timestamp",
+            inval,
+        ),
         // Over the 1 MiB frame limit: refused before decoding, so the connection is closed
         // (the node redials) and there is no request to attribute.
-        row("frame over 1 MiB", Send::Raw(|v| {
-            v.r#type = 2;
-            v.extension = vec![0; 2 << 20];
-        }), DROPPED, "", None),
-        Row { name: "SignBytes", send: Send::SignBytes, code: 3, names: "cometbft.sign_bytes", method: "privval.SignBytes", rule: Some("cometbft.sign_bytes") },
+        row(
+            "frame over 1 MiB",
+            Send::Raw(|v| {
+                v.r#type = 2;
+                v.extension = vec![0; 2 << 20];
+            }),
+            DROPPED,
+            "",
+            None,
+        ),
+        Row {
+            name: "SignBytes",
+            send: Send::SignBytes,
+            code: 3,
+            names: "cometbft.sign_bytes",
+            method: "privval.SignBytes",
+            rule: Some("cometbft.sign_bytes"),
+        },
     ]
 }
 
@@ -164,18 +350,32 @@ fn check_row(cfg: &Path, node: &mut Node, r: &Row) -> Result<(), String> {
         if watermark(cfg) != wm {
             return Err("the watermark moved".into());
         }
-        return check_audit(cfg, before, Audited::Transport("frame refused before decoding"));
+        return check_audit(
+            cfg,
+            before,
+            Audited::Transport("frame refused before decoding"),
+        );
     };
     if !sig.is_empty() {
         return Err(format!("a signature was released ({} bytes)", sig.len()));
     }
     if code != r.code || !desc.contains(r.names) {
-        return Err(format!("expected code {} naming {:?}, got {code} {desc:?}", r.code, r.names));
+        return Err(format!(
+            "expected code {} naming {:?}, got {code} {desc:?}",
+            r.code, r.names
+        ));
     }
     if watermark(cfg) != wm {
         return Err(format!("the watermark moved: {wm} -> {}", watermark(cfg)));
     }
-    check_audit(cfg, before, Audited::Row { method: r.method, rule: r.rule })
+    check_audit(
+        cfg,
+        before,
+        Audited::Row {
+            method: r.method,
+            rule: r.rule,
+        },
+    )
 }
 
 #[test]
@@ -190,8 +390,7 @@ fn privval_hostile_requests_are_refused_unsigned_and_audited() {
         new_validator: true,
         extra: "max_height_jump = 1000\nmax_timestamp_drift_ms = 60000\n".into(),
     };
-    let text = config_text(dir.path(), &[spec])
-        + "[admin]\ntotp_single_use = false\n";
+    let text = config_text(dir.path(), &[spec]) + "[admin]\ntotp_single_use = false\n";
     let kg = Keyguard::start(dir.path(), &text);
     let cfg = kg.config.clone();
     let mut node = Node::new(listener.accept(), Ver::V1, CHAIN);
@@ -223,18 +422,36 @@ fn privval_hostile_requests_are_refused_unsigned_and_audited() {
     again.pubkey().unwrap().unwrap();
     failures.check(
         "undecodable frame",
-        check_audit(&cfg, before, Audited::Transport("not a privval message"))
-            .and_then(|()| if watermark(&cfg) == wm { Ok(()) } else { Err("watermark moved".into()) }),
+        check_audit(&cfg, before, Audited::Transport("not a privval message")).and_then(|()| {
+            if watermark(&cfg) == wm {
+                Ok(())
+            } else {
+                Err("watermark moved".into())
+            }
+        }),
     );
 
     // The kill switch.
     let daemon_user = dir.path().join("keyguard.toml");
-    let (ok, out, err) = cli(&["users", "add", "alice", "--role", "admin", "--config", daemon_user.to_str().unwrap()]);
+    let (ok, out, err) = cli(&[
+        "users",
+        "add",
+        "alice",
+        "--role",
+        "admin",
+        "--config",
+        daemon_user.to_str().unwrap(),
+    ]);
     assert!(ok, "{out}{err}");
     let uri = out.lines().find(|l| l.starts_with("otpauth://")).unwrap();
     let alice = crate::control::User::from_uri("alice", uri);
     let sock = dir.path().join("data/admin.sock");
-    let off = crate::control::admin(&sock, &alice, "keys.disable", serde_json::json!({"key": "dev-ed25519"}));
+    let off = crate::control::admin(
+        &sock,
+        &alice,
+        "keys.disable",
+        serde_json::json!({"key": "dev-ed25519"}),
+    );
     assert!(off["result"].is_object(), "{off}");
     let disabled = Row {
         name: "disabled key",
