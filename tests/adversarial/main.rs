@@ -12,10 +12,8 @@
 
 mod admin;
 mod bitcoin;
-#[allow(dead_code)]
 #[path = "../common/mod.rs"]
 mod common;
-#[allow(dead_code)]
 #[path = "../control/mod.rs"]
 mod control;
 mod disk;
