@@ -18,6 +18,7 @@ mod common;
 mod control;
 mod disk;
 mod evm;
+mod evm_table;
 #[allow(dead_code)]
 #[path = "../privval/harness.rs"]
 mod harness;
