@@ -9,6 +9,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -254,6 +256,26 @@ fn start(dir: &Path) -> Option<(TmpfsMount, Daemon, Rig)> {
     Some((mount, daemon, rig))
 }
 
+/// Signs from another thread until `stop`, so the disk fills and empties under load. Returns
+/// the signatures it was given; any error other than `-32007` fails the test.
+fn load(rpc: String, from: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let mut released = 0;
+        for nonce in 1_000_000.. {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let r = crate::control::sign(&rpc, &from, 1, nonce);
+            if r["result"].is_string() {
+                released += 1;
+            } else {
+                assert_eq!(r["error"]["code"], -32007, "under load: {r}");
+            }
+        }
+        released
+    })
+}
+
 #[test]
 fn disk_full_stops_signing_and_recovers_without_restart() {
     let tmp = tempfile::tempdir().unwrap();
@@ -264,12 +286,20 @@ fn disk_full_stops_signing_and_recovers_without_restart() {
     };
     let cfg = daemon.config.clone();
     rig.assert_signing("before the disk fills");
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(rig.rpc.clone(), rig.from.clone(), stop.clone());
+    std::thread::sleep(std::time::Duration::from_millis(100));
 
     let filler = fill(&dir.join("var"));
     rig.assert_stopped(&cfg, "disk full");
     std::fs::remove_file(&filler).unwrap();
     rig.assert_signing("after space returned");
     rig.assert_signing("after space returned, again");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    stop.store(true, Ordering::Relaxed);
+    let loaded = loader.join().expect("load thread");
+    assert!(loaded > 0, "the load thread never signed");
+    rig.released.evm += loaded;
     assert_all_recorded(&cfg, &rig.released);
 }
 
