@@ -118,6 +118,10 @@ fn table() -> Vec<Row> {
     future.ts.0 += 86_400;
     let mut bad_nanos = vote(1, 11, 0, Some(3));
     bad_nanos.ts.1 = 2_000_000_000;
+    let mut year_10000 = vote(1, 11, 0, Some(3));
+    year_10000.ts.0 = 253_402_300_800;
+    let mut negative_nanos = Ask::proposal(11, 0, 3, now());
+    negative_nanos.ts.1 = -1;
     let mut ext_prevote = vote(1, 11, 0, Some(3));
     ext_prevote.extension = b"x".to_vec();
     let mut ext_nil = vote(2, 11, 0, None);
@@ -223,6 +227,21 @@ fn table() -> Vec<Row> {
             "timestamp",
             inval,
         ),
+        row(
+            "timestamp in the year 10000",
+            Send::Ask(year_10000),
+            2,
+            "vote.timestamp",
+            inval,
+        ),
+        Row {
+            name: "proposal with negative nanos",
+            send: Send::Ask(negative_nanos),
+            code: 2,
+            names: "proposal.timestamp",
+            method: "privval.SignProposal",
+            rule: inval,
+        },
         row(
             "extension on a prevote",
             Send::Ask(ext_prevote),

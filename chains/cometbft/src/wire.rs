@@ -291,7 +291,6 @@ fn invalid(kind: RequestKind, field: &str, reason: impl Into<String>) -> DecodeE
     }
 }
 
-/// Converts the protobuf block id / vote / proposal of either schema (same field names).
 /// Earliest and latest seconds a protobuf `Timestamp` may hold (0001-01-01 to 9999-12-31).
 const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
 
@@ -314,6 +313,7 @@ fn timestamp(
     Ok(Timestamp::from_proto(t))
 }
 
+/// Converts the protobuf block id / vote / proposal of either schema (same field names).
 macro_rules! from_proto {
     (block_id $b:expr) => {
         $b.map(|b| {
