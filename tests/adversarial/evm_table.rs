@@ -115,17 +115,17 @@ pub(crate) fn table(from: &str) -> Vec<Row> {
     let mut huge_array = vec![tx(from)];
     huge_array.extend((0..5000).map(|i| json!(i)));
     vec![
-        row("params missing", json!([]), -32602, &[]),
-        row("params not a transaction", json!(["0x00"]), -32602, &[]),
-        row("empty object", json!([{}]), -32602, &[]),
+        row("params missing", json!([]), -32602, &[("field", "params")]),
+        row("params not a transaction", json!(["0x00"]), -32602, &[("field", "params[0]")]),
+        row("empty object", json!([{}]), -32602, &[("field", "from")]),
         row(
             "unknown field",
             with(from, "evil", json!("0x1")),
             -32602,
             &[("field", "evil")],
         ),
-        row("two transactions", json!([tx(from), tx(from)]), -32602, &[]),
-        row("huge params array", Value::Array(huge_array), -32602, &[]),
+        row("two transactions", json!([tx(from), tx(from)]), -32602, &[("field", "params")]),
+        row("huge params array", Value::Array(huge_array), -32602, &[("field", "params")]),
         row(
             "value u256 max",
             with(from, "value", json!(u256_max)),
@@ -232,7 +232,7 @@ pub(crate) fn table(from: &str) -> Vec<Row> {
             "gasPrice and 1559 fees",
             with(from, "gasPrice", json!("0x1")),
             -32602,
-            &[],
+            &[("field", "gasPrice")],
         ),
         row(
             "short to address",
@@ -352,7 +352,7 @@ pub(crate) fn table(from: &str) -> Vec<Row> {
                 "message": {"next": {"next": {}}},
             }])),
             code: -32602,
-            data: vec![],
+            data: vec![("field", "typedData")],
             audited: Audited::Row { method: "eth_signTypedData_v4", rule: Some("request.invalid") },
         },
         digest("personal_sign outside the pattern", "personal_sign", json!(["0x5472616e7366657220616c6c", from]), "evm.message"),
