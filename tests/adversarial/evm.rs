@@ -166,12 +166,22 @@ fn evm_hostile_requests_are_refused_unsigned_and_audited() {
     for r in &rows {
         check(&cfg, &rpc, r, &mut failures);
     }
+    // Refusals left nothing behind in the nonce ledger: nonce 1, which dozens of refused rows
+    // named, still signs.
+    let clean = call(&rpc, Some(GOOD), SIGN, json!([tx(&from)]));
+    assert!(
+        clean["result"].is_string(),
+        "nonce 1 after the table: {clean}"
+    );
 
     // Approvals: an expired one signs nothing, a consumed one cannot be replayed.
     let sock = dir.path().join("var/admin.sock");
     let alice = bootstrap_admin(&daemon, "alice");
     let ann = add_user(&sock, &alice, "ann", &["approver"], &["treasury"]);
-    let big = with(&from, "value", json!("0xde0b6b3a7640000")); // 1 ether, over 0.5
+    let mut big = tx(&from);
+    big["value"] = json!("0xde0b6b3a7640000"); // 1 ether, over 0.5
+    big["nonce"] = json!("0x2");
+    let big = json!([big]);
     let mut n = rows.len();
     n += approval_rows(&cfg, &rpc, &sock, &ann, big, &mut failures);
 

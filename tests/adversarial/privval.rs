@@ -484,3 +484,55 @@ fn privval_hostile_requests_are_refused_unsigned_and_audited() {
     failures.finish("privval", rows.len() + 2);
     let _ = Message::encoded_len(&pv::PingRequest {});
 }
+
+/// "Wrong key" for the transport: a node whose SecretConnection identity is not the pinned
+/// node id is refused before any request is read, so an impersonator gets neither the public
+/// key nor a signature.
+#[test]
+fn privval_impersonated_node_gets_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (impostor, impostor_addr) = NodeListener::tcp();
+    let (_real, real_addr) = NodeListener::tcp();
+    // The real node's pinned id at the impostor's address.
+    let pinned_id = real_addr.split('@').next().unwrap();
+    let host = impostor_addr.split('@').nth(1).unwrap();
+    let spec = ValidatorSpec {
+        name: "pinned".into(),
+        chain_id: CHAIN.into(),
+        addr: format!("{pinned_id}@{host}"),
+        protocol: "v1",
+        new_validator: true,
+        extra: String::new(),
+    };
+    let kg = Keyguard::start(dir.path(), &config_text(dir.path(), &[spec]));
+    let before = mark(&kg.config);
+    let mut dialled = 0;
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let conn = impostor.try_accept(std::time::Duration::from_secs(5));
+        // Back before the timeout: keyguard dialled (and the handshake ended either way).
+        if started.elapsed() < std::time::Duration::from_secs(4) {
+            dialled += 1;
+        }
+        if let Some(conn) = conn {
+            let mut node = Node::new(conn, Ver::V1, CHAIN);
+            assert!(
+                node.pubkey().is_none(),
+                "the impostor got an answer to PubKey"
+            );
+        }
+    }
+    assert!(dialled > 0, "keyguard never dialled the impostor's address");
+    let state = watermark(&kg.config);
+    assert_eq!(
+        state,
+        serde_json::json!([]),
+        "a watermark appeared: {state}"
+    );
+    check_audit(
+        &kg.config,
+        before,
+        Audited::Transport("refused at the handshake"),
+    )
+    .unwrap();
+}
