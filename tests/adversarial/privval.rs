@@ -122,6 +122,10 @@ fn table() -> Vec<Row> {
     year_10000.ts.0 = 253_402_300_800;
     let mut negative_nanos = Ask::proposal(11, 0, 3, now());
     negative_nanos.ts.1 = -1;
+    let mut nil_proposal = Ask::proposal(11, 0, 3, now());
+    nil_proposal.block = None;
+    let mut pol_minus_2 = Ask::proposal(11, 1, 3, now());
+    pol_minus_2.pol_round = -2;
     let mut ext_prevote = vote(1, 11, 0, Some(3));
     ext_prevote.extension = b"x".to_vec();
     let mut ext_nil = vote(2, 11, 0, None);
@@ -242,6 +246,29 @@ fn table() -> Vec<Row> {
             method: "privval.SignProposal",
             rule: inval,
         },
+        Row {
+            name: "proposal for a nil block",
+            send: Send::Ask(nil_proposal),
+            code: 2,
+            names: "block_id",
+            method: "privval.SignProposal",
+            rule: inval,
+        },
+        Row {
+            name: "proposal pol_round -2",
+            send: Send::Ask(pol_minus_2),
+            code: 1,
+            names: "cometbft.pol_round",
+            method: "privval.SignProposal",
+            rule: Some("cometbft.pol_round"),
+        },
+        row(
+            "block hash without a part set header",
+            Send::Raw(|v| v.block_id.as_mut().unwrap().part_set_header = None),
+            2,
+            "block_id",
+            inval,
+        ),
         row(
             "extension on a prevote",
             Send::Ask(ext_prevote),
