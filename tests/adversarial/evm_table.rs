@@ -358,6 +358,41 @@ pub(crate) fn table(from: &str) -> Vec<Row> {
         digest("personal_sign outside the pattern", "personal_sign", json!(["0x5472616e7366657220616c6c", from]), "evm.message"),
         digest("personal_sign of a bare hash", "personal_sign", json!([format!("0x{}", "22".repeat(32)), from]), "evm.message"),
         Row {
+            name: "typed data uint8 overflow",
+            send: Send::Call(Some(GOOD), "eth_signTypedData_v4", json!([from, {
+                "types": {
+                    "EIP712Domain": [{"name": "name", "type": "string"}, {"name": "chainId", "type": "uint256"}],
+                    "Order": [{"name": "amount", "type": "uint8"}],
+                },
+                "primaryType": "Order",
+                "domain": {"name": "Exchange", "chainId": 31337},
+                "message": {"amount": 300},
+            }])),
+            code: -32602,
+            data: vec![("field", "typedData")],
+            audited: Audited::Row { method: "eth_signTypedData_v4", rule: Some("request.invalid") },
+        },
+        Row {
+            name: "typed data missing its primary type",
+            send: Send::Call(Some(GOOD), "eth_signTypedData_v4", json!([from, {
+                "types": {"EIP712Domain": [{"name": "chainId", "type": "uint256"}]},
+                "primaryType": "Order",
+                "domain": {"chainId": 31337},
+                "message": {},
+            }])),
+            code: -32602,
+            data: vec![("field", "typedData")],
+            audited: Audited::Row { method: "eth_signTypedData_v4", rule: Some("request.invalid") },
+        },
+        Row {
+            name: "eth_sign for a foreign address",
+            send: Send::Call(Some(GOOD), "eth_sign", json!(["0x1111111111111111111111111111111111111111", "0x1234"])),
+            code: -32602,
+            data: vec![("field", "from")],
+            audited: Audited::Row { method: "eth_sign", rule: Some("request.invalid") },
+        },
+        digest("personal_sign of 60 KB", "personal_sign", json!([format!("0x{}", "41".repeat(30_000)), from]), "evm.message"),
+        Row {
             name: "Clef signTransaction on another chain",
             send: Send::Call(Some(GOOD), "account_signTransaction", with(from, "chainId", json!("0x1"))),
             code: -32001,
