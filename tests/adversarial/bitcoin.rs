@@ -254,6 +254,36 @@ fn table(tw: &TestWallet) -> Vec<Row> {
             &[("rule", "bitcoin.foreign_input"), ("field", "inputs[1]")],
         ),
         row(
+            "finalize not a boolean",
+            json!([{"psbt": to_base64(&good_psbt(tw)), "finalize": "yes"}]),
+            -32602,
+            &[("field", "finalize")],
+        ),
+        row(
+            "broadcast without a node",
+            json!([{"psbt": to_base64(&good_psbt(tw)), "finalize": true, "broadcast": true}]),
+            -32602,
+            &[("field", "broadcast")],
+        ),
+        row(
+            "PSBT v2 header, garbage body",
+            json!([{"psbt": BASE64_STANDARD.encode([&b"psbt\xff\x01\x00\x02\xfb\x04"[..], &[2, 0, 0, 0, 0xff, 0xff]].concat())}]),
+            -32602,
+            &[("field", "psbt")],
+        ),
+        row(
+            "input already finalized",
+            edited(tw, |p| {
+                p.inputs[0].final_script_witness =
+                    Some(keyguard_bitcoin::bitcoin::Witness::from_slice(&[
+                        [1u8; 72].as_slice(),
+                        &[2u8; 33],
+                    ]));
+            }),
+            -32602,
+            &[("field", "inputs[0]")],
+        ),
+        row(
             "mainnet keys on regtest",
             json!([{"psbt": to_base64(&good_psbt(&main))}]),
             -32001,
