@@ -357,10 +357,36 @@ fn admin_hostile_requests_are_refused_and_audited() {
     let status = admin(&sock, &people.alice, "keys.status", json!({}));
     assert_eq!(status["result"]["all_disabled"], false, "{status}");
     assert_eq!(status["result"]["disabled"], json!([]), "{status}");
+
+    // One admin cannot turn keys back on alone, however often it asks.
+    let off = admin(&sock, &people.olga, "keys.disable", json!({"all": true}));
+    assert!(off["result"].is_object(), "{off}");
+    for attempt in ["first", "repeated"] {
+        let before = mark(&daemon.config);
+        let on = admin(&sock, &people.alice, "keys.enable", json!({"all": true}));
+        failures.check(
+            &format!("one admin enables keys ({attempt})"),
+            (on["result"]["status"] == "pending")
+                .then_some(())
+                .ok_or(format!("not held: {on}"))
+                .and_then(|()| {
+                    let audited = Audited::Row {
+                        method: "admin.keys.enable",
+                        rule: Some("admin.two_admins"),
+                    };
+                    check_audit(&daemon.config, before, audited)
+                }),
+        );
+    }
+    let status = admin(&sock, &people.alice, "keys.status", json!({}));
+    assert_eq!(
+        status["result"]["all_disabled"], true,
+        "one admin enabled: {status}"
+    );
     let users = admin(&sock, &people.alice, "users.list", json!({}));
     assert!(
         !users.to_string().contains("eve"),
         "a refused users.add took effect: {users}"
     );
-    failures.finish("admin", rows.len());
+    failures.finish("admin", rows.len() + 2);
 }
