@@ -193,6 +193,12 @@ pub(crate) fn table(from: &str) -> Vec<Row> {
             &[("rule", "evm.chain_id")],
         ),
         row(
+            "chain id u64::MAX",
+            with(from, "chainId", json!("0xffffffffffffffff")),
+            -32001,
+            &[("rule", "evm.chain_id"), ("field", "chainId")],
+        ),
+        row(
             "chain id huge",
             with(from, "chainId", json!(u256_max)),
             -32602,
