@@ -79,6 +79,14 @@ impl RateLimits {
         }
     }
 
+    /// Takes one request from the per-client limit only (none configured: always true). For
+    /// callers that must not spend the shared per-method or per-key budgets of real clients.
+    pub fn client_allows(&self, client: &str) -> bool {
+        self.client
+            .as_ref()
+            .is_none_or(|l| l.check_key(&client.to_owned()).is_ok())
+    }
+
     /// Takes one request from each applicable limit; the first that is empty refuses.
     pub fn check(&self, client: &str, method: &str, key: Option<&str>) -> Result<(), Limited> {
         let checks = [
@@ -164,5 +172,24 @@ mod tests {
         assert!(refused.retry_after > Duration::from_secs(5));
         assert!(limits.check("b", "m", None).is_ok());
         assert!(RateLimits::new(None).check("a", "m", Some("k")).is_ok());
+    }
+
+    #[test]
+    fn client_allows_spends_only_the_client_budget() {
+        let one = LimitConfig {
+            per_second: 0.1,
+            burst: 1,
+        };
+        let cfg = RateLimitsConfig {
+            per_client: Some(one.clone()),
+            per_key: None,
+            per_method: Some(one),
+        };
+        let limits = RateLimits::new(Some(&cfg));
+        assert!(limits.client_allows("unauthenticated"));
+        assert!(!limits.client_allows("unauthenticated"));
+        // The method budget real clients share is untouched.
+        assert!(limits.check("real", "m", None).is_ok());
+        assert!(RateLimits::new(None).client_allows("unauthenticated"));
     }
 }

@@ -24,6 +24,10 @@ use crate::store::{AuditEntry, AuditFilter, Decision, StateDb};
 
 const METHOD: &str = "btc_signPsbt";
 
+/// The parameters `btc_signPsbt` reads. Anything else is refused, so a misspelt `finalize` or
+/// `broadcast` is an error rather than a silently different request.
+const SIGN_PARAMS: [&str; 4] = ["psbt", "key", "finalize", "broadcast"];
+
 /// What a request reserved before signing, undone if it is not released.
 pub(super) struct Reservation {
     key: KeyId,
@@ -203,6 +207,12 @@ impl Guard {
                 "key {key} is not granted to client {}",
                 caller.name
             )));
+        }
+        let unknown = params
+            .as_object()
+            .and_then(|o| o.keys().find(|k| !SIGN_PARAMS.contains(&k.as_str())));
+        if let Some(name) = unknown {
+            return Err(Rejection::invalid(name.as_str(), "unknown parameter").into());
         }
         let psbt = params
             .get("psbt")

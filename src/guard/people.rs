@@ -72,6 +72,44 @@ impl Guard {
         self
     }
 
+    /// Records a signing request whose credential was refused at the transport (missing,
+    /// unknown or revoked token). Nothing is signed; the row exists so that credential
+    /// stuffing and the use of a revoked token show up in the audit log, under the rule
+    /// `access.unauthenticated`. Group commit keeps the cost of such rows to a shared fsync,
+    /// and the configured `per_client` limit applies to the pseudo-client `unauthenticated`, so
+    /// a flood without a credential cannot fill the disk with rows (beyond the limit it is only
+    /// counted in the metrics). The per-method and per-key budgets of real clients are not
+    /// touched, so such a flood cannot rate-limit them either.
+    pub async fn audit_unauthenticated(&self, method: &str, chain: &str, reason: &str) {
+        crate::metrics::rejection("access.unauthenticated");
+        let limits = self
+            .controls
+            .limits
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if !limits.client_allows("unauthenticated") {
+            tracing::debug!(method, "unauthenticated flood: audit row skipped");
+            return;
+        }
+        let entry = crate::store::AuditEntry {
+            request_id: self.new_request_id(),
+            client: "unauthenticated".into(),
+            key_id: None,
+            chain: Some(chain.to_owned()),
+            method: method.to_owned(),
+            summary: Value::Null,
+            decision: crate::store::Decision::Refused,
+            rule: Some("access.unauthenticated".into()),
+            reason: Some(reason.to_owned()),
+            tx_hash: None,
+        };
+        if let Err(e) = self.audit.append(entry).await {
+            tracing::error!(method, error = %e, "audit of an unauthenticated request failed");
+        }
+        tracing::info!(method, reason, "unauthenticated signing request refused");
+    }
+
     /// The kill switch requests pass through.
     pub fn kill_switch(&self) -> Arc<KillSwitch> {
         self.controls.kill.clone()

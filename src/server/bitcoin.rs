@@ -10,7 +10,7 @@ use jsonrpsee::server::RpcModule;
 use jsonrpsee::types::{ErrorObjectOwned, Params};
 use serde_json::{json, Value};
 
-use super::evm::{caller, EvmContext};
+use super::evm::{caller, signing_caller, EvmContext};
 use super::rpc_error;
 
 /// Positional `[psbt, finalize]` or `[{...}]` -> the object form.
@@ -41,7 +41,7 @@ pub(super) fn register(module: &mut RpcModule<EvmContext>) {
         .register_async_method(
             "btc_signPsbt",
             |params: Params<'static>, ctx, ext| async move {
-                let caller = caller(&ext)?;
+                let caller = signing_caller(&ext, &ctx, "btc_signPsbt", "bitcoin").await?;
                 let params = normalize(&params)?;
                 let signed = ctx
                     .guard

@@ -41,6 +41,28 @@ pub(super) fn caller(ext: &Extensions) -> Result<&Caller, ErrorObjectOwned> {
     }
 }
 
+/// The caller of a signing method. A refused credential is audited before the `-32005` goes
+/// back: a signing attempt with a missing, unknown or revoked token is evidence an operator
+/// must be able to find, not only a log line.
+pub(super) async fn signing_caller<'a>(
+    ext: &'a Extensions,
+    ctx: &EvmContext,
+    method: &str,
+    chain: &str,
+) -> Result<&'a Caller, ErrorObjectOwned> {
+    match ext.get::<Authentication>() {
+        Some(Authentication::Caller(c)) => Ok(c),
+        refused => {
+            let reason = match refused {
+                Some(Authentication::Refused(reason)) => reason,
+                _ => "no credential",
+            };
+            ctx.guard.audit_unauthenticated(method, chain, reason).await;
+            Err(rpc_error::unauthorized(reason))
+        }
+    }
+}
+
 fn build_module(ctx: EvmContext, proxied: &[String]) -> RpcModule<EvmContext> {
     let has_upstream = ctx.upstream.is_some();
     let mut module = RpcModule::new(ctx);
@@ -63,7 +85,8 @@ fn build_module(ctx: EvmContext, proxied: &[String]) -> RpcModule<EvmContext> {
         .register_async_method(
             "eth_signTransaction",
             |params: Params<'static>, ctx, ext| async move {
-                let caller = caller(&ext)?;
+                let chain = format!("eip155:{}", ctx.chain_id);
+                let caller = signing_caller(&ext, &ctx, "eth_signTransaction", &chain).await?;
                 let params: Value = match params.as_str() {
                     Some(raw) => serde_json::from_str(raw).map_err(|e| {
                         rpc_error::from_guard(

@@ -6,7 +6,7 @@ use jsonrpsee::types::{ErrorObjectOwned, Params};
 use keyguard_chain::Rejection;
 use serde_json::{json, Value};
 
-use super::evm::{caller, EvmContext};
+use super::evm::{caller, signing_caller, EvmContext};
 use super::rpc_error;
 use crate::guard::DigestRequest;
 
@@ -32,7 +32,8 @@ type Module = RpcModule<EvmContext>;
 fn digest_method(module: &mut Module, name: &'static str, decode: fn(&Value) -> DigestRequest) {
     module
         .register_async_method(name, move |params: Params<'static>, ctx, ext| async move {
-            let caller = caller(&ext)?;
+            let chain = format!("eip155:{}", ctx.chain_id);
+            let caller = signing_caller(&ext, &ctx, name, &chain).await?;
             let p = params_value(&params)?;
             let sig = ctx
                 .guard
@@ -96,7 +97,8 @@ pub(super) fn register_signing(module: &mut Module) {
         .register_async_method(
             "account_signTransaction",
             |params: Params<'static>, ctx, ext| async move {
-                let caller = caller(&ext)?;
+                let chain = format!("eip155:{}", ctx.chain_id);
+                let caller = signing_caller(&ext, &ctx, "account_signTransaction", &chain).await?;
                 let p = params_value(&params)?;
                 // Clef: [SendTxArgs, methodSelector?]; the selector is only a UI hint.
                 let args = match p.as_array().map(Vec::as_slice) {
@@ -121,7 +123,8 @@ pub(super) fn register_upstream(module: &mut Module, proxied: &[String]) {
         .register_async_method(
             "eth_sendTransaction",
             |params: Params<'static>, ctx, ext| async move {
-                let caller = caller(&ext)?;
+                let chain = format!("eip155:{}", ctx.chain_id);
+                let caller = signing_caller(&ext, &ctx, "eth_sendTransaction", &chain).await?;
                 let Some(upstream) = ctx.upstream.clone() else {
                     return Err(invalid("method", "no upstream node configured"));
                 };

@@ -45,6 +45,12 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Said plainly because SQLite only reports "unable to open database file".
+    #[error(
+        "data directory {path} is on a read-only filesystem; keyguard records every signature \
+         before releasing it, so it cannot sign from there"
+    )]
+    ReadOnly { path: PathBuf },
     #[error("cannot open database {path}: {source}")]
     Open {
         path: PathBuf,
@@ -120,6 +126,14 @@ impl Store {
     /// audit writer thread.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         create_parent(path)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if rustix::fs::access(dir, rustix::fs::Access::WRITE_OK) == Err(rustix::io::Errno::ROFS)
+            {
+                return Err(StoreError::ReadOnly {
+                    path: dir.to_path_buf(),
+                });
+            }
+        }
         let existed = path.exists();
         let open_err = |source| StoreError::Open {
             path: path.to_path_buf(),

@@ -133,6 +133,18 @@ pub fn decode_parsed(
     let mut cache = SighashCache::new(&psbt.unsigned_tx);
     for (i, prev) in prevouts.iter().enumerate() {
         let owner = input_owner(&psbt, i, prev, wallet)?;
+        let already_final = psbt.inputs[i].final_script_witness.is_some()
+            || psbt.inputs[i].final_script_sig.is_some();
+        // One of our inputs that already carries a final witness was finalized by someone
+        // else: signing it too would hand out a signature the returned PSBT cannot use (its
+        // finalizer keeps the foreign witness), and BIP174 signers skip such inputs. Refused so
+        // the caller sees the conflict instead of a PSBT that silently does not complete.
+        if owner.is_some() && already_final {
+            return Err(Rejection::invalid(
+                format!("inputs[{i}]"),
+                "already finalized; keyguard does not sign an input another signer finalized",
+            ));
+        }
         if let Some((kind, pos)) = &owner {
             let payload = sighash(&mut cache, &psbt, i, *kind, &prevouts)?;
             jobs.push(SignJob {
@@ -147,8 +159,7 @@ pub fn decode_parsed(
             amount: prev.value,
             script_pubkey: prev.script_pubkey.clone(),
             ours: owner.map(|(kind, _)| kind),
-            already_final: psbt.inputs[i].final_script_witness.is_some()
-                || psbt.inputs[i].final_script_sig.is_some(),
+            already_final,
         });
     }
     let outputs = (0..psbt.outputs.len())

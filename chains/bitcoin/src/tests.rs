@@ -126,6 +126,17 @@ fn unfinalized_psbt_carries_partial_signatures() {
 }
 
 #[test]
+fn an_input_of_ours_finalized_by_someone_else_is_refused() {
+    let tw = wallet();
+    let mut psbt = build_psbt(&tw, &mixed_inputs(), &[(foreign_script(9), 70_000)], None);
+    psbt.inputs[1].final_script_witness = Some(bitcoin::Witness::from_slice(&[[1u8; 64]]));
+    match decode(&to_base64(&psbt), &tw.wallet) {
+        Err(Rejection::InvalidParams { field, .. }) => assert_eq!(field, "inputs[1]"),
+        other => panic!("expected a refusal naming inputs[1], got {other:?}"),
+    }
+}
+
+#[test]
 fn psbt_v2_round_trips_and_verifies() {
     let tw = wallet();
     let psbt = build_psbt(

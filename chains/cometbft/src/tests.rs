@@ -360,6 +360,32 @@ fn decoder_caps_and_refuses_garbage() {
     assert!(decode_bytes(WireVersion::V0_38, &[]).is_err());
 }
 
+#[test]
+fn timestamps_outside_the_protobuf_range_are_refused() {
+    use tendermint_proto::v0_38::{privval, types};
+    let request = |seconds: i64, nanos: i32| {
+        privval::Message {
+            sum: Some(privval::message::Sum::SignVoteRequest(
+                privval::SignVoteRequest {
+                    vote: Some(types::Vote {
+                        r#type: 1,
+                        height: 5,
+                        timestamp: Some(TmTimestamp { seconds, nanos }),
+                        ..Default::default()
+                    }),
+                    chain_id: CHAIN.into(),
+                },
+            )),
+        }
+        .encode_to_vec()
+    };
+    assert!(decode_bytes(WireVersion::V0_38, &request(100, 999_999_999)).is_ok());
+    for (seconds, nanos) in [(100, 1_000_000_000), (100, -1), (253_402_300_800, 0)] {
+        let err = decode_bytes(WireVersion::V0_38, &request(seconds, nanos)).unwrap_err();
+        assert!(err.to_string().contains("vote.timestamp"), "{err}");
+    }
+}
+
 /// Replays the fuzz corpus plus deterministic mutations of it (truncations, byte flips,
 /// insertions) through the fuzz target's body: the decoder must refuse, never panic.
 #[test]

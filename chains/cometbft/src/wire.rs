@@ -291,6 +291,28 @@ fn invalid(kind: RequestKind, field: &str, reason: impl Into<String>) -> DecodeE
     }
 }
 
+/// Earliest and latest seconds a protobuf `Timestamp` may hold (0001-01-01 to 9999-12-31).
+const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
+/// A vote's or proposal's timestamp, refused unless it is a valid protobuf `Timestamp`: Go's
+/// CometBFT rejects such a vote, so a signature over it is only a probe of the signer (and its
+/// bogus time would be stored with the watermark).
+fn timestamp(
+    kind: RequestKind,
+    field: &str,
+    t: Option<&iq_cometbft_proto::google::protobuf::Timestamp>,
+) -> Result<Timestamp, DecodeError> {
+    let t = t.ok_or_else(|| invalid(kind, field, "missing"))?;
+    if !(0..1_000_000_000).contains(&t.nanos) || !TIMESTAMP_SECONDS.contains(&t.seconds) {
+        return Err(invalid(
+            kind,
+            field,
+            format!("{}s {}ns is not a valid timestamp", t.seconds, t.nanos),
+        ));
+    }
+    Ok(Timestamp::from_proto(t))
+}
+
 /// Converts the protobuf block id / vote / proposal of either schema (same field names).
 macro_rules! from_proto {
     (block_id $b:expr) => {
@@ -314,11 +336,7 @@ macro_rules! from_proto {
             MSG_TYPE_PRECOMMIT => VoteType::Precommit,
             other => return Err(invalid($kind, "vote.type", format!("{other} is not a vote type"))),
         };
-        let timestamp = v
-            .timestamp
-            .as_ref()
-            .map(Timestamp::from_proto)
-            .ok_or_else(|| invalid($kind, "vote.timestamp", "missing"))?;
+        let timestamp = timestamp($kind, "vote.timestamp", v.timestamp.as_ref())?;
         Vote {
             vote_type,
             height: v.height,
@@ -335,11 +353,7 @@ macro_rules! from_proto {
         if p.r#type != MSG_TYPE_PROPOSAL {
             return Err(invalid($kind, "proposal.type", format!("{} is not the proposal type", p.r#type)));
         }
-        let timestamp = p
-            .timestamp
-            .as_ref()
-            .map(Timestamp::from_proto)
-            .ok_or_else(|| invalid($kind, "proposal.timestamp", "missing"))?;
+        let timestamp = timestamp($kind, "proposal.timestamp", p.timestamp.as_ref())?;
         Proposal {
             height: p.height,
             round: p.round,

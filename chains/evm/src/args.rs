@@ -105,6 +105,14 @@ pub fn decode_transaction_args(v: &Value) -> Result<TxIntent, Rejection> {
     let ty = tx_type(&args)?;
     let chain_id = wire::quantity_u64("chainId", args.require("chainId")?)?;
     let nonce = wire::quantity_u64("nonce", args.require("nonce")?)?;
+    // EIP-2681: no valid transaction has nonce 2^64-1 (the account nonce could never pass it),
+    // so a signature for one is useless to an honest caller and only a boundary to probe.
+    if nonce == u64::MAX {
+        return Err(Rejection::invalid(
+            "nonce",
+            "2^64-1 is not a valid transaction nonce (EIP-2681)",
+        ));
+    }
     let gas_limit = wire::quantity_u64("gas", args.require("gas")?)?;
     let value = match args.get("value") {
         Some(v) => wire::quantity("value", v, 256)?,

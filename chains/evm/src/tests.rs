@@ -125,6 +125,7 @@ fn bad_fields_are_refused_by_name() {
         (json!({"blobs": ["0x00"]}), "blobs"),
         (json!({"data": "0x01", "input": "0x02"}), "input"),
         (json!({"nonce": "0x10000000000000000"}), "nonce"),
+        (json!({"nonce": "0xffffffffffffffff"}), "nonce"),
         (json!({"value": "0x01"}), "value"),
         (json!({"to": "0x1234"}), "to"),
         (json!({"data": "0xabc"}), "data"),

@@ -210,7 +210,13 @@ async fn handle_line(ctx: &AdminContext, line: &[u8]) -> Value {
     let params = request.get("params").cloned().unwrap_or(json!({}));
     match handle(ctx, method, params).await {
         Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
-        Err(e) => error_response(id, e.code, &e.message),
+        // The rule goes back too, as on the signing listeners, so a refused caller (or its
+        // script) can tell a role refusal from a bad code without parsing the message.
+        Err(e) => {
+            let mut response = error_response(id, e.code, &e.message);
+            response["error"]["data"] = json!({ "rule": e.rule });
+            response
+        }
     }
 }
 
