@@ -34,6 +34,24 @@ pub fn compressed_key(public_key: &PublicKey) -> Vec<u8> {
     }
 }
 
+/// Decompressing a key costs about a third of a verification and a signer has a handful of
+/// consensus keys, so decompressed keys are kept (at most 64; beyond that, decompressed anew).
+fn ed25519_key(pk: &[u8; 32]) -> Result<ed25519_consensus::VerificationKey, VerificationFailure> {
+    use std::sync::Mutex;
+    static KEYS: Mutex<Vec<([u8; 32], ed25519_consensus::VerificationKey)>> =
+        Mutex::new(Vec::new());
+    let mut keys = KEYS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, vk)) = keys.iter().find(|(b, _)| b == pk) {
+        return Ok(*vk);
+    }
+    let vk = ed25519_consensus::VerificationKey::try_from(*pk)
+        .map_err(|e| VerificationFailure(format!("ed25519 key: {e}")))?;
+    if keys.len() < 64 {
+        keys.push((*pk, vk));
+    }
+    Ok(vk)
+}
+
 /// Pass 2: checks `signature` by `public_key` over `sign_bytes` and returns the 64 bytes that
 /// go on the wire (`R || S`, or low-S `r || s`).
 pub fn verify(
@@ -43,8 +61,7 @@ pub fn verify(
 ) -> Result<Vec<u8>, VerificationFailure> {
     match (public_key, signature) {
         (PublicKey::Ed25519(pk), Signature::Ed25519(sig)) => {
-            let vk = ed25519_consensus::VerificationKey::try_from(*pk)
-                .map_err(|e| VerificationFailure(format!("ed25519 key: {e}")))?;
+            let vk = ed25519_key(pk)?;
             vk.verify(&ed25519_consensus::Signature::from(*sig), sign_bytes)
                 .map_err(|e| VerificationFailure(format!("ed25519 signature: {e}")))?;
             Ok(sig.to_vec())
