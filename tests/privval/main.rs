@@ -15,6 +15,10 @@ mod bench;
 mod concurrency;
 mod crash;
 mod harness;
-mod node;
+// The mock validator is shared with the cross-protocol crash harness (tests/crash).
+#[path = "../mockval/mod.rs"]
+mod mockval;
 mod state;
 mod versions;
+
+use mockval::node;

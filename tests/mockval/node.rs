@@ -7,7 +7,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use prost::Message;
 use tendermint_proto::google::protobuf::Timestamp;
 
-use crate::harness::MockConn;
+use super::conn::MockConn;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ver {
