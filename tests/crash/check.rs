@@ -73,8 +73,14 @@ impl Checker {
         self.every_signature_is_audited(round, evm, votes);
         self.watermark_holds(&conn, round, votes);
         self.velocity_never_undercounts(&conn, round, since, evm);
-        self.approvals_survive(&conn, round, evm);
         votes.step_back();
+    }
+
+    /// Run once the restarted daemon is ready (it recovers approvals at start), before load.
+    pub fn after_restart(&self, round: usize, evm: &EvmBook) {
+        let conn = Connection::open_with_flags(&self.db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open the database read-only");
+        self.approvals_survive(&conn, round, evm);
     }
 
     fn audit_verifies(&mut self, round: usize) {
@@ -248,8 +254,9 @@ impl Checker {
     }
 
     /// Held requests are still pending; approved ones are approved or consumed; every consumed
-    /// approval belongs to a signature in the audit log.
-    fn approvals_survive(&mut self, conn: &Connection, round: usize, evm: &EvmBook) {
+    /// approval belongs to a signature in the audit log (one consumed by a signature that a
+    /// kill kept from leaving must be approved again after the restart).
+    fn approvals_survive(&self, conn: &Connection, round: usize, evm: &EvmBook) {
         let states: HashMap<String, String> = conn
             .prepare("SELECT id, state FROM approvals")
             .unwrap()

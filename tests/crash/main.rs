@@ -127,6 +127,9 @@ fn sigkill_under_mixed_load_keeps_every_promise() {
     let mut approvers = None;
     for round in 0..kills {
         let mut daemon = Daemon::start(dir.path(), &text, &env);
+        if round > 0 {
+            checker.after_restart(round - 1, &evm_book);
+        }
         let approvers = approvers.get_or_insert_with(|| evm::enrol_approvers(&daemon, &socket));
         let client = evm::Client {
             rpc: daemon.rpc_addr(),
