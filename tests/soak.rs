@@ -17,8 +17,8 @@ fn soak(daemon: &Daemon, extra: &[&str]) -> (bool, String) {
         .args(extra)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -56,6 +56,12 @@ fn errors_other_than_intended_refusals_fail_the_soak() {
     let (ok, text) = soak(&daemon, &["--rate", "40"]);
     assert!(!ok, "{text}");
     assert!(text.contains("soak failed"), "{text}");
-    assert!(text.contains("rpc -32003"), "rate-limit errors by kind: {text}");
-    assert!(text.contains("is below"), "unsteady intervals reported: {text}");
+    assert!(
+        text.contains("rpc -32003"),
+        "rate-limit errors by kind: {text}"
+    );
+    assert!(
+        text.contains("is below"),
+        "unsteady intervals reported: {text}"
+    );
 }

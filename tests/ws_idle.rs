@@ -171,7 +171,10 @@ fn thousand_idle_websockets_plus_load_stay_under_64_mib() {
 
     // The idle connections are still served.
     for (i, s) in idle.iter_mut().enumerate().step_by(100) {
-        let r = call_on(s, &json!({"jsonrpc": "2.0", "id": i, "method": "eth_chainId"}));
+        let r = call_on(
+            s,
+            &json!({"jsonrpc": "2.0", "id": i, "method": "eth_chainId"}),
+        );
         assert_eq!(r["result"], "0x7a69", "{r}");
     }
     let at_end = status_kib(pid, "VmRSS:");

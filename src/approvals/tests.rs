@@ -179,7 +179,10 @@ fn a_consumption_whose_signature_never_left_is_given_back_at_start() {
         .unwrap();
     rt.block_on(store.audit_log().append(row)).unwrap();
 
-    assert_eq!(approvals.recover_unreleased(now + 3).unwrap(), vec![ids[1].clone()]);
+    assert_eq!(
+        approvals.recover_unreleased(now + 3).unwrap(),
+        vec![ids[1].clone()]
+    );
     assert!(matches!(
         approvals.decide(&intent(lost), &req(), now + 4).unwrap(),
         ApprovalOutcome::Proceed(id) if id == ids[1]

@@ -188,7 +188,15 @@ async fn soak(args: SoakArgs) -> anyhow::Result<()> {
     }
     clients.await??;
     let rss_end = args.pid.map(rss_kib).transpose()?;
-    report(&args, rate, &tally, &intervals, rss_start, rss.first().copied(), rss_end)
+    report(
+        &args,
+        rate,
+        &tally,
+        &intervals,
+        rss_start,
+        rss.first().copied(),
+        rss_end,
+    )
 }
 
 /// Prints the summary and turns every broken promise into an error.
@@ -201,7 +209,8 @@ fn report(
     rss_first: Option<u64>,
     rss_end: Option<u64>,
 ) -> anyhow::Result<()> {
-    let mut lat = std::mem::take(&mut *tally.latencies_us.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut lat =
+        std::mem::take(&mut *tally.latencies_us.lock().unwrap_or_else(|p| p.into_inner()));
     lat.sort_unstable();
     let pct = |p: f64| {
         lat.get(((lat.len().max(1) - 1) as f64 * p).round() as usize)
@@ -210,7 +219,11 @@ fn report(
     let min = intervals.iter().copied().fold(f64::INFINITY, f64::min);
     let max = intervals.iter().copied().fold(0.0, f64::max);
     let mean = intervals.iter().sum::<f64>() / intervals.len().max(1) as f64;
-    let errors = tally.errors.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let errors = tally
+        .errors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     println!(
         "soak summary: target {rate:.0} req/s; intervals min {min:.0} / mean {mean:.0} / max \
          {max:.0} req/s; {} signed, {} refused by policy (intended); latency p50 {:.2} ms, \
@@ -301,7 +314,7 @@ impl Load {
 
     async fn one(&self, client: &jsonrpsee::http_client::HttpClient, tally: &Tally) {
         let n = self.nonce.fetch_add(1, Ordering::Relaxed);
-        let intended_refusal = self.refuse_every > 0 && n % self.refuse_every == 0;
+        let intended_refusal = self.refuse_every > 0 && n.is_multiple_of(self.refuse_every);
         let chain_id = if intended_refusal {
             Value::String(REFUSED_CHAIN_ID.into())
         } else {

@@ -141,7 +141,11 @@ impl EvmBook {
             ("held requests", &c.held),
             ("retries of held requests", &c.held_retries),
         ] {
-            assert!(n.load(Ordering::Relaxed) > 0, "no {name}: {}", self.counts());
+            assert!(
+                n.load(Ordering::Relaxed) > 0,
+                "no {name}: {}",
+                self.counts()
+            );
         }
     }
 }
@@ -227,17 +231,22 @@ fn plain(c: &Client, book: &EvmBook, id: usize) {
         };
         match (rng.gen_range(0..10), earlier) {
             (0, Some(nonce)) => {
-                let Some(r) = sign(c, nonce, &destination(nonce), 2 + rng.gen_range(0..1000)) else {
+                let Some(r) = sign(c, nonce, &destination(nonce), 2 + rng.gen_range(0..1000))
+                else {
                     return;
                 };
                 assert_eq!(rule(&r), Some("evm.nonce_reuse"), "conflict signed: {r}");
-                book.counts.conflicts_refused.fetch_add(1, Ordering::Relaxed);
+                book.counts
+                    .conflicts_refused
+                    .fetch_add(1, Ordering::Relaxed);
             }
             (1, Some(nonce)) => {
                 let Some(r) = sign(c, nonce, &destination(nonce), 1) else {
                     return;
                 };
-                let raw = r["result"].as_str().unwrap_or_else(|| panic!("re-send: {r}"));
+                let raw = r["result"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("re-send: {r}"));
                 book.record_signed(nonce, raw);
                 book.counts.resent.fetch_add(1, Ordering::Relaxed);
             }
@@ -302,7 +311,10 @@ fn hold_new(c: &Client, book: &EvmBook) -> bool {
         return false;
     };
     assert_eq!(control::error_code(&r), Some(-32002), "{r}");
-    let id = r["error"]["data"]["approval_id"].as_str().unwrap().to_owned();
+    let id = r["error"]["data"]["approval_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     book.held.lock().unwrap().push(Held {
         nonce,
         id,
@@ -361,9 +373,7 @@ fn retry_one(c: &Client, book: &EvmBook, state: HeldState) -> bool {
 fn vote(c: &Client, book: &EvmBook) -> bool {
     let pick = {
         let held = book.held.lock().unwrap();
-        held.iter()
-            .find(|h| h.state == HeldState::Pending)
-            .cloned()
+        held.iter().find(|h| h.state == HeldState::Pending).cloned()
     };
     let Some(h) = pick else {
         return true;
