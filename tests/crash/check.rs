@@ -32,10 +32,6 @@ pub struct Checker {
     verified: usize,
 }
 
-fn step_number(step: i64) -> i32 {
-    step as i32
-}
-
 impl Checker {
     pub fn new(dir: &Path) -> Checker {
         Checker {
@@ -95,10 +91,18 @@ impl Checker {
             "kill {round}: audit verify failed: {text} {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        self.verified = text
+        assert!(text.starts_with("audit log verified: "), "{text}");
+        let rows: usize = text
             .split_whitespace()
             .find_map(|w| w.parse().ok())
-            .unwrap_or(self.verified);
+            .expect("a row count");
+        // Committed rows never disappear: a restart that lost any would show fewer.
+        assert!(
+            rows >= self.verified,
+            "kill {round}: the audit log shrank from {} to {rows} rows",
+            self.verified
+        );
+        self.verified = rows;
     }
 
     fn read_audit(&mut self, conn: &Connection, round: usize) {
@@ -193,7 +197,7 @@ impl Checker {
                     Ok((
                         r.get::<_, i64>(0)?,
                         r.get::<_, i32>(1)?,
-                        step_number(r.get(2)?),
+                        r.get::<_, i32>(2)?,
                     ))
                 },
             )
