@@ -33,6 +33,40 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
+/// KiB of accessible mappings (every `Size:` in /proc/<pid>/smaps but `---p` guard and
+/// reserved regions): what `mlockall(CURRENT | FUTURE)` makes resident, for when the test cannot
+/// lift RLIMIT_MEMLOCK itself.
+fn lockable_kib(pid: u32) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut total = 0;
+    let mut accessible = false;
+    for line in smaps.lines() {
+        if let Some(size) = line.strip_prefix("Size:") {
+            if accessible {
+                total += size
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap();
+            }
+        } else if let Some((_, perms)) = mapping_header(line) {
+            accessible = !perms.starts_with("---");
+        }
+    }
+    total
+}
+
+/// `("start-end", "perms")` of an smaps mapping line such as
+/// `7f00-7f10 rw-p 00000000 08:01 42 /lib/x.so`.
+fn mapping_header(line: &str) -> Option<(&str, &str)> {
+    let mut words = line.split_whitespace();
+    let range = words.next()?;
+    let (a, b) = range.split_once('-')?;
+    let hex = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_hexdigit());
+    (hex(a) && hex(b)).then_some((range, words.next()?))
+}
+
 /// Enough descriptors for 1,000 sockets on both ends (the daemon inherits the limit), and
 /// unlimited memlock when allowed (see the module docs). Returns whether memlock was lifted.
 fn raise_limits() -> bool {
@@ -181,10 +215,12 @@ fn thousand_idle_websockets_plus_load_stay_under_64_mib() {
     let peak = status_kib(pid, "VmHWM:");
     let locked_kib = status_kib(pid, "VmLck:");
     let threads = status_kib(pid, "Threads:");
+    let lockable = lockable_kib(pid);
     eprintln!(
         "ws_idle: {IDLE} idle WebSockets + {signed} signatures in {:.1}s over one more; \
          VmRSS start {at_start} KiB, with idle {with_idle} KiB, end {at_end} KiB, \
-         peak (VmHWM) {peak} KiB; {threads} threads, VmLck {locked_kib} KiB (memlock lifted: {locked})",
+         peak (VmHWM) {peak} KiB; {threads} threads, VmLck {locked_kib} KiB (memlock lifted: {locked}); \
+         accessible mappings (resident under mlockall) {lockable} KiB",
         took.as_secs_f64()
     );
     assert!(
