@@ -149,6 +149,12 @@ fn sigkill_under_mixed_load_keeps_every_promise() {
         });
         checker.after_kill(round, &evm_book, &vote_book);
     }
+    // One more start, so the last kill's restart is checked too.
+    if kills > 0 {
+        let daemon = Daemon::start(dir.path(), &text, &env);
+        checker.after_restart(kills - 1, &evm_book);
+        drop(daemon);
+    }
     let stats = checker.stats();
     eprintln!(
         "crash: {kills} kills in {:.1}s; released {} EVM and {} CometBFT signatures; \
