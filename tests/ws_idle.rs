@@ -2,9 +2,11 @@
 //! (as a fleet of wallets or sequencers that connect once and sign rarely) plus signing load
 //! through one more connection; the daemon's peak resident memory must stay under 64 MiB.
 //!
-//! When the test runs as root it lifts RLIMIT_MEMLOCK first, so the daemon does what it does
-//! under the systemd unit (`LimitMEMLOCK=infinity`): `mlockall(CURRENT | FUTURE)`, where every
-//! mapped page counts as resident — the worst case for this limit.
+//! When it may, the test lifts RLIMIT_MEMLOCK first, so the daemon does what it does under the
+//! systemd unit (`LimitMEMLOCK=infinity`): `mlockall(CURRENT | FUTURE | ONFAULT)`, which locks
+//! pages as they are touched. Where it may not (no CAP_SYS_RESOURCE), it prints what plain
+//! `mlockall` would have made resident (every accessible mapping), the figure that made
+//! keyguard lock on fault.
 
 mod common;
 
@@ -34,8 +36,7 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 }
 
 /// KiB of accessible mappings (every `Size:` in /proc/<pid>/smaps but `---p` guard and
-/// reserved regions): what `mlockall(CURRENT | FUTURE)` makes resident, for when the test cannot
-/// lift RLIMIT_MEMLOCK itself.
+/// reserved regions): what a plain `mlockall(CURRENT | FUTURE)` would make resident.
 fn lockable_kib(pid: u32) -> u64 {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
     let mut total = 0;
@@ -220,7 +221,7 @@ fn thousand_idle_websockets_plus_load_stay_under_64_mib() {
         "ws_idle: {IDLE} idle WebSockets + {signed} signatures in {:.1}s over one more; \
          VmRSS start {at_start} KiB, with idle {with_idle} KiB, end {at_end} KiB, \
          peak (VmHWM) {peak} KiB; {threads} threads, VmLck {locked_kib} KiB (memlock lifted: {locked}); \
-         accessible mappings (resident under mlockall) {lockable} KiB",
+         accessible mappings (resident under plain mlockall) {lockable} KiB",
         took.as_secs_f64()
     );
     assert!(
