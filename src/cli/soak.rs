@@ -295,7 +295,9 @@ impl Load {
                 let mut ticker = period.map(|p| {
                     let offset = p.mul_f64(c as f64 / connections as f64);
                     let mut t = tokio::time::interval_at(tokio::time::Instant::now() + offset, p);
-                    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    // A slow answer must not lower the offered rate (that would hide the very
+                    // slowdown a soak looks for): missed sends go out at once to catch up.
+                    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                     t
                 });
                 while Instant::now() < deadline {
