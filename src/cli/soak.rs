@@ -101,6 +101,24 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .context("no VmRSS line")
 }
 
+/// The daemon's CPU time (user + system) in clock ticks, from /proc/<pid>/stat; `None` if
+/// unreadable. With the machine's load average next to it, an interval that falls short can be
+/// told apart: the daemon busy but slower (its own problem), or starved by other processes.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace().skip(11);
+    Some(fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "-".into())
+}
+
 pub(crate) fn run(args: SoakArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -162,6 +180,7 @@ async fn soak(args: SoakArgs) -> anyhow::Result<()> {
     let mut rss = Vec::new();
     let started = Instant::now();
     let mut last = (0u64, started);
+    let mut last_cpu = args.pid.and_then(cpu_ticks);
     let step = Duration::from_secs(args.interval.max(1));
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + step, step);
     while started.elapsed() + step / 2 < total {
@@ -179,10 +198,18 @@ async fn soak(args: SoakArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|p| p.into_inner())
             .values()
             .sum();
+        // /proc clock ticks are USER_HZ, 100 per second on Linux.
+        let cpu = args.pid.and_then(cpu_ticks);
+        let cpu_pct = match (last_cpu, cpu) {
+            (Some(a), Some(b)) => format!("{:.0}%", (b - a) as f64 / step.as_secs_f64()),
+            _ => "-".into(),
+        };
+        last_cpu = cpu;
         println!(
-            "soak: {:>5.0}s {per_s:>7.0} req/s  rss {}  errors {errors}",
+            "soak: {:>5.0}s {per_s:>7.0} req/s  rss {}  daemon cpu {cpu_pct}  load {}  errors {errors}",
             started.elapsed().as_secs_f64(),
             mem.map_or("-".into(), |m| format!("{m} KiB")),
+            load_average(),
         );
         intervals.push(per_s);
     }
