@@ -154,6 +154,14 @@ impl Approvals {
             .transaction(|tx| sql::transition(tx, id, "consumed", "approved").map(|_| ()))
     }
 
+    /// At start, before any request: approvals consumed by a signature that a crash kept from
+    /// being released go back to `approved`, so the approved intent can still be signed (once).
+    /// Returns their ids.
+    pub fn recover_unreleased(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
+        self.db
+            .transaction(|tx| sql::restore_unreleased(tx, now_ms))
+    }
+
     /// Pending, unexpired requests.
     pub fn pending(&self, now_ms: i64) -> Result<Vec<ApprovalRecord>, StoreError> {
         self.db

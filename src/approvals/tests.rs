@@ -120,3 +120,75 @@ fn rejected_and_expired_never_sign() {
         Err(VoteError::NotPending { .. })
     ));
 }
+
+/// Regression (found by the crash harness, tests/crash): a SIGKILL after an approval was
+/// consumed but before the signature's audit row committed left it `consumed` with no
+/// signature released, and the approved intent was refused forever (`approval.consumed`).
+#[test]
+fn a_consumption_whose_signature_never_left_is_given_back_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("k.db")).unwrap();
+    let db = store.state_db().unwrap();
+    for name in ["ann", "bob"] {
+        db.add_user(name, &["approver".into()], &["treasury".into()], &[7u8; 20])
+            .unwrap();
+    }
+    let approvals = Approvals::new(db.clone());
+    let now = crate::store::now_ms();
+    let summary = serde_json::json!({});
+    let intent = |digest| HeldIntent {
+        key: "k",
+        digest,
+        requester: "app",
+        chain: None,
+        summary: &summary,
+    };
+    let (released, lost) = (&[1u8; 32], &[2u8; 32]);
+    let mut ids = Vec::new();
+    for digest in [released, lost] {
+        let ApprovalOutcome::Held(a) = approvals.decide(&intent(digest), &req(), now).unwrap()
+        else {
+            panic!("not held")
+        };
+        for who in ["ann", "bob"] {
+            let user = db.user(who).unwrap().unwrap();
+            approvals.vote(&a.id, &user, true, now + 1).unwrap();
+        }
+        assert!(matches!(
+            approvals.decide(&intent(digest), &req(), now + 2).unwrap(),
+            ApprovalOutcome::Proceed(id) if id == a.id
+        ));
+        ids.push(a.id);
+    }
+    // The first signature's audit row committed (it was released); the second never did.
+    let row = crate::store::AuditEntry {
+        request_id: "r-1".into(),
+        client: "app".into(),
+        key_id: Some("k".into()),
+        chain: None,
+        method: "eth_signTransaction".into(),
+        summary: serde_json::json!({"approval_id": ids[0]}),
+        decision: crate::store::Decision::Signed,
+        rule: None,
+        reason: None,
+        tx_hash: Some("0x01".into()),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(store.audit_log().append(row)).unwrap();
+
+    assert_eq!(
+        approvals.recover_unreleased(now + 3).unwrap(),
+        vec![ids[1].clone()]
+    );
+    assert!(matches!(
+        approvals.decide(&intent(lost), &req(), now + 4).unwrap(),
+        ApprovalOutcome::Proceed(id) if id == ids[1]
+    ));
+    assert!(matches!(
+        approvals.decide(&intent(released), &req(), now + 4),
+        Err(ApprovalError::Consumed(_))
+    ));
+}

@@ -46,6 +46,16 @@ pub(crate) struct BenchArgs {
     /// The token key the raw measurement signs with.
     #[arg(long, requires = "pkcs11_config")]
     pkcs11_key: Option<String>,
+    /// Another kind of run instead of the throughput table.
+    #[command(subcommand)]
+    mode: Option<BenchMode>,
+}
+
+/// Runs of `keyguard bench` other than the throughput table.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum BenchMode {
+    /// Minutes of paced load: throughput steady, memory flat, no error but intended refusals.
+    Soak(super::soak::SoakArgs),
 }
 
 struct Measurement {
@@ -86,7 +96,10 @@ impl Measurement {
     }
 }
 
-pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub(crate) fn run(mut args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(BenchMode::Soak(soak)) = args.mode.take() {
+        return super::soak::run(soak);
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "machine: {cores} cores; {} connections, {} s per run",

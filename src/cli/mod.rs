@@ -11,6 +11,7 @@ mod keys;
 mod people;
 mod policy_check;
 mod reload;
+mod soak;
 mod start;
 mod state;
 

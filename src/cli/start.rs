@@ -87,6 +87,12 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
         );
     }
     let approvals = Approvals::new(state.clone());
+    for id in approvals
+        .recover_unreleased(crate::store::now_ms())
+        .context("recovering approvals")?
+    {
+        tracing::warn!(approval = %id, "approval consumed by a signature that was never released (crash); approved again");
+    }
     let approval_book = approvals.clone();
     let guard = Arc::new(
         Guard::new(&config, backend.clone(), store.audit_log())

@@ -491,6 +491,30 @@ pub(crate) fn transition(
     Ok(n == 1)
 }
 
+/// Gives back approvals a crash consumed for a signature that was never released: the guard
+/// consumes an approval (durably) before it signs, and the signature leaves only after its
+/// audit row — naming the approval — commits. A `consumed` approval with no signed row naming
+/// it was therefore never used, and leaving it consumed would refuse the approved intent forever
+/// (`approval.consumed`). Only live approvals are restored (an expired one would be a fresh
+/// request anyway); the scan covers signed rows from a day before the oldest candidate was
+/// created, so a wall clock stepped back a little cannot hide its signature. Returns the ids.
+pub(crate) fn restore_unreleased(conn: &Connection, now: i64) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare(
+        "UPDATE approvals SET state = 'approved', consumed_ms = NULL \
+         WHERE state = 'consumed' AND expires_ms > ?1 AND id NOT IN ( \
+           SELECT json_extract(summary, '$.approval_id') FROM audit_log \
+           WHERE decision = 'signed' AND ts_ms >= ( \
+             SELECT MIN(created_ms) - 86400000 FROM approvals \
+             WHERE state = 'consumed' AND expires_ms > ?1) \
+           AND json_extract(summary, '$.approval_id') IS NOT NULL) \
+         RETURNING id",
+    )?;
+    let ids = stmt
+        .query_map([now], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(ids)
+}
+
 /// Records a vote; false if this user already voted on this approval.
 pub(crate) fn insert_vote(
     conn: &Connection,

@@ -23,7 +23,8 @@ mod evm_table;
 #[path = "../privval/harness.rs"]
 mod harness;
 mod helpers;
-#[allow(dead_code)]
-#[path = "../privval/node.rs"]
-mod node;
+#[path = "../mockval/mod.rs"]
+mod mockval;
 mod privval;
+
+use mockval::node;

@@ -12,8 +12,9 @@ use iq_cometbft_proto::v1::privval::v1 as pv;
 use iq_cometbft_proto::v1::types::v1 as types;
 use prost::Message;
 
-use crate::harness::{cli, config_text, Keyguard, MockConn, NodeListener, ValidatorSpec};
+use crate::harness::{cli, config_text, Keyguard, NodeListener, ValidatorSpec};
 use crate::helpers::{check_audit, mark, Audited, Failures};
+use crate::mockval::conn::MockConn;
 use crate::node::{now, Ask, Node, Ver};
 
 const CHAIN: &str = "adv-chain";

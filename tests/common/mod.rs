@@ -48,8 +48,12 @@ address = "127.0.0.1:0"
     )
 }
 
+/// The binary under test; `KEYGUARD_BIN` overrides it (e.g. a release build, to measure).
 pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_keyguard")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("KEYGUARD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_keyguard").to_owned())
+    })
 }
 
 /// A running daemon and what it printed at start.

@@ -16,8 +16,12 @@ mod bench;
 mod concurrency;
 mod crash;
 mod harness;
-mod node;
+// The mock validator is shared with the cross-protocol crash harness (tests/crash).
+#[path = "../mockval/mod.rs"]
+mod mockval;
 #[path = "../support/softhsm.rs"]
 mod softhsm;
 mod state;
 mod versions;
+
+use mockval::node;

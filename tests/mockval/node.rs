@@ -47,7 +47,7 @@ impl ConsensusKey {
 use prost::Message;
 use tendermint_proto::google::protobuf::Timestamp;
 
-use crate::harness::MockConn;
+use super::conn::MockConn;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ver {

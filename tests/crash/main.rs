@@ -1,0 +1,174 @@
+//! Crash consistency across protocols: the real keyguard binary under mixed load is killed with
+//! SIGKILL at random moments, restarted, and checked after every kill.
+//!
+//! Load in every run (all at once, on one daemon and one database):
+//! - `evm`: three Ethereum clients signing fresh nonces (sometimes re-sending a signed nonce with
+//!   another value, which the nonce rule must refuse), one client that runs into a velocity limit,
+//!   and one that parks 11 ETH transfers for 2-of-N approval, approves some through the admin
+//!   socket and retries them.
+//! - `validators`: three validator connections (v0.38 and v0.34 over Unix sockets, v1 over TCP
+//!   SecretConnection) racing votes and proposals at the same and earlier steps.
+//!
+//! After every kill (`check`): `keyguard audit verify` passes; every signature a client received
+//! has a signed audit row; no nonce was ever signed for two transactions and no height/round/step
+//! for two blocks; the stored watermark is not behind anything released nor behind its earlier
+//! value; every signed transaction has its velocity row and the limited destination never got
+//! more signatures than its limit; held approvals are still pending (a retry after the restart
+//! gets the same approval id); and no approval is consumed without a signed audit row.
+//!
+//! `KEYGUARD_CRASH_KILLS` sets the number of kills (default 20, the CI setting); the long mode
+//! is `benches/crash_long.sh` (1,000 kills).
+#![allow(unreachable_pub)]
+
+#[path = "../common/mod.rs"]
+mod common;
+#[path = "../control/mod.rs"]
+mod control;
+#[path = "../mockval/mod.rs"]
+mod mockval;
+
+mod check;
+mod evm;
+mod validators;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use common::Daemon;
+use mockval::conn::NodeListener;
+use mockval::node::Ver;
+
+/// The chain id of the mock validators.
+pub const CHAIN: &str = "crash-chain";
+
+/// One EVM listener and key under a policy with nonce ownership, a per-destination velocity
+/// limit and a 2-of-N approval rule; three validator connections for the ed25519 key.
+fn config(dir: &Path, validators: &[(String, &str)]) -> String {
+    let mut s = format!(
+        r#"
+[data]
+dir = "{data}"
+[keystore]
+backend = "software"
+create_on_first_start = ["secp256k1", "ed25519"]
+kdf_memory_kib = 1024
+kdf_iterations = 1
+[admin]
+totp_single_use = false
+[[listeners]]
+name = "evm"
+protocol = "evm-jsonrpc"
+address = "127.0.0.1:0"
+chain_id = 31337
+auth = "none"
+keys = ["*"]
+[[policies]]
+name = "crash"
+keys = ["dev-secp256k1"]
+[policies.evm]
+chain_ids = [31337]
+to = "any"
+max_value = "100 ether"
+max_fee_per_gas = "500 gwei"
+max_priority_fee_per_gas = "500 gwei"
+max_fee_per_blob_gas = "500 gwei"
+nonce = {{ allow_replacement = false }}
+require_approval = {{ above = "10 ether", approvers = 2, group = "treasury", within = "1h" }}
+[[policies.evm.velocity]]
+name = "{velocity}"
+asset = "tx"
+max = "{max}"
+window = "24h"
+per_destination = true
+"#,
+        data = dir.join("var").display(),
+        velocity = evm::VELOCITY_NAME,
+        max = evm::VELOCITY_MAX,
+    );
+    for (i, (addr, protocol)) in validators.iter().enumerate() {
+        s.push_str(&format!(
+            "\n[[validators]]\nname = \"v{i}\"\nchain_id = \"{CHAIN}\"\nkey = \"dev-ed25519\"\n\
+             addr = \"{addr}\"\nprotocol = \"{protocol}\"\nnew_validator = true\n\
+             retry_max_ms = 100\n"
+        ));
+    }
+    s
+}
+
+fn kills() -> usize {
+    std::env::var("KEYGUARD_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
+
+#[test]
+fn sigkill_under_mixed_load_keeps_every_promise() {
+    let kills = kills();
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, a_addr) = NodeListener::unix(&dir.path().join("a.sock"));
+    let (b, b_addr) = NodeListener::tcp();
+    let (c, c_addr) = NodeListener::unix(&dir.path().join("c.sock"));
+    let text = config(
+        dir.path(),
+        &[(a_addr, "v0.38"), (b_addr, "v1"), (c_addr, "v0.34")],
+    );
+    let nodes = [(&a, Ver::V038), (&b, Ver::V1), (&c, Ver::V034)];
+    let socket = dir.path().join("var/admin.sock");
+    // Quiet daemon: warnings only, so the harness output stays readable.
+    let env = [("KEYGUARD_LOG", "warn")];
+
+    let evm_book = evm::EvmBook::default();
+    let vote_book = validators::VoteBook::default();
+    let mut checker = check::Checker::new(dir.path());
+    let mut approvers = None;
+    for round in 0..kills {
+        let mut daemon = Daemon::start(dir.path(), &text, &env);
+        if round > 0 {
+            checker.after_restart(round - 1, &evm_book);
+        }
+        let approvers = approvers.get_or_insert_with(|| evm::enrol_approvers(&daemon, &socket));
+        let client = evm::Client {
+            rpc: daemon.rpc_addr(),
+            from: control::address(&daemon),
+            socket: socket.clone(),
+            approvers: approvers.clone(),
+        };
+        std::thread::scope(|s| {
+            validators::spawn(s, &nodes, &vote_book);
+            evm::spawn(s, &client, &evm_book);
+            // Debug builds sign a few hundred requests in this time; the moment of the kill is
+            // what varies, so every stage of the pipeline gets hit over a run.
+            let pause = rand::thread_rng().gen_range(20..250);
+            std::thread::sleep(Duration::from_millis(pause));
+            let _ = daemon.child.kill(); // SIGKILL
+            let _ = daemon.child.wait();
+        });
+        checker.after_kill(round, &evm_book, &vote_book);
+    }
+    // One more start, so the last kill's restart is checked too.
+    if kills > 0 {
+        let daemon = Daemon::start(dir.path(), &text, &env);
+        checker.after_restart(kills - 1, &evm_book);
+        drop(daemon);
+    }
+    let stats = checker.stats();
+    eprintln!(
+        "crash: {kills} kills in {:.1}s; released {} EVM and {} CometBFT signatures; \
+         {stats}; {}",
+        started.elapsed().as_secs_f64(),
+        evm_book.received_count(),
+        vote_book.received_count(),
+        evm_book.counts(),
+    );
+    assert!(
+        evm_book.received_count() > kills && vote_book.received_count() > kills,
+        "too little load to mean anything"
+    );
+    if kills >= 10 {
+        evm_book.assert_every_path_ran();
+    }
+}
