@@ -71,6 +71,13 @@ grep -q 'keyguard: ready' "$work/kg.out" || { cat "$work/kg.err" >&2; exit 1; }
 kg=$("$bin" bench --ceiling 0 --duration "$seconds" --connections "$connections" \
   --url "http://127.0.0.1:$port" | grep 'peak')
 echo "keyguard eth_signTransaction via pkcs11: ${kg#*peak: }"
+# Where the daemon's CPU went during the run (seconds per thread name): the token's threads
+# (pkcs11-sign-N) against the request path (tokio workers, audit writer).
+tck=$(getconf CLK_TCK)
+for t in /proc/"${pids[0]}"/task/*; do
+  read -r -a f < "$t/stat" || continue
+  echo "$(cat "$t/comm") $(( f[13] + f[14] ))"
+done | awk -v t="$tck" '{a[$1]+=$2} END {printf "keyguard CPU by thread (s):"; for (k in a) if (a[k] > 0) printf " %s %.2f", k, a[k]/t; print ""}'
 raw_rate=$(sed -E 's/.*: ([0-9]+) tx\/s.*/\1/' <<<"$raw")
 kg_rate=$(sed -E 's/.*peak: ([0-9]+) tx\/s.*/\1/' <<<"$kg")
 awk -v k="$kg_rate" -v r="$raw_rate" 'BEGIN { printf "keyguard / raw C_Sign: %.0f%%\n", 100 * k / r }'
