@@ -1,6 +1,6 @@
 //! The PKCS#11 backend through the real binary on a real SoftHSM2 token: startup refusals
-//! (wrong PIN, missing label, extractable key) and recovery when the token disappears under
-//! load. Signed transactions are checked with alloy's decoder and libsecp256k1 recovery, not
+//! (wrong PIN, missing label, extractable key), the signing threads' priority, and recovery
+//! when the token disappears under load. Signed transactions are checked with alloy's decoder and libsecp256k1 recovery, not
 //! with the k256 code the backend uses.
 
 #[path = "../support/softhsm.rs"]
@@ -329,4 +329,61 @@ fn keys_are_chosen_by_cka_id() {
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("\"cold\"") && err.contains("0f0f"), "{err}");
+}
+
+/// Nice value (field 19 of `/proc/<pid>/task/<tid>/stat`) of each thread with `prefix` in its name.
+fn thread_nice(pid: u32, prefix: &str) -> Vec<i64> {
+    let mut nice = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir") {
+        let dir = task.expect("task").path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).expect("stat");
+        // The name (field 2) may hold spaces; fields after it start at 3 (state).
+        let after_name = &stat[stat.rfind(')').expect("comm end") + 1..];
+        let field = after_name
+            .split_whitespace()
+            .nth(19 - 3)
+            .expect("nice field");
+        nice.push(field.parse().expect("nice is a number"));
+    }
+    nice
+}
+
+/// Whether this (test) process holds CAP_SYS_NICE, read from the kernel, not from keyguard.
+fn has_cap_sys_nice() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .expect("CapEff line");
+    let bits = u64::from_str_radix(eff.trim(), 16).expect("hex capabilities");
+    bits & (1 << 23) != 0
+}
+
+#[test]
+fn signing_threads_run_at_raised_priority_when_allowed() {
+    let Some(token) = SoftToken::new("kg-nice") else {
+        return;
+    };
+    token.generate("hot", "secp256k1");
+    let daemon = start(&token, "sessions = 2");
+    let expected = if has_cap_sys_nice() { -10 } else { 0 };
+    // The threads set their priority as they start, before they take a job.
+    let from = address(&daemon, "hot");
+    let r = sign_tx(&daemon.addr, &from, 0);
+    verify(r["result"].as_str().expect("signed"), &from);
+    assert_eq!(
+        thread_nice(daemon.child.id(), "pkcs11-sign-"),
+        vec![expected; 2],
+        "one entry per signing session"
+    );
+    // Only the token's threads are raised: the request path keeps the default.
+    let workers = thread_nice(daemon.child.id(), "tokio-rt-worker");
+    assert!(
+        !workers.is_empty() && workers.iter().all(|&n| n == 0),
+        "{workers:?}"
+    );
 }
