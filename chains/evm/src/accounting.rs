@@ -141,6 +141,45 @@ pub(crate) fn debits(
     moves: &[TokenMove],
 ) -> Result<Vec<Debit>, Rejection> {
     let mut out = Vec::new();
+    // Checked first (the more specific refusal). Cumulative approvals per (token, spender); unlimited ones a rule allowed have no cap to
+    // count against (and were judged by `check_grants`).
+    let mut allowances: BTreeMap<String, (U256, U256, u64)> = BTreeMap::new();
+    for m in moves.iter().filter(|m| m.kind == MoveKind::Approval) {
+        let Some(r) = token_rule(c, chain, m.token) else {
+            continue;
+        };
+        let Some(max) = r.max_approval else {
+            continue;
+        };
+        if is_unlimited(c, chain, m) {
+            continue;
+        }
+        let counter = format!(
+            "{ALLOWANCE_WINDOW}:{chain}:{:#x}@{:#x}",
+            m.token, m.counterparty
+        );
+        let e = allowances
+            .entry(counter)
+            .or_insert((U256::ZERO, max, r.approval_window_ms));
+        e.0 = e.0.saturating_add(m.amount);
+    }
+    for (counter, (amount, max, window_ms)) in allowances {
+        if amount > max {
+            return Err(Rejection::policy(
+                "evm.token_max_approval",
+                "input",
+                format!("{amount} approved in one request is above the token's approval limit of {max}"),
+            ));
+        }
+        out.push(Debit {
+            rule: ALLOWANCE_WINDOW,
+            limit: "max_approval per spender",
+            counter,
+            amount,
+            max,
+            window_ms,
+        });
+    }
     for v in &c.velocity {
         // counter -> (amount, field)
         let mut counted: BTreeMap<String, (U256, &'static str)> = BTreeMap::new();
@@ -198,45 +237,6 @@ pub(crate) fn debits(
                 window_ms: v.window_ms,
             });
         }
-    }
-    // Cumulative approvals per (token, spender); unlimited ones a rule allowed have no cap to
-    // count against (and were judged by `check_grants`).
-    let mut allowances: BTreeMap<String, (U256, U256, u64)> = BTreeMap::new();
-    for m in moves.iter().filter(|m| m.kind == MoveKind::Approval) {
-        let Some(r) = token_rule(c, chain, m.token) else {
-            continue;
-        };
-        let Some(max) = r.max_approval else {
-            continue;
-        };
-        if is_unlimited(c, chain, m) {
-            continue;
-        }
-        let counter = format!(
-            "{ALLOWANCE_WINDOW}:{chain}:{:#x}@{:#x}",
-            m.token, m.counterparty
-        );
-        let e = allowances
-            .entry(counter)
-            .or_insert((U256::ZERO, max, r.approval_window_ms));
-        e.0 = e.0.saturating_add(m.amount);
-    }
-    for (counter, (amount, max, window_ms)) in allowances {
-        if amount > max {
-            return Err(Rejection::policy(
-                "evm.token_max_approval",
-                "input",
-                format!("{amount} approved in one request is above the token's approval limit of {max}"),
-            ));
-        }
-        out.push(Debit {
-            rule: ALLOWANCE_WINDOW,
-            limit: "max_approval per spender",
-            counter,
-            amount,
-            max,
-            window_ms,
-        });
     }
     Ok(out)
 }

@@ -483,5 +483,5 @@ fn unknown_typed_data_passes_only_rules_that_constrain_nothing() {
     let t = decode_typed_data(FROM.parse().unwrap(), &permit2_single(ROUTER, usdc(100), DETAILS, "PermitSingle")).unwrap();
     let d = p.decide_typed_data(&t).unwrap();
     let rules: Vec<_> = d.debits.iter().map(|d| d.rule).collect();
-    assert_eq!(rules, ["evm.velocity", "evm.allowance_window"]);
+    assert_eq!(rules, ["evm.allowance_window", "evm.velocity"]);
 }
