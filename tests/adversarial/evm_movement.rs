@@ -179,7 +179,12 @@ struct Step {
     refused_by: Option<&'static str>,
 }
 
-fn step(name: &'static str, method: &'static str, params: Value, rule: Option<&'static str>) -> Step {
+fn step(
+    name: &'static str,
+    method: &'static str,
+    params: Value,
+    rule: Option<&'static str>,
+) -> Step {
     Step {
         name,
         method,
@@ -227,9 +232,19 @@ fn hostile_rows(from: &str) -> Vec<Step> {
     let short = transfer(ATTACKER, tusd(1))[..2 + 2 * 39].to_string();
     let permit2_approve = calldata(
         "87517c45",
-        &[word_addr(TUSD), word_addr(ATTACKER), word(permit2_max), word(U256::from(1))],
+        &[
+            word_addr(TUSD),
+            word_addr(ATTACKER),
+            word(permit2_max),
+            word(U256::from(1)),
+        ],
     );
-    let details = [("address", "token"), ("uint160", "amount"), ("uint48", "expiration"), ("uint48", "nonce")];
+    let details = [
+        ("address", "token"),
+        ("uint160", "amount"),
+        ("uint48", "expiration"),
+        ("uint48", "nonce"),
+    ];
     let permit_single = typed(
         from,
         "PermitSingle",
@@ -266,18 +281,78 @@ fn hostile_rows(from: &str) -> Vec<Step> {
         .push(json!({"name": "extra", "type": "uint256"}));
     lookalike[1]["message"]["extra"] = json!(1);
     vec![
-        step("transfer 1M + 00", TX, tx(from, TUSD, &(transfer(ATTACKER, million) + "00")), Some("evm.movement_undecodable")),
-        step("approve max + 00", TX, tx(from, TUSD, &(approve(ATTACKER, U256::MAX) + "00")), Some("evm.movement_undecodable")),
-        step("transfer with dirty padding", TX, tx(from, TUSD, &dirty), Some("evm.movement_undecodable")),
-        step("transfer cut short", TX, tx(from, TUSD, &short), Some("evm.movement_undecodable")),
-        step("transfer 1M exact (control: counted)", TX, tx(from, TUSD, &transfer(ATTACKER, million)), Some("evm.token_max_transfer")),
-        step("approve 2^256-2", TX, tx(from, TUSD, &approve(ATTACKER, unlimited)), Some("evm.unlimited_approval")),
-        step("permit2 approve 2^160-2", TX, tx(from, PERMIT2, &permit2_approve), Some("evm.unlimited_approval")),
-        step("approve of a token without limits", TX, tx(from, OTHER_TOKEN, &approve(ATTACKER, U256::from(1))), Some("evm.approval_unconfigured")),
-        step("DAI permit to the attacker", TYPED, dai, Some("router-permits")),
-        step("Permit2 batch transfer 10^30 to the attacker", TYPED, batch_transfer, Some("router-permits")),
-        step("PermitSingle 2^160-2 to the router", TYPED, permit_single, Some("evm.unlimited_approval")),
-        step("Permit with an extra field", TYPED, lookalike, Some("evm.typed_data_unrecognised")),
+        step(
+            "transfer 1M + 00",
+            TX,
+            tx(from, TUSD, &(transfer(ATTACKER, million) + "00")),
+            Some("evm.movement_undecodable"),
+        ),
+        step(
+            "approve max + 00",
+            TX,
+            tx(from, TUSD, &(approve(ATTACKER, U256::MAX) + "00")),
+            Some("evm.movement_undecodable"),
+        ),
+        step(
+            "transfer with dirty padding",
+            TX,
+            tx(from, TUSD, &dirty),
+            Some("evm.movement_undecodable"),
+        ),
+        step(
+            "transfer cut short",
+            TX,
+            tx(from, TUSD, &short),
+            Some("evm.movement_undecodable"),
+        ),
+        step(
+            "transfer 1M exact (control: counted)",
+            TX,
+            tx(from, TUSD, &transfer(ATTACKER, million)),
+            Some("evm.token_max_transfer"),
+        ),
+        step(
+            "approve 2^256-2",
+            TX,
+            tx(from, TUSD, &approve(ATTACKER, unlimited)),
+            Some("evm.unlimited_approval"),
+        ),
+        step(
+            "permit2 approve 2^160-2",
+            TX,
+            tx(from, PERMIT2, &permit2_approve),
+            Some("evm.unlimited_approval"),
+        ),
+        step(
+            "approve of a token without limits",
+            TX,
+            tx(from, OTHER_TOKEN, &approve(ATTACKER, U256::from(1))),
+            Some("evm.approval_unconfigured"),
+        ),
+        step(
+            "DAI permit to the attacker",
+            TYPED,
+            dai,
+            Some("router-permits"),
+        ),
+        step(
+            "Permit2 batch transfer 10^30 to the attacker",
+            TYPED,
+            batch_transfer,
+            Some("router-permits"),
+        ),
+        step(
+            "PermitSingle 2^160-2 to the router",
+            TYPED,
+            permit_single,
+            Some("evm.unlimited_approval"),
+        ),
+        step(
+            "Permit with an extra field",
+            TYPED,
+            lookalike,
+            Some("evm.typed_data_unrecognised"),
+        ),
     ]
 }
 
@@ -298,14 +373,54 @@ fn evm_movement_is_counted_whatever_its_shape() {
     // Approvals add up per spender within approval_window (max_approval 2000 TUSD), across
     // transactions and permits; everything counts toward the 5000 TUSD daily velocity.
     let sequence = [
-        step("increaseAllowance 1500 to the router", TX, tx(&from, TUSD, &increase(ROUTER, tusd(1500))), None),
-        step("permit 600 more to the router", TYPED, permit(&from, ROUTER, tusd(600)), Some("evm.allowance_window")),
-        step("permit 500 more to the router (at the limit)", TYPED, permit(&from, ROUTER, tusd(500)), None),
-        step("approve 1 unit more to the router", TX, tx(&from, TUSD, &approve(ROUTER, U256::from(1))), Some("evm.allowance_window")),
-        step("approve 1000 to another spender", TX, tx(&from, TUSD, &approve(SHOP, tusd(1000))), None),
-        step("EIP-3009 transfer 1000", TYPED, eip3009(&from, ROUTER, tusd(1000), 1), None),
-        step("EIP-3009 transfer 1000 (velocity full)", TYPED, eip3009(&from, ROUTER, tusd(1000), 2), None),
-        step("EIP-3009 transfer 1 unit over velocity", TYPED, eip3009(&from, ROUTER, U256::from(1), 3), Some("evm.velocity")),
+        step(
+            "increaseAllowance 1500 to the router",
+            TX,
+            tx(&from, TUSD, &increase(ROUTER, tusd(1500))),
+            None,
+        ),
+        step(
+            "permit 600 more to the router",
+            TYPED,
+            permit(&from, ROUTER, tusd(600)),
+            Some("evm.allowance_window"),
+        ),
+        step(
+            "permit 500 more to the router (at the limit)",
+            TYPED,
+            permit(&from, ROUTER, tusd(500)),
+            None,
+        ),
+        step(
+            "approve 1 unit more to the router",
+            TX,
+            tx(&from, TUSD, &approve(ROUTER, U256::from(1))),
+            Some("evm.allowance_window"),
+        ),
+        step(
+            "approve 1000 to another spender",
+            TX,
+            tx(&from, TUSD, &approve(SHOP, tusd(1000))),
+            None,
+        ),
+        step(
+            "EIP-3009 transfer 1000",
+            TYPED,
+            eip3009(&from, ROUTER, tusd(1000), 1),
+            None,
+        ),
+        step(
+            "EIP-3009 transfer 1000 (velocity full)",
+            TYPED,
+            eip3009(&from, ROUTER, tusd(1000), 2),
+            None,
+        ),
+        step(
+            "EIP-3009 transfer 1 unit over velocity",
+            TYPED,
+            eip3009(&from, ROUTER, U256::from(1), 3),
+            Some("evm.velocity"),
+        ),
     ];
     for s in &sequence {
         run(&cfg, &addr, s, &mut failures);
@@ -316,9 +431,24 @@ fn evm_movement_is_counted_whatever_its_shape() {
     let daemon = Daemon::start(dir.path(), &text, &[]);
     let addr = daemon.rpc_addr();
     let after = [
-        step("after restart: approve 1 unit to the router", TX, tx(&from, TUSD, &approve(ROUTER, U256::from(1))), Some("evm.allowance_window")),
-        step("after restart: EIP-3009 1 unit", TYPED, eip3009(&from, ROUTER, U256::from(1), 4), Some("evm.velocity")),
-        step("after restart: a revocation commits nothing", TX, tx(&from, TUSD, &approve(ROUTER, U256::ZERO)), None),
+        step(
+            "after restart: approve 1 unit to the router",
+            TX,
+            tx(&from, TUSD, &approve(ROUTER, U256::from(1))),
+            Some("evm.allowance_window"),
+        ),
+        step(
+            "after restart: EIP-3009 1 unit",
+            TYPED,
+            eip3009(&from, ROUTER, U256::from(1), 4),
+            Some("evm.velocity"),
+        ),
+        step(
+            "after restart: a revocation commits nothing",
+            TX,
+            tx(&from, TUSD, &approve(ROUTER, U256::ZERO)),
+            None,
+        ),
     ];
     for s in &after {
         run(&cfg, &addr, s, &mut failures);

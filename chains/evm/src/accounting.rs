@@ -168,7 +168,9 @@ pub(crate) fn debits(
             return Err(Rejection::policy(
                 "evm.token_max_approval",
                 "input",
-                format!("{amount} approved in one request is above the token's approval limit of {max}"),
+                format!(
+                    "{amount} approved in one request is above the token's approval limit of {max}"
+                ),
             ));
         }
         out.push(Debit {

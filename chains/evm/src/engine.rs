@@ -360,7 +360,10 @@ pub(crate) fn decide_rules(
         None => Vec::new(),
     };
     if !moves.is_empty() {
-        eval.check("evm.token_limits", accounting::check_limits(c, chain, &moves))?;
+        eval.check(
+            "evm.token_limits",
+            accounting::check_limits(c, chain, &moves),
+        )?;
     }
 
     let mut calls = CallCache {
@@ -411,7 +414,9 @@ pub(crate) fn decide_rules(
         (Some((rule, call)), false) => {
             let call = call.and_then(|d| d.as_ref().as_ref().ok().cloned());
             let names_approval = !rule.functions.is_empty()
-                && call.as_ref().is_some_and(|c| APPROVAL_FUNCTIONS.contains(&c.function.as_str()));
+                && call
+                    .as_ref()
+                    .is_some_and(|c| APPROVAL_FUNCTIONS.contains(&c.function.as_str()));
             let grant = Grant {
                 may_unlimited: rule.allow_unlimited_approval,
                 explicit_approval: rule.allow_unlimited_approval || names_approval,

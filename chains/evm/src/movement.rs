@@ -29,35 +29,95 @@ type Reader = fn(Address, &[DynSolValue]) -> Option<Vec<TokenMove>>;
 const KNOWN: &[(&str, Reader)] = &[
     // ERC-20 (and ERC-721's identical transferFrom/approve).
     ("transfer(address to,uint256 amount)", |t, a| {
-        one(t, MoveKind::Transfer, addr(a, 0)?, uint(a, 1)?, "input.amount")
+        one(
+            t,
+            MoveKind::Transfer,
+            addr(a, 0)?,
+            uint(a, 1)?,
+            "input.amount",
+        )
     }),
-    ("transferFrom(address from,address to,uint256 amount)", |t, a| {
-        one(t, MoveKind::Transfer, addr(a, 1)?, uint(a, 2)?, "input.amount")
-    }),
+    (
+        "transferFrom(address from,address to,uint256 amount)",
+        |t, a| {
+            one(
+                t,
+                MoveKind::Transfer,
+                addr(a, 1)?,
+                uint(a, 2)?,
+                "input.amount",
+            )
+        },
+    ),
     ("approve(address spender,uint256 amount)", |t, a| {
         grant(t, addr(a, 0)?, uint(a, 1)?, "input.amount")
     }),
-    ("increaseAllowance(address spender,uint256 addedValue)", |t, a| {
-        grant(t, addr(a, 0)?, uint(a, 1)?, "input.addedValue")
-    }),
-    ("decreaseAllowance(address spender,uint256 subtractedValue)", |t, a| {
-        one(t, MoveKind::Revoke, addr(a, 0)?, uint(a, 1)?, "input.subtractedValue")
-    }),
+    (
+        "increaseAllowance(address spender,uint256 addedValue)",
+        |t, a| grant(t, addr(a, 0)?, uint(a, 1)?, "input.addedValue"),
+    ),
+    (
+        "decreaseAllowance(address spender,uint256 subtractedValue)",
+        |t, a| {
+            one(
+                t,
+                MoveKind::Revoke,
+                addr(a, 0)?,
+                uint(a, 1)?,
+                "input.subtractedValue",
+            )
+        },
+    ),
     // ERC-721 and ERC-1155 share setApprovalForAll.
-    ("setApprovalForAll(address operator,bool approved)", |t, a| {
-        let all = matches!(a.get(1)?, DynSolValue::Bool(true));
-        grant(t, addr(a, 0)?, if all { U256::MAX } else { U256::ZERO }, "input.approved")
-    }),
-    ("safeTransferFrom(address from,address to,uint256 tokenId)", |t, a| {
-        one(t, MoveKind::Transfer, addr(a, 1)?, U256::from(1), "input.tokenId")
-    }),
-    ("safeTransferFrom(address from,address to,uint256 tokenId,bytes data)", |t, a| {
-        one(t, MoveKind::Transfer, addr(a, 1)?, U256::from(1), "input.tokenId")
-    }),
+    (
+        "setApprovalForAll(address operator,bool approved)",
+        |t, a| {
+            let all = matches!(a.get(1)?, DynSolValue::Bool(true));
+            grant(
+                t,
+                addr(a, 0)?,
+                if all { U256::MAX } else { U256::ZERO },
+                "input.approved",
+            )
+        },
+    ),
+    (
+        "safeTransferFrom(address from,address to,uint256 tokenId)",
+        |t, a| {
+            one(
+                t,
+                MoveKind::Transfer,
+                addr(a, 1)?,
+                U256::from(1),
+                "input.tokenId",
+            )
+        },
+    ),
+    (
+        "safeTransferFrom(address from,address to,uint256 tokenId,bytes data)",
+        |t, a| {
+            one(
+                t,
+                MoveKind::Transfer,
+                addr(a, 1)?,
+                U256::from(1),
+                "input.tokenId",
+            )
+        },
+    ),
     // ERC-1155.
-    ("safeTransferFrom(address from,address to,uint256 id,uint256 value,bytes data)", |t, a| {
-        one(t, MoveKind::Transfer, addr(a, 1)?, uint(a, 3)?, "input.value")
-    }),
+    (
+        "safeTransferFrom(address from,address to,uint256 id,uint256 value,bytes data)",
+        |t, a| {
+            one(
+                t,
+                MoveKind::Transfer,
+                addr(a, 1)?,
+                uint(a, 3)?,
+                "input.value",
+            )
+        },
+    ),
     (
         "safeBatchTransferFrom(address from,address to,uint256[] ids,uint256[] values,bytes data)",
         |t, a| {
@@ -72,12 +132,22 @@ const KNOWN: &[(&str, Reader)] = &[
         },
     ),
     // Permit2 AllowanceTransfer (the token is an argument, not the destination).
-    ("approve(address token,address spender,uint160 amount,uint48 expiration)", |_, a| {
-        grant(addr(a, 0)?, addr(a, 1)?, uint(a, 2)?, "input.amount")
-    }),
-    ("transferFrom(address from,address to,uint160 amount,address token)", |_, a| {
-        one(addr(a, 3)?, MoveKind::Transfer, addr(a, 1)?, uint(a, 2)?, "input.amount")
-    }),
+    (
+        "approve(address token,address spender,uint160 amount,uint48 expiration)",
+        |_, a| grant(addr(a, 0)?, addr(a, 1)?, uint(a, 2)?, "input.amount"),
+    ),
+    (
+        "transferFrom(address from,address to,uint160 amount,address token)",
+        |_, a| {
+            one(
+                addr(a, 3)?,
+                MoveKind::Transfer,
+                addr(a, 1)?,
+                uint(a, 2)?,
+                "input.amount",
+            )
+        },
+    ),
     (
         "transferFrom((address,address,uint160,address)[] transferDetails)",
         |_, a| {
@@ -140,13 +210,19 @@ fn grant(
     one(token, kind, spender, amount, field)
 }
 
-fn table() -> &'static [(Function, Reader)] {
-    static TABLE: OnceLock<Vec<(Function, Reader)>> = OnceLock::new();
+/// `(selector, function, reader)`; selectors computed once (hashing per request would cost
+/// more than the check).
+fn table() -> &'static [([u8; 4], Function, Reader)] {
+    static TABLE: OnceLock<Vec<([u8; 4], Function, Reader)>> = OnceLock::new();
     TABLE.get_or_init(|| {
         KNOWN
             .iter()
             // Every entry parses (a test counts them); one that did not would be skipped.
-            .filter_map(|(sig, read)| Function::parse(sig).ok().map(|f| (f, *read)))
+            .filter_map(|(sig, read)| {
+                Function::parse(sig)
+                    .ok()
+                    .map(|f| (f.selector().0, f, *read))
+            })
             .collect()
     })
 }
@@ -156,7 +232,7 @@ fn table() -> &'static [(Function, Reader)] {
 pub fn known_selectors() -> Vec<(String, [u8; 4])> {
     table()
         .iter()
-        .map(|(f, _)| (f.signature(), f.selector().0))
+        .map(|(s, f, _)| (f.signature(), *s))
         .collect()
 }
 
@@ -164,7 +240,7 @@ pub fn known_selectors() -> Vec<(String, [u8; 4])> {
 pub fn is_movement(input: &[u8]) -> bool {
     input
         .get(..4)
-        .is_some_and(|s| table().iter().any(|(f, _)| f.selector()[..] == *s))
+        .is_some_and(|s| table().iter().any(|(sel, ..)| sel[..] == *s))
 }
 
 /// The asset movements of calldata sent to `to`: empty when the selector is not a movement;
@@ -175,13 +251,13 @@ pub fn call_moves(to: Address, input: &[u8]) -> Result<Vec<TokenMove>, Rejection
     };
     let mut candidates = table()
         .iter()
-        .filter(|(f, _)| f.selector()[..] == *selector)
+        .filter(|(sel, ..)| sel[..] == *selector)
         .peekable();
     if candidates.peek().is_none() {
         return Ok(Vec::new());
     }
     let mut why = Vec::new();
-    for (f, read) in candidates {
+    for (_, f, read) in candidates {
         let exact = f.abi_decode_input(&input[4..]).ok().filter(|values| {
             f.abi_encode_input(values)
                 .is_ok_and(|again| again.as_slice() == input)

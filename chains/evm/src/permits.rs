@@ -47,7 +47,8 @@ impl Shape {
 
 const EIP2612: &str =
     "Permit(address owner,address spender,uint256 value,uint256 nonce,uint256 deadline)";
-const DAI: &str = "Permit(address holder,address spender,uint256 nonce,uint256 expiry,bool allowed)";
+const DAI: &str =
+    "Permit(address holder,address spender,uint256 nonce,uint256 expiry,bool allowed)";
 const ERC4494: &str = "Permit(address spender,uint256 tokenId,uint256 nonce,uint256 deadline)";
 const PERMIT_DETAILS: &str =
     "PermitDetails(address token,uint160 amount,uint48 expiration,uint48 nonce)";
@@ -86,7 +87,10 @@ pub const RECOGNISED: &[&str] = &[
 
 fn field<'a>(v: &'a DynSolValue, name: &str) -> Option<&'a DynSolValue> {
     let (_, names, values) = v.as_custom_struct()?;
-    names.iter().position(|n| n == name).and_then(|i| values.get(i))
+    names
+        .iter()
+        .position(|n| n == name)
+        .and_then(|i| values.get(i))
 }
 
 fn addr(v: &DynSolValue, name: &str) -> Option<Address> {
@@ -134,9 +138,8 @@ pub fn classify(data: &TypedData) -> Shape {
 
 fn read(data: &TypedData) -> Option<Shape> {
     let defs = data.resolver.linearize(&data.primary_type).ok()?;
-    let def = |name: &str| -> Option<&TypeDef> {
-        defs.iter().copied().find(|d| d.type_name() == name)
-    };
+    let def =
+        |name: &str| -> Option<&TypeDef> { defs.iter().copied().find(|d| d.type_name() == name) };
     let sig = |name: &str| def(name).map(TypeDef::eip712_encode_type);
     let primary = sig(&data.primary_type)?;
     let msg = data.coerce().ok()?;
@@ -159,7 +162,13 @@ fn read(data: &TypedData) -> Option<Shape> {
             let amount = if allowed { U256::MAX } else { U256::ZERO };
             Shape::Known(
                 "dai",
-                vec![mv(verifying?, MoveKind::Approval, spender()?, amount, "message.allowed")],
+                vec![mv(
+                    verifying?,
+                    MoveKind::Approval,
+                    spender()?,
+                    amount,
+                    "message.allowed",
+                )],
             )
         }
         ERC4494 => Shape::Known(

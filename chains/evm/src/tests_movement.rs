@@ -56,7 +56,10 @@ fn load(text: &str) -> EvmPolicy {
 }
 
 fn call(sig: &str, args: &[V]) -> Vec<u8> {
-    Function::parse(sig).unwrap().abi_encode_input(args).unwrap()
+    Function::parse(sig)
+        .unwrap()
+        .abi_encode_input(args)
+        .unwrap()
 }
 
 fn a(x: Address) -> V {
@@ -132,26 +135,139 @@ fn movement_calldata_decodes_exactly_or_is_refused() {
     );
     let rows: Vec<(&str, Address, Vec<u8>, Outcome)> = vec![
         // The issue's case, and its control: the exact call is counted by the token limit.
-        ("transfer 1M USDC", USDC, transfer(ATTACKER, usdc(1_000_000)), refused("evm.token_max_transfer", "input.amount")),
-        ("transfer 1M USDC + 00", USDC, with_byte(transfer(ATTACKER, usdc(1_000_000)), 0), refused("evm.movement_undecodable", "input")),
-        ("transfer 10 USDC", USDC, transfer(ATTACKER, usdc(10)), Ok("anything")),
-        ("transfer 10 USDC + 00", USDC, with_byte(transfer(ATTACKER, usdc(10)), 0), refused("evm.movement_undecodable", "input")),
-        ("transfer 10 USDC + 32 zero bytes", USDC, [transfer(ATTACKER, usdc(10)), vec![0; 32]].concat(), refused("evm.movement_undecodable", "input")),
-        ("approve max", USDC, approve(ATTACKER, U256::MAX), refused("evm.unlimited_approval", "input.amount")),
-        ("approve max + 00", USDC, with_byte(approve(ATTACKER, U256::MAX), 0), refused("evm.movement_undecodable", "input")),
-        ("dirty address padding", USDC, dirty, refused("evm.movement_undecodable", "input")),
-        ("dirty bool in setApprovalForAll", NFT, dirty_bool, refused("evm.movement_undecodable", "input")),
-        ("short: selector + 35 bytes", USDC, transfer(ATTACKER, usdc(10))[..39].to_vec(), refused("evm.movement_undecodable", "input")),
-        ("selector only", USDC, transfer(ATTACKER, usdc(10))[..4].to_vec(), refused("evm.movement_undecodable", "input")),
+        (
+            "transfer 1M USDC",
+            USDC,
+            transfer(ATTACKER, usdc(1_000_000)),
+            refused("evm.token_max_transfer", "input.amount"),
+        ),
+        (
+            "transfer 1M USDC + 00",
+            USDC,
+            with_byte(transfer(ATTACKER, usdc(1_000_000)), 0),
+            refused("evm.movement_undecodable", "input"),
+        ),
+        (
+            "transfer 10 USDC",
+            USDC,
+            transfer(ATTACKER, usdc(10)),
+            Ok("anything"),
+        ),
+        (
+            "transfer 10 USDC + 00",
+            USDC,
+            with_byte(transfer(ATTACKER, usdc(10)), 0),
+            refused("evm.movement_undecodable", "input"),
+        ),
+        (
+            "transfer 10 USDC + 32 zero bytes",
+            USDC,
+            [transfer(ATTACKER, usdc(10)), vec![0; 32]].concat(),
+            refused("evm.movement_undecodable", "input"),
+        ),
+        (
+            "approve max",
+            USDC,
+            approve(ATTACKER, U256::MAX),
+            refused("evm.unlimited_approval", "input.amount"),
+        ),
+        (
+            "approve max + 00",
+            USDC,
+            with_byte(approve(ATTACKER, U256::MAX), 0),
+            refused("evm.movement_undecodable", "input"),
+        ),
+        (
+            "dirty address padding",
+            USDC,
+            dirty,
+            refused("evm.movement_undecodable", "input"),
+        ),
+        (
+            "dirty bool in setApprovalForAll",
+            NFT,
+            dirty_bool,
+            refused("evm.movement_undecodable", "input"),
+        ),
+        (
+            "short: selector + 35 bytes",
+            USDC,
+            transfer(ATTACKER, usdc(10))[..39].to_vec(),
+            refused("evm.movement_undecodable", "input"),
+        ),
+        (
+            "selector only",
+            USDC,
+            transfer(ATTACKER, usdc(10))[..4].to_vec(),
+            refused("evm.movement_undecodable", "input"),
+        ),
         // Controls: what is not a movement selector is not touched.
-        ("3 bytes of a selector", USDC, transfer(ATTACKER, usdc(10))[..3].to_vec(), Ok("anything")),
-        ("unknown selector + junk", USDC, vec![0xde, 0xad, 0xbe, 0xef, 1, 2, 3], Ok("anything")),
+        (
+            "3 bytes of a selector",
+            USDC,
+            transfer(ATTACKER, usdc(10))[..3].to_vec(),
+            Ok("anything"),
+        ),
+        (
+            "unknown selector + junk",
+            USDC,
+            vec![0xde, 0xad, 0xbe, 0xef, 1, 2, 3],
+            Ok("anything"),
+        ),
         // The token is an argument for Permit2: limits follow it, not the destination.
-        ("permit2 batch transferFrom 1M USDC", PERMIT2, permit2_batch.clone(), refused("evm.token_max_transfer", "input.transferDetails.amount")),
-        ("permit2 batch transferFrom + 00", PERMIT2, with_byte(permit2_batch, 0), refused("evm.movement_undecodable", "input")),
-        ("permit2 transferFrom 1M USDC", PERMIT2, call("transferFrom(address,address,uint160,address)", &[a(ROUTER), a(ATTACKER), V::Uint(usdc(1_000_000), 160), a(USDC)]), refused("evm.token_max_transfer", "input.amount")),
-        ("erc1155 safeTransferFrom exact", NFT, call("safeTransferFrom(address,address,uint256,uint256,bytes)", &[a(ROUTER), a(ATTACKER), u(U256::from(1)), u(U256::from(5)), V::Bytes(vec![])]), Ok("anything")),
-        ("erc721 safeTransferFrom(bytes) + 00", NFT, with_byte(call("safeTransferFrom(address,address,uint256,bytes)", &[a(ROUTER), a(ATTACKER), u(U256::from(1)), V::Bytes(vec![])]), 0), refused("evm.movement_undecodable", "input")),
+        (
+            "permit2 batch transferFrom 1M USDC",
+            PERMIT2,
+            permit2_batch.clone(),
+            refused("evm.token_max_transfer", "input.transferDetails.amount"),
+        ),
+        (
+            "permit2 batch transferFrom + 00",
+            PERMIT2,
+            with_byte(permit2_batch, 0),
+            refused("evm.movement_undecodable", "input"),
+        ),
+        (
+            "permit2 transferFrom 1M USDC",
+            PERMIT2,
+            call(
+                "transferFrom(address,address,uint160,address)",
+                &[
+                    a(ROUTER),
+                    a(ATTACKER),
+                    V::Uint(usdc(1_000_000), 160),
+                    a(USDC),
+                ],
+            ),
+            refused("evm.token_max_transfer", "input.amount"),
+        ),
+        (
+            "erc1155 safeTransferFrom exact",
+            NFT,
+            call(
+                "safeTransferFrom(address,address,uint256,uint256,bytes)",
+                &[
+                    a(ROUTER),
+                    a(ATTACKER),
+                    u(U256::from(1)),
+                    u(U256::from(5)),
+                    V::Bytes(vec![]),
+                ],
+            ),
+            Ok("anything"),
+        ),
+        (
+            "erc721 safeTransferFrom(bytes) + 00",
+            NFT,
+            with_byte(
+                call(
+                    "safeTransferFrom(address,address,uint256,bytes)",
+                    &[a(ROUTER), a(ATTACKER), u(U256::from(1)), V::Bytes(vec![])],
+                ),
+                0,
+            ),
+            refused("evm.movement_undecodable", "input"),
+        ),
     ];
     let mut failures = Vec::new();
     for (name, to, input, want) in rows {
@@ -171,11 +287,26 @@ fn every_movement_selector_refuses_a_trailing_byte_and_accepts_its_exact_encodin
     assert_eq!(sigs.len(), 13, "{sigs:?}");
     let by_sig = |s: &str| sigs.iter().find(|(x, _)| x == s).unwrap().1;
     // Permit2's real selectors (IAllowanceTransfer), and the standards' own.
-    assert_eq!(by_sig("approve(address,address,uint160,uint48)"), [0x87, 0x51, 0x7c, 0x45]);
-    assert_eq!(by_sig("transferFrom(address,address,uint160,address)"), [0x36, 0xc7, 0x85, 0x16]);
-    assert_eq!(by_sig("transferFrom((address,address,uint160,address)[])"), [0x0d, 0x58, 0xb1, 0xdb]);
-    assert_eq!(by_sig("transfer(address,uint256)"), [0xa9, 0x05, 0x9c, 0xbb]);
-    assert_eq!(by_sig("safeBatchTransferFrom(address,address,uint256[],uint256[],bytes)"), [0x2e, 0xb2, 0xc2, 0xd6]);
+    assert_eq!(
+        by_sig("approve(address,address,uint160,uint48)"),
+        [0x87, 0x51, 0x7c, 0x45]
+    );
+    assert_eq!(
+        by_sig("transferFrom(address,address,uint160,address)"),
+        [0x36, 0xc7, 0x85, 0x16]
+    );
+    assert_eq!(
+        by_sig("transferFrom((address,address,uint160,address)[])"),
+        [0x0d, 0x58, 0xb1, 0xdb]
+    );
+    assert_eq!(
+        by_sig("transfer(address,uint256)"),
+        [0xa9, 0x05, 0x9c, 0xbb]
+    );
+    assert_eq!(
+        by_sig("safeBatchTransferFrom(address,address,uint256[],uint256[],bytes)"),
+        [0x2e, 0xb2, 0xc2, 0xd6]
+    );
     for (sig, _) in &sigs {
         let f = Function::parse(sig).unwrap();
         let args: Vec<V> = f
@@ -185,7 +316,10 @@ fn every_movement_selector_refuses_a_trailing_byte_and_accepts_its_exact_encodin
             .collect();
         let exact = f.abi_encode_input(&args).unwrap();
         let moves = call_moves(USDC, &exact);
-        assert!(moves.as_ref().is_ok_and(|m| !m.is_empty()), "{sig}: {moves:?}");
+        assert!(
+            moves.as_ref().is_ok_and(|m| !m.is_empty()),
+            "{sig}: {moves:?}"
+        );
         for bad in [
             with_byte(exact.clone(), 0),
             exact[..exact.len() - 1].to_vec(),
@@ -193,7 +327,13 @@ fn every_movement_selector_refuses_a_trailing_byte_and_accepts_its_exact_encodin
         ] {
             let r = call_moves(USDC, &bad);
             assert!(
-                matches!(&r, Err(Rejection::Policy { rule: "evm.movement_undecodable", .. })),
+                matches!(
+                    &r,
+                    Err(Rejection::Policy {
+                        rule: "evm.movement_undecodable",
+                        ..
+                    })
+                ),
                 "{sig} with {} bytes: {r:?}",
                 bad.len()
             );
@@ -233,31 +373,161 @@ fn almost_unlimited_approvals_are_unlimited() {
     let permit2_approve = |amount: U256| {
         call(
             "approve(address,address,uint160,uint48)",
-            &[a(USDC), a(ATTACKER), V::Uint(amount, 160), V::Uint(U256::from(1), 48)],
+            &[
+                a(USDC),
+                a(ATTACKER),
+                V::Uint(amount, 160),
+                V::Uint(U256::from(1), 48),
+            ],
         )
     };
-    let inc = |amount| call("increaseAllowance(address,uint256)", &[a(ATTACKER), u(amount)]);
+    let inc = |amount| {
+        call(
+            "increaseAllowance(address,uint256)",
+            &[a(ATTACKER), u(amount)],
+        )
+    };
     let rows: Vec<(&str, &EvmPolicy, Address, Vec<u8>, Outcome)> = vec![
-        ("approve 2^256-2", &p, USDC, approve(ATTACKER, U256::MAX - U256::from(1)), refused("evm.unlimited_approval", "input.amount")),
-        ("approve 2^128", &p, USDC, approve(ATTACKER, pow2(128)), refused("evm.unlimited_approval", "input.amount")),
-        ("approve 2^128-1 (below threshold: max_approval)", &p, USDC, approve(ATTACKER, pow2(128) - U256::from(1)), refused("evm.token_max_approval", "input.amount")),
-        ("approve at max_approval", &p, USDC, approve(ATTACKER, usdc(2000)), Ok("anything")),
-        ("increaseAllowance 2^256-2", &p, USDC, inc(U256::MAX - U256::from(1)), refused("evm.unlimited_approval", "input.addedValue")),
-        ("permit2 approve 2^160-2", &p, PERMIT2, permit2_approve(pow2(160) - U256::from(2)), refused("evm.unlimited_approval", "input.amount")),
-        ("permit2 approve 2^160-1", &p, PERMIT2, permit2_approve(pow2(160) - U256::from(1)), refused("evm.unlimited_approval", "input.amount")),
-        ("permit2 approve 100 USDC", &p, PERMIT2, permit2_approve(usdc(100)), Ok("anything")),
+        (
+            "approve 2^256-2",
+            &p,
+            USDC,
+            approve(ATTACKER, U256::MAX - U256::from(1)),
+            refused("evm.unlimited_approval", "input.amount"),
+        ),
+        (
+            "approve 2^128",
+            &p,
+            USDC,
+            approve(ATTACKER, pow2(128)),
+            refused("evm.unlimited_approval", "input.amount"),
+        ),
+        (
+            "approve 2^128-1 (below threshold: max_approval)",
+            &p,
+            USDC,
+            approve(ATTACKER, pow2(128) - U256::from(1)),
+            refused("evm.token_max_approval", "input.amount"),
+        ),
+        (
+            "approve at max_approval",
+            &p,
+            USDC,
+            approve(ATTACKER, usdc(2000)),
+            Ok("anything"),
+        ),
+        (
+            "increaseAllowance 2^256-2",
+            &p,
+            USDC,
+            inc(U256::MAX - U256::from(1)),
+            refused("evm.unlimited_approval", "input.addedValue"),
+        ),
+        (
+            "permit2 approve 2^160-2",
+            &p,
+            PERMIT2,
+            permit2_approve(pow2(160) - U256::from(2)),
+            refused("evm.unlimited_approval", "input.amount"),
+        ),
+        (
+            "permit2 approve 2^160-1",
+            &p,
+            PERMIT2,
+            permit2_approve(pow2(160) - U256::from(1)),
+            refused("evm.unlimited_approval", "input.amount"),
+        ),
+        (
+            "permit2 approve 100 USDC",
+            &p,
+            PERMIT2,
+            permit2_approve(usdc(100)),
+            Ok("anything"),
+        ),
         // Tokens without an approval limit: only a rule naming approvals may approve them.
-        ("approve DAI, any-calldata rule", &p, DAI, approve(ATTACKER, U256::from(1)), refused("evm.approval_unconfigured", "input.amount")),
-        ("approve DAI, rule naming approve", &explicit, DAI, approve(ATTACKER, U256::from(1)), Ok("approve-anything")),
-        ("approve DAI 2^256-2, rule naming approve", &explicit, DAI, approve(ATTACKER, U256::MAX - U256::from(1)), refused("evm.unlimited_approval", "input.amount")),
-        ("revoke DAI (approve 0)", &p, DAI, approve(ATTACKER, U256::ZERO), Ok("anything")),
-        ("decreaseAllowance DAI", &p, DAI, call("decreaseAllowance(address,uint256)", &[a(ATTACKER), u(U256::from(5))]), Ok("anything")),
-        ("setApprovalForAll true", &p, NFT, call("setApprovalForAll(address,bool)", &[a(ATTACKER), V::Bool(true)]), refused("evm.unlimited_approval", "input.approved")),
-        ("setApprovalForAll true, rule naming it", &explicit, NFT, call("setApprovalForAll(address,bool)", &[a(ATTACKER), V::Bool(true)]), refused("evm.unlimited_approval", "input.approved")),
-        ("setApprovalForAll false", &p, NFT, call("setApprovalForAll(address,bool)", &[a(ATTACKER), V::Bool(false)]), Ok("anything")),
+        (
+            "approve DAI, any-calldata rule",
+            &p,
+            DAI,
+            approve(ATTACKER, U256::from(1)),
+            refused("evm.approval_unconfigured", "input.amount"),
+        ),
+        (
+            "approve DAI, rule naming approve",
+            &explicit,
+            DAI,
+            approve(ATTACKER, U256::from(1)),
+            Ok("approve-anything"),
+        ),
+        (
+            "approve DAI 2^256-2, rule naming approve",
+            &explicit,
+            DAI,
+            approve(ATTACKER, U256::MAX - U256::from(1)),
+            refused("evm.unlimited_approval", "input.amount"),
+        ),
+        (
+            "revoke DAI (approve 0)",
+            &p,
+            DAI,
+            approve(ATTACKER, U256::ZERO),
+            Ok("anything"),
+        ),
+        (
+            "decreaseAllowance DAI",
+            &p,
+            DAI,
+            call(
+                "decreaseAllowance(address,uint256)",
+                &[a(ATTACKER), u(U256::from(5))],
+            ),
+            Ok("anything"),
+        ),
+        (
+            "setApprovalForAll true",
+            &p,
+            NFT,
+            call(
+                "setApprovalForAll(address,bool)",
+                &[a(ATTACKER), V::Bool(true)],
+            ),
+            refused("evm.unlimited_approval", "input.approved"),
+        ),
+        (
+            "setApprovalForAll true, rule naming it",
+            &explicit,
+            NFT,
+            call(
+                "setApprovalForAll(address,bool)",
+                &[a(ATTACKER), V::Bool(true)],
+            ),
+            refused("evm.unlimited_approval", "input.approved"),
+        ),
+        (
+            "setApprovalForAll false",
+            &p,
+            NFT,
+            call(
+                "setApprovalForAll(address,bool)",
+                &[a(ATTACKER), V::Bool(false)],
+            ),
+            Ok("anything"),
+        ),
         // A per-token threshold below the default.
-        ("approve at the token's unlimited_at", &low, USDC, approve(ATTACKER, usdc(1500)), refused("evm.unlimited_approval", "input.amount")),
-        ("approve just below unlimited_at", &low, USDC, approve(ATTACKER, usdc(1500) - U256::from(1)), Ok("anything")),
+        (
+            "approve at the token's unlimited_at",
+            &low,
+            USDC,
+            approve(ATTACKER, usdc(1500)),
+            refused("evm.unlimited_approval", "input.amount"),
+        ),
+        (
+            "approve just below unlimited_at",
+            &low,
+            USDC,
+            approve(ATTACKER, usdc(1500) - U256::from(1)),
+            Ok("anything"),
+        ),
     ];
     let mut failures = Vec::new();
     for (name, p, to, input, want) in rows {
@@ -273,14 +543,35 @@ fn almost_unlimited_approvals_are_unlimited() {
 fn approvals_and_transfers_are_debited_per_spender_and_toward_velocity() {
     let p = any_calldata();
     let d = p
-        .decide(&tx(USDC, &call("increaseAllowance(address,uint256)", &[a(ROUTER), u(usdc(1500))])), 0)
+        .decide(
+            &tx(
+                USDC,
+                &call(
+                    "increaseAllowance(address,uint256)",
+                    &[a(ROUTER), u(usdc(1500))],
+                ),
+            ),
+            0,
+        )
         .unwrap();
-    let counters: Vec<_> = d.debits.iter().map(|d| (d.rule, d.counter.as_str(), d.amount)).collect();
+    let counters: Vec<_> = d
+        .debits
+        .iter()
+        .map(|d| (d.rule, d.counter.as_str(), d.amount))
+        .collect();
     let allowance = format!("evm.allowance_window:1:{USDC:#x}@{ROUTER:#x}");
-    assert!(counters.contains(&("evm.allowance_window", allowance.as_str(), usdc(1500))), "{counters:?}");
-    assert!(counters.contains(&("evm.velocity", "usdc-daily", usdc(1500))), "{counters:?}");
+    assert!(
+        counters.contains(&("evm.allowance_window", allowance.as_str(), usdc(1500))),
+        "{counters:?}"
+    );
+    assert!(
+        counters.contains(&("evm.velocity", "usdc-daily", usdc(1500))),
+        "{counters:?}"
+    );
     // Control: a revocation commits nothing.
-    let d = p.decide(&tx(USDC, &approve(ROUTER, U256::ZERO)), 0).unwrap();
+    let d = p
+        .decide(&tx(USDC, &approve(ROUTER, U256::ZERO)), 0)
+        .unwrap();
     assert!(d.debits.is_empty(), "{:?}", d.debits);
 }
 
@@ -311,11 +602,35 @@ fn fields(list: &[(&str, &str)]) -> Value {
     )
 }
 
-const EIP2612: &[(&str, &str)] = &[("address", "owner"), ("address", "spender"), ("uint256", "value"), ("uint256", "nonce"), ("uint256", "deadline")];
-const DAI_PERMIT: &[(&str, &str)] = &[("address", "holder"), ("address", "spender"), ("uint256", "nonce"), ("uint256", "expiry"), ("bool", "allowed")];
-const DETAILS: &[(&str, &str)] = &[("address", "token"), ("uint160", "amount"), ("uint48", "expiration"), ("uint48", "nonce")];
+const EIP2612: &[(&str, &str)] = &[
+    ("address", "owner"),
+    ("address", "spender"),
+    ("uint256", "value"),
+    ("uint256", "nonce"),
+    ("uint256", "deadline"),
+];
+const DAI_PERMIT: &[(&str, &str)] = &[
+    ("address", "holder"),
+    ("address", "spender"),
+    ("uint256", "nonce"),
+    ("uint256", "expiry"),
+    ("bool", "allowed"),
+];
+const DETAILS: &[(&str, &str)] = &[
+    ("address", "token"),
+    ("uint160", "amount"),
+    ("uint48", "expiration"),
+    ("uint48", "nonce"),
+];
 const TOKEN_PERMISSIONS: &[(&str, &str)] = &[("address", "token"), ("uint256", "amount")];
-const EIP3009: &[(&str, &str)] = &[("address", "from"), ("address", "to"), ("uint256", "value"), ("uint256", "validAfter"), ("uint256", "validBefore"), ("bytes32", "nonce")];
+const EIP3009: &[(&str, &str)] = &[
+    ("address", "from"),
+    ("address", "to"),
+    ("uint256", "value"),
+    ("uint256", "validAfter"),
+    ("uint256", "validBefore"),
+    ("bytes32", "nonce"),
+];
 
 fn eip2612(spender: Address, value: U256, shape: &[(&str, &str)]) -> Value {
     let mut msg = json!({
@@ -328,32 +643,52 @@ fn eip2612(spender: Address, value: U256, shape: &[(&str, &str)]) -> Value {
 }
 
 fn dai(spender: Address, allowed: bool) -> Value {
-    typed("Permit", DAI, json!({"Permit": fields(DAI_PERMIT)}), json!({
-        "holder": FROM, "spender": spender, "nonce": 0, "expiry": 1, "allowed": allowed,
-    }))
+    typed(
+        "Permit",
+        DAI,
+        json!({"Permit": fields(DAI_PERMIT)}),
+        json!({
+            "holder": FROM, "spender": spender, "nonce": 0, "expiry": 1, "allowed": allowed,
+        }),
+    )
 }
 
-fn permit2_single(spender: Address, amount: U256, details: &[(&str, &str)], primary: &str) -> Value {
-    typed(primary, PERMIT2, json!({
-        primary: fields(&[("PermitDetails", "details"), ("address", "spender"), ("uint256", "sigDeadline")]),
-        "PermitDetails": fields(details),
-    }), json!({
-        "details": {"token": USDC, "amount": amount.to_string(), "expiration": 1, "nonce": 0},
-        "spender": spender, "sigDeadline": 1,
-    }))
+fn permit2_single(
+    spender: Address,
+    amount: U256,
+    details: &[(&str, &str)],
+    primary: &str,
+) -> Value {
+    typed(
+        primary,
+        PERMIT2,
+        json!({
+            primary: fields(&[("PermitDetails", "details"), ("address", "spender"), ("uint256", "sigDeadline")]),
+            "PermitDetails": fields(details),
+        }),
+        json!({
+            "details": {"token": USDC, "amount": amount.to_string(), "expiration": 1, "nonce": 0},
+            "spender": spender, "sigDeadline": 1,
+        }),
+    )
 }
 
 fn permit2_batch(spender: Address, amount: U256) -> Value {
-    typed("PermitBatch", PERMIT2, json!({
-        "PermitBatch": fields(&[("PermitDetails[]", "details"), ("address", "spender"), ("uint256", "sigDeadline")]),
-        "PermitDetails": fields(DETAILS),
-    }), json!({
-        "details": [
-            {"token": DAI, "amount": "1", "expiration": 1, "nonce": 0},
-            {"token": USDC, "amount": amount.to_string(), "expiration": 1, "nonce": 0},
-        ],
-        "spender": spender, "sigDeadline": 1,
-    }))
+    typed(
+        "PermitBatch",
+        PERMIT2,
+        json!({
+            "PermitBatch": fields(&[("PermitDetails[]", "details"), ("address", "spender"), ("uint256", "sigDeadline")]),
+            "PermitDetails": fields(DETAILS),
+        }),
+        json!({
+            "details": [
+                {"token": DAI, "amount": "1", "expiration": 1, "nonce": 0},
+                {"token": USDC, "amount": amount.to_string(), "expiration": 1, "nonce": 0},
+            ],
+            "spender": spender, "sigDeadline": 1,
+        }),
+    )
 }
 
 /// SignatureTransfer: batch or single, with or without a witness.
@@ -364,7 +699,12 @@ fn permit2_transfer(batch: bool, witness: bool, spender: Address, amount: U256) 
         (false, true) => ("PermitWitnessTransferFrom", "TokenPermissions"),
         (true, true) => ("PermitBatchWitnessTransferFrom", "TokenPermissions[]"),
     };
-    let mut f = vec![(permitted_ty, "permitted"), ("address", "spender"), ("uint256", "nonce"), ("uint256", "deadline")];
+    let mut f = vec![
+        (permitted_ty, "permitted"),
+        ("address", "spender"),
+        ("uint256", "nonce"),
+        ("uint256", "deadline"),
+    ];
     if witness {
         f.push(("ExclusiveDutchOrder", "witness"));
     }
@@ -382,10 +722,15 @@ fn permit2_transfer(batch: bool, witness: bool, spender: Address, amount: U256) 
 }
 
 fn eip3009(primary: &str, to: Address, value: U256) -> Value {
-    typed(primary, USDC, json!({primary: fields(EIP3009)}), json!({
-        "from": FROM, "to": to, "value": value.to_string(), "validAfter": 0, "validBefore": 1,
-        "nonce": format!("0x{}", "11".repeat(32)),
-    }))
+    typed(
+        primary,
+        USDC,
+        json!({primary: fields(EIP3009)}),
+        json!({
+            "from": FROM, "to": to, "value": value.to_string(), "validAfter": 0, "validBefore": 1,
+            "nonce": format!("0x{}", "11".repeat(32)),
+        }),
+    )
 }
 
 fn typed_outcome(p: &EvmPolicy, v: &Value) -> Outcome {
@@ -413,39 +758,190 @@ fn typed_data_movements_are_read_or_refused() {
         .push(json!({"name": "more", "type": "uint256"}));
     witness_extra["message"]["more"] = json!(1);
     let rows: Vec<(&str, Value, Outcome)> = vec![
-        ("eip2612 to router", eip2612(ROUTER, usdc(100), EIP2612), Ok("router-permits")),
-        ("eip2612 to attacker", eip2612(ATTACKER, usdc(100), EIP2612), spender("router-permits")),
-        ("eip2612 over max_approval", eip2612(ROUTER, usdc(2001), EIP2612), refused("evm.token_max_approval", "message.value")),
-        ("eip2612 2^256-2", eip2612(ROUTER, U256::MAX - U256::from(1), EIP2612), refused("evm.unlimited_approval", "message.value")),
-        ("eip2612 + a field", eip2612(ATTACKER, usdc(100), &[EIP2612, &[("uint256", "extra")]].concat()), refused("evm.typed_data_unrecognised", "primaryType")),
-        ("eip2612 fields reordered", eip2612(ATTACKER, usdc(100), &reordered), refused("evm.typed_data_unrecognised", "primaryType")),
-        ("dai allowed to attacker", dai(ATTACKER, true), spender("router-permits")),
-        ("dai allowed to router (unlimited)", dai(ROUTER, true), refused("evm.unlimited_approval", "message.allowed")),
-        ("dai revoke to router", dai(ROUTER, false), Ok("router-permits")),
-        ("permit2 single to attacker", permit2_single(ATTACKER, usdc(1), DETAILS, "PermitSingle"), spender("router-permits")),
-        ("permit2 single 2^160-2", permit2_single(ROUTER, pow2(160) - U256::from(2), DETAILS, "PermitSingle"), refused("evm.unlimited_approval", "message.details.amount")),
-        ("permit2 single 100 USDC", permit2_single(ROUTER, usdc(100), DETAILS, "PermitSingle"), Ok("router-permits")),
-        ("permit2 single renamed", permit2_single(ROUTER, usdc(100), DETAILS, "PermitSingleV2"), refused("evm.typed_data_unrecognised", "primaryType")),
-        ("permit2 details widened", permit2_single(ROUTER, usdc(100), &widened, "PermitSingle"), refused("evm.typed_data_unrecognised", "primaryType")),
-        ("permit2 batch to attacker", permit2_batch(ATTACKER, usdc(1)), spender("router-permits")),
-        ("permit2 batch 10^30", permit2_batch(ROUTER, big), refused("evm.token_max_approval", "message.details.amount")),
-        ("permit2 batch 100 USDC", permit2_batch(ROUTER, usdc(100)), Ok("router-permits")),
-        ("transfer to attacker", permit2_transfer(false, false, ATTACKER, big), spender("router-permits")),
-        ("batch transfer to attacker 10^30", permit2_transfer(true, false, ATTACKER, big), spender("router-permits")),
-        ("batch transfer to router 10^30", permit2_transfer(true, false, ROUTER, big), refused("evm.token_max_approval", "message.permitted.amount")),
-        ("witness transfer to attacker", permit2_transfer(false, true, ATTACKER, big), spender("router-permits")),
-        ("batch witness transfer to attacker", permit2_transfer(true, true, ATTACKER, big), spender("router-permits")),
-        ("witness transfer to router 100 USDC", permit2_transfer(false, true, ROUTER, usdc(100)), Ok("router-permits")),
-        ("batch witness transfer to router 2^128", permit2_transfer(true, true, ROUTER, pow2(128)), refused("evm.unlimited_approval", "message.permitted.amount")),
-        ("witness with an extra field", witness_extra, refused("evm.typed_data_unrecognised", "primaryType")),
-        ("erc4494 to attacker", typed("Permit", NFT, json!({"Permit": fields(&[("address", "spender"), ("uint256", "tokenId"), ("uint256", "nonce"), ("uint256", "deadline")])}), json!({"spender": ATTACKER, "tokenId": 7, "nonce": 0, "deadline": 1})), spender("router-permits")),
-        ("erc4494 to router", typed("Permit", NFT, json!({"Permit": fields(&[("address", "spender"), ("uint256", "tokenId"), ("uint256", "nonce"), ("uint256", "deadline")])}), json!({"spender": ROUTER, "tokenId": 7, "nonce": 0, "deadline": 1})), Ok("router-permits")),
-        ("eip3009 transfer 1M to router", eip3009("TransferWithAuthorization", ROUTER, usdc(1_000_000)), refused("evm.token_max_transfer", "message.value")),
-        ("eip3009 receive 1M to router", eip3009("ReceiveWithAuthorization", ROUTER, usdc(1_000_000)), refused("evm.token_max_transfer", "message.value")),
-        ("eip3009 transfer to attacker", eip3009("TransferWithAuthorization", ATTACKER, usdc(1)), spender("router-permits")),
-        ("eip3009 transfer 100 to router", eip3009("TransferWithAuthorization", ROUTER, usdc(100)), Ok("router-permits")),
-        ("eip3009 renamed", eip3009("TransferWithAuthorisation", ROUTER, usdc(1)), refused("evm.typed_data_unrecognised", "primaryType")),
-        ("unknown order under a spenders rule", typed("Order", USDC, json!({"Order": fields(&[("uint256", "amount")])}), json!({"amount": 1})), refused("evm.typed_data_unrecognised", "primaryType")),
+        (
+            "eip2612 to router",
+            eip2612(ROUTER, usdc(100), EIP2612),
+            Ok("router-permits"),
+        ),
+        (
+            "eip2612 to attacker",
+            eip2612(ATTACKER, usdc(100), EIP2612),
+            spender("router-permits"),
+        ),
+        (
+            "eip2612 over max_approval",
+            eip2612(ROUTER, usdc(2001), EIP2612),
+            refused("evm.token_max_approval", "message.value"),
+        ),
+        (
+            "eip2612 2^256-2",
+            eip2612(ROUTER, U256::MAX - U256::from(1), EIP2612),
+            refused("evm.unlimited_approval", "message.value"),
+        ),
+        (
+            "eip2612 + a field",
+            eip2612(
+                ATTACKER,
+                usdc(100),
+                &[EIP2612, &[("uint256", "extra")]].concat(),
+            ),
+            refused("evm.typed_data_unrecognised", "primaryType"),
+        ),
+        (
+            "eip2612 fields reordered",
+            eip2612(ATTACKER, usdc(100), &reordered),
+            refused("evm.typed_data_unrecognised", "primaryType"),
+        ),
+        (
+            "dai allowed to attacker",
+            dai(ATTACKER, true),
+            spender("router-permits"),
+        ),
+        (
+            "dai allowed to router (unlimited)",
+            dai(ROUTER, true),
+            refused("evm.unlimited_approval", "message.allowed"),
+        ),
+        (
+            "dai revoke to router",
+            dai(ROUTER, false),
+            Ok("router-permits"),
+        ),
+        (
+            "permit2 single to attacker",
+            permit2_single(ATTACKER, usdc(1), DETAILS, "PermitSingle"),
+            spender("router-permits"),
+        ),
+        (
+            "permit2 single 2^160-2",
+            permit2_single(ROUTER, pow2(160) - U256::from(2), DETAILS, "PermitSingle"),
+            refused("evm.unlimited_approval", "message.details.amount"),
+        ),
+        (
+            "permit2 single 100 USDC",
+            permit2_single(ROUTER, usdc(100), DETAILS, "PermitSingle"),
+            Ok("router-permits"),
+        ),
+        (
+            "permit2 single renamed",
+            permit2_single(ROUTER, usdc(100), DETAILS, "PermitSingleV2"),
+            refused("evm.typed_data_unrecognised", "primaryType"),
+        ),
+        (
+            "permit2 details widened",
+            permit2_single(ROUTER, usdc(100), &widened, "PermitSingle"),
+            refused("evm.typed_data_unrecognised", "primaryType"),
+        ),
+        (
+            "permit2 batch to attacker",
+            permit2_batch(ATTACKER, usdc(1)),
+            spender("router-permits"),
+        ),
+        (
+            "permit2 batch 10^30",
+            permit2_batch(ROUTER, big),
+            refused("evm.token_max_approval", "message.details.amount"),
+        ),
+        (
+            "permit2 batch 100 USDC",
+            permit2_batch(ROUTER, usdc(100)),
+            Ok("router-permits"),
+        ),
+        (
+            "transfer to attacker",
+            permit2_transfer(false, false, ATTACKER, big),
+            spender("router-permits"),
+        ),
+        (
+            "batch transfer to attacker 10^30",
+            permit2_transfer(true, false, ATTACKER, big),
+            spender("router-permits"),
+        ),
+        (
+            "batch transfer to router 10^30",
+            permit2_transfer(true, false, ROUTER, big),
+            refused("evm.token_max_approval", "message.permitted.amount"),
+        ),
+        (
+            "witness transfer to attacker",
+            permit2_transfer(false, true, ATTACKER, big),
+            spender("router-permits"),
+        ),
+        (
+            "batch witness transfer to attacker",
+            permit2_transfer(true, true, ATTACKER, big),
+            spender("router-permits"),
+        ),
+        (
+            "witness transfer to router 100 USDC",
+            permit2_transfer(false, true, ROUTER, usdc(100)),
+            Ok("router-permits"),
+        ),
+        (
+            "batch witness transfer to router 2^128",
+            permit2_transfer(true, true, ROUTER, pow2(128)),
+            refused("evm.unlimited_approval", "message.permitted.amount"),
+        ),
+        (
+            "witness with an extra field",
+            witness_extra,
+            refused("evm.typed_data_unrecognised", "primaryType"),
+        ),
+        (
+            "erc4494 to attacker",
+            typed(
+                "Permit",
+                NFT,
+                json!({"Permit": fields(&[("address", "spender"), ("uint256", "tokenId"), ("uint256", "nonce"), ("uint256", "deadline")])}),
+                json!({"spender": ATTACKER, "tokenId": 7, "nonce": 0, "deadline": 1}),
+            ),
+            spender("router-permits"),
+        ),
+        (
+            "erc4494 to router",
+            typed(
+                "Permit",
+                NFT,
+                json!({"Permit": fields(&[("address", "spender"), ("uint256", "tokenId"), ("uint256", "nonce"), ("uint256", "deadline")])}),
+                json!({"spender": ROUTER, "tokenId": 7, "nonce": 0, "deadline": 1}),
+            ),
+            Ok("router-permits"),
+        ),
+        (
+            "eip3009 transfer 1M to router",
+            eip3009("TransferWithAuthorization", ROUTER, usdc(1_000_000)),
+            refused("evm.token_max_transfer", "message.value"),
+        ),
+        (
+            "eip3009 receive 1M to router",
+            eip3009("ReceiveWithAuthorization", ROUTER, usdc(1_000_000)),
+            refused("evm.token_max_transfer", "message.value"),
+        ),
+        (
+            "eip3009 transfer to attacker",
+            eip3009("TransferWithAuthorization", ATTACKER, usdc(1)),
+            spender("router-permits"),
+        ),
+        (
+            "eip3009 transfer 100 to router",
+            eip3009("TransferWithAuthorization", ROUTER, usdc(100)),
+            Ok("router-permits"),
+        ),
+        (
+            "eip3009 renamed",
+            eip3009("TransferWithAuthorisation", ROUTER, usdc(1)),
+            refused("evm.typed_data_unrecognised", "primaryType"),
+        ),
+        (
+            "unknown order under a spenders rule",
+            typed(
+                "Order",
+                USDC,
+                json!({"Order": fields(&[("uint256", "amount")])}),
+                json!({"amount": 1}),
+            ),
+            refused("evm.typed_data_unrecognised", "primaryType"),
+        ),
     ];
     let mut failures = Vec::new();
     for (name, v, want) in rows {
@@ -466,22 +962,77 @@ fn unknown_typed_data_passes_only_rules_that_constrain_nothing() {
         "chain_ids = [1]\nto = \"any\"\nmax_value = \"1\"\nmax_fee_per_gas = \"1\"\n\
          max_priority_fee_per_gas = \"1\"\nmax_fee_per_blob_gas = \"1\"\n{rules}"
     ));
-    let order = typed("Order", USDC, json!({"Order": fields(&[("uint256", "amount")])}), json!({"amount": 1}));
-    let lookalike = eip2612(ATTACKER, usdc(1), &[EIP2612, &[("uint256", "extra")]].concat());
+    let order = typed(
+        "Order",
+        USDC,
+        json!({"Order": fields(&[("uint256", "amount")])}),
+        json!({"amount": 1}),
+    );
+    let lookalike = eip2612(
+        ATTACKER,
+        usdc(1),
+        &[EIP2612, &[("uint256", "extra")]].concat(),
+    );
     assert_eq!(typed_outcome(&limited, &order), Ok("orders"));
-    assert_eq!(typed_outcome(&limited, &lookalike), refused("evm.typed_data_unrecognised", "primaryType"));
+    assert_eq!(
+        typed_outcome(&limited, &lookalike),
+        refused("evm.typed_data_unrecognised", "primaryType")
+    );
     // Control: a policy that limits no token has nothing the lookalike could bypass.
     assert_eq!(typed_outcome(&bare, &lookalike), Ok("orders"));
     // The recognised permit of a token without a limit passes only because the rule names
     // `Permit`; EIP-3009 transfers are debited toward velocity.
     assert_eq!(typed_outcome(&bare, &dai(ATTACKER, false)), Ok("orders"));
     let p = any_calldata();
-    let t = decode_typed_data(FROM.parse().unwrap(), &eip3009("ReceiveWithAuthorization", ROUTER, usdc(100))).unwrap();
+    let t = decode_typed_data(
+        FROM.parse().unwrap(),
+        &eip3009("ReceiveWithAuthorization", ROUTER, usdc(100)),
+    )
+    .unwrap();
     let d = p.decide_typed_data(&t).unwrap();
     assert_eq!(d.debits.len(), 1, "{:?}", d.debits);
-    assert_eq!((d.debits[0].counter.as_str(), d.debits[0].amount), ("usdc-daily", usdc(100)));
-    let t = decode_typed_data(FROM.parse().unwrap(), &permit2_single(ROUTER, usdc(100), DETAILS, "PermitSingle")).unwrap();
+    assert_eq!(
+        (d.debits[0].counter.as_str(), d.debits[0].amount),
+        ("usdc-daily", usdc(100))
+    );
+    let t = decode_typed_data(
+        FROM.parse().unwrap(),
+        &permit2_single(ROUTER, usdc(100), DETAILS, "PermitSingle"),
+    )
+    .unwrap();
     let d = p.decide_typed_data(&t).unwrap();
     let rules: Vec<_> = d.debits.iter().map(|d| d.rule).collect();
     assert_eq!(rules, ["evm.allowance_window", "evm.velocity"]);
+}
+
+/// Measurement, not a check (`cargo test -p keyguard-evm --release -- --ignored --nocapture
+/// movement_cost`): the movement read next to the exact ERC-20 decode it replaced.
+#[test]
+#[ignore]
+fn movement_cost() {
+    let input = transfer(ROUTER, usdc(1000));
+    let erc20 = crate::abi::Abi::builtin("erc20").unwrap();
+    let n = 100_000;
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(erc20.decode(std::hint::black_box(&input)).is_ok());
+    }
+    let old = t.elapsed();
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(call_moves(USDC, std::hint::black_box(&input)).is_ok());
+    }
+    let new = t.elapsed();
+    let p = any_calldata();
+    let intent = tx(USDC, &input);
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(p.decide(&intent, 0).is_ok());
+    }
+    eprintln!(
+        "per call: erc20 exact decode {:?}, movement read {:?}, whole decide {:?}",
+        old / n,
+        new / n,
+        t.elapsed() / n
+    );
 }
