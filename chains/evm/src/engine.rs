@@ -16,10 +16,10 @@ use crate::accounting::{self, Grant};
 use crate::movement::call_moves;
 use crate::rulecfg::{ArgCheck, Compiled, Literal, Rule};
 use crate::token::TokenMove;
+use crate::TxIntent;
 
 /// Functions whose naming in a rule's `functions` allows approvals of tokens without limits.
 const APPROVAL_FUNCTIONS: &[&str] = &["approve", "increaseAllowance", "setApprovalForAll"];
-use crate::TxIntent;
 
 /// An amount the daemon must reserve against a rolling-window limit before signing.
 #[derive(Clone, Debug, PartialEq, Eq)]

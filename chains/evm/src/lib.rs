@@ -115,4 +115,6 @@ mod tests;
 #[cfg(test)]
 mod tests_movement;
 #[cfg(test)]
+mod tests_permits;
+#[cfg(test)]
 mod tests_rules;
