@@ -81,9 +81,12 @@ impl Guard {
         let Some(evm) = policy.evm.as_ref() else {
             return Err(Rejection::policy("policy.none", "from", "no Ethereum rules").into());
         };
-        let allowed_by = match &request {
-            Decoded::Typed(t) => evm.check_typed_data(t)?,
-            Decoded::Message(m) => evm.check_message(m)?,
+        let (allowed_by, debits) = match &request {
+            Decoded::Typed(t) => {
+                let d = evm.decide_typed_data(t)?;
+                (d.allowed_by, d.debits)
+            }
+            Decoded::Message(m) => (evm.check_message(m)?, Vec::new()),
         };
         if let Value::Object(s) = &mut entry.summary {
             s.insert("allowed_by".into(), Value::String(allowed_by.into()));
@@ -91,6 +94,13 @@ impl Guard {
         if self.controls.kill.is_disabled(Some(key.as_str())) {
             return Err(GuardError::KeyDisabled(format!("key {key} is disabled")));
         }
+        // Permits and transfer authorizations count like transactions: reserved here, written
+        // with the audit row, released if anything below fails.
+        let reservation = if debits.is_empty() {
+            None
+        } else {
+            Some(self.ledger.reserve(&key, &debits, None, super::now_ms())?)
+        };
         let signature = self
             .backend
             .sign(&key, &SigningPayload::Secp256k1Prehash(hash.0))
@@ -100,6 +110,6 @@ impl Guard {
             tracing::error!(key = %key, error = %e, "ALERT: pass 2 rejected a backend signature");
             GuardError::Backend(e.to_string())
         })?;
-        Ok((sig, None))
+        Ok((sig, reservation))
     }
 }

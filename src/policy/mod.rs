@@ -186,7 +186,7 @@ impl Ledger {
                 .fold(U256::ZERO, |a, (_, v)| a.saturating_add(*v));
             if used.saturating_add(d.amount) > d.max {
                 return Err(Rejection::policy(
-                    "evm.velocity",
+                    d.rule,
                     d.counter.clone(),
                     format!(
                         "limit {}: {} already counted in the window, {} more would exceed {}",

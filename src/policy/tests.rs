@@ -8,6 +8,7 @@ use super::*;
 
 fn debit(amount: u64, max: u64) -> Debit {
     Debit {
+        rule: "evm.velocity",
         limit: "daily",
         counter: "daily".into(),
         amount: U256::from(amount),

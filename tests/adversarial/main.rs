@@ -3,6 +3,7 @@
 //! directory filling up or turning read-only under a running daemon.
 //!
 //! - `evm`: Ethereum JSON-RPC (bearer listener).
+//! - `evm_movement`: token movement in calldata and typed data, approvals adding up.
 //! - `privval`: CometBFT remote signer (mock validator node over a Unix socket).
 //! - `bitcoin`: `btc_signPsbt`.
 //! - `admin`: the admin API on its Unix socket.
@@ -18,6 +19,7 @@ mod common;
 mod control;
 mod disk;
 mod evm;
+mod evm_movement;
 mod evm_table;
 #[allow(dead_code)]
 #[path = "../privval/harness.rs"]

@@ -108,7 +108,7 @@ CASES = {
     "token-to-stranger": (TOKEN, transfer(kg.RECIPIENT, 1), 0, "tst-to-alice", "input.to"),
     "unlimited-approval": (TOKEN, approve(ALICE, 2**256 - 1), 0, "evm.unlimited_approval", "input.amount"),
     "approval-over-limit": (TOKEN, approve(ALICE, 1000 * TST + 1), 0, "evm.token_max_approval", "input.amount"),
-    "trailing-bytes": (TOKEN, transfer(ALICE, 1) + "00", 0, "tst-to-alice", "input"),
+    "trailing-bytes": (TOKEN, transfer(ALICE, 1) + "00", 0, "evm.movement_undecodable", "input"),
     "wrong-selector": (TOKEN, "0xa9059cbc" + transfer(ALICE, 1)[10:], 0, "tst-to-alice", "input"),
     "function-not-listed": (TOKEN, calldata("transferFrom(address,address,uint256)", ["address", "address", "uint256"], [ALICE, ALICE, 1]), 0, "tst-to-alice", "input"),
     "deny-rule": (MALLORY, "0x", 1, "no-mallory", "to"),

@@ -8,18 +8,24 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use alloy_consensus::Transaction;
-use alloy_primitives::{Address, U256};
+use alloy_primitives::U256;
 use keyguard_chain::Rejection;
 
 use crate::abi::{Abi, CallError, DecodedCall};
-use crate::profile::AssetRef;
-use crate::rulecfg::{ArgCheck, Compiled, Counted, Literal, Rule};
-use crate::token::{token_move, MoveKind, TokenMove};
+use crate::accounting::{self, Grant};
+use crate::movement::call_moves;
+use crate::rulecfg::{ArgCheck, Compiled, Literal, Rule};
+use crate::token::TokenMove;
 use crate::TxIntent;
+
+/// Functions whose naming in a rule's `functions` allows approvals of tokens without limits.
+const APPROVAL_FUNCTIONS: &[&str] = &["approve", "increaseAllowance", "setApprovalForAll"];
 
 /// An amount the daemon must reserve against a rolling-window limit before signing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Debit {
+    /// The rule named when the window is full (`evm.velocity`, `evm.allowance_window`).
+    pub rule: &'static str,
     /// The velocity limit's name (its counter identity).
     pub limit: &'static str,
     /// Counter key: the limit name, plus `@destination` for per-destination limits.
@@ -39,8 +45,10 @@ pub struct TxDecision {
     pub allowed_by: &'static str,
     /// Velocity reservations required.
     pub debits: Vec<Debit>,
-    /// The token movement, if the call is one.
+    /// The first token movement, if the call is one.
     pub token: Option<TokenMove>,
+    /// Every movement the call makes (Permit2 batches make several).
+    pub moves: Vec<TokenMove>,
     /// Calldata decoded by the allowing rule's ABI.
     pub call: Option<DecodedCall>,
 }
@@ -51,6 +59,7 @@ impl TxDecision {
         serde_json::json!({
             "allowed_by": self.allowed_by,
             "token": self.token.as_ref().map(TokenMove::to_json),
+            "moves": self.moves.iter().map(TokenMove::to_json).collect::<Vec<_>>(),
             "call": self.call.as_ref().map(DecodedCall::to_json),
         })
     }
@@ -331,63 +340,6 @@ fn rule_verdict<'a>(
     Verdict::Match(Some(decoded.clone()))
 }
 
-fn velocity_debits(
-    c: &Compiled,
-    intent: &TxIntent,
-    token: Option<&TokenMove>,
-) -> Result<Vec<Debit>, Rejection> {
-    let chain = intent.chain_id();
-    let mut out = Vec::new();
-    for v in &c.velocity {
-        let mut counted: Option<(U256, Option<Address>, &'static str)> = None;
-        match &v.counted {
-            Counted::Transactions => counted = Some((U256::from(1), intent.to(), "nonce")),
-            Counted::Assets(assets) => {
-                for (ch, asset) in assets.iter().filter(|(ch, _)| *ch == chain) {
-                    let _ = ch;
-                    match (asset, token) {
-                        (AssetRef::Native, _) if !intent.value().is_zero() => {
-                            counted = Some((intent.value(), intent.to(), "value"))
-                        }
-                        (AssetRef::Token(a), Some(t))
-                            if t.token == *a && t.kind == MoveKind::Transfer =>
-                        {
-                            counted = Some((t.amount, Some(t.counterparty), t.field))
-                        }
-                        _ => {}
-                    }
-                }
-            }
-        }
-        let Some((amount, dest, field)) = counted else {
-            continue;
-        };
-        if amount > v.max {
-            return Err(Rejection::policy(
-                "evm.velocity",
-                field,
-                format!(
-                    "{amount} alone exceeds limit {} of {} per window",
-                    v.name, v.max
-                ),
-            ));
-        }
-        let counter = match (v.per_destination, dest) {
-            (true, Some(d)) => format!("{}@{d:#x}", v.name),
-            (true, None) => format!("{}@create", v.name),
-            (false, _) => v.name.to_string(),
-        };
-        out.push(Debit {
-            limit: v.name,
-            counter,
-            amount,
-            max: v.max,
-            window_ms: v.window_ms,
-        });
-    }
-    Ok(out)
-}
-
 /// The rule-list part of the decision (after the fixed limits passed).
 pub(crate) fn decide_rules(
     c: &Compiled,
@@ -396,33 +348,22 @@ pub(crate) fn decide_rules(
     eval: &mut Eval,
 ) -> Result<TxDecision, Rejection> {
     let chain = intent.chain_id();
-    let token = intent.to().and_then(|to| token_move(to, intent.tx.input()));
-    let token_rule = token.as_ref().and_then(|t| {
-        c.tokens
-            .iter()
-            .find(|r| r.token.iter().any(|(ch, a)| *ch == chain && *a == t.token))
-    });
-    if let (Some(t), Some(r)) = (&token, token_rule) {
-        let res = match t.kind {
-            MoveKind::Transfer => match r.max_transfer {
-                Some(m) if t.amount > m => Err(Rejection::policy(
-                    "evm.token_max_transfer",
-                    t.field,
-                    format!("{} is above the token's transfer limit of {m}", t.amount),
-                )),
-                _ => Ok(()),
-            },
-            MoveKind::Approval if t.is_unlimited() => Ok(()),
-            MoveKind::Approval => match r.max_approval {
-                Some(m) if t.amount > m => Err(Rejection::policy(
-                    "evm.token_max_approval",
-                    t.field,
-                    format!("{} is above the token's approval limit of {m}", t.amount),
-                )),
-                _ => Ok(()),
-            },
-        };
-        eval.check("evm.token_limits", res)?;
+    // Movements are read from the calldata whatever rule allows it (see `movement`).
+    let moves = match intent.to() {
+        Some(to) => match call_moves(to, intent.tx.input()) {
+            Ok(m) => m,
+            Err(e) => {
+                eval.check(crate::movement::UNDECODABLE, Err(e))?;
+                Vec::new()
+            }
+        },
+        None => Vec::new(),
+    };
+    if !moves.is_empty() {
+        eval.check(
+            "evm.token_limits",
+            accounting::check_limits(c, chain, &moves),
+        )?;
     }
 
     let mut calls = CallCache {
@@ -468,13 +409,20 @@ pub(crate) fn decide_rules(
             }
         }
     }
-    let (allowed_by, call, may_unlimited) = match (allowed, c.rules.is_empty()) {
-        (_, true) => ("policy.limits", None, false),
-        (Some((rule, call)), false) => (
-            rule.name,
-            call.and_then(|d| d.as_ref().as_ref().ok().cloned()),
-            rule.allow_unlimited_approval,
-        ),
+    let (allowed_by, call, grant) = match (allowed, c.rules.is_empty()) {
+        (_, true) => ("policy.limits", None, Grant::default()),
+        (Some((rule, call)), false) => {
+            let call = call.and_then(|d| d.as_ref().as_ref().ok().cloned());
+            let names_approval = !rule.functions.is_empty()
+                && call
+                    .as_ref()
+                    .is_some_and(|c| APPROVAL_FUNCTIONS.contains(&c.function.as_str()));
+            let grant = Grant {
+                may_unlimited: rule.allow_unlimited_approval,
+                explicit_approval: rule.allow_unlimited_approval || names_approval,
+            };
+            (rule.name, call, grant)
+        }
         (None, false) => {
             let r = match best_fail {
                 Some((_, rule, miss)) => {
@@ -493,26 +441,16 @@ pub(crate) fn decide_rules(
                 ),
             };
             eval.check("evm.rules", Err(r))?;
-            ("evm.rules", None, false)
+            ("evm.rules", None, Grant::default())
         }
     };
-    if let Some(t) = token.as_ref().filter(|t| t.is_unlimited()) {
-        let ok = may_unlimited || token_rule.is_some_and(|r| r.allow_unlimited_approval);
-        let r = if ok {
-            Ok(())
-        } else {
-            Err(Rejection::policy(
-                "evm.unlimited_approval",
-                t.field,
-                format!(
-                    "unlimited approval of {} to {} (no rule allows unlimited approvals)",
-                    t.token, t.counterparty
-                ),
-            ))
-        };
-        eval.check("evm.unlimited_approval", r)?;
-    }
-    let debits = velocity_debits(c, intent, token.as_ref());
+    let r = accounting::check_grants(c, chain, &moves, grant);
+    let name = match &r {
+        Err(Rejection::Policy { rule, .. }) => rule,
+        _ => &"evm.unlimited_approval",
+    };
+    eval.check(name, r)?;
+    let debits = accounting::debits(c, chain, Some((intent.to(), intent.value())), &moves);
     let debits = match debits {
         Ok(d) => d,
         Err(e) => {
@@ -526,7 +464,8 @@ pub(crate) fn decide_rules(
     Ok(TxDecision {
         allowed_by,
         debits,
-        token,
+        token: moves.first().cloned(),
+        moves,
         call,
     })
 }

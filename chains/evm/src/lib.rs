@@ -15,10 +15,13 @@
 //! Pure code: no sockets, storage or keys.
 
 pub mod abi;
+pub mod accounting;
 mod args;
 pub mod engine;
 pub mod finalize;
 pub mod message;
+pub mod movement;
+pub mod permits;
 pub mod profile;
 pub mod rulecfg;
 pub mod rules;
@@ -31,7 +34,7 @@ pub use engine::{Debit, RuleOutcome, TxDecision};
 pub use finalize::{finalize, finalize_digest, SignedTx};
 pub use message::{decode_eth_sign, decode_personal_sign, MessageIntent};
 pub use rules::{Destinations, EvmApprovalRule, EvmPolicy, Wei};
-pub use typed::{decode_typed_data, decode_typed_data_params, TypedIntent};
+pub use typed::{decode_typed_data, decode_typed_data_params, TypedDecision, TypedIntent};
 
 use alloy_consensus::{SignableTransaction, Transaction, TypedTransaction};
 use alloy_primitives::{keccak256, Address, U256};
@@ -109,5 +112,9 @@ pub fn address_of(key: &PublicKey) -> Option<Address> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_movement;
+#[cfg(test)]
+mod tests_permits;
 #[cfg(test)]
 mod tests_rules;

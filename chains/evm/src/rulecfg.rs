@@ -156,6 +156,11 @@ pub struct TokenLimit {
     /// Whether unlimited approvals of this token may be signed.
     #[serde(default)]
     pub allow_unlimited_approval: bool,
+    /// Approvals at or above this amount are unlimited (default 2^128 base units; see
+    /// `docs/evm-movement.md`).
+    pub unlimited_at: Option<String>,
+    /// Window in which approvals to one spender add up against `max_approval` (default 24h).
+    pub approval_window: Option<String>,
 }
 
 /// A rolling-window limit, counted durably per key.
@@ -256,6 +261,8 @@ pub(crate) struct TokenRule {
     pub(crate) max_transfer: Option<U256>,
     pub(crate) max_approval: Option<U256>,
     pub(crate) allow_unlimited_approval: bool,
+    pub(crate) unlimited_at: Option<U256>,
+    pub(crate) approval_window_ms: u64,
 }
 
 /// What a velocity limit counts.
@@ -534,6 +541,14 @@ pub(crate) fn compile(p: &EvmPolicy, base: Option<&Path>) -> Result<Compiled, St
             max_transfer: amount(&t.max_transfer, "max_transfer")?,
             max_approval: amount(&t.max_approval, "max_approval")?,
             allow_unlimited_approval: t.allow_unlimited_approval,
+            unlimited_at: amount(&t.unlimited_at, "unlimited_at")?,
+            approval_window_ms: match &t.approval_window {
+                Some(w) => parse_window(w)
+                    .ok()
+                    .filter(|ms| *ms <= MAX_WINDOW_MS)
+                    .ok_or_else(|| format!("{at}.approval_window: a window of at most 31d"))?,
+                None => crate::accounting::DEFAULT_APPROVAL_WINDOW_MS,
+            },
         });
     }
 

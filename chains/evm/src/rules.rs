@@ -20,6 +20,7 @@
 //! | *rule name* | calls outside the functions, arguments and amounts a rule allows |
 //! | `evm.token_max_transfer` / `evm.token_max_approval` | draining a token in one call |
 //! | `evm.unlimited_approval` | approve-then-drain: `approve(x, 2^256-1)` and permits alike |
+//! | `evm.movement_undecodable` / `evm.typed_data_unrecognised` / `evm.approval_unconfigured` / `evm.allowance_window` | movements hidden from the token limits (`docs/evm-movement.md`) |
 //! | `evm.velocity` | slow draining through many transactions under the per-tx limit |
 //! | `evm.nonce_reuse` | a second, different transaction for a nonce already signed |
 //! | `evm.typed_data`, `evm.typed_data_chain_id` | blind permits; cross-chain replay |
@@ -43,7 +44,7 @@ use crate::message::{check_message, MessageIntent, MessageRule};
 use crate::rulecfg::{
     compile, Compiled, NonceRules, RuleConfig, TimeWindow, TokenLimit, VelocityLimit,
 };
-use crate::typed::{check_typed, TypedDataRule, TypedIntent};
+use crate::typed::{check_typed, TypedDataRule, TypedDecision, TypedIntent};
 use crate::TxIntent;
 
 /// An amount of wei, written in config as `"1 ether"`, `"500 gwei"`, `"21000 wei"` or `"21000"`.
@@ -226,7 +227,7 @@ impl EvmPolicy {
         r.as_ref().map(|_| ()).map_err(Clone::clone)
     }
 
-    fn compiled(&self) -> Result<&Arc<Compiled>, Rejection> {
+    pub(crate) fn compiled(&self) -> Result<&Arc<Compiled>, Rejection> {
         self.compiled
             .get_or_init(|| compile(self, None).map(Arc::new))
             .as_ref()
@@ -271,6 +272,11 @@ impl EvmPolicy {
 
     /// Typed data: returns the allowing rule.
     pub fn check_typed_data(&self, t: &TypedIntent) -> Result<&'static str, Rejection> {
+        self.decide_typed_data(t).map(|d| d.allowed_by)
+    }
+
+    /// Typed data: the allowing rule and the reservations its movements need.
+    pub fn decide_typed_data(&self, t: &TypedIntent) -> Result<TypedDecision, Rejection> {
         check_typed(self.compiled()?, &self.chain_ids, t)
     }
 

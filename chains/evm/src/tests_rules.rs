@@ -221,7 +221,20 @@ fn every_rule_kind_at_and_over_its_boundary() {
             Err(("evm.no_rule", "to")),
         ),
         (
-            "usdc approve to the router",
+            "usdc approve within both rules (the first wins)",
+            tx(
+                1,
+                USDC,
+                U256::ZERO,
+                &approve(ALICE, usdc(400)),
+                none.clone(),
+            ),
+            Ok("usdc-transfer"),
+        ),
+        (
+            // Allowed by usdc-approve-router, then refused because approvals count toward
+            // velocity like transfers (docs/evm-movement.md).
+            "usdc approve to the router, over the spender's velocity",
             tx(
                 1,
                 USDC,
@@ -229,7 +242,7 @@ fn every_rule_kind_at_and_over_its_boundary() {
                 &approve(ALICE, usdc(2000)),
                 none.clone(),
             ),
-            Ok("usdc-approve-router"),
+            Err(("evm.velocity", "input.amount")),
         ),
         (
             "usdc approve to another spender (args.to binds transfer only)",
@@ -285,7 +298,8 @@ fn every_rule_kind_at_and_over_its_boundary() {
                 &(transfer(ALICE, usdc(1)) + "00"),
                 none.clone(),
             ),
-            Err(("usdc-transfer", "input")),
+            // A movement selector that is not its exact encoding, whatever rule would match.
+            Err(("evm.movement_undecodable", "input")),
         ),
         (
             "wrong selector refused",

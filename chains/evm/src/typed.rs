@@ -6,14 +6,17 @@
 //! surely as `approve`. So their amounts and spenders go through the same token rules.
 
 use alloy_dyn_abi::eip712::TypedData;
-use alloy_primitives::{Address, B256, U256};
+use alloy_primitives::{Address, B256};
 use keyguard_chain::{Rejection, SigningPayload};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::profile::Profiles;
-use crate::rulecfg::{intern, resolve_addresses, Compiled};
-use crate::token::{MoveKind, TokenMove};
+use crate::accounting::{self, Grant};
+use crate::engine::Debit;
+use crate::permits::{looks_like_movement, Shape, UNRECOGNISED};
+use crate::profile::{AssetRef, Profiles};
+use crate::rulecfg::{intern, resolve_addresses, Compiled, Counted};
+use crate::token::TokenMove;
 use crate::wire;
 
 /// One typed-data allow rule; every listed condition must hold.
@@ -92,8 +95,10 @@ pub struct TypedIntent {
     pub data: TypedData,
     /// The EIP-712 signing hash, computed here.
     pub hash: B256,
-    /// Permits read as approvals.
+    /// The movements of a recognised permit or authorization (see [`crate::permits`]).
     pub approvals: Vec<TokenMove>,
+    /// The recognised standard structure, or unknown.
+    pub shape: Shape,
 }
 
 impl TypedIntent {
@@ -122,89 +127,10 @@ impl TypedIntent {
                 "verifying_contract": d.verifying_contract,
             },
             "hash": self.hash,
+            "shape": self.shape.name(),
             "approvals": self.approvals.iter().map(TokenMove::to_json).collect::<Vec<_>>(),
         })
     }
-}
-
-fn json_uint(v: Option<&Value>) -> Option<U256> {
-    match v? {
-        Value::String(s) => match s.strip_prefix("0x") {
-            Some(h) => U256::from_str_radix(h, 16).ok(),
-            None => U256::from_str_radix(s, 10).ok(),
-        },
-        Value::Number(n) => n.as_u64().map(U256::from),
-        _ => None,
-    }
-}
-
-fn json_addr(v: Option<&Value>) -> Option<Address> {
-    v?.as_str()?.parse().ok()
-}
-
-fn permit_moves(data: &TypedData) -> Result<Vec<TokenMove>, Rejection> {
-    let m = &data.message;
-    let bad = |f: &str| Rejection::invalid(format!("message.{f}"), "missing or not decodable");
-    let approval = |token: Option<Address>, spender: Option<Address>, amount, field| {
-        Ok::<_, Rejection>(TokenMove {
-            token: token.ok_or_else(|| bad("token"))?,
-            kind: MoveKind::Approval,
-            counterparty: spender.ok_or_else(|| bad("spender"))?,
-            amount: json_uint(amount).ok_or_else(|| bad(field))?,
-            field,
-        })
-    };
-    let spender = json_addr(m.get("spender"));
-    Ok(match data.primary_type.as_str() {
-        // EIP-2612: the token is the verifying contract.
-        "Permit" if m.get("value").is_some() => vec![approval(
-            data.domain.verifying_contract,
-            spender,
-            m.get("value"),
-            "message.value",
-        )?],
-        "PermitSingle" => {
-            let d = m.get("details").ok_or_else(|| bad("details"))?;
-            vec![approval(
-                json_addr(d.get("token")),
-                spender,
-                d.get("amount"),
-                "message.details.amount",
-            )?]
-        }
-        "PermitBatch" => m
-            .get("details")
-            .and_then(Value::as_array)
-            .ok_or_else(|| bad("details"))?
-            .iter()
-            .map(|d| {
-                approval(
-                    json_addr(d.get("token")),
-                    spender,
-                    d.get("amount"),
-                    "message.details.amount",
-                )
-            })
-            .collect::<Result<_, _>>()?,
-        "PermitTransferFrom" | "PermitWitnessTransferFrom" => {
-            let p = m.get("permitted").ok_or_else(|| bad("permitted"))?;
-            let list = match p {
-                Value::Array(a) => a.iter().collect::<Vec<_>>(),
-                one => vec![one],
-            };
-            list.into_iter()
-                .map(|p| {
-                    approval(
-                        json_addr(p.get("token")),
-                        spender,
-                        p.get("amount"),
-                        "message.permitted.amount",
-                    )
-                })
-                .collect::<Result<_, _>>()?
-        }
-        _ => Vec::new(),
-    })
 }
 
 /// Decodes `[address, typedData]` (typedData as an object or a JSON string).
@@ -236,12 +162,13 @@ pub fn decode_typed_data(from: Address, data: &Value) -> Result<TypedIntent, Rej
     let hash = data
         .eip712_signing_hash()
         .map_err(|e| Rejection::invalid("typedData", format!("cannot hash: {e}")))?;
-    let approvals = permit_moves(&data)?;
+    let shape = crate::permits::classify(&data);
     Ok(TypedIntent {
         from,
+        approvals: shape.moves().to_vec(),
+        shape,
         data,
         hash,
-        approvals,
     })
 }
 
@@ -255,12 +182,12 @@ fn in_list(list: &Option<Vec<(Option<u64>, Address)>>, a: Option<Address>, chain
     }
 }
 
-/// Checks typed data against the policy; returns the allowing rule.
+/// Checks typed data against the policy: the allowing rule, then its movements' accounting.
 pub(crate) fn check_typed(
     c: &Compiled,
     policy_chains: &[u64],
     t: &TypedIntent,
-) -> Result<&'static str, Rejection> {
+) -> Result<TypedDecision, Rejection> {
     let Some(chain) = t.chain_id().filter(|c| policy_chains.contains(c)) else {
         return Err(Rejection::policy(
             "evm.typed_data_chain_id",
@@ -294,6 +221,23 @@ pub(crate) fn check_typed(
             ),
         ));
     };
+    let constrains_tokens = !c.tokens.is_empty()
+        || c.velocity.iter().any(|v| {
+            matches!(&v.counted, Counted::Assets(a)
+                if a.iter().any(|(_, x)| matches!(x, AssetRef::Token(_))))
+        });
+    if t.shape == Shape::Unknown
+        && (rule.spenders.is_some() || (constrains_tokens && looks_like_movement(&t.data)))
+    {
+        return Err(Rejection::policy(
+            UNRECOGNISED,
+            "primaryType",
+            format!(
+                "rule {} constrains spenders, tokens or amounts, and primaryType {} is not a                  structure keyguard can read (a renamed or altered permit is refused, not passed)",
+                rule.name, t.data.primary_type
+            ),
+        ));
+    }
     for m in &t.approvals {
         if !in_list(&rule.spenders, Some(m.counterparty), chain) {
             return Err(Rejection::policy(
@@ -305,29 +249,27 @@ pub(crate) fn check_typed(
                 ),
             ));
         }
-        let token_rule = c
-            .tokens
-            .iter()
-            .find(|r| r.token.iter().any(|(ch, a)| *ch == chain && *a == m.token));
-        if m.is_unlimited() {
-            if !(rule.allow_unlimited_approval
-                || token_rule.is_some_and(|r| r.allow_unlimited_approval))
-            {
-                return Err(Rejection::policy(
-                    "evm.unlimited_approval",
-                    m.field,
-                    format!("unlimited permit of {} to {}", m.token, m.counterparty),
-                ));
-            }
-        } else if let Some(max) = token_rule.and_then(|r| r.max_approval) {
-            if m.amount > max {
-                return Err(Rejection::policy(
-                    "evm.token_max_approval",
-                    m.field,
-                    format!("{} is above the token's approval limit of {max}", m.amount),
-                ));
-            }
-        }
     }
-    Ok(rule.name)
+    accounting::check_limits(c, chain, &t.approvals)?;
+    let grant = Grant {
+        may_unlimited: rule.allow_unlimited_approval,
+        explicit_approval: rule.allow_unlimited_approval
+            || rule.spenders.is_some()
+            || rule.primary_types.contains(&t.data.primary_type),
+    };
+    accounting::check_grants(c, chain, &t.approvals, grant)?;
+    let debits = accounting::debits(c, chain, None, &t.approvals)?;
+    Ok(TypedDecision {
+        allowed_by: rule.name,
+        debits,
+    })
+}
+
+/// Why typed data may be signed, and what it commits the key to.
+#[derive(Clone, Debug)]
+pub struct TypedDecision {
+    /// The typed-data rule that allowed it.
+    pub allowed_by: &'static str,
+    /// Velocity and allowance-window reservations (EIP-3009 transfers, permits).
+    pub debits: Vec<Debit>,
 }
