@@ -7,6 +7,8 @@
 //! - `bitcoin`: `btc_signPsbt`.
 //! - `admin`: the admin API on its Unix socket.
 //! - `disk`: a tmpfs data directory filled to the last byte, then remounted read-only.
+//! - `faults`: the CometBFT durability promises across a SIGKILL, each with the injected fault
+//!   (`KEYGUARD_FAULT`) that must make its check fail.
 
 #![allow(unreachable_pub)]
 
@@ -19,6 +21,7 @@ mod control;
 mod disk;
 mod evm;
 mod evm_table;
+mod faults;
 #[allow(dead_code)]
 #[path = "../privval/harness.rs"]
 mod harness;
