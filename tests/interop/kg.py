@@ -233,6 +233,8 @@ def keyguard_bin() -> str:
 
 def base_env(extra: dict | None = None) -> dict:
     env = dict(os.environ)
+    # A fault (test builds, src/fault.rs) only where a test asks for it by name.
+    env.pop("KEYGUARD_FAULT", None)
     env["KEYGUARD_PASSPHRASE"] = PASSPHRASE
     env.setdefault("RUST_BACKTRACE", "1")
     if extra:
