@@ -372,7 +372,9 @@ fn psbt_v2_over_rpc_comes_back_as_v2() {
         .map(|i| i.witness_utxo.clone().unwrap())
         .collect();
     let tx: Transaction = keyguard_bitcoin::bitcoin::consensus::encode::deserialize_hex(
-        resp["result"]["hex"].as_str().expect("a finalized PSBT comes with its hex"),
+        resp["result"]["hex"]
+            .as_str()
+            .expect("a finalized PSBT comes with its hex"),
     )
     .unwrap();
     assert_eq!(tx.compute_txid(), psbt.unsigned_tx.compute_txid());

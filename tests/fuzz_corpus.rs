@@ -153,8 +153,7 @@ fn signed_transactions_recover_the_same_signer_in_libsecp256k1() {
             .ok()
             .zip(k256::ecdsa::RecoveryId::from_byte(u8::from(sig.v())))
             .and_then(|(s, id)| {
-                k256::ecdsa::VerifyingKey::recover_from_prehash(&tx.signature_hash().0, &s, id)
-                    .ok()
+                k256::ecdsa::VerifyingKey::recover_from_prehash(&tx.signature_hash().0, &s, id).ok()
             })
             .map(|vk| {
                 let point = vk.to_encoded_point(false);
@@ -364,11 +363,21 @@ fn psbts_round_trip_and_bogus_signatures_fail_verification() {
         let twice = BASE64_STANDARD
             .decode(encode_psbt(&psbt2, &format2).unwrap())
             .unwrap();
-        assert_eq!(once, twice, "{}: encoding is not a fixed point", path.display());
+        assert_eq!(
+            once,
+            twice,
+            "{}: encoding is not a fixed point",
+            path.display()
+        );
         let canonical_v0 = keyguard_bitcoin::bitcoin::Psbt::deserialize(&data)
             .is_ok_and(|p| p.serialize() == data);
         if canonical_v0 {
-            assert_eq!(once, data, "{}: a canonical v0 PSBT changed", path.display());
+            assert_eq!(
+                once,
+                data,
+                "{}: a canonical v0 PSBT changed",
+                path.display()
+            );
             exact += 1;
         }
 
@@ -402,10 +411,7 @@ fn psbts_round_trip_and_bogus_signatures_fail_verification() {
         verified += 1;
     }
     eprintln!("psbt corpus: {parsed} parsed, {exact} canonical v0 byte for byte, {verified} bogus signature sets refused by verification");
-    assert!(
-        exact > 0 && verified > 0,
-        "the corpus exercised nothing"
-    );
+    assert!(exact > 0 && verified > 0, "the corpus exercised nothing");
 }
 
 /// Controls of the second ABI encoder: it writes the spec's bytes for a known ERC-20 transfer,
@@ -420,7 +426,10 @@ fn second_abi_encoder_matches_a_known_vector_and_flags_dirty_padding() {
          00000000000000000000000000000000000000000000000000000000000003e8",
     )
     .unwrap();
-    let values = [V::Address(to), V::Uint(alloy_primitives::U256::from(1000), 256)];
+    let values = [
+        V::Address(to),
+        V::Uint(alloy_primitives::U256::from(1000), 256),
+    ];
     assert_eq!([&known[..4], &abi_encode(&values)].concat(), known);
     let erc20 = keyguard_evm::abi::Abi::from_json("erc20", keyguard_evm::abi::ERC20_JSON).unwrap();
     let call = erc20.decode(&known).unwrap();
@@ -430,7 +439,10 @@ fn second_abi_encoder_matches_a_known_vector_and_flags_dirty_padding() {
     dirty[4] = 0xff; // a non-zero byte in the address word's padding
     assert_ne!([&dirty[..4], &abi_encode(&values)].concat(), dirty);
     // A dynamic value: offsets and padding from the spec (bytes "abc" after a uint32).
-    let dynamic = abi_encode(&[V::Uint(alloy_primitives::U256::from(7), 32), V::Bytes(b"abc".to_vec())]);
+    let dynamic = abi_encode(&[
+        V::Uint(alloy_primitives::U256::from(7), 32),
+        V::Bytes(b"abc".to_vec()),
+    ]);
     assert_eq!(
         hex::encode(dynamic),
         "0000000000000000000000000000000000000000000000000000000000000007\

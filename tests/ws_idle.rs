@@ -228,7 +228,10 @@ fn thousand_idle_websockets_plus_load_are_all_served() {
         took.as_secs_f64()
     );
     if let Ok(mib) = std::env::var("KEYGUARD_WS_IDLE_LIMIT_MIB") {
-        let limit = mib.parse::<u64>().expect("KEYGUARD_WS_IDLE_LIMIT_MIB in MiB") * 1024;
+        let limit = mib
+            .parse::<u64>()
+            .expect("KEYGUARD_WS_IDLE_LIMIT_MIB in MiB")
+            * 1024;
         assert!(peak < limit, "peak RSS {peak} KiB is over {limit} KiB");
     } else {
         eprintln!("ws_idle: memory bound {LIMIT_KIB} KiB not asserted (benches/ws_idle.sh does)");

@@ -62,7 +62,9 @@ fn released_signature_is_durable(fault: Option<&str>) -> Result<(), String> {
         .unwrap();
     match rows {
         1 => Ok(()),
-        n => Err(format!("{n} signed audit rows for the released signature {sig}")),
+        n => Err(format!(
+            "{n} signed audit rows for the released signature {sig}"
+        )),
     }
 }
 
@@ -81,7 +83,10 @@ fn double_sign_guard_survives_restart(fault: Option<&str>) -> Result<(), String>
     let (_kg, mut node) = start(dir.path(), &listener, &addr, fault);
     for (what, ask) in [
         ("prevote for block 2 at 5/0", prevote(5, 2)),
-        ("precommit for block 2 at 5/0", Ask::vote(2, 5, 0, Some(2), now())),
+        (
+            "precommit for block 2 at 5/0",
+            Ask::vote(2, 5, 0, Some(2), now()),
+        ),
         ("prevote at height 4", prevote(4, 2)),
     ] {
         match node.sign(&ask) {

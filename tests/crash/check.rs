@@ -104,12 +104,13 @@ impl Checker {
             .find_map(|w| w.parse().ok())
             .expect("a row count");
         // Committed rows never disappear: a restart that lost any would show fewer.
-        self.violations.check(rows >= self.verified, Kind::AuditChain, || {
-            format!(
-                "kill {round}: the audit log shrank from {} to {rows} rows",
-                self.verified
-            )
-        });
+        self.violations
+            .check(rows >= self.verified, Kind::AuditChain, || {
+                format!(
+                    "kill {round}: the audit log shrank from {} to {rows} rows",
+                    self.verified
+                )
+            });
         self.verified = self.verified.max(rows);
     }
 
@@ -141,9 +142,10 @@ impl Checker {
             let summary: Value = serde_json::from_str(&summary).unwrap();
             let nonce = summary["nonce"].as_u64().expect("nonce in summary");
             if let Some(earlier) = self.nonce_owner.insert(nonce, hash.clone()) {
-                self.violations.check(earlier == hash, Kind::NonceConflict, || {
-                    format!("kill {round}: nonce {nonce} signed for {earlier} and {hash}")
-                });
+                self.violations
+                    .check(earlier == hash, Kind::NonceConflict, || {
+                        format!("kill {round}: nonce {nonce} signed for {earlier} and {hash}")
+                    });
             }
             if let Some(id) = summary["approval_id"].as_str() {
                 self.approvals_signed.insert(id.to_owned());
@@ -258,9 +260,10 @@ impl Checker {
             .map(Result::unwrap)
             .filter(|id| !self.velocity_requests.contains(id))
             .collect();
-        self.violations.check(missing.is_empty(), Kind::Velocity, || {
-            format!("kill {round}: signed transactions without a velocity row: {missing:?}")
-        });
+        self.violations
+            .check(missing.is_empty(), Kind::Velocity, || {
+                format!("kill {round}: signed transactions without a velocity row: {missing:?}")
+            });
         let counter = format!("{VELOCITY_NAME}@{LIMITED}");
         let counted: usize = conn
             .query_row(

@@ -295,9 +295,10 @@ fn velocity(c: &Client, book: &EvmBook) {
             let mut limited = book.to_limited.lock().unwrap();
             limited.insert(hash);
             let n = limited.len();
-            book.violations.check(n <= VELOCITY_MAX, Kind::Velocity, || {
-                format!("{n} signatures to a destination limited to {VELOCITY_MAX}")
-            });
+            book.violations
+                .check(n <= VELOCITY_MAX, Kind::Velocity, || {
+                    format!("{n} signatures to a destination limited to {VELOCITY_MAX}")
+                });
             book.counts.velocity_signed.fetch_add(1, Ordering::Relaxed);
         } else {
             if !book
@@ -336,12 +337,11 @@ fn hold_new(c: &Client, book: &EvmBook) -> bool {
     let Some(r) = sign(c, book, nonce, &destination(nonce), 11 * ETHER) else {
         return false;
     };
-    if !book
-        .violations
-        .check(control::error_code(&r) == Some(-32002), Kind::Unexpected, || {
-            format!("11 ETH transfer not held: {r}")
-        })
-    {
+    if !book.violations.check(
+        control::error_code(&r) == Some(-32002),
+        Kind::Unexpected,
+        || format!("11 ETH transfer not held: {r}"),
+    ) {
         return false;
     }
     let id = r["error"]["data"]["approval_id"]
@@ -422,9 +422,10 @@ fn vote(c: &Client, book: &EvmBook) -> bool {
     // -32010: this vote already counted (its acknowledgement was cut by a kill) or the
     // request is no longer pending (a retry found it approved).
     let ok = r["result"].is_object() || control::error_code(&r) == Some(-32010);
-    if !book.violations.check(ok, Kind::Unexpected, || {
-        format!("vote on {}: {r}", h.id)
-    }) {
+    if !book
+        .violations
+        .check(ok, Kind::Unexpected, || format!("vote on {}: {r}", h.id))
+    {
         return false;
     }
     let mut held = book.held.lock().unwrap();

@@ -238,7 +238,10 @@ fn sigkill_under_mixed_load_keeps_every_promise() {
     }
     if kills >= 5 {
         // A kill between a request and its answer is the case the promises are about.
-        assert!(out.in_flight_kills > 0, "no kill landed with a request in flight");
+        assert!(
+            out.in_flight_kills > 0,
+            "no kill landed with a request in flight"
+        );
     }
     if kills >= 10 {
         out.evm.assert_every_path_ran();
@@ -269,7 +272,11 @@ fn fault_release_before_audit_is_caught() {
 )]
 fn fault_skip_watermark_is_caught() {
     let out = run(FAULT_KILLS, Some("skip-watermark"));
-    assert!(out.has(Kind::WatermarkBehind), "not caught: {:?}", out.violations);
+    assert!(
+        out.has(Kind::WatermarkBehind),
+        "not caught: {:?}",
+        out.violations
+    );
 }
 
 /// Negative control: a watermark stored one height low must show up too (this is the case
@@ -281,7 +288,11 @@ fn fault_skip_watermark_is_caught() {
 )]
 fn fault_watermark_back_is_caught() {
     let out = run(FAULT_KILLS, Some("watermark-back"));
-    assert!(out.has(Kind::WatermarkBehind), "not caught: {:?}", out.violations);
+    assert!(
+        out.has(Kind::WatermarkBehind),
+        "not caught: {:?}",
+        out.violations
+    );
 }
 
 /// CI must build the fault hooks in, or every negative control above is ignored.

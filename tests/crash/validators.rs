@@ -125,9 +125,12 @@ pub fn spawn<'scope>(
                     }
                     Some(Err((code, desc))) => {
                         // 1: refused by the double-sign guard; 4: the watermark is elsewhere.
-                        if !book.violations.check(code == 1 || code == 4, Kind::Unexpected, || {
-                            format!("unexpected refusal {code}: {desc}")
-                        }) {
+                        if !book
+                            .violations
+                            .check(code == 1 || code == 4, Kind::Unexpected, || {
+                                format!("unexpected refusal {code}: {desc}")
+                            })
+                        {
                             return;
                         }
                         book.advance_from(n);
