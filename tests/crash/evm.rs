@@ -321,8 +321,10 @@ fn approvals(c: &Client, book: &EvmBook) {
     loop {
         let alive = match rng.gen_range(0..10) {
             0..=2 => hold_new(c, book),
-            3..=5 => retry_one(c, book, HeldState::Pending),
-            6..=7 => vote(c, book),
+            3..=4 => retry_one(c, book, HeldState::Pending),
+            // Both votes, then the retry that signs: the whole approval path in one go, so
+            // every run of 10+ kills signs after approval (the run asserts it did).
+            5..=7 => vote(c, book) && vote(c, book) && retry_one(c, book, HeldState::Approved),
             _ => retry_one(c, book, HeldState::Approved),
         };
         if !alive {
