@@ -2,7 +2,8 @@
 
 The test plays the validator node: it listens on a Unix socket, the real keyguard binary dials
 in as the remote signer (plain frames: uvarint length + `tendermint.privval.Message`, v0.38
-wire), and the test asks for the public key, a prevote and a proposal. The canonical sign bytes
+wire), and the test asks for the public key, a prevote, a precommit with a vote extension and a
+proposal. The canonical sign bytes
 are built from `tests/vectors/cometbft/*.proto` compiled by protoc (grpcio-tools) into Python
 classes — not by prost, not from keyguard's or tendermint-rs's types — and each signature is
 checked with PyNaCl (libsodium), not ed25519-dalek.
@@ -267,3 +268,28 @@ def test_proposal_signature_verifies_independently(signer, pb):
     changed.CopyFrom(signed)
     changed.pol_round = 0
     assert not verifies(pub, proposal_sign_bytes(types, changed, CHAIN), signed.signature)
+
+
+def test_precommit_and_its_extension_verify_independently(signer, pb):
+    """v0.38 non-nil precommits carry a vote extension, signed separately over
+    CanonicalVoteExtension (extension, height, round, chain_id)."""
+    daemon, node = signer
+    types, _ = pb
+    pub = node.pubkey()
+    vote = types.Vote(
+        type=types.SIGNED_MSG_TYPE_PRECOMMIT,
+        height=9,
+        round=0,
+        block_id=block_id(types, BLOCK),
+        timestamp=now(types),
+        extension=b"oracle prices",
+    )
+    r = node.ask(sign_vote_request=node.pv.SignVoteRequest(vote=vote, chain_id=CHAIN)).signed_vote_response
+    assert not r.HasField("error"), r.error
+    signed = r.vote
+    assert verifies(pub, vote_sign_bytes(types, signed, CHAIN), signed.signature)
+    ext = delimited(types.CanonicalVoteExtension(extension=b"oracle prices", height=9, round=0, chain_id=CHAIN))
+    assert len(signed.extension_signature) == 64
+    assert verifies(pub, ext, signed.extension_signature)
+    other = delimited(types.CanonicalVoteExtension(extension=b"other prices", height=9, round=0, chain_id=CHAIN))
+    assert not verifies(pub, other, signed.extension_signature)
