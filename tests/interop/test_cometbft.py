@@ -3,10 +3,9 @@
 The test plays the validator node: it listens on a Unix socket, the real keyguard binary dials
 in as the remote signer (plain frames: uvarint length + `tendermint.privval.Message`, v0.38
 wire), and the test asks for the public key, a prevote, a precommit with a vote extension and a
-proposal. The canonical sign bytes
-are built from `tests/vectors/cometbft/*.proto` compiled by protoc (grpcio-tools) into Python
-classes — not by prost, not from keyguard's or tendermint-rs's types — and each signature is
-checked with PyNaCl (libsodium), not ed25519-dalek.
+proposal. The canonical sign bytes are built from `tests/vectors/cometbft/*.proto` compiled by
+protoc (grpcio-tools) into Python classes — not by prost, not from keyguard's or tendermint-rs's
+types — and each signature is checked with PyNaCl (libsodium), not ed25519-dalek.
 
 Controls: the verifier rejects the same signature over the sign bytes of another chain id,
 height or block (so it can fail), and a conflicting prevote is refused with nothing signed.
