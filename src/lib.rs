@@ -19,6 +19,8 @@ pub mod approvals;
 pub mod backend;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod fuzz_harness;
 pub mod guard;
 pub mod hardening;

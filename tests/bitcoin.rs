@@ -86,6 +86,29 @@ fn test_wallet() -> TestWallet {
     TestWallet::new(&seed, Network::Regtest)
 }
 
+/// Finalizes a PSBT from its partial signatures without keyguard's code: P2WPKH inputs get
+/// `[signature, pubkey]`, P2TR key-path inputs `[signature]`.
+fn finalize_by_hand(psbt: keyguard_bitcoin::bitcoin::Psbt) -> Transaction {
+    use keyguard_bitcoin::bitcoin::Witness;
+    let mut tx = psbt.unsigned_tx.clone();
+    for (i, input) in psbt.inputs.iter().enumerate() {
+        let witness = if let Some(sig) = input.tap_key_sig {
+            Witness::from_slice(&[sig.to_vec()])
+        } else {
+            let (pk, sig) = input
+                .partial_sigs
+                .iter()
+                .next()
+                .unwrap_or_else(|| panic!("input {i} has no partial signature"));
+            Witness::from_slice(&[sig.to_vec(), pk.to_bytes()])
+        };
+        tx.input[i].witness = witness;
+    }
+    tx
+}
+
+/// Bitcoin Core's script interpreter (libbitcoinconsensus) with every flag, taproot included
+/// (the spent outputs are passed, which is what turns VERIFY_TAPROOT on).
 fn consensus_verify(tx: &Transaction, prevouts: &[TxOut]) -> Result<(), String> {
     let bytes = keyguard_bitcoin::bitcoin::consensus::serialize(tx);
     let utxos: Vec<bitcoinconsensus::Utxo> = prevouts
@@ -227,9 +250,17 @@ fn bitcoin_signing_end_to_end() {
         ("bitcoin.input_amount_proof".into(), "inputs[0]".into())
     );
 
-    // Not finalized: partial signatures come back in a PSBT.
+    // Not finalized: partial signatures come back in a PSBT. Finalized here by hand (witness
+    // [sig, pubkey] for P2WPKH, [key-path sig] for P2TR) and run through Bitcoin Core's script
+    // interpreter: the partial signatures themselves must be valid.
     let resp = common::rpc(&addr, "btc_signPsbt", json!([to_base64(&psbt)]));
     assert_eq!(resp["result"]["complete"], false, "{resp}");
+    let partial = BASE64_STANDARD
+        .decode(resp["result"]["psbt"].as_str().unwrap())
+        .unwrap();
+    let partial = finalize_by_hand(keyguard_bitcoin::bitcoin::Psbt::deserialize(&partial).unwrap());
+    consensus_verify(&partial, &prevouts).unwrap();
+    assert!(consensus_verify(&partial, &lied).is_err());
     // Spent so far: 2 x 71_000 = 142_000 of 250_000. A third is still within the window...
     let resp = common::rpc(&addr, "btc_signPsbt", json!([to_base64(&psbt)]));
     assert!(resp["result"].is_object(), "{resp}");
@@ -334,6 +365,24 @@ fn psbt_v2_over_rpc_comes_back_as_v2() {
         "{resp}"
     );
     assert_eq!(resp["result"]["complete"], true);
+    // The finalized taproot spend is script-checked, with taproot flags, against its prevouts.
+    let prevouts: Vec<TxOut> = psbt
+        .inputs
+        .iter()
+        .map(|i| i.witness_utxo.clone().unwrap())
+        .collect();
+    let tx: Transaction = keyguard_bitcoin::bitcoin::consensus::encode::deserialize_hex(
+        resp["result"]["hex"]
+            .as_str()
+            .expect("a finalized PSBT comes with its hex"),
+    )
+    .unwrap();
+    assert_eq!(tx.compute_txid(), psbt.unsigned_tx.compute_txid());
+    consensus_verify(&tx, &prevouts).unwrap();
+    // Control: the same spend against a prevout amount it did not commit to fails.
+    let mut lied = prevouts.clone();
+    lied[0].value += keyguard_bitcoin::bitcoin::Amount::from_sat(1);
+    assert!(consensus_verify(&tx, &lied).is_err());
 }
 
 #[test]

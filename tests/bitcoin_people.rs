@@ -113,12 +113,21 @@ fn consensus_verify(hex: &str, prevouts: &[TxOut]) {
     let tx: Transaction =
         keyguard_bitcoin::bitcoin::consensus::encode::deserialize_hex(hex).unwrap();
     let bytes = keyguard_bitcoin::bitcoin::consensus::serialize(&tx);
+    // The spent outputs turn on VERIFY_TAPROOT (without them taproot spends are not checked).
+    let utxos: Vec<bitcoinconsensus::Utxo> = prevouts
+        .iter()
+        .map(|p| bitcoinconsensus::Utxo {
+            script_pubkey: p.script_pubkey.as_bytes().as_ptr(),
+            script_pubkey_len: p.script_pubkey.len() as u32,
+            value: p.value.to_sat() as i64,
+        })
+        .collect();
     for (i, p) in prevouts.iter().enumerate() {
         bitcoinconsensus::verify(
             p.script_pubkey.as_bytes(),
             p.value.to_sat(),
             &bytes,
-            None,
+            Some(&utxos),
             i,
         )
         .unwrap_or_else(|e| panic!("input {i}: {e:?}"));

@@ -51,12 +51,21 @@ max_feerate_sat_vb = 100
 
 fn consensus_verify(tx: &Transaction, prevouts: &[TxOut]) -> Result<(), String> {
     let bytes = keyguard_bitcoin::bitcoin::consensus::serialize(tx);
+    // The spent outputs turn on VERIFY_TAPROOT too.
+    let utxos: Vec<bitcoinconsensus::Utxo> = prevouts
+        .iter()
+        .map(|p| bitcoinconsensus::Utxo {
+            script_pubkey: p.script_pubkey.as_bytes().as_ptr(),
+            script_pubkey_len: p.script_pubkey.len() as u32,
+            value: p.value.to_sat() as i64,
+        })
+        .collect();
     for (i, p) in prevouts.iter().enumerate() {
         bitcoinconsensus::verify(
             p.script_pubkey.as_bytes(),
             p.value.to_sat(),
             &bytes,
-            None,
+            Some(&utxos),
             i,
         )
         .map_err(|e| format!("input {i}: {e:?}"))?;

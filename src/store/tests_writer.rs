@@ -21,15 +21,11 @@ fn concurrent_appends_share_commits() {
     let store = Store::open(&path).unwrap();
     let log = store.audit_log();
     let rt = rt();
-    // Stall the writer on its first batch so the other appends queue up behind it.
+    // Stall the writer on its first batch so the other appends queue up behind it. `append`
+    // queues when called (not when awaited), so all 200 are queued before the lock goes:
+    // whatever the writer took before it blocked is one commit, the rest (< MAX_BATCH) another.
     let lock = write_lock(&path);
-    let tasks: Vec<_> = (0..200)
-        .map(|i| {
-            let log = log.clone();
-            rt.spawn(async move { log.append(entry(i)).await })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    let tasks: Vec<_> = (0..200).map(|i| rt.spawn(log.append(entry(i)))).collect();
     drop(lock);
     let receipts: Vec<AuditReceipt> = rt.block_on(async {
         let mut out = Vec::new();
@@ -41,7 +37,7 @@ fn concurrent_appends_share_commits() {
     let seqs: BTreeSet<i64> = receipts.iter().map(|r| r.seq).collect();
     assert_eq!(seqs, (1..=200).collect());
     let commits = log.commit_count();
-    assert!(commits <= 5, "200 appends took {commits} commits");
+    assert!(commits <= 2, "200 appends took {commits} commits");
     let v = store.verify_audit().unwrap();
     assert_eq!(v.rows, 200);
     let last = receipts.iter().max_by_key(|r| r.seq).unwrap();
@@ -113,8 +109,10 @@ fn failed_batch_is_rolled_back_and_writer_recovers() {
     .unwrap();
     let lock = write_lock(&path);
     let stalled = log.append(entry(1));
+    // Usually the writer has taken `stalled` into a batch of its own before the next three are
+    // queued; if not, it shares their batch and fails with them. The assertions hold either
+    // way (no timing verdict): a batch with a poisoned entry commits nothing of itself.
     std::thread::sleep(Duration::from_millis(200));
-    // These three are queued while the writer waits for the lock: one batch.
     let good_a = log.append(entry(2));
     let bad = log.append(AuditEntry {
         client: "poison".into(),
@@ -124,22 +122,33 @@ fn failed_batch_is_rolled_back_and_writer_recovers() {
     drop(lock);
     let (stalled, good_a, bad, good_b) =
         rt.block_on(async { (stalled.await, good_a.await, bad.await, good_b.await) });
-    assert_eq!(stalled.unwrap().seq, 2);
+    let stalled_committed = match stalled {
+        Ok(r) => {
+            assert_eq!(r.seq, 2);
+            true
+        }
+        Err(StoreError::Unavailable(msg)) => {
+            assert!(msg.contains("simulated"), "{msg}");
+            false
+        }
+        Err(other) => panic!("expected a receipt or Unavailable, got {other:?}"),
+    };
     for r in [good_a, bad, good_b] {
         match r {
             Err(StoreError::Unavailable(msg)) => assert!(msg.contains("simulated"), "{msg}"),
             other => panic!("expected Unavailable, got {other:?}"),
         }
     }
+    let rows = if stalled_committed { 2 } else { 1 };
     let commits = log.commit_count();
-    assert_eq!(store.verify_audit().unwrap().rows, 2);
+    assert_eq!(store.verify_audit().unwrap().rows, rows);
     // Space returns: the writer continues the chain with no gap.
     c.execute_batch("DROP TRIGGER poison").unwrap();
     let next = rt.block_on(log.append(entry(5))).unwrap();
-    assert_eq!(next.seq, 3);
+    assert_eq!(next.seq, rows as i64 + 1);
     assert_eq!(log.commit_count(), commits + 1);
     let v = store.verify_audit().unwrap();
-    assert_eq!((v.rows, v.head), (3, next.hash));
+    assert_eq!((v.rows, v.head), (rows + 1, next.hash));
     assert_ne!(first.hash, next.hash);
 }
 

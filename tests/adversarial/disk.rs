@@ -24,10 +24,16 @@ const CHAIN: &str = "disk-chain";
 struct TmpfsMount(PathBuf);
 
 impl TmpfsMount {
-    /// Mounts a `size` tmpfs at `path`, or explains why it cannot: `Ok(None)` means "not root,
-    /// skip"; as root a failure to mount is an error, never a skip.
+    /// Mounts a `size` tmpfs at `path`, or explains why it cannot: `None` means "not root,
+    /// skip" on a developer's machine; under CI (`CI` set to anything) not being root fails,
+    /// and as root a failure to mount is an error, never a skip.
     fn new(path: &Path, size: &str) -> Option<TmpfsMount> {
         if !rustix::process::geteuid().is_root() {
+            let ci = std::env::var("CI").unwrap_or_default();
+            assert!(
+                ci.is_empty(),
+                "CI={ci}: the disk tests must run in CI, but mounting a tmpfs needs root"
+            );
             eprintln!("SKIPPED: mounting a tmpfs data directory needs root (CI runs as root)");
             return None;
         }

@@ -8,6 +8,8 @@
 //! - `bitcoin`: `btc_signPsbt`.
 //! - `admin`: the admin API on its Unix socket.
 //! - `disk`: a tmpfs data directory filled to the last byte, then remounted read-only.
+//! - `faults`: the CometBFT durability promises across a SIGKILL, each with the injected fault
+//!   (`KEYGUARD_FAULT`) that must make its check fail.
 
 #![allow(unreachable_pub)]
 
@@ -21,6 +23,7 @@ mod disk;
 mod evm;
 mod evm_movement;
 mod evm_table;
+mod faults;
 #[allow(dead_code)]
 #[path = "../privval/harness.rs"]
 mod harness;

@@ -10,6 +10,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 
 use crate::evm::{EvmBook, HeldState, LIMITED, VELOCITY_MAX, VELOCITY_NAME};
+use crate::report::{Kind, Violations};
 use crate::validators::{Hrs, VoteBook};
 
 /// What the checker has read so far.
@@ -30,6 +31,8 @@ pub struct Checker {
     votes_seen: usize,
     watermark: Option<Hrs>,
     verified: usize,
+    /// What broke, if anything.
+    pub violations: Violations,
 }
 
 impl Checker {
@@ -47,6 +50,7 @@ impl Checker {
             votes_seen: 0,
             watermark: None,
             verified: 0,
+            violations: Violations::default(),
         }
     }
 
@@ -86,23 +90,28 @@ impl Checker {
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "kill {round}: audit verify failed: {text} {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(text.starts_with("audit log verified: "), "{text}");
+        let ok = out.status.success() && text.starts_with("audit log verified: ");
+        if !self.violations.check(ok, Kind::AuditChain, || {
+            format!(
+                "kill {round}: audit verify failed: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        }) {
+            return;
+        }
         let rows: usize = text
             .split_whitespace()
             .find_map(|w| w.parse().ok())
             .expect("a row count");
         // Committed rows never disappear: a restart that lost any would show fewer.
-        assert!(
-            rows >= self.verified,
-            "kill {round}: the audit log shrank from {} to {rows} rows",
-            self.verified
-        );
-        self.verified = rows;
+        self.violations
+            .check(rows >= self.verified, Kind::AuditChain, || {
+                format!(
+                    "kill {round}: the audit log shrank from {} to {rows} rows",
+                    self.verified
+                )
+            });
+        self.verified = self.verified.max(rows);
     }
 
     fn read_audit(&mut self, conn: &Connection, round: usize) {
@@ -133,10 +142,10 @@ impl Checker {
             let summary: Value = serde_json::from_str(&summary).unwrap();
             let nonce = summary["nonce"].as_u64().expect("nonce in summary");
             if let Some(earlier) = self.nonce_owner.insert(nonce, hash.clone()) {
-                assert_eq!(
-                    earlier, hash,
-                    "kill {round}: NONCE CONFLICT in the audit log at nonce {nonce}"
-                );
+                self.violations
+                    .check(earlier == hash, Kind::NonceConflict, || {
+                        format!("kill {round}: nonce {nonce} signed for {earlier} and {hash}")
+                    });
             }
             if let Some(id) = summary["approval_id"].as_str() {
                 self.approvals_signed.insert(id.to_owned());
@@ -171,23 +180,32 @@ impl Checker {
     fn every_signature_is_audited(&mut self, round: usize, evm: &EvmBook, votes: &VoteBook) {
         let received = evm.received.lock().unwrap();
         for hash in &received[self.evm_seen..] {
-            assert!(
-                self.signed.contains(hash),
-                "kill {round}: transaction {hash} was released without a durable audit row"
-            );
+            self.violations
+                .check(self.signed.contains(hash), Kind::Unaudited, || {
+                    format!(
+                        "kill {round}: transaction {hash} was released without a durable \
+                         audit row"
+                    )
+                });
         }
         self.evm_seen = received.len();
         let received = votes.received.lock().unwrap();
         for sig in &received[self.votes_seen..] {
-            assert!(
-                self.signed.contains(sig),
-                "kill {round}: CometBFT signature {sig} was released without a durable audit row"
-            );
+            self.violations
+                .check(self.signed.contains(sig), Kind::Unaudited, || {
+                    format!(
+                        "kill {round}: CometBFT signature {sig} was released without a \
+                         durable audit row"
+                    )
+                });
         }
         self.votes_seen = received.len();
     }
 
-    /// The stored watermark covers everything released and never moves back.
+    /// The stored watermark covers everything released and never moves back. keyguard stores
+    /// steps as proposal 1, prevote 2, precommit 3 (CometBFT's `FilePV` numbering); the
+    /// harness counts 0/1/2, so the stored step is converted before comparing (compared raw,
+    /// a watermark one step behind what was released passed).
     fn watermark_holds(&mut self, conn: &Connection, round: usize, votes: &VoteBook) {
         let stored: Option<Hrs> = conn
             .query_row(
@@ -197,23 +215,28 @@ impl Checker {
                     Ok((
                         r.get::<_, i64>(0)?,
                         r.get::<_, i32>(1)?,
-                        r.get::<_, i32>(2)?,
+                        harness_step(r.get::<_, i32>(2)?),
                     ))
                 },
             )
             .ok();
         if let Some(released) = votes.max_released() {
-            assert!(
-                stored >= Some(released),
-                "kill {round}: stored watermark {stored:?} is behind released {released:?}"
-            );
+            self.violations
+                .check(stored >= Some(released), Kind::WatermarkBehind, || {
+                    format!(
+                        "kill {round}: stored watermark {stored:?} is behind released \
+                         {released:?}"
+                    )
+                });
         }
-        assert!(
-            stored >= self.watermark,
-            "kill {round}: watermark went backwards: {:?} -> {stored:?}",
-            self.watermark
-        );
-        self.watermark = stored;
+        self.violations
+            .check(stored >= self.watermark, Kind::WatermarkBackwards, || {
+                format!(
+                    "kill {round}: watermark went backwards: {:?} -> {stored:?}",
+                    self.watermark
+                )
+            });
+        self.watermark = self.watermark.max(stored);
     }
 
     /// Velocity rows commit with the signature: every signed transaction has one, and the
@@ -237,10 +260,10 @@ impl Checker {
             .map(Result::unwrap)
             .filter(|id| !self.velocity_requests.contains(id))
             .collect();
-        assert!(
-            missing.is_empty(),
-            "kill {round}: signed transactions without a velocity row: {missing:?}"
-        );
+        self.violations
+            .check(missing.is_empty(), Kind::Velocity, || {
+                format!("kill {round}: signed transactions without a velocity row: {missing:?}")
+            });
         let counter = format!("{VELOCITY_NAME}@{LIMITED}");
         let counted: usize = conn
             .query_row(
@@ -250,10 +273,15 @@ impl Checker {
             )
             .unwrap() as usize;
         let received = evm.to_limited.lock().unwrap().len();
-        assert!(
+        self.violations.check(
             counted >= received && counted <= VELOCITY_MAX,
-            "kill {round}: counter {counter} holds {counted}, clients received {received} \
-             (limit {VELOCITY_MAX})"
+            Kind::Velocity,
+            || {
+                format!(
+                    "kill {round}: counter {counter} holds {counted}, clients received \
+                     {received} (limit {VELOCITY_MAX})"
+                )
+            },
         );
     }
 
@@ -269,9 +297,13 @@ impl Checker {
             .map(Result::unwrap)
             .collect();
         for h in evm.held.lock().unwrap().iter() {
-            let state = states
-                .get(&h.id)
-                .unwrap_or_else(|| panic!("kill {round}: held approval {} is gone", h.id));
+            let Some(state) = states.get(&h.id) else {
+                self.violations.record(
+                    Kind::Approval,
+                    format!("kill {round}: held approval {} is gone", h.id),
+                );
+                continue;
+            };
             let fine = match h.state {
                 // Votes whose acknowledgement was cut may have approved it, and a retry cut
                 // by the kill may have consumed it (checked against the audit log below).
@@ -279,15 +311,26 @@ impl Checker {
                 HeldState::Approved => state == "approved" || state == "consumed",
                 HeldState::Signed | HeldState::ConsumedUnseen => state == "consumed",
             };
-            assert!(fine, "kill {round}: approval {} is {state}, {h:?}", h.id);
+            self.violations.check(fine, Kind::Approval, || {
+                format!("kill {round}: approval {} is {state}, {h:?}", h.id)
+            });
         }
         for (id, state) in &states {
             if state == "consumed" {
-                assert!(
-                    self.approvals_signed.contains(id),
-                    "kill {round}: APPROVAL LOST: {id} is consumed but no signature used it"
-                );
+                self.violations
+                    .check(self.approvals_signed.contains(id), Kind::Approval, || {
+                        format!("kill {round}: {id} is consumed but no signature used it")
+                    });
             }
         }
+    }
+}
+
+/// keyguard's stored step (proposal 1, prevote 2, precommit 3) in the harness's numbering
+/// (0, 1, 2). An unknown number maps below every step, so it can never hide a lagging row.
+fn harness_step(stored: i32) -> i32 {
+    match stored {
+        1..=3 => stored - 1,
+        _ => i32::MIN,
     }
 }

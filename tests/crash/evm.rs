@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 
 use crate::common::Daemon;
 use crate::control::{self, User};
+use crate::report::{Kind, Violations};
 
 /// The velocity limit's name; its per-destination counters are `<name>@<address>`.
 pub const VELOCITY_NAME: &str = "per-destination";
@@ -87,6 +88,10 @@ pub struct EvmBook {
     signed_nonces: [Mutex<Vec<u64>>; 3],
     next_nonce: [AtomicU64; CLIENTS],
     counts: Counts,
+    /// Requests sent and not yet answered (read at the moment of a kill).
+    pub in_flight: AtomicUsize,
+    /// Broken promises seen by the clients.
+    pub violations: Violations,
 }
 
 impl EvmBook {
@@ -98,16 +103,16 @@ impl EvmBook {
         client as u64 * 1_000_000 + self.next_nonce[client].fetch_add(1, Ordering::SeqCst)
     }
 
-    /// Records a released transaction; panics if its nonce was released for another one.
+    /// Records a released transaction, and a violation if its nonce was released for another.
     fn record_signed(&self, nonce: u64, raw: &str) -> String {
         let bytes = hex::decode(raw.trim_start_matches("0x")).expect("raw transaction hex");
         let hash = format!("{}", alloy_primitives::keccak256(&bytes));
         let mut by_nonce = self.by_nonce.lock().unwrap();
         if let Some(earlier) = by_nonce.get(&nonce) {
-            assert_eq!(
-                earlier, &hash,
-                "NONCE CONFLICT: nonce {nonce} released for two transactions"
-            );
+            self.violations
+                .check(earlier == &hash, Kind::NonceConflict, || {
+                    format!("nonce {nonce} released for {earlier} and {hash}")
+                });
         }
         by_nonce.insert(nonce, hash.clone());
         self.received.lock().unwrap().push(hash.clone());
@@ -140,6 +145,7 @@ impl EvmBook {
             ("velocity refusals", &c.velocity_refused),
             ("held requests", &c.held),
             ("retries of held requests", &c.held_retries),
+            ("signatures after approval", &c.approved_signed),
         ] {
             assert!(
                 n.load(Ordering::Relaxed) > 0,
@@ -191,7 +197,7 @@ fn destination(nonce: u64) -> String {
     format!("0x{:040x}", 0x1000_0000_u64 + nonce)
 }
 
-fn sign(c: &Client, nonce: u64, to: &str, value: u128) -> Option<Value> {
+fn sign(c: &Client, book: &EvmBook, nonce: u64, to: &str, value: u128) -> Option<Value> {
     let tx = json!({
         "from": c.from,
         "to": to,
@@ -202,7 +208,10 @@ fn sign(c: &Client, nonce: u64, to: &str, value: u128) -> Option<Value> {
         "nonce": format!("{nonce:#x}"),
         "chainId": "0x7a69",
     });
-    try_rpc(&c.rpc, "eth_signTransaction", json!([tx]))
+    book.in_flight.fetch_add(1, Ordering::SeqCst);
+    let r = try_rpc(&c.rpc, "eth_signTransaction", json!([tx]));
+    book.in_flight.fetch_sub(1, Ordering::SeqCst);
+    r
 }
 
 fn rule(r: &Value) -> Option<&str> {
@@ -231,31 +240,42 @@ fn plain(c: &Client, book: &EvmBook, id: usize) {
         };
         match (rng.gen_range(0..10), earlier) {
             (0, Some(nonce)) => {
-                let Some(r) = sign(c, nonce, &destination(nonce), 2 + rng.gen_range(0..1000))
-                else {
+                let value = 2 + rng.gen_range(0..1000);
+                let Some(r) = sign(c, book, nonce, &destination(nonce), value) else {
                     return;
                 };
-                assert_eq!(rule(&r), Some("evm.nonce_reuse"), "conflict signed: {r}");
+                let refused = rule(&r) == Some("evm.nonce_reuse");
+                if !book.violations.check(refused, Kind::NonceConflict, || {
+                    format!("a second transaction for nonce {nonce} was not refused: {r}")
+                }) {
+                    return;
+                }
                 book.counts
                     .conflicts_refused
                     .fetch_add(1, Ordering::Relaxed);
             }
             (1, Some(nonce)) => {
-                let Some(r) = sign(c, nonce, &destination(nonce), 1) else {
+                let Some(r) = sign(c, book, nonce, &destination(nonce), 1) else {
                     return;
                 };
-                let raw = r["result"]
-                    .as_str()
-                    .unwrap_or_else(|| panic!("re-send: {r}"));
+                let Some(raw) = r["result"].as_str() else {
+                    book.violations
+                        .record(Kind::Unexpected, format!("re-send refused: {r}"));
+                    return;
+                };
                 book.record_signed(nonce, raw);
                 book.counts.resent.fetch_add(1, Ordering::Relaxed);
             }
             _ => {
                 let nonce = book.next(id);
-                let Some(r) = sign(c, nonce, &destination(nonce), 1) else {
+                let Some(r) = sign(c, book, nonce, &destination(nonce), 1) else {
                     return;
                 };
-                let raw = r["result"].as_str().unwrap_or_else(|| panic!("fresh: {r}"));
+                let Some(raw) = r["result"].as_str() else {
+                    book.violations
+                        .record(Kind::Unexpected, format!("fresh nonce refused: {r}"));
+                    return;
+                };
                 book.record_signed(nonce, raw);
                 book.signed_nonces[id].lock().unwrap().push(nonce);
                 book.counts.fresh.fetch_add(1, Ordering::Relaxed);
@@ -267,21 +287,28 @@ fn plain(c: &Client, book: &EvmBook, id: usize) {
 fn velocity(c: &Client, book: &EvmBook) {
     loop {
         let nonce = book.next(3);
-        let Some(r) = sign(c, nonce, LIMITED, 1) else {
+        let Some(r) = sign(c, book, nonce, LIMITED, 1) else {
             return;
         };
         if let Some(raw) = r["result"].as_str() {
             let hash = book.record_signed(nonce, raw);
             let mut limited = book.to_limited.lock().unwrap();
             limited.insert(hash);
-            assert!(
-                limited.len() <= VELOCITY_MAX,
-                "VELOCITY: {} signatures to a destination limited to {VELOCITY_MAX}",
-                limited.len()
-            );
+            let n = limited.len();
+            book.violations
+                .check(n <= VELOCITY_MAX, Kind::Velocity, || {
+                    format!("{n} signatures to a destination limited to {VELOCITY_MAX}")
+                });
             book.counts.velocity_signed.fetch_add(1, Ordering::Relaxed);
         } else {
-            assert_eq!(rule(&r), Some("evm.velocity"), "{r}");
+            if !book
+                .violations
+                .check(rule(&r) == Some("evm.velocity"), Kind::Unexpected, || {
+                    format!("velocity client: {r}")
+                })
+            {
+                return;
+            }
             book.counts.velocity_refused.fetch_add(1, Ordering::Relaxed);
             // Refusals are cheap; do not let them crowd out the other clients.
             std::thread::sleep(Duration::from_millis(5));
@@ -294,8 +321,10 @@ fn approvals(c: &Client, book: &EvmBook) {
     loop {
         let alive = match rng.gen_range(0..10) {
             0..=2 => hold_new(c, book),
-            3..=5 => retry_one(c, book, HeldState::Pending),
-            6..=7 => vote(c, book),
+            3..=4 => retry_one(c, book, HeldState::Pending),
+            // Both votes, then the retry that signs: the whole approval path in one go, so
+            // every run of 10+ kills signs after approval (the run asserts it did).
+            5..=7 => vote(c, book) && vote(c, book) && retry_one(c, book, HeldState::Approved),
             _ => retry_one(c, book, HeldState::Approved),
         };
         if !alive {
@@ -307,10 +336,16 @@ fn approvals(c: &Client, book: &EvmBook) {
 
 fn hold_new(c: &Client, book: &EvmBook) -> bool {
     let nonce = book.next(4);
-    let Some(r) = sign(c, nonce, &destination(nonce), 11 * ETHER) else {
+    let Some(r) = sign(c, book, nonce, &destination(nonce), 11 * ETHER) else {
         return false;
     };
-    assert_eq!(control::error_code(&r), Some(-32002), "{r}");
+    if !book.violations.check(
+        control::error_code(&r) == Some(-32002),
+        Kind::Unexpected,
+        || format!("11 ETH transfer not held: {r}"),
+    ) {
+        return false;
+    }
     let id = r["error"]["data"]["approval_id"]
         .as_str()
         .unwrap()
@@ -336,7 +371,7 @@ fn retry_one(c: &Client, book: &EvmBook, state: HeldState) -> bool {
     let Some(h) = pick else {
         return true;
     };
-    let Some(r) = sign(c, h.nonce, &destination(h.nonce), 11 * ETHER) else {
+    let Some(r) = sign(c, book, h.nonce, &destination(h.nonce), 11 * ETHER) else {
         return false;
     };
     let new_state = if let Some(raw) = r["result"].as_str() {
@@ -345,22 +380,21 @@ fn retry_one(c: &Client, book: &EvmBook, state: HeldState) -> bool {
         book.counts.approved_signed.fetch_add(1, Ordering::Relaxed);
         HeldState::Signed
     } else if control::error_code(&r) == Some(-32002) {
-        assert_eq!(
-            r["error"]["data"]["approval_id"], h.id,
-            "a held request lost its approval: {r}"
-        );
-        assert_eq!(
-            h.state,
-            HeldState::Pending,
-            "APPROVAL LOST: approved {} is held again: {r}",
-            h.id
-        );
+        let same = r["error"]["data"]["approval_id"] == h.id.as_str();
+        let pending = h.state == HeldState::Pending;
+        if !book.violations.check(same && pending, Kind::Approval, || {
+            format!("{:?} request {} held again: {r}", h.state, h.id)
+        }) {
+            return false;
+        }
         book.counts.held_retries.fetch_add(1, Ordering::Relaxed);
         HeldState::Pending
     } else if rule(&r) == Some("approval.consumed") {
         HeldState::ConsumedUnseen
     } else {
-        panic!("retry of held {}: {r}", h.id);
+        book.violations
+            .record(Kind::Unexpected, format!("retry of held {}: {r}", h.id));
+        return false;
     };
     let mut held = book.held.lock().unwrap();
     if let Some(x) = held.iter_mut().find(|x| x.id == h.id) {
@@ -381,16 +415,21 @@ fn vote(c: &Client, book: &EvmBook) -> bool {
     let Some(who) = h.votes.iter().position(|v| !v) else {
         return true;
     };
-    let Some(r) = try_admin(&c.socket, &c.approvers[who], "approvals.approve", &h.id) else {
+    book.in_flight.fetch_add(1, Ordering::SeqCst);
+    let r = try_admin(&c.socket, &c.approvers[who], "approvals.approve", &h.id);
+    book.in_flight.fetch_sub(1, Ordering::SeqCst);
+    let Some(r) = r else {
         return false;
     };
     // -32010: this vote already counted (its acknowledgement was cut by a kill) or the
     // request is no longer pending (a retry found it approved).
-    assert!(
-        r["result"].is_object() || control::error_code(&r) == Some(-32010),
-        "vote on {}: {r}",
-        h.id
-    );
+    let ok = r["result"].is_object() || control::error_code(&r) == Some(-32010);
+    if !book
+        .violations
+        .check(ok, Kind::Unexpected, || format!("vote on {}: {r}", h.id))
+    {
+        return false;
+    }
     let mut held = book.held.lock().unwrap();
     if let Some(x) = held.iter_mut().find(|x| x.id == h.id) {
         x.votes[who] = true;

@@ -16,6 +16,11 @@
 //! more signatures than its limit; held approvals are still pending (a retry after the restart
 //! gets the same approval id); and no approval is consumed without a signed audit row.
 //!
+//! Negative controls (`fault_*` tests): the same run against the daemon with an injected fault
+//! (`KEYGUARD_FAULT`, cargo feature `fault-injection`, see `src/fault.rs` and
+//! `docs/testing.md`) must report the violation that fault causes. Every broken promise is a
+//! recorded [`report::Violation`], so either outcome can be asserted.
+//!
 //! `KEYGUARD_CRASH_KILLS` sets the number of kills (default 20, the CI setting); the long mode
 //! is `benches/crash_long.sh` (1,000 kills).
 #![allow(unreachable_pub)]
@@ -29,9 +34,11 @@ mod mockval;
 
 mod check;
 mod evm;
+mod report;
 mod validators;
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -39,6 +46,7 @@ use rand::Rng;
 use common::Daemon;
 use mockval::conn::NodeListener;
 use mockval::node::Ver;
+use report::{Kind, Violation};
 
 /// The chain id of the mock validators.
 pub const CHAIN: &str = "crash-chain";
@@ -104,9 +112,23 @@ fn kills() -> usize {
         .unwrap_or(20)
 }
 
-#[test]
-fn sigkill_under_mixed_load_keeps_every_promise() {
-    let kills = kills();
+/// What one run did and found.
+struct Outcome {
+    violations: Vec<Violation>,
+    /// Kills that landed while at least one client request was unanswered.
+    in_flight_kills: usize,
+    evm: evm::EvmBook,
+    votes: validators::VoteBook,
+}
+
+impl Outcome {
+    fn has(&self, kind: Kind) -> bool {
+        self.violations.iter().any(|v| v.kind == kind)
+    }
+}
+
+/// `kills` SIGKILLs under mixed load, with `KEYGUARD_FAULT=fault` when given.
+fn run(kills: usize, fault: Option<&str>) -> Outcome {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let (a, a_addr) = NodeListener::unix(&dir.path().join("a.sock"));
@@ -119,12 +141,16 @@ fn sigkill_under_mixed_load_keeps_every_promise() {
     let nodes = [(&a, Ver::V038), (&b, Ver::V1), (&c, Ver::V034)];
     let socket = dir.path().join("var/admin.sock");
     // Quiet daemon: warnings only, so the harness output stays readable.
-    let env = [("KEYGUARD_LOG", "warn")];
+    let mut env = vec![("KEYGUARD_LOG", "warn")];
+    if let Some(f) = fault {
+        env.push(("KEYGUARD_FAULT", f));
+    }
 
     let evm_book = evm::EvmBook::default();
     let vote_book = validators::VoteBook::default();
     let mut checker = check::Checker::new(dir.path());
     let mut approvers = None;
+    let mut in_flight_kills = 0;
     for round in 0..kills {
         let mut daemon = Daemon::start(dir.path(), &text, &env);
         if round > 0 {
@@ -144,8 +170,13 @@ fn sigkill_under_mixed_load_keeps_every_promise() {
             // what varies, so every stage of the pipeline gets hit over a run.
             let pause = rand::thread_rng().gen_range(20..250);
             std::thread::sleep(Duration::from_millis(pause));
+            let busy = evm_book.in_flight.load(Ordering::SeqCst)
+                + vote_book.in_flight.load(Ordering::SeqCst);
             let _ = daemon.child.kill(); // SIGKILL
             let _ = daemon.child.wait();
+            if busy > 0 {
+                in_flight_kills += 1;
+            }
         });
         checker.after_kill(round, &evm_book, &vote_book);
     }
@@ -155,20 +186,122 @@ fn sigkill_under_mixed_load_keeps_every_promise() {
         checker.after_restart(kills - 1, &evm_book);
         drop(daemon);
     }
-    let stats = checker.stats();
+    let per_conn: Vec<usize> = vote_book
+        .per_connection
+        .iter()
+        .map(|n| n.load(Ordering::SeqCst))
+        .collect();
     eprintln!(
-        "crash: {kills} kills in {:.1}s; released {} EVM and {} CometBFT signatures; \
-         {stats}; {}",
+        "crash{}: {kills} kills in {:.1}s, {in_flight_kills} with requests in flight; released \
+         {} EVM and {} CometBFT signatures (per validator connection {per_conn:?}, {} rounds \
+         with a connection missing); {}; {}",
+        fault.map(|f| format!(" [fault {f}]")).unwrap_or_default(),
         started.elapsed().as_secs_f64(),
         evm_book.received_count(),
         vote_book.received_count(),
+        vote_book.missing_connections.load(Ordering::SeqCst),
+        checker.stats(),
         evm_book.counts(),
     );
+    let mut violations = checker.violations.all();
+    violations.extend(evm_book.violations.all());
+    violations.extend(vote_book.violations.all());
+    Outcome {
+        violations,
+        in_flight_kills,
+        evm: evm_book,
+        votes: vote_book,
+    }
+}
+
+#[test]
+fn sigkill_under_mixed_load_keeps_every_promise() {
+    let kills = kills();
+    let out = run(kills, None);
+    let broken: Vec<String> = out
+        .violations
+        .iter()
+        .map(|v| format!("{:?}: {}", v.kind, v.what))
+        .collect();
+    assert!(broken.is_empty(), "broken promises:\n{}", broken.join("\n"));
     assert!(
-        evm_book.received_count() > kills && vote_book.received_count() > kills,
+        out.evm.received_count() > kills && out.votes.received_count() > kills,
         "too little load to mean anything"
     );
-    if kills >= 10 {
-        evm_book.assert_every_path_ran();
+    // Every validator connection (v0.38, v1 SecretConnection, v0.34) must have been signed
+    // for: a connection that never came up would otherwise pass as "nothing went wrong".
+    for (i, n) in out.votes.per_connection.iter().enumerate() {
+        assert!(
+            n.load(Ordering::SeqCst) > 0,
+            "validator connection {i} never received a signature"
+        );
     }
+    if kills >= 5 {
+        // A kill between a request and its answer is the case the promises are about.
+        assert!(
+            out.in_flight_kills > 0,
+            "no kill landed with a request in flight"
+        );
+    }
+    if kills >= 10 {
+        out.evm.assert_every_path_ran();
+    }
+}
+
+/// Kills for a fault run: enough for the fault to show, few enough to stay quick.
+const FAULT_KILLS: usize = 4;
+
+/// Negative control: signatures answered before their audit commit must show up as released
+/// without a durable audit row.
+#[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs --features fault-injection (tests/run sets it)"
+)]
+fn fault_release_before_audit_is_caught() {
+    let out = run(FAULT_KILLS, Some("release-before-audit"));
+    assert!(out.has(Kind::Unaudited), "not caught: {:?}", out.violations);
+}
+
+/// Negative control: dropped watermark writes must show up as a stored watermark behind what
+/// was released.
+#[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs --features fault-injection (tests/run sets it)"
+)]
+fn fault_skip_watermark_is_caught() {
+    let out = run(FAULT_KILLS, Some("skip-watermark"));
+    assert!(
+        out.has(Kind::WatermarkBehind),
+        "not caught: {:?}",
+        out.violations
+    );
+}
+
+/// Negative control: a watermark stored one height low must show up too (this is the case
+/// the step numbering off-by-one hid at the step level).
+#[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs --features fault-injection (tests/run sets it)"
+)]
+fn fault_watermark_back_is_caught() {
+    let out = run(FAULT_KILLS, Some("watermark-back"));
+    assert!(
+        out.has(Kind::WatermarkBehind),
+        "not caught: {:?}",
+        out.violations
+    );
+}
+
+/// CI must build the fault hooks in, or every negative control above is ignored.
+#[test]
+fn fault_injection_is_compiled_in_under_ci() {
+    let ci = std::env::var("CI").unwrap_or_default();
+    assert!(
+        ci.is_empty() || cfg!(feature = "fault-injection"),
+        "CI={ci} but the test build lacks --features fault-injection: the negative controls \
+         would not run"
+    );
 }

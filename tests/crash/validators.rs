@@ -4,7 +4,7 @@
 //! verified by the mock node against tendermint's own sign bytes before it is recorded here.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use rand::Rng;
 
 use crate::mockval::conn::NodeListener;
 use crate::mockval::node::{now, Ask, Node, Ver};
+use crate::report::{Kind, Violations};
 use crate::CHAIN;
 
 /// (height, round, step) with steps proposal 0 < prevote 1 < precommit 2.
@@ -26,6 +27,14 @@ pub struct VoteBook {
     pub received: Mutex<Vec<String>>,
     /// The step the load is at; steps back by one after each kill.
     next: AtomicI64,
+    /// Signatures received by each validator connection (index into the nodes).
+    pub per_connection: [AtomicUsize; 3],
+    /// Rounds in which a validator connection never came up or never got its public key.
+    pub missing_connections: AtomicUsize,
+    /// Sign requests sent and not yet answered (read at the moment of a kill).
+    pub in_flight: AtomicUsize,
+    /// Double signs and unexpected answers.
+    pub violations: Violations,
 }
 
 impl VoteBook {
@@ -67,9 +76,13 @@ pub fn spawn<'scope>(
     nodes: &'scope [(&'scope NodeListener, Ver)],
     book: &'scope VoteBook,
 ) {
-    for &(listener, ver) in nodes {
+    for (i, &(listener, ver)) in nodes.iter().enumerate() {
         s.spawn(move || {
+            // keyguard dials each node right after it is ready; one that does not within 10 s
+            // is counted (the run fails on it: a connection that never works proves nothing).
             let Some(conn) = listener.try_accept(Duration::from_secs(10)) else {
+                eprintln!("crash: validator connection {i} ({ver:?}) never came up");
+                book.missing_connections.fetch_add(1, Ordering::SeqCst);
                 return;
             };
             let mut node = Node::new(conn, ver, CHAIN);
@@ -87,16 +100,23 @@ pub fn spawn<'scope>(
                 };
                 let block = (n % 100) as u8 * 2 + rng.gen_range(0..2u8);
                 let (hrs, ask) = ask_for(n, block);
-                match node.sign(&ask) {
+                book.in_flight.fetch_add(1, Ordering::SeqCst);
+                let answer = node.sign(&ask);
+                book.in_flight.fetch_sub(1, Ordering::SeqCst);
+                match answer {
                     None => return, // killed
                     Some(Ok(r)) => {
                         {
                             let mut m = book.released.lock().unwrap();
                             if let Some((b, _)) = m.get(&hrs) {
-                                assert_eq!(*b, block, "DOUBLE SIGN at {hrs:?}");
+                                let b = *b;
+                                book.violations.check(b == block, Kind::DoubleSign, || {
+                                    format!("blocks {b} and {block} released at {hrs:?}")
+                                });
                             }
                             m.insert(hrs, (block, r.signature.clone()));
                         }
+                        book.per_connection[i].fetch_add(1, Ordering::SeqCst);
                         book.received
                             .lock()
                             .unwrap()
@@ -105,7 +125,14 @@ pub fn spawn<'scope>(
                     }
                     Some(Err((code, desc))) => {
                         // 1: refused by the double-sign guard; 4: the watermark is elsewhere.
-                        assert!(code == 1 || code == 4, "unexpected refusal {code}: {desc}");
+                        if !book
+                            .violations
+                            .check(code == 1 || code == 4, Kind::Unexpected, || {
+                                format!("unexpected refusal {code}: {desc}")
+                            })
+                        {
+                            return;
+                        }
                         book.advance_from(n);
                     }
                 }

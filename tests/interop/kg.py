@@ -7,6 +7,7 @@ the suite verifies the daemon against independent implementations.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -232,6 +233,8 @@ def keyguard_bin() -> str:
 
 def base_env(extra: dict | None = None) -> dict:
     env = dict(os.environ)
+    # A fault (test builds, src/fault.rs) only where a test asks for it by name.
+    env.pop("KEYGUARD_FAULT", None)
     env["KEYGUARD_PASSPHRASE"] = PASSPHRASE
     env.setdefault("RUST_BACKTRACE", "1")
     if extra:
@@ -302,44 +305,41 @@ class Daemon:
                 self.proc.wait(timeout=10)
 
     # -- audit -----------------------------------------------------------------------------
-    def audit(self) -> list | None:
-        """Audit entries via `keyguard audit list --config F --json`, or None if the command
-        does not exist (yet)."""
+    def audit(self) -> list[dict]:
+        """Audit entries via `keyguard audit list --config F --json` (one JSON object a line).
+        Raises AuditUnreadable on any failure: a check that cannot read the log must fail,
+        never switch itself off."""
         r = run_cli(["audit", "list", "--config", str(self.config_path), "--json", "--limit", "1000000"])
         if r.returncode != 0:
-            return None
-        text = r.stdout.strip()
-        if not text:
-            return []
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            data = [json.loads(line) for line in text.splitlines() if line.strip()]
-        if isinstance(data, dict):
-            for k in ("entries", "records", "audit", "items"):
-                if isinstance(data.get(k), list):
-                    return data[k]
-            return [data]
-        return data
+            raise AuditUnreadable(f"keyguard audit list exited {r.returncode}: {r.stderr.strip()}")
+        entries = []
+        for line in r.stdout.splitlines():
+            if not line.strip():
+                continue
+            try:
+                e = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise AuditUnreadable(f"not a JSON audit row: {line!r}: {err}") from err
+            if not isinstance(e, dict) or not isinstance(e.get("decision"), str):
+                raise AuditUnreadable(f"audit row without a decision: {line!r}")
+            entries.append(e)
+        return entries
 
-    def signed_count(self) -> int | None:
-        entries = self.audit()
-        if entries is None:
-            return None
-        return sum(1 for e in entries if audit_entry_is_signature(e))
+    def signed_count(self) -> int:
+        """Audit rows whose decision is `signed` (the only word keyguard writes for a release)."""
+        return sum(1 for e in self.audit() if e["decision"] == "signed")
+
+    @contextlib.contextmanager
+    def nothing_signed(self):
+        """`with daemon.nothing_signed(): ...` fails if the audit log gained a signed row."""
+        before = self.signed_count()
+        yield
+        after = self.signed_count()
+        assert after == before, f"audit log shows {after - before} new signature(s) after a refused request"
 
 
-SIGNED_WORDS = {"signed", "sign", "allow", "allowed", "approved", "ok", "released"}
-
-
-def audit_entry_is_signature(e: Any) -> bool:
-    if not isinstance(e, dict):
-        return False
-    for k in ("decision", "outcome", "result", "status", "verdict"):
-        v = e.get(k)
-        if isinstance(v, str) and v.lower() in SIGNED_WORDS:
-            return True
-    return bool(e.get("signed") is True)
+class AuditUnreadable(AssertionError):
+    """The audit log could not be read: the nothing-signed check fails rather than skip."""
 
 
 KEY_RE = re.compile(r"^keyguard: key (\S+) (\S+) (\S+)\s*$")
@@ -778,9 +778,25 @@ def assert_error(resp: dict, code: int, **data: Any) -> dict:
             assert d.get(k) in v, f"data.{k}={d.get(k)!r} not in {v}: {err}"
         else:
             assert d.get(k) == v, f"data.{k}={d.get(k)!r} != {v!r}: {err}"
-    # No signed transaction anywhere in the error (a raw tx is > 100 bytes of hex).
-    assert not re.search(r"0x[0-9a-fA-F]{200,}", json.dumps(resp)), f"error carries a long hex blob: {resp}"
+    leak = signature_leak(json.dumps(resp))
+    assert leak is None, f"error carries what may be a signature ({leak}): {resp}"
     return err
+
+
+# A 32-byte r or s is 64 hex digits; a 64-byte Ed25519 or 65-byte secp256k1 signature is
+# 128/130 hex digits or 86-88 base64 characters. Any such run in an error is treated as a leak.
+HEX_RUN = re.compile(r"(?:0x)?[0-9a-fA-F]{64,}")
+BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{86,}={0,2}")
+
+
+def signature_leak(text: str) -> str | None:
+    """The first run in `text` long enough to carry a signature (hex >= 64 digits, base64 >= 86
+    characters), or None."""
+    for pattern in (HEX_RUN, BASE64_RUN):
+        m = pattern.search(text)
+        if m:
+            return f"{len(m.group(0))} characters: {m.group(0)[:20]}..."
+    return None
 
 
 # ------------------------------------------------------------------------------------------

@@ -98,3 +98,39 @@ def test_viem_plumbing_against_reference_signer():
         assert "eth_signTransaction" in methods and "eth_chainId" in methods
     finally:
         fs.close()
+
+
+def test_leak_scan_catches_signature_shaped_runs():
+    """assert_error's leak scan: any hex run of 64+ digits (an r or s, a 64/65-byte signature,
+    a raw transaction) and any base64 run long enough for a 64/65-byte signature."""
+    import base64
+
+    sig65 = bytes(range(65))
+    sig64 = bytes(range(100, 164))
+    for leak in [
+        "0x" + sig65.hex(),
+        sig65.hex(),
+        sig64.hex(),
+        "ab" * 32,  # a bare 32-byte r
+        base64.b64encode(sig65).decode(),
+        base64.b64encode(sig64).decode(),
+        base64.b64encode(sig64).decode().rstrip("="),
+        base64.urlsafe_b64encode(sig65).decode(),
+    ]:
+        resp = {"jsonrpc": "2.0", "id": 1, "error": {"code": -32001, "message": f"refused {leak} x"}}
+        with pytest.raises(AssertionError, match="may be a signature"):
+            kg.assert_error(resp, -32001)
+
+
+def test_leak_scan_passes_ordinary_errors():
+    """The scan must also be able to pass: addresses (40 hex), short ids and prose are fine."""
+    resp = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "error": {
+            "code": -32001,
+            "message": "refused by rule evm.no_rule: to 0x" + "ab" * 20 + " is not allowed (request 1a2b3c-7)",
+            "data": {"rule": "evm.no_rule", "field": "to", "reason": "x" * 40},
+        },
+    }
+    kg.assert_error(resp, -32001, rule="evm.no_rule")

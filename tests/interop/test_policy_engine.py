@@ -94,7 +94,8 @@ def signs(d, tx):
 
 
 def refused(d, tx, rule, field):
-    kg.assert_error(kg.call(d.url(), "eth_signTransaction", [tx]), -32001, rule=rule, field=field)
+    with d.nothing_signed():
+        kg.assert_error(kg.call(d.url(), "eth_signTransaction", [tx]), -32001, rule=rule, field=field)
 
 
 def test_token_transfer_at_the_token_limit_signs(engine):
@@ -158,6 +159,7 @@ def test_concurrent_requests_at_a_velocity_limit_sign_exactly_the_allowed_total(
         answers = list(pool.map(lambda t: kg.call(d.url(), "eth_signTransaction", [t]), reqs))
     ok = [(t, r) for t, r in zip(reqs, answers) if "result" in r]
     assert len(ok) == 3, f"{len(ok)} signed; 3 x 30 fit under 100, a 4th does not"
+    assert d.signed_count() == 3, "the audit log must hold exactly the 3 released signatures"
     for t, r in ok:
         kg.verify_signed(kg.raw_of(r["result"]), t, a)
     for r in answers:

@@ -217,11 +217,11 @@ def test_sign_over_websocket(daemon, addr):
     kg.verify_signed(resp["result"], req, addr)
 
 
-def test_websocket_error_path(daemon, addr):
+def test_websocket_error_path(daemon, addr, nothing_signed):
     from websockets.sync.client import connect
 
     req = kg.tx_request("1559", addr, nonce=kg.fresh_nonce(), chainId=kg.q(1))
-    with connect(daemon.ws_url(), open_timeout=10, close_timeout=5) as ws:
+    with nothing_signed(daemon), connect(daemon.ws_url(), open_timeout=10, close_timeout=5) as ws:
         ws.send(json.dumps({"jsonrpc": "2.0", "id": 7, "method": "eth_signTransaction", "params": [req]}))
         resp = json.loads(ws.recv(timeout=30))
     kg.assert_error(resp, -32001, rule="evm.chain_id")
@@ -263,3 +263,33 @@ def test_websocket_many_in_flight(daemon, addr):
     assert set(got) == set(reqs)
     for i, r in reqs.items():
         kg.verify_signed(got[i]["result"], r, addr)
+
+
+# ------------------------------------------------------------------------------------------
+# Controls of the suite's own "nothing signed" check (it must be able to fail)
+# ------------------------------------------------------------------------------------------
+
+
+def test_nothing_signed_check_counts_a_real_signature(daemon, addr, nothing_signed):
+    """Positive control: a released signature raises the signed count by exactly one, and the
+    same signature inside `nothing_signed` fails the check."""
+    before = daemon.signed_count()
+    req = kg.tx_request("1559", addr, nonce=kg.fresh_nonce())
+    kg.verify_signed(kg.result(daemon.url(), "eth_signTransaction", [req]), req, addr)
+    assert daemon.signed_count() == before + 1
+    other = kg.tx_request("1559", addr, nonce=kg.fresh_nonce())
+    with pytest.raises(AssertionError, match="1 new signature"):
+        with nothing_signed(daemon):
+            kg.result(daemon.url(), "eth_signTransaction", [other])
+
+
+def test_nothing_signed_check_fails_when_the_audit_log_is_unreadable(daemon, tmp_path):
+    """Negative control: an audit log the CLI cannot read fails the check instead of skipping."""
+    import dataclasses
+
+    broken = dataclasses.replace(daemon, config_path=tmp_path / "missing.toml")
+    with pytest.raises(kg.AuditUnreadable):
+        broken.signed_count()
+    with pytest.raises(kg.AuditUnreadable):
+        with broken.nothing_signed():
+            pass

@@ -1,0 +1,106 @@
+//! Test-only fault injection (cargo feature `fault-injection`, debug builds only): breaks one
+//! safety promise on purpose so the tests that guard it can be shown to fail.
+//!
+//! `KEYGUARD_FAULT` selects the fault, read once; an unknown value aborts (a typo must not
+//! run the tests against a healthy daemon and call that a negative control):
+//! - `release-before-audit`: the audit writer answers signed rows, then waits before their
+//!   commit (hook `FAULT HOOK release-before-audit` in `store/writer.rs`), so a kill in between
+//!   leaves a released signature without a durable audit row.
+//! - `skip-watermark`: CometBFT watermark writes are dropped (hook `FAULT HOOK watermark` in
+//!   `store/watermarks.rs`); the daemon's in-memory state still advances, a restart forgets it.
+//! - `watermark-back`: watermark writes store one height below what was signed.
+//!
+//! The feature is never in a release build (`compile_error!` below) and off by default;
+//! `tests/run` turns it on for the one debug build that `cargo test` and the interop suite
+//! share. See `docs/testing.md`.
+
+#[cfg(not(debug_assertions))]
+compile_error!("the fault-injection feature is for debug test builds only");
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use keyguard_cometbft::SignedState;
+
+use crate::store::{AuditEntry, AuditReceipt, Decision, StoreError};
+
+type Reply = tokio::sync::oneshot::Sender<Result<AuditReceipt, StoreError>>;
+
+/// The faults [`active`] can return.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Signed rows are answered before their audit commit.
+    ReleaseBeforeAudit,
+    /// Watermark writes are skipped.
+    SkipWatermark,
+    /// Watermark writes store a lower height than the one signed.
+    WatermarkBack,
+}
+
+/// How long the writer holds a batch of already-answered signed rows before committing it:
+/// long enough that a kill at a random moment usually lands inside the window.
+pub const RELEASE_WINDOW: Duration = Duration::from_millis(150);
+
+/// The fault selected by `KEYGUARD_FAULT`, if any.
+pub fn active() -> Option<Fault> {
+    static FAULT: OnceLock<Option<Fault>> = OnceLock::new();
+    *FAULT.get_or_init(|| {
+        let v = std::env::var("KEYGUARD_FAULT").ok()?;
+        let f = match v.as_str() {
+            "" => return None,
+            "release-before-audit" => Fault::ReleaseBeforeAudit,
+            "skip-watermark" => Fault::SkipWatermark,
+            "watermark-back" => Fault::WatermarkBack,
+            other => {
+                eprintln!("keyguard: unknown KEYGUARD_FAULT {other:?}");
+                std::process::abort();
+            }
+        };
+        eprintln!("keyguard: FAULT INJECTION ACTIVE: {v}");
+        Some(f)
+    })
+}
+
+/// Whether `fault` is the active one.
+pub fn is(fault: Fault) -> bool {
+    active() == Some(fault)
+}
+
+/// The watermark fault for a write of `next`: `None` when no watermark fault is active, else
+/// what to store instead of `next` without the usual checks (`Some(None)`: nothing).
+pub fn watermark(next: &SignedState) -> Option<Option<SignedState>> {
+    match active()? {
+        Fault::SkipWatermark => Some(None),
+        Fault::WatermarkBack => Some(Some(SignedState {
+            height: (next.height - 1).max(0),
+            ..next.clone()
+        })),
+        Fault::ReleaseBeforeAudit => None,
+    }
+}
+
+/// Answers the signed entries of `batch` at once, then sleeps [`RELEASE_WINDOW`]: the caller
+/// commits afterwards, so the signatures leave before their rows are durable. Each answered
+/// entry gets a fresh reply channel whose outcome nobody reads.
+pub(crate) fn release_before_audit<W>(batch: &mut [(Box<AuditEntry>, W, Reply)]) {
+    if !is(Fault::ReleaseBeforeAudit) {
+        return;
+    }
+    let mut answered = false;
+    for (entry, _, reply) in batch.iter_mut() {
+        if entry.decision != Decision::Signed {
+            continue;
+        }
+        let (fresh, _) = tokio::sync::oneshot::channel();
+        let early = std::mem::replace(reply, fresh);
+        let _ = early.send(Ok(AuditReceipt {
+            seq: 0,
+            ts_ms: 0,
+            hash: [0; 32],
+        }));
+        answered = true;
+    }
+    if answered {
+        std::thread::sleep(RELEASE_WINDOW);
+    }
+}
