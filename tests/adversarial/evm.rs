@@ -200,7 +200,7 @@ fn evm_hostile_requests_are_refused_unsigned_and_audited() {
         data: vec![],
         audited: Audited::Row {
             method: SIGN,
-            rule: Some("kill_switch"),
+            rule: Some("admin.kill_switch"),
         },
     };
     check(&cfg, &rpc, &disabled, &mut failures);

@@ -111,3 +111,5 @@ pub fn address_of(key: &PublicKey) -> Option<Address> {
 mod tests;
 #[cfg(test)]
 mod tests_rules;
+#[cfg(test)]
+mod tests_semantics;

@@ -263,7 +263,7 @@ pub(crate) fn check_typed(
 ) -> Result<&'static str, Rejection> {
     let Some(chain) = t.chain_id().filter(|c| policy_chains.contains(c)) else {
         return Err(Rejection::policy(
-            "evm.typed_data_chain_id",
+            keyguard_chain::rules::evm::TYPED_DATA_CHAIN_ID,
             "domain.chainId",
             format!(
                 "domain chainId {:?} is missing or not one of {policy_chains:?} (a domain \
@@ -286,7 +286,7 @@ pub(crate) fn check_typed(
     });
     let Some(rule) = rule else {
         return Err(Rejection::policy(
-            "evm.typed_data",
+            keyguard_chain::rules::evm::TYPED_DATA,
             "domain",
             format!(
                 "no typed_data rule allows primaryType {} of domain {:?} at {:?} (deny by default)",
@@ -314,7 +314,7 @@ pub(crate) fn check_typed(
                 || token_rule.is_some_and(|r| r.allow_unlimited_approval))
             {
                 return Err(Rejection::policy(
-                    "evm.unlimited_approval",
+                    keyguard_chain::rules::evm::UNLIMITED_APPROVAL,
                     m.field,
                     format!("unlimited permit of {} to {}", m.token, m.counterparty),
                 ));
@@ -322,7 +322,7 @@ pub(crate) fn check_typed(
         } else if let Some(max) = token_rule.and_then(|r| r.max_approval) {
             if m.amount > max {
                 return Err(Rejection::policy(
-                    "evm.token_max_approval",
+                    keyguard_chain::rules::evm::TOKEN_MAX_APPROVAL,
                     m.field,
                     format!("{} is above the token's approval limit of {max}", m.amount),
                 ));
