@@ -2,7 +2,7 @@
 //! must get, checked to have signed nothing and to have left an audit row; and the data
 //! directory filling up or turning read-only under a running daemon.
 //!
-//! - `evm`: Ethereum JSON-RPC (bearer listener).
+//! - `evm`: Ethereum JSON-RPC (bearer listener); `evm_policy`: policy semantics (issue 13).
 //! - `privval`: CometBFT remote signer (mock validator node over a Unix socket).
 //! - `bitcoin`: `btc_signPsbt`.
 //! - `admin`: the admin API on its Unix socket.
@@ -18,6 +18,7 @@ mod common;
 mod control;
 mod disk;
 mod evm;
+mod evm_policy;
 mod evm_table;
 #[allow(dead_code)]
 #[path = "../privval/harness.rs"]

@@ -112,4 +112,6 @@ mod tests;
 #[cfg(test)]
 mod tests_rules;
 #[cfg(test)]
+mod tests_messages;
+#[cfg(test)]
 mod tests_semantics;
