@@ -85,7 +85,13 @@ fn legacy(gas_price: &str) -> Value {
     json!({"maxFeePerGas": null, "maxPriorityFeePerGas": null, "gasPrice": gas_price})
 }
 
-fn refused(name: &'static str, method: &'static str, params: Value, rule: &'static str, field: &'static str) -> Row {
+fn refused(
+    name: &'static str,
+    method: &'static str,
+    params: Value,
+    rule: &'static str,
+    field: &'static str,
+) -> Row {
     Row {
         name,
         send: Send::Call(Some(GOOD), method, params),
@@ -122,14 +128,26 @@ fn rows(from: &str) -> Vec<Row> {
         refused(
             "deny: legacy + transfer calldata to X",
             SIGN,
-            txn(from, merge(legacy("0x3b9aca00"), json!({"to": X, "input": TRANSFER, "value": "0x0"}))),
+            txn(
+                from,
+                merge(
+                    legacy("0x3b9aca00"),
+                    json!({"to": X, "input": TRANSFER, "value": "0x0"}),
+                ),
+            ),
             "deny-x",
             "to",
         ),
         refused(
             "deny: 2930 + garbage calldata to X",
             SIGN,
-            txn(from, merge(legacy("0x3b9aca00"), json!({"to": X, "input": "0xdeadbeef01", "accessList": []}))),
+            txn(
+                from,
+                merge(
+                    legacy("0x3b9aca00"),
+                    json!({"to": X, "input": "0xdeadbeef01", "accessList": []}),
+                ),
+            ),
             "deny-x",
             "to",
         ),
@@ -159,14 +177,20 @@ fn rows(from: &str) -> Vec<Row> {
         refused(
             "fees: 2930 at 6 gwei",
             SIGN,
-            txn(from, merge(legacy("0x165a0bc00"), json!({"accessList": []}))),
+            txn(
+                from,
+                merge(legacy("0x165a0bc00"), json!({"accessList": []})),
+            ),
             "evm.max_priority_fee_per_gas",
             "gasPrice",
         ),
         refused(
             "fees: 1559 tip 6 gwei",
             SIGN,
-            txn(from, json!({"maxFeePerGas": "0x165a0bc00", "maxPriorityFeePerGas": "0x165a0bc00"})),
+            txn(
+                from,
+                json!({"maxFeePerGas": "0x165a0bc00", "maxPriorityFeePerGas": "0x165a0bc00"}),
+            ),
             "evm.max_priority_fee_per_gas",
             "maxPriorityFeePerGas",
         ),
@@ -185,7 +209,14 @@ fn rows(from: &str) -> Vec<Row> {
 fn must_sign(rpc: &str, name: &str, method: &str, params: Value, failures: &mut Failures) {
     let r = call(rpc, Some(GOOD), method, params);
     let ok = r["result"].is_string();
-    failures.check(name, if ok { Ok(()) } else { Err(format!("not signed: {r}")) });
+    failures.check(
+        name,
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("not signed: {r}"))
+        },
+    );
 }
 
 #[test]
@@ -201,21 +232,63 @@ fn policy_semantics_refusals_are_named_audited_and_unsigned() {
     for r in &table {
         check(&cfg, &rpc, r, &mut failures);
     }
-    must_sign(&rpc, "control: transfer calldata to Y, no value", SIGN, txn(&from, json!({"to": Y, "value": "0x0", "input": TRANSFER, "nonce": "0x2"})), &mut failures);
-    must_sign(&rpc, "control: 0.4 ETH plain to Y", SIGN, txn(&from, json!({"to": Y, "value": eth_hex(400), "nonce": "0x3"})), &mut failures);
-    must_sign(&rpc, "control: legacy at 5 gwei", SIGN, txn(&from, merge(legacy("0x12a05f200"), json!({"to": Y, "nonce": "0x4"}))), &mut failures);
-    must_sign(&rpc, "control: login", "personal_sign", json!(["Sign in nonce 5", from]), &mut failures);
+    must_sign(
+        &rpc,
+        "control: transfer calldata to Y, no value",
+        SIGN,
+        txn(
+            &from,
+            json!({"to": Y, "value": "0x0", "input": TRANSFER, "nonce": "0x2"}),
+        ),
+        &mut failures,
+    );
+    must_sign(
+        &rpc,
+        "control: 0.4 ETH plain to Y",
+        SIGN,
+        txn(
+            &from,
+            json!({"to": Y, "value": eth_hex(400), "nonce": "0x3"}),
+        ),
+        &mut failures,
+    );
+    must_sign(
+        &rpc,
+        "control: legacy at 5 gwei",
+        SIGN,
+        txn(
+            &from,
+            merge(legacy("0x12a05f200"), json!({"to": Y, "nonce": "0x4"})),
+        ),
+        &mut failures,
+    );
+    must_sign(
+        &rpc,
+        "control: login",
+        "personal_sign",
+        json!(["Sign in nonce 5", from]),
+        &mut failures,
+    );
 
     // tx_types = [2, 3, 4]: legacy and 2930 refused outright, even at 1 gwei.
     std::fs::write(&cfg, config(dir.path(), "tx_types = [2, 3, 4]")).unwrap();
     daemon.signal(rustix::process::Signal::HUP);
     daemon.wait_line("keyguard: reloaded");
     let typed = [
-        refused("tx_types: legacy", SIGN, txn(&from, merge(legacy("0x3b9aca00"), json!({"to": Y}))), "evm.tx_type", "type"),
+        refused(
+            "tx_types: legacy",
+            SIGN,
+            txn(&from, merge(legacy("0x3b9aca00"), json!({"to": Y}))),
+            "evm.tx_type",
+            "type",
+        ),
         refused(
             "tx_types: 2930",
             SIGN,
-            txn(&from, merge(legacy("0x3b9aca00"), json!({"to": Y, "accessList": []}))),
+            txn(
+                &from,
+                merge(legacy("0x3b9aca00"), json!({"to": Y, "accessList": []})),
+            ),
             "evm.tx_type",
             "type",
         ),
@@ -223,7 +296,13 @@ fn policy_semantics_refusals_are_named_audited_and_unsigned() {
     for r in &typed {
         check(&cfg, &rpc, r, &mut failures);
     }
-    must_sign(&rpc, "control: 1559 under tx_types", SIGN, txn(&from, json!({"to": Y, "nonce": "0x5"})), &mut failures);
+    must_sign(
+        &rpc,
+        "control: 1559 under tx_types",
+        SIGN,
+        txn(&from, json!({"to": Y, "nonce": "0x5"})),
+        &mut failures,
+    );
     failures.finish("policy semantics", table.len() + typed.len() + 5);
 }
 

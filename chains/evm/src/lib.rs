@@ -110,8 +110,12 @@ pub fn address_of(key: &PublicKey) -> Option<Address> {
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod tests_rules;
+mod tests_fees;
 #[cfg(test)]
 mod tests_messages;
+#[cfg(test)]
+mod tests_rule_names;
+#[cfg(test)]
+mod tests_rules;
 #[cfg(test)]
 mod tests_semantics;

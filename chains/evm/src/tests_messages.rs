@@ -32,7 +32,10 @@ fn policy(messages: &str) -> EvmPolicy {
 
 /// The message rules of the shipped exchange example, exactly as shipped.
 fn shipped_siwe() -> EvmPolicy {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/exchange-hot-wallet.toml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../configs/exchange-hot-wallet.toml"
+    );
     let config: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let messages = config["policies"]
         .as_array()
@@ -70,19 +73,51 @@ Issued At: 2026-12-04T20:00:00Z";
 fn the_shipped_siwe_pattern_allows_a_login_and_nothing_more() {
     let p = shipped_siwe();
     let expiring = format!("{SIWE}\nExpiration Time: 2026-12-04T20:10:00.000Z");
-    let appended = format!("{SIWE}\nI approve transfer of all my funds to 0x00000000000000000000000000000000000bad01");
+    let appended = format!(
+        "{SIWE}\nI approve transfer of all my funds to 0x00000000000000000000000000000000000bad01"
+    );
     let rows: Vec<(&str, String, Result<&str, &str>)> = vec![
         ("login", SIWE.into(), Ok("siwe-exchange")),
         ("login with expiry", expiring.clone(), Ok("siwe-exchange")),
         ("line appended", appended, Err("evm.message")),
-        ("line appended after expiry", format!("{expiring}\nand more"), Err("evm.message")),
+        (
+            "line appended after expiry",
+            format!("{expiring}\nand more"),
+            Err("evm.message"),
+        ),
         ("trailing newline", format!("{SIWE}\n"), Err("evm.message")),
         ("prefix", format!("Ignore this. {SIWE}"), Err("evm.message")),
-        ("another domain", SIWE.replacen("exchange.example", "exchange.example.evil", 1), Err("evm.message")),
-        ("statement changed", SIWE.replace("Sign in to exchange.example.", "I approve transfer of all my funds"), Err("evm.message")),
-        ("URI to another host", SIWE.replace("https://exchange.example/login", "https://exchange.example.evil/login"), Err("evm.message")),
-        ("other chain", SIWE.replace("Chain ID: 1", "Chain ID: 10"), Err("evm.message")),
-        ("resources appended", format!("{SIWE}\nResources:\n- https://evil.example"), Err("evm.message")),
+        (
+            "another domain",
+            SIWE.replacen("exchange.example", "exchange.example.evil", 1),
+            Err("evm.message"),
+        ),
+        (
+            "statement changed",
+            SIWE.replace(
+                "Sign in to exchange.example.",
+                "I approve transfer of all my funds",
+            ),
+            Err("evm.message"),
+        ),
+        (
+            "URI to another host",
+            SIWE.replace(
+                "https://exchange.example/login",
+                "https://exchange.example.evil/login",
+            ),
+            Err("evm.message"),
+        ),
+        (
+            "other chain",
+            SIWE.replace("Chain ID: 1", "Chain ID: 10"),
+            Err("evm.message"),
+        ),
+        (
+            "resources appended",
+            format!("{SIWE}\nResources:\n- https://evil.example"),
+            Err("evm.message"),
+        ),
     ];
     for (name, text, want) in rows {
         assert_eq!(sign(&p, &text), want, "{name}");
@@ -121,7 +156,9 @@ pattern = "(?m)^hello$"
     }
     // Negative control: `anchored = false` searches, so the appended line is signed; the
     // anchoring above is what refuses it.
-    let open = policy("[[messages]]\nname = \"search\"\nanchored = false\npattern = \"Sign in nonce [0-9]+\"\n");
+    let open = policy(
+        "[[messages]]\nname = \"search\"\nanchored = false\npattern = \"Sign in nonce [0-9]+\"\n",
+    );
     assert_eq!(sign(&open, "Sign in nonce 5\nI approve"), Ok("search"));
 }
 

@@ -13,11 +13,11 @@ use serde_json::json;
 use crate::{decode_sign_transaction_params, EvmPolicy, TxIntent};
 
 const FROM: &str = "0x7E5F4552091A69125d5DfCb7b8C2659029395Bdf";
-const X: Address = address!("0x00000000000000000000000000000000000bad01");
-const Y: Address = address!("0x00000000000000000000000000000000000a11ce");
+pub(crate) const X: Address = address!("0x00000000000000000000000000000000000bad01");
+pub(crate) const Y: Address = address!("0x00000000000000000000000000000000000a11ce");
 const VAULT: Address = address!("0x000000000000000000000000000000000000fa17");
 const DELEGATE: &str = "0x1111111111111111111111111111111111111111";
-const NOW: u64 = 1_795_694_400_000;
+pub(crate) const NOW: u64 = 1_795_694_400_000;
 
 /// Fixed limits shared by every table: wide, so the rules under test decide.
 const BASE: &str = r#"
@@ -31,9 +31,9 @@ contract_creation = true
 delegations = ["0x1111111111111111111111111111111111111111"]
 "#;
 
-const GWEI: u64 = 1_000_000_000;
+pub(crate) const GWEI: u64 = 1_000_000_000;
 
-fn milli_eth(n: u64) -> U256 {
+pub(crate) fn milli_eth(n: u64) -> U256 {
     U256::from(n) * U256::from(10u64).pow(U256::from(15))
 }
 
@@ -44,7 +44,7 @@ const VAULT_ABI: &str = r#"[
   "inputs":[{"name":"amount","type":"uint256"}],"outputs":[]}
 ]"#;
 
-fn policy(rules: &str) -> Result<EvmPolicy, String> {
+pub(crate) fn policy(rules: &str) -> Result<EvmPolicy, String> {
     static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     let dir = DIR.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("keyguard-sem-{}", std::process::id()));
@@ -65,7 +65,7 @@ fn call(abi: &str, function: &str, args: &[DynSolValue]) -> Vec<u8> {
         .unwrap()
 }
 
-fn transfer(to: Address, amount: u64) -> Vec<u8> {
+pub(crate) fn transfer(to: Address, amount: u64) -> Vec<u8> {
     call(
         crate::abi::ERC20_JSON,
         "transfer",
@@ -89,7 +89,7 @@ fn approve(spender: Address, amount: U256) -> Vec<u8> {
 
 /// Transaction type and its fee fields.
 #[derive(Clone, Copy, Debug)]
-enum Ty {
+pub(crate) enum Ty {
     Legacy(u64),
     AccessList(u64),
     /// `(maxFeePerGas, maxPriorityFeePerGas)`.
@@ -98,7 +98,7 @@ enum Ty {
     SetCode(u64, u64),
 }
 
-const TYPES: [Ty; 5] = [
+pub(crate) const TYPES: [Ty; 5] = [
     Ty::Legacy(GWEI),
     Ty::AccessList(GWEI),
     Ty::Dynamic(2 * GWEI, GWEI),
@@ -107,7 +107,7 @@ const TYPES: [Ty; 5] = [
 ];
 
 /// A transaction of type `ty` on `chain` to `to` (`None`: creation).
-fn tx(ty: Ty, chain: u64, to: Option<Address>, value: U256, input: &[u8]) -> TxIntent {
+pub(crate) fn tx(ty: Ty, chain: u64, to: Option<Address>, value: U256, input: &[u8]) -> TxIntent {
     let mut v = json!({
         "from": FROM, "gas": "0x30000", "nonce": "0x1", "chainId": format!("{chain:#x}"),
         "value": format!("{value:#x}"), "input": format!("0x{}", hex::encode(input)),
@@ -133,9 +133,9 @@ fn tx(ty: Ty, chain: u64, to: Option<Address>, value: U256, input: &[u8]) -> TxI
 }
 
 /// `Ok(allowing rule)` or `Err((rule, field))`.
-type Outcome = Result<String, (String, String)>;
+pub(crate) type Outcome = Result<String, (String, String)>;
 
-fn outcome(p: &EvmPolicy, t: &TxIntent) -> Outcome {
+pub(crate) fn outcome(p: &EvmPolicy, t: &TxIntent) -> Outcome {
     match p.decide(t, NOW) {
         Ok(d) => Ok(d.allowed_by.to_string()),
         Err(Rejection::Policy { rule, field, .. }) => Err((rule.to_string(), field)),
@@ -143,16 +143,16 @@ fn outcome(p: &EvmPolicy, t: &TxIntent) -> Outcome {
     }
 }
 
-fn ok(rule: &str) -> Outcome {
+pub(crate) fn ok(rule: &str) -> Outcome {
     Ok(rule.into())
 }
 
-fn refused(rule: &str, field: &str) -> Outcome {
+pub(crate) fn refused(rule: &str, field: &str) -> Outcome {
     Err((rule.into(), field.into()))
 }
 
 /// Runs a table; every row also runs through the dry run, which must name the same rule.
-fn run(table: &str, p: &EvmPolicy, rows: Vec<(String, TxIntent, Outcome)>) {
+pub(crate) fn run(table: &str, p: &EvmPolicy, rows: Vec<(String, TxIntent, Outcome)>) {
     let mut failures = Vec::new();
     for (name, t, want) in &rows {
         let got = outcome(p, t);
@@ -471,116 +471,6 @@ fn abi_rules_allow_native_value_only_when_they_say_so() {
     run("value", &p, rows);
 }
 
-#[test]
-fn no_fee_cap_is_escaped_by_transaction_type() {
-    let p = policy("").unwrap();
-    let cap = 5 * GWEI;
-    let tip = "evm.max_priority_fee_per_gas";
-    let mut rows = Vec::new();
-    let t = |ty| tx(ty, 1, Some(Y), U256::ZERO, &[]);
-    for (name, at, over, field) in [
-        ("legacy", Ty::Legacy(cap), Ty::Legacy(cap + 1), "gasPrice"),
-        (
-            "legacy 300 gwei",
-            Ty::Legacy(cap),
-            Ty::Legacy(300 * GWEI),
-            "gasPrice",
-        ),
-        (
-            "2930",
-            Ty::AccessList(cap),
-            Ty::AccessList(cap + 1),
-            "gasPrice",
-        ),
-        (
-            "2930 300 gwei",
-            Ty::AccessList(cap),
-            Ty::AccessList(300 * GWEI),
-            "gasPrice",
-        ),
-        (
-            "1559",
-            Ty::Dynamic(300 * GWEI, cap),
-            Ty::Dynamic(300 * GWEI, cap + 1),
-            "maxPriorityFeePerGas",
-        ),
-        (
-            "4844",
-            Ty::Blob(300 * GWEI, cap),
-            Ty::Blob(300 * GWEI, cap + 1),
-            "maxPriorityFeePerGas",
-        ),
-        (
-            "7702",
-            Ty::SetCode(300 * GWEI, cap),
-            Ty::SetCode(300 * GWEI, cap + 1),
-            "maxPriorityFeePerGas",
-        ),
-    ] {
-        rows.push((format!("{name} at cap"), t(at), ok("policy.limits")));
-        rows.push((format!("{name} over cap"), t(over), refused(tip, field)));
-    }
-    // The fee cap binds every type too.
-    for ty in [Ty::Legacy(501 * GWEI), Ty::AccessList(501 * GWEI)] {
-        rows.push((
-            format!("{ty:?}"),
-            t(ty),
-            refused("evm.max_fee_per_gas", "gasPrice"),
-        ));
-    }
-    for ty in [
-        Ty::Dynamic(501 * GWEI, 1),
-        Ty::Blob(501 * GWEI, 1),
-        Ty::SetCode(501 * GWEI, 1),
-    ] {
-        rows.push((
-            format!("{ty:?}"),
-            t(ty),
-            refused("evm.max_fee_per_gas", "maxFeePerGas"),
-        ));
-    }
-    run("fees", &p, rows);
-
-    // tx_types refuses legacy and 2930 outright, whatever their fees.
-    let p = policy("tx_types = [2, 3, 4]").unwrap();
-    let mut rows = Vec::new();
-    for ty in [Ty::Legacy(1), Ty::AccessList(1)] {
-        rows.push((format!("{ty:?}"), t(ty), refused("evm.tx_type", "type")));
-    }
-    for ty in [TYPES[2], TYPES[3], TYPES[4]] {
-        rows.push((format!("{ty:?}"), t(ty), ok("policy.limits")));
-    }
-    run("tx_types", &p, rows);
-}
-
-#[test]
-fn semantics_mistakes_are_load_errors() {
-    for (rules, needle) in [
-        ("[[rules]]\nname = \"d\"\naction = \"deny\"\nmax_value = \"1 ether\"\n", "rules[0].max_value"),
-        ("[[rules]]\nname = \"d\"\naction = \"deny\"\nallow_unlimited_approval = true\n", "rules[0].allow_unlimited_approval"),
-        ("[[rules]]\nname = \"c\"\ncreate = true\nto = [\"0x00000000000000000000000000000000000a11ce\"]\n", "rules[0].create"),
-        ("tx_types = []\n", "tx_types"),
-        ("tx_types = [5]\n", "tx_types"),
-        ("[[rules]]\nname = \"evm.max_value\"\n", "rules[0].name"),
-        ("[[rules]]\nname = \"policy.limits\"\n", "rules[0].name"),
-        ("[[rules]]\nname = \"kill_switch\"\n", "rules[0].name"),
-        ("[[velocity]]\nname = \"evm.velocity\"\nasset = \"tx\"\nmax = \"1\"\nwindow = \"1h\"\n", "velocity[0].name"),
-        ("[[messages]]\nname = \"admin.x\"\npattern = \"a\"\n", "messages[0].name"),
-        ("[[typed_data]]\nname = \"approval.x\"\n", "typed_data[0].name"),
-    ] {
-        let e = policy(rules).expect_err(rules);
-        assert!(e.contains(needle), "{rules}: {e}");
-    }
-    // Negative control: the same shapes with allowed names and conditions load.
-    for rules in [
-        "[[rules]]\nname = \"d\"\naction = \"deny\"\n",
-        "[[rules]]\nname = \"my.evm.rule\"\n",
-        "tx_types = [0, 1, 2, 3, 4]\n",
-    ] {
-        policy(rules).unwrap_or_else(|e| panic!("{rules}: {e}"));
-    }
-}
-
 fn any_ty() -> impl Strategy<Value = Ty> {
     (0u8..5, 1u64..=5 * GWEI, 1u64..=5 * GWEI).prop_map(|(k, a, b)| {
         let (fee, tip) = (a.max(b), a.min(b));
@@ -639,27 +529,53 @@ proptest! {
             prop_assert!(outcome(&p, &tx(ty, chain, Some(Y), value, &input)).is_ok());
         }
     }
+}
 
-    /// Whatever the type and fees, a signed transaction's tip bound (maxPriorityFeePerGas, or
-    /// the whole gasPrice of legacy/2930) is within the cap; the negative control is that at the
-    /// cap every type signs, so the refusals come from the cap alone.
-    #[test]
-    fn signed_transactions_never_tip_over_the_cap(
-        kind in 0u8..5,
-        fee in 0u64..=600 * GWEI,
-        tip in 0u64..=20 * GWEI,
-    ) {
-        let p = policy("").unwrap();
-        let tip = tip.min(fee);
-        let ty = match kind {
-            0 => Ty::Legacy(fee),
-            1 => Ty::AccessList(fee),
-            2 => Ty::Dynamic(fee, tip),
-            3 => Ty::Blob(fee, tip),
-            _ => Ty::SetCode(fee, tip),
-        };
-        let bound = if kind < 2 { fee } else { tip };
-        let signed = outcome(&p, &tx(ty, 1, Some(Y), U256::ZERO, &[])).is_ok();
-        prop_assert_eq!(signed, bound <= 5 * GWEI && fee <= 500 * GWEI, "{:?}", ty);
-    }
+/// The shipped proposer policy: the bond rides on the payable `create` because the rule says
+/// `max_value`; the same value on a view function, or over the cap, is refused.
+#[test]
+fn the_shipped_proposer_pays_its_bond_and_nothing_else() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs");
+    let config: toml::Table =
+        toml::from_str(&std::fs::read_to_string(format!("{dir}/op-stack-batcher.toml")).unwrap())
+            .unwrap();
+    let evm = config["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"].as_str() == Some("proposer"))
+        .unwrap()["evm"]
+        .clone();
+    let p: EvmPolicy = evm.try_into().unwrap();
+    p.prepare(std::path::Path::new(dir)).unwrap();
+    let abi = std::fs::read_to_string(format!("{dir}/abi/dispute-game-factory.json")).unwrap();
+    let create = call(
+        &abi,
+        "create",
+        &[
+            DynSolValue::Uint(U256::ZERO, 32),
+            DynSolValue::FixedBytes(alloy_primitives::B256::repeat_byte(0x11), 32),
+            DynSolValue::Bytes(U256::from(123).to_be_bytes::<32>().to_vec()),
+        ],
+    );
+    let count = call(&abi, "gameCount", &[]);
+    let factory = address!("0xe5965Ab5962eDc7477C8520243A95517CD252fA9");
+    let t = |value, input: &[u8]| tx(Ty::Dynamic(50 * GWEI, GWEI), 1, Some(factory), value, input);
+    run(
+        "proposer",
+        &p,
+        vec![
+            ("bond".into(), t(milli_eth(80), &create), ok("create-game")),
+            (
+                "bond over the cap".into(),
+                t(milli_eth(101), &create),
+                refused("evm.max_value", "value"),
+            ),
+            (
+                "value on a view function".into(),
+                t(milli_eth(80), &count),
+                refused("create-game", "input"),
+            ),
+        ],
+    );
 }
