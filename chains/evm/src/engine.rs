@@ -306,12 +306,10 @@ fn rule_verdict<'a>(
     match intent.to() {
         None if !rule.create => return Verdict::Skip(Skip::Creation),
         Some(_) if rule.create => return Verdict::Skip(Skip::CreationOnly),
-        Some(to) => {
-            if rule.to.as_ref().is_some_and(|l| !covers(l, to, chain)) {
-                return Verdict::Skip(Skip::Destination);
-            }
+        Some(to) if rule.to.as_ref().is_some_and(|l| !covers(l, to, chain)) => {
+            return Verdict::Skip(Skip::Destination)
         }
-        None => {}
+        _ => {}
     }
     let fail = |depth, miss| Verdict::Fail { depth, miss };
     if rule.window.as_ref().is_some_and(|w| !w.contains(now_ms)) {
