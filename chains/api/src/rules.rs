@@ -41,6 +41,10 @@ pub mod evm {
     pub const TOKEN_MAX_TRANSFER: &str = "evm.token_max_transfer";
     pub const TOKEN_MAX_APPROVAL: &str = "evm.token_max_approval";
     pub const UNLIMITED_APPROVAL: &str = "evm.unlimited_approval";
+    pub const MOVEMENT_UNDECODABLE: &str = "evm.movement_undecodable";
+    pub const TYPED_DATA_UNRECOGNISED: &str = "evm.typed_data_unrecognised";
+    pub const APPROVAL_UNCONFIGURED: &str = "evm.approval_unconfigured";
+    pub const ALLOWANCE_WINDOW: &str = "evm.allowance_window";
     pub const VELOCITY: &str = "evm.velocity";
     pub const NONCE_REUSE: &str = "evm.nonce_reuse";
     pub const REQUIRE_APPROVAL: &str = "evm.require_approval";
@@ -138,6 +142,10 @@ pub const BUILTIN: &[RuleInfo] = &[
     r(evm::TOKEN_MAX_TRANSFER, Scope::Evm, P, "draining a token in one transfer"),
     r(evm::TOKEN_MAX_APPROVAL, Scope::Evm, P, "granting a spender more than the token's approval limit"),
     r(evm::UNLIMITED_APPROVAL, Scope::Evm, P, "approve-then-drain: unlimited approvals and permits"),
+    r(evm::MOVEMENT_UNDECODABLE, Scope::Evm, P, "token movements hidden from the limits: calldata with a movement selector that is not its exact encoding"),
+    r(evm::TYPED_DATA_UNRECOGNISED, Scope::Evm, P, "permits keyguard cannot read, under a rule that constrains spenders, tokens or amounts"),
+    r(evm::APPROVAL_UNCONFIGURED, Scope::Evm, P, "approvals of a token with no configured approval limit and no rule allowing them"),
+    r(evm::ALLOWANCE_WINDOW, Scope::Evm, P, "many small approvals to one spender adding up past the token's approval limit"),
     r(evm::VELOCITY, Scope::Evm, P, "slow draining through many transactions under the per-tx limit"),
     r(evm::NONCE_REUSE, Scope::Evm, P, "a second, different transaction for a nonce already signed"),
     r(evm::REQUIRE_APPROVAL, Scope::Evm, "-32002", "large transfers without M-of-N human approval"),
