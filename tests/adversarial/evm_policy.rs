@@ -205,6 +205,40 @@ fn rows(from: &str) -> Vec<Row> {
     ]
 }
 
+/// The dry run (`keyguard policy check`) on the same request and config names the same rule and
+/// field as the daemon's refusal (and so its audit row, which `check` has verified).
+fn dry_run_agrees(cfg: &Path, dir: &Path, r: &Row, failures: &mut Failures) {
+    let Send::Call(_, method, params) = &r.send else {
+        return;
+    };
+    let request = if *method == SIGN {
+        params[0].clone()
+    } else {
+        json!({"method": method, "params": params})
+    };
+    let file = dir.join("request.json");
+    std::fs::write(&file, request.to_string()).unwrap();
+    let out = std::process::Command::new(crate::common::binary())
+        .args(["policy", "check", "--config"])
+        .arg(cfg)
+        .args(["--key", "dev-secp256k1", "--request"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let want = |k: &str| r.data.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+    let d = &got["decision"];
+    let result = if d["rule"].as_str() == want("rule") && d["field"].as_str() == want("field") {
+        Ok(())
+    } else {
+        Err(format!(
+            "dry run decided {d} (exit {:?})",
+            out.status.code()
+        ))
+    };
+    failures.check(&format!("dry run: {}", r.name), result);
+}
+
 /// Positive controls: the same policy signs what its rules allow.
 fn must_sign(rpc: &str, name: &str, method: &str, params: Value, failures: &mut Failures) {
     let r = call(rpc, Some(GOOD), method, params);
@@ -231,6 +265,7 @@ fn policy_semantics_refusals_are_named_audited_and_unsigned() {
     let table = rows(&from);
     for r in &table {
         check(&cfg, &rpc, r, &mut failures);
+        dry_run_agrees(&cfg, dir.path(), r, &mut failures);
     }
     must_sign(
         &rpc,
@@ -303,7 +338,7 @@ fn policy_semantics_refusals_are_named_audited_and_unsigned() {
         txn(&from, json!({"to": Y, "nonce": "0x5"})),
         &mut failures,
     );
-    failures.finish("policy semantics", table.len() + typed.len() + 5);
+    failures.finish("policy semantics", 2 * table.len() + typed.len() + 5);
 }
 
 fn eth_hex(milli: u64) -> String {
