@@ -23,7 +23,7 @@ pub(crate) async fn emergency_stop(kill: &KillSwitch, audit: &AuditLog, source: 
         method: "admin.keys.disable".into(),
         summary: serde_json::json!({"all": true, "source": source}),
         decision: Decision::Accepted,
-        rule: Some("kill_switch.emergency".into()),
+        rule: Some(keyguard_chain::rules::common::KILL_SWITCH_EMERGENCY.into()),
         reason: persisted.err().map(|e| e.to_string()),
         tx_hash: None,
     };

@@ -51,7 +51,7 @@ impl GuardError {
             GuardError::Backend(_) => None,
             GuardError::ApprovalRequired { .. } => Some("approval.required"),
             GuardError::RateLimited { rule, .. } => Some(rule),
-            GuardError::KeyDisabled(_) => Some("kill_switch"),
+            GuardError::KeyDisabled(_) => Some(keyguard_chain::rules::common::KILL_SWITCH),
         }
     }
 

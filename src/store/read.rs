@@ -110,12 +110,28 @@ pub(crate) fn query(conn: &Connection, filter: &AuditFilter) -> Result<Vec<Audit
         ("key_id", &filter.key),
         ("client", &filter.client),
         ("decision", &filter.decision),
-        ("rule", &filter.rule),
         ("method", &filter.method),
     ] {
         if let Some(v) = v {
             cond(column, "=", Sql::Text(v.clone()));
         }
+    }
+    if let Some(v) = &filter.rule {
+        // A renamed rule also finds the rows written under its old name (and vice versa).
+        let mut names = vec![v.as_str()];
+        for (old, new) in keyguard_chain::rules::ALIASES {
+            if v == old {
+                names.push(new);
+            } else if v == new {
+                names.push(old);
+            }
+        }
+        let mut placeholders = Vec::new();
+        for n in names {
+            args.push(Sql::Text(n.to_string()));
+            placeholders.push(format!("?{}", args.len()));
+        }
+        sql.push_str(&format!(" AND rule IN ({})", placeholders.join(", ")));
     }
     sql.push_str(if filter.newest_first {
         " ORDER BY seq DESC"

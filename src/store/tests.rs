@@ -289,3 +289,42 @@ fn canonical_encoding_is_unambiguous() {
     assert_ne!(base.hash(&GENESIS_HASH), base.hash(&[1u8; 32]));
     assert_eq!(h(base), h(base));
 }
+
+/// The kill switch's rule was renamed to `admin.kill_switch`: a query by either name finds the
+/// rows written under both (old audit logs keep `kill_switch`), and nothing else.
+#[test]
+fn audit_query_by_rule_follows_renamed_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyguard.db");
+    let store = Store::open(&path).unwrap();
+    let log = store.audit_log();
+    rt().block_on(async {
+        for (i, rule) in ["kill_switch", "admin.kill_switch", "evm.max_value"]
+            .iter()
+            .enumerate()
+        {
+            let mut e = entry(2 * i + 1);
+            e.rule = Some((*rule).into());
+            log.append(e).await.unwrap();
+        }
+    });
+    store.close().unwrap();
+    let rules = |name: &str| -> Vec<String> {
+        let filter = AuditFilter {
+            rule: Some(name.into()),
+            ..AuditFilter::default()
+        };
+        Store::query_path(&path, &filter)
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| r.rule)
+            .collect()
+    };
+    assert_eq!(
+        rules("admin.kill_switch"),
+        ["kill_switch", "admin.kill_switch"]
+    );
+    assert_eq!(rules("kill_switch"), ["kill_switch", "admin.kill_switch"]);
+    // Negative control: an unaliased rule matches itself only.
+    assert_eq!(rules("evm.max_value"), ["evm.max_value"]);
+}

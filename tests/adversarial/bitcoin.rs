@@ -473,7 +473,7 @@ fn bitcoin_hostile_psbts_are_refused_unsigned_and_audited() {
         params: json!([{"psbt": to_base64(&good_psbt(&tw))}]),
         code: -32004,
         data: vec![],
-        rule: Some("kill_switch"),
+        rule: Some("admin.kill_switch"),
     };
     failures.check(disabled.name, check(&cfg, &rpc, &disabled));
     failures.finish("bitcoin", rows.len() + 1);

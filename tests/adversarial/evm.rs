@@ -18,7 +18,7 @@ pub(crate) const GOOD: &str = "good-token-0123456789";
 pub(crate) const NARROW: &str = "narrow-token-0123456789";
 pub(crate) const REVOKED: &str = "revoked-token-0123456789";
 
-fn sha(token: &str) -> String {
+pub(crate) fn sha(token: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(token.as_bytes()))
 }
@@ -114,7 +114,7 @@ fn post(addr: &str, token: Option<&str>, body: &str) -> (u16, Value) {
     )
 }
 
-fn call(addr: &str, token: Option<&str>, method: &str, params: Value) -> Value {
+pub(crate) fn call(addr: &str, token: Option<&str>, method: &str, params: Value) -> Value {
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
     post(addr, token, &body.to_string()).1
 }
@@ -126,7 +126,7 @@ fn run_row(rpc: &str, r: &Row) -> Value {
     }
 }
 
-fn check(config: &Path, rpc: &str, r: &Row, failures: &mut Failures) {
+pub(crate) fn check(config: &Path, rpc: &str, r: &Row, failures: &mut Failures) {
     let before = mark(config);
     let resp = run_row(rpc, r);
     let mut result = check_rpc_error(&resp, r.code, &r.data);
@@ -200,7 +200,7 @@ fn evm_hostile_requests_are_refused_unsigned_and_audited() {
         data: vec![],
         audited: Audited::Row {
             method: SIGN,
-            rule: Some("kill_switch"),
+            rule: Some("admin.kill_switch"),
         },
     };
     check(&cfg, &rpc, &disabled, &mut failures);

@@ -2,7 +2,7 @@
 //! must get, checked to have signed nothing and to have left an audit row; and the data
 //! directory filling up or turning read-only under a running daemon.
 //!
-//! - `evm`: Ethereum JSON-RPC (bearer listener).
+//! - `evm`: Ethereum JSON-RPC (bearer listener); `evm_policy`: rule semantics on every shape.
 //! - `evm_movement`: token movement in calldata and typed data, approvals adding up.
 //! - `privval`: CometBFT remote signer (mock validator node over a Unix socket).
 //! - `bitcoin`: `btc_signPsbt`.
@@ -22,6 +22,7 @@ mod control;
 mod disk;
 mod evm;
 mod evm_movement;
+mod evm_policy;
 mod evm_table;
 mod faults;
 #[allow(dead_code)]

@@ -506,7 +506,7 @@ fn privval_hostile_requests_are_refused_unsigned_and_audited() {
         code: 3,
         names: "disabled",
         method: "privval.SignVote",
-        rule: Some("kill_switch"),
+        rule: Some("admin.kill_switch"),
     };
     failures.check(disabled.name, check_row(&cfg, &mut again, &disabled));
     failures.finish("privval", rows.len() + 2);

@@ -34,7 +34,8 @@ def allowed(addr, kind="1559", **over):
     if kind == "4844":
         tx.update(maxFeePerBlobGas=kg.q(10 * kg.GWEI))
     if kind in ("legacy", "2930"):
-        tx.update(gasPrice=kg.q(500 * kg.GWEI))
+        # A legacy/2930 gasPrice is fee cap and tip at once: it is bounded by both caps.
+        tx.update(gasPrice=kg.q(2 * kg.GWEI))
     tx.update(over)
     return tx
 
@@ -70,6 +71,8 @@ RULES = {
     "max-fee-per-gas-2930-gasPrice": ("2930", dict(gasPrice=kg.q(501 * kg.GWEI)), "evm.max_fee_per_gas", {"gasPrice"}),
     "max-fee-per-gas-1559": ("1559", dict(maxFeePerGas=kg.q(500 * kg.GWEI + 1)), "evm.max_fee_per_gas", {"maxFeePerGas"}),
     "max-priority-fee-per-gas": ("1559", dict(maxPriorityFeePerGas=kg.q(2 * kg.GWEI + 1)), "evm.max_priority_fee_per_gas", {"maxPriorityFeePerGas"}),
+    "max-priority-fee-per-gas-legacy-gasPrice": ("legacy", dict(gasPrice=kg.q(2 * kg.GWEI + 1)), "evm.max_priority_fee_per_gas", {"gasPrice"}),
+    "max-priority-fee-per-gas-2930-gasPrice": ("2930", dict(gasPrice=kg.q(300 * kg.GWEI)), "evm.max_priority_fee_per_gas", {"gasPrice"}),
     "max-fee-per-blob-gas": ("4844", dict(maxFeePerBlobGas=kg.q(10 * kg.GWEI + 1)), "evm.max_fee_per_blob_gas", {"maxFeePerBlobGas"}),
     "delegation-none-allowed": ("7702", dict(authorizationList=[kg.authorization(31337, kg.DELEGATE, 1)]), "evm.delegation", {"authorizationList"}),
 }

@@ -6,6 +6,7 @@
 //!   intent; a backend never sees a client-supplied digest.
 //! - [`Signature`]: what a backend returns, before pass 2 checks it.
 //! - [`Rejection`]: why a request was refused, naming the field and (for policy) the rule.
+//! - [`rules`]: the registry of built-in rule names (errors, audit, metrics, docs).
 //!
 //! A request moves through a chain crate as `decode -> facts/policy -> payload -> finalize`.
 //! This crate has no I/O and no dependency on the daemon.
@@ -13,6 +14,8 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+pub mod rules;
 
 /// Stable name of a key inside keyguard (`evm-treasury`, `dev-secp256k1`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

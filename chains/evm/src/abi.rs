@@ -163,6 +163,16 @@ impl Abi {
         v
     }
 
+    /// The function `input`'s selector names, however the rest is encoded: `(name,
+    /// signature, payable)`. Deny rules match on this (a contract runs a call whose arguments
+    /// keyguard cannot decode exactly), and value is allowed only to payable functions.
+    pub(crate) fn function_of(&self, input: &[u8]) -> Option<(&str, String, bool)> {
+        let selector: [u8; 4] = input.get(..4)?.try_into().ok()?;
+        let f = self.by_selector.get(&Selector::from(selector))?;
+        let payable = f.state_mutability == alloy_json_abi::StateMutability::Payable;
+        Some((f.name.as_str(), f.signature(), payable))
+    }
+
     /// Decodes `input` exactly (see the module docs).
     pub fn decode(&self, input: &[u8]) -> Result<DecodedCall, CallError> {
         let selector: [u8; 4] = input

@@ -8,7 +8,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use alloy_consensus::Transaction;
-use alloy_primitives::U256;
+use alloy_primitives::{Address, U256};
+use keyguard_chain::rules::evm as rules;
 use keyguard_chain::Rejection;
 
 use crate::abi::{Abi, CallError, DecodedCall};
@@ -99,9 +100,12 @@ impl Eval {
         let Some(trace) = &mut self.trace else {
             return r;
         };
-        let (outcome, detail) = match &r {
-            Ok(()) => ("pass", String::new()),
-            Err(e) => ("fail", e.to_string()),
+        // A failure is traced under the rule its refusal names, so the dry run and the audit
+        // row of the same request name the same rule.
+        let (rule, outcome, detail) = match &r {
+            Ok(()) => (rule, "pass", String::new()),
+            Err(e @ Rejection::Policy { rule, .. }) => (*rule, "fail", e.to_string()),
+            Err(e) => (rule, "fail", e.to_string()),
         };
         trace.push(RuleOutcome {
             rule: rule.to_string(),
@@ -139,6 +143,7 @@ enum Skip {
 enum Miss<'a> {
     Time,
     Value(U256),
+    NotPayable(Decoded),
     PlainOnly,
     Decode(Decoded),
     Function(Decoded),
@@ -177,11 +182,28 @@ impl Miss<'_> {
                 "time".into(),
                 format!("outside the UTC time window of rule {}", rule.name),
             ),
+            Miss::Value(max) if max.is_zero() && rule.abi.is_some() => (
+                "value".into(),
+                format!(
+                    "rule {} allows no native value ({} wei sent; set max_value on a rule for \
+                     payable functions)",
+                    rule.name,
+                    intent.value()
+                ),
+            ),
             Miss::Value(max) => (
                 "value".into(),
                 format!(
                     "{} wei is above the rule's limit of {max} wei",
                     intent.value()
+                ),
+            ),
+            Miss::NotPayable(d) => (
+                "value".into(),
+                format!(
+                    "rule {} allows native value only to payable functions, and {} is not payable",
+                    rule.name,
+                    sig(d)
                 ),
             ),
             Miss::PlainOnly => (
@@ -287,20 +309,16 @@ fn rule_verdict<'a>(
     if !rule.chain_ids.is_empty() && !rule.chain_ids.contains(&chain) {
         return Verdict::Skip(Skip::Chain);
     }
+    if rule.deny {
+        return deny_verdict(rule, intent, calls, now_ms);
+    }
     match intent.to() {
         None if !rule.create => return Verdict::Skip(Skip::Creation),
         Some(_) if rule.create => return Verdict::Skip(Skip::CreationOnly),
-        Some(to) => {
-            if let Some(list) = &rule.to {
-                if !list
-                    .iter()
-                    .any(|(c, a)| *a == to && c.is_none_or(|c| c == chain))
-                {
-                    return Verdict::Skip(Skip::Destination);
-                }
-            }
+        Some(to) if rule.to.as_ref().is_some_and(|l| !covers(l, to, chain)) => {
+            return Verdict::Skip(Skip::Destination)
         }
-        None => {}
+        _ => {}
     }
     let fail = |depth, miss| Verdict::Fail { depth, miss };
     if rule.window.as_ref().is_some_and(|w| !w.contains(now_ms)) {
@@ -328,6 +346,13 @@ fn rule_verdict<'a>(
     {
         return fail(2, Miss::Function(decoded.clone()));
     }
+    if !intent.value().is_zero()
+        && !abi
+            .function_of(intent.tx.input())
+            .is_some_and(|(_, _, payable)| payable)
+    {
+        return fail(2, Miss::NotPayable(decoded.clone()));
+    }
     for (name, c) in &rule.args {
         // A constraint binds the functions that have the argument (`args.to` on a rule for
         // `transfer` and `approve` constrains `transfer`); load checks every name exists.
@@ -338,6 +363,60 @@ fn rule_verdict<'a>(
         }
     }
     Verdict::Match(Some(decoded.clone()))
+}
+
+/// Whether `to` is one of a rule's destinations on `chain`.
+fn covers(list: &[(Option<u64>, Address)], to: Address, chain: u64) -> bool {
+    list.iter()
+        .any(|(c, a)| *a == to && c.is_none_or(|c| c == chain))
+}
+
+/// A deny rule matches on the conditions it names and nothing else: an omitted destination,
+/// function, calldata shape or window is "any", so no default can make it miss. Functions are
+/// matched by selector (the contract runs the call whether or not keyguard decodes the rest
+/// exactly); argument conditions match when they hold, or when the arguments cannot be
+/// decoded exactly (unprovable is treated as matching: the deny fails closed).
+fn deny_verdict<'a>(
+    rule: &'a Rule,
+    intent: &TxIntent,
+    calls: &mut CallCache<'_>,
+    now_ms: u64,
+) -> Verdict<'a> {
+    let chain = intent.chain_id();
+    let miss = |miss| Verdict::Fail { depth: 0, miss };
+    match intent.to() {
+        None if !(rule.create || rule.any_destination) => return Verdict::Skip(Skip::Creation),
+        Some(_) if rule.create => return Verdict::Skip(Skip::CreationOnly),
+        Some(to) if rule.to.as_ref().is_some_and(|l| !covers(l, to, chain)) => {
+            return Verdict::Skip(Skip::Destination)
+        }
+        _ => {}
+    }
+    if rule.window.as_ref().is_some_and(|w| !w.contains(now_ms)) {
+        return miss(Miss::Time);
+    }
+    let input = intent.tx.input();
+    let Some(abi) = &rule.abi else {
+        if !rule.calldata_any && !input.is_empty() {
+            return miss(Miss::PlainOnly);
+        }
+        return Verdict::Match(None);
+    };
+    let decoded = calls.get(abi);
+    let Some((name, signature, _)) = abi.function_of(input) else {
+        return miss(Miss::Decode(decoded));
+    };
+    if !rule.functions.is_empty() && !rule.functions.iter().any(|f| f == name || *f == signature) {
+        return miss(Miss::Function(decoded));
+    }
+    if let Ok(call) = decoded.as_ref() {
+        for (arg, c) in &rule.args {
+            if call.arg(arg).is_some_and(|v| !arg_ok(v, c)) {
+                return miss(Miss::Arg(decoded.clone(), arg, c));
+            }
+        }
+    }
+    Verdict::Match(Some(decoded))
 }
 
 /// The rule-list part of the decision (after the fixed limits passed).
@@ -361,7 +440,7 @@ pub(crate) fn decide_rules(
     };
     if !moves.is_empty() {
         eval.check(
-            "evm.token_limits",
+            rules::TOKEN_MAX_TRANSFER,
             accounting::check_limits(c, chain, &moves),
         )?;
     }
@@ -379,9 +458,13 @@ pub(crate) fn decide_rules(
         match rule_verdict(rule, intent, &mut calls, now_ms) {
             Verdict::Match(_) if rule.deny => {
                 eval.note(rule.name, "deny", "matches".into());
+                let field = match (&rule.to, &rule.abi) {
+                    (None, Some(_)) => "input",
+                    _ => "to",
+                };
                 let r = Err(Rejection::policy(
                     rule.name,
-                    "to",
+                    field,
                     format!("denied by rule {}", rule.name),
                 ));
                 eval.check(rule.name, r)?;
@@ -397,7 +480,12 @@ pub(crate) fn decide_rules(
                     eval.note(rule.name, "skip", why.render(intent));
                 }
             }
-            Verdict::Fail { .. } if rule.deny => eval.note(rule.name, "skip", "no match".into()),
+            Verdict::Fail { miss, .. } if rule.deny => {
+                if eval.trace.is_some() {
+                    let (field, reason) = miss.render(rule, intent);
+                    eval.note(rule.name, "skip", format!("no match: {field}: {reason}"));
+                }
+            }
             Verdict::Fail { depth, miss } => {
                 if eval.trace.is_some() {
                     let (field, reason) = miss.render(rule, intent);
@@ -410,7 +498,7 @@ pub(crate) fn decide_rules(
         }
     }
     let (allowed_by, call, grant) = match (allowed, c.rules.is_empty()) {
-        (_, true) => ("policy.limits", None, Grant::default()),
+        (_, true) => (keyguard_chain::rules::common::POLICY_LIMITS, None, Grant::default()),
         (Some((rule, call)), false) => {
             let call = call.and_then(|d| d.as_ref().as_ref().ok().cloned());
             let names_approval = !rule.functions.is_empty()
@@ -430,7 +518,7 @@ pub(crate) fn decide_rules(
                     Rejection::policy(rule.name, field, reason)
                 }
                 None => Rejection::policy(
-                    "evm.no_rule",
+                    rules::NO_RULE,
                     "to",
                     format!(
                         "no allow rule covers {} on chain {chain} (deny by default)",
@@ -440,21 +528,21 @@ pub(crate) fn decide_rules(
                     ),
                 ),
             };
-            eval.check("evm.rules", Err(r))?;
-            ("evm.rules", None, Grant::default())
+            eval.check(rules::NO_RULE, Err(r))?;
+            (rules::NO_RULE, None, Grant::default())
         }
     };
     let r = accounting::check_grants(c, chain, &moves, grant);
     let name = match &r {
         Err(Rejection::Policy { rule, .. }) => rule,
-        _ => &"evm.unlimited_approval",
+        _ => &rules::UNLIMITED_APPROVAL,
     };
     eval.check(name, r)?;
     let debits = accounting::debits(c, chain, Some((intent.to(), intent.value())), &moves);
     let debits = match debits {
         Ok(d) => d,
         Err(e) => {
-            eval.check("evm.velocity", Err(e))?;
+            eval.check(rules::VELOCITY, Err(e))?;
             Vec::new()
         }
     };

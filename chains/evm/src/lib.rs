@@ -117,4 +117,12 @@ mod tests_movement;
 #[cfg(test)]
 mod tests_permits;
 #[cfg(test)]
+mod tests_fees;
+#[cfg(test)]
+mod tests_messages;
+#[cfg(test)]
+mod tests_rule_names;
+#[cfg(test)]
 mod tests_rules;
+#[cfg(test)]
+mod tests_semantics;

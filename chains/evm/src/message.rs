@@ -21,11 +21,20 @@ pub struct MessageRule {
     /// Methods covered: `eth_sign`, `personal_sign`; empty means both.
     #[serde(default)]
     pub methods: Vec<String>,
-    /// A regular expression the UTF-8 text must match (anchor it: `^...$`).
+    /// A regular expression the whole UTF-8 text must match (anchored at both ends: a
+    /// pattern for a login message does not also allow that message with lines appended).
     pub pattern: Option<String>,
+    /// `false` lets the pattern match anywhere in the text (a substring search). Almost never
+    /// right: whatever surrounds the match is signed too.
+    #[serde(default = "yes")]
+    pub anchored: bool,
     /// Whether a bare 32-byte message (a hash) may be signed.
     #[serde(default)]
     pub allow_hash: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug)]
@@ -48,10 +57,15 @@ impl MessageRule {
                 "{at}: a message rule needs a pattern (or allow_hash = true)"
             ));
         }
+        // `\A(?:...)\z`: whole text, whatever anchors or flags the pattern has; a group keeps
+        // alternations (`a|b`) inside the anchors.
         let pattern = self
             .pattern
             .as_deref()
-            .map(regex::Regex::new)
+            .map(|p| match self.anchored {
+                true => regex::Regex::new(&format!("\\A(?:{p})\\z")),
+                false => regex::Regex::new(p),
+            })
             .transpose()
             .map_err(|e| format!("{at}.pattern: {e}"))?;
         Ok(CompiledMessageRule {
@@ -152,7 +166,7 @@ pub(crate) fn check_message(c: &Compiled, m: &MessageIntent) -> Result<&'static 
         }
     }
     Err(Rejection::policy(
-        "evm.message",
+        keyguard_chain::rules::evm::MESSAGE,
         "data",
         if is_hash {
             "a bare 32-byte message (a hash) is refused unless a rule sets allow_hash".to_string()

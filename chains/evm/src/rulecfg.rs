@@ -28,11 +28,12 @@ pub enum Action {
     Deny,
 }
 
-/// What calldata a rule without an ABI accepts.
+/// What calldata a rule without an ABI accepts (allow) or matches (deny).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CalldataMode {
-    /// Only empty calldata (a plain value transfer). The default without `abi`.
+    /// Only empty calldata (a plain value transfer). The default of an allow rule without
+    /// `abi`; a deny rule matches any calldata unless it says `none`.
     None,
     /// Any calldata (a batch inbox takes opaque bytes).
     Any,
@@ -126,12 +127,15 @@ pub struct RuleConfig {
     /// Functions allowed (names or full signatures); empty means every function of the ABI.
     #[serde(default)]
     pub functions: Vec<String>,
-    /// Without `abi`: `none` (default, plain transfers) or `any`.
+    /// Without `abi`: `none` (plain transfers; an allow rule's default) or `any` (a deny
+    /// rule's default: an omitted condition never makes a deny rule miss).
     pub calldata: Option<CalldataMode>,
     /// Constraints on decoded arguments, by argument name.
     #[serde(default)]
     pub args: BTreeMap<String, ArgConstraint>,
-    /// Most native value per transaction under this rule.
+    /// Most native value per transaction under this rule. Without it, a rule with `abi`
+    /// allows no native value at all (and with it, only to `payable` functions); a rule
+    /// without `abi` is bounded by the policy's `max_value`. Not allowed on deny rules.
     pub max_value: Option<String>,
     /// Whether this rule may sign `approve(spender, type(uint256).max)` and the like.
     #[serde(default)]
@@ -249,6 +253,8 @@ pub(crate) struct Rule {
     pub(crate) abi: Option<Arc<Abi>>,
     pub(crate) functions: Vec<String>,
     pub(crate) calldata_any: bool,
+    /// A deny rule without `to` (or `create`) also matches contract creation.
+    pub(crate) any_destination: bool,
     pub(crate) args: Vec<(String, ArgCheck)>,
     pub(crate) max_value: Option<U256>,
     pub(crate) allow_unlimited_approval: bool,
@@ -296,6 +302,12 @@ pub struct Compiled {
 /// per configuration load, so the leak is bounded by the size of the config.
 pub(crate) fn intern(name: &str) -> &'static str {
     Box::leak(name.to_string().into_boxed_str())
+}
+
+/// A user's rule name may not shadow a built-in rule's namespace (`evm.`, `policy.`, ...):
+/// a refusal named `evm.max_value` must always be the built-in cap.
+fn user_name(name: &str, at: &str) -> Result<(), String> {
+    keyguard_chain::rules::check_user_rule_name(name).map_err(|e| format!("{at}.name: {e}"))
 }
 
 /// Parses `"30s"`, `"15m"`, `"1h"`, `"7d"` into milliseconds.
@@ -412,10 +424,37 @@ pub(crate) fn compile(p: &EvmPolicy, base: Option<&Path>) -> Result<Compiled, St
 
     let mut rules = Vec::new();
     let mut seen = std::collections::HashSet::new();
+    if let Some(types) = &p.tx_types {
+        if types.is_empty() || types.iter().any(|t| *t > 4) {
+            return Err(format!(
+                "tx_types: {types:?} must list EIP-2718 types among 0 (legacy), 1 (2930), 2 \
+                 (1559), 3 (4844), 4 (7702)"
+            ));
+        }
+    }
     for (i, r) in p.rules.iter().enumerate() {
         let at = format!("rules[{i}]");
+        user_name(&r.name, &at)?;
         if !seen.insert(r.name.as_str()) {
             return Err(format!("{at}.name: duplicate rule {:?}", r.name));
+        }
+        let deny = r.action == Action::Deny;
+        if deny && r.max_value.is_some() {
+            return Err(format!(
+                "{at}.max_value: a deny rule refuses whatever value it matches; caps belong on \
+                 allow rules or the policy's max_value"
+            ));
+        }
+        if deny && r.allow_unlimited_approval {
+            return Err(format!(
+                "{at}.allow_unlimited_approval: only an allow rule can allow anything"
+            ));
+        }
+        if r.create && r.to.is_some() {
+            return Err(format!(
+                "{at}.create: a creation has no destination; a rule with create = true cannot \
+                 also list to"
+            ));
         }
         let chains: Vec<u64> = if r.chain_ids.is_empty() {
             chain_ids.to_vec()
@@ -487,9 +526,21 @@ pub(crate) fn compile(p: &EvmPolicy, base: Option<&Path>) -> Result<Compiled, St
                 return Err(format!("{at}: constraint has no condition"));
             }
         }
+        let max_value = r
+            .max_value
+            .as_ref()
+            .map(|v| profiles.parse_amount(v, &chains))
+            .transpose()
+            .map_err(|e| format!("{at}.max_value: {e}"))?;
+        // A rule that names functions allows native value only if it says so: calldata can
+        // be put on a transfer to an EOA, so an ABI rule must not widen a plain-transfer cap.
+        let max_value = match (&abi, max_value, deny) {
+            (Some(_), None, false) => Some(U256::ZERO),
+            (_, m, _) => m,
+        };
         rules.push(Rule {
             name: intern(&r.name),
-            deny: r.action == Action::Deny,
+            deny,
             to: r
                 .to
                 .as_ref()
@@ -499,14 +550,13 @@ pub(crate) fn compile(p: &EvmPolicy, base: Option<&Path>) -> Result<Compiled, St
             create: r.create,
             abi,
             functions: r.functions.clone(),
-            calldata_any: r.calldata == Some(CalldataMode::Any),
+            calldata_any: match r.calldata {
+                Some(mode) => mode == CalldataMode::Any,
+                None => deny,
+            },
+            any_destination: deny && r.to.is_none() && !r.create,
             args,
-            max_value: r
-                .max_value
-                .as_ref()
-                .map(|v| profiles.parse_amount(v, &chains))
-                .transpose()
-                .map_err(|e| format!("{at}.max_value: {e}"))?,
+            max_value,
             allow_unlimited_approval: r.allow_unlimited_approval,
             window: (!r.days.is_empty() || r.hours.is_some()).then(|| TimeWindow {
                 days: r.days.clone(),
@@ -556,6 +606,7 @@ pub(crate) fn compile(p: &EvmPolicy, base: Option<&Path>) -> Result<Compiled, St
     let mut names = std::collections::HashSet::new();
     for (i, v) in p.velocity.iter().enumerate() {
         let at = format!("velocity[{i}]");
+        user_name(&v.name, &at)?;
         if !names.insert(v.name.as_str()) {
             return Err(format!("{at}.name: duplicate limit {:?}", v.name));
         }
@@ -605,13 +656,21 @@ pub(crate) fn compile(p: &EvmPolicy, base: Option<&Path>) -> Result<Compiled, St
         .typed_data
         .iter()
         .enumerate()
-        .map(|(i, r)| r.compile(&profiles, chain_ids, &format!("typed_data[{i}]")))
+        .map(|(i, r)| {
+            let at = format!("typed_data[{i}]");
+            user_name(&r.name, &at)?;
+            r.compile(&profiles, chain_ids, &at)
+        })
         .collect::<Result<_, _>>()?;
     let messages = p
         .messages
         .iter()
         .enumerate()
-        .map(|(i, r)| r.compile(&format!("messages[{i}]")))
+        .map(|(i, r)| {
+            let at = format!("messages[{i}]");
+            user_name(&r.name, &at)?;
+            r.compile(&at)
+        })
         .collect::<Result<_, _>>()?;
     Ok(Compiled {
         profiles,

@@ -1,30 +1,9 @@
 //! Per-key Ethereum policy: the first rules, checked on the decoded intent before signing.
 //!
-//! Each rule has a stable name used in errors, audit rows and metrics:
-//!
-//! | rule | stops |
-//! | --- | --- |
-//! | `evm.chain_id` | replaying the key's authority on a chain it was not meant for |
-//! | `evm.contract_creation` | deploying arbitrary code from a key meant for transfers |
-//! | `evm.to_allowlist` | sending to an attacker's address |
-//! | `evm.max_value` | draining the account in one transaction |
-//! | `evm.max_fee_per_gas` | burning the balance in fees (gasPrice or maxFeePerGas) |
-//! | `evm.max_priority_fee_per_gas` | paying a colluding builder through tips |
-//! | `evm.max_fee_per_blob_gas` | burning the balance in blob fees |
-//! | `evm.delegation` | EIP-7702: handing the account's code to an unknown contract |
-//! | `evm.max_gas` | burning the balance through an absurd gas limit |
-//! | `evm.max_calldata_bytes` | oversized payloads (and fees) from a key that posts small data |
-//! | `evm.max_blobs` | blob fees from a key that should post few or no blobs |
-//! | `evm.time_window` | a stolen credential used outside the operators' hours |
-//! | `evm.no_rule` | anything no allow rule covers (deny by default) |
-//! | *rule name* | calls outside the functions, arguments and amounts a rule allows |
-//! | `evm.token_max_transfer` / `evm.token_max_approval` | draining a token in one call |
-//! | `evm.unlimited_approval` | approve-then-drain: `approve(x, 2^256-1)` and permits alike |
-//! | `evm.movement_undecodable` / `evm.typed_data_unrecognised` / `evm.approval_unconfigured` / `evm.allowance_window` | movements hidden from the token limits (`docs/evm-movement.md`) |
-//! | `evm.velocity` | slow draining through many transactions under the per-tx limit |
-//! | `evm.nonce_reuse` | a second, different transaction for a nonce already signed |
-//! | `evm.typed_data`, `evm.typed_data_chain_id` | blind permits; cross-chain replay |
-//! | `evm.message` | chosen-plaintext: a hash passed off as a message |
+//! Each rule has a stable name from the registry [`keyguard_chain::rules`] (one list for
+//! errors, audit rows, metrics, the dry run and `docs/rules.md`); semantics per input shape
+//! (deny matching, value on ABI rules, fees per transaction type) are in `docs/evm-policy.md`;
+//! token movements, permits and approvals in `docs/evm-movement.md`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -32,6 +11,7 @@ use std::str::FromStr;
 use alloy_consensus::{Transaction, TypedTransaction};
 use alloy_primitives::utils::parse_units;
 use alloy_primitives::{Address, U256};
+use keyguard_chain::rules::evm as rule;
 use keyguard_chain::Rejection;
 use serde::{Deserialize, Deserializer};
 
@@ -127,10 +107,16 @@ pub struct EvmPolicy {
     pub max_value: Wei,
     /// Cap on `gasPrice` and `maxFeePerGas`.
     pub max_fee_per_gas: Wei,
-    /// Cap on `maxPriorityFeePerGas`.
+    /// Cap on the tip: `maxPriorityFeePerGas`, and the whole `gasPrice` of legacy and
+    /// EIP-2930 transactions (their gasPrice is both fee cap and tip, as EIP-1559 treats them),
+    /// so picking another transaction type cannot escape it.
     pub max_priority_fee_per_gas: Wei,
     /// Cap on `maxFeePerBlobGas`.
     pub max_fee_per_blob_gas: Wei,
+    /// EIP-2718 types the key may sign (`[2, 3, 4]` refuses legacy and EIP-2930 outright);
+    /// absent means every type keyguard decodes.
+    #[serde(default)]
+    pub tx_types: Option<Vec<u8>>,
     /// Whether a transaction without `to` (a deployment) may be signed.
     #[serde(default)]
     pub contract_creation: bool,
@@ -231,7 +217,13 @@ impl EvmPolicy {
         self.compiled
             .get_or_init(|| compile(self, None).map(Arc::new))
             .as_ref()
-            .map_err(|e| Rejection::policy("policy.config", "policy", e.clone()))
+            .map_err(|e| {
+                Rejection::policy(
+                    keyguard_chain::rules::common::POLICY_CONFIG,
+                    "policy",
+                    e.clone(),
+                )
+            })
     }
 
     /// Symbol and decimals of a known token (for displays such as the dry run).
@@ -294,34 +286,47 @@ impl EvmPolicy {
         let compiled = self.compiled()?;
         let chain_id = intent.chain_id();
         eval.check(
-            "evm.chain_id",
+            rule::CHAIN_ID,
             if self.chain_ids.contains(&chain_id) {
                 Ok(())
             } else {
                 Err(Rejection::policy(
-                    "evm.chain_id",
+                    rule::CHAIN_ID,
                     "chainId",
                     format!("chain {chain_id} is not one of {:?}", self.chain_ids),
                 ))
             },
         )?;
+        if let Some(types) = &self.tx_types {
+            let t = intent.tx_type();
+            let r = if types.contains(&t) {
+                Ok(())
+            } else {
+                Err(Rejection::policy(
+                    rule::TX_TYPE,
+                    "type",
+                    format!("transaction type {t} is not one of the policy's tx_types {types:?}"),
+                ))
+            };
+            eval.check(rule::TX_TYPE, r)?;
+        }
         let dest = match (intent.to(), &self.to) {
             (None, _) if !self.contract_creation => Err(Rejection::policy(
-                "evm.contract_creation",
+                rule::CONTRACT_CREATION,
                 "to",
                 "contract creation is not allowed for this key",
             )),
             (Some(to), Destinations::Only(list)) if !list.contains(&to) => Err(Rejection::policy(
-                "evm.to_allowlist",
+                rule::TO_ALLOWLIST,
                 "to",
                 format!("{to} is not an allowed destination"),
             )),
             _ => Ok(()),
         };
-        eval.check("evm.to_allowlist", dest)?;
+        eval.check(rule::TO_ALLOWLIST, dest)?;
         eval.check(
-            "evm.max_value",
-            over("evm.max_value", "value", intent.value(), self.max_value),
+            rule::MAX_VALUE,
+            over(rule::MAX_VALUE, "value", intent.value(), self.max_value),
         )?;
         let tx = &intent.tx;
         let fee_field = if tx.is_dynamic_fee() {
@@ -330,30 +335,35 @@ impl EvmPolicy {
             "gasPrice"
         };
         eval.check(
-            "evm.max_fee_per_gas",
+            rule::MAX_FEE_PER_GAS,
             over(
-                "evm.max_fee_per_gas",
+                rule::MAX_FEE_PER_GAS,
                 fee_field,
                 U256::from(tx.max_fee_per_gas()),
                 self.max_fee_per_gas,
             ),
         )?;
-        if let Some(tip) = tx.max_priority_fee_per_gas() {
-            eval.check(
-                "evm.max_priority_fee_per_gas",
-                over(
-                    "evm.max_priority_fee_per_gas",
-                    "maxPriorityFeePerGas",
-                    U256::from(tip),
-                    self.max_priority_fee_per_gas,
-                ),
-            )?;
-        }
+        // Legacy and EIP-2930 transactions pay their whole gasPrice as the tip bound (EIP-1559
+        // sets their priority fee to gasPrice), so the tip cap binds gasPrice too: a tip cap
+        // must not be escaped by choosing another transaction type.
+        let (tip_field, tip) = match tx.max_priority_fee_per_gas() {
+            Some(tip) => ("maxPriorityFeePerGas", tip),
+            None => ("gasPrice", tx.max_fee_per_gas()),
+        };
+        eval.check(
+            rule::MAX_PRIORITY_FEE_PER_GAS,
+            over(
+                rule::MAX_PRIORITY_FEE_PER_GAS,
+                tip_field,
+                U256::from(tip),
+                self.max_priority_fee_per_gas,
+            ),
+        )?;
         if let Some(blob_fee) = tx.max_fee_per_blob_gas() {
             eval.check(
-                "evm.max_fee_per_blob_gas",
+                rule::MAX_FEE_PER_BLOB_GAS,
                 over(
-                    "evm.max_fee_per_blob_gas",
+                    rule::MAX_FEE_PER_BLOB_GAS,
                     "maxFeePerBlobGas",
                     U256::from(blob_fee),
                     self.max_fee_per_blob_gas,
@@ -368,9 +378,9 @@ impl EvmPolicy {
                 .find(|(_, a)| !self.delegations.contains(&a.address));
             if let Some((i, auth)) = bad {
                 eval.check(
-                    "evm.delegation",
+                    rule::DELEGATION,
                     Err(Rejection::policy(
-                        "evm.delegation",
+                        rule::DELEGATION,
                         format!("authorizationList[{i}].address"),
                         format!("delegation to {} is not allowed", auth.address),
                     )),
@@ -386,49 +396,49 @@ impl EvmPolicy {
         if let Some(max) = self.max_gas {
             let r = match tx.gas_limit() {
                 g if g > max => Err(Rejection::policy(
-                    "evm.max_gas",
+                    rule::MAX_GAS,
                     "gas",
                     format!("gas limit {g} is above the cap of {max}"),
                 )),
                 _ => Ok(()),
             };
-            eval.check("evm.max_gas", r)?;
+            eval.check(rule::MAX_GAS, r)?;
         }
         if let Some(max) = self.max_calldata_bytes {
             let r = match tx.input().len() {
                 n if n > max => Err(Rejection::policy(
-                    "evm.max_calldata_bytes",
+                    rule::MAX_CALLDATA_BYTES,
                     "input",
                     format!("{n} bytes of calldata is above the cap of {max}"),
                 )),
                 _ => Ok(()),
             };
-            eval.check("evm.max_calldata_bytes", r)?;
+            eval.check(rule::MAX_CALLDATA_BYTES, r)?;
         }
         if let Some(max) = self.max_blobs {
             let n = tx.blob_versioned_hashes().map_or(0, <[_]>::len);
             let r = if n > max {
                 Err(Rejection::policy(
-                    "evm.max_blobs",
+                    rule::MAX_BLOBS,
                     "blobVersionedHashes",
                     format!("{n} blobs is above the cap of {max}"),
                 ))
             } else {
                 Ok(())
             };
-            eval.check("evm.max_blobs", r)?;
+            eval.check(rule::MAX_BLOBS, r)?;
         }
         if let Some(w) = &self.time_window {
             let r = if w.contains(now_ms) {
                 Ok(())
             } else {
                 Err(Rejection::policy(
-                    "evm.time_window",
+                    rule::TIME_WINDOW,
                     "time",
                     "outside the key's UTC signing window",
                 ))
             };
-            eval.check("evm.time_window", r)?;
+            eval.check(rule::TIME_WINDOW, r)?;
         }
         Ok(())
     }
