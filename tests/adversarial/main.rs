@@ -26,5 +26,6 @@ mod helpers;
 #[path = "../mockval/mod.rs"]
 mod mockval;
 mod privval;
+mod privval_state;
 
 use mockval::node;
