@@ -12,6 +12,7 @@
 
 mod admin;
 mod bitcoin;
+mod bitcoin_freeze;
 #[path = "../common/mod.rs"]
 mod common;
 #[path = "../control/mod.rs"]
