@@ -267,3 +267,87 @@ fn the_identical_transaction_counts_once_against_the_window() {
     assert_signed_and_valid(&sign(&rpc, &first), &first);
     refused(&cfg, &rpc, &other, "bitcoin.max_spend_per_window", "outputs[0]");
 }
+
+fn call(addr: &str, token: &str, method: &str, params: Value) -> Value {
+    use std::io::{Read, Write};
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Authorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let text = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// `btc_getDescriptors` honours a managed client's method and chain scope: a client scoped to
+/// Ethereum learns no xpub even with every key granted.
+#[test]
+fn descriptors_follow_the_client_scope() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let daemon = start(dir, "");
+    let rpc = daemon.rpc_addr();
+    let alice = crate::control::bootstrap_admin(&daemon, "alice");
+    let bob = crate::control::bootstrap_admin(&daemon, "bob");
+    let sock = dir.join("var/admin.sock");
+    let add = |name: &str, chains: &[&str], methods: &[&str]| -> String {
+        let params = json!({"name": name, "keys": ["*"], "chains": chains, "methods": methods});
+        let mut r = crate::control::admin(&sock, &alice, "clients.add", params.clone());
+        if r["result"]["status"] == "pending" {
+            r = crate::control::admin(&sock, &bob, "clients.add", params);
+        }
+        r["result"]["token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("clients.add: {r}"))
+            .to_owned()
+    };
+    let eth_methods = add("eth-methods", &[], &["eth_*"]);
+    let eth_chains = add("eth-chains", &["eip155:*"], &[]);
+    let btc = add("btc-only", &["bitcoin:*"], &["btc_*"]);
+    for (token, reason) in [
+        (&eth_methods, "method btc_getDescriptors is not granted"),
+        (&eth_chains, "chain bitcoin:regtest is not granted"),
+    ] {
+        let r = call(&rpc, token, "btc_getDescriptors", json!([{"key": "hot"}]));
+        assert_eq!(r["error"]["code"], -32005, "{r}");
+        assert!(r.to_string().contains(reason), "{r}");
+        assert!(!r.to_string().contains("tpub"), "an xpub leaked: {r}");
+    }
+    // Negative control: a Bitcoin-scoped client gets the descriptors.
+    let ok = call(&rpc, &btc, "btc_getDescriptors", json!([{"key": "hot"}]));
+    assert!(ok.to_string().contains("tpub"), "{ok}");
+}
+
+/// `config check` knows a seed-only key store: the seed (`hot`) and its Ethereum key
+/// (`hot-eth`) are present; a key that is really missing is still reported.
+#[test]
+fn config_check_knows_seeds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let daemon = start(dir, "");
+    drop(daemon);
+    let cfg = dir.join("keyguard.toml");
+    let check = |text: &str| {
+        let path = dir.join("check.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(common::binary())
+            .args(["config", "check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let both = text.replace("keys = [\"hot\"]", "keys = [\"hot\", \"hot-eth\"]");
+    let (ok, out) = check(&both);
+    assert!(ok, "{out}");
+    let missing = text.replace("keys = [\"hot\"]", "keys = [\"hot\", \"cold\"]");
+    let (ok, out) = check(&missing);
+    assert!(!ok && out.contains("\"cold\"") && !out.contains("\"hot\" is not"), "{out}");
+}
