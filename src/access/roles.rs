@@ -59,7 +59,10 @@ pub const PERMISSIONS: &[(&str, &[Role])] = &[
     ("audit.verify", &[Role::Auditor, Role::Admin]),
     ("watermarks.repair", &[Role::Admin]),
     ("bitcoin.release_claim", &[Role::Admin]),
-    ("bitcoin.transactions", &[Role::Admin, Role::Operator, Role::Auditor]),
+    (
+        "bitcoin.transactions",
+        &[Role::Admin, Role::Operator, Role::Auditor],
+    ),
 ];
 
 /// Whether a user holding `roles` may call `method` (unknown methods: nobody).

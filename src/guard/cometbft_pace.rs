@@ -62,12 +62,15 @@ impl Paces {
     pub(crate) fn keep(&self, target: &CometbftTarget, pace: Pace) {
         self.map().insert(slot_key(target), pace);
     }
-
 }
 
 /// Whether the stored watermark differs from the cached one (changed by `watermarks.repair`,
 /// an import, or another process): the caller drops its cache. Blocking.
-pub(crate) fn stale(store: &WatermarkStore, target: &CometbftTarget, cached: Option<&SignedState>) -> bool {
+pub(crate) fn stale(
+    store: &WatermarkStore,
+    target: &CometbftTarget,
+    cached: Option<&SignedState>,
+) -> bool {
     match store.load(&target.chain_id, target.key.as_str()) {
         Ok(row) => row.as_ref().map(|r| &r.state) != cached,
         Err(_) => true,

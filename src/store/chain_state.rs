@@ -35,7 +35,8 @@ impl StateDb {
     ) -> Result<i64, WatermarkError> {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let old = super::watermarks::repair_in(&tx, chain_id, key_id, height, &format!("repair:{by}"))?;
+        let old =
+            super::watermarks::repair_in(&tx, chain_id, key_id, height, &format!("repair:{by}"))?;
         tx.commit()?;
         Ok(old.height)
     }

@@ -73,7 +73,11 @@ fn start(dir: &Path, extra: &str) -> Daemon {
         .env("KEYGUARD_PASSPHRASE", "test-passphrase")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Daemon::start(dir, &text, &[])
 }
 
@@ -114,7 +118,12 @@ const COIN_B: OurInput = OurInput {
 
 /// Coins A and B into our own change: pays nothing out.
 fn consolidation(tw: &TestWallet, lock: u32) -> Psbt {
-    let mut p = build_psbt(tw, &[COIN_A, COIN_B], &[], Some((ScriptKind::P2wpkh, 2, 109_000)));
+    let mut p = build_psbt(
+        tw,
+        &[COIN_A, COIN_B],
+        &[],
+        Some((ScriptKind::P2wpkh, 2, 109_000)),
+    );
     p.unsigned_tx.lock_time = LockTime::from_consensus(lock);
     p
 }
@@ -134,12 +143,17 @@ fn assert_signed_and_valid(resp: &Value, psbt: &Psbt) {
     let hex = resp["result"]["hex"]
         .as_str()
         .unwrap_or_else(|| panic!("not signed and finalized: {resp}"));
-    let tx: Transaction = keyguard_bitcoin::bitcoin::consensus::encode::deserialize_hex(hex).unwrap();
+    let tx: Transaction =
+        keyguard_bitcoin::bitcoin::consensus::encode::deserialize_hex(hex).unwrap();
     verify_tx(&tx, psbt);
 }
 
 fn verify_tx(tx: &Transaction, psbt: &Psbt) {
-    let prevouts: Vec<TxOut> = psbt.inputs.iter().map(|i| i.witness_utxo.clone().unwrap()).collect();
+    let prevouts: Vec<TxOut> = psbt
+        .inputs
+        .iter()
+        .map(|i| i.witness_utxo.clone().unwrap())
+        .collect();
     let bytes = keyguard_bitcoin::bitcoin::consensus::serialize(tx);
     let utxos: Vec<bitcoinconsensus::Utxo> = prevouts
         .iter()
@@ -150,8 +164,14 @@ fn verify_tx(tx: &Transaction, psbt: &Psbt) {
         })
         .collect();
     for (i, p) in prevouts.iter().enumerate() {
-        bitcoinconsensus::verify(p.script_pubkey.as_bytes(), p.value.to_sat(), &bytes, Some(&utxos), i)
-            .unwrap_or_else(|e| panic!("input {i} does not verify: {e:?}"));
+        bitcoinconsensus::verify(
+            p.script_pubkey.as_bytes(),
+            p.value.to_sat(),
+            &bytes,
+            Some(&utxos),
+            i,
+        )
+        .unwrap_or_else(|e| panic!("input {i} does not verify: {e:?}"));
     }
 }
 
@@ -159,7 +179,10 @@ fn refused(cfg: &Path, rpc: &str, psbt: &Psbt, rule: &'static str, field: &str) 
     let before = mark(cfg);
     let resp = sign(rpc, psbt);
     check_rpc_error(&resp, -32001, &[("rule", rule), ("field", field)]).unwrap();
-    assert!(!resp.to_string().contains("cHNidP"), "a PSBT came back: {resp}");
+    assert!(
+        !resp.to_string().contains("cHNidP"),
+        "a PSBT came back: {resp}"
+    );
     check_audit(
         cfg,
         before,
@@ -180,8 +203,20 @@ fn no_cheap_freezes_and_no_lying_psbts() {
     let tw = wallet();
 
     // The reported freeze: a consolidation locked at 499,999,999 is refused by name...
-    refused(&cfg, &rpc, &consolidation(&tw, 499_999_999), "bitcoin.locktime_freeze", "tx.locktime");
-    refused(&cfg, &rpc, &consolidation(&tw, 1), "bitcoin.locktime_freeze", "tx.locktime");
+    refused(
+        &cfg,
+        &rpc,
+        &consolidation(&tw, 499_999_999),
+        "bitcoin.locktime_freeze",
+        "tx.locktime",
+    );
+    refused(
+        &cfg,
+        &rpc,
+        &consolidation(&tw, 1),
+        "bitcoin.locktime_freeze",
+        "tx.locktime",
+    );
     // ... and claimed nothing: a real payout from the same coin signs and is valid.
     let first = payout(&tw, 9);
     assert_signed_and_valid(&sign(&rpc, &first), &first);
@@ -204,7 +239,13 @@ fn no_cheap_freezes_and_no_lying_psbts() {
     assert_signed_and_valid(&sign(&rpc, &first), &first);
     // Another payout from coin A conflicts with the first (the guard holds)...
     let second = payout(&tw, 10);
-    refused(&cfg, &rpc, &second, "bitcoin.conflicting_spend", "inputs[0]");
+    refused(
+        &cfg,
+        &rpc,
+        &second,
+        "bitcoin.conflicting_spend",
+        "inputs[0]",
+    );
 
     // ... until two admins release the first transaction's claim on coin A.
     let alice = crate::control::bootstrap_admin(&daemon, "alice");
@@ -217,7 +258,13 @@ fn no_cheap_freezes_and_no_lying_psbts() {
     });
     let held = crate::control::admin(&sock, &alice, "bitcoin.release_claim", params.clone());
     assert_eq!(held["result"]["status"], "pending", "{held}");
-    refused(&cfg, &rpc, &second, "bitcoin.conflicting_spend", "inputs[0]");
+    refused(
+        &cfg,
+        &rpc,
+        &second,
+        "bitcoin.conflicting_spend",
+        "inputs[0]",
+    );
     let done = crate::control::admin(&sock, &bob, "bitcoin.release_claim", params);
     assert_eq!(done["result"]["released"], true, "{done}");
     assert_signed_and_valid(&sign(&rpc, &second), &second);
@@ -229,8 +276,11 @@ fn no_cheap_freezes_and_no_lying_psbts() {
         "bitcoin.transactions",
         json!({"key": "hot", "txid": first.unsigned_tx.compute_txid().to_string()}),
     );
-    let hex = kept["result"][0]["tx_hex"].as_str().unwrap_or_else(|| panic!("{kept}"));
-    let tx: Transaction = keyguard_bitcoin::bitcoin::consensus::encode::deserialize_hex(hex).unwrap();
+    let hex = kept["result"][0]["tx_hex"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{kept}"));
+    let tx: Transaction =
+        keyguard_bitcoin::bitcoin::consensus::encode::deserialize_hex(hex).unwrap();
     verify_tx(&tx, &first);
     // The release is audited.
     let audit_rows = crate::helpers::audit_rows_after(&cfg, 0);
@@ -259,13 +309,25 @@ fn the_identical_transaction_counts_once_against_the_window() {
         &[(foreign_script(9), 20_000)],
         Some((ScriptKind::P2wpkh, 0, 29_000)),
     );
-    refused(&cfg, &rpc, &other, "bitcoin.max_spend_per_window", "outputs[0]");
+    refused(
+        &cfg,
+        &rpc,
+        &other,
+        "bitcoin.max_spend_per_window",
+        "outputs[0]",
+    );
     // After a restart the window is rebuilt from the audit log the same way.
     drop(daemon);
     let daemon = Daemon::start(dir, &std::fs::read_to_string(&cfg).unwrap(), &[]);
     let rpc = daemon.rpc_addr();
     assert_signed_and_valid(&sign(&rpc, &first), &first);
-    refused(&cfg, &rpc, &other, "bitcoin.max_spend_per_window", "outputs[0]");
+    refused(
+        &cfg,
+        &rpc,
+        &other,
+        "bitcoin.max_spend_per_window",
+        "outputs[0]",
+    );
 }
 
 fn call(addr: &str, token: &str, method: &str, params: Value) -> Value {
@@ -341,7 +403,10 @@ fn config_check_knows_seeds() {
             .arg(&path)
             .output()
             .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     };
     let text = std::fs::read_to_string(&cfg).unwrap();
     let both = text.replace("keys = [\"hot\"]", "keys = [\"hot\", \"hot-eth\"]");
@@ -349,5 +414,8 @@ fn config_check_knows_seeds() {
     assert!(ok, "{out}");
     let missing = text.replace("keys = [\"hot\"]", "keys = [\"hot\", \"cold\"]");
     let (ok, out) = check(&missing);
-    assert!(!ok && out.contains("\"cold\"") && !out.contains("\"hot\" is not"), "{out}");
+    assert!(
+        !ok && out.contains("\"cold\"") && !out.contains("\"hot\" is not"),
+        "{out}"
+    );
 }

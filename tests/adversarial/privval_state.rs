@@ -15,10 +15,19 @@ use crate::node::{now, Ask, Node, Ver};
 const CHAIN: &str = "adv-state";
 
 fn watermark(config: &Path) -> Value {
-    let (ok, out, err) = cli(&["state", "show", "--json", "--config", config.to_str().unwrap()]);
+    let (ok, out, err) = cli(&[
+        "state",
+        "show",
+        "--json",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
     assert!(ok, "state show: {err}");
     let rows: Value = serde_json::from_str(&out).unwrap();
-    rows.as_array().and_then(|a| a.first()).cloned().unwrap_or(Value::Null)
+    rows.as_array()
+        .and_then(|a| a.first())
+        .cloned()
+        .unwrap_or(Value::Null)
 }
 
 fn height(config: &Path) -> Option<i64> {
@@ -138,7 +147,9 @@ fn a_wrong_import_is_repaired_by_two_admins_never_below_what_was_released() {
     );
     let cfg = kg.config.clone();
     node.sign(&prevote(10)).unwrap().unwrap();
-    node.sign(&Ask::vote(2, 10, 0, Some(1), now())).unwrap().unwrap();
+    node.sign(&Ask::vote(2, 10, 0, Some(1), now()))
+        .unwrap()
+        .unwrap();
     assert_eq!(watermark(&cfg)["released_height"], 10);
     // A wrong state file (tmkms format) imported at height 900_000: every real vote is now a
     // regression.
@@ -186,7 +197,10 @@ fn a_wrong_import_is_repaired_by_two_admins_never_below_what_was_released() {
     // Two admins, but at or below the released height 10: refused, nothing moves.
     assert_eq!(repair(&alice, 10)["result"]["status"], "pending");
     let low = repair(&bob, 10);
-    assert_eq!(low["error"]["data"]["rule"], "admin.watermark_repair", "{low}");
+    assert_eq!(
+        low["error"]["data"]["rule"], "admin.watermark_repair",
+        "{low}"
+    );
     assert_eq!(height(&cfg), Some(900_000));
     // Two admins, above what was released: the watermark comes down.
     let done = repair(&bob, 11);

@@ -29,7 +29,10 @@ pub fn config_text(dir: &Path, validators: &[ValidatorSpec]) -> String {
     );
     for v in validators {
         // A new validator's first vote needs a bound (`cometbft.first_height`).
-        let start = if v.new_validator && !v.extra.contains("start_height") && !v.extra.contains("max_height =") {
+        let start = if v.new_validator
+            && !v.extra.contains("start_height")
+            && !v.extra.contains("max_height =")
+        {
             "start_height = 1\n"
         } else {
             ""

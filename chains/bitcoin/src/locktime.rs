@@ -84,7 +84,10 @@ impl BitcoinPolicy {
             LockTime::Blocks(h) => {
                 let h = h.to_consensus_u32();
                 if self.max_locktime_height.is_some_and(|max| h > max) {
-                    return refuse(rule::LOCKTIME, format!("height {h} above the configured maximum"));
+                    return refuse(
+                        rule::LOCKTIME,
+                        format!("height {h} above the configured maximum"),
+                    );
                 }
                 if let Some(t) = tip {
                     let limit = t.height.saturating_add(self.max_locktime_blocks_ahead);

@@ -298,7 +298,12 @@ fn locked(mut psbt: Psbt, lock: u32) -> Psbt {
 }
 
 /// Runs the stateless rules and then the lock against a node tip, as the daemon does.
-fn with_tip(tw: &TestWallet, psbt: &Psbt, p: &BitcoinPolicy, tip: Option<u32>) -> Result<(), (String, String)> {
+fn with_tip(
+    tw: &TestWallet,
+    psbt: &Psbt,
+    p: &BitcoinPolicy,
+    tip: Option<u32>,
+) -> Result<(), (String, String)> {
     let as_pair = |e: Rejection| match e {
         Rejection::Policy { rule, field, .. } => (rule.to_string(), field),
         Rejection::InvalidParams { field, .. } => ("request.invalid".into(), field),
@@ -318,11 +323,21 @@ fn locktimes_are_capped_against_the_tip() {
     let lock = |r: Result<(), (String, String)>| r.map_err(|(rule, _)| rule);
     // The reported freeze: a consolidation locked at 499,999,999.
     assert_eq!(
-        lock(with_tip(&tw, &locked(consolidation(&tw), 499_999_999), &p, Some(1_000))),
+        lock(with_tip(
+            &tw,
+            &locked(consolidation(&tw), 499_999_999),
+            &p,
+            Some(1_000)
+        )),
         Err("bitcoin.locktime".into())
     );
     assert_eq!(
-        lock(with_tip(&tw, &locked(payment(&tw), 499_999_999), &p, Some(1_000))),
+        lock(with_tip(
+            &tw,
+            &locked(payment(&tw), 499_999_999),
+            &p,
+            Some(1_000)
+        )),
         Err("bitcoin.locktime".into())
     );
     // Payments too: at most max_locktime_blocks_ahead (6) above the node's tip.
@@ -330,10 +345,18 @@ fn locktimes_are_capped_against_the_tip() {
         lock(with_tip(&tw, &locked(payment(&tw), 1_007), &p, Some(1_000))),
         Err("bitcoin.locktime".into())
     );
-    assert_eq!(lock(with_tip(&tw, &locked(payment(&tw), 1_006), &p, Some(1_000))), Ok(()));
+    assert_eq!(
+        lock(with_tip(&tw, &locked(payment(&tw), 1_006), &p, Some(1_000))),
+        Ok(())
+    );
     // A locktimed self-transfer that cannot be mined yet is a freeze, even 1 block ahead.
     assert_eq!(
-        lock(with_tip(&tw, &locked(consolidation(&tw), 1_001), &p, Some(1_000))),
+        lock(with_tip(
+            &tw,
+            &locked(consolidation(&tw), 1_001),
+            &p,
+            Some(1_000)
+        )),
         Err("bitcoin.locktime_freeze".into())
     );
     // Without a node on regtest the tip is unknown: any active lock on a self-transfer.
@@ -349,28 +372,61 @@ fn locktimes_are_capped_against_the_tip() {
     );
     let timed = policy("allow_time_locktime = true");
     assert_eq!(
-        lock(with_tip(&tw, &locked(payment(&tw), 499_999_999 + 1), &timed, None)),
+        lock(with_tip(
+            &tw,
+            &locked(payment(&tw), 499_999_999 + 1),
+            &timed,
+            None
+        )),
         Ok(())
     );
     assert_eq!(
-        lock(with_tip(&tw, &locked(payment(&tw), now + 7_201), &timed, None)),
+        lock(with_tip(
+            &tw,
+            &locked(payment(&tw), now + 7_201),
+            &timed,
+            None
+        )),
         Err("bitcoin.locktime".into())
     );
     assert_eq!(
-        lock(with_tip(&tw, &locked(consolidation(&tw), now + 60), &timed, None)),
+        lock(with_tip(
+            &tw,
+            &locked(consolidation(&tw), now + 60),
+            &timed,
+            None
+        )),
         Err("bitcoin.locktime_freeze".into())
     );
     // Negative controls, signed and verified: the anti-fee-sniping lock (= tip) on a
     // consolidation, a past time lock on one, and an explicitly allowed future self-transfer.
-    assert_eq!(lock(with_tip(&tw, &locked(consolidation(&tw), 1_000), &p, Some(1_000))), Ok(()));
     assert_eq!(
-        lock(with_tip(&tw, &locked(consolidation(&tw), now - 60), &timed, None)),
+        lock(with_tip(
+            &tw,
+            &locked(consolidation(&tw), 1_000),
+            &p,
+            Some(1_000)
+        )),
+        Ok(())
+    );
+    assert_eq!(
+        lock(with_tip(
+            &tw,
+            &locked(consolidation(&tw), now - 60),
+            &timed,
+            None
+        )),
         Ok(())
     );
     signs_and_verifies(&tw, &locked(consolidation(&tw), now - 60), &timed);
     let frozen_ok = policy("allow_locktime_self_transfer = true");
     assert_eq!(
-        lock(with_tip(&tw, &locked(consolidation(&tw), 1_005), &frozen_ok, Some(1_000))),
+        lock(with_tip(
+            &tw,
+            &locked(consolidation(&tw), 1_005),
+            &frozen_ok,
+            Some(1_000)
+        )),
         Ok(())
     );
     signs_and_verifies(&tw, &locked(consolidation(&tw), 1_005), &frozen_ok);
@@ -393,8 +449,14 @@ fn mainnet_without_a_node_uses_a_clock_estimate_of_the_tip() {
     assert!(est.height > 975_000 && est.height < 1_000_000, "{est:?}");
     assert!(estimated_tip(Network::Regtest, NOW_MS).is_none());
     let r = |psbt: &Psbt| rule_of(&tw, psbt, &p).map_err(|(rule, _)| rule);
-    assert_eq!(r(&locked(consolidation(&tw), 499_999_999)), Err("bitcoin.locktime".into()));
-    assert_eq!(r(&locked(payment(&tw), est.height + 7)), Err("bitcoin.locktime".into()));
+    assert_eq!(
+        r(&locked(consolidation(&tw), 499_999_999)),
+        Err("bitcoin.locktime".into())
+    );
+    assert_eq!(
+        r(&locked(payment(&tw), est.height + 7)),
+        Err("bitcoin.locktime".into())
+    );
     assert_eq!(
         r(&locked(consolidation(&tw), est.height + 1)),
         Err("bitcoin.locktime_freeze".into())

@@ -4,9 +4,7 @@ use bitcoin::psbt::Psbt;
 use bitcoin::{Amount, Network, ScriptBuf, Sequence};
 use keyguard_chain::Rejection;
 
-use crate::testkit::{
-    build_psbt, foreign_script, to_base64, OurInput, TestWallet,
-};
+use crate::testkit::{build_psbt, foreign_script, to_base64, OurInput, TestWallet};
 use crate::tests::{policy, sign_b64, wallet};
 use crate::wallet::ScriptKind;
 use crate::{decode, BitcoinPolicy};

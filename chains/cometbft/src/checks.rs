@@ -142,13 +142,7 @@ pub fn check_request(
 /// into a regression. A configured `start_height` (plus one burst) or `max_height` bounds it;
 /// with neither it is refused.
 fn first_height(limits: &BlockLimits, height: i64) -> Result<(), Rejection> {
-    let refuse = |reason: String| {
-        Err(Rejection::policy(
-            "cometbft.first_height",
-            "height",
-            reason,
-        ))
-    };
+    let refuse = |reason: String| Err(Rejection::policy("cometbft.first_height", "height", reason));
     match (limits.start_height, limits.max_height) {
         (Some(start), _) => {
             let burst = limits.pace().burst;
