@@ -105,3 +105,72 @@ impl StateDb {
             .is_some())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use keyguard_cometbft::{SignedState, Step};
+
+    use super::super::{StateDb, Store, WatermarkError};
+
+    fn at(height: i64, step: Step) -> SignedState {
+        SignedState {
+            height,
+            round: 0,
+            step,
+            ..SignedState::default()
+        }
+    }
+
+    /// Repairs lower only, never to or below what the signer released; imports never count as
+    /// released.
+    #[test]
+    fn repair_stays_above_what_was_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = Store::open(&path).unwrap();
+        let wm = store.watermarks();
+        let db = StateDb::open(&path).unwrap();
+        let refused = |r: Result<i64, WatermarkError>| matches!(r, Err(WatermarkError::Repair(_)));
+        assert!(refused(db.repair_watermark("c", "k", 5, "alice")));
+        let signed = at(10, Step::Precommit);
+        wm.advance("c", "k", None, &signed).unwrap();
+        wm.import("c", "k", &at(900_000, Step::Prevote), "import:x")
+            .unwrap();
+        let row = wm.load("c", "k").unwrap().unwrap();
+        assert_eq!(row.released, (10, 0, Step::Precommit));
+        assert!(refused(db.repair_watermark("c", "k", 10, "alice")));
+        assert!(refused(db.repair_watermark("c", "k", 900_001, "alice")));
+        assert!(refused(db.repair_watermark("c", "k", 1_000_000, "alice")));
+        assert_eq!(db.repair_watermark("c", "k", 11, "alice").unwrap(), 900_000);
+        let row = wm.load("c", "k").unwrap().unwrap();
+        assert_eq!((row.state.height, row.state.step), (11, Step::None));
+        assert_eq!(row.source, "repair:alice");
+        assert_eq!(row.released.0, 10);
+        // The signer moves on from the repaired watermark and records what it released.
+        wm.advance("c", "k", Some(&row.state), &at(12, Step::Prevote))
+            .unwrap();
+        assert_eq!(wm.load("c", "k").unwrap().unwrap().released.0, 12);
+    }
+
+    #[test]
+    fn claim_releases_are_durable_and_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let _store = Store::open(&path).unwrap();
+        let db = StateDb::open(&path).unwrap();
+        assert!(!db.bitcoin_claim_released("hot", "aa:0", "t1").unwrap());
+        assert!(db
+            .release_bitcoin_claim("hot", "aa:0", "t1", "bob")
+            .unwrap());
+        assert!(!db
+            .release_bitcoin_claim("hot", "aa:0", "t1", "bob")
+            .unwrap());
+        assert!(db.bitcoin_claim_released("hot", "aa:0", "t1").unwrap());
+        // Another transaction's claim, another outpoint or another key: not released.
+        assert!(!db.bitcoin_claim_released("hot", "aa:0", "t2").unwrap());
+        assert!(!db.bitcoin_claim_released("hot", "aa:1", "t1").unwrap());
+        assert!(!db.bitcoin_claim_released("cold", "aa:0", "t1").unwrap());
+        let again = StateDb::open(&path).unwrap();
+        assert!(again.bitcoin_claim_released("hot", "aa:0", "t1").unwrap());
+    }
+}
