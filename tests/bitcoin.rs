@@ -252,7 +252,8 @@ fn bitcoin_signing_end_to_end() {
 
     // Not finalized: partial signatures come back in a PSBT. Finalized here by hand (witness
     // [sig, pubkey] for P2WPKH, [key-path sig] for P2TR) and run through Bitcoin Core's script
-    // interpreter: the partial signatures themselves must be valid.
+    // interpreter: the partial signatures themselves must be valid. The identical transaction signed
+    // again spends nothing more, so it does not count against the window again.
     let resp = common::rpc(&addr, "btc_signPsbt", json!([to_base64(&psbt)]));
     assert_eq!(resp["result"]["complete"], false, "{resp}");
     let partial = BASE64_STANDARD
@@ -261,18 +262,32 @@ fn bitcoin_signing_end_to_end() {
     let partial = finalize_by_hand(keyguard_bitcoin::bitcoin::Psbt::deserialize(&partial).unwrap());
     consensus_verify(&partial, &prevouts).unwrap();
     assert!(consensus_verify(&partial, &lied).is_err());
-    // Spent so far: 2 x 71_000 = 142_000 of 250_000. A third is still within the window...
-    let resp = common::rpc(&addr, "btc_signPsbt", json!([to_base64(&psbt)]));
-    assert!(resp["result"].is_object(), "{resp}");
-    // ...a fourth is not.
-    let resp = common::rpc(&addr, "btc_signPsbt", json!([to_base64(&psbt)]));
+    // Other transactions (other coins) of 71_000 each: spent so far 71_000 of 250_000...
+    let other = |index: u32| {
+        to_base64(&build_psbt(
+            &tw,
+            &[OurInput {
+                kind: ScriptKind::P2wpkh,
+                index,
+                sat: 80_000,
+            }],
+            &[(foreign_script(9), 70_000)],
+            Some((ScriptKind::P2tr, 0, 9_000)),
+        ))
+    };
+    for index in [10, 11] {
+        let resp = common::rpc(&addr, "btc_signPsbt", json!([other(index)]));
+        assert!(resp["result"].is_object(), "{resp}");
+    }
+    // ...3 x 71_000 = 213_000: a fourth is not within the window.
+    let resp = common::rpc(&addr, "btc_signPsbt", json!([other(12)]));
     assert_eq!(policy_error(&resp).0, "bitcoin.max_spend_per_window");
 
     // The window survives a restart (rebuilt from the audit log).
     daemon.terminate();
     let daemon = common::Daemon::start(dir, &text, &[]);
     let addr = daemon.rpc_addr();
-    let resp = common::rpc(&addr, "btc_signPsbt", json!([to_base64(&psbt)]));
+    let resp = common::rpc(&addr, "btc_signPsbt", json!([other(12)]));
     assert_eq!(policy_error(&resp).0, "bitcoin.max_spend_per_window");
 
     // Bitcoin Core's external signer interface.
@@ -435,6 +450,9 @@ fn fake_node(runtime: &tokio::runtime::Runtime, utxos: Utxos) -> String {
                     None => Value::Null,
                 }
             })
+            .unwrap();
+        module
+            .register_method("getblockcount", |_, _, _| json!(200))
             .unwrap();
         module
             .register_method("sendrawtransaction", |params, _, _| {

@@ -57,6 +57,12 @@ pub const PERMISSIONS: &[(&str, &[Role])] = &[
     ("approvals.reject", &[Role::Approver]),
     ("audit.query", &[Role::Auditor, Role::Admin]),
     ("audit.verify", &[Role::Auditor, Role::Admin]),
+    ("watermarks.repair", &[Role::Admin]),
+    ("bitcoin.release_claim", &[Role::Admin]),
+    (
+        "bitcoin.transactions",
+        &[Role::Admin, Role::Operator, Role::Auditor],
+    ),
 ];
 
 /// Whether a user holding `roles` may call `method` (unknown methods: nobody).

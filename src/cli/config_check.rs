@@ -29,7 +29,18 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
     }
     let keys_dir = config.data.keys_dir();
     if keys_dir.exists() {
-        match SoftwareKeystore::list(&keys_dir) {
+        // A seed is a key too: its id (Bitcoin) and its `<id>-eth` key, read from the seed
+        // file's public header without the passphrase.
+        let listed = SoftwareKeystore::list(&keys_dir).and_then(|keys| {
+            let seeds = SoftwareKeystore::list_seeds(&keys_dir)?;
+            let mut ids: Vec<String> = keys.iter().map(|k| k.id.to_string()).collect();
+            for s in seeds {
+                ids.push(s.id.to_string());
+                ids.push(s.eth_key.to_string());
+            }
+            Ok(ids)
+        });
+        match listed {
             Ok(keys) => {
                 let created = config
                     .keystore
@@ -39,7 +50,7 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
                     .collect::<Vec<_>>();
                 for (location, pattern) in config.key_references() {
                     let known = pattern == "*"
-                        || keys.iter().any(|k| k.id.as_str() == pattern)
+                        || keys.iter().any(|k| k == pattern)
                         || (keys.is_empty() && created.iter().any(|c| c == pattern));
                     if !known {
                         problems.push(format!(

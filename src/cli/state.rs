@@ -144,6 +144,7 @@ pub(crate) fn run(command: StateCommand) -> anyhow::Result<()> {
                         "timestamp": ts.map(|t| format!("{}.{:09}", t.seconds, t.nanos)),
                         "source": r.source,
                         "updated_ms": r.updated_ms,
+                        "released_height": r.released.0,
                     }));
                 } else {
                     println!(

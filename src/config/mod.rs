@@ -545,6 +545,17 @@ impl Config {
                     "entries for one chain and key must agree on new_validator",
                 ));
             }
+            // Nothing else bounds a new validator's first vote: one at height 2^63-1 would
+            // make every real vote a regression.
+            if v.new_validator && v.start_height.is_none() && v.max_height.is_none() {
+                return Err(self.invalid(
+                    key("start_height"),
+                    "new_validator = true needs start_height (or max_height) to bound the first vote",
+                ));
+            }
+            if v.start_height.is_some_and(|h| h < 1) {
+                return Err(self.invalid(key("start_height"), "must be at least 1"));
+            }
         }
         Ok(())
     }

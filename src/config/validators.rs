@@ -37,6 +37,14 @@ pub struct ValidatorConfig {
     /// Stop signing above this height (a planned upgrade height).
     #[serde(default)]
     pub max_height: Option<i64>,
+    /// With no signing state (`new_validator`): the chain height the validator starts at. The
+    /// first signature may be at most one burst (`max_height_jump`, default 100,000) above it.
+    #[serde(default)]
+    pub start_height: Option<i64>,
+    /// Shortest time one height can take, in milliseconds (default 200; 0 disables): heights
+    /// may advance at most one per this much local clock, plus one `max_height_jump` burst.
+    #[serde(default)]
+    pub min_block_time_ms: Option<u64>,
     /// Longest pause between reconnection attempts (milliseconds).
     #[serde(default = "default_retry_max_ms")]
     pub retry_max_ms: u64,
@@ -112,6 +120,8 @@ impl ValidatorConfig {
             max_height_jump: self.max_height_jump,
             max_timestamp_drift_ms: self.max_timestamp_drift_ms,
             max_height: self.max_height,
+            start_height: self.start_height,
+            min_block_time_ms: self.min_block_time_ms,
         }
     }
 

@@ -22,6 +22,9 @@ use crate::access::Caller;
 use crate::server::bitcoin_node::BitcoinNode;
 use crate::store::{AuditEntry, AuditFilter, Decision, StateDb};
 
+#[path = "bitcoin_state.rs"]
+mod state;
+
 const METHOD: &str = "btc_signPsbt";
 
 /// The parameters `btc_signPsbt` reads. Anything else is refused, so a misspelt `finalize` or
@@ -165,7 +168,11 @@ impl Guard {
         }
         let chain = entry.chain.clone().unwrap_or_default();
         let rule = entry.rule.clone();
-        let committed = self.audit.append(entry).await;
+        let kept = match &outcome {
+            Ok(signed) => state::kept_tx(&entry, signed),
+            Err(_) => Vec::new(),
+        };
+        let committed = self.audit.append_with_state(entry, kept).await;
         let refusal = outcome.as_ref().err();
         super::release::count(
             &chain,
@@ -243,7 +250,8 @@ impl Guard {
         if let (Some(p), Value::Object(summary)) = (self.policy_for(key), &mut entry.summary) {
             summary.insert("policy".into(), Value::String(p.name.clone()));
         }
-        policy.check(&intent, super::now_ms())?;
+        let tip = self.bitcoin_tip(&policy).await?;
+        policy.check_at(&intent, super::now_ms(), tip)?;
         if self.controls.kill.is_disabled(Some(key.as_str())) {
             return Err(GuardError::KeyDisabled(format!("key {key} is disabled")));
         }
@@ -252,13 +260,20 @@ impl Guard {
             .bitcoin_approval(caller, key, &policy, &intent, entry)
             .await?;
         let signed = match self.reserve_spend(key, &policy, &intent) {
-            Ok(reservation) => match self.sign_psbt_inputs(key, &wallet, &intent, finalize).await {
-                Ok(s) => Ok((s, reservation)),
-                Err(e) => {
-                    self.release_spend(reservation);
-                    Err(e)
+            Ok(reservation) => {
+                // What the rolling window counted (0 for the identical transaction again), so
+                // a restart rebuilds the window from the audit log the same way.
+                if let Value::Object(m) = &mut entry.summary {
+                    m.insert("window_sat".into(), reservation.sat.into());
                 }
-            },
+                match self.sign_psbt_inputs(key, &wallet, &intent, finalize).await {
+                    Ok(s) => Ok((s, reservation)),
+                    Err(e) => {
+                        self.release_spend(reservation);
+                        Err(e)
+                    }
+                }
+            }
             Err(e) => Err(e),
         };
         // An approval consumed by a request that then did not sign is given back, so the same
@@ -364,7 +379,11 @@ impl Guard {
         intent: &SpendIntent,
     ) -> Result<Reservation, GuardError> {
         let outpoints = self.claim_outpoints(key, policy, intent)?;
-        match self.reserve_window(key, policy, intent) {
+        let txid = intent.txid().to_string();
+        let resign = outpoints
+            .iter()
+            .all(|(_, before)| before.as_ref().is_some_and(|b| b.txid == txid));
+        match self.reserve_window(key, policy, intent, resign) {
             Ok((at, sat)) => Ok(Reservation {
                 key: key.clone(),
                 at,
@@ -409,7 +428,12 @@ impl Guard {
         let outpoints = intent.outpoints();
         for (i, op) in outpoints.iter().enumerate() {
             if let Some(earlier) = known.get(op) {
-                policy.check_conflict(intent, i, earlier)?;
+                if let Err(e) = policy.check_conflict(intent, i, earlier) {
+                    // Two admins may have released this claim (`bitcoin.release_claim`).
+                    if !self.claim_released(key, op, &earlier.txid)? {
+                        return Err(e.into());
+                    }
+                }
             }
         }
         let this = SignedSpend::of(intent);
@@ -443,6 +467,7 @@ impl Guard {
         key: &KeyId,
         policy: &BitcoinPolicy,
         intent: &SpendIntent,
+        resign: bool,
     ) -> Result<(i64, u64), GuardError> {
         let now = now_ms();
         let since = now - (policy.window_secs as i64).saturating_mul(1000);
@@ -457,6 +482,11 @@ impl Guard {
         let ledger = windows.entry(key.clone()).or_default();
         while ledger.front().is_some_and(|(at, _)| *at < since) {
             ledger.pop_front();
+        }
+        // The identical transaction signed again spends nothing more (only one can be mined).
+        if resign {
+            ledger.push_back((now, 0));
+            return Ok((now, 0));
         }
         let spent: u64 = ledger.iter().map(|(_, s)| s).sum();
         policy.check_window(intent, Amount::from_sat(spent))?;
@@ -483,7 +513,10 @@ impl Guard {
         Ok(self
             .history(key, since)?
             .into_iter()
-            .filter_map(|(at, s)| Some((at, s.get("spend_sat")?.as_u64()?)))
+            .filter_map(|(at, s)| {
+                let counted = s.get("window_sat").or_else(|| s.get("spend_sat"));
+                Some((at, counted?.as_u64()?))
+            })
             .collect())
     }
 

@@ -139,6 +139,17 @@ impl Guard {
         caller: &Caller,
         params: &Value,
     ) -> Result<Value, GuardError> {
+        // A client scoped to other methods or chains learns no xpub (an Ethereum-only client
+        // gets nothing).
+        if !caller.may_call("btc_getDescriptors") {
+            return Err(GuardError::OutOfScope {
+                rule: "access.method_not_granted",
+                reason: format!(
+                    "method btc_getDescriptors is not granted to client {}",
+                    caller.name
+                ),
+            });
+        }
         let key = self.bitcoin_key(caller, params.get("key").and_then(Value::as_str))?;
         if !caller.may_use(&key) {
             return Err(GuardError::Unauthorized(format!(
@@ -155,6 +166,7 @@ impl Guard {
             ),
         };
         let (policy, wallet) = self.bitcoin_setup(&key)?;
+        Self::check_chain(caller, &format!("bitcoin:{}", policy.network))?;
         let listed: Vec<(u32, &'static str, String, String)> = if wallet.single.is_some() {
             wallet
                 .descriptors()

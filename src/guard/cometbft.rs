@@ -58,6 +58,8 @@ type Slot = Arc<tokio::sync::Mutex<Option<Option<SignedState>>>>;
 pub(crate) struct CometbftGuard {
     store: WatermarkStore,
     slots: Mutex<HashMap<(String, KeyId), Slot>>,
+    /// Clock meters (`cometbft.height_rate`), read and written under the slot's lock.
+    paces: super::cometbft_pace::Paces,
 }
 
 impl CometbftGuard {
@@ -65,6 +67,7 @@ impl CometbftGuard {
         CometbftGuard {
             store,
             slots: Mutex::new(HashMap::new()),
+            paces: Default::default(),
         }
     }
 
@@ -237,6 +240,7 @@ impl Guard {
                 .await?
                 .map_err(|e| GuardError::Backend(e.to_string()))?;
             *cached = Some(row.map(|r| r.state));
+            cg.paces.reset(target, now_ms());
         }
         let stored: Option<SignedState> = cached.clone().flatten();
         let state = match &stored {
@@ -248,7 +252,7 @@ impl Guard {
                     "chain_id",
                     format!(
                         "no signing state for {} / {}: import priv_validator_state.json \
-                         (`keyguard state import`) or set new_validator = true",
+                         (`keyguard state import`) or set new_validator = true and start_height",
                         target.chain_id, target.key
                     ),
                 )
@@ -265,8 +269,17 @@ impl Guard {
             i128::from(now_ms()),
         )?;
 
+        let pace = cg.paces.admit(target, &state, &request, now_ms())?;
         let (request, signature, reused) = match decide(&state, &request, chain_id) {
-            Verdict::Refuse(r) => return Err(r.into()),
+            Verdict::Refuse(r) => {
+                // A watermark repaired (lowered) by two admins is only seen by re-reading.
+                let (store, t, s) = (cg.store.clone(), target.clone(), stored.clone());
+                let stale = move || super::cometbft_pace::stale(&store, &t, s.as_ref());
+                if blocking(stale).await.unwrap_or(true) {
+                    *cached = None;
+                }
+                return Err(r.into());
+            }
             Verdict::Reuse {
                 signature,
                 timestamp,
@@ -317,6 +330,7 @@ impl Guard {
                     next.height,
                 );
                 *cached = Some(Some(next));
+                cg.paces.keep(target, pace);
                 Ok((signed, true))
             }
             Err(StoreError::StateConflict(e)) => {

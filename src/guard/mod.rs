@@ -10,6 +10,7 @@
 mod bitcoin;
 mod bitcoin_keys;
 mod cometbft;
+mod cometbft_pace;
 mod error;
 mod evm_more;
 mod people;

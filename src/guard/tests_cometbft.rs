@@ -63,7 +63,10 @@ async fn sign_once(honest: bool) -> (Result<(), GuardError>, Vec<Decision>, Opti
         chain_id: "c".into(),
         key: KeyId::new("v").unwrap(),
         public_key: public(&claimed),
-        limits: BlockLimits::default(),
+        limits: BlockLimits {
+            start_height: Some(1),
+            ..BlockLimits::default()
+        },
         new_validator: true,
     };
     let store = Store::open(&dir.path().join("db")).unwrap();

@@ -92,6 +92,19 @@ impl BitcoinNode {
         }))
     }
 
+    /// `getblockcount`: the height of the node's best chain (locktimes are judged by it).
+    pub async fn tip(&self) -> Result<u32, NodeError> {
+        let answer: Value = self
+            .client
+            .request("getblockcount", jsonrpsee::rpc_params![])
+            .await
+            .map_err(|e| NodeError(e.to_string()))?;
+        answer
+            .as_u64()
+            .and_then(|h| u32::try_from(h).ok())
+            .ok_or_else(|| NodeError(format!("getblockcount returned {answer}")))
+    }
+
     /// `sendrawtransaction hex`: the txid the node accepted.
     pub async fn broadcast(&self, hex: &str) -> Result<String, NodeError> {
         let answer: Value = self

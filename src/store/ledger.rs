@@ -50,6 +50,20 @@ pub enum StateWrite {
         /// The new watermark.
         next: Box<keyguard_cometbft::SignedState>,
     },
+    /// A Bitcoin transaction as signed and released, kept so an operator can show and
+    /// broadcast it (a locked transaction holds its coins until it is mined or released).
+    BitcoinTx {
+        /// Transaction id.
+        txid: String,
+        /// Seed key.
+        key_id: String,
+        /// When it was signed (Unix ms).
+        ts_ms: i64,
+        /// The signed PSBT as returned (base64).
+        psbt: String,
+        /// The network transaction when keyguard finalized it (hex).
+        tx_hex: Option<String>,
+    },
 }
 
 /// A velocity row as loaded at start.
@@ -101,6 +115,19 @@ pub(crate) fn write(
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             stmt.execute(params![key_id, counter, ts_ms, amount, request_id])?;
+        }
+        StateWrite::BitcoinTx {
+            txid,
+            key_id,
+            ts_ms,
+            psbt,
+            tx_hex,
+        } => {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO bitcoin_signed_txs \
+                 (txid, key_id, ts_ms, request_id, psbt, tx_hex) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            stmt.execute(params![txid, key_id, ts_ms, request_id, psbt, tx_hex])?;
         }
         StateWrite::EvmNonce {
             key_id,

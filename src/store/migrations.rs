@@ -149,6 +149,35 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
     ALTER TABLE users ADD COLUMN totp_failures INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE users ADD COLUMN locked_until_ms INTEGER NOT NULL DEFAULT 0;",
     ),
+    (
+        6,
+        // Chain state an operator may need to repair: the highest height/round/step this
+        // instance released per watermark (a repair never goes below it; rows from before are
+        // taken as released up to their watermark); Bitcoin transactions as signed (to show
+        // and broadcast); conflict-guard claims released by two admins.
+        "ALTER TABLE cometbft_watermarks ADD COLUMN released_height INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE cometbft_watermarks ADD COLUMN released_round INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE cometbft_watermarks ADD COLUMN released_step INTEGER NOT NULL DEFAULT 0;
+    UPDATE cometbft_watermarks SET released_height = height, released_round = round,
+        released_step = step;
+    CREATE TABLE bitcoin_signed_txs (
+        txid       TEXT NOT NULL,
+        key_id     TEXT NOT NULL,
+        ts_ms      INTEGER NOT NULL,
+        request_id TEXT NOT NULL,
+        psbt       TEXT NOT NULL,
+        tx_hex     TEXT,
+        PRIMARY KEY (txid, key_id)
+    );
+    CREATE TABLE bitcoin_claim_releases (
+        key_id      TEXT NOT NULL,
+        outpoint    TEXT NOT NULL,
+        txid        TEXT NOT NULL,
+        released_ms INTEGER NOT NULL,
+        released_by TEXT NOT NULL,
+        PRIMARY KEY (key_id, outpoint, txid)
+    );",
+    ),
 ];
 
 /// The newest schema version this binary understands.

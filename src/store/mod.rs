@@ -5,6 +5,7 @@
 //! concurrently with the writer).
 
 mod audit;
+mod chain_state;
 mod checkpoint;
 mod clients;
 mod ledger;
@@ -27,6 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags};
 
 pub use audit::{AuditEntry, AuditReceipt, AuditRow, AuditVerification, Decision, GENESIS_HASH};
+pub use chain_state::SignedTxRow;
 pub use clients::ClientRow;
 pub use ledger::{NonceRow, StateWrite, VelocityRow};
 pub use read::AuditFilter;

@@ -27,6 +27,9 @@ pub struct WatermarkRow {
     pub source: String,
     /// When, in Unix milliseconds.
     pub updated_ms: i64,
+    /// The highest height/round/step this instance released a signature for (0: none); a
+    /// repair never moves the watermark to or below its height.
+    pub released: (i64, i32, Step),
 }
 
 /// Why a watermark write did not happen.
@@ -51,6 +54,9 @@ pub enum WatermarkError {
     /// The write would move the watermark backwards.
     #[error("refusing to move the watermark of {0} backwards")]
     Backwards(String),
+    /// A repair that would reopen heights this instance signed, or is not a repair.
+    #[error("{0}")]
+    Repair(String),
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -81,7 +87,7 @@ fn read_row(
 ) -> rusqlite::Result<Option<WatermarkRow>> {
     conn.query_row(
         "SELECT height, round, step, block_id, sign_bytes, signature, ext_signature, source,
-                updated_ms
+                updated_ms, released_height, released_round, released_step
          FROM cometbft_watermarks WHERE chain_id = ?1 AND key_id = ?2",
         params![chain_id, key_id],
         |r| row(chain_id.to_owned(), key_id.to_owned(), r),
@@ -89,15 +95,19 @@ fn read_row(
     .optional()
 }
 
-fn row(chain_id: String, key_id: String, r: &rusqlite::Row<'_>) -> rusqlite::Result<WatermarkRow> {
-    let step_n: i64 = r.get(2)?;
-    let step = Step::from_number(step_n).ok_or_else(|| {
+fn step_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Step> {
+    let step_n: i64 = r.get(i)?;
+    Step::from_number(step_n).ok_or_else(|| {
         rusqlite::Error::FromSqlConversionFailure(
-            2,
+            i,
             rusqlite::types::Type::Integer,
             format!("step {step_n}").into(),
         )
-    })?;
+    })
+}
+
+fn row(chain_id: String, key_id: String, r: &rusqlite::Row<'_>) -> rusqlite::Result<WatermarkRow> {
+    let step = step_at(r, 2)?;
     Ok(WatermarkRow {
         chain_id,
         key_id,
@@ -112,9 +122,12 @@ fn row(chain_id: String, key_id: String, r: &rusqlite::Row<'_>) -> rusqlite::Res
         },
         source: r.get(7)?,
         updated_ms: r.get(8)?,
+        released: (r.get(9)?, r.get(10)?, step_at(r, 11)?),
     })
 }
 
+/// Writes a row; the signer's writes (`source = "signer"`) also record the state as released
+/// (its signature leaves the process only after this commits).
 fn write_row(
     conn: &Connection,
     chain_id: &str,
@@ -124,11 +137,18 @@ fn write_row(
 ) -> rusqlite::Result<()> {
     conn.execute(
         "INSERT INTO cometbft_watermarks (chain_id, key_id, height, round, step, block_id,
-            sign_bytes, signature, ext_signature, source, updated_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+            sign_bytes, signature, ext_signature, source, updated_ms, released_height,
+            released_round, released_step)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,
+            CASE WHEN ?10 = 'signer' THEN ?3 ELSE 0 END,
+            CASE WHEN ?10 = 'signer' THEN ?4 ELSE 0 END,
+            CASE WHEN ?10 = 'signer' THEN ?5 ELSE 0 END)
          ON CONFLICT (chain_id, key_id) DO UPDATE SET height = ?3, round = ?4, step = ?5,
             block_id = ?6, sign_bytes = ?7, signature = ?8, ext_signature = ?9, source = ?10,
-            updated_ms = ?11",
+            updated_ms = ?11,
+            released_height = CASE WHEN ?10 = 'signer' THEN ?3 ELSE released_height END,
+            released_round = CASE WHEN ?10 = 'signer' THEN ?4 ELSE released_round END,
+            released_step = CASE WHEN ?10 = 'signer' THEN ?5 ELSE released_step END",
         params![
             chain_id,
             key_id,
@@ -202,11 +222,11 @@ impl WatermarkStore {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT height, round, step, block_id, sign_bytes, signature, ext_signature, source,
-                    updated_ms, chain_id, key_id
+                    updated_ms, released_height, released_round, released_step, chain_id, key_id
              FROM cometbft_watermarks ORDER BY chain_id, key_id",
         )?;
         let rows = stmt
-            .query_map([], |r| row(r.get(9)?, r.get(10)?, r))?
+            .query_map([], |r| row(r.get(12)?, r.get(13)?, r))?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
@@ -251,4 +271,60 @@ impl WatermarkStore {
         tx.commit()?;
         Ok(current)
     }
+
+    /// Lowers a watermark (see [`repair_in`]); returns the state it replaced.
+    pub fn repair(
+        &self,
+        chain_id: &str,
+        key_id: &str,
+        height: i64,
+        source: &str,
+    ) -> Result<SignedState, WatermarkError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let old = repair_in(&tx, chain_id, key_id, height, source)?;
+        tx.commit()?;
+        Ok(old)
+    }
+}
+
+/// Lowers a watermark to `height` (round 0, before any step) after a node pushed it ahead of
+/// the chain or a wrong state was imported. Refuses a height at or below the highest height
+/// this instance released a signature for (signing there again could be a double sign), a row
+/// that does not exist, and anything not lower than the current watermark (raising is `state
+/// import`'s job). Returns the state it replaced; the caller commits.
+pub(crate) fn repair_in(
+    conn: &Connection,
+    chain_id: &str,
+    key_id: &str,
+    height: i64,
+    source: &str,
+) -> Result<SignedState, WatermarkError> {
+    let Some(current) = read_row(conn, chain_id, key_id)? else {
+        return Err(WatermarkError::Repair(format!(
+            "no watermark for {chain_id}/{key_id}"
+        )));
+    };
+    let (released, ..) = current.released;
+    if height <= released {
+        return Err(WatermarkError::Repair(format!(
+            "{chain_id}/{key_id}: this instance released a signature at height {released}; \
+             a repair must stay above it (asked {height})"
+        )));
+    }
+    let next = SignedState {
+        height,
+        round: 0,
+        step: Step::None,
+        ..SignedState::default()
+    };
+    if next.hrs() >= current.state.hrs() {
+        return Err(WatermarkError::Repair(format!(
+            "{chain_id}/{key_id}: {height} is not below the watermark {}; use state import \
+             to raise it",
+            current.state.height
+        )));
+    }
+    write_row(conn, chain_id, key_id, &next, source)?;
+    Ok(current.state)
 }

@@ -125,6 +125,7 @@ key = "dev-ed25519"
 addr = "{node_addr}"
 protocol = "v1"
 new_validator = true
+start_height = 1
 retry_max_ms = 200
 {policy}
 "#,

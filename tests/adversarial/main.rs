@@ -15,6 +15,7 @@
 
 mod admin;
 mod bitcoin;
+mod bitcoin_freeze;
 #[path = "../common/mod.rs"]
 mod common;
 #[path = "../control/mod.rs"]
@@ -32,5 +33,6 @@ mod helpers;
 #[path = "../mockval/mod.rs"]
 mod mockval;
 mod privval;
+mod privval_state;
 
 use mockval::node;

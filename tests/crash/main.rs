@@ -99,7 +99,7 @@ per_destination = true
         s.push_str(&format!(
             "\n[[validators]]\nname = \"v{i}\"\nchain_id = \"{CHAIN}\"\nkey = \"dev-ed25519\"\n\
              addr = \"{addr}\"\nprotocol = \"{protocol}\"\nnew_validator = true\n\
-             retry_max_ms = 100\n"
+             start_height = 1\nretry_max_ms = 100\n"
         ));
     }
     s

@@ -162,7 +162,7 @@ def signer(start, pb, tmp_path_factory):
     def make(data):
         cfg = kg.base_config(data)
         cfg["validators"] = [
-            {"name": "interop", "chain_id": CHAIN, "key": "dev-ed25519", "addr": f"unix://{path}", "protocol": "v0.38", "new_validator": True}
+            {"name": "interop", "chain_id": CHAIN, "key": "dev-ed25519", "addr": f"unix://{path}", "protocol": "v0.38", "new_validator": True, "start_height": 1}
         ]
         return cfg
 

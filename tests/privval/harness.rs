@@ -28,9 +28,18 @@ pub fn config_text(dir: &Path, validators: &[ValidatorSpec]) -> String {
         dir.join("data").display()
     );
     for v in validators {
+        // A new validator's first vote needs a bound (`cometbft.first_height`).
+        let start = if v.new_validator
+            && !v.extra.contains("start_height")
+            && !v.extra.contains("max_height =")
+        {
+            "start_height = 1\n"
+        } else {
+            ""
+        };
         s.push_str(&format!(
             "\n[[validators]]\nname = \"{}\"\nchain_id = \"{}\"\nkey = \"dev-ed25519\"\n\
-             addr = \"{}\"\nprotocol = \"{}\"\nnew_validator = {}\nretry_max_ms = 200\n{}\n",
+             addr = \"{}\"\nprotocol = \"{}\"\nnew_validator = {}\nretry_max_ms = 200\n{start}{}\n",
             v.name, v.chain_id, v.addr, v.protocol, v.new_validator, v.extra
         ));
     }

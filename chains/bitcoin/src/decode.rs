@@ -5,7 +5,7 @@
 use bitcoin::base64::prelude::{Engine as _, BASE64_STANDARD};
 use bitcoin::psbt::Psbt;
 use bitcoin::sighash::{EcdsaSighashType, Prevouts, SighashCache, TapSighashType};
-use bitcoin::{Address, Amount, NetworkKind, ScriptBuf, TxOut};
+use bitcoin::{Address, Amount, NetworkKind, TxOut};
 use keyguard_chain::{Rejection, SigningPayload};
 
 use crate::rules::rule;
@@ -125,6 +125,7 @@ pub fn decode_parsed(
     if psbt.unsigned_tx.input.is_empty() || psbt.unsigned_tx.output.is_empty() {
         return Err(invalid("transaction has no inputs or no outputs"));
     }
+    duplicate_inputs(&psbt)?;
     let prevouts = (0..psbt.inputs.len())
         .map(|i| spent_output(&psbt, i))
         .collect::<Result<Vec<_>, _>>()?;
@@ -164,7 +165,7 @@ pub fn decode_parsed(
     }
     let outputs = (0..psbt.outputs.len())
         .map(|o| classify_output(&psbt, o, wallet))
-        .collect();
+        .collect::<Result<Vec<_>, _>>()?;
     let intent = SpendIntent {
         psbt,
         format,
@@ -175,6 +176,22 @@ pub fn decode_parsed(
     };
     intent.fee_checked()?;
     Ok(intent)
+}
+
+/// One outpoint spent twice: consensus-invalid (CVE-2018-17144), and counted twice by every
+/// amount rule; refused by name before anything is summed.
+fn duplicate_inputs(psbt: &Psbt) -> Result<(), Rejection> {
+    let mut seen = std::collections::HashMap::new();
+    for (i, txin) in psbt.unsigned_tx.input.iter().enumerate() {
+        if let Some(first) = seen.insert(txin.previous_output, i) {
+            return Err(Rejection::policy(
+                rule::DUPLICATE_INPUT,
+                format!("inputs[{i}]"),
+                format!("spends {} again (inputs[{first}])", txin.previous_output),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Whether input `i` is ours, and if so by which re-derived key. A key origin under our
@@ -311,8 +328,9 @@ fn sighash(
 }
 
 /// Change is only what re-derives on our internal chain within the gap, with the script that
-/// key makes and no hidden taproot tree. Anything else is a spend, whatever the PSBT claims.
-fn classify_output(psbt: &Psbt, o: usize, wallet: &Wallet) -> OutputFacts {
+/// key makes and no hidden taproot tree. Anything else is a spend, whatever the PSBT claims;
+/// a claim under our fingerprint that is provably false is refused ([`crate::change`]).
+fn classify_output(psbt: &Psbt, o: usize, wallet: &Wallet) -> Result<OutputFacts, Rejection> {
     let txout = &psbt.unsigned_tx.output[o];
     let spk = &txout.script_pubkey;
     let meta = &psbt.outputs[o];
@@ -320,7 +338,7 @@ fn classify_output(psbt: &Psbt, o: usize, wallet: &Wallet) -> OutputFacts {
         OutputClass::OpReturn {
             data_len: spk.len(),
         }
-    } else if let Some(index) = change_index(meta, spk, wallet) {
+    } else if let Some(index) = crate::change::change_index(meta, spk, wallet, o)? {
         OutputClass::Change { index }
     } else {
         OutputClass::Spend {
@@ -329,50 +347,42 @@ fn classify_output(psbt: &Psbt, o: usize, wallet: &Wallet) -> OutputFacts {
                 .map(|a| a.to_string()),
         }
     };
-    OutputFacts {
+    Ok(OutputFacts {
         amount: txout.value,
         script_pubkey: spk.clone(),
         class,
-    }
+    })
 }
 
-fn change_index(meta: &bitcoin::psbt::Output, spk: &ScriptBuf, wallet: &Wallet) -> Option<u32> {
-    if let Some(key) = &wallet.single {
-        return crate::single::change_index(spk, key);
+/// Witness weight counted for an input: ours at worst-case signature sizes; a foreign input's
+/// final witness at its real size but never above the standard witness of its script type
+/// (a foreign signer can pad its witness to make our fee rate look low, then re-finalize it
+/// smaller with the same txid: counting the smaller size keeps `max_feerate` honest).
+fn witness_weight(intent: &SpendIntent, i: usize) -> u64 {
+    const P2WPKH: u64 = 1 + 1 + 73 + 1 + 33;
+    const P2TR_KEY: u64 = 1 + 1 + 64;
+    let facts = &intent.inputs[i];
+    match (&intent.psbt.inputs[i].final_script_witness, facts.ours) {
+        (_, Some(ScriptKind::P2wpkh)) => P2WPKH,
+        (_, Some(ScriptKind::P2tr)) => P2TR_KEY,
+        (Some(w), None) => {
+            let standard = if facts.script_pubkey.is_p2tr() {
+                P2TR_KEY
+            } else {
+                P2WPKH
+            };
+            (w.size() as u64).min(standard)
+        }
+        (None, None) => P2WPKH,
     }
-    let origins = meta
-        .bip32_derivation
-        .values()
-        .chain(meta.tap_key_origins.values().map(|(_, src)| src));
-    for (fp, path) in origins {
-        let Some(pos) = wallet.locate(*fp, path) else {
-            continue;
-        };
-        if pos.chain != 1 || pos.index > wallet.change_gap {
-            continue;
-        }
-        let kind = wallet.accounts[pos.account].kind;
-        if kind == ScriptKind::P2tr && meta.tap_tree.is_some() {
-            continue;
-        }
-        if kind.script_for(&pos.public_key) == *spk {
-            return Some(pos.index);
-        }
-    }
-    None
 }
 
 /// Estimated virtual size once our inputs carry their witnesses (worst-case signature sizes).
 pub(crate) fn estimated_vsize(intent: &SpendIntent) -> u64 {
     let tx = &intent.psbt.unsigned_tx;
     let mut weight = tx.weight().to_wu() + 2; // segwit marker and flag
-    for (i, facts) in intent.inputs.iter().enumerate() {
-        weight += match (&intent.psbt.inputs[i].final_script_witness, facts.ours) {
-            (Some(w), _) => w.size() as u64,
-            (None, Some(ScriptKind::P2wpkh)) => 1 + 1 + 73 + 1 + 33,
-            (None, Some(ScriptKind::P2tr)) => 1 + 1 + 64,
-            (None, None) => 1 + 1 + 73 + 1 + 33,
-        };
+    for i in 0..intent.inputs.len() {
+        weight += witness_weight(intent, i);
     }
     weight.div_ceil(4)
 }

@@ -6,6 +6,8 @@
 //! - [`decode`]: pass 1: strict parse -> [`SpendIntent`]: input amounts proven (the BIP143 fee
 //!   attack), our keys re-derived from registered account xpubs, outputs classified as change or
 //!   spend, sighashes computed here.
+//! - [`change`]: output key origins under our fingerprint; a provable lie is `bitcoin.fake_change`.
+//! - [`locktime`]: the chain tip (node or clock estimate) that bounds absolute locktimes.
 //! - [`wallet`]: the registered accounts (BIP84, BIP86) and re-derivation; descriptors.
 //! - [`rules`]: [`BitcoinPolicy`], per-key rules with stable names, each naming the input or
 //!   output it refused.
@@ -20,9 +22,11 @@
 //! Pure code: no sockets, storage or private keys.
 
 pub mod approval;
+pub mod change;
 pub mod conflict;
 pub mod decode;
 pub mod finalize;
+pub mod locktime;
 pub mod node;
 pub mod rules;
 pub mod schedule;
@@ -229,6 +233,8 @@ impl SpendIntent {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_freeze;
 #[cfg(test)]
 mod tests_more;
 #[cfg(test)]

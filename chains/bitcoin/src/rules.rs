@@ -11,7 +11,9 @@
 //! | `bitcoin.script_type` | signing script types we did not configure (script paths, legacy, p2sh) |
 //! | `bitcoin.foreign_input` | co-signing inputs of others (coinjoin/payjoin) unless configured |
 //! | `bitcoin.sighash_type` | NONE/SINGLE/ANYONECANPAY: signatures whose outputs can be rewritten later |
-//! | `bitcoin.destination_allowlist` | paying an attacker (fake change counts as a destination) |
+//! | `bitcoin.destination_allowlist` | paying an attacker (unverifiable change counts as a destination) |
+//! | `bitcoin.fake_change` | an output whose key origin under our fingerprint is a provable lie (see [`crate::change`]) |
+//! | `bitcoin.duplicate_input` | one outpoint spent twice (consensus-invalid, counted twice) |
 //! | `bitcoin.max_spend_per_tx` | draining the wallet in one transaction (fee counted as spend) |
 //! | `bitcoin.max_spend_per_window` | draining it in many (rolling window, kept by the daemon) |
 //! | `bitcoin.op_return` | turning the wallet into a data-publishing service / bloating txs |
@@ -19,7 +21,8 @@
 //! | `bitcoin.fee_positive` | outputs above inputs, zero fee |
 //! | `bitcoin.max_fee`, `bitcoin.max_feerate`, `bitcoin.max_fee_percent` | burning funds in fees |
 //! | `bitcoin.tx_version` | non-standard versions (unrelayable, or new semantics we did not review) |
-//! | `bitcoin.locktime` | transactions locked far into the future (funds frozen) |
+//! | `bitcoin.locktime` | transactions locked far into the future (funds frozen); capped relative to the tip or clock |
+//! | `bitcoin.locktime_freeze` | a self-transfer that is not yet minable: pays nothing out (no limit applies) yet claims its coins in the conflict guard |
 //! | `bitcoin.sequence` | relative timelocks (BIP68) that freeze the coins |
 //! | `bitcoin.rbf` | replaceability against the operator's setting (zero-conf merchants vs fee bumping) |
 //! | `bitcoin.time_window` | signing outside the operators' days and hours (see [`crate::schedule`]) |
@@ -60,6 +63,9 @@ pub mod rule {
     pub const MAX_FEE_PERCENT: &str = "bitcoin.max_fee_percent";
     pub const TX_VERSION: &str = "bitcoin.tx_version";
     pub const LOCKTIME: &str = "bitcoin.locktime";
+    pub const LOCKTIME_FREEZE: &str = "bitcoin.locktime_freeze";
+    pub const FAKE_CHANGE: &str = "bitcoin.fake_change";
+    pub const DUPLICATE_INPUT: &str = "bitcoin.duplicate_input";
     pub const SEQUENCE: &str = "bitcoin.sequence";
     pub const RBF: &str = "bitcoin.rbf";
     pub const CONFLICTING_SPEND: &str = "bitcoin.conflicting_spend";
@@ -142,6 +148,12 @@ struct RawPolicy {
     max_locktime_height: Option<u32>,
     #[serde(default)]
     allow_time_locktime: bool,
+    #[serde(default = "default_blocks_ahead")]
+    max_locktime_blocks_ahead: u32,
+    #[serde(default = "default_secs_ahead")]
+    max_locktime_secs_ahead: u64,
+    #[serde(default)]
+    allow_locktime_self_transfer: bool,
     #[serde(default)]
     allow_relative_locktime: bool,
     #[serde(default)]
@@ -156,6 +168,14 @@ struct RawPolicy {
     conflict_window_secs: u64,
     time_window: Option<TimeWindow>,
     require_approval: Option<BitcoinApprovalRule>,
+}
+
+fn default_blocks_ahead() -> u32 {
+    6
+}
+
+fn default_secs_ahead() -> u64 {
+    7_200
 }
 
 fn default_conflict_window() -> u64 {
@@ -230,6 +250,12 @@ pub struct BitcoinPolicy {
     pub max_locktime_height: Option<u32>,
     /// Whether time-based absolute locks are allowed.
     pub allow_time_locktime: bool,
+    /// Highest height lock above the chain tip (the node's, else a clock estimate on mainnet).
+    pub max_locktime_blocks_ahead: u32,
+    /// Highest time lock above the local clock, in seconds (when time locks are allowed).
+    pub max_locktime_secs_ahead: u64,
+    /// Whether a self-transfer (nothing paid out) may carry a lock that is not yet final.
+    pub allow_locktime_self_transfer: bool,
     /// Whether BIP68 relative locks are allowed.
     pub allow_relative_locktime: bool,
     /// Replace-by-fee setting.
@@ -300,6 +326,9 @@ impl TryFrom<RawPolicy> for BitcoinPolicy {
             versions: raw.versions,
             max_locktime_height: raw.max_locktime_height,
             allow_time_locktime: raw.allow_time_locktime,
+            max_locktime_blocks_ahead: raw.max_locktime_blocks_ahead,
+            max_locktime_secs_ahead: raw.max_locktime_secs_ahead,
+            allow_locktime_self_transfer: raw.allow_locktime_self_transfer,
             allow_relative_locktime: raw.allow_relative_locktime,
             rbf: raw.rbf,
             change_gap: raw.change_gap,
@@ -321,6 +350,18 @@ impl BitcoinPolicy {
     /// (Unix milliseconds) is the clock the time window is judged by, passed in so tests and
     /// dry runs choose the instant.
     pub fn check(&self, intent: &SpendIntent, now_ms: u64) -> Result<(), Rejection> {
+        let tip = crate::locktime::estimated_tip(intent.network, now_ms);
+        self.check_at(intent, now_ms, tip)
+    }
+
+    /// [`BitcoinPolicy::check`] with the chain tip locktimes are judged by (a node's; `None`:
+    /// unknown).
+    pub fn check_at(
+        &self,
+        intent: &SpendIntent,
+        now_ms: u64,
+        tip: Option<crate::locktime::Tip>,
+    ) -> Result<(), Rejection> {
         if let Some(w) = &self.time_window {
             w.check(now_ms)?;
         }
@@ -332,7 +373,7 @@ impl BitcoinPolicy {
             ));
         }
         self.check_inputs(intent)?;
-        self.check_tx(intent)?;
+        self.check_tx(intent, now_ms, tip)?;
         self.check_outputs(intent)?;
         self.check_fee(intent)?;
         let spend = intent.spend();
@@ -431,11 +472,17 @@ impl BitcoinPolicy {
                         format!("{kind:?} inputs are not enabled"),
                     ));
                 }
-                None if !input.already_final && !self.allow_foreign_inputs => {
+                // Finalized or not: a foreign final witness is still someone else's coin in our
+                // transaction (and its witness size moves our fee rate).
+                None if !self.allow_foreign_inputs => {
                     return Err(refuse(
                         rule::FOREIGN_INPUT,
                         format!("inputs[{i}]"),
-                        "input is not ours and foreign inputs are not allowed",
+                        if input.already_final {
+                            "input is not ours (finalized by another signer) and foreign inputs are not allowed"
+                        } else {
+                            "input is not ours and foreign inputs are not allowed"
+                        },
                     ));
                 }
                 _ => {}
@@ -444,7 +491,12 @@ impl BitcoinPolicy {
         Ok(())
     }
 
-    fn check_tx(&self, intent: &SpendIntent) -> Result<(), Rejection> {
+    fn check_tx(
+        &self,
+        intent: &SpendIntent,
+        now_ms: u64,
+        tip: Option<crate::locktime::Tip>,
+    ) -> Result<(), Rejection> {
         let tx = &intent.psbt.unsigned_tx;
         if !self.versions.contains(&tx.version.0) {
             return Err(refuse(
@@ -453,35 +505,7 @@ impl BitcoinPolicy {
                 format!("version {} not in {:?}", tx.version.0, self.versions),
             ));
         }
-        let lock = tx.lock_time;
-        let locked = tx
-            .input
-            .iter()
-            .any(|i| i.sequence.enables_absolute_lock_time());
-        if locked && lock.to_consensus_u32() != 0 {
-            match lock {
-                bitcoin::absolute::LockTime::Blocks(h) => {
-                    if self
-                        .max_locktime_height
-                        .is_some_and(|max| h.to_consensus_u32() > max)
-                    {
-                        return Err(refuse(
-                            rule::LOCKTIME,
-                            "tx.locktime",
-                            format!("height {h} above the configured maximum"),
-                        ));
-                    }
-                }
-                bitcoin::absolute::LockTime::Seconds(t) if !self.allow_time_locktime => {
-                    return Err(refuse(
-                        rule::LOCKTIME,
-                        "tx.locktime",
-                        format!("time lock {t} not allowed"),
-                    ));
-                }
-                bitcoin::absolute::LockTime::Seconds(_) => {}
-            }
-        }
+        self.check_locktime(intent, tip, now_ms)?;
         for (i, input) in tx.input.iter().enumerate() {
             let field = format!("inputs[{i}].sequence");
             if tx.version.0 >= 2

@@ -7,6 +7,7 @@
 
 use keyguard_chain::Rejection;
 
+use crate::pace::PaceLimits;
 use crate::types::{SignRequest, VoteType};
 use crate::watermark::SignedState;
 
@@ -19,6 +20,23 @@ pub struct BlockLimits {
     pub max_timestamp_drift_ms: Option<u64>,
     /// Stop signing above this height (an upgrade height).
     pub max_height: Option<i64>,
+    /// With no signing state: the height the validator starts at; the first signature may be
+    /// at most one burst ([`BlockLimits::pace`]) above it.
+    pub start_height: Option<i64>,
+    /// Shortest time one height can take (`None`: the default; `Some(0)`: no clock meter).
+    pub min_block_time_ms: Option<u64>,
+}
+
+impl BlockLimits {
+    /// The clock meter's settings: burst is `max_height_jump` (or a default).
+    pub fn pace(&self) -> PaceLimits {
+        PaceLimits {
+            min_block_time_ms: self
+                .min_block_time_ms
+                .unwrap_or(crate::pace::DEFAULT_MIN_BLOCK_TIME_MS),
+            burst: self.max_height_jump.unwrap_or(crate::pace::DEFAULT_BURST),
+        }
+    }
 }
 
 /// Checks a sign request's fields against the chain's limits and the last signed state.
@@ -86,6 +104,9 @@ pub fn check_request(
             ));
         }
     }
+    if last.height == 0 {
+        first_height(limits, height)?;
+    }
     if let Some(jump) = limits.max_height_jump {
         // A brand-new validator has no last height to jump from.
         let over = i128::from(height) - i128::from(last.height);
@@ -114,4 +135,30 @@ pub fn check_request(
         }
     }
     Ok(())
+}
+
+/// The first signature of a key with no state (`new_validator`, or an imported height-0 state):
+/// nothing behind it bounds its height, and one vote at `i64::MAX` would turn every real vote
+/// into a regression. A configured `start_height` (plus one burst) or `max_height` bounds it;
+/// with neither it is refused.
+fn first_height(limits: &BlockLimits, height: i64) -> Result<(), Rejection> {
+    let refuse = |reason: String| Err(Rejection::policy("cometbft.first_height", "height", reason));
+    match (limits.start_height, limits.max_height) {
+        (Some(start), _) => {
+            let burst = limits.pace().burst;
+            let bound = i128::from(start) + i128::from(burst);
+            if i128::from(height) > bound {
+                return refuse(format!(
+                    "first signature at {height} is more than {burst} above start_height {start}"
+                ));
+            }
+            Ok(())
+        }
+        // `max_height` was checked above.
+        (None, Some(_)) => Ok(()),
+        (None, None) => refuse(format!(
+            "nothing bounds a first signature at {height}: set start_height (or max_height), \
+             or import the validator's state"
+        )),
+    }
 }

@@ -8,6 +8,8 @@
 //!   (CanonicalVote, CanonicalProposal, CanonicalVoteExtension with the chain id).
 //! - [`checks`]: block-field rules (chain id, height jump, timestamp drift, POL round, max height).
 //! - [`watermark`]: the double-sign decision against the last signed height/round/step.
+//! - [`pace`]: height progress metered by the local clock (a node cannot push the watermark
+//!   ahead faster than a chain can produce blocks).
 //! - [`verify`]: signing payloads and pass 2 (an independent check of the backend's signature).
 //! - [`state_file`]: `priv_validator_state.json` (CometBFT FilePV and tmkms) import and export.
 //!
@@ -15,6 +17,7 @@
 //! lock per (chain, key) and commits the new watermark before any signature leaves.
 
 pub mod checks;
+pub mod pace;
 pub mod state_file;
 pub mod types;
 pub mod verify;
@@ -22,6 +25,7 @@ pub mod watermark;
 pub mod wire;
 
 pub use checks::{check_request, BlockLimits};
+pub use pace::{Pace, PaceLimits};
 pub use types::{BlockId, Proposal, SignRequest, Step, Timestamp, Vote, VoteType};
 pub use watermark::{decide, SignedState, Verdict};
 pub use wire::{DecodeError, Request, Response, WireMessage, WireVersion, MAX_MESSAGE_BYTES};
@@ -45,7 +49,7 @@ mod tests;
 #[doc(hidden)]
 pub mod fuzzing {
     use crate::wire::{decode_bytes, Request, WireVersion};
-    use crate::{check_request, decide, BlockLimits, SignRequest, SignedState};
+    use crate::{check_request, decide, BlockLimits, Pace, SignRequest, SignedState};
 
     /// Decodes `data` as every wire version and runs whatever decodes through the rules.
     pub fn exercise(data: &[u8]) {
@@ -65,9 +69,13 @@ pub mod fuzzing {
                 max_height_jump: Some(10),
                 max_timestamp_drift_ms: Some(1000),
                 max_height: Some(i64::MAX),
+                start_height: Some(1),
+                min_block_time_ms: Some(100),
             };
             let last = SignedState::after(&request, request.sign_bytes("c"), vec![0; 64], vec![]);
             let _ = check_request("c", "c", &limits, &request, &last, 0);
+            let _ = check_request("c", "c", &limits, &request, &SignedState::default(), 0);
+            let _ = Pace::full(&limits.pace(), 0).admit(&limits.pace(), 1, request.hrs().0, 5);
             let _ = decide(&last, &request, "c");
             let _ = decide(&SignedState::default(), &request, "c");
             let _ = request.extension_sign_bytes("c");

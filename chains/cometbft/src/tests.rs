@@ -255,6 +255,7 @@ fn block_field_rules() {
         max_height_jump: Some(10),
         max_timestamp_drift_ms: Some(5_000),
         max_height: Some(1_000),
+        ..BlockLimits::default()
     };
     let now = 1_000_000i128;
     let ok = vote(VoteType::Prevote, 105, 0, block(2), 1000);
@@ -434,4 +435,53 @@ fn fuzz_corpus_replays_without_panics() {
             crate::fuzzing::exercise(&m);
         }
     }
+}
+
+/// The first signature of a key with no state (rule `cometbft.first_height`): bounded by
+/// `start_height` plus one burst, or by `max_height`; with neither it is refused.
+#[test]
+fn first_height_is_bounded() {
+    let none = SignedState::default();
+    let now = 1_000_000i128;
+    let r = |limits: &BlockLimits, h: i64| match check_request(
+        CHAIN,
+        CHAIN,
+        limits,
+        &vote(VoteType::Prevote, h, 0, block(1), 1000),
+        &none,
+        now,
+    ) {
+        Ok(()) => "ok",
+        Err(Rejection::Policy { rule, .. }) => rule,
+        Err(Rejection::InvalidParams { .. }) => "invalid",
+    };
+    let start = BlockLimits {
+        start_height: Some(5_000),
+        max_height_jump: Some(100),
+        ..BlockLimits::default()
+    };
+    assert_eq!(r(&start, i64::MAX), "cometbft.first_height");
+    assert_eq!(r(&start, 5_101), "cometbft.first_height");
+    assert_eq!(r(&start, 5_100), "ok");
+    assert_eq!(r(&start, 1), "ok");
+    let unbounded = BlockLimits::default();
+    assert_eq!(r(&unbounded, i64::MAX), "cometbft.first_height");
+    assert_eq!(r(&unbounded, 2), "cometbft.first_height");
+    let stop = BlockLimits {
+        max_height: Some(10_000),
+        ..BlockLimits::default()
+    };
+    assert_eq!(r(&stop, i64::MAX), "cometbft.max_height");
+    assert_eq!(r(&stop, 10_000), "ok");
+    // Once something is signed the first-height rule no longer applies (the clock meter does).
+    let after = signed(&vote(VoteType::Precommit, 9_000, 0, block(1), 1000));
+    assert!(check_request(
+        CHAIN,
+        CHAIN,
+        &unbounded,
+        &vote(VoteType::Prevote, 9_001, 0, block(1), 1000),
+        &after,
+        now
+    )
+    .is_ok());
 }

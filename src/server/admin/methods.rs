@@ -81,7 +81,7 @@ pub(super) async fn second_admin(
     Ok(true)
 }
 
-fn held(action: &str, key: Option<String>) -> Result<Done, AdminError> {
+pub(super) fn held(action: &str, key: Option<String>) -> Result<Done, AdminError> {
     Ok(Done {
         result: json!({
             "status": "pending",
@@ -101,6 +101,9 @@ pub(super) async fn run(
 ) -> Result<Done, AdminError> {
     if method.starts_with("clients.") {
         return super::clients::run(ctx, user, method, params).await;
+    }
+    if method.starts_with("watermarks.") || method.starts_with("bitcoin.") {
+        return super::chain_state::run(ctx, user, method, params).await;
     }
     match method {
         "users.list" => {

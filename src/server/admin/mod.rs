@@ -6,6 +6,7 @@
 //! user (TOTP, single use) -> check the role table -> act -> audit. Refusals are audited too,
 //! under `client = "user:<name>"` and `method = "admin.<method>"`.
 
+mod chain_state;
 mod clients;
 mod methods;
 pub mod tcp;
