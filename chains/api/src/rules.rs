@@ -170,6 +170,9 @@ pub const BUILTIN: &[RuleInfo] = &[
     r("bitcoin.max_fee_percent", Scope::Bitcoin, P, "burning funds in fees (share of the spend)"),
     r("bitcoin.tx_version", Scope::Bitcoin, P, "non-standard transaction versions"),
     r("bitcoin.locktime", Scope::Bitcoin, P, "funds frozen by a far-future locktime"),
+    r("bitcoin.locktime_freeze", Scope::Bitcoin, P, "a locktimed self-transfer that freezes coins in the conflict guard"),
+    r("bitcoin.fake_change", Scope::Bitcoin, P, "an output claiming our derivation that is not our change"),
+    r("bitcoin.duplicate_input", Scope::Bitcoin, P, "one outpoint spent twice in a PSBT (counted twice)"),
     r("bitcoin.sequence", Scope::Bitcoin, P, "relative timelocks (BIP68) that freeze the coins"),
     r("bitcoin.rbf", Scope::Bitcoin, P, "replaceability against the operator's setting"),
     r("bitcoin.node_utxo_spent", Scope::Bitcoin, P, "inputs a node says are already spent"),
@@ -182,6 +185,8 @@ pub const BUILTIN: &[RuleInfo] = &[
     r("cometbft.pol_round", Scope::Cometbft, PRIVVAL_POLICY, "a proposal whose POL round is not below its round"),
     r("cometbft.max_height", Scope::Cometbft, PRIVVAL_POLICY, "signing above the configured height"),
     r("cometbft.max_height_jump", Scope::Cometbft, PRIVVAL_POLICY, "a huge height jump that would lock the validator out"),
+    r("cometbft.first_height", Scope::Cometbft, PRIVVAL_POLICY, "a first vote far above the start height (a lockout)"),
+    r("cometbft.height_rate", Scope::Cometbft, PRIVVAL_POLICY, "heights advancing faster than the clock allows (a lockout in steps)"),
     r("cometbft.timestamp_drift", Scope::Cometbft, PRIVVAL_POLICY, "proposals with a timestamp far from the clock"),
     r("cometbft.height_regression", Scope::Cometbft, PRIVVAL_POLICY, "signing below the watermark height"),
     r("cometbft.round_regression", Scope::Cometbft, PRIVVAL_POLICY, "signing below the watermark round"),
@@ -225,6 +230,7 @@ pub const BUILTIN: &[RuleInfo] = &[
     r("admin.kill_file", Scope::Admin, ADMIN_REFUSED, "re-enabling keys while the emergency kill file is present"),
     r("admin.reload", Scope::Admin, ADMIN_REFUSED, "a reload whose new config is invalid"),
     r("admin.config_client", Scope::Admin, ADMIN_REFUSED, "changing a client defined in the config file"),
+    r("admin.watermark_repair", Scope::Admin, ADMIN_REFUSED, "a watermark repair below what this instance released"),
 ];
 
 /// Old names still accepted where users type a rule name (`keyguard audit query --rule`), with
