@@ -180,7 +180,13 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             _ = usr1.recv() => {
-                super::people::emergency_stop(&kill, &store.audit_log(), "SIGUSR1").await;
+                // Off at once; the wait for in-flight requests runs in its own task so this
+                // loop keeps serving SIGTERM and SIGHUP meanwhile.
+                kill.switch_off(crate::access::kill::ALL_KEYS);
+                let (kill, audit) = (kill.clone(), store.audit_log());
+                tokio::spawn(async move {
+                    super::people::emergency_stop(&kill, &audit, "SIGUSR1").await;
+                });
             }
             Some(reply) = reload_rx.recv() => {
                 let outcome = reloader.reload().map_err(|e| format!("{e:#}"));

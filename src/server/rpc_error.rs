@@ -43,7 +43,7 @@ pub fn from_guard(e: &GuardError) -> ErrorObjectOwned {
         GuardError::Unauthorized(reason) | GuardError::OutOfScope { reason, .. } => {
             unauthorized(reason)
         }
-        GuardError::Backend(reason) => ErrorObjectOwned::owned(
+        GuardError::Backend(reason) | GuardError::Pass2Mismatch(reason) => ErrorObjectOwned::owned(
             BACKEND_FAILURE,
             "backend failure",
             Some(json!({ "reason": reason })),
