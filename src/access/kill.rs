@@ -168,3 +168,66 @@ impl KillSwitch {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+
+    /// Polls `f` once: whether it answers without waiting.
+    fn poll_once<F: Future>(f: F) -> Poll<F::Output> {
+        pin!(f).poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[tokio::test]
+    async fn requests_arriving_while_a_disable_drains_are_refused_not_queued() {
+        let kill = Arc::new(KillSwitch::default());
+        let in_flight = kill.admit(Some("a")).await.unwrap();
+        let disabling = {
+            let kill = kill.clone();
+            tokio::spawn(async move { kill.disable(ALL_KEYS, "test").await })
+        };
+        while !kill.is_disabled(None) {
+            tokio::task::yield_now().await;
+        }
+        // The disable waits for the request in flight; a new one is answered at once.
+        assert!(matches!(
+            poll_once(kill.admit(Some("b"))),
+            Poll::Ready(Err(()))
+        ));
+        assert!(matches!(poll_once(kill.admit(None)), Poll::Ready(Err(()))));
+        assert!(!disabling.is_finished());
+        drop(in_flight);
+        disabling.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn negative_control_an_enabled_key_waits_behind_a_draining_disable() {
+        // Without the check before the gate, any request would queue like this one: the poll
+        // above can tell "refused at once" from "queued".
+        let kill = Arc::new(KillSwitch::default());
+        let in_flight = kill.admit(Some("a")).await.unwrap();
+        let disabling = {
+            let kill = kill.clone();
+            tokio::spawn(async move { kill.disable("a", "test").await })
+        };
+        while !kill.is_disabled(Some("a")) {
+            tokio::task::yield_now().await;
+        }
+        // Let the disable reach the gate's write side.
+        for _ in 0..1_000 {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(poll_once(kill.admit(Some("b"))), Poll::Pending));
+        assert!(matches!(
+            poll_once(kill.admit(Some("a"))),
+            Poll::Ready(Err(()))
+        ));
+        drop(in_flight);
+        disabling.await.unwrap().unwrap();
+        assert!(kill.admit(Some("b")).await.is_ok());
+    }
+}

@@ -66,7 +66,9 @@ impl<'g> Adapter<'g> for PsbtAdapter {
         entry: &mut AuditEntry,
     ) -> Result<Option<Ask>, GuardError> {
         let Who::Client(caller) = who else {
-            return Err(GuardError::Backend("Bitcoin requests come from clients".into()));
+            return Err(GuardError::Backend(
+                "Bitcoin requests come from clients".into(),
+            ));
         };
         let key = match self.key.take() {
             Some(Ok(key)) => key,
@@ -109,7 +111,11 @@ impl<'g> Adapter<'g> for PsbtAdapter {
         }
     }
 
-    fn settle(&mut self, guard: &'g Guard, committed: Result<(), &StoreError>) -> Option<GuardError> {
+    fn settle(
+        &mut self,
+        guard: &'g Guard,
+        committed: Result<(), &StoreError>,
+    ) -> Option<GuardError> {
         // A withheld signature gives its spend back to the window and its outpoints back.
         if let (Err(_), Some(r)) = (committed, self.reservation.take()) {
             guard.release_spend(r);

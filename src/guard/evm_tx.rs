@@ -20,8 +20,7 @@ use crate::store::{AuditEntry, StateWrite, StoreError};
 /// Decodes a transaction request's params; runs inside the pipeline, after the rate limits and
 /// under the kill-switch pass (so `eth_sendTransaction`'s upstream fill is limited too).
 pub type TxDecoder = Box<
-    dyn FnOnce(Value) -> Pin<Box<dyn Future<Output = Result<TxIntent, GuardError>> + Send>>
-        + Send,
+    dyn FnOnce(Value) -> Pin<Box<dyn Future<Output = Result<TxIntent, GuardError>> + Send>> + Send,
 >;
 
 /// A decoder that needs nothing but the params.

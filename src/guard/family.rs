@@ -75,16 +75,32 @@ mod tests {
     #[test]
     fn aliases_share_a_family_and_distinct_operations_do_not() {
         let none = Value::Null;
-        assert_eq!(family("eth_signTransaction", &none), family("account_signTransaction", &none));
+        assert_eq!(
+            family("eth_signTransaction", &none),
+            family("account_signTransaction", &none)
+        );
         assert_eq!(family("eth_sendTransaction", &none), EVM_TRANSACTION);
-        for m in ["eth_signTypedData_v4", "eth_signTypedData", "account_signTypedData"] {
+        for m in [
+            "eth_signTypedData_v4",
+            "eth_signTypedData",
+            "account_signTypedData",
+        ] {
             assert_eq!(family(m, &none), EVM_TYPED_DATA, "{m}");
         }
-        assert_eq!(family("account_signData", &json!(["data/typed"])), EVM_TYPED_DATA);
+        assert_eq!(
+            family("account_signData", &json!(["data/typed"])),
+            EVM_TYPED_DATA
+        );
         assert_eq!(family("personal_sign", &none), family("eth_sign", &none));
-        assert_eq!(family("account_signData", &json!(["text/plain"])), EVM_MESSAGE);
+        assert_eq!(
+            family("account_signData", &json!(["text/plain"])),
+            EVM_MESSAGE
+        );
         // Negative control: different operations keep different budgets.
-        assert_ne!(family("personal_sign", &none), family("eth_signTransaction", &none));
+        assert_ne!(
+            family("personal_sign", &none),
+            family("eth_signTransaction", &none)
+        );
         assert_ne!(family("eth_signTypedData_v4", &none), EVM_MESSAGE);
     }
 
@@ -92,11 +108,23 @@ mod tests {
     fn key_hint_reads_the_decoders_field_only() {
         let a = "0x00000000000000000000000000000000000000aa";
         let want: Address = a.parse().unwrap();
-        assert_eq!(evm_from("eth_signTransaction", &json!([{ "from": a }])), Some(want));
+        assert_eq!(
+            evm_from("eth_signTransaction", &json!([{ "from": a }])),
+            Some(want)
+        );
         assert_eq!(evm_from("personal_sign", &json!(["0x00", a])), Some(want));
         assert_eq!(evm_from("eth_sign", &json!([a, "0x00"])), Some(want));
-        assert_eq!(evm_from("account_signData", &json!(["text/plain", a, "0x"])), Some(want));
-        assert_eq!(evm_from("eth_signTypedData_v4", &json!([a, {}])), Some(want));
-        assert_eq!(evm_from("eth_signTransaction", &json!([{ "from": 7 }])), None);
+        assert_eq!(
+            evm_from("account_signData", &json!(["text/plain", a, "0x"])),
+            Some(want)
+        );
+        assert_eq!(
+            evm_from("eth_signTypedData_v4", &json!([a, {}])),
+            Some(want)
+        );
+        assert_eq!(
+            evm_from("eth_signTransaction", &json!([{ "from": 7 }])),
+            None
+        );
     }
 }

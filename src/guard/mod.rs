@@ -261,3 +261,5 @@ mod tests;
 mod tests_cometbft;
 #[cfg(test)]
 mod tests_ledger;
+#[cfg(test)]
+mod tests_pipeline;

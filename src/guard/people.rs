@@ -204,7 +204,10 @@ impl Guard {
             // Parked without a pass: a disable does not wait for this request, and the request
             // stops waiting (it would be refused after the wait anyway).
             if self.controls.kill.is_disabled(Some(input.key.as_str())) {
-                return Err(GuardError::KeyDisabled(format!("key {} is disabled", input.key)));
+                return Err(GuardError::KeyDisabled(format!(
+                    "key {} is disabled",
+                    input.key
+                )));
             }
             tokio::time::sleep(APPROVAL_POLL.min(deadline - tokio::time::Instant::now())).await;
         };

@@ -102,7 +102,11 @@ pub(super) trait Adapter<'g>: Send {
 
     /// After the audit commit: keep the reservations (`Ok`) or undo them (not released). May
     /// replace the caller's error for a failed commit (e.g. a watermark changed elsewhere).
-    fn settle(&mut self, _guard: &'g Guard, _committed: Result<(), &StoreError>) -> Option<GuardError> {
+    fn settle(
+        &mut self,
+        _guard: &'g Guard,
+        _committed: Result<(), &StoreError>,
+    ) -> Option<GuardError> {
         None
     }
 }
@@ -174,7 +178,11 @@ impl Guard {
                 }
             }
         }
-        if self.controls.kill.is_disabled(key.as_ref().map(KeyId::as_str)) {
+        if self
+            .controls
+            .kill
+            .is_disabled(key.as_ref().map(KeyId::as_str))
+        {
             return (Err(disabled(key.as_ref())), Some(pass));
         }
         if let Some(ask) = ask {
