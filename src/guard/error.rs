@@ -1,4 +1,4 @@
-//! The guard's refusals, one variant per JSON-RPC error class of DESIGN.md.
+//! The guard's refusals, one variant per outcome of `docs/design.md` ("Outcomes").
 
 use keyguard_chain::Rejection;
 
@@ -26,7 +26,7 @@ pub enum GuardError {
     /// The backend returned a signature that pass 2 rejected (wrong key, wrong bytes, a fault):
     /// withheld, and kept apart from an outage because it may mean a compromised or faulty
     /// signer. Rule [`PASS2_MISMATCH`], audit decision `withheld`; on the wire still `-32007`
-    /// (DESIGN.md: "verification of its signature failed").
+    /// (`docs/design.md`: "pass 2 rejected the signature").
     #[error("signature withheld: pass 2 rejected the backend's signature: {0}")]
     Pass2Mismatch(String),
     /// Held until enough humans approve this exact intent (`-32002`).

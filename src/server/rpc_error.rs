@@ -1,4 +1,4 @@
-//! JSON-RPC error objects with the codes and `data` fields fixed in DESIGN.md.
+//! JSON-RPC error objects with the codes and `data` fields fixed in `docs/design.md` ("Outcomes").
 
 use jsonrpsee::types::ErrorObjectOwned;
 use keyguard_chain::Rejection;
