@@ -92,7 +92,9 @@ fn signals_and_new_requests_are_served_while_a_disable_drains() {
     // SIGHUP was served while the disable still waited for the stuck request: the drain's
     // completion line has not been printed yet.
     assert!(
-        !seen.iter().any(|l| l.starts_with("keyguard: all keys disabled")),
+        !seen
+            .iter()
+            .any(|l| l.starts_with("keyguard: all keys disabled")),
         "SIGHUP waited for the disable: {seen:?}"
     );
 
