@@ -9,7 +9,8 @@ use serde_json::Value;
 use super::pipeline::{Adapter, Ask, Request, Who};
 use super::{family, Guard, GuardError};
 use crate::access::Caller;
-use crate::store::AuditEntry;
+use crate::policy::Reservation;
+use crate::store::{AuditEntry, StateWrite, StoreError};
 
 /// What kind of digest is being signed.
 pub enum DigestRequest {
@@ -24,15 +25,19 @@ enum Decoded {
     Message(keyguard_evm::MessageIntent),
 }
 
-struct DigestAdapter {
+struct DigestAdapter<'g> {
     params: Value,
     decode: fn(&Value) -> DigestRequest,
     /// Key, signer address and digest once decided.
     decided: Option<(KeyId, Address, B256)>,
+    /// Velocity debits the policy charged (permits and transfer authorizations count like
+    /// transactions), reserved before signing and written with the audit row.
+    debits: Vec<keyguard_evm::Debit>,
+    reservation: Option<Reservation<'g>>,
 }
 
 #[async_trait::async_trait]
-impl<'g> Adapter<'g> for DigestAdapter {
+impl<'g> Adapter<'g> for DigestAdapter<'g> {
     type Out = [u8; 65];
 
     async fn decide(
@@ -81,6 +86,14 @@ impl<'g> Adapter<'g> for DigestAdapter {
             .decided
             .clone()
             .ok_or_else(|| GuardError::Backend("signing before a decision".into()))?;
+        if !self.debits.is_empty() {
+            self.reservation = Some(guard.ledger.reserve(
+                &key,
+                &self.debits,
+                None,
+                super::now_ms(),
+            )?);
+        }
         let sign_started = std::time::Instant::now();
         let signature = guard
             .backend
@@ -89,6 +102,21 @@ impl<'g> Adapter<'g> for DigestAdapter {
             .map_err(|e| GuardError::Backend(e.to_string()))?;
         crate::metrics::sign(guard.backend.name(), sign_started.elapsed());
         keyguard_evm::finalize_digest(from, hash, &signature).map_err(|e| super::pass2(&key, e))
+    }
+
+    fn writes(&mut self) -> Vec<StateWrite> {
+        self.reservation
+            .as_ref()
+            .map(Reservation::writes)
+            .unwrap_or_default()
+    }
+
+    fn settle(&mut self, _: &'g Guard, committed: Result<(), &StoreError>) -> Option<GuardError> {
+        // Dropping a reservation releases it; committing keeps it as counted history.
+        if let (Ok(()), Some(r)) = (committed, self.reservation.take()) {
+            r.commit();
+        }
+        None
     }
 }
 
@@ -114,6 +142,8 @@ impl Guard {
             params: params.clone(),
             decode,
             decided: None,
+            debits: Vec::new(),
+            reservation: None,
         };
         self.run(request, adapter).await
     }
