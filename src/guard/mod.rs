@@ -262,4 +262,6 @@ mod tests_cometbft;
 #[cfg(test)]
 mod tests_ledger;
 #[cfg(test)]
+mod tests_ordering;
+#[cfg(test)]
 mod tests_pipeline;

@@ -1,7 +1,8 @@
 //! The pipeline's invariants, written once and run for every chain (EVM transaction, Bitcoin
 //! PSBT, CometBFT vote): nothing leaves without its audit row; once `disable` returns nothing
-//! leaves; a parked approval is not signed after the switch went off; rate limits answer before
-//! any decoding; aliases share one budget; a malformed Clef call is audited. Each test has a
+//! leaves; a parked approval is not signed after the switch went off. The ordering invariants
+//! (limits before decoding, alias budgets, Clef envelopes) are in `tests_ordering.rs`, on the
+//! fixture here. Each test has a
 //! negative control (the same request signing when the fault is absent). Signatures are
 //! checked by the chains' own pass 2 and, for EVM, by recovering with k256 in `tests.rs`.
 
@@ -15,23 +16,22 @@ use k256::ecdsa::SigningKey;
 use keyguard_bitcoin::bitcoin::secp256k1;
 use keyguard_bitcoin::testkit::{build_single_psbt, foreign_script, to_base64};
 use keyguard_bitcoin::ScriptKind;
-use keyguard_chain::{KeyId, PublicKey, Rejection, Signature, SigningPayload};
+use keyguard_chain::{KeyId, PublicKey, Signature, SigningPayload};
 use keyguard_cometbft::{BlockId, BlockLimits, SignRequest, Timestamp, Vote, VoteType};
-use serde_json::{json, Value};
+use serde_json::json;
 
-use super::pipeline::{Adapter, Ask, Request, Who};
 use super::tests::{public, sign_prehash};
-use super::{family, CometbftTarget, Guard, GuardError};
+use super::{CometbftTarget, Guard, GuardError};
 use crate::access::kill::{KillSwitch, ALL_KEYS};
 use crate::access::Caller;
 use crate::approvals::Approvals;
 use crate::backend::{BackendError, KeyBackend, KeyInfo};
 use crate::config::{Config, ResponseShape};
-use crate::store::{AuditEntry, Decision, StateDb, Store};
+use crate::store::{Decision, StateDb, Store};
 
 /// An honest backend with one secp256k1 key `k` (EVM and Bitcoin) and one ed25519 key `v`
 /// (CometBFT); counts the signatures it makes.
-struct Honest {
+pub(super) struct Honest {
     k: SigningKey,
     v: ed25519_dalek::SigningKey,
     signs: AtomicUsize,
@@ -114,18 +114,18 @@ max_feerate_sat_vb = 1000
     )
 }
 
-struct Fix {
+pub(super) struct Fix {
     _dir: tempfile::TempDir,
-    store: Store,
+    pub(super) store: Store,
     db: StateDb,
-    guard: Arc<Guard>,
+    pub(super) guard: Arc<Guard>,
     kill: Arc<KillSwitch>,
     approvals: Approvals,
     backend: Arc<Honest>,
     target: CometbftTarget,
 }
 
-fn fixture(extra: &str, approval: bool) -> Fix {
+pub(super) fn fixture(extra: &str, approval: bool) -> Fix {
     fixture_gated(extra, approval, tokio::sync::Semaphore::MAX_PERMITS)
 }
 
@@ -172,7 +172,7 @@ fn fixture_gated(extra: &str, approval: bool, permits: usize) -> Fix {
     }
 }
 
-fn client(wait: Duration) -> Caller {
+pub(super) fn client(wait: Duration) -> Caller {
     Caller {
         name: "app".into(),
         grants: vec!["*".to_string()].into(),
@@ -183,7 +183,7 @@ fn client(wait: Duration) -> Caller {
 }
 
 #[derive(Clone, Copy, Debug)]
-enum Chain {
+pub(super) enum Chain {
     Evm,
     Bitcoin,
     Cometbft,
@@ -192,14 +192,19 @@ enum Chain {
 const CHAINS: [Chain; 3] = [Chain::Evm, Chain::Bitcoin, Chain::Cometbft];
 
 impl Fix {
-    fn evm_from(&self) -> String {
+    pub(super) fn evm_from(&self) -> String {
         keyguard_evm::address_of(&public(&self.backend.k))
             .unwrap()
             .to_string()
     }
 
     /// One valid request of `chain`, distinct for every `n` (nonce, outpoint, height).
-    async fn fire(&self, chain: Chain, n: u64, caller: &Caller) -> Result<(), GuardError> {
+    pub(super) async fn fire(
+        &self,
+        chain: Chain,
+        n: u64,
+        caller: &Caller,
+    ) -> Result<(), GuardError> {
         match chain {
             Chain::Evm => {
                 let from = self.evm_from();
@@ -256,12 +261,12 @@ impl Fix {
         }
     }
 
-    async fn rows(&self) -> Vec<crate::store::AuditRow> {
+    pub(super) async fn rows(&self) -> Vec<crate::store::AuditRow> {
         self.store.audit_log().flush().await.ok();
         self.store.recent_audit(100_000).unwrap()
     }
 
-    async fn signed_rows(&self) -> usize {
+    pub(super) async fn signed_rows(&self) -> usize {
         self.rows()
             .await
             .iter()
@@ -464,206 +469,6 @@ async fn a_parked_approval_is_not_signed_after_the_switch_goes_off() {
         assert_eq!(signed, 1, "{chain:?}");
         assert!(signs >= 1, "{chain:?}");
     }
-}
-
-/// A stand-in chain adapter that counts how often its decoder runs.
-struct Counting {
-    decodes: Arc<AtomicUsize>,
-}
-
-#[async_trait]
-impl<'g> Adapter<'g> for Counting {
-    type Out = ();
-    async fn decide(
-        &mut self,
-        _: &'g Guard,
-        _: Who<'_>,
-        _: &mut AuditEntry,
-    ) -> Result<Option<Ask>, GuardError> {
-        self.decodes.fetch_add(1, Ordering::SeqCst);
-        Err(Rejection::invalid("params", "decoded and refused").into())
-    }
-    async fn sign(&mut self, _: &'g Guard, _: &mut AuditEntry) -> Result<(), GuardError> {
-        Ok(())
-    }
-}
-
-async fn decodes_for_two_calls(limits: &str) -> (usize, Result<(), GuardError>) {
-    let f = fixture(limits, false);
-    let caller = client(Duration::ZERO);
-    let decodes = Arc::new(AtomicUsize::new(0));
-    let mut last = Ok(());
-    for _ in 0..2 {
-        let request = Request {
-            who: Who::Client(&caller),
-            method: "eth_signTypedData_v4",
-            family: family::EVM_TYPED_DATA,
-            chain: "eip155:31337".into(),
-            key_hint: None,
-        };
-        let adapter = Counting {
-            decodes: decodes.clone(),
-        };
-        last = f.guard.run(request, adapter).await;
-    }
-    (decodes.load(Ordering::SeqCst), last)
-}
-
-const ONE_PER_METHOD: &str = "[rate_limits]\nper_method = { per_second = 0.001, burst = 1 }\n";
-
-#[tokio::test]
-async fn a_rate_limited_request_never_reaches_its_decoder() {
-    let (decodes, last) = decodes_for_two_calls(ONE_PER_METHOD).await;
-    assert_eq!(decodes, 1);
-    assert!(
-        matches!(
-            last,
-            Err(GuardError::RateLimited {
-                rule: "rate_limit.method",
-                ..
-            })
-        ),
-        "{last:?}"
-    );
-    // Negative control: without the limit the second call is decoded too.
-    let (decodes, last) = decodes_for_two_calls("").await;
-    assert_eq!(decodes, 2);
-    assert!(matches!(last, Err(GuardError::Rejected(_))), "{last:?}");
-}
-
-#[tokio::test]
-async fn every_chain_answers_a_rate_limit_before_decoding_and_audits_it() {
-    // CometBFT is not rate limited (a validator that misses blocks is slashed), so: EVM and
-    // Bitcoin. The second request is undecodable: a -32003 under `rate_limit.*` (not a
-    // `request.invalid`) proves the decoder never saw it.
-    for chain in [Chain::Evm, Chain::Bitcoin] {
-        let f = fixture(ONE_PER_METHOD, false);
-        let caller = client(Duration::ZERO);
-        f.fire(chain, 0, &caller).await.unwrap();
-        let junk = json!([{"psbt": "!!", "from": 7}]);
-        let result = match chain {
-            Chain::Evm => f
-                .guard
-                .sign_evm_transaction(&caller, 31337, &junk)
-                .await
-                .map(|_| ()),
-            _ => f
-                .guard
-                .sign_bitcoin_psbt(&caller, &json!({"psbt": "!!", "key": "k"}))
-                .await
-                .map(|_| ()),
-        };
-        assert!(
-            matches!(result, Err(GuardError::RateLimited { .. })),
-            "{chain:?}: {result:?}"
-        );
-        let rows = f.rows().await;
-        assert_eq!(
-            rows[0].rule.as_deref(),
-            Some("rate_limit.method"),
-            "{chain:?}"
-        );
-        // Negative control: without limits the same junk reaches the decoder and is refused there.
-        let f = fixture("", false);
-        f.fire(chain, 0, &caller).await.unwrap();
-        let result = match chain {
-            Chain::Evm => f
-                .guard
-                .sign_evm_transaction(&caller, 31337, &junk)
-                .await
-                .map(|_| ()),
-            _ => f
-                .guard
-                .sign_bitcoin_psbt(&caller, &json!({"psbt": "!!", "key": "k"}))
-                .await
-                .map(|_| ()),
-        };
-        assert!(
-            matches!(result, Err(GuardError::Rejected(_))),
-            "{chain:?}: {result:?}"
-        );
-    }
-}
-
-#[tokio::test]
-async fn transaction_aliases_share_one_budget() {
-    let f = fixture(ONE_PER_METHOD, false);
-    let caller = client(Duration::ZERO);
-    f.fire(Chain::Evm, 0, &caller).await.unwrap();
-    let clef = json!([{"from": f.evm_from(), "to": f.evm_from(), "gas": "0x5208",
-        "nonce": "0x1", "value": "0x2", "chainId": "0x7a69",
-        "maxFeePerGas": "0x1", "maxPriorityFeePerGas": "0x1"}]);
-    let alias = f
-        .guard
-        .sign_evm_tx(
-            &caller,
-            31337,
-            "account_signTransaction",
-            &clef,
-            super::plain_decoder(super::decode_clef_transaction),
-        )
-        .await;
-    assert!(
-        matches!(
-            alias,
-            Err(GuardError::RateLimited {
-                rule: "rate_limit.method",
-                ..
-            })
-        ),
-        "{alias:?}"
-    );
-    // Negative control: another operation (a message) has its own budget.
-    let message = f
-        .guard
-        .sign_evm_digest(
-            &caller,
-            31337,
-            "personal_sign",
-            &json!(["0x68690a", f.evm_from()]),
-            |p| super::DigestRequest::Message(keyguard_evm::decode_personal_sign(p)),
-        )
-        .await;
-    assert!(
-        !matches!(message, Err(GuardError::RateLimited { .. })),
-        "{message:?}"
-    );
-}
-
-#[tokio::test]
-async fn a_malformed_clef_call_leaves_an_audit_row() {
-    let f = fixture("", false);
-    let caller = client(Duration::ZERO);
-    let bad = f
-        .guard
-        .sign_evm_tx(
-            &caller,
-            31337,
-            "account_signTransaction",
-            &json!(["not", "an", "envelope"]),
-            super::plain_decoder(super::decode_clef_transaction),
-        )
-        .await;
-    assert!(matches!(bad, Err(GuardError::Rejected(_))), "{bad:?}");
-    let rows = f.rows().await;
-    assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].method, "account_signTransaction");
-    assert_eq!(rows[0].rule.as_deref(), Some("request.invalid"));
-    // Negative control: a well-formed Clef envelope signs (and is audited as signed).
-    let good = json!([{"from": f.evm_from(), "to": f.evm_from(), "gas": "0x5208",
-        "nonce": "0x0", "value": "0x2", "chainId": "0x7a69",
-        "maxFeePerGas": "0x1", "maxPriorityFeePerGas": "0x1"}, Value::Null]);
-    f.guard
-        .sign_evm_tx(
-            &caller,
-            31337,
-            "account_signTransaction",
-            &good,
-            super::plain_decoder(super::decode_clef_transaction),
-        )
-        .await
-        .unwrap();
-    assert_eq!(f.signed_rows().await, 1);
 }
 
 #[tokio::test]
