@@ -1,6 +1,6 @@
 //! keyguard: a signing firewall between applications and their keys.
 //!
-//! Layout (one module per pipeline stage, see `DESIGN.md`):
+//! Layout (one module per pipeline stage, see `docs/design.md`):
 //! - [`server`]: transports; the EVM JSON-RPC listener turns HTTP/WebSocket calls into guard calls.
 //! - [`access`]: who is calling (bearer tokens, clients managed through the admin API) and what
 //!   they were granted (keys, chains, methods, rate limit); users, roles, TOTP, kill switch.
@@ -11,8 +11,9 @@
 //! - [`config`]: the TOML model, validated before anything starts.
 //! - [`cli`]: the `keyguard` command.
 //!
-//! A signing request: transport -> authenticate -> authorize -> decode (chain crate) -> policy
-//! -> sign (backend) -> pass 2 (chain crate re-decodes and recovers) -> audit commit -> response.
+//! A signing request: transport -> authenticate -> rate limits -> kill-switch pass -> decode
+//! (chain crate) -> policy -> approvals -> sign (backend) -> pass 2 (chain crate re-decodes and
+//! recovers) -> audit commit -> response; the order is owned by `guard::pipeline`.
 
 pub mod access;
 pub mod approvals;

@@ -5,6 +5,11 @@
 //! decided; `disable` flips the flag and then takes the write side, so it returns only when
 //! every request that passed the check before the flip has finished. From that moment no
 //! signature can be released.
+//!
+//! A request that finds its key already off is refused before it touches the gate, so requests
+//! arriving while a `disable` waits for in-flight ones are answered `-32004` at once instead of
+//! queueing behind the writer. A request parked in an approval wait holds no pass (see
+//! `docs/design.md`), so a disable never waits for a human.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -89,6 +94,11 @@ impl KillSwitch {
     /// Admits a request for `key` unless it is off. The returned pass delays a concurrent
     /// `disable` until the request has finished.
     pub async fn admit(&self, key: Option<&str>) -> Result<Pass, ()> {
+        // Checked before the gate too: tokio's lock is write-preferring, so waiting for a read
+        // share while a disable drains would queue this request instead of refusing it.
+        if self.is_disabled(key) {
+            return Err(());
+        }
         let pass = self.gate.clone().read_owned().await;
         if self.is_disabled(key) {
             return Err(());
@@ -100,7 +110,7 @@ impl KillSwitch {
     /// already admitted to finish. The in-memory switch flips first: a storage failure must
     /// not keep signing on.
     pub async fn disable(&self, key: &str, by: &str) -> Result<(), StoreError> {
-        self.flip(key, true);
+        self.switch_off(key);
         let persisted = match &self.state {
             Some(db) => {
                 let (db, key, by) = (db.clone(), key.to_owned(), by.to_owned());
@@ -121,6 +131,12 @@ impl KillSwitch {
         }
         self.flip(key, false);
         Ok(())
+    }
+
+    /// Turns `key` (or every key) off in memory at once, without waiting or persisting: what a
+    /// signal handler calls before it hands the (waiting) [`KillSwitch::disable`] to a task.
+    pub fn switch_off(&self, key: &str) {
+        self.flip(key, true);
     }
 
     fn flip(&self, key: &str, disabled: bool) {
@@ -150,5 +166,68 @@ impl KillSwitch {
             self.all.load(Ordering::SeqCst) || self.kill_file_present(),
             keys,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+
+    /// Polls `f` once: whether it answers without waiting.
+    fn poll_once<F: Future>(f: F) -> Poll<F::Output> {
+        pin!(f).poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[tokio::test]
+    async fn requests_arriving_while_a_disable_drains_are_refused_not_queued() {
+        let kill = Arc::new(KillSwitch::default());
+        let in_flight = kill.admit(Some("a")).await.unwrap();
+        let disabling = {
+            let kill = kill.clone();
+            tokio::spawn(async move { kill.disable(ALL_KEYS, "test").await })
+        };
+        while !kill.is_disabled(None) {
+            tokio::task::yield_now().await;
+        }
+        // The disable waits for the request in flight; a new one is answered at once.
+        assert!(matches!(
+            poll_once(kill.admit(Some("b"))),
+            Poll::Ready(Err(()))
+        ));
+        assert!(matches!(poll_once(kill.admit(None)), Poll::Ready(Err(()))));
+        assert!(!disabling.is_finished());
+        drop(in_flight);
+        disabling.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn negative_control_an_enabled_key_waits_behind_a_draining_disable() {
+        // Without the check before the gate, any request would queue like this one: the poll
+        // above can tell "refused at once" from "queued".
+        let kill = Arc::new(KillSwitch::default());
+        let in_flight = kill.admit(Some("a")).await.unwrap();
+        let disabling = {
+            let kill = kill.clone();
+            tokio::spawn(async move { kill.disable("a", "test").await })
+        };
+        while !kill.is_disabled(Some("a")) {
+            tokio::task::yield_now().await;
+        }
+        // Let the disable reach the gate's write side.
+        for _ in 0..1_000 {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(poll_once(kill.admit(Some("b"))), Poll::Pending));
+        assert!(matches!(
+            poll_once(kill.admit(Some("a"))),
+            Poll::Ready(Err(()))
+        ));
+        drop(in_flight);
+        disabling.await.unwrap().unwrap();
+        assert!(kill.admit(Some("b")).await.is_ok());
     }
 }

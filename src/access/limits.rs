@@ -87,7 +87,22 @@ impl RateLimits {
             .is_none_or(|l| l.check_key(&client.to_owned()).is_ok())
     }
 
-    /// Takes one request from each applicable limit; the first that is empty refuses.
+    /// Takes one request from the per-key limit only: for a key first known after decoding
+    /// (the pipeline charges client and method before decoding).
+    pub fn check_key(&self, key: &str) -> Result<(), Limited> {
+        let Some(limiter) = &self.key else {
+            return Ok(());
+        };
+        limiter
+            .check_key(&key.to_owned())
+            .map_err(|not_until| Limited {
+                scope: LimitScope::Key,
+                retry_after: not_until.wait_time_from(self.clock.now()),
+            })
+    }
+
+    /// Takes one request from each applicable limit; the first that is empty refuses. `method`
+    /// is the method family (aliases share a budget).
     pub fn check(&self, client: &str, method: &str, key: Option<&str>) -> Result<(), Limited> {
         let checks = [
             (LimitScope::Client, &self.client, Some(client)),

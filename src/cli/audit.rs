@@ -14,11 +14,25 @@ use crate::store::{AuditFilter, AuditRow, Store};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum AuditCommand {
-    /// Recompute the hash chain of the whole audit log; fails at the first bad row.
+    /// Recompute the hash chain of the whole audit log; fails at the first bad row. With
+    /// `--checkpoints`, also check it against signed anchors of its head (truncation, rollback
+    /// to an older copy, a forked chain).
     Verify {
         /// Configuration file.
         #[arg(long)]
         config: PathBuf,
+        /// Anchor file (JSON Lines written by the daemon, `[audit].anchor_file`).
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+        /// The audit key's public key (hex); default: derived from `[audit].anchor_key`.
+        #[arg(long)]
+        anchor_public_key: Option<String>,
+    },
+    /// Create a new audit key for `[audit].anchor_key` (ed25519, mode 0600).
+    AnchorKey {
+        /// Where to write it (must not exist; keep it outside the data directory).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// The most recent rows (oldest first); `--follow` keeps printing new ones.
     Tail {
@@ -69,7 +83,7 @@ pub(crate) struct FilterArgs {
     /// Client (or `user:<name>` for admin actions).
     #[arg(long)]
     client: Option<String>,
-    /// signed, refused, failed, held or accepted.
+    /// signed, refused, failed, withheld, held or accepted.
     #[arg(long)]
     decision: Option<String>,
     /// Rule name, e.g. `evm.max_value`.
@@ -140,7 +154,11 @@ fn query(db: &Path, filter: &AuditFilter) -> anyhow::Result<Vec<AuditRow>> {
 
 pub(crate) fn run(command: AuditCommand) -> anyhow::Result<()> {
     match command {
-        AuditCommand::Verify { config } => {
+        AuditCommand::Verify {
+            config,
+            checkpoints,
+            anchor_public_key,
+        } => {
             let config = Config::load(&config)?;
             let report = Store::verify_path(&config.data.database())?;
             println!(
@@ -148,8 +166,12 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<()> {
                 report.rows,
                 hex::encode(report.head)
             );
-            Ok(())
+            match checkpoints {
+                Some(file) => verify_anchors(&config, &file, anchor_public_key.as_deref()),
+                None => Ok(()),
+            }
         }
+        AuditCommand::AnchorKey { out } => super::anchor::create_key(&out),
         AuditCommand::Tail { filter, follow } => tail(&filter, follow),
         AuditCommand::List { filter } => tail(&filter, false),
         AuditCommand::Query { filter: args } => {
@@ -178,6 +200,28 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn verify_anchors(config: &Config, file: &Path, public: Option<&str>) -> anyhow::Result<()> {
+    let key = match (public, &config.audit) {
+        (Some(hex_key), _) => {
+            let mut bytes = [0u8; 32];
+            hex::decode_to_slice(hex_key.trim(), &mut bytes)
+                .context("--anchor-public-key: 64 hex characters")?;
+            ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+                .context("--anchor-public-key: not an ed25519 public key")?
+        }
+        (None, Some(audit)) => super::anchor::load_key(&audit.anchor_key)?.verifying_key(),
+        (None, None) => anyhow::bail!("no [audit] section and no --anchor-public-key"),
+    };
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let report = Store::check_anchors_path(&config.data.database(), &text, &key)?;
+    println!(
+        "anchors verified: {} anchors, newest anchored row {}",
+        report.anchors, report.newest_seq
+    );
+    Ok(())
 }
 
 fn tail(args: &FilterArgs, follow: bool) -> anyhow::Result<()> {

@@ -2,6 +2,7 @@
 
 mod admin;
 mod admin_tls;
+mod anchor;
 mod audit;
 mod bench;
 mod bitcoin;

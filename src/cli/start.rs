@@ -137,6 +137,16 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
         println!("keyguard: kill switch on: all={all_off} keys={off:?}");
     }
     super::people::spawn_kill_file_watch(kill.clone(), store.audit_log());
+    let anchorer = match &config.audit {
+        Some(audit) => {
+            let anchorer = Arc::new(super::anchor::Anchorer::new(audit)?);
+            super::anchor::spawn(anchorer.clone(), state.clone(), &audit.anchor_interval);
+            println!("keyguard: audit anchors {}", audit.anchor_file.display());
+            Some(anchorer)
+        }
+        None => None,
+    };
+    let anchor_state = state.clone();
     super::people::spawn_head_log(state, &config.admin.audit_head_interval);
     super::people::spawn_control_gauges(kill.clone(), approval_book);
 
@@ -180,7 +190,13 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             _ = usr1.recv() => {
-                super::people::emergency_stop(&kill, &store.audit_log(), "SIGUSR1").await;
+                // Off at once; the wait for in-flight requests runs in its own task so this
+                // loop keeps serving SIGTERM and SIGHUP meanwhile.
+                kill.switch_off(crate::access::kill::ALL_KEYS);
+                let (kill, audit) = (kill.clone(), store.audit_log());
+                tokio::spawn(async move {
+                    super::people::emergency_stop(&kill, &audit, "SIGUSR1").await;
+                });
             }
             Some(reply) = reload_rx.recv() => {
                 let outcome = reloader.reload().map_err(|e| format!("{e:#}"));
@@ -223,6 +239,13 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
         let _ = t.await;
     }
     drop(guard);
+    if let Some(anchorer) = anchorer {
+        // Every row is written: anchor the final head, so a restart sees the whole log anchored.
+        let _ = store.audit_log().flush().await;
+        tokio::task::spawn_blocking(move || super::anchor::final_anchor(&anchorer, &anchor_state))
+            .await
+            .ok();
+    }
     if let Some(path) = admin_socket {
         let _ = std::fs::remove_file(path);
     }

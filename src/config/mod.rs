@@ -1,8 +1,10 @@
 //! The TOML configuration model. Every table refuses keys it does not know (a misspelt limit
 //! must not silently become no limit), and [`Config::load`] validates before anything starts.
 
+mod audit;
 mod people;
 
+pub use audit::AuditConfig;
 pub use people::{parse_duration, AdminConfig, AdminTlsConfig, LimitConfig, RateLimitsConfig};
 
 use std::collections::HashSet;
@@ -84,6 +86,9 @@ pub struct Config {
     /// Request rate limits, applied before any decoding.
     #[serde(default)]
     pub rate_limits: Option<RateLimitsConfig>,
+    /// Signed anchors of the audit head, written outside the data directory.
+    #[serde(default)]
+    pub audit: Option<AuditConfig>,
     /// Where this configuration was read from (for messages).
     #[serde(skip)]
     pub path: PathBuf,
@@ -452,6 +457,7 @@ impl Config {
             }
         }
         problems.extend(self.people_problems());
+        problems.extend(self.audit_problems());
         for (key, pattern) in self.key_references() {
             if pattern != "*" {
                 if let Err(e) = KeyId::new(pattern) {

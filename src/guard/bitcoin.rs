@@ -1,7 +1,7 @@
-//! The Bitcoin path through the pipeline (`btc_signPsbt`, `btc_getDescriptors`), built like
-//! the Ethereum one: pre-check (kill switch, rate limits) -> authorize -> decode (pass 1) ->
-//! policy (stateless rules, then the rolling window, reserved atomically) -> sign every input
-//! with the seed's child keys -> pass 2 -> audit commit -> release.
+//! The Bitcoin adapter of the pipeline (`btc_signPsbt`; `btc_getDescriptors` signs nothing):
+//! authorize -> decode (pass 1) -> policy (stateless rules, node check) -> approval ask; then the
+//! rolling window and conflict guard, reserved atomically -> sign every input with the seed's
+//! child keys -> pass 2. Limits, kill switch, audit and release are [`super::pipeline`]'s.
 //!
 //! The rolling-window ledger lives in memory for speed and is rebuilt from the audit log
 //! (signed `btc_signPsbt` rows carry `spend_sat`) the first time a key is used after a start,
@@ -17,10 +17,11 @@ use keyguard_bitcoin::{BitcoinPolicy, SignedPsbt, SignedSpend, SpendIntent};
 use keyguard_chain::{KeyId, Rejection};
 use serde_json::Value;
 
+use super::pipeline::{Adapter, Ask, Request, Who};
 use super::{Guard, GuardError};
 use crate::access::Caller;
 use crate::server::bitcoin_node::BitcoinNode;
-use crate::store::{AuditEntry, AuditFilter, Decision, StateDb};
+use crate::store::{AuditEntry, AuditFilter, StateDb, StateWrite, StoreError};
 
 #[path = "bitcoin_state.rs"]
 mod state;
@@ -38,6 +39,104 @@ pub(super) struct Reservation {
     sat: u64,
     /// Outpoints newly claimed, with what they replaced (a fee bump).
     outpoints: Vec<(String, Option<SignedSpend>)>,
+}
+
+/// What the decide stage found, kept for signing.
+struct PsbtDecided {
+    key: KeyId,
+    policy: BitcoinPolicy,
+    wallet: Arc<Wallet>,
+    intent: SpendIntent,
+    finalize: bool,
+}
+
+/// The Bitcoin adapter of the pipeline.
+struct PsbtAdapter {
+    key: Option<Result<KeyId, GuardError>>,
+    params: Value,
+    decided: Option<PsbtDecided>,
+    reservation: Option<Reservation>,
+    /// The signed transaction, kept with its audit row so the operator can broadcast it.
+    kept: Vec<StateWrite>,
+}
+
+#[async_trait::async_trait]
+impl<'g> Adapter<'g> for PsbtAdapter {
+    type Out = SignedPsbt;
+
+    async fn decide(
+        &mut self,
+        guard: &'g Guard,
+        who: Who<'_>,
+        entry: &mut AuditEntry,
+    ) -> Result<Option<Ask>, GuardError> {
+        let Who::Client(caller) = who else {
+            return Err(GuardError::Backend(
+                "Bitcoin requests come from clients".into(),
+            ));
+        };
+        let key = match self.key.take() {
+            Some(Ok(key)) => key,
+            Some(Err(GuardError::Rejected(r))) => return Err(r.into()),
+            Some(Err(other)) => return Err(Rejection::invalid("key", other.to_string()).into()),
+            None => return Err(GuardError::Backend("request decided twice".into())),
+        };
+        entry.key_id = Some(key.to_string());
+        let decided = guard
+            .bitcoin_decide(caller, &key, &self.params, entry)
+            .await?;
+        let ask = Guard::bitcoin_ask(&decided, entry);
+        self.decided = Some(decided);
+        Ok(ask)
+    }
+
+    async fn sign(
+        &mut self,
+        guard: &'g Guard,
+        entry: &mut AuditEntry,
+    ) -> Result<SignedPsbt, GuardError> {
+        let d = self
+            .decided
+            .as_ref()
+            .ok_or_else(|| GuardError::Backend("signing before a decision".into()))?;
+        let reservation = guard.reserve_spend(&d.key, &d.policy, &d.intent)?;
+        // What the rolling window counted (0 for the identical transaction again), so a
+        // restart rebuilds the window from the audit log the same way.
+        if let Value::Object(m) = &mut entry.summary {
+            m.insert("window_sat".into(), reservation.sat.into());
+        }
+        match guard
+            .sign_psbt_inputs(&d.key, &d.wallet, &d.intent, d.finalize)
+            .await
+        {
+            Ok(signed) => {
+                self.reservation = Some(reservation);
+                entry.tx_hash = Some(signed.txid.to_string());
+                self.kept = state::kept_tx(entry, &signed);
+                Ok(signed)
+            }
+            Err(e) => {
+                guard.release_spend(reservation);
+                Err(e)
+            }
+        }
+    }
+
+    fn writes(&mut self) -> Vec<StateWrite> {
+        std::mem::take(&mut self.kept)
+    }
+
+    fn settle(
+        &mut self,
+        guard: &'g Guard,
+        committed: Result<(), &StoreError>,
+    ) -> Option<GuardError> {
+        // A withheld signature gives its spend back to the window and its outpoints back.
+        if let (Err(_), Some(r)) = (committed, self.reservation.take()) {
+            guard.release_spend(r);
+        }
+        None
+    }
 }
 
 /// Per-guard Bitcoin state: wallets (public views of seeds), the spend window ledger.
@@ -128,87 +227,33 @@ impl Guard {
         caller: &Caller,
         params: &Value,
     ) -> Result<SignedPsbt, GuardError> {
-        let started = std::time::Instant::now();
-        let request_id = self.new_request_id();
-        let mut entry = AuditEntry {
-            request_id: request_id.clone(),
-            client: caller.name.to_string(),
-            key_id: None,
-            chain: Some("bitcoin".into()),
-            method: METHOD.into(),
-            summary: Value::Null,
-            decision: Decision::Refused,
-            rule: None,
-            reason: None,
-            tx_hash: None,
-        };
+        // Resolving the key reads `key` or picks the caller's only Bitcoin key: no decoding.
         let key = self.bitcoin_key(caller, params.get("key").and_then(Value::as_str));
-        let hint = key.as_ref().ok();
-        let outcome = match self.pre_check(caller, METHOD, hint).await {
-            Ok(_pass) => match &key {
-                Ok(key) => self.bitcoin_stages(caller, key, params, &mut entry).await,
-                Err(e) => Err(GuardError::Rejected(match e {
-                    GuardError::Rejected(r) => r.clone(),
-                    other => Rejection::invalid("key", other.to_string()),
-                })),
-            },
-            Err(e) => Err(e),
+        let request = Request {
+            who: Who::Client(caller),
+            method: METHOD,
+            family: super::family::BITCOIN_PSBT,
+            chain: "bitcoin".into(),
+            key_hint: key.as_ref().ok().cloned(),
         };
-        entry.key_id = hint.map(ToString::to_string);
-        let (outcome, reservation) = match outcome {
-            Ok((signed, r)) => (Ok(signed), Some(r)),
-            Err(e) => (Err(e), None),
+        let adapter = PsbtAdapter {
+            key: Some(key),
+            params: params.clone(),
+            decided: None,
+            reservation: None,
+            kept: Vec::new(),
         };
-        match &outcome {
-            Ok(signed) => {
-                entry.decision = Decision::Signed;
-                entry.tx_hash = Some(signed.txid.to_string());
-            }
-            Err(e) => super::release::note_refusal(&mut entry, e),
-        }
-        let chain = entry.chain.clone().unwrap_or_default();
-        let rule = entry.rule.clone();
-        let kept = match &outcome {
-            Ok(signed) => state::kept_tx(&entry, signed),
-            Err(_) => Vec::new(),
-        };
-        let committed = self.audit.append_with_state(entry, kept).await;
-        let refusal = outcome.as_ref().err();
-        super::release::count(
-            &chain,
-            METHOD,
-            refusal,
-            &committed,
-            rule.as_deref(),
-            started,
-        );
-        match (outcome, committed) {
-            (Ok(signed), Ok(_)) => {
-                tracing::info!(request_id, client = %caller.name, txid = %signed.txid, "signed psbt");
-                Ok(signed)
-            }
-            (outcome, committed) => {
-                // A withheld signature gives its spend back to the window.
-                if let (Ok(_), Some(r)) = (&outcome, reservation) {
-                    self.release_spend(r);
-                }
-                Err(super::release::unreleased(
-                    &request_id,
-                    &caller.name,
-                    outcome.err(),
-                    committed.err(),
-                ))
-            }
-        }
+        self.run(request, adapter).await
     }
 
-    async fn bitcoin_stages(
+    /// Parameters, key and grant, wallet, chain scope, decode, stateless policy, node check.
+    async fn bitcoin_decide(
         &self,
         caller: &Caller,
         key: &KeyId,
         params: &Value,
         entry: &mut AuditEntry,
-    ) -> Result<(SignedPsbt, Reservation), GuardError> {
+    ) -> Result<PsbtDecided, GuardError> {
         if !caller.may_use(key) {
             return Err(GuardError::Unauthorized(format!(
                 "key {key} is not granted to client {}",
@@ -252,85 +297,45 @@ impl Guard {
         }
         let tip = self.bitcoin_tip(&policy).await?;
         policy.check_at(&intent, super::now_ms(), tip)?;
-        if self.controls.kill.is_disabled(Some(key.as_str())) {
-            return Err(GuardError::KeyDisabled(format!("key {key} is disabled")));
-        }
         self.check_with_node(&intent).await?;
-        let approval = self
-            .bitcoin_approval(caller, key, &policy, &intent, entry)
-            .await?;
-        let signed = match self.reserve_spend(key, &policy, &intent) {
-            Ok(reservation) => {
-                // What the rolling window counted (0 for the identical transaction again), so
-                // a restart rebuilds the window from the audit log the same way.
-                if let Value::Object(m) = &mut entry.summary {
-                    m.insert("window_sat".into(), reservation.sat.into());
-                }
-                match self.sign_psbt_inputs(key, &wallet, &intent, finalize).await {
-                    Ok(s) => Ok((s, reservation)),
-                    Err(e) => {
-                        self.release_spend(reservation);
-                        Err(e)
-                    }
-                }
-            }
-            Err(e) => Err(e),
-        };
-        // An approval consumed by a request that then did not sign is given back, so the same
-        // transaction can be retried without asking the approvers again.
-        if let (Err(_), Some(id)) = (&signed, &approval) {
-            self.restore_approval(id);
-        }
-        signed
+        Ok(PsbtDecided {
+            key: key.clone(),
+            policy,
+            wallet,
+            intent,
+            finalize,
+        })
     }
 
-    /// The approval stage for a spend above `require_approval.above`: held (-32002) until the
+    /// The approval a spend above `require_approval.above` asks for: held (-32002) until the
     /// quorum approved this exact transaction of this key, then consumed by one signature.
     /// Approvers see the decoded intent: chain, destinations and amounts, change, fee.
-    async fn bitcoin_approval(
-        &self,
-        caller: &Caller,
-        key: &KeyId,
-        policy: &BitcoinPolicy,
-        intent: &SpendIntent,
-        entry: &mut AuditEntry,
-    ) -> Result<Option<String>, GuardError> {
-        let requirement = policy
-            .approval_needed(intent)
-            .map(super::people::bitcoin_requirement);
-        if requirement.is_none() {
-            return Ok(None);
-        }
-        let chain = format!("bitcoin:{}", policy.network);
+    fn bitcoin_ask(d: &PsbtDecided, entry: &AuditEntry) -> Option<Ask> {
+        let requirement = d
+            .policy
+            .approval_needed(&d.intent)
+            .map(super::people::bitcoin_requirement)?;
+        let chain = format!("bitcoin:{}", d.policy.network);
         let digest = super::intent_digest(
-            key,
+            &d.key,
             &chain,
-            &keyguard_bitcoin::approval::approval_bytes(intent),
+            &keyguard_bitcoin::approval::approval_bytes(&d.intent),
         );
         let mut shown = entry.summary.clone();
         if let (Value::Object(shown), Value::Object(view)) = (
             &mut shown,
-            keyguard_bitcoin::approval::approver_view(intent),
+            keyguard_bitcoin::approval::approver_view(&d.intent),
         ) {
             shown.extend(view);
         }
-        let input = super::people::ApprovalInput {
-            key,
-            chain: &chain,
+        Some(Ask {
+            key: d.key.clone(),
+            chain,
             digest,
-            summary: &shown,
+            summary: shown,
             field: "spend",
-        };
-        let approval = self.approval_stage(caller, input, requirement).await;
-        let id = match &approval {
-            Ok(Some(id)) => Some(id.clone()),
-            Err(GuardError::ApprovalRequired { approval_id, .. }) => Some(approval_id.clone()),
-            _ => None,
-        };
-        if let (Value::Object(summary), Some(id)) = (&mut entry.summary, id) {
-            summary.insert("approval_id".into(), Value::String(id));
-        }
-        approval
+            requirement,
+        })
     }
 
     fn node(&self) -> Result<Option<Arc<BitcoinNode>>, GuardError> {

@@ -242,9 +242,6 @@ impl Guard {
             crate::metrics::sign(self.backend.name(), sign_started.elapsed());
             signatures.push(sig);
         }
-        keyguard_bitcoin::finalize(intent, &signatures, finalize).map_err(|e| {
-            tracing::error!(key = %key, error = %e, "ALERT: pass 2 rejected a backend signature");
-            GuardError::Backend(e.to_string())
-        })
+        keyguard_bitcoin::finalize(intent, &signatures, finalize).map_err(|e| super::pass2(key, e))
     }
 }

@@ -1,4 +1,5 @@
-//! The CometBFT path of the guard:
+//! The CometBFT adapter of the pipeline ([`super::pipeline`] runs the kill switch, audit and
+//! release around it, as for every chain):
 //!
 //! decode (transport + chain crate) -> block-field checks -> watermark decision -> sign ->
 //! pass 2 -> watermark + audit row in one commit (fsync) -> release.
@@ -18,6 +19,7 @@ use keyguard_cometbft::verify::{payload, verify};
 use keyguard_cometbft::{check_request, decide, BlockLimits, SignRequest, SignedState, Verdict};
 use serde_json::Value;
 
+use super::pipeline::{Adapter, Ask, Request, Who};
 use super::{Guard, GuardError};
 use crate::store::{now_ms, AuditEntry, Decision, StateWrite, StoreError, WatermarkStore};
 
@@ -88,6 +90,200 @@ fn mark_signed(entry: &mut AuditEntry, signed: &CometbftSigned) {
     }
 }
 
+/// The CometBFT adapter of the pipeline. Everything from the watermark read to its commit runs
+/// under the (chain, key) lock, which this adapter holds until the pipeline has settled it.
+struct ConsensusAdapter {
+    target: CometbftTarget,
+    chain_id: String,
+    request: Option<SignRequest>,
+    sign_extension: bool,
+    slot: Option<tokio::sync::OwnedMutexGuard<Option<Option<SignedState>>>>,
+    /// The stored watermark the decision was made against (the commit's expected value).
+    stored: Option<SignedState>,
+    verdict: Option<Verdict>,
+    /// The watermark that commits with the signed row.
+    pending: Option<SignedState>,
+    /// The clock meter charged by this signature, kept once its watermark commits.
+    pace: Option<keyguard_cometbft::Pace>,
+}
+
+#[async_trait::async_trait]
+impl<'g> Adapter<'g> for ConsensusAdapter {
+    type Out = CometbftSigned;
+
+    async fn decide(
+        &mut self,
+        guard: &'g Guard,
+        _: Who<'_>,
+        entry: &mut AuditEntry,
+    ) -> Result<Option<Ask>, GuardError> {
+        let target = &self.target;
+        let request = self
+            .request
+            .as_ref()
+            .ok_or_else(|| GuardError::Backend("request decided twice".into()))?;
+        entry.summary = request.summary(&self.chain_id);
+        let cg = guard
+            .cometbft
+            .clone()
+            .ok_or_else(|| GuardError::Backend("CometBFT signing is not enabled".into()))?;
+        let mut cached = cg.slot(&target.chain_id, &target.key).lock_owned().await;
+        if cached.is_none() {
+            let (store, c, k) = (
+                cg.store.clone(),
+                target.chain_id.clone(),
+                target.key.to_string(),
+            );
+            let row = blocking(move || store.load(&c, &k))
+                .await?
+                .map_err(|e| GuardError::Backend(e.to_string()))?;
+            *cached = Some(row.map(|r| r.state));
+            cg.paces.reset(target, now_ms());
+        }
+        let stored: Option<SignedState> = cached.clone().flatten();
+        self.slot = Some(cached);
+        let state = match &stored {
+            Some(s) => s.clone(),
+            None if target.new_validator => SignedState::default(),
+            None => {
+                return Err(Rejection::policy(
+                    "cometbft.no_state",
+                    "chain_id",
+                    format!(
+                        "no signing state for {} / {}: import priv_validator_state.json \
+                         (`keyguard state import`) or set new_validator = true and start_height",
+                        target.chain_id, target.key
+                    ),
+                )
+                .into())
+            }
+        };
+        check_request(
+            &target.chain_id,
+            &self.chain_id,
+            &target.limits,
+            request,
+            &state,
+            i128::from(now_ms()),
+        )?;
+        let pace = cg.paces.admit(target, &state, request, now_ms())?;
+        match decide(&state, request, &self.chain_id) {
+            Verdict::Refuse(r) => {
+                // A watermark repaired (lowered) by two admins is only seen by re-reading.
+                let (store, t, s) = (cg.store.clone(), target.clone(), stored.clone());
+                let stale = move || super::cometbft_pace::stale(&store, &t, s.as_ref());
+                if blocking(stale).await.unwrap_or(true) {
+                    if let Some(cached) = self.slot.as_mut() {
+                        **cached = None;
+                    }
+                }
+                return Err(r.into());
+            }
+            verdict => self.verdict = Some(verdict),
+        }
+        self.pace = Some(pace);
+        self.stored = stored;
+        // Consensus messages never wait for people.
+        Ok(None)
+    }
+
+    async fn sign(
+        &mut self,
+        guard: &'g Guard,
+        entry: &mut AuditEntry,
+    ) -> Result<CometbftSigned, GuardError> {
+        let (Some(request), Some(verdict)) = (self.request.take(), self.verdict.take()) else {
+            return Err(GuardError::Backend("signing before a decision".into()));
+        };
+        let (target, chain_id) = (&self.target, self.chain_id.as_str());
+        let (request, signature, reused) = match verdict {
+            Verdict::Refuse(r) => return Err(r.into()),
+            Verdict::Reuse {
+                signature,
+                timestamp,
+            } => (request.with_timestamp(timestamp), signature, true),
+            Verdict::Sign => {
+                let sign_bytes = request.sign_bytes(chain_id);
+                let sig = guard.sign_and_verify(target, &sign_bytes).await?;
+                (request, sig, false)
+            }
+        };
+        // Extensions are not slashable and CometBFT re-signs them on every request.
+        let extension_signature = match request.extension_sign_bytes(chain_id) {
+            Some(bytes) if self.sign_extension => guard.sign_and_verify(target, &bytes).await?,
+            _ => Vec::new(),
+        };
+        let signed = CometbftSigned {
+            request,
+            signature,
+            extension_signature,
+            reused,
+        };
+        mark_signed(entry, &signed);
+        if !reused {
+            self.pending = Some(SignedState::after(
+                &signed.request,
+                signed.request.sign_bytes(chain_id),
+                signed.signature.clone(),
+                signed.extension_signature.clone(),
+            ));
+        }
+        Ok(signed)
+    }
+
+    /// The watermark commits in the audit writer's transaction, with the signed row: one fsync
+    /// per vote, shared by group commit with every other connection, and the row can never
+    /// exist without the watermark that covers it (nor the other way round). Still under the
+    /// lock, so audit rows of one (chain, key) are in watermark order.
+    fn writes(&mut self) -> Vec<StateWrite> {
+        let Some(next) = &self.pending else {
+            return Vec::new();
+        };
+        vec![StateWrite::Watermark {
+            chain_id: self.target.chain_id.clone(),
+            key_id: self.target.key.to_string(),
+            expected: self.stored.clone().map(Box::new),
+            next: Box::new(next.clone()),
+        }]
+    }
+
+    fn settle(
+        &mut self,
+        guard: &'g Guard,
+        committed: Result<(), &StoreError>,
+    ) -> Option<GuardError> {
+        let next = self.pending.take()?;
+        let cached = self.slot.as_mut()?;
+        match committed {
+            Ok(()) => {
+                crate::metrics::cometbft_watermark(
+                    &self.target.chain_id,
+                    self.target.key.as_str(),
+                    next.height,
+                );
+                **cached = Some(Some(next));
+                if let (Some(cg), Some(pace)) = (&guard.cometbft, self.pace.take()) {
+                    cg.paces.keep(&self.target, pace);
+                }
+                None
+            }
+            Err(StoreError::StateConflict(e)) => {
+                **cached = None;
+                Some(GuardError::Backend(format!(
+                    "watermark changed outside this signer, signature withheld: {e}"
+                )))
+            }
+            Err(e) => {
+                // Unknown outcome: re-read before the next decision.
+                **cached = None;
+                Some(GuardError::Backend(format!(
+                    "watermark and audit commit failed, signature withheld: {e}"
+                )))
+            }
+        }
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, GuardError> {
@@ -152,201 +348,29 @@ impl Guard {
         request: SignRequest,
         sign_extension: bool,
     ) -> Result<CometbftSigned, GuardError> {
-        let request_id = self.new_request_id();
         let method = match request {
             SignRequest::Vote(_) => "privval.SignVote",
             SignRequest::Proposal(_) => "privval.SignProposal",
         };
-        let mut entry = AuditEntry {
-            request_id: request_id.clone(),
-            client: target.name.clone(),
-            key_id: Some(target.key.to_string()),
-            chain: Some(format!("cometbft:{}", target.chain_id)),
-            method: method.into(),
-            summary: request.summary(chain_id),
-            decision: Decision::Refused,
-            rule: None,
-            reason: None,
-            tx_hash: None,
-        };
-        let started = std::time::Instant::now();
-        let chain_label = format!("cometbft:{}", target.chain_id);
-        let outcome = self
-            .cometbft_stages(target, chain_id, request, sign_extension, &entry)
-            .await;
-        if let Ok((signed, true)) = outcome {
-            // The signed row was committed together with the watermark.
-            crate::metrics::request(&chain_label, method, "signed", started.elapsed());
-            return Ok(signed);
-        }
-        let outcome = outcome.map(|(signed, _)| signed);
-        match &outcome {
-            Ok(signed) => mark_signed(&mut entry, signed),
-            Err(e) => super::release::note_refusal(&mut entry, e),
-        }
-        let rule = entry.rule.clone();
-        let committed = self.audit.append(entry).await;
-        let refusal = outcome.as_ref().err();
-        super::release::count(
-            &chain_label,
+        let call = Request {
+            who: Who::Validator(&target.name),
             method,
-            refusal,
-            &committed,
-            rule.as_deref(),
-            started,
-        );
-        match (outcome, committed) {
-            (Ok(signed), Ok(_)) => Ok(signed),
-            (outcome, committed) => Err(super::release::unreleased(
-                &request_id,
-                &target.name,
-                outcome.err(),
-                committed.err(),
-            )),
-        }
-    }
-
-    /// Runs the stages; `Ok((_, true))` when the signed audit row is already committed.
-    async fn cometbft_stages(
-        &self,
-        target: &CometbftTarget,
-        chain_id: &str,
-        request: SignRequest,
-        sign_extension: bool,
-        entry: &AuditEntry,
-    ) -> Result<(CometbftSigned, bool), GuardError> {
-        let cg = self
-            .cometbft
-            .clone()
-            .ok_or_else(|| GuardError::Backend("CometBFT signing is not enabled".into()))?;
-        // The kill switch stops consensus signing too: a validator that misses blocks loses
-        // little, one that signs with a compromised key can lose its stake.
-        if self.controls.kill.is_disabled(Some(target.key.as_str())) {
-            return Err(GuardError::KeyDisabled(format!(
-                "key {} is disabled",
-                target.key
-            )));
-        }
-        let slot = cg.slot(&target.chain_id, &target.key);
-        let mut cached = slot.lock().await;
-
-        if cached.is_none() {
-            let (store, c, k) = (
-                cg.store.clone(),
-                target.chain_id.clone(),
-                target.key.to_string(),
-            );
-            let row = blocking(move || store.load(&c, &k))
-                .await?
-                .map_err(|e| GuardError::Backend(e.to_string()))?;
-            *cached = Some(row.map(|r| r.state));
-            cg.paces.reset(target, now_ms());
-        }
-        let stored: Option<SignedState> = cached.clone().flatten();
-        let state = match &stored {
-            Some(s) => s.clone(),
-            None if target.new_validator => SignedState::default(),
-            None => {
-                return Err(Rejection::policy(
-                    "cometbft.no_state",
-                    "chain_id",
-                    format!(
-                        "no signing state for {} / {}: import priv_validator_state.json \
-                         (`keyguard state import`) or set new_validator = true and start_height",
-                        target.chain_id, target.key
-                    ),
-                )
-                .into())
-            }
+            family: super::family::COMETBFT_CONSENSUS,
+            chain: format!("cometbft:{}", target.chain_id),
+            key_hint: Some(target.key.clone()),
         };
-
-        check_request(
-            &target.chain_id,
-            chain_id,
-            &target.limits,
-            &request,
-            &state,
-            i128::from(now_ms()),
-        )?;
-
-        let pace = cg.paces.admit(target, &state, &request, now_ms())?;
-        let (request, signature, reused) = match decide(&state, &request, chain_id) {
-            Verdict::Refuse(r) => {
-                // A watermark repaired (lowered) by two admins is only seen by re-reading.
-                let (store, t, s) = (cg.store.clone(), target.clone(), stored.clone());
-                let stale = move || super::cometbft_pace::stale(&store, &t, s.as_ref());
-                if blocking(stale).await.unwrap_or(true) {
-                    *cached = None;
-                }
-                return Err(r.into());
-            }
-            Verdict::Reuse {
-                signature,
-                timestamp,
-            } => (request.with_timestamp(timestamp), signature, true),
-            Verdict::Sign => {
-                let sign_bytes = request.sign_bytes(chain_id);
-                let sig = self.sign_and_verify(target, &sign_bytes).await?;
-                (request, sig, false)
-            }
+        let adapter = ConsensusAdapter {
+            target: target.clone(),
+            chain_id: chain_id.to_owned(),
+            request: Some(request),
+            sign_extension,
+            slot: None,
+            stored: None,
+            verdict: None,
+            pending: None,
+            pace: None,
         };
-        // Extensions are not slashable and CometBFT re-signs them on every request.
-        let extension_signature = match request.extension_sign_bytes(chain_id) {
-            Some(bytes) if sign_extension => self.sign_and_verify(target, &bytes).await?,
-            _ => Vec::new(),
-        };
-        let signed = CometbftSigned {
-            request,
-            signature,
-            extension_signature,
-            reused,
-        };
-        if reused {
-            return Ok((signed, false));
-        }
-        let next = SignedState::after(
-            &signed.request,
-            signed.request.sign_bytes(chain_id),
-            signed.signature.clone(),
-            signed.extension_signature.clone(),
-        );
-        // The watermark commits in the audit writer's transaction, with the signed row: one
-        // fsync per vote, shared by group commit with every other connection, and the row can
-        // never exist without the watermark that covers it (nor the other way round). Still
-        // under the lock, so audit rows of one (chain, key) are in watermark order.
-        let mut row = entry.clone();
-        mark_signed(&mut row, &signed);
-        let write = StateWrite::Watermark {
-            chain_id: target.chain_id.clone(),
-            key_id: target.key.to_string(),
-            expected: stored.map(Box::new),
-            next: Box::new(next.clone()),
-        };
-        match self.audit.append_with_state(row, vec![write]).await {
-            Ok(_) => {
-                crate::metrics::cometbft_watermark(
-                    &target.chain_id,
-                    target.key.as_str(),
-                    next.height,
-                );
-                *cached = Some(Some(next));
-                cg.paces.keep(target, pace);
-                Ok((signed, true))
-            }
-            Err(StoreError::StateConflict(e)) => {
-                *cached = None;
-                Err(GuardError::Backend(format!(
-                    "watermark changed outside this signer, signature withheld: {e}"
-                )))
-            }
-            Err(e) => {
-                // Unknown outcome: re-read before the next decision.
-                *cached = None;
-                Err(GuardError::Backend(format!(
-                    "watermark and audit commit failed, signature withheld: {e}"
-                )))
-            }
-        }
+        self.run(call, adapter).await
     }
 
     async fn sign_and_verify(
@@ -361,9 +385,6 @@ impl Guard {
             .await
             .map_err(|e| GuardError::Backend(e.to_string()))?;
         crate::metrics::sign(self.backend.name(), sign_started.elapsed());
-        verify(&target.public_key, sign_bytes, &sig).map_err(|e| {
-            tracing::error!(key = %target.key, error = %e, "ALERT: pass 2 rejected a backend signature");
-            GuardError::Backend(e.to_string())
-        })
+        verify(&target.public_key, sign_bytes, &sig).map_err(|e| super::pass2(&target.key, e))
     }
 }

@@ -1,8 +1,11 @@
-//! The guard's refusals, one variant per JSON-RPC error class of DESIGN.md.
+//! The guard's refusals, one variant per outcome of `docs/design.md` ("Outcomes").
 
 use keyguard_chain::Rejection;
 
 use crate::store::Decision;
+
+/// Rule of a signature that pass 2 rejected.
+pub const PASS2_MISMATCH: &str = "guard.pass2_mismatch";
 
 /// Why the guard did not release a signature.
 #[derive(Debug, thiserror::Error)]
@@ -17,9 +20,15 @@ pub enum GuardError {
     /// `access.method_not_granted` or `access.chain_not_granted`.
     #[error("unauthorized: {reason}")]
     OutOfScope { rule: &'static str, reason: String },
-    /// The backend failed, pass 2 failed, or the audit log could not commit (`-32007`).
+    /// The backend failed or the audit log could not commit (`-32007`).
     #[error("backend failure: {0}")]
     Backend(String),
+    /// The backend returned a signature that pass 2 rejected (wrong key, wrong bytes, a fault):
+    /// withheld, and kept apart from an outage because it may mean a compromised or faulty
+    /// signer. Rule [`PASS2_MISMATCH`], audit decision `withheld`; on the wire still `-32007`
+    /// (`docs/design.md`: "pass 2 rejected the signature").
+    #[error("signature withheld: pass 2 rejected the backend's signature: {0}")]
+    Pass2Mismatch(String),
     /// Held until enough humans approve this exact intent (`-32002`).
     #[error("approval {approval_id} required: {approved} of {required} approvals")]
     ApprovalRequired {
@@ -49,6 +58,7 @@ impl GuardError {
             GuardError::Unauthorized(_) => Some("access.key_not_granted"),
             GuardError::OutOfScope { rule, .. } => Some(rule),
             GuardError::Backend(_) => None,
+            GuardError::Pass2Mismatch(_) => Some(PASS2_MISMATCH),
             GuardError::ApprovalRequired { .. } => Some("approval.required"),
             GuardError::RateLimited { rule, .. } => Some(rule),
             GuardError::KeyDisabled(_) => Some(keyguard_chain::rules::common::KILL_SWITCH),
@@ -59,6 +69,7 @@ impl GuardError {
     pub fn decision(&self) -> Decision {
         match self {
             GuardError::Backend(_) => Decision::Failed,
+            GuardError::Pass2Mismatch(_) => Decision::Withheld,
             GuardError::ApprovalRequired { .. } => Decision::Held,
             _ => Decision::Refused,
         }

@@ -1,14 +1,16 @@
-//! The other Ethereum signatures: EIP-712 typed data and EIP-191 messages. Same pipeline as
-//! transactions: decode, key and grant, policy, sign the digest computed here, recover (pass 2),
-//! audit, release.
+//! The other Ethereum signatures, as a pipeline adapter: EIP-712 typed data and EIP-191
+//! messages. Decode, key and grant, policy; sign the digest computed here, recover (pass 2).
+//! The order around it (limits, kill switch, audit, release) is [`super::pipeline`]'s.
 
 use alloy_primitives::{Address, B256};
-use keyguard_chain::{Rejection, SigningPayload};
+use keyguard_chain::{KeyId, Rejection, SigningPayload};
 use serde_json::Value;
 
-use super::{Guard, GuardError, Reservation};
+use super::pipeline::{Adapter, Ask, Request, Who};
+use super::{family, Guard, GuardError};
 use crate::access::Caller;
-use crate::store::AuditEntry;
+use crate::policy::Reservation;
+use crate::store::{AuditEntry, StateWrite, StoreError};
 
 /// What kind of digest is being signed.
 pub enum DigestRequest {
@@ -23,44 +25,31 @@ enum Decoded {
     Message(keyguard_evm::MessageIntent),
 }
 
-impl Guard {
-    /// Signs typed data or a message; returns the 65-byte `r || s || v` signature.
-    pub async fn sign_evm_digest(
-        &self,
-        caller: &Caller,
-        chain_hint: u64,
-        method: &'static str,
-        request: DigestRequest,
-    ) -> Result<[u8; 65], GuardError> {
-        let started = std::time::Instant::now();
-        let mut entry = self.entry(caller, chain_hint, method);
-        let from = match &request {
-            DigestRequest::Typed(Ok(t)) => Some(t.from),
-            DigestRequest::Message(Ok(m)) => Some(m.from),
-            _ => None,
-        };
-        let key_hint = from.and_then(|f| self.evm_keys.get(&f));
-        let (outcome, _pass) = match self.pre_check(caller, method, key_hint).await {
-            Ok(pass) => (
-                self.digest_stages(caller, request, &mut entry).await,
-                Some(pass),
-            ),
-            Err(e) => {
-                entry.key_id = key_hint.map(ToString::to_string);
-                (Err(e), None)
-            }
-        };
-        self.conclude(caller, method, started, entry, outcome, None)
-            .await
-    }
+struct DigestAdapter<'g> {
+    params: Value,
+    decode: fn(&Value) -> DigestRequest,
+    /// Key, signer address and digest once decided.
+    decided: Option<(KeyId, Address, B256)>,
+    /// Velocity debits the policy charged (permits and transfer authorizations count like
+    /// transactions), reserved before signing and written with the audit row.
+    debits: Vec<keyguard_evm::Debit>,
+    reservation: Option<Reservation<'g>>,
+}
 
-    async fn digest_stages(
-        &self,
-        caller: &Caller,
-        request: DigestRequest,
+#[async_trait::async_trait]
+impl<'g> Adapter<'g> for DigestAdapter<'g> {
+    type Out = [u8; 65];
+
+    async fn decide(
+        &mut self,
+        guard: &'g Guard,
+        who: Who<'_>,
         entry: &mut AuditEntry,
-    ) -> Result<([u8; 65], Option<Reservation<'_>>), GuardError> {
-        let request = match request {
+    ) -> Result<Option<Ask>, GuardError> {
+        let Who::Client(caller) = who else {
+            return Err(GuardError::Backend("EVM requests come from clients".into()));
+        };
+        let request = match (self.decode)(&self.params) {
             DigestRequest::Typed(t) => Decoded::Typed(t?),
             DigestRequest::Message(m) => Decoded::Message(m?),
         };
@@ -75,41 +64,93 @@ impl Guard {
         };
         entry.summary = summary;
         if let Some(chain) = &entry.chain {
-            Self::check_chain(caller, chain)?;
+            Guard::check_chain(caller, chain)?;
         }
-        let (key, policy) = self.evm_key(caller, from, entry)?;
+        let (key, policy) = guard.evm_key(caller, from, entry)?;
         let Some(evm) = policy.evm.as_ref() else {
-            return Err(Rejection::policy("policy.none", "from", "no Ethereum rules").into());
+            return Err(Rejection::policy(keyguard_chain::rules::common::POLICY_NONE, "from", "no Ethereum rules").into());
         };
-        let (allowed_by, debits) = match &request {
+        let allowed_by = match &request {
             Decoded::Typed(t) => {
+                // Permits and transfer authorizations count like transactions: reserved at
+                // signing, written with the audit row, released if anything after fails.
                 let d = evm.decide_typed_data(t)?;
-                (d.allowed_by, d.debits)
+                self.debits = d.debits;
+                d.allowed_by
             }
-            Decoded::Message(m) => (evm.check_message(m)?, Vec::new()),
+            Decoded::Message(m) => evm.check_message(m)?,
         };
         if let Value::Object(s) = &mut entry.summary {
             s.insert("allowed_by".into(), Value::String(allowed_by.into()));
         }
-        if self.controls.kill.is_disabled(Some(key.as_str())) {
-            return Err(GuardError::KeyDisabled(format!("key {key} is disabled")));
+        self.decided = Some((key, from, hash));
+        Ok(None)
+    }
+
+    async fn sign(&mut self, guard: &'g Guard, _: &mut AuditEntry) -> Result<[u8; 65], GuardError> {
+        let (key, from, hash) = self
+            .decided
+            .clone()
+            .ok_or_else(|| GuardError::Backend("signing before a decision".into()))?;
+        if !self.debits.is_empty() {
+            self.reservation = Some(guard.ledger.reserve(
+                &key,
+                &self.debits,
+                None,
+                super::now_ms(),
+            )?);
         }
-        // Permits and transfer authorizations count like transactions: reserved here, written
-        // with the audit row, released if anything below fails.
-        let reservation = if debits.is_empty() {
-            None
-        } else {
-            Some(self.ledger.reserve(&key, &debits, None, super::now_ms())?)
-        };
-        let signature = self
+        let sign_started = std::time::Instant::now();
+        let signature = guard
             .backend
             .sign(&key, &SigningPayload::Secp256k1Prehash(hash.0))
             .await
             .map_err(|e| GuardError::Backend(e.to_string()))?;
-        let sig = keyguard_evm::finalize_digest(from, hash, &signature).map_err(|e| {
-            tracing::error!(key = %key, error = %e, "ALERT: pass 2 rejected a backend signature");
-            GuardError::Backend(e.to_string())
-        })?;
-        Ok((sig, reservation))
+        crate::metrics::sign(guard.backend.name(), sign_started.elapsed());
+        keyguard_evm::finalize_digest(from, hash, &signature).map_err(|e| super::pass2(&key, e))
+    }
+
+    fn writes(&mut self) -> Vec<StateWrite> {
+        self.reservation
+            .as_ref()
+            .map(Reservation::writes)
+            .unwrap_or_default()
+    }
+
+    fn settle(&mut self, _: &'g Guard, committed: Result<(), &StoreError>) -> Option<GuardError> {
+        // Dropping a reservation releases it; committing keeps it as counted history.
+        if let (Ok(()), Some(r)) = (committed, self.reservation.take()) {
+            r.commit();
+        }
+        None
+    }
+}
+
+impl Guard {
+    /// Signs typed data or a message; returns the 65-byte `r || s || v` signature. `decode`
+    /// runs inside the pipeline, after the rate limits.
+    pub async fn sign_evm_digest(
+        &self,
+        caller: &Caller,
+        chain_hint: u64,
+        method: &'static str,
+        params: &Value,
+        decode: fn(&Value) -> DigestRequest,
+    ) -> Result<[u8; 65], GuardError> {
+        let request = Request {
+            who: Who::Client(caller),
+            method,
+            family: family::family(method, params),
+            chain: format!("eip155:{chain_hint}"),
+            key_hint: family::evm_from(method, params).and_then(|a| self.evm_keys.get(&a).cloned()),
+        };
+        let adapter = DigestAdapter {
+            params: params.clone(),
+            decode,
+            decided: None,
+            debits: Vec::new(),
+            reservation: None,
+        };
+        self.run(request, adapter).await
     }
 }

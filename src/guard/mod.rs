@@ -1,11 +1,13 @@
-//! The pipeline every signing request takes, and nothing else:
+//! The pipeline every signing request takes, and nothing else (order owned by
+//! [`pipeline`], see `docs/design.md`):
 //!
-//! authorize key -> decode (pass 1) -> policy -> sign -> verify and re-decode (pass 2)
-//! -> audit commit -> release.
+//! scope and rate limits -> kill-switch pass -> decode (pass 1) -> policy -> approvals -> sign
+//! -> verify and re-decode (pass 2) -> audit commit -> release.
 //!
 //! Authentication already happened at the transport. Each stage returns a typed refusal; every
 //! outcome, refused or signed, is written to the audit log, and a signature is released only
-//! after its audit row is durable.
+//! after its audit row is durable. Chains plug in as adapters: [`evm_tx`], [`evm_more`],
+//! [`bitcoin`], [`cometbft`].
 
 mod bitcoin;
 mod bitcoin_keys;
@@ -13,13 +15,17 @@ mod cometbft;
 mod cometbft_pace;
 mod error;
 mod evm_more;
+mod evm_tx;
+pub mod family;
 mod people;
+mod pipeline;
 mod release;
 
 pub use bitcoin_keys::build_wallet;
 pub use cometbft::{CometbftSigned, CometbftTarget};
-pub use error::GuardError;
+pub use error::{GuardError, PASS2_MISMATCH};
 pub use evm_more::DigestRequest;
+pub use evm_tx::{decode_clef_transaction, plain_decoder, TxDecoder};
 pub use people::intent_digest;
 
 use std::collections::HashMap;
@@ -37,7 +43,7 @@ use crate::access::Caller;
 use crate::backend::{KeyBackend, KeyInfo};
 use crate::config::{patterns_match, Config};
 use crate::policy::{Ledger, NonceClaim, Reservation};
-use crate::store::{AuditEntry, AuditLog, Decision, Store};
+use crate::store::{AuditEntry, AuditLog, Store};
 
 /// The policy that governs one key, resolved at start.
 #[derive(Debug)]
@@ -150,129 +156,6 @@ impl Guard {
         list
     }
 
-    /// `eth_signTransaction`: the whole pipeline for one Ethereum transaction.
-    pub async fn sign_evm_transaction(
-        &self,
-        caller: &Caller,
-        chain_hint: u64,
-        params: &Value,
-    ) -> Result<SignedTx, GuardError> {
-        let intent = keyguard_evm::decode_sign_transaction_params(params);
-        self.sign_evm_intent(caller, chain_hint, "eth_signTransaction", intent)
-            .await
-    }
-
-    /// The pipeline for an already decoded transaction (`eth_sendTransaction` fills fields
-    /// from the node first; Clef's `account_signTransaction` arrives in its own envelope).
-    pub async fn sign_evm_intent(
-        &self,
-        caller: &Caller,
-        chain_hint: u64,
-        method: &'static str,
-        intent: Result<TxIntent, Rejection>,
-    ) -> Result<SignedTx, GuardError> {
-        let started = std::time::Instant::now();
-        let mut entry = self.entry(caller, chain_hint, method);
-        // `from` names the key: the kill switch and the per-key rate limit refuse before any
-        // policy work.
-        let key_hint = intent
-            .as_ref()
-            .ok()
-            .and_then(|i| self.evm_keys.get(&i.from));
-        // The approval this request consumed, if any: given back if the signature is withheld.
-        let mut consumed = None;
-        let (outcome, _pass) = match self.pre_check(caller, method, key_hint).await {
-            Ok(pass) => (
-                self.evm_stages(caller, intent, &mut entry, &mut consumed)
-                    .await,
-                Some(pass),
-            ),
-            Err(e) => {
-                entry.key_id = key_hint.map(ToString::to_string);
-                (Err(e), None)
-            }
-        };
-        if let Ok((signed, _)) = &outcome {
-            entry.tx_hash = Some(signed.hash.to_string());
-        }
-        self.conclude(caller, method, started, entry, outcome, consumed.as_deref())
-            .await
-    }
-
-    fn entry(&self, caller: &Caller, chain_hint: u64, method: &'static str) -> AuditEntry {
-        AuditEntry {
-            request_id: self.new_request_id(),
-            client: caller.name.to_string(),
-            key_id: None,
-            chain: Some(format!("eip155:{chain_hint}")),
-            method: method.into(),
-            summary: Value::Null,
-            decision: Decision::Refused,
-            rule: None,
-            reason: None,
-            tx_hash: None,
-        }
-    }
-
-    /// Audit (with the request's conflict-guard state in the same commit), metrics, release.
-    /// `approval` is the approval the request consumed: if the signature is withheld because
-    /// its audit row did not commit, the approvers' decision is given back, so a retry of the
-    /// identical request signs without asking them again (nothing was released).
-    async fn conclude<T>(
-        &self,
-        caller: &Caller,
-        method: &'static str,
-        started: std::time::Instant,
-        mut entry: AuditEntry,
-        outcome: Result<(T, Option<Reservation<'_>>), GuardError>,
-        approval: Option<&str>,
-    ) -> Result<T, GuardError> {
-        let request_id = entry.request_id.clone();
-        let mut state = Vec::new();
-        match &outcome {
-            Ok((_, reservation)) => {
-                entry.decision = Decision::Signed;
-                state = reservation
-                    .as_ref()
-                    .map(Reservation::writes)
-                    .unwrap_or_default();
-            }
-            Err(e) => release::note_refusal(&mut entry, e),
-        }
-        let chain = entry.chain.clone().unwrap_or_default();
-        let rule = entry.rule.clone();
-        let committed = self.audit.append_with_state(entry, state).await;
-        let refusal = outcome.as_ref().err();
-        release::count(
-            &chain,
-            method,
-            refusal,
-            &committed,
-            rule.as_deref(),
-            started,
-        );
-        match (outcome, committed) {
-            (Ok((value, reservation)), Ok(_)) => {
-                if let Some(r) = reservation {
-                    r.commit();
-                }
-                tracing::info!(request_id, client = %caller.name, method, "signed");
-                Ok(value)
-            }
-            (outcome, committed) => {
-                if let (Ok(_), Some(id)) = (&outcome, approval) {
-                    self.restore_approval(id);
-                }
-                Err(release::unreleased(
-                    &request_id,
-                    &caller.name,
-                    outcome.err(),
-                    committed.err(),
-                ))
-            }
-        }
-    }
-
     /// The key behind an EVM address, checked against the caller's grants, and its policy.
     fn evm_key(
         &self,
@@ -303,63 +186,6 @@ impl Guard {
             )
             .into()),
         }
-    }
-
-    async fn evm_stages(
-        &self,
-        caller: &Caller,
-        intent: Result<TxIntent, Rejection>,
-        entry: &mut AuditEntry,
-        consumed: &mut Option<String>,
-    ) -> Result<(SignedTx, Option<Reservation<'_>>), GuardError> {
-        let intent = intent?;
-        entry.summary = intent.summary();
-        entry.chain = Some(format!("eip155:{}", intent.chain_id()));
-        Self::check_chain(caller, &format!("eip155:{}", intent.chain_id()))?;
-        let (key, policy) = self.evm_key(caller, intent.from, entry)?;
-        let Some(evm) = policy.evm.as_ref() else {
-            return Err(Rejection::policy("policy.none", "from", "no Ethereum rules").into());
-        };
-        let now = now_ms();
-        let decision = evm.decide(&intent, now)?;
-        if let Value::Object(summary) = &mut entry.summary {
-            summary.insert("decision".into(), decision.to_json());
-        }
-        if self.controls.kill.is_disabled(Some(key.as_str())) {
-            // The hint and the decoded `from` are the same field; this guards future changes.
-            return Err(GuardError::KeyDisabled(format!("key {key} is disabled")));
-        }
-
-        let chain = format!("eip155:{}", intent.chain_id());
-        let requirement = evm.approval_needed(&intent).map(people::evm_requirement);
-        let digest = intent_digest(&key, &chain, intent.tx.signature_hash().as_slice());
-        let input = people::ApprovalInput {
-            key: &key,
-            chain: &chain,
-            digest,
-            summary: &entry.summary,
-            field: "value",
-        };
-        let approval = self.approval_stage(caller, input, requirement).await;
-        if let (Value::Object(summary), Err(GuardError::ApprovalRequired { approval_id, .. })) =
-            (&mut entry.summary, &approval)
-        {
-            summary.insert("approval_id".into(), Value::String(approval_id.clone()));
-        }
-        let approval = approval?;
-        if let (Value::Object(summary), Some(id)) = (&mut entry.summary, &approval) {
-            summary.insert("approval_id".into(), Value::String(id.clone()));
-        }
-        let signed = self
-            .reserve_and_sign(&key, evm, &intent, &decision, now)
-            .await;
-        if let (Err(_), Some(id)) = (&signed, &approval) {
-            self.restore_approval(id);
-        }
-        if signed.is_ok() {
-            *consumed = approval;
-        }
-        signed
     }
 
     /// Conflict guard (velocity and nonce reservations, released on any failure), sign, pass 2.
@@ -396,10 +222,7 @@ impl Guard {
             .await
             .map_err(|e| GuardError::Backend(e.to_string()))?;
         crate::metrics::sign(self.backend.name(), sign_started.elapsed());
-        let signed = keyguard_evm::finalize(intent, &signature).map_err(|e| {
-            tracing::error!(key = %key, error = %e, "ALERT: pass 2 rejected a backend signature");
-            GuardError::Backend(e.to_string())
-        })?;
+        let signed = keyguard_evm::finalize(intent, &signature).map_err(|e| pass2(key, e))?;
         Ok((signed, reservation))
     }
 
@@ -421,6 +244,12 @@ impl Guard {
     }
 }
 
+/// A signature pass 2 rejected: alerted, and its own outcome (not an outage).
+pub(super) fn pass2(key: &KeyId, e: impl std::fmt::Display) -> GuardError {
+    tracing::error!(key = %key, error = %e, "ALERT: pass 2 rejected a backend signature");
+    GuardError::Pass2Mismatch(e.to_string())
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -433,3 +262,7 @@ mod tests;
 mod tests_cometbft;
 #[cfg(test)]
 mod tests_ledger;
+#[cfg(test)]
+mod tests_ordering;
+#[cfg(test)]
+mod tests_pipeline;

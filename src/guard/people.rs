@@ -1,9 +1,10 @@
 //! The two guard stages that involve people rather than chains, kept chain-agnostic so every
 //! signing path calls the same code:
 //!
-//! - [`Guard::pre_check`], first in every path: kill switch, then rate limits — before any
-//!   decoding, so a disabled key or a flood costs nothing.
-//! - [`Guard::approval_stage`], after policy: hold, or consume an approval exactly once.
+//! - the rate limits and kill switch the pipeline applies before any decoding
+//!   (`super::pipeline`), so a disabled key or a flood costs nothing;
+//! - [`Guard::approval_stage`], after policy: hold, or consume an approval exactly once. It
+//!   runs without a kill-switch pass and gives up as soon as the key is switched off.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -13,7 +14,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{Guard, GuardError};
-use crate::access::kill::{KillSwitch, Pass};
+use crate::access::kill::KillSwitch;
 use crate::access::limits::RateLimits;
 use crate::access::Caller;
 use crate::approvals::{
@@ -124,54 +125,13 @@ impl Guard {
             .unwrap_or_else(|e| e.into_inner()) = limits;
     }
 
-    /// First stage of every signing path. `key` is the key the request names, if it could be
-    /// found without decoding; the returned pass must be held until the response is decided.
-    pub async fn pre_check(
-        &self,
-        caller: &Caller,
-        method: &str,
-        key: Option<&KeyId>,
-    ) -> Result<Pass, GuardError> {
-        if !caller.may_call(method) {
-            return Err(GuardError::OutOfScope {
-                rule: "access.method_not_granted",
-                reason: format!("method {method} is not granted to client {}", caller.name),
-            });
-        }
-        let pass = self
-            .controls
-            .kill
-            .admit(key.map(KeyId::as_str))
-            .await
-            .map_err(|()| {
-                GuardError::KeyDisabled(match key {
-                    Some(k) => format!("key {k} is disabled"),
-                    None => "all keys are disabled".into(),
-                })
-            })?;
-        let limits = self
-            .controls
+    /// The rate limits in force (swapped whole on reload).
+    pub(super) fn limits(&self) -> Arc<RateLimits> {
+        self.controls
             .limits
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        limits
-            .check(&caller.name, method, key.map(KeyId::as_str))
-            .map_err(|l| GuardError::RateLimited {
-                rule: l.scope.rule(),
-                retry_after_ms: u64::try_from(l.retry_after.as_millis())
-                    .unwrap_or(u64::MAX)
-                    .max(1),
-            })?;
-        if let Some(limiter) = caller.scope.as_ref().and_then(|s| s.limiter()) {
-            limiter.check().map_err(|l| GuardError::RateLimited {
-                rule: l.scope.rule(),
-                retry_after_ms: u64::try_from(l.retry_after.as_millis())
-                    .unwrap_or(u64::MAX)
-                    .max(1),
-            })?;
-        }
-        Ok(pass)
+            .clone()
     }
 
     /// Refuses a chain outside the caller's scope (a managed client scoped to some chains).
@@ -240,6 +200,14 @@ impl Guard {
             let still_pending = matches!(decided, Ok(ApprovalOutcome::Held(_)));
             if !still_pending || tokio::time::Instant::now() >= deadline {
                 break decided;
+            }
+            // Parked without a pass: a disable does not wait for this request, and the request
+            // stops waiting (it would be refused after the wait anyway).
+            if self.controls.kill.is_disabled(Some(input.key.as_str())) {
+                return Err(GuardError::KeyDisabled(format!(
+                    "key {} is disabled",
+                    input.key
+                )));
             }
             tokio::time::sleep(APPROVAL_POLL.min(deadline - tokio::time::Instant::now())).await;
         };

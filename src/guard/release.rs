@@ -1,4 +1,4 @@
-//! The last stage every signing path shares: the outcome goes into its audit row, is counted,
+//! Helpers of the pipeline's last stage (`super::pipeline`): the outcome goes into its audit row, is counted,
 //! and a signature is released only if that row committed. Kept in one place so no chain can
 //! release a signature the audit log does not hold.
 
@@ -29,7 +29,7 @@ pub(super) fn count(
         (Some(e), _) => e.decision(),
     };
     crate::metrics::request(chain, method, decision.as_str(), started.elapsed());
-    if let (Decision::Refused, Some(rule)) = (decision, rule) {
+    if let (Decision::Refused | Decision::Withheld, Some(rule)) = (decision, rule) {
         crate::metrics::rejection(rule);
     }
 }

@@ -125,10 +125,13 @@ async fn run(honest: bool, grants: &[&str]) -> (Result<(), GuardError>, Vec<Deci
 async fn a_signature_failing_pass_two_is_withheld_and_audited() {
     let (result, decisions) = run(false, &["*"]).await;
     match result {
-        Err(GuardError::Backend(reason)) => assert!(reason.contains("recovers to"), "{reason}"),
-        other => panic!("expected a backend failure, got {other:?}"),
+        Err(GuardError::Pass2Mismatch(reason)) => {
+            assert!(reason.contains("recovers to"), "{reason}")
+        }
+        other => panic!("expected a pass-2 mismatch, got {other:?}"),
     }
-    assert_eq!(decisions, vec![Decision::Failed]);
+    // Its own outcome: not an outage (`failed`), a withheld signature under its own rule.
+    assert_eq!(decisions, vec![Decision::Withheld]);
 }
 
 #[tokio::test]

@@ -114,8 +114,11 @@ async fn sign_once(honest: bool) -> (Result<(), GuardError>, Vec<Decision>, Opti
 #[tokio::test]
 async fn pass_two_failure_withholds_and_leaves_the_watermark() {
     let (result, decisions, height) = sign_once(false).await;
-    assert!(matches!(result, Err(GuardError::Backend(_))), "{result:?}");
-    assert_eq!(decisions, vec![Decision::Failed]);
+    assert!(
+        matches!(result, Err(GuardError::Pass2Mismatch(_))),
+        "{result:?}"
+    );
+    assert_eq!(decisions, vec![Decision::Withheld]);
     assert_eq!(height, None);
 }
 

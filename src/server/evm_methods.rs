@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::evm::{caller, signing_caller, EvmContext};
 use super::rpc_error;
-use crate::guard::DigestRequest;
+use crate::guard::{decode_clef_transaction, plain_decoder, DigestRequest, GuardError, TxDecoder};
 
 fn params_value(params: &Params<'_>) -> Result<Value, ErrorObjectOwned> {
     match params.as_str() {
@@ -35,9 +35,10 @@ fn digest_method(module: &mut Module, name: &'static str, decode: fn(&Value) -> 
             let chain = format!("eip155:{}", ctx.chain_id);
             let caller = signing_caller(&ext, &ctx, name, &chain).await?;
             let p = params_value(&params)?;
+            // Decoded inside the guard, after the rate limits.
             let sig = ctx
                 .guard
-                .sign_evm_digest(caller, ctx.chain_id, name, decode(&p))
+                .sign_evm_digest(caller, ctx.chain_id, name, &p, decode)
                 .await
                 .map_err(|e| rpc_error::from_guard(&e))?;
             Ok::<Value, ErrorObjectOwned>(hex_sig(sig))
@@ -65,6 +66,33 @@ fn clef_sign_data(p: &Value) -> DigestRequest {
             format!("{other:?} is not signed by keyguard (text/plain or data/typed)"),
         ))),
     }
+}
+
+/// `eth_sendTransaction`'s decoder: fee caps of the named account, fields filled by the
+/// upstream node, then the strict transaction decoder.
+fn send_decoder(
+    upstream: std::sync::Arc<super::upstream::Upstream>,
+    guard: std::sync::Arc<crate::guard::Guard>,
+    chain_id: u64,
+) -> TxDecoder {
+    Box::new(move |p: Value| {
+        Box::pin(async move {
+            let mut args = match p.as_array().map(Vec::as_slice) {
+                Some([Value::Object(a)]) => a.clone(),
+                _ => return Err(Rejection::invalid("params", "expected [TransactionArgs]").into()),
+            };
+            let from = super::upstream::from_of(&args)
+                .ok_or_else(|| Rejection::invalid("from", "missing or not an address"))?;
+            let caps = guard.evm_fee_caps(from).ok_or_else(|| {
+                Rejection::invalid("from", format!("{from} is not an account of this signer"))
+            })?;
+            upstream
+                .fill(&mut args, chain_id, caps)
+                .await
+                .map_err(|e| GuardError::Backend(e.to_string()))?;
+            Ok(keyguard_evm::decode_transaction_args(&Value::Object(args))?)
+        })
+    })
 }
 
 /// Registers typed data, messages and the Clef namespace.
@@ -100,15 +128,16 @@ pub(super) fn register_signing(module: &mut Module) {
                 let chain = format!("eip155:{}", ctx.chain_id);
                 let caller = signing_caller(&ext, &ctx, "account_signTransaction", &chain).await?;
                 let p = params_value(&params)?;
-                // Clef: [SendTxArgs, methodSelector?]; the selector is only a UI hint.
-                let args = match p.as_array().map(Vec::as_slice) {
-                    Some([args]) | Some([args, Value::Null | Value::String(_)]) => args.clone(),
-                    _ => return Err(invalid("params", "expected [SendTxArgs, methodSelector?]")),
-                };
-                let intent = keyguard_evm::decode_transaction_args(&args);
+                // A malformed envelope is refused inside the guard: limited and audited.
                 let signed = ctx
                     .guard
-                    .sign_evm_intent(caller, ctx.chain_id, "account_signTransaction", intent)
+                    .sign_evm_tx(
+                        caller,
+                        ctx.chain_id,
+                        "account_signTransaction",
+                        &p,
+                        plain_decoder(decode_clef_transaction),
+                    )
                     .await
                     .map_err(|e| rpc_error::from_guard(&e))?;
                 Ok::<Value, ErrorObjectOwned>(signed.geth_json())
@@ -129,25 +158,11 @@ pub(super) fn register_upstream(module: &mut Module, proxied: &[String]) {
                     return Err(invalid("method", "no upstream node configured"));
                 };
                 let p = params_value(&params)?;
-                let mut args = match p.as_array().map(Vec::as_slice) {
-                    Some([Value::Object(a)]) => a.clone(),
-                    _ => return Err(invalid("params", "expected [TransactionArgs]")),
-                };
-                let from = super::upstream::from_of(&args)
-                    .ok_or_else(|| invalid("from", "missing or not an address"))?;
-                let caps = ctx.guard.evm_fee_caps(from).ok_or_else(|| {
-                    invalid("from", format!("{from} is not an account of this signer"))
-                })?;
-                upstream
-                    .fill(&mut args, ctx.chain_id, caps)
-                    .await
-                    .map_err(|e| {
-                        rpc_error::from_guard(&crate::guard::GuardError::Backend(e.to_string()))
-                    })?;
-                let intent = keyguard_evm::decode_transaction_args(&Value::Object(args));
+                // The upstream fill runs inside the guard, after the rate limits.
+                let decode = send_decoder(upstream.clone(), ctx.guard.clone(), ctx.chain_id);
                 let signed = ctx
                     .guard
-                    .sign_evm_intent(caller, ctx.chain_id, "eth_sendTransaction", intent)
+                    .sign_evm_tx(caller, ctx.chain_id, "eth_sendTransaction", &p, decode)
                     .await
                     .map_err(|e| rpc_error::from_guard(&e))?;
                 upstream

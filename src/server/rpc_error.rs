@@ -1,4 +1,4 @@
-//! JSON-RPC error objects with the codes and `data` fields fixed in DESIGN.md.
+//! JSON-RPC error objects with the codes and `data` fields fixed in `docs/design.md` ("Outcomes").
 
 use jsonrpsee::types::ErrorObjectOwned;
 use keyguard_chain::Rejection;
@@ -43,7 +43,7 @@ pub fn from_guard(e: &GuardError) -> ErrorObjectOwned {
         GuardError::Unauthorized(reason) | GuardError::OutOfScope { reason, .. } => {
             unauthorized(reason)
         }
-        GuardError::Backend(reason) => ErrorObjectOwned::owned(
+        GuardError::Backend(reason) | GuardError::Pass2Mismatch(reason) => ErrorObjectOwned::owned(
             BACKEND_FAILURE,
             "backend failure",
             Some(json!({ "reason": reason })),

@@ -23,6 +23,8 @@ pub enum Decision {
     Held,
     /// An admin action that took effect.
     Accepted,
+    /// A signature was made but pass 2 rejected it, so it never left (`guard.pass2_mismatch`).
+    Withheld,
 }
 
 impl Decision {
@@ -33,6 +35,7 @@ impl Decision {
             Decision::Failed => "failed",
             Decision::Held => "held",
             Decision::Accepted => "accepted",
+            Decision::Withheld => "withheld",
         }
     }
 }
@@ -52,6 +55,7 @@ impl FromStr for Decision {
             "failed" => Ok(Decision::Failed),
             "held" => Ok(Decision::Held),
             "accepted" => Ok(Decision::Accepted),
+            "withheld" => Ok(Decision::Withheld),
             other => Err(format!("unknown decision {other:?}")),
         }
     }

@@ -4,6 +4,7 @@
 //! (many callers share one fsync); reads go through a separate connection (WAL lets them run
 //! concurrently with the writer).
 
+pub mod anchor;
 mod audit;
 mod chain_state;
 mod checkpoint;
@@ -17,6 +18,8 @@ mod writer;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_anchor;
 #[cfg(test)]
 mod tests_writer;
 
@@ -229,6 +232,21 @@ impl Store {
     /// or migrating (for `keyguard audit verify` against a copy or a live daemon's file).
     pub fn verify_path(path: &Path) -> Result<AuditVerification, StoreError> {
         read::verify(&Self::open_read_only(path)?)
+    }
+
+    /// Checks the database at `path` (opened read-only) against anchor lines signed by `key`:
+    /// finds truncation, rollback to an older copy, and a forked chain.
+    pub fn check_anchors_path(
+        path: &Path,
+        anchors: &str,
+        key: &ed25519_dalek::VerifyingKey,
+    ) -> Result<anchor::AnchorReport, anchor::AnchorError> {
+        anchor::check(&Self::open_read_only(path)?, anchors, key)
+    }
+
+    /// `(seq, hash)` of the newest audit row (`(0, GENESIS_HASH)` when empty).
+    pub fn audit_head(&self) -> Result<(i64, [u8; 32]), StoreError> {
+        read::head(&self.reader())
     }
 
     /// Audit rows matching `filter` from the database at `path`, opened read-only.

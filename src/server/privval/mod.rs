@@ -115,7 +115,7 @@ pub fn remote_error(e: &GuardError) -> RemoteError {
         | GuardError::KeyDisabled(_) => CODE_NOT_ALLOWED,
         // Consensus messages cannot wait for human approval; a rate limit refuses too.
         GuardError::ApprovalRequired { .. } | GuardError::RateLimited { .. } => CODE_POLICY,
-        GuardError::Backend(_) => CODE_BACKEND,
+        GuardError::Backend(_) | GuardError::Pass2Mismatch(_) => CODE_BACKEND,
     };
     let description = match e {
         GuardError::Rejected(Rejection::Policy { rule, reason, .. }) => {

@@ -1,0 +1,97 @@
+//! `[audit]`: anchors of the audit chain's head, signed by a dedicated audit key and written
+//! outside the data directory (see `crate::store::anchor` for what they catch).
+//!
+//! ```toml
+//! [audit]
+//! anchor_key = "/etc/keyguard/audit-anchor.key"      # ed25519 seed: 64 hex chars or 32 bytes
+//! anchor_file = "/var/log/keyguard/anchors.jsonl"    # appended to, never rewritten
+//! anchor_interval = "1m"
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{parse_duration, Config, ConfigError};
+
+/// Where and how often the audit head is anchored.
+#[derive(Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The audit key's private seed. Not the signing keys: a stolen audit key forges anchors,
+    /// never transactions. Keep it readable by keyguard only, outside the data directory.
+    pub anchor_key: PathBuf,
+    /// The append-only anchor file (JSON Lines), outside the data directory, so that whoever
+    /// can rewrite the database cannot rewrite its anchors with it.
+    pub anchor_file: PathBuf,
+    /// How often a new head is anchored (only when rows were added).
+    #[serde(default = "interval")]
+    pub anchor_interval: String,
+}
+
+fn interval() -> String {
+    "1m".into()
+}
+
+/// Whether `inner` is `outer` or lies inside it (lexically, after making both absolute).
+fn inside(inner: &Path, outer: &Path) -> bool {
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    abs(inner).starts_with(abs(outer))
+}
+
+impl Config {
+    /// Problems of `[audit]`.
+    pub(super) fn audit_problems(&self) -> Vec<ConfigError> {
+        let Some(audit) = &self.audit else {
+            return Vec::new();
+        };
+        let mut problems = Vec::new();
+        match parse_duration(&audit.anchor_interval) {
+            Ok(d) if d.is_zero() => {
+                problems.push(self.invalid("audit.anchor_interval", "must not be zero"))
+            }
+            Ok(_) => {}
+            Err(e) => problems.push(self.invalid("audit.anchor_interval", e)),
+        }
+        for (key, path) in [
+            ("audit.anchor_file", &audit.anchor_file),
+            ("audit.anchor_key", &audit.anchor_key),
+        ] {
+            if inside(path, &self.data.dir) {
+                problems.push(self.invalid(
+                    key,
+                    "must be outside the data directory (whoever can rewrite the database \
+                     could rewrite it too)",
+                ));
+            }
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(audit: &str) -> Vec<String> {
+        let text = format!(
+            "[data]\ndir = \"/srv/kg\"\n[keystore]\nbackend = \"software\"\n[audit]\n{audit}"
+        );
+        match Config::parse(Path::new("t.toml"), &text) {
+            Ok(c) => c.audit_problems().iter().map(ToString::to_string).collect(),
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    #[test]
+    fn anchors_inside_the_data_directory_are_refused() {
+        let inside = problems("anchor_key = \"/etc/a.key\"\nanchor_file = \"/srv/kg/anchors\"\n");
+        assert!(
+            inside.iter().any(|p| p.contains("audit.anchor_file")),
+            "{inside:?}"
+        );
+        // Control: outside it, nothing to say.
+        let outside = problems("anchor_key = \"/etc/a.key\"\nanchor_file = \"/var/log/a\"\n");
+        assert!(outside.is_empty(), "{outside:?}");
+    }
+}
