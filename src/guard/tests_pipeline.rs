@@ -157,7 +157,10 @@ fn fixture_gated(extra: &str, approval: bool, permits: usize) -> Fix {
         chain_id: "c".into(),
         key: KeyId::new("v").unwrap(),
         public_key: backend.public_key(&KeyId::new("v").unwrap()).unwrap(),
-        limits: BlockLimits::default(),
+        limits: BlockLimits {
+            start_height: Some(1),
+            ..BlockLimits::default()
+        },
         new_validator: true,
     };
     Fix {
@@ -481,7 +484,7 @@ async fn a_disabled_validator_key_is_refused_and_audited() {
         "{result:?}"
     );
     let rows = f.rows().await;
-    assert_eq!(rows[0].rule.as_deref(), Some("kill_switch"));
+    assert_eq!(rows[0].rule.as_deref(), Some("admin.kill_switch"));
     assert_eq!(f.backend.signs.load(Ordering::SeqCst), 0);
     // Negative control: back on, the same vote signs.
     f.kill.enable("v", "test").unwrap();
