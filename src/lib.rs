@@ -20,6 +20,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod fuzz_harness;
+pub mod fuzz_shapes;
 pub mod guard;
 pub mod hardening;
 pub mod metrics;

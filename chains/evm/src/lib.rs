@@ -7,7 +7,8 @@
 //!   fixed limits, then [`rulecfg`] (config, compiled at load) evaluated by [`engine`]
 //!   (allow/deny rules bound to [`abi`]s, [`token`] movements, velocity debits), with
 //!   [`profile`]s supplying token decimals.
-//! - [`typed`], [`message`]: EIP-712 typed data and EIP-191 messages, hashed here.
+//! - [`typed`], [`message`]: EIP-712 typed data and EIP-191 messages, hashed here, within the
+//!   caps of [`typed_bounds`] (checked on the raw JSON, before any type graph is built).
 //! - [`TxIntent::payload`]: the digest keyguard signs, computed here, never taken from a client.
 //! - [`finalize`]: pass 2: attach the signature, re-decode the bytes, recover the signer and
 //!   prove the result is the approved intent.
@@ -24,6 +25,7 @@ pub mod rulecfg;
 pub mod rules;
 pub mod token;
 pub mod typed;
+pub mod typed_bounds;
 mod wire;
 
 pub use args::{decode_sign_transaction_params, decode_transaction_args};
@@ -111,3 +113,5 @@ pub fn address_of(key: &PublicKey) -> Option<Address> {
 mod tests;
 #[cfg(test)]
 mod tests_rules;
+#[cfg(test)]
+mod tests_typed_bounds;
