@@ -16,6 +16,7 @@
 //! Pure code: no sockets, storage or keys.
 
 pub mod abi;
+pub mod abi_bounds;
 mod args;
 pub mod engine;
 pub mod finalize;
