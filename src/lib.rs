@@ -23,6 +23,7 @@ pub mod fuzz_harness;
 pub mod fuzz_shapes;
 pub mod guard;
 pub mod hardening;
+pub mod log_escape;
 pub mod metrics;
 pub mod policy;
 pub mod server;

@@ -34,10 +34,22 @@ fn digest_method(module: &mut Module, name: &'static str, decode: fn(&Value) -> 
         .register_async_method(name, move |params: Params<'static>, ctx, ext| async move {
             let chain = format!("eip155:{}", ctx.chain_id);
             let caller = signing_caller(&ext, &ctx, name, &chain).await?;
-            let p = params_value(&params)?;
+            // Parsing and hashing typed data is the costly part of these methods: it runs
+            // under the decode gate, off the async workers.
+            let raw = params.as_str().map(str::to_owned);
+            let request = super::decode_gate::run(move || {
+                let p = match raw {
+                    Some(raw) => serde_json::from_str(&raw).map_err(|e| {
+                        rpc_error::from_guard(&Rejection::invalid("params", e.to_string()).into())
+                    })?,
+                    None => Value::Array(Vec::new()),
+                };
+                Ok::<_, ErrorObjectOwned>(decode(&p))
+            })
+            .await??;
             let sig = ctx
                 .guard
-                .sign_evm_digest(caller, ctx.chain_id, name, decode(&p))
+                .sign_evm_digest(&caller, ctx.chain_id, name, request)
                 .await
                 .map_err(|e| rpc_error::from_guard(&e))?;
             Ok::<Value, ErrorObjectOwned>(hex_sig(sig))
@@ -90,7 +102,7 @@ pub(super) fn register_signing(module: &mut Module) {
         .expect("unique method");
     module
         .register_method("account_list", |_, ctx, ext| {
-            caller(ext).map(|c| ctx.guard.evm_accounts(c))
+            caller(ext).map(|c| ctx.guard.evm_accounts(&c))
         })
         .expect("unique method");
     module
@@ -108,7 +120,7 @@ pub(super) fn register_signing(module: &mut Module) {
                 let intent = keyguard_evm::decode_transaction_args(&args);
                 let signed = ctx
                     .guard
-                    .sign_evm_intent(caller, ctx.chain_id, "account_signTransaction", intent)
+                    .sign_evm_intent(&caller, ctx.chain_id, "account_signTransaction", intent)
                     .await
                     .map_err(|e| rpc_error::from_guard(&e))?;
                 Ok::<Value, ErrorObjectOwned>(signed.geth_json())
@@ -147,7 +159,7 @@ pub(super) fn register_upstream(module: &mut Module, proxied: &[String]) {
                 let intent = keyguard_evm::decode_transaction_args(&Value::Object(args));
                 let signed = ctx
                     .guard
-                    .sign_evm_intent(caller, ctx.chain_id, "eth_sendTransaction", intent)
+                    .sign_evm_intent(&caller, ctx.chain_id, "eth_sendTransaction", intent)
                     .await
                     .map_err(|e| rpc_error::from_guard(&e))?;
                 upstream
@@ -159,7 +171,7 @@ pub(super) fn register_upstream(module: &mut Module, proxied: &[String]) {
         )
         .expect("unique method");
     for m in proxied {
-        let name: &'static str = Box::leak(m.clone().into_boxed_str());
+        let name = intern(m);
         let registered = module.register_async_method(
             name,
             move |params: Params<'static>, ctx, ext| async move {
@@ -181,4 +193,23 @@ pub(super) fn register_upstream(module: &mut Module, proxied: &[String]) {
             tracing::warn!(method = name, error = %e, "proxied method not registered");
         }
     }
+}
+
+/// jsonrpsee registers methods under `&'static str`. Each distinct proxied method name is
+/// leaked once for the life of the process (a set bounded by the config), not once per
+/// listener start or reload.
+fn intern(name: &str) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(known) = names.get(name) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    names.insert(leaked);
+    leaked
 }
