@@ -10,7 +10,7 @@
 use std::sync::OnceLock;
 
 use jsonrpsee::types::ErrorObjectOwned;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// Concurrent decodes: half the cores (at least one), so hostile decodes cannot take them all.
 pub fn permits() -> usize {
@@ -24,16 +24,40 @@ fn gate() -> &'static Semaphore {
     GATE.get_or_init(|| Semaphore::new(permits()))
 }
 
-/// Runs `decode` under a permit on the blocking pool.
-pub(crate) async fn run<T, F>(decode: F) -> Result<T, ErrorObjectOwned>
+/// Waits for a decode permit. Take it before copying the request's params: requests queued
+/// here then hold only the body jsonrpsee already has, not a second copy each.
+pub(crate) async fn permit() -> Result<SemaphorePermit<'static>, ErrorObjectOwned> {
+    gate().acquire().await.map_err(|_| unavailable())
+}
+
+fn unavailable() -> ErrorObjectOwned {
+    ErrorObjectOwned::owned(-32603, "internal error: decoder unavailable", None::<()>)
+}
+
+/// Runs `decode` on the blocking pool (call with a [`permit`] held).
+pub(crate) async fn run<T, F>(_permit: &SemaphorePermit<'static>, decode: F) -> Result<T, ErrorObjectOwned>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    let unavailable =
-        || ErrorObjectOwned::owned(-32603, "internal error: decoder unavailable", None::<()>);
-    let _permit = gate().acquire().await.map_err(|_| unavailable())?;
     tokio::task::spawn_blocking(decode)
         .await
         .map_err(|_| unavailable())
+}
+
+/// Request bodies larger than this wait for a [`large_body_permit`] before they are read.
+pub const LARGE_BODY: usize = 64 * 1024;
+
+/// Large bodies read and handled at once, over all listeners.
+pub const LARGE_BODIES: usize = 8;
+
+/// A permit to read and handle one large request body. A flood of 1 MiB requests then holds
+/// `LARGE_BODIES` bodies (and their copies in jsonrpsee) instead of one per connection; the
+/// rest wait unread in the kernel's socket buffers, and small requests never wait.
+pub(crate) async fn large_body_permit() -> Option<SemaphorePermit<'static>> {
+    static GATE: OnceLock<Semaphore> = OnceLock::new();
+    GATE.get_or_init(|| Semaphore::new(LARGE_BODIES))
+        .acquire()
+        .await
+        .ok()
 }

@@ -96,7 +96,8 @@ pub(crate) fn is_loopback_host(host: &str) -> bool {
     let host = host.trim();
     let name = match host.strip_prefix('[') {
         Some(rest) => match rest.split_once(']') {
-            Some((inside, port)) if port.is_empty() || is_port(port) => inside,
+            Some((inside, "")) => inside,
+            Some((inside, port)) if port.strip_prefix(':').is_some_and(is_port) => inside,
             _ => return false,
         },
         None => match host.rsplit_once(':') {
@@ -110,8 +111,7 @@ pub(crate) fn is_loopback_host(host: &str) -> bool {
 }
 
 fn is_port(p: &str) -> bool {
-    p.strip_prefix(':')
-        .is_some_and(|d| !d.is_empty() && d.len() <= 5 && d.bytes().all(|b| b.is_ascii_digit()))
+    !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Whether an `Origin` is a page served from this machine (`http(s)://localhost:port`).
@@ -250,12 +250,22 @@ where
                 });
             }
         }
+        let large = match declared {
+            Some(n) => n > super::decode_gate::LARGE_BODY as u64,
+            None => request
+                .headers()
+                .contains_key(http::header::TRANSFER_ENCODING),
+        };
         let (mut parts, body) = request.into_parts();
         parts.extensions.insert(credential);
         // Take the service that was polled ready, leave a fresh clone behind.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
+            let _permit = match large {
+                true => super::decode_gate::large_body_permit().await,
+                false => None,
+            };
             let body = match Limited::new(body, limit).collect().await {
                 Ok(collected) => collected.to_bytes(),
                 Err(e) if e.is::<http_body_util::LengthLimitError>() => {
@@ -266,5 +276,34 @@ where
             let request = HttpRequest::from_parts(parts, HttpBody::new(Full::new(body)));
             inner.call(request).await.map_err(Into::into)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{is_loopback_host, is_loopback_origin};
+
+    #[test]
+    fn loopback_hosts_and_origins() {
+        for ok in ["127.0.0.1:8550", "localhost", "LOCALHOST:1", "[::1]:8550", "[::1]", "127.9.9.9"] {
+            assert!(is_loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example:8550",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example:80",
+            "[::1]x",
+            "10.0.0.1:8550",
+            "",
+            "127.0.0.1:",
+            "127.0.0.1:port",
+        ] {
+            assert!(!is_loopback_host(bad), "{bad}");
+        }
+        assert!(is_loopback_origin("http://localhost:3000"));
+        assert!(is_loopback_origin("https://[::1]:443"));
+        for bad in ["null", "https://evil.example", "file://", "chrome-extension://abc"] {
+            assert!(!is_loopback_origin(bad), "{bad}");
+        }
     }
 }
