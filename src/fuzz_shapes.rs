@@ -102,7 +102,9 @@ impl Shape {
             let mut wrapped = value;
             let mut wrapped_size = size;
             for _ in 0..self.dims {
-                let grown = wrapped_size.saturating_mul(self.array_len).saturating_add(1);
+                let grown = wrapped_size
+                    .saturating_mul(self.array_len)
+                    .saturating_add(1);
                 if grown > self.budget {
                     wrapped = json!([]);
                     wrapped_size = 1;
@@ -143,43 +145,89 @@ pub fn worst_shapes() -> Vec<(&'static str, Shape)> {
         ("chain of 1,500 types through arrays", Shape::CHAIN_1500),
         (
             "chain of 1,500 types, direct fields",
-            Shape { dims: 0, ..Shape::CHAIN_1500 },
+            Shape {
+                dims: 0,
+                ..Shape::CHAIN_1500
+            },
         ),
         (
             "chain of 1,500 types, 4 dimensions",
-            Shape { dims: 4, ..Shape::CHAIN_1500 },
+            Shape {
+                dims: 4,
+                ..Shape::CHAIN_1500
+            },
         ),
         (
             "diamond of 40 levels",
-            Shape { types: 40, fanout: 2, ..base },
+            Shape {
+                types: 40,
+                fanout: 2,
+                ..base
+            },
         ),
         (
             "recursive types",
-            Shape { types: 8, dims: 1, cycle: true, ..base },
+            Shape {
+                types: 8,
+                dims: 1,
+                cycle: true,
+                ..base
+            },
         ),
         (
             "deepest chain inside the caps, arrays filled",
-            Shape { types: 16, dims: 1, array_len: 2, budget: 16_000, ..base },
+            Shape {
+                types: 16,
+                dims: 1,
+                array_len: 2,
+                budget: 16_000,
+                ..base
+            },
         ),
         (
             "one array of 1,024 structs of 15 types",
-            Shape { types: 16, dims: 1, array_len: 1_024, budget: 15_000, ..Shape { fanout: 1, ..base } },
+            Shape {
+                types: 16,
+                dims: 1,
+                array_len: 1_024,
+                budget: 15_000,
+                ..Shape { fanout: 1, ..base }
+            },
         ),
         (
             "an array longer than the cap",
-            Shape { types: 2, dims: 1, array_len: 5_000, budget: 20_000, ..base },
+            Shape {
+                types: 2,
+                dims: 1,
+                array_len: 5_000,
+                budget: 20_000,
+                ..base
+            },
         ),
         (
             "a diamond just inside the expansion cap, filled",
-            Shape { types: 11, fanout: 2, budget: 16_000, ..base },
+            Shape {
+                types: 11,
+                fanout: 2,
+                budget: 16_000,
+                ..base
+            },
         ),
         (
             "a 60 KiB string",
-            Shape { types: 1, string_len: 60 * 1024, ..base },
+            Shape {
+                types: 1,
+                string_len: 60 * 1024,
+                ..base
+            },
         ),
         (
             "a 1 MiB string",
-            Shape { types: 1, string_len: 1 << 20, ..base },
+            Shape {
+                types: 1,
+                string_len: 1 << 20,
+                ..base
+            },
         ),
     ]
 }

@@ -61,7 +61,12 @@ fn known_chains() -> &'static std::sync::RwLock<std::collections::HashSet<String
 /// `bitcoin:<network>`, `cometbft:<chain id>` of validators): the only `chain` label values.
 pub fn chain_labels(config: &crate::config::Config) -> Vec<String> {
     let mut labels = vec!["bitcoin".to_owned()];
-    labels.extend(config.listeners.iter().map(|l| format!("eip155:{}", l.chain_id)));
+    labels.extend(
+        config
+            .listeners
+            .iter()
+            .map(|l| format!("eip155:{}", l.chain_id)),
+    );
     for p in &config.policies {
         if let Some(evm) = &p.evm {
             labels.extend(evm.chain_ids.iter().map(|c| format!("eip155:{c}")));
@@ -70,7 +75,12 @@ pub fn chain_labels(config: &crate::config::Config) -> Vec<String> {
             labels.push(format!("bitcoin:{}", btc.network));
         }
     }
-    labels.extend(config.validators.iter().map(|v| format!("cometbft:{}", v.chain_id)));
+    labels.extend(
+        config
+            .validators
+            .iter()
+            .map(|v| format!("cometbft:{}", v.chain_id)),
+    );
     labels
 }
 

@@ -237,7 +237,8 @@ mod tests {
         let config = Config::parse(Path::new("t.toml"), CONFIG).unwrap();
         let auth = Authenticator::new(&config, &config.listeners[0]);
         // sha256("kg-test-batcher-token")
-        let Authentication::Caller(c) = auth.authenticate(Some(b"Bearer kg-test-batcher-token")) else {
+        let Authentication::Caller(c) = auth.authenticate(Some(b"Bearer kg-test-batcher-token"))
+        else {
             panic!("token refused");
         };
         assert_eq!(&*c.name, "batcher");

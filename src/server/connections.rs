@@ -204,6 +204,9 @@ mod tests {
         let _b1 = slots.acquire(b).unwrap();
         assert!(slots.acquire(b).is_none(), "total cap");
         drop(a1);
-        assert!(slots.acquire(b).is_some(), "a slot comes back when its connection ends");
+        assert!(
+            slots.acquire(b).is_some(),
+            "a slot comes back when its connection ends"
+        );
     }
 }

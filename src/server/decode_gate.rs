@@ -35,7 +35,10 @@ fn unavailable() -> ErrorObjectOwned {
 }
 
 /// Runs `decode` on the blocking pool (call with a [`permit`] held).
-pub(crate) async fn run<T, F>(_permit: &SemaphorePermit<'static>, decode: F) -> Result<T, ErrorObjectOwned>
+pub(crate) async fn run<T, F>(
+    _permit: &SemaphorePermit<'static>,
+    decode: F,
+) -> Result<T, ErrorObjectOwned>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,

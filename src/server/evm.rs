@@ -63,15 +63,14 @@ pub(super) async fn signing_caller(
     match resolve(ext) {
         Authentication::Caller(c) => Ok(c),
         Authentication::Refused(reason) => {
-            let peer = ext
-                .get::<Credential>()
-                .and_then(|c| c.peer)
-                .map(|p| p.ip());
+            let peer = ext.get::<Credential>().and_then(|c| c.peer).map(|p| p.ip());
             if !ctx.unauth.admit(peer) {
-                return Err(rpc_error::from_guard(&crate::guard::GuardError::RateLimited {
-                    rule: super::unauth::RULE,
-                    retry_after_ms: 1000 / u64::from(super::unauth::PER_SECOND),
-                }));
+                return Err(rpc_error::from_guard(
+                    &crate::guard::GuardError::RateLimited {
+                        rule: super::unauth::RULE,
+                        retry_after_ms: 1000 / u64::from(super::unauth::PER_SECOND),
+                    },
+                ));
             }
             ctx.guard.audit_unauthenticated(method, chain, reason).await;
             Err(rpc_error::unauthorized(reason))

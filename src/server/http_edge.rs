@@ -116,11 +116,9 @@ fn is_port(p: &str) -> bool {
 
 /// Whether an `Origin` is a page served from this machine (`http(s)://localhost:port`).
 pub(crate) fn is_loopback_origin(origin: &str) -> bool {
-    ["http://", "https://"].iter().any(|scheme| {
-        origin
-            .strip_prefix(scheme)
-            .is_some_and(|authority| is_loopback_host(authority))
-    })
+    ["http://", "https://"]
+        .iter()
+        .any(|scheme| origin.strip_prefix(scheme).is_some_and(is_loopback_host))
 }
 
 /// On an open listener, the request must come from this machine in the browser's sense too:
@@ -285,7 +283,14 @@ mod tests {
 
     #[test]
     fn loopback_hosts_and_origins() {
-        for ok in ["127.0.0.1:8550", "localhost", "LOCALHOST:1", "[::1]:8550", "[::1]", "127.9.9.9"] {
+        for ok in [
+            "127.0.0.1:8550",
+            "localhost",
+            "LOCALHOST:1",
+            "[::1]:8550",
+            "[::1]",
+            "127.9.9.9",
+        ] {
             assert!(is_loopback_host(ok), "{ok}");
         }
         for bad in [
@@ -302,7 +307,12 @@ mod tests {
         }
         assert!(is_loopback_origin("http://localhost:3000"));
         assert!(is_loopback_origin("https://[::1]:443"));
-        for bad in ["null", "https://evil.example", "file://", "chrome-extension://abc"] {
+        for bad in [
+            "null",
+            "https://evil.example",
+            "file://",
+            "chrome-extension://abc",
+        ] {
             assert!(!is_loopback_origin(bad), "{bad}");
         }
     }

@@ -88,7 +88,11 @@ fn audit_rows(config: &std::path::Path) -> Vec<Value> {
         .arg(config)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -113,25 +117,42 @@ fn an_unauthenticated_flood_gets_bounded_audit_rows_and_a_summary() {
             _ => panic!("{r}"),
         }
     }
-    assert!(limited > 0 && unauthorized >= 50, "{unauthorized} / {limited}");
+    assert!(
+        limited > 0 && unauthorized >= 50,
+        "{unauthorized} / {limited}"
+    );
     // The summary row arrives within one interval (10 s); wait for it, bounded.
     let deadline = Instant::now() + Duration::from_secs(40);
     let rows = loop {
         let rows = audit_rows(&daemon.config);
-        if rows.iter().any(|r| r["method"] == "rate_limit.unauthenticated") || Instant::now() > deadline {
+        if rows
+            .iter()
+            .any(|r| r["method"] == "rate_limit.unauthenticated")
+            || Instant::now() > deadline
+        {
             break rows;
         }
         std::thread::sleep(Duration::from_millis(500));
     };
-    let unauth: Vec<&Value> = rows.iter().filter(|r| r["client"] == "unauthenticated").collect();
+    let unauth: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["client"] == "unauthenticated")
+        .collect();
     let summary = unauth
         .iter()
         .find(|r| r["method"] == "rate_limit.unauthenticated")
         .unwrap_or_else(|| panic!("no summary row in {unauth:?}"));
-    assert!(summary["reason"].as_str().unwrap().contains("further"), "{summary}");
+    assert!(
+        summary["reason"].as_str().unwrap().contains("further"),
+        "{summary}"
+    );
     // One row per admitted attempt (the control: they are all there), one summary, no more.
     assert_eq!(unauth.len(), unauthorized + 1, "{} rows", unauth.len());
-    assert!(unauth.len() < 400 / 2, "{} rows for 400 attempts", unauth.len());
+    assert!(
+        unauth.len() < 400 / 2,
+        "{} rows for 400 attempts",
+        unauth.len()
+    );
     still_signs(&mut daemon, Some(TOKEN), 0);
 }
 

@@ -32,7 +32,11 @@ fn crash_and_cpu_shapes_get_errors_and_the_daemon_keeps_signing() {
         } else {
             typed
         };
-        for method in ["eth_signTypedData_v4", "eth_signTypedData", "account_signTypedData"] {
+        for method in [
+            "eth_signTypedData_v4",
+            "eth_signTypedData",
+            "account_signTypedData",
+        ] {
             let body = typed_request(&from, &typed).replace("eth_signTypedData_v4", method);
             let (status, text) = crate::http_with(&addr, "", &body);
             let response: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
@@ -56,7 +60,10 @@ fn crash_and_cpu_shapes_get_errors_and_the_daemon_keeps_signing() {
         .as_str()
         .unwrap()
         .starts_with("typedData.types"));
-    assert!(r["error"]["data"]["reason"].as_str().unwrap().contains("cap"));
+    assert!(r["error"]["data"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("cap"));
     let inside = Shape {
         types: 16,
         dims: 1,
@@ -64,8 +71,17 @@ fn crash_and_cpu_shapes_get_errors_and_the_daemon_keeps_signing() {
         budget: 16_000,
         ..Shape::CHAIN_1500
     };
-    let r = call(&addr, None, "eth_signTypedData_v4", json!([from, inside.typed_data()]));
-    assert_eq!(code(&r), Some(-32001), "decoded, then refused by policy: {r}");
+    let r = call(
+        &addr,
+        None,
+        "eth_signTypedData_v4",
+        json!([from, inside.typed_data()]),
+    );
+    assert_eq!(
+        code(&r),
+        Some(-32001),
+        "decoded, then refused by policy: {r}"
+    );
 }
 
 #[test]
@@ -102,7 +118,10 @@ fn concurrent_hostile_typed_data_stays_under_a_memory_bound() {
         .collect();
     for t in threads {
         let (status, text) = t.join().unwrap();
-        assert!(status != 0 && !text.contains("\"result\""), "{status} {text:.200}");
+        assert!(
+            status != 0 && !text.contains("\"result\""),
+            "{status} {text:.200}"
+        );
     }
     let peak_kib = status_kib(pid, "VmHWM:");
     println!("VmHWM: {start_kib} KiB at start, {peak_kib} KiB after 120 concurrent requests");

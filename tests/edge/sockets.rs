@@ -31,7 +31,11 @@ fn a_token_change_and_sighup_reach_an_open_websocket_at_its_next_call() {
     assert_eq!(daemon.wait_line("keyguard: reload"), "keyguard: reloaded");
 
     let r = sign_over_ws(&mut ws, &from, 1);
-    assert_eq!(code(&r), Some(-32005), "the old token on the open socket: {r}");
+    assert_eq!(
+        code(&r),
+        Some(-32005),
+        "the old token on the open socket: {r}"
+    );
     // Control: the new token works, on a new socket.
     let (mut ws2, status) = ws_open(&addr, &format!("Authorization: Bearer {OTHER_TOKEN}\r\n"));
     assert!(status.contains("101"), "{status}");
@@ -45,7 +49,8 @@ fn an_open_listener_refuses_foreign_origins_and_hosts() {
     let mut daemon = Daemon::start(dir.path(), &text, &[("KEYGUARD_LOG", "warn")]);
     let addr = daemon.rpc_addr();
     let port = addr.rsplit(':').next().unwrap().to_string();
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "eth_accounts", "params": []}).to_string();
+    let body =
+        json!({"jsonrpc": "2.0", "id": 1, "method": "eth_accounts", "params": []}).to_string();
 
     let refused = [
         format!("Host: evil.example:{port}\r\n"),
@@ -58,7 +63,10 @@ fn an_open_listener_refuses_foreign_origins_and_hosts() {
         let (status, text) = crate::http_with(&addr, headers, &body);
         assert_eq!(status, 403, "HTTP with {headers:?}: {text}");
         let (_, status) = ws_open(&addr, headers);
-        assert!(status.contains("403"), "WebSocket with {headers:?}: {status}");
+        assert!(
+            status.contains("403"),
+            "WebSocket with {headers:?}: {status}"
+        );
     }
     // Controls: loopback names and pages served from this machine are served.
     let accepted = [
@@ -72,7 +80,10 @@ fn an_open_listener_refuses_foreign_origins_and_hosts() {
         let (status, text) = crate::http_with(&addr, headers, &body);
         assert_eq!(status, 200, "HTTP with {headers:?}: {text}");
         let (_, status) = ws_open(&addr, headers);
-        assert!(status.contains("101"), "WebSocket with {headers:?}: {status}");
+        assert!(
+            status.contains("101"),
+            "WebSocket with {headers:?}: {status}"
+        );
     }
     still_signs(&mut daemon, None, 0);
 }
@@ -86,7 +97,11 @@ fn an_unauthenticated_upgrade_flood_is_refused_and_a_valid_client_is_served() {
     // 2,000 upgrades without a valid token (far more than the per-peer cap of 256), each
     // refused at once and closed by the daemon: none is left holding a connection slot.
     for i in 0..2_000 {
-        let headers = if i % 2 == 0 { "" } else { "Authorization: Bearer wrong-token\r\n" };
+        let headers = if i % 2 == 0 {
+            ""
+        } else {
+            "Authorization: Bearer wrong-token\r\n"
+        };
         let (mut s, status) = ws_open(&addr, headers);
         assert!(status.contains("401"), "upgrade {i}: {status}");
         if i % 100 == 0 {
@@ -116,7 +131,12 @@ fn an_oversized_websocket_message_gets_keyguards_invalid_request_not_32007() {
     assert_eq!(code(&r), Some(-32600), "{r}");
     assert_eq!(r["error"]["data"]["field"], "body");
     // The same over HTTP, and the socket still works for a normal call (control).
-    let r = call(&addr, Some(TOKEN), "eth_accounts", json!(["x".repeat(8_000)]));
+    let r = call(
+        &addr,
+        Some(TOKEN),
+        "eth_accounts",
+        json!(["x".repeat(8_000)]),
+    );
     assert_eq!(code(&r), Some(-32600), "{r}");
     assert!(sign_over_ws(&mut ws, &from, 0)["result"].is_string());
 }

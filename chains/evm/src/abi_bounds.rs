@@ -158,7 +158,11 @@ mod tests {
             Err(Overrun::TooManyValues { .. })
         ));
         // Control: the canonical encoding of a large nested array passes the dry run.
-        let inner = DynSolValue::Array((0..40).map(|i| DynSolValue::Uint(U256::from(i), 256)).collect());
+        let inner = DynSolValue::Array(
+            (0..40)
+                .map(|i| DynSolValue::Uint(U256::from(i), 256))
+                .collect(),
+        );
         let value = DynSolValue::Array(vec![inner; 40]);
         let canonical = DynSolValue::Tuple(vec![value]).abi_encode_params();
         assert_eq!(check(std::slice::from_ref(&ty), &canonical), Ok(()));

@@ -66,7 +66,10 @@ fn hash_and_work(data: &Value) -> (alloy_primitives::B256, HashWork) {
 fn issue_14_chain_of_1500_types_through_arrays_is_refused_not_a_crash() {
     refused_with_cap(chain(1_500, 1, "[]", json!({"f0": []})), "typedData.types");
     refused_with_cap(chain(1_500, 1, "", json!({})), "typedData.types");
-    refused_with_cap(chain(1_500, 1, "[][][]", json!({"f0": []})), "typedData.types");
+    refused_with_cap(
+        chain(1_500, 1, "[][][]", json!({"f0": []})),
+        "typedData.types",
+    );
     // Control: the same shape at the cap decodes, and hashes as alloy does.
     let ok = chain(typed_bounds::MAX_STRUCT_DEPTH, 1, "[]", json!({"f0": []}));
     hash_and_work(&ok);
@@ -100,7 +103,12 @@ fn recursive_types_are_refused() {
 fn counts_sizes_and_names_are_capped() {
     let many = chain(typed_bounds::MAX_TYPES + 1, 1, "[]", json!({"f0": []}));
     refused_with_cap(many, "typedData.types");
-    let long_array = chain(2, 1, "[]", json!({"f0": vec![json!({"amount": "1"}); 5_000]}));
+    let long_array = chain(
+        2,
+        1,
+        "[]",
+        json!({"f0": vec![json!({"amount": "1"}); 5_000]}),
+    );
     refused_with_cap(long_array, "typedData.message");
     let fixed = chain(2, 1, "[100000]", json!({"f0": []}));
     refused_with_cap(fixed, "typedData.types");

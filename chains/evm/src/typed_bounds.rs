@@ -133,7 +133,9 @@ pub fn check_types(types: &Value, primary: Option<&str>) -> Result<(), Rejection
         if name.len() > MAX_NAME_BYTES || !is_ident(name) {
             return Err(Rejection::invalid(
                 "typedData.types",
-                format!("type name {name:.64?} is not an identifier of at most {MAX_NAME_BYTES} bytes"),
+                format!(
+                    "type name {name:.64?} is not an identifier of at most {MAX_NAME_BYTES} bytes"
+                ),
             ));
         }
         let Value::Array(fields) = fields else {
@@ -144,9 +146,13 @@ pub fn check_types(types: &Value, primary: Option<&str>) -> Result<(), Rejection
         }
         let mut edges = Vec::new();
         for f in fields {
-            let (Some(Value::String(fname)), Some(Value::String(ty))) = (f.get("name"), f.get("type"))
+            let (Some(Value::String(fname)), Some(Value::String(ty))) =
+                (f.get("name"), f.get("type"))
             else {
-                return Err(Rejection::invalid(at, "each field must be {name, type} strings"));
+                return Err(Rejection::invalid(
+                    at,
+                    "each field must be {name, type} strings",
+                ));
             };
             if fname.len() > MAX_NAME_BYTES || ty.len() > MAX_NAME_BYTES * 2 {
                 return Err(cap(
@@ -219,7 +225,11 @@ fn graph_bounds(names: Vec<&str>, nodes: &[Node]) -> Result<(), Rejection> {
             }
             let at = || format!("typedData.types.{:.64}", names[n]);
             if depth > MAX_STRUCT_DEPTH {
-                return Err(cap(&at(), format!("struct nesting {depth}"), MAX_STRUCT_DEPTH));
+                return Err(cap(
+                    &at(),
+                    format!("struct nesting {depth}"),
+                    MAX_STRUCT_DEPTH,
+                ));
             }
             if nesting > MAX_NESTING {
                 return Err(cap(
