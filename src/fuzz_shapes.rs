@@ -98,7 +98,15 @@ impl Shape {
     fn message(&self, n: usize) -> Value {
         let mut value = json!({"amount": "1", "note": "x".repeat(self.string_len)});
         let mut size = 3usize;
-        for _ in (0..n.saturating_sub(1)).rev() {
+        let mut depth = 1usize;
+        for _ in 0..n.saturating_sub(1) {
+            // JSON requests cannot nest deeper than the parser's limit (128); past it, the
+            // generator's own Value would be cloned and dropped recursively, so the message
+            // stops there (the types, which do the damage, are complete).
+            depth += self.dims + 1;
+            if depth > 100 {
+                return json!({});
+            }
             let mut wrapped = value;
             let mut wrapped_size = size;
             for _ in 0..self.dims {

@@ -6,13 +6,18 @@
 //! - `shapes`: typed-data crash and CPU shapes, memory under concurrent hostile requests.
 //! - `sockets`: revocation on an open WebSocket, Origin/Host, the upgrade flood, oversized
 //!   WebSocket messages.
+//! - `managed`: `clients update` / `clients remove` on an open WebSocket.
 //! - `hygiene`: log injection, metric cardinality, unauthenticated audit rows, reloads.
 
 #![allow(unreachable_pub)]
 
 #[path = "../common/mod.rs"]
 mod common;
+#[allow(dead_code)]
+#[path = "../control/mod.rs"]
+mod control;
 mod hygiene;
+mod managed;
 mod shapes;
 mod sockets;
 

@@ -129,3 +129,31 @@ fn concurrent_hostile_typed_data_stays_under_a_memory_bound() {
     assert!(peak_kib < 192 * 1024, "peak RSS {peak_kib} KiB");
     still_signs(&mut daemon, None, 0);
 }
+
+#[test]
+fn json_nested_deeper_than_the_parser_limit_is_refused_not_recursed() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::config(dir.path(), "");
+    let mut daemon = Daemon::start(dir.path(), &text, &[("KEYGUARD_LOG", "warn")]);
+    let (addr, from) = (daemon.rpc_addr(), address(&daemon));
+    let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+    let deep_string = serde_json::to_string(&deep).unwrap();
+    let bodies = [
+        // The whole request, the params, a field of the params, typed data as a JSON string.
+        deep.clone(),
+        format!(r#"{{"jsonrpc":"2.0","id":1,"method":"eth_signTransaction","params":{deep}}}"#),
+        format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"eth_signTypedData_v4","params":["{from}",{{"types":{deep}}}]}}"#
+        ),
+        format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"eth_signTypedData_v4","params":["{from}",{deep_string}]}}"#
+        ),
+        format!("[{}]", vec![deep.as_str(); 4].join(",")),
+    ];
+    for (i, body) in bodies.iter().enumerate() {
+        let (status, text) = crate::http_with(&addr, "", body);
+        assert!(status != 0, "body {i}: no answer");
+        assert!(!text.contains("\"result\""), "body {i}: {text:.200}");
+        still_signs(&mut daemon, None, i as u64);
+    }
+}

@@ -181,3 +181,35 @@ fn permit_hash_reference(v: &Value) -> alloy_primitives::B256 {
     let t: alloy_dyn_abi::eip712::TypedData = serde_json::from_value(v.clone()).unwrap();
     t.eip712_signing_hash().unwrap()
 }
+
+#[test]
+fn a_message_nested_deeper_than_any_type_is_refused_before_it_is_copied() {
+    // Not reachable through JSON text (the parser stops at 128 levels), but the decoder is a
+    // public API: 100,000 levels must be refused, not cloned recursively.
+    // Built and moved without `json!` (which serializes, so clones recursively).
+    let mut message = json!(1);
+    for _ in 0..100_000 {
+        let mut o = Map::new();
+        o.insert("f0".into(), message);
+        message = Value::Object(o);
+    }
+    let mut data = chain(2, 1, "", json!({}));
+    data["message"] = message;
+    let result = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            let params = Value::Array(vec![Value::String(FROM.into()), data]);
+            let r = crate::decode_typed_data_params(&params);
+            // Dropping the Value recurses; leak it instead (the test's own limitation).
+            std::mem::forget(params);
+            r.map(|_| ())
+        })
+        .unwrap()
+        .join()
+        .expect("decoder panicked");
+    assert!(
+        matches!(&result, Err(Rejection::InvalidParams { field, reason })
+            if field == "typedData.message" && reason.contains("cap")),
+        "{result:?}"
+    );
+}

@@ -255,14 +255,23 @@ fn graph_bounds(names: Vec<&str>, nodes: &[Node]) -> Result<(), Rejection> {
 
 /// Counts values, array lengths and string sizes of `domain` and `message` without recursion.
 pub fn check_values(domain: Option<&Value>, message: Option<&Value>) -> Result<(), Rejection> {
-    let mut stack: Vec<(&'static str, &Value)> = Vec::new();
-    stack.extend(domain.map(|d| ("typedData.domain", d)));
-    stack.extend(message.map(|m| ("typedData.message", m)));
+    let mut stack: Vec<(&'static str, &Value, usize)> = Vec::new();
+    stack.extend(domain.map(|d| ("typedData.domain", d, 1)));
+    stack.extend(message.map(|m| ("typedData.message", m, 1)));
     let (mut values, mut bytes) = (0usize, 0usize);
-    while let Some((field, v)) = stack.pop() {
+    while let Some((field, v, depth)) = stack.pop() {
         values += 1;
         if values > MAX_VALUES {
             return Err(cap(field, "too many values".to_owned(), MAX_VALUES));
+        }
+        // A value deeper than any allowed type could describe; refused before anything
+        // clones or drops it recursively.
+        if depth > MAX_NESTING + 1 {
+            return Err(cap(
+                field,
+                "values nested too deep".to_owned(),
+                MAX_NESTING + 1,
+            ));
         }
         match v {
             Value::Array(items) => {
@@ -273,9 +282,9 @@ pub fn check_values(domain: Option<&Value>, message: Option<&Value>) -> Result<(
                         MAX_ARRAY_LEN,
                     ));
                 }
-                stack.extend(items.iter().map(|i| (field, i)));
+                stack.extend(items.iter().map(|i| (field, i, depth + 1)));
             }
-            Value::Object(o) => stack.extend(o.values().map(|i| (field, i))),
+            Value::Object(o) => stack.extend(o.values().map(|i| (field, i, depth + 1))),
             Value::String(s) => {
                 if s.len() > MAX_STRING_BYTES {
                     return Err(cap(
