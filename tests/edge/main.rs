@@ -13,7 +13,6 @@
 
 #[path = "../common/mod.rs"]
 mod common;
-#[allow(dead_code)]
 #[path = "../control/mod.rs"]
 mod control;
 mod hygiene;

@@ -148,7 +148,7 @@ fn json_nested_deeper_than_the_parser_limit_is_refused_not_recursed() {
         format!(
             r#"{{"jsonrpc":"2.0","id":1,"method":"eth_signTypedData_v4","params":["{from}",{deep_string}]}}"#
         ),
-        format!("[{}]", vec![deep.as_str(); 4].join(",")),
+        format!("[{}]", [deep.as_str(); 4].join(",")),
     ];
     for (i, body) in bodies.iter().enumerate() {
         let (status, text) = crate::http_with(&addr, "", body);
