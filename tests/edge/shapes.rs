@@ -157,3 +157,58 @@ fn json_nested_deeper_than_the_parser_limit_is_refused_not_recursed() {
         still_signs(&mut daemon, None, i as u64);
     }
 }
+
+#[test]
+fn one_websocket_pipelining_hostile_typed_data_stays_under_a_memory_bound() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::config(dir.path(), "");
+    let mut daemon = Daemon::start(dir.path(), &text, &[("KEYGUARD_LOG", "warn")]);
+    let (addr, from, pid) = (daemon.rpc_addr(), address(&daemon), daemon.child.id());
+    let typed = json!({
+        "types": {"M": [{"name": "xs", "type": "uint256[]"}]},
+        "primaryType": "M", "domain": {"chainId": 31337},
+        "message": {"xs": vec!["123456789012345678901234567890123456789012345678901"; 15_000]},
+    });
+    let payload = typed_request(&from, &typed).into_bytes();
+    let (mut ws, status) = crate::ws_open(&addr, "");
+    assert!(status.contains("101"), "{status}");
+    // 120 frames of ~800 KB written back to back, before reading any answer.
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | 127];
+    frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let mut reader = ws.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        for _ in 0..120 {
+            if ws.write_all(&frame).is_err() {
+                break;
+            }
+        }
+        ws
+    });
+    let mut answered = 0;
+    while answered < 120 {
+        let mut head = [0u8; 2];
+        if std::io::Read::read_exact(&mut reader, &mut head).is_err() {
+            break;
+        }
+        let len = match head[1] & 0x7f {
+            126 => {
+                let mut l = [0u8; 2];
+                std::io::Read::read_exact(&mut reader, &mut l).unwrap();
+                u16::from_be_bytes(l) as usize
+            }
+            n => n as usize,
+        };
+        let mut body = vec![0u8; len];
+        std::io::Read::read_exact(&mut reader, &mut body).unwrap();
+        answered += 1;
+    }
+    drop(writer.join());
+    let peak_kib = status_kib(pid, "VmHWM:");
+    println!("VmHWM after 120 pipelined ~800 KB messages on one WebSocket: {peak_kib} KiB ({answered} answered)");
+    assert!(peak_kib < 192 * 1024, "peak RSS {peak_kib} KiB");
+    still_signs(&mut daemon, None, 0);
+}
