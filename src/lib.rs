@@ -19,6 +19,7 @@ pub mod approvals;
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod decode_gate;
 pub mod fuzz_harness;
 pub mod fuzz_shapes;
 pub mod guard;

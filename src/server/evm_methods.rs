@@ -36,9 +36,12 @@ fn digest_method(module: &mut Module, name: &'static str, decode: fn(&Value) -> 
             let caller = signing_caller(&ext, &ctx, name, &chain).await?;
             // Parsing and hashing typed data is the costly part of these methods: it runs
             // under the decode gate, off the async workers.
-            let permit = super::decode_gate::permit().await?;
+            let unavailable = |e: crate::decode_gate::Unavailable| {
+                ErrorObjectOwned::owned(-32603, format!("internal error: {e}"), None::<()>)
+            };
+            let permit = crate::decode_gate::permit().await.map_err(unavailable)?;
             let raw = params.as_str().map(str::to_owned);
-            let request = super::decode_gate::run(&permit, move || {
+            let request = crate::decode_gate::run(&permit, move || {
                 let p = match raw {
                     Some(raw) => serde_json::from_str(&raw).map_err(|e| {
                         rpc_error::from_guard(&Rejection::invalid("params", e.to_string()).into())
@@ -47,7 +50,8 @@ fn digest_method(module: &mut Module, name: &'static str, decode: fn(&Value) -> 
                 };
                 Ok::<_, ErrorObjectOwned>(decode(&p))
             })
-            .await??;
+            .await
+            .map_err(unavailable)??;
             drop(permit);
             let sig = ctx
                 .guard

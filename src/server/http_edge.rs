@@ -249,7 +249,7 @@ where
             }
         }
         let large = match declared {
-            Some(n) => n > super::decode_gate::LARGE_BODY as u64,
+            Some(n) => n > crate::decode_gate::LARGE_BODY as u64,
             None => request
                 .headers()
                 .contains_key(http::header::TRANSFER_ENCODING),
@@ -261,7 +261,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let _permit = match large {
-                true => super::decode_gate::large_body_permit().await,
+                true => crate::decode_gate::large_body_permit().await,
                 false => None,
             };
             let body = match Limited::new(body, limit).collect().await {

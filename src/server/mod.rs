@@ -5,7 +5,6 @@ pub mod admin;
 mod bitcoin;
 pub mod bitcoin_node;
 mod connections;
-pub mod decode_gate;
 mod edge_io;
 pub mod evm;
 mod evm_methods;
