@@ -82,7 +82,44 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("privval_decode", privval_decode),
     ("evm_typed_data", evm_typed_data),
     ("evm_abi_calldata", evm_abi_calldata),
+    ("evm_typed_shapes", evm_typed_shapes),
 ];
+
+/// Hostile typed-data *shapes* ([`crate::fuzz_shapes`]: type chains, diamonds, cycles, huge
+/// arrays, long strings) from a few bytes, decoded on a thread with a tokio worker's 2 MiB
+/// stack: the decoder refuses with a named field or hashes within the work bound, and its hash
+/// equals alloy's reference `eip712_signing_hash` (safe to call once the caps passed).
+pub fn evm_typed_shapes(data: &[u8]) {
+    let shape = crate::fuzz_shapes::Shape::from_bytes(data);
+    let typed = shape.typed_data();
+    let outcome = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || typed_shape_outcome(&typed))
+        .expect("spawn")
+        .join();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn typed_shape_outcome(typed: &serde_json::Value) {
+    use keyguard_evm::typed_bounds;
+    let from = "0x0000000000000000000000000000000000000001";
+    match keyguard_evm::decode_typed_data_params(&serde_json::json!([from, typed])) {
+        Ok(intent) => {
+            let (hash, work) = typed_bounds::signing_hash(&intent.data).expect("hashed once");
+            assert_eq!(hash, intent.hash);
+            assert!(work.type_hashes <= typed_bounds::MAX_TYPES, "{work:?}");
+            assert!(work.words <= 2 * typed_bounds::MAX_VALUES, "{work:?}");
+            let reference = intent.data.eip712_signing_hash().expect("reference hash");
+            assert_eq!(hash, reference, "bounded hash differs from alloy's");
+        }
+        Err(keyguard_chain::Rejection::InvalidParams { field, reason }) => {
+            assert!(!field.is_empty() && !reason.is_empty(), "unnamed refusal");
+        }
+        Err(other) => panic!("decoding returned a policy refusal: {other:?}"),
+    }
+}
 
 /// `eth_signTypedData_v4` params: decoding refuses with a named field or yields an intent whose
 /// hash is a pure function of the input (decoding twice gives the same hash), whose summary and

@@ -105,6 +105,25 @@ pub fn check_private(path: &Path) -> Result<(), HardeningError> {
     Ok(())
 }
 
+/// Raises the soft limit on open descriptors to the hard limit (at most 65,536), so the
+/// listeners' connection caps, not a distribution default of 1,024, decide when connections
+/// are refused. Returns the soft limit in force.
+pub fn raise_open_files() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let now = getrlimit(Resource::Nofile);
+    let want = now.maximum.unwrap_or(65_536).min(65_536);
+    if now.current.is_some_and(|c| c < want) {
+        let raised = Rlimit {
+            current: Some(want),
+            maximum: now.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return Some(want);
+        }
+    }
+    now.current
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

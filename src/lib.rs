@@ -20,11 +20,14 @@ pub mod approvals;
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod decode_gate;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod fuzz_harness;
+pub mod fuzz_shapes;
 pub mod guard;
 pub mod hardening;
+pub mod log_escape;
 pub mod metrics;
 pub mod policy;
 pub mod server;

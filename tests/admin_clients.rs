@@ -13,7 +13,7 @@ use control::*;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-/// A bearer listener with one config-file client (`batcher`, token `secret`).
+/// A bearer listener with one config-file client (`batcher`, token `kg-test-batcher-token`).
 fn bearer_config(dir: &std::path::Path) -> String {
     format!(
         r#"
@@ -32,7 +32,7 @@ chain_id = 31337
 auth = "bearer"
 [[clients]]
 name = "batcher"
-token_sha256 = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
+token_sha256 = "67d421fb2e91fc94a62e63c8f285bb7203e6a8e6c325b6daf93ee26ecff5c869"
 keys = ["*"]
 [admin]
 totp_single_use = false
@@ -148,7 +148,7 @@ fn managed_clients_are_scoped_and_in_force_for_the_next_request() {
     assert_eq!(error_code(&limited), Some(-32003), "{limited}");
     assert_eq!(error_code(&sign_as(&rpc, "wrong", &from, 2)), Some(-32005));
     // The config client is untouched by the managed client's limit.
-    assert!(sign_as(&rpc, "secret", &from, 3)["result"].is_string());
+    assert!(sign_as(&rpc, "kg-test-batcher-token", &from, 3)["result"].is_string());
 
     // Listing shows both kinds; the config one is marked read-only.
     let (ok, out) = cli(&daemon, &alice, &["list"]);

@@ -148,6 +148,12 @@ impl Authenticator {
         }
     }
 
+    /// Whether this listener serves anyone who connects (`auth = "none"`): then the edge also
+    /// checks `Host` and `Origin`, since the only credential is being on this machine.
+    pub fn is_open(&self) -> bool {
+        self.mode == AuthMode::None
+    }
+
     /// Also accepts the bearer tokens of the clients in `book` (read at every request).
     pub fn with_managed(mut self, book: Arc<ClientBook>) -> Self {
         self.managed = Some(book);
@@ -221,7 +227,7 @@ mod tests {
         auth = "bearer"
         [[clients]]
         name = "batcher"
-        token_sha256 = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
+        token_sha256 = "67d421fb2e91fc94a62e63c8f285bb7203e6a8e6c325b6daf93ee26ecff5c869"
         keys = ["batcher-key"]
         response = "geth"
     "#;
@@ -230,8 +236,9 @@ mod tests {
     fn bearer_tokens_resolve_to_their_client_only() {
         let config = Config::parse(Path::new("t.toml"), CONFIG).unwrap();
         let auth = Authenticator::new(&config, &config.listeners[0]);
-        // sha256("secret")
-        let Authentication::Caller(c) = auth.authenticate(Some(b"Bearer secret")) else {
+        // sha256("kg-test-batcher-token")
+        let Authentication::Caller(c) = auth.authenticate(Some(b"Bearer kg-test-batcher-token"))
+        else {
             panic!("token refused");
         };
         assert_eq!(&*c.name, "batcher");
@@ -247,7 +254,7 @@ mod tests {
             Authentication::Refused(_)
         ));
         assert!(matches!(
-            auth.authenticate(Some(b"secret")),
+            auth.authenticate(Some(b"kg-test-batcher-token")),
             Authentication::Refused(_)
         ));
     }

@@ -28,6 +28,7 @@ fn listener_identity(l: &ListenerConfig) -> impl PartialEq + std::fmt::Debug + '
         l.chain_id,
         l.auth,
         l.max_body_bytes,
+        l.connections,
     )
 }
 
@@ -74,6 +75,7 @@ impl Reloader {
             );
         }
         self.guard.reload_policies(&new);
+        crate::metrics::set_chain_labels(&new);
         self.clients.set_configured(&new.clients);
         for (name, switch) in &self.auths {
             if let Some(listener) = new.listeners.iter().find(|l| &l.name == name) {

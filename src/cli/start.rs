@@ -38,6 +38,9 @@ pub(crate) fn run(config_path: &Path) -> anyhow::Result<()> {
 }
 
 async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
+    metrics::set_chain_labels(&config);
+    let open_files = hardening::raise_open_files();
+    tracing::debug!(?open_files, "descriptor limit");
     use tokio::signal::unix::{signal, SignalKind};
     // Installed before READY=1: a stop or reload right after readiness must be handled.
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

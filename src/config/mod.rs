@@ -240,6 +240,32 @@ pub struct ListenerConfig {
     /// Seconds a signing call that needs approvals waits for them (0 answers -32002 at once).
     #[serde(default)]
     pub approval_wait_secs: u32,
+    /// Connection caps and idle timeout of this listener (see docs/edge.md).
+    #[serde(default)]
+    pub connections: ConnectionLimits,
+}
+
+/// How many connections a listener holds, and for how long when they are idle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionLimits {
+    /// Open connections in total; more are closed at accept.
+    pub max: u32,
+    /// Open connections from one IP address.
+    pub per_peer: u32,
+    /// Seconds without a byte in either direction before a connection is closed (raised to
+    /// the approval wait plus a minute, so a parked call is never cut).
+    pub idle_timeout_secs: u32,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max: 1024,
+            per_peer: 256,
+            idle_timeout_secs: 300,
+        }
+    }
 }
 
 /// TLS settings of a listener (PEM files, relative to the working directory).
@@ -416,6 +442,13 @@ impl Config {
             if l.max_body_bytes < 1024 {
                 problems.push(self.invalid(key("max_body_bytes"), "must be at least 1024"));
             }
+            let c = l.connections;
+            if c.max == 0 || c.per_peer == 0 || c.per_peer > c.max || c.idle_timeout_secs == 0 {
+                problems.push(self.invalid(
+                    key("connections"),
+                    "max, per_peer and idle_timeout_secs must be positive, per_peer <= max",
+                ));
+            }
             if l.approval_wait_secs > MAX_APPROVAL_WAIT_SECS {
                 problems.push(self.invalid(
                     key("approval_wait_secs"),
@@ -439,6 +472,14 @@ impl Config {
                 ));
             } else if ok && !hashes.insert(c.token_sha256.to_ascii_lowercase()) {
                 problems.push(self.invalid(key("token_sha256"), "two clients share a token"));
+            } else if let Some(weak) = well_known_token(&c.token_sha256) {
+                problems.push(self.invalid(
+                    key("token_sha256"),
+                    format!(
+                        "is the SHA-256 of the well-known token {weak:?}, which anyone can send; \
+                         generate one with `keyguard clients token`"
+                    ),
+                ));
             }
         }
         let mut policy_names = HashSet::new();
@@ -569,3 +610,49 @@ impl Config {
 
 #[cfg(test)]
 mod tests;
+
+/// Tokens found in examples, tutorials and password lists: a client configured with one has no
+/// credential at all.
+const WELL_KNOWN_TOKENS: &[&str] = &[
+    "",
+    "secret",
+    "password",
+    "changeme",
+    "change-me",
+    "test",
+    "token",
+    "admin",
+    "root",
+    "default",
+    "keyguard",
+    "example",
+    "dev",
+    "devtoken",
+    "letmein",
+    "qwerty",
+    "123456",
+    "12345678",
+    "1234",
+    "pass",
+    "passw0rd",
+    "foobar",
+    "foo",
+    "bar",
+    "hunter2",
+    "s3cret",
+    "mysecret",
+    "supersecret",
+    "bearer",
+    "signer",
+    "demo",
+];
+
+/// The well-known token whose SHA-256 is `token_sha256`, if any.
+pub fn well_known_token(token_sha256: &str) -> Option<&'static str> {
+    use sha2::{Digest, Sha256};
+    let given = hex::decode(token_sha256).ok()?;
+    WELL_KNOWN_TOKENS
+        .iter()
+        .find(|t| Sha256::digest(t.as_bytes()).as_slice() == given.as_slice())
+        .copied()
+}

@@ -159,3 +159,19 @@ fn bitcoin_approval_and_time_window_are_checked_at_load() {
     let text = text.replace("07:00-22:00", "07:00-07:00");
     assert!(parse(&text).unwrap_err().to_string().contains("hours"));
 }
+
+#[test]
+fn well_known_token_hashes_are_refused() {
+    use sha2::{Digest, Sha256};
+    let client = |token: &str| {
+        let hash = hex::encode(Sha256::digest(token.as_bytes()));
+        format!("{DEV}\n[[clients]]\nname = \"x\"\ntoken_sha256 = \"{hash}\"\nkeys = [\"*\"]\n")
+    };
+    for weak in ["secret", "password", "changeme", "test", ""] {
+        let err = parse(&client(weak)).unwrap_err().to_string();
+        assert!(err.contains("well-known token"), "{weak:?}: {err}");
+    }
+    // Control: a generated token loads; so does the placeholder of the example configs.
+    assert!(parse(&client("kg-2f6c0e9a-generated")).is_ok());
+    assert!(well_known_token(&"0".repeat(64)).is_none());
+}

@@ -49,7 +49,13 @@ impl<'g> Adapter<'g> for DigestAdapter<'g> {
         let Who::Client(caller) = who else {
             return Err(GuardError::Backend("EVM requests come from clients".into()));
         };
-        let request = match (self.decode)(&self.params) {
+        // Parsing and hashing typed data is the costly part of these methods: it runs under
+        // the decode gate (bounded concurrency), off the async workers.
+        let (decode, params) = (self.decode, std::mem::take(&mut self.params));
+        let decoded = crate::decode_gate::gated(move || decode(&params))
+            .await
+            .map_err(|e| GuardError::Backend(e.to_string()))?;
+        let request = match decoded {
             DigestRequest::Typed(t) => Decoded::Typed(t?),
             DigestRequest::Message(m) => Decoded::Message(m?),
         };

@@ -45,7 +45,7 @@ pub(super) fn register(module: &mut RpcModule<EvmContext>) {
                 let params = normalize(&params)?;
                 let signed = ctx
                     .guard
-                    .sign_bitcoin_psbt(caller, &params)
+                    .sign_bitcoin_psbt(&caller, &params)
                     .await
                     .map_err(|e| rpc_error::from_guard(&e))?;
                 let mut out = json!({
@@ -74,7 +74,7 @@ pub(super) fn register(module: &mut RpcModule<EvmContext>) {
             let caller = caller(ext)?;
             let params = normalize(&params)?;
             ctx.guard
-                .bitcoin_descriptors(caller, &params)
+                .bitcoin_descriptors(&caller, &params)
                 .map_err(|e| rpc_error::from_guard(&e))
         })
         .expect("unique method");

@@ -4,14 +4,14 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use jsonrpsee::server::{
-    BatchRequestConfig, Extensions, RpcModule, Server, ServerConfig, ServerHandle,
-};
+use jsonrpsee::server::{BatchRequestConfig, Extensions, RpcModule, ServerConfig, ServerHandle};
 use jsonrpsee::types::{ErrorObjectOwned, Params};
 use serde_json::Value;
 
-use super::http_edge::EdgeLayer;
+use super::connections::{Listener, Slots};
+use super::http_edge::Credential;
 use super::rpc_error;
+use super::unauth::UnauthGate;
 use crate::access::clients::ClientBook;
 use crate::access::{AuthSwitch, Authentication, Authenticator, Caller};
 use crate::config::{Config, ListenerConfig, ResponseShape};
@@ -31,32 +31,47 @@ pub(super) struct EvmContext {
     pub(super) guard: Arc<Guard>,
     pub(super) chain_id: u64,
     pub(super) upstream: Option<Arc<super::upstream::Upstream>>,
+    pub(super) unauth: Arc<UnauthGate>,
 }
 
-pub(super) fn caller(ext: &Extensions) -> Result<&Caller, ErrorObjectOwned> {
-    match ext.get::<Authentication>() {
-        Some(Authentication::Caller(c)) => Ok(c),
-        Some(Authentication::Refused(reason)) => Err(rpc_error::unauthorized(reason)),
-        None => Err(rpc_error::unauthorized("no credential")),
+/// The caller of this call, resolved now from the connection's credential (never cached at
+/// the WebSocket upgrade: revocation and scope changes apply to the next message).
+fn resolve(ext: &Extensions) -> Authentication {
+    match ext.get::<Credential>() {
+        Some(credential) => credential.resolve(),
+        None => Authentication::Refused("no credential"),
+    }
+}
+
+pub(super) fn caller(ext: &Extensions) -> Result<Caller, ErrorObjectOwned> {
+    match resolve(ext) {
+        Authentication::Caller(c) => Ok(c),
+        Authentication::Refused(reason) => Err(rpc_error::unauthorized(reason)),
     }
 }
 
 /// The caller of a signing method. A refused credential is audited before the `-32005` goes
 /// back: a signing attempt with a missing, unknown or revoked token is evidence an operator
-/// must be able to find, not only a log line.
-pub(super) async fn signing_caller<'a>(
-    ext: &'a Extensions,
+/// must be able to find, not only a log line. Beyond the unauthenticated budget of the peer
+/// (see `unauth`), attempts are counted into one summary row and answered `-32003`.
+pub(super) async fn signing_caller(
+    ext: &Extensions,
     ctx: &EvmContext,
     method: &str,
     chain: &str,
-) -> Result<&'a Caller, ErrorObjectOwned> {
-    match ext.get::<Authentication>() {
-        Some(Authentication::Caller(c)) => Ok(c),
-        refused => {
-            let reason = match refused {
-                Some(Authentication::Refused(reason)) => reason,
-                _ => "no credential",
-            };
+) -> Result<Caller, ErrorObjectOwned> {
+    match resolve(ext) {
+        Authentication::Caller(c) => Ok(c),
+        Authentication::Refused(reason) => {
+            let peer = ext.get::<Credential>().and_then(|c| c.peer).map(|p| p.ip());
+            if !ctx.unauth.admit(peer) {
+                return Err(rpc_error::from_guard(
+                    &crate::guard::GuardError::RateLimited {
+                        rule: super::unauth::RULE,
+                        retry_after_ms: 1000 / u64::from(super::unauth::PER_SECOND),
+                    },
+                ));
+            }
             ctx.guard.audit_unauthenticated(method, chain, reason).await;
             Err(rpc_error::unauthorized(reason))
         }
@@ -78,7 +93,7 @@ fn build_module(ctx: EvmContext, proxied: &[String]) -> RpcModule<EvmContext> {
         .expect("unique method");
     module
         .register_method("eth_accounts", |_, ctx, ext| {
-            caller(ext).map(|c| ctx.guard.evm_accounts(c))
+            caller(ext).map(|c| ctx.guard.evm_accounts(&c))
         })
         .expect("unique method");
     module
@@ -97,7 +112,7 @@ fn build_module(ctx: EvmContext, proxied: &[String]) -> RpcModule<EvmContext> {
                 };
                 let signed = ctx
                     .guard
-                    .sign_evm_transaction(caller, ctx.chain_id, &params)
+                    .sign_evm_transaction(&caller, ctx.chain_id, &params)
                     .await
                     .map_err(|e| rpc_error::from_guard(&e))?;
                 Ok::<Value, ErrorObjectOwned>(match caller.response {
@@ -121,14 +136,9 @@ pub async fn start(
     let auth = Arc::new(AuthSwitch::new(
         Authenticator::new(config, listener).with_managed(clients),
     ));
-    let edge = EdgeLayer {
-        auth: auth.clone(),
-        max_body: listener.max_body_bytes as usize,
-        cert_name: None,
-    };
     let server_config = ServerConfig::builder()
         .max_request_body_size(listener.max_body_bytes)
-        .max_connections(4096)
+        .max_connections(listener.connections.max)
         .set_batch_request_config(BatchRequestConfig::Limit(100))
         .build();
     let upstream = match &listener.upstream {
@@ -142,42 +152,41 @@ pub async fn start(
         .as_ref()
         .map(|u| u.proxy_methods.clone())
         .unwrap_or_default();
+    let unauth = UnauthGate::start(&guard, format!("eip155:{}", listener.chain_id));
     let module = build_module(
         EvmContext {
             guard,
             chain_id: listener.chain_id,
             upstream,
+            unauth,
         },
         &proxied,
     );
-    let (handle, local_addr) = match &listener.tls {
-        None => {
-            let server = Server::builder()
-                .set_config(server_config)
-                .set_http_middleware(tower::ServiceBuilder::new().layer(edge))
-                .build(listener.address)
-                .await?;
-            let local_addr = server.local_addr()?;
-            (server.start(module), local_addr)
-        }
-        Some(tls) => {
-            let acceptor =
-                tokio_rustls::TlsAcceptor::from(Arc::new(super::tls::server_config(tls)?));
-            let tcp = tokio::net::TcpListener::bind(listener.address).await?;
-            let local_addr = tcp.local_addr()?;
-            let (stop, handle) = jsonrpsee::server::stop_channel();
-            tokio::spawn(super::tls::serve(
-                tcp,
-                acceptor,
-                module.into(),
-                server_config,
-                auth.clone(),
-                listener.max_body_bytes as usize,
-                stop,
-            ));
-            (handle, local_addr)
-        }
+    let tls = match &listener.tls {
+        Some(tls) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+            super::tls::server_config(tls)?,
+        ))),
+        None => None,
     };
+    // An idle timeout shorter than the approval wait would cut a parked call.
+    let idle = std::time::Duration::from_secs(u64::from(listener.connections.idle_timeout_secs))
+        .max(listener.approval_wait() + std::time::Duration::from_secs(60));
+    let tcp = tokio::net::TcpListener::bind(listener.address).await?;
+    let local_addr = tcp.local_addr()?;
+    let (stop, handle) = jsonrpsee::server::stop_channel();
+    tokio::spawn(super::connections::serve(
+        tcp,
+        Listener {
+            methods: module.into(),
+            server_config,
+            auth: auth.clone(),
+            max_body: listener.max_body_bytes as usize,
+            tls,
+            idle,
+            slots: Slots::new(listener.connections),
+        },
+        stop,
+    ));
     Ok(EvmListener {
         handle,
         local_addr,

@@ -38,7 +38,7 @@ fn digest_method(module: &mut Module, name: &'static str, decode: fn(&Value) -> 
             // Decoded inside the guard, after the rate limits.
             let sig = ctx
                 .guard
-                .sign_evm_digest(caller, ctx.chain_id, name, &p, decode)
+                .sign_evm_digest(&caller, ctx.chain_id, name, &p, decode)
                 .await
                 .map_err(|e| rpc_error::from_guard(&e))?;
             Ok::<Value, ErrorObjectOwned>(hex_sig(sig))
@@ -118,7 +118,7 @@ pub(super) fn register_signing(module: &mut Module) {
         .expect("unique method");
     module
         .register_method("account_list", |_, ctx, ext| {
-            caller(ext).map(|c| ctx.guard.evm_accounts(c))
+            caller(ext).map(|c| ctx.guard.evm_accounts(&c))
         })
         .expect("unique method");
     module
@@ -132,7 +132,7 @@ pub(super) fn register_signing(module: &mut Module) {
                 let signed = ctx
                     .guard
                     .sign_evm_tx(
-                        caller,
+                        &caller,
                         ctx.chain_id,
                         "account_signTransaction",
                         &p,
@@ -162,7 +162,7 @@ pub(super) fn register_upstream(module: &mut Module, proxied: &[String]) {
                 let decode = send_decoder(upstream.clone(), ctx.guard.clone(), ctx.chain_id);
                 let signed = ctx
                     .guard
-                    .sign_evm_tx(caller, ctx.chain_id, "eth_sendTransaction", &p, decode)
+                    .sign_evm_tx(&caller, ctx.chain_id, "eth_sendTransaction", &p, decode)
                     .await
                     .map_err(|e| rpc_error::from_guard(&e))?;
                 upstream
@@ -174,7 +174,7 @@ pub(super) fn register_upstream(module: &mut Module, proxied: &[String]) {
         )
         .expect("unique method");
     for m in proxied {
-        let name: &'static str = Box::leak(m.clone().into_boxed_str());
+        let name = intern(m);
         let registered = module.register_async_method(
             name,
             move |params: Params<'static>, ctx, ext| async move {
@@ -196,4 +196,23 @@ pub(super) fn register_upstream(module: &mut Module, proxied: &[String]) {
             tracing::warn!(method = name, error = %e, "proxied method not registered");
         }
     }
+}
+
+/// jsonrpsee registers methods under `&'static str`. Each distinct proxied method name is
+/// leaked once for the life of the process (a set bounded by the config), not once per
+/// listener start or reload.
+fn intern(name: &str) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(known) = names.get(name) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    names.insert(leaked);
+    leaked
 }

@@ -4,6 +4,8 @@
 pub mod admin;
 mod bitcoin;
 pub mod bitcoin_node;
+mod connections;
+mod edge_io;
 pub mod evm;
 mod evm_methods;
 mod http_edge;
@@ -11,4 +13,5 @@ pub mod metrics_http;
 pub mod privval;
 pub mod rpc_error;
 pub mod tls;
+pub mod unauth;
 pub mod upstream;

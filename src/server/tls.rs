@@ -3,24 +3,19 @@
 //! certificate (what op-signer does); it is mapped to a `[[clients]]` entry by `cert_dns_name`.
 //! Bearer tokens still work on the same listener for clients without a certificate name.
 //!
+//! The accept loop is `connections` (shared with plain listeners).
+//!
 //! A certificate must chain to the configured client CA, or the handshake fails: no request
 //! from an unknown machine ever reaches the JSON-RPC layer.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use jsonrpsee::server::{Methods, ServerConfig, StopHandle};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
-use super::http_edge::EdgeLayer;
-use crate::access::AuthSwitch;
 use crate::config::TlsConfig;
 
 fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> std::io::Error {
@@ -75,88 +70,4 @@ pub fn first_dns_name(cert: &CertificateDer<'_>) -> Option<String> {
     let cert = webpki::EndEntityCert::try_from(cert).ok()?;
     let name = cert.valid_dns_names().next().map(str::to_owned);
     name
-}
-
-/// Accepts TLS connections until `stop` fires; each connection gets the edge layer with the
-/// identity from its certificate.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn serve(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    methods: Methods,
-    server_config: ServerConfig,
-    auth: Arc<AuthSwitch>,
-    max_body: usize,
-    stop: StopHandle,
-) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop.clone().shutdown() => return,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let (acceptor, methods, cfg, auth, stop) = (
-            acceptor.clone(),
-            methods.clone(),
-            server_config.clone(),
-            auth.clone(),
-            stop.clone(),
-        );
-        tokio::spawn(async move {
-            connection(tcp, peer, acceptor, methods, cfg, auth, max_body, stop).await;
-        });
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn connection(
-    tcp: tokio::net::TcpStream,
-    peer: SocketAddr,
-    acceptor: TlsAcceptor,
-    methods: Methods,
-    cfg: ServerConfig,
-    auth: Arc<AuthSwitch>,
-    max_body: usize,
-    stop: StopHandle,
-) {
-    let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::info!(%peer, error = %e, "TLS handshake refused");
-            return;
-        }
-        Err(_) => {
-            tracing::info!(%peer, "TLS handshake timed out");
-            return;
-        }
-    };
-    let identity = stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(first_dns_name);
-    tracing::debug!(%peer, identity = ?identity, "TLS client connected");
-    let edge = EdgeLayer {
-        auth,
-        max_body,
-        cert_name: identity.map(Arc::from),
-    };
-    let service = jsonrpsee::server::Server::builder()
-        .set_config(cfg)
-        .set_http_middleware(tower::ServiceBuilder::new().layer(edge))
-        .to_service_builder()
-        .build(methods, stop.clone());
-    if let Err(e) =
-        jsonrpsee::server::serve_with_graceful_shutdown(stream, service, stop.shutdown()).await
-    {
-        tracing::debug!(%peer, error = %e, "TLS connection ended");
-    }
 }

@@ -358,7 +358,7 @@ pub(crate) fn table(from: &str) -> Vec<Row> {
                 "message": {"next": {"next": {}}},
             }])),
             code: -32602,
-            data: vec![("field", "typedData")],
+            data: vec![("field", "typedData.types")],
             audited: Audited::Row { method: "eth_signTypedData_v4", rule: Some("request.invalid") },
         },
         digest("personal_sign outside the pattern", "personal_sign", json!(["0x5472616e7366657220616c6c", from]), "evm.message"),
@@ -387,7 +387,7 @@ pub(crate) fn table(from: &str) -> Vec<Row> {
                 "message": {},
             }])),
             code: -32602,
-            data: vec![("field", "typedData")],
+            data: vec![("field", "typedData.primaryType")],
             audited: Audited::Row { method: "eth_signTypedData_v4", rule: Some("request.invalid") },
         },
         Row {

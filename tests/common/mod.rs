@@ -67,6 +67,16 @@ pub struct Daemon {
 impl Daemon {
     /// Writes `config_text` and starts `keyguard start`, waiting for `keyguard: ready`.
     pub fn start(dir: &Path, config_text: &str, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_with_stderr(dir, config_text, env, Stdio::inherit())
+    }
+
+    /// As [`Daemon::start`], with the daemon's stderr (its log) going to `stderr`.
+    pub fn start_with_stderr(
+        dir: &Path,
+        config_text: &str,
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Daemon {
         let config = dir.join("keyguard.toml");
         std::fs::write(&config, config_text).unwrap();
         let mut cmd = Command::new(binary());
@@ -74,7 +84,7 @@ impl Daemon {
             .arg(&config)
             .env("KEYGUARD_PASSPHRASE", "test-passphrase")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         for (k, v) in env {
             cmd.env(k, v);
         }

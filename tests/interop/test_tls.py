@@ -46,7 +46,7 @@ def tls(start, tmp_path_factory):
         lst = kg.listener(auth="bearer", tls={"cert": str(d / "server.crt"), "key": str(d / "server.key"), "client_ca": str(d / "ca.crt")})
         clients = [
             {"name": "batcher", "cert_dns_name": "op-batcher.internal", "keys": ["*"]},
-            {"name": "ops", "token_sha256": "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b", "keys": ["*"]},
+            {"name": "ops", "token_sha256": "67d421fb2e91fc94a62e63c8f285bb7203e6a8e6c325b6daf93ee26ecff5c869", "keys": ["*"]},
         ]
         return kg.base_config(data, listeners=[lst], clients=clients)
 
@@ -83,7 +83,7 @@ def test_unknown_certificate_name_falls_back_to_bearer(tls, nothing_signed):
     with nothing_signed(daemon):
         r = tls_call(daemon.url(), pki, "stranger", "eth_accounts", [])
     kg.assert_error(r, -32005)
-    r = tls_call(daemon.url(), pki, "stranger", "eth_accounts", [], {"Authorization": "Bearer secret"})
+    r = tls_call(daemon.url(), pki, "stranger", "eth_accounts", [], {"Authorization": "Bearer kg-test-batcher-token"})
     assert daemon.address().lower() in [a.lower() for a in r["result"]]
 
 

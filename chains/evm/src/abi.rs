@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use alloy_dyn_abi::{DynSolValue, JsonAbiExt};
+use alloy_dyn_abi::{DynSolValue, JsonAbiExt, Specifier};
 use alloy_json_abi::{Function, JsonAbi};
 use alloy_primitives::Selector;
 
@@ -190,6 +190,24 @@ impl Abi {
             signature: function.signature(),
             reason,
         };
+        let types = function
+            .inputs
+            .iter()
+            .map(|p| p.resolve())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| not_exact(e.to_string()))?;
+        crate::abi_bounds::check(&types, &input[4..]).map_err(|e| {
+            not_exact(match e {
+                crate::abi_bounds::Overrun::TooManyValues { limit } => format!(
+                    "decoding would build more than {limit} values, the cap for {} bytes of \
+                     arguments (offsets reused: not a canonical encoding)",
+                    input.len() - 4
+                ),
+                crate::abi_bounds::Overrun::OutOfBounds => {
+                    "an offset or length points outside the calldata".to_owned()
+                }
+            })
+        })?;
         let values = function
             .abi_decode_input(&input[4..])
             .map_err(|e| not_exact(e.to_string()))?;

@@ -7,7 +7,8 @@
 //!   fixed limits, then [`rulecfg`] (config, compiled at load) evaluated by [`engine`]
 //!   (allow/deny rules bound to [`abi`]s, [`token`] movements, velocity debits), with
 //!   [`profile`]s supplying token decimals.
-//! - [`typed`], [`message`]: EIP-712 typed data and EIP-191 messages, hashed here.
+//! - [`typed`], [`message`]: EIP-712 typed data and EIP-191 messages, hashed here, within the
+//!   caps of [`typed_bounds`] (checked on the raw JSON, before any type graph is built).
 //! - [`TxIntent::payload`]: the digest keyguard signs, computed here, never taken from a client.
 //! - [`finalize`]: pass 2: attach the signature, re-decode the bytes, recover the signer and
 //!   prove the result is the approved intent.
@@ -15,6 +16,7 @@
 //! Pure code: no sockets, storage or keys.
 
 pub mod abi;
+pub mod abi_bounds;
 pub mod accounting;
 mod args;
 pub mod engine;
@@ -27,6 +29,7 @@ pub mod rulecfg;
 pub mod rules;
 pub mod token;
 pub mod typed;
+pub mod typed_bounds;
 mod wire;
 
 pub use args::{decode_sign_transaction_params, decode_transaction_args};
@@ -126,3 +129,5 @@ mod tests_rule_names;
 mod tests_rules;
 #[cfg(test)]
 mod tests_semantics;
+#[cfg(test)]
+mod tests_typed_bounds;

@@ -298,10 +298,22 @@ pub struct Compiled {
     pub(crate) messages: Vec<CompiledMessageRule>,
 }
 
-/// Rule names become `&'static str` (the type every rejection carries); they are interned once
-/// per configuration load, so the leak is bounded by the size of the config.
+/// Rule names become `&'static str` (the type every rejection carries). Each distinct name is
+/// leaked once for the life of the process, however many reloads and `config check`s load it.
 pub(crate) fn intern(name: &str) -> &'static str {
-    Box::leak(name.to_string().into_boxed_str())
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(known) = names.get(name) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    names.insert(leaked);
+    leaked
 }
 
 /// A user's rule name may not shadow a built-in rule's namespace (`evm.`, `policy.`, ...):

@@ -157,10 +157,11 @@ pub fn decode_typed_data(from: Address, data: &Value) -> Result<TypedIntent, Rej
         }
         v => v,
     };
+    // Caps first: nothing below may build a type graph or value the caps did not bound.
+    crate::typed_bounds::check(data)?;
     let data: TypedData = serde_json::from_value(data.clone())
         .map_err(|e| Rejection::invalid("typedData", e.to_string()))?;
-    let hash = data
-        .eip712_signing_hash()
+    let (hash, _) = crate::typed_bounds::signing_hash(&data)
         .map_err(|e| Rejection::invalid("typedData", format!("cannot hash: {e}")))?;
     let shape = crate::permits::classify(&data);
     Ok(TypedIntent {
