@@ -18,6 +18,7 @@ pub const RESERVED_NAMESPACES: &[&str] = &[
     "access.",
     "rate_limit.",
     "request.",
+    "guard.",
     "kill_switch",
 ];
 
@@ -208,7 +209,9 @@ pub const BUILTIN: &[RuleInfo] = &[
     r("access.chain_not_granted", Scope::Any, UNAUTH, "callers using a chain outside their scope"),
     r("rate_limit.client", Scope::Any, "-32003", "one client flooding the signer"),
     r("rate_limit.key", Scope::Any, "-32003", "one key signed too often"),
-    r("rate_limit.method", Scope::Any, "-32003", "one method called too often"),
+    r("rate_limit.method", Scope::Any, "-32003", "one method family (aliases share it) called too often"),
+    r("rate_limit.unauthenticated", Scope::Any, "-32003", "floods of calls without a valid credential (one summary row per interval)"),
+    r("guard.pass2_mismatch", Scope::Any, "-32007", "(withheld) a backend signature that fails verification or re-decoding: a faulty or lying signer"),
     r("approval.required", Scope::Any, "-32002", "(held) a request waiting for human approval"),
     r("approval.unavailable", Scope::Any, P, "approval rules without an approval book (refused, never signed)"),
     r("approval.rejected", Scope::Any, P, "a request an approver rejected"),

@@ -13,6 +13,10 @@ fn repo() -> PathBuf {
 /// Strings in reserved namespaces that are not rule names: config keys, file names and admin
 /// method names (they name a setting or a method, never a refusal).
 const NOT_RULES: &[&str] = &[
+    // rate-limit method families (`src/guard/family.rs`), not rules
+    "evm.transaction",
+    "bitcoin.psbt",
+    "cometbft.consensus",
     // admin method names and their dispatch prefix, not rules
     "bitcoin.",
     "bitcoin.release_claim",
