@@ -3,7 +3,9 @@
 
 mod people;
 
-pub use people::{parse_duration, AdminConfig, AdminTlsConfig, LimitConfig, RateLimitsConfig};
+pub use people::{
+    parse_duration, AdminConfig, AdminListenerLimits, AdminTlsConfig, LimitConfig, RateLimitsConfig,
+};
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -84,6 +86,9 @@ pub struct Config {
     /// Request rate limits, applied before any decoding.
     #[serde(default)]
     pub rate_limits: Option<RateLimitsConfig>,
+    /// Bounds on audit growth: field caps, refusal budget, disk floor (`docs/people.md`).
+    #[serde(default)]
+    pub audit: crate::store::AuditLimits,
     /// Where this configuration was read from (for messages).
     #[serde(skip)]
     pub path: PathBuf,

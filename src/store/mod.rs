@@ -5,6 +5,7 @@
 //! concurrently with the writer).
 
 mod audit;
+pub mod bounds;
 mod checkpoint;
 mod clients;
 mod ledger;
@@ -26,6 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags};
 
+pub use bounds::AuditLimits;
 pub use audit::{AuditEntry, AuditReceipt, AuditRow, AuditVerification, Decision, GENESIS_HASH};
 pub use clients::ClientRow;
 pub use ledger::{NonceRow, StateWrite, VelocityRow};
@@ -71,6 +73,12 @@ pub enum StoreError {
     Corrupt { seq: i64, reason: String },
     #[error("database error: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// The data directory's filesystem is below the configured free-space floor.
+    #[error(
+        "audit.disk_floor: {free} bytes free on the data directory, below the floor of \
+         {floor}; no new work is accepted until space is freed"
+    )]
+    DiskFloor { free: u64, floor: u64 },
     /// A state row an entry carried no longer matches what its decision was made against;
     /// that entry (only) was not written.
     #[error("state conflict: {0}")]
@@ -164,6 +172,11 @@ impl Store {
         checkpoint::disable_auto(&wm).map_err(open_err)?;
         let checkpointer = checkpoint::Checkpointer::start(path)?;
         let (log, handle) = writer::spawn(wconn)?;
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        log.configure_bounds(
+            AuditLimits::default(),
+            Some(dir.map_or_else(|| PathBuf::from("."), Path::to_path_buf)),
+        );
         Ok(Store {
             path: path.to_path_buf(),
             reader: Mutex::new(reader),
