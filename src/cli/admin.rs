@@ -286,7 +286,13 @@ pub(crate) fn users(command: UsersCommand) -> anyhow::Result<()> {
         }
         UsersCommand::Remove { name, admin } => {
             let r = admin.call("users.remove", json!({"name": name}))?;
-            admin.print(&r, |_| println!("user {name} removed"));
+            admin.print(&r, |r| {
+                if r["status"] == "pending" {
+                    print_status(r);
+                } else {
+                    println!("user {name} removed");
+                }
+            });
         }
     }
     Ok(())

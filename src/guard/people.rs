@@ -132,6 +132,14 @@ impl Guard {
         method: &str,
         key: Option<&KeyId>,
     ) -> Result<Pass, GuardError> {
+        // Below the disk floor no new work starts, while audit rows can still be written.
+        if let Some((free, floor)) = self.audit.below_disk_floor() {
+            tracing::debug!(free, floor, "audit.disk_floor: request refused");
+            return Err(GuardError::RateLimited {
+                rule: "audit.disk_floor",
+                retry_after_ms: 60_000,
+            });
+        }
         if !caller.may_call(method) {
             return Err(GuardError::OutOfScope {
                 rule: "access.method_not_granted",

@@ -226,7 +226,14 @@ impl PeerGate {
         let now = now_ms();
         let window = self.window_ms;
         let mut t = self.lock();
-        if let Some(p) = t.peers.get_mut(&ip) {
+        if t.peers.contains_key(&ip) || t.peers.len() < MAX_ENTRIES {
+            let burst = f64::from(self.limits.peer_burst);
+            let p = t.peers.entry(ip).or_insert_with(|| PeerState {
+                tokens: burst,
+                last_ms: now,
+                window_start_ms: now,
+                ..PeerState::default()
+            });
             p.failures = p.failures.saturating_add(1);
         }
         prune(&mut t.pairs, |p| {
