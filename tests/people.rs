@@ -31,11 +31,12 @@ fn large_transfer_needs_two_approvals_and_signs_exactly_once() {
     );
 
     let alice = bootstrap_admin(&daemon, "alice");
-    let ann = add_user(&sock, &alice, "ann", &["approver"], &["treasury"]);
-    let bob = add_user(&sock, &alice, "bob", &["approver"], &["treasury"]);
-    let carl = add_user(&sock, &alice, "carl", &["approver"], &["ops"]);
+    let adam = bootstrap_admin(&daemon, "adam");
+    let ann = add_user2(&sock, &alice, &adam, "ann", &["approver"], &["treasury"]);
+    let bob = add_user2(&sock, &alice, &adam, "bob", &["approver"], &["treasury"]);
+    let carl = add_user2(&sock, &alice, &adam, "carl", &["approver"], &["ops"]);
     // The requesting client's own identity (the anonymous listener's caller is `local`).
-    let local = add_user(&sock, &alice, "local", &["approver"], &["treasury"]);
+    let local = add_user2(&sock, &alice, &adam, "local", &["approver"], &["treasury"]);
 
     // Small transfers are not held.
     assert!(sign(&rpc, &from, ETHER / 2, 0)["result"].is_string());
@@ -293,10 +294,9 @@ fn totp_codes_are_single_use_by_default() {
     assert_eq!(error_code(&reused), Some(-32005), "{reused}");
     let unknown = admin_raw(&sock, "mallory", &code, "users.list", json!({}));
     // An unknown user gets the same answer as a wrong code (no user enumeration).
-    assert_eq!(
-        unknown["error"]["message"],
-        "unknown user or invalid TOTP code"
-    );
+    let wrong = admin_raw(&sock, "alice", &alice.wrong_code(), "users.list", json!({}));
+    assert_eq!(unknown["error"], wrong["error"]);
+    assert_eq!(unknown["error"]["data"]["rule"], "admin.auth");
 }
 
 #[test]
@@ -305,6 +305,7 @@ fn each_role_can_do_exactly_its_actions_and_refusals_are_audited() {
     let daemon = Daemon::start(dir.path(), &config(dir.path(), REUSABLE_CODES), &[]);
     let sock = socket(dir.path());
     let alice = bootstrap_admin(&daemon, "alice");
+    let adam = bootstrap_admin(&daemon, "adam");
     let users = [
         ("admin", alice.clone()),
         (
@@ -313,7 +314,7 @@ fn each_role_can_do_exactly_its_actions_and_refusals_are_audited() {
         ),
         (
             "approver",
-            add_user(&sock, &alice, "ann", &["approver"], &["treasury"]),
+            add_user2(&sock, &alice, &adam, "ann", &["approver"], &["treasury"]),
         ),
         ("auditor", add_user(&sock, &alice, "aud", &["auditor"], &[])),
     ];
@@ -443,8 +444,9 @@ fn a_waiting_listener_holds_the_call_until_the_quorum_is_met() {
     let daemon = Daemon::start(dir.path(), &text, &[]);
     let (rpc, from, sock) = (daemon.rpc_addr(), address(&daemon), socket(dir.path()));
     let alice = bootstrap_admin(&daemon, "alice");
-    let ann = add_user(&sock, &alice, "ann", &["approver"], &["treasury"]);
-    let bob = add_user(&sock, &alice, "bob", &["approver"], &["treasury"]);
+    let adam = bootstrap_admin(&daemon, "adam");
+    let ann = add_user2(&sock, &alice, &adam, "ann", &["approver"], &["treasury"]);
+    let bob = add_user2(&sock, &alice, &adam, "bob", &["approver"], &["treasury"]);
 
     let started = Instant::now();
     let call = {

@@ -11,7 +11,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use crate::common::{self, Daemon};
-use crate::control::{add_user, admin, bootstrap_admin, User};
+use crate::control::{add_user, add_user2, admin, bootstrap_admin, User};
 use crate::helpers::{check_audit, check_rpc_error, mark, Audited, Failures};
 
 /// One raw line to the socket; the first response line, parsed.
@@ -348,9 +348,10 @@ fn admin_hostile_requests_are_refused_and_audited() {
     let daemon = Daemon::start(dir.path(), &text, &[]);
     let sock = dir.path().join("var/admin.sock");
     let alice = bootstrap_admin(&daemon, "alice");
+    let adam = bootstrap_admin(&daemon, "adam");
     let people = People {
         olga: add_user(&sock, &alice, "olga", &["operator"], &[]),
-        ann: add_user(&sock, &alice, "ann", &["approver"], &["treasury"]),
+        ann: add_user2(&sock, &alice, &adam, "ann", &["approver"], &["treasury"]),
         aud: add_user(&sock, &alice, "aud", &["auditor"], &[]),
         alice,
     };
