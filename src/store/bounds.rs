@@ -57,7 +57,7 @@ impl Default for AuditLimits {
             refusal_rows_per_second: 1.0,
             refusal_burst: 60,
             total_refusal_rows_per_second: 50.0,
-            min_free_bytes: 256 * 1024 * 1024,
+            min_free_bytes: 64 * 1024 * 1024,
         }
     }
 }
