@@ -12,6 +12,8 @@ use serde_json::{json, Value};
 
 use crate::common::{self, Daemon};
 
+pub mod pki;
+
 /// Decodes RFC 4648 base32 (no padding), as found in `otpauth://` URIs.
 pub fn base32_decode(s: &str) -> Vec<u8> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
