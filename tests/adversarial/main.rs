@@ -7,6 +7,7 @@
 //! - `bitcoin`: `btc_signPsbt`.
 //! - `admin`: the admin API on its Unix socket.
 //! - `disk`: a tmpfs data directory filled to the last byte, then remounted read-only.
+//! - `flood`: refusals carrying attacker-sized data, run for a fixed count: bounded growth.
 
 #![allow(unreachable_pub)]
 
@@ -19,6 +20,7 @@ mod control;
 mod disk;
 mod evm;
 mod evm_table;
+mod flood;
 #[allow(dead_code)]
 #[path = "../privval/harness.rs"]
 mod harness;
