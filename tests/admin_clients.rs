@@ -114,7 +114,10 @@ fn managed_clients_are_scoped_and_in_force_for_the_next_request() {
     ];
     // A new client needs two admins: held after alice (no token), added by bob.
     let (ok, out) = cli(&daemon, &alice, &add);
-    assert!(ok && out.contains("\"pending\"") && !out.contains("\"token\""), "{out}");
+    assert!(
+        ok && out.contains("\"pending\"") && !out.contains("\"token\""),
+        "{out}"
+    );
     let (ok, out) = cli(&daemon, &bob, &add);
     assert!(ok, "{out}");
     let added: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();

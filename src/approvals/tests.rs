@@ -230,8 +230,14 @@ fn an_approval_is_judged_by_the_rule_in_force_when_it_is_consumed() {
     let ApprovalOutcome::Held(again) = approvals.decide(&intent, &board, 13).unwrap() else {
         panic!("an approval under the old rule was consumed");
     };
-    assert_eq!((again.id.as_str(), again.approved, again.required), (a.id.as_str(), 0, 3));
-    assert_eq!((again.group.as_str(), again.state.as_str()), ("board", "pending"));
+    assert_eq!(
+        (again.id.as_str(), again.approved, again.required),
+        (a.id.as_str(), 0, 3)
+    );
+    assert_eq!(
+        (again.group.as_str(), again.state.as_str()),
+        ("board", "pending")
+    );
     approvals.vote(&a.id, &user("bea"), true, 14).unwrap();
     approvals.vote(&a.id, &user("ben"), true, 15).unwrap();
     assert!(matches!(
@@ -261,7 +267,10 @@ fn a_removed_approver_no_longer_counts() {
     let ApprovalOutcome::Held(held) = approvals.decide(&intent, &req(), 13).unwrap() else {
         panic!("a removed approver's vote was counted");
     };
-    assert_eq!((held.approved, held.approvers.clone()), (1, vec!["ann".to_string()]));
+    assert_eq!(
+        (held.approved, held.approvers.clone()),
+        (1, vec!["ann".to_string()])
+    );
 }
 
 #[test]
@@ -279,7 +288,10 @@ fn pending_requests_are_capped_per_client_and_overall_and_listed_in_pages() {
     // The client's own cap; a retry of an open request is not a new one.
     assert!(matches!(
         approvals.decide(&intent_with(&digests[3], "app", &summary), &req(), 11),
-        Err(ApprovalError::Capped { scope: "client", cap: 3 })
+        Err(ApprovalError::Capped {
+            scope: "client",
+            cap: 3
+        })
     ));
     assert!(matches!(
         approvals.decide(&intent_with(&digests[0], "app", &summary), &req(), 11),
@@ -292,19 +304,34 @@ fn pending_requests_are_capped_per_client_and_overall_and_listed_in_pages() {
     }
     assert!(matches!(
         approvals.decide(&intent_with(&digests[6], "bob", &summary), &req(), 13),
-        Err(ApprovalError::Capped { scope: "total", cap: 5 })
+        Err(ApprovalError::Capped {
+            scope: "total",
+            cap: 5
+        })
     ));
     // Pages: 2 + 2 + 1, no overlap, oldest first.
     let p1 = approvals.pending_page(14, None, 2).unwrap();
     let p2 = approvals.pending_page(14, Some(&p1[1].id), 2).unwrap();
     let p3 = approvals.pending_page(14, Some(&p2[1].id), 2).unwrap();
-    let ids: Vec<_> = p1.iter().chain(&p2).chain(&p3).map(|a| a.id.clone()).collect();
+    let ids: Vec<_> = p1
+        .iter()
+        .chain(&p2)
+        .chain(&p3)
+        .map(|a| a.id.clone())
+        .collect();
     assert_eq!(ids.len(), 5);
-    assert_eq!(ids.iter().collect::<std::collections::HashSet<_>>().len(), 5);
+    assert_eq!(
+        ids.iter().collect::<std::collections::HashSet<_>>().len(),
+        5
+    );
     assert_eq!(approvals.pending_page(14, None, 10_000).unwrap().len(), 5);
     // After expiry the slots are free again (expired requests do not count).
     assert!(matches!(
-        approvals.decide(&intent_with(&digests[7], "app", &summary), &req(), 3_600_100),
+        approvals.decide(
+            &intent_with(&digests[7], "app", &summary),
+            &req(),
+            3_600_100
+        ),
         Ok(ApprovalOutcome::Held(_))
     ));
 }

@@ -68,7 +68,10 @@ impl AuditLimits {
         if self.max_field_bytes < 256 || self.max_summary_bytes < 1024 {
             return Err("audit: max_field_bytes >= 256 and max_summary_bytes >= 1024".into());
         }
-        let rates = [self.refusal_rows_per_second, self.total_refusal_rows_per_second];
+        let rates = [
+            self.refusal_rows_per_second,
+            self.total_refusal_rows_per_second,
+        ];
         if rates.iter().any(|r| !(r.is_finite() && *r > 0.0)) || self.refusal_burst == 0 {
             return Err("audit: refusal rates must be > 0 and refusal_burst >= 1".into());
         }
@@ -145,7 +148,10 @@ impl Bounds {
     }
 
     fn limits(&self) -> AuditLimits {
-        self.limits.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.limits
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Free bytes and the floor, if the data directory is below it (checked at most every
@@ -155,7 +161,11 @@ impl Bounds {
         let floor = self.limits().min_free_bytes;
         if now - self.disk_checked_ms.load(Ordering::Relaxed) >= DISK_CHECK_MS {
             self.disk_checked_ms.store(now, Ordering::Relaxed);
-            let dir = self.data_dir.read().unwrap_or_else(|e| e.into_inner()).clone();
+            let dir = self
+                .data_dir
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
             if let Some(dir) = dir {
                 match rustix::fs::statvfs(&dir) {
                     Ok(s) => {
@@ -437,7 +447,8 @@ mod tests {
             .get_mut("privval:a")
             .unwrap()
             .tokens = 1.0;
-        let Admission::Write(before) = bounds.admit("privval:a", &mut refusal("privval:a", 10), true)
+        let Admission::Write(before) =
+            bounds.admit("privval:a", &mut refusal("privval:a", 10), true)
         else {
             panic!("refused with budget");
         };

@@ -27,8 +27,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags};
 
-pub use bounds::AuditLimits;
 pub use audit::{AuditEntry, AuditReceipt, AuditRow, AuditVerification, Decision, GENESIS_HASH};
+pub use bounds::AuditLimits;
 pub use clients::ClientRow;
 pub use ledger::{NonceRow, StateWrite, VelocityRow};
 pub use read::AuditFilter;

@@ -300,9 +300,15 @@ fn a_proposal_dies_with_its_proposer() {
         db.add_user(name, &["admin".into()], &[], &[7u8; 20])
             .unwrap();
     }
-    assert!(db.propose("keys.enable:*", "bob", 60_000).unwrap().is_empty());
+    assert!(db
+        .propose("keys.enable:*", "bob", 60_000)
+        .unwrap()
+        .is_empty());
     assert!(db.remove_user("bob").unwrap());
-    assert!(db.propose("keys.enable:*", "alice", 60_000).unwrap().is_empty());
+    assert!(db
+        .propose("keys.enable:*", "alice", 60_000)
+        .unwrap()
+        .is_empty());
     // Negative control: a live admin's proposal does count.
     assert_eq!(
         db.propose("keys.enable:*", "carol", 60_000).unwrap(),
@@ -311,6 +317,12 @@ fn a_proposal_dies_with_its_proposer() {
     // A proposal by a user who is not an admin (any more) never counts.
     db.add_user("olga", &["operator".into()], &[], &[7u8; 20])
         .unwrap();
-    assert!(db.propose("users.remove:x", "olga", 60_000).unwrap().is_empty());
-    assert!(db.propose("users.remove:x", "alice", 60_000).unwrap().is_empty());
+    assert!(db
+        .propose("users.remove:x", "olga", 60_000)
+        .unwrap()
+        .is_empty());
+    assert!(db
+        .propose("users.remove:x", "alice", 60_000)
+        .unwrap()
+        .is_empty());
 }

@@ -397,6 +397,14 @@ fn admin_hostile_requests_are_refused_and_audited() {
     failures.finish("admin", rows.len() + 2);
 }
 
+/// (name, method, params, what must still hold afterwards).
+type SingleAdminRow<'a> = (
+    &'static str,
+    &'static str,
+    Value,
+    Box<dyn Fn() -> Result<(), String> + 'a>,
+);
+
 /// Issue 21, item 5: one admin alone created approvers and approved a payout with them, issued
 /// itself client tokens, widened a client by removing and re-adding it, and removed the other
 /// admin; a removed admin's proposal still counted. Each row is one admin acting alone: it must
@@ -418,30 +426,46 @@ fn one_admin_alone_is_never_two() {
 
     let users = |s: &Path| admin(s, &alice, "users.list", json!({})).to_string();
     let clients = |s: &Path| admin(s, &alice, "clients.list", json!({})).to_string();
-    let rows: Vec<(&str, &str, Value, Box<dyn Fn() -> Result<(), String>>)> = vec![
+    let rows: Vec<SingleAdminRow<'_>> = vec![
         (
             "create an approver",
             "users.add",
             json!({"name": "eve", "roles": ["approver"], "groups": ["treasury"]}),
-            Box::new(|| (!users(&sock).contains("\"eve\"")).then_some(()).ok_or("eve exists".into())),
+            Box::new(|| {
+                (!users(&sock).contains("\"eve\""))
+                    .then_some(())
+                    .ok_or("eve exists".into())
+            }),
         ),
         (
             "create an admin",
             "users.add",
             json!({"name": "eve2", "roles": ["admin"]}),
-            Box::new(|| (!users(&sock).contains("eve2")).then_some(()).ok_or("eve2 exists".into())),
+            Box::new(|| {
+                (!users(&sock).contains("eve2"))
+                    .then_some(())
+                    .ok_or("eve2 exists".into())
+            }),
         ),
         (
             "create an auditor who is also an approver",
             "users.add",
             json!({"name": "eve3", "roles": ["auditor", "approver"], "groups": ["treasury"]}),
-            Box::new(|| (!users(&sock).contains("eve3")).then_some(()).ok_or("eve3 exists".into())),
+            Box::new(|| {
+                (!users(&sock).contains("eve3"))
+                    .then_some(())
+                    .ok_or("eve3 exists".into())
+            }),
         ),
         (
             "issue a token for every key",
             "clients.add",
             json!({"name": "mine", "keys": ["*"]}),
-            Box::new(|| (!clients(&sock).contains("mine")).then_some(()).ok_or("client exists".into())),
+            Box::new(|| {
+                (!clients(&sock).contains("mine"))
+                    .then_some(())
+                    .ok_or("client exists".into())
+            }),
         ),
         (
             "rotate an existing client's token",
@@ -453,13 +477,22 @@ fn one_admin_alone_is_never_two() {
             "widen an existing client",
             "clients.update",
             json!({"name": "svc", "keys": ["*"]}),
-            Box::new(|| (!clients(&sock).contains("\"*\"")).then_some(()).ok_or("svc widened".into())),
+            Box::new(|| {
+                (!clients(&sock).contains("\"*\""))
+                    .then_some(())
+                    .ok_or("svc widened".into())
+            }),
         ),
         (
             "remove the other admin",
             "users.remove",
             json!({"name": "adam"}),
-            Box::new(|| users(&sock).contains("\"adam\"").then_some(()).ok_or("adam removed".into())),
+            Box::new(|| {
+                users(&sock)
+                    .contains("\"adam\"")
+                    .then_some(())
+                    .ok_or("adam removed".into())
+            }),
         ),
     ];
     let mut failures = Failures::default();
@@ -506,12 +539,22 @@ fn one_admin_alone_is_never_two() {
     let removed = admin(&sock, &alice, "clients.remove", json!({"name": "svc"}));
     failures.check(
         "one admin revokes a client",
-        removed["result"]["removed"].is_string().then_some(()).ok_or(format!("{removed}")),
+        removed["result"]["removed"]
+            .is_string()
+            .then_some(())
+            .ok_or(format!("{removed}")),
     );
-    let readd = admin(&sock, &alice, "clients.add", json!({"name": "svc", "keys": ["*"]}));
+    let readd = admin(
+        &sock,
+        &alice,
+        "clients.add",
+        json!({"name": "svc", "keys": ["*"]}),
+    );
     failures.check(
         "re-add a removed client wider",
-        (readd["result"]["status"] == "pending").then_some(()).ok_or(format!("{readd}")),
+        (readd["result"]["status"] == "pending")
+            .then_some(())
+            .ok_or(format!("{readd}")),
     );
 
     // A proposal dies with its proposer: adam proposes, then alice and carol remove adam.
@@ -523,13 +566,18 @@ fn one_admin_alone_is_never_two() {
     let after = admin(&sock, &alice, "clients.add", ghost.clone());
     failures.check(
         "a removed admin's proposal is the second admin",
-        (after["result"]["status"] == "pending").then_some(()).ok_or(format!("{after}")),
+        (after["result"]["status"] == "pending")
+            .then_some(())
+            .ok_or(format!("{after}")),
     );
     // Negative control: a live second admin completes it, and gets the token.
     let done = admin(&sock, &carol, "clients.add", ghost);
     failures.check(
         "two live admins add a client",
-        done["result"]["token"].is_string().then_some(()).ok_or(format!("{done}")),
+        done["result"]["token"]
+            .is_string()
+            .then_some(())
+            .ok_or(format!("{done}")),
     );
     let eve = admin(
         &sock,
@@ -539,7 +587,10 @@ fn one_admin_alone_is_never_two() {
     );
     failures.check(
         "two live admins add an approver",
-        eve["result"]["otpauth_uri"].is_string().then_some(()).ok_or(format!("{eve}")),
+        eve["result"]["otpauth_uri"]
+            .is_string()
+            .then_some(())
+            .ok_or(format!("{eve}")),
     );
     failures.finish("single admin", rows.len() + 6);
 }

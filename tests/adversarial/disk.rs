@@ -437,7 +437,10 @@ fn below_the_free_space_floor_new_work_is_refused_by_name() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert_eq!(refused["error"]["code"], -32003, "{refused}");
-    assert!(refused.to_string().contains("audit.disk_floor"), "{refused}");
+    assert!(
+        refused.to_string().contains("audit.disk_floor"),
+        "{refused}"
+    );
     let (code, desc) = node
         .sign(&Ask::vote(1, 2, 0, Some(1), now()))
         .unwrap()
@@ -450,7 +453,11 @@ fn below_the_free_space_floor_new_work_is_refused_by_name() {
         .arg(&daemon.config)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     std::fs::remove_file(&pad).unwrap();
     let mut back = Value::Null;

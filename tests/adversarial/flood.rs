@@ -64,7 +64,10 @@ fn privval_flood(budget: &str) -> (u64, usize) {
         .expect("the real vote after the flood");
     let grown = db_bytes(&data).saturating_sub(before);
     let rows = crate::helpers::audit_rows_after(&kg.config, 0);
-    let refused = rows.iter().filter(|r| r["rule"] == "cometbft.chain_id").count();
+    let refused = rows
+        .iter()
+        .filter(|r| r["rule"] == "cometbft.chain_id")
+        .count();
     for r in &rows {
         let size = r.to_string().len();
         assert!(size < 24 << 10, "a {size}-byte audit row was stored");
@@ -83,7 +86,10 @@ fn privval_1mb_chain_id_flood_grows_the_log_by_a_bounded_amount() {
     let (grown, refused) = privval_flood(
         "[audit]\nrefusal_burst = 1000000\ntotal_refusal_rows_per_second = 1000000.0\n",
     );
-    assert_eq!(refused, VOTES, "the budget was lifted: every refusal must be written");
+    assert_eq!(
+        refused, VOTES,
+        "the budget was lifted: every refusal must be written"
+    );
     assert!(grown < (VOTES as u64) * (40 << 10), "grew {grown} bytes");
 }
 
@@ -110,7 +116,11 @@ fn bitcoin_500kb_output_script_flood_grows_the_log_by_a_bounded_amount() {
         .env("KEYGUARD_PASSPHRASE", "test-passphrase")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let daemon = crate::common::Daemon::start(dir, &text, &[]);
     let rpc = daemon.rpc_addr();
     let tw = crate::bitcoin::wallet(keyguard_bitcoin::bitcoin::Network::Regtest);
@@ -126,7 +136,10 @@ fn bitcoin_500kb_output_script_flood_grows_the_log_by_a_bounded_amount() {
     }
     let grown = db_bytes(&var).saturating_sub(before);
     let ok = crate::bitcoin::call(&rpc, Some(crate::bitcoin::GOOD), good);
-    assert!(ok["result"]["psbt"].is_string(), "signing after the flood: {ok}");
+    assert!(
+        ok["result"]["psbt"].is_string(),
+        "signing after the flood: {ok}"
+    );
     let rows = crate::helpers::audit_rows_after(&daemon.config, 0);
     let written = rows.iter().filter(|r| r["decision"] == "refused").count();
     eprintln!("bitcoin flood: {PSBTS} PSBTs x 500 kB script, grew {grown} bytes, {written} rows");

@@ -153,7 +153,10 @@ pub fn add_user2(
 ) -> User {
     let params = json!({"name": name, "roles": roles, "groups": groups});
     let held = admin(socket, first, "users.add", params.clone());
-    assert_eq!(held["result"]["status"], "pending", "users.add by one admin: {held}");
+    assert_eq!(
+        held["result"]["status"], "pending",
+        "users.add by one admin: {held}"
+    );
     add_user(socket, second, name, roles, groups)
 }
 

@@ -112,7 +112,6 @@ pub fn issue(dir: &Path, ca: &str, name: &str, san: &str) {
     );
 }
 
-
 /// A TLS client trusting `ca` (PEM), with an optional client certificate and key.
 pub fn client(ca: &Path, identity: Option<(&Path, &Path)>) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();

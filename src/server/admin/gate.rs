@@ -112,10 +112,7 @@ impl PeerRefusal {
     }
 }
 
-fn prune<K: Clone + Eq + std::hash::Hash, V>(
-    map: &mut HashMap<K, V>,
-    stale: impl Fn(&V) -> bool,
-) {
+fn prune<K: Clone + Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>, stale: impl Fn(&V) -> bool) {
     if map.len() >= MAX_ENTRIES {
         map.retain(|_, v| !stale(v));
     }
@@ -124,8 +121,9 @@ fn prune<K: Clone + Eq + std::hash::Hash, V>(
 impl PeerGate {
     /// The gate for `limits`; `lockout` and `max_failures` are the TOTP lockout settings.
     pub fn new(limits: AdminListenerLimits, lockout: &str, max_failures: u32) -> Self {
-        let window_ms = parse_duration(lockout)
-            .map_or(900_000, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let window_ms = parse_duration(lockout).map_or(900_000, |d| {
+            i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+        });
         PeerGate {
             limits,
             window_ms,

@@ -392,6 +392,9 @@ async fn authenticate(
         )
     };
     if ctx.gate.locked(peer, name) {
+        // Still a failed sign-in for the peer's count: a flood at one locked name keeps its
+        // peer throttled, and keeps the lock on that peer.
+        ctx.gate.failed(peer, name);
         return Err(locked(name));
     }
     let Some(user) = ctx.db.user(name).map_err(AdminError::internal)? else {
