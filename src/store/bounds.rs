@@ -13,7 +13,8 @@
 //! - **Refusal budget** (rule `audit.refusal_budget`): refusal rows are metered per source
 //!   (privval connection, admin peer, client, `unauthenticated`) and overall. Rows over budget
 //!   are not written but counted; the source's next row that fits the budget is preceded by one
-//!   summary row with the count. Signed, held and accepted rows are never metered.
+//!   summary row with the count (held rows count as refusals here: a retry of a held request
+//!   costs the caller nothing). Signed, accepted and failed rows are never metered.
 //! - **Disk floor** (rule `audit.disk_floor`): below `min_free_bytes` free on the data
 //!   directory's filesystem no new row is written (refusals are counted as above, everything
 //!   else fails), so keyguard stops doing work while it can still write its own audit rows.
@@ -190,7 +191,8 @@ impl Bounds {
     pub(crate) fn admit(&self, source: &str, entry: &mut AuditEntry, metered: bool) -> Admission {
         let limits = self.limits();
         cap_entry(entry, &limits);
-        let refusal = metered && entry.decision == Decision::Refused;
+        // Held rows are metered like refusals: retrying a held request is free for the caller.
+        let refusal = metered && matches!(entry.decision, Decision::Refused | Decision::Held);
         if let Some((free, floor)) = self.disk_floor() {
             if refusal {
                 self.count_suppressed(source, entry, &limits);
