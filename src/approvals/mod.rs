@@ -237,6 +237,12 @@ impl Approvals {
             .transaction(|tx| sql::live_approvals(tx, "pending", now_ms))
     }
 
+    /// How many pending, unexpired requests there are (a count, not the rows).
+    pub fn pending_count(&self, now_ms: i64) -> Result<u64, StoreError> {
+        self.db
+            .transaction(|tx| sql::count_pending(tx, now_ms, None))
+    }
+
     /// One page of pending, unexpired requests, oldest first: at most `limit` (capped at
     /// [`MAX_PAGE`]) after the approval `after`.
     pub fn pending_page(
