@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::Daemon;
-use control::pki::{client, issue, post};
+use control::pki::{client, handshake_only, issue, post};
 use control::*;
 use serde_json::{json, Value};
 
@@ -251,6 +251,35 @@ fn an_anonymous_peer_cannot_exhaust_fill_enumerate_or_lock_out() {
         );
     }
     drop(silent);
+
+    // Row: a finished handshake, then silence (no headers) or headers and no body: closed by
+    // the idle timeout, not held.
+    let mut quiet = handshake_only(&addr, &anon);
+    quiet
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = quiet.read_to_end(&mut buf);
+    assert!(
+        !matches!(&read, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "a connection with no request was held for 30 s: {read:?}"
+    );
+    let mut slow = handshake_only(&addr, &anon);
+    slow.sock
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut slow,
+        format!("POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 1000\r\n\r\n{{").as_bytes(),
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let read = slow.read_to_end(&mut buf);
+    assert!(
+        !matches!(&read, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "a request whose body never came was held for 30 s: {read:?}"
+    );
 
     // Row: the attacker's own lockout and throttle hold (the actual attacker is stopped), while
     // the legitimate two-admin flow on the socket still works.

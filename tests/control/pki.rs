@@ -163,3 +163,18 @@ pub fn post(addr: &str, config: &Arc<rustls::ClientConfig>, body: &str) -> Resul
         None => Err(format!("no response ({read:?}): {text}")),
     }
 }
+
+/// A TLS connection to `addr` with the handshake completed and nothing sent.
+pub fn handshake_only(
+    addr: &str,
+    config: &Arc<rustls::ClientConfig>,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_string();
+    let name = ServerName::try_from(host).unwrap();
+    let mut conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).unwrap();
+    }
+    rustls::StreamOwned::new(conn, tcp)
+}

@@ -23,8 +23,8 @@ const MAX_ENTRIES: usize = 8192;
 pub enum Peer {
     /// The Unix socket (only the service user can open it).
     Local,
-    /// A TCP peer; `certified` if it presented a verified client certificate.
-    Tcp { ip: IpAddr, certified: bool },
+    /// A TCP peer, by address.
+    Tcp { ip: IpAddr },
 }
 
 impl Peer {
@@ -32,14 +32,14 @@ impl Peer {
     pub fn source(&self) -> String {
         match self {
             Peer::Local => "admin-local".into(),
-            Peer::Tcp { ip, .. } => format!("admin-peer:{ip}"),
+            Peer::Tcp { ip } => format!("admin-peer:{ip}"),
         }
     }
 
     fn ip(&self) -> Option<IpAddr> {
         match self {
             Peer::Local => None,
-            Peer::Tcp { ip, .. } => Some(*ip),
+            Peer::Tcp { ip } => Some(*ip),
         }
     }
 }
@@ -301,11 +301,9 @@ mod tests {
         let g = gate();
         let attacker = Peer::Tcp {
             ip: "10.0.0.66".parse().unwrap(),
-            certified: false,
         };
         let admin = Peer::Tcp {
             ip: "10.0.0.7".parse().unwrap(),
-            certified: true,
         };
         assert!(!g.failed(attacker, "ann"));
         assert!(!g.failed(attacker, "ann"));
@@ -329,7 +327,6 @@ mod tests {
         let g = gate();
         let p = Peer::Tcp {
             ip: "10.0.0.9".parse().unwrap(),
-            certified: true,
         };
         let ok = (0..20).filter(|_| g.admit(p).is_ok()).count();
         assert_eq!(ok, 5);

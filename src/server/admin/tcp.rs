@@ -56,7 +56,6 @@ pub async fn start(
     ctx: Arc<AdminContext>,
 ) -> std::io::Result<SocketAddr> {
     let acceptor = TlsAcceptor::from(Arc::new(server_config(tls)?));
-    let certified = tls.client_ca.is_some();
     let limits = ctx.gate.limits().clone();
     let handshake = parse_duration(&limits.handshake_timeout).unwrap_or(Duration::from_secs(5));
     let idle = parse_duration(&limits.idle_timeout).unwrap_or(Duration::from_secs(30));
@@ -88,10 +87,7 @@ pub async fn start(
                     }
                     Err(_) => return,
                 };
-                let who = Peer::Tcp {
-                    ip: peer.ip(),
-                    certified,
-                };
+                let who = Peer::Tcp { ip: peer.ip() };
                 let service = service_fn(move |req: Request<Incoming>| {
                     let ctx = ctx.clone();
                     async move { Ok::<_, Infallible>(respond(&ctx, req, who, idle).await) }
