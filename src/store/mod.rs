@@ -5,7 +5,6 @@
 //! concurrently with the writer).
 
 mod audit;
-pub mod bounds;
 mod checkpoint;
 mod clients;
 mod ledger;
@@ -20,6 +19,11 @@ mod tests;
 #[cfg(test)]
 mod tests_writer;
 
+/// Bounds on audit growth: field caps, refusal budget, disk floor.
+pub mod bounds;
+#[cfg(test)]
+mod tests_people;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -28,7 +32,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags};
 
 pub use audit::{AuditEntry, AuditReceipt, AuditRow, AuditVerification, Decision, GENESIS_HASH};
-pub use bounds::AuditLimits;
 pub use clients::ClientRow;
 pub use ledger::{NonceRow, StateWrite, VelocityRow};
 pub use read::AuditFilter;
@@ -36,6 +39,8 @@ pub(crate) use state as state_sql;
 pub use state::{ApprovalRecord, SecretKdfRow, StateDb, UserRecord};
 pub use watermarks::{WatermarkError, WatermarkRow, WatermarkStore};
 pub use writer::AuditLog;
+
+pub use bounds::AuditLimits;
 
 /// How long a connection waits for a lock held by another connection.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

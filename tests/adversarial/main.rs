@@ -6,12 +6,13 @@
 //! - `privval`: CometBFT remote signer (mock validator node over a Unix socket).
 //! - `bitcoin`: `btc_signPsbt`.
 //! - `admin`: the admin API on its Unix socket.
+//! - `audit_growth`: refusals carrying attacker-sized data, a fixed count each: bounded growth.
 //! - `disk`: a tmpfs data directory filled to the last byte, then remounted read-only.
-//! - `flood`: refusals carrying attacker-sized data, run for a fixed count: bounded growth.
 
 #![allow(unreachable_pub)]
 
 mod admin;
+mod audit_growth;
 mod bitcoin;
 #[path = "../common/mod.rs"]
 mod common;
@@ -20,7 +21,6 @@ mod control;
 mod disk;
 mod evm;
 mod evm_table;
-mod flood;
 #[allow(dead_code)]
 #[path = "../privval/harness.rs"]
 mod harness;
