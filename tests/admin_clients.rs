@@ -97,25 +97,28 @@ fn managed_clients_are_scoped_and_in_force_for_the_next_request() {
     let alice = bootstrap_admin(&daemon, "alice");
     let bob = bootstrap_admin(&daemon, "bob");
 
-    let (ok, out) = cli(
-        &daemon,
-        &alice,
-        &[
-            "add",
-            "app",
-            "--key",
-            "dev-secp256k1",
-            "--chain",
-            "eip155:31337",
-            "--chain",
-            "eip155:1",
-            "--method",
-            "eth_signTransaction",
-            "--rate",
-            "0.01/2",
-            "--json",
-        ],
+    let add = [
+        "add",
+        "app",
+        "--key",
+        "dev-secp256k1",
+        "--chain",
+        "eip155:31337",
+        "--chain",
+        "eip155:1",
+        "--method",
+        "eth_signTransaction",
+        "--rate",
+        "0.01/2",
+        "--json",
+    ];
+    // A new client needs two admins: held after alice (no token), added by bob.
+    let (ok, out) = cli(&daemon, &alice, &add);
+    assert!(
+        ok && out.contains("\"pending\"") && !out.contains("\"token\""),
+        "{out}"
     );
+    let (ok, out) = cli(&daemon, &bob, &add);
     assert!(ok, "{out}");
     let added: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     let token = added["token"].as_str().unwrap().to_string();
@@ -209,7 +212,10 @@ fn managed_clients_are_scoped_and_in_force_for_the_next_request() {
         "clients.update",
         json!({"name": "app", "chains": ["eip155:31337"]}),
     );
+    // A new token is a new credential: two admins, and it goes to the second.
     let (ok, out) = cli(&daemon, &alice, &["rotate", "app"]);
+    assert!(ok && out.contains("pending: clients.rotate:app"), "{out}");
+    let (ok, out) = cli(&daemon, &bob, &["rotate", "app"]);
     assert!(ok, "{out}");
     let rotated = out
         .lines()
@@ -243,7 +249,7 @@ fn managed_clients_are_scoped_and_in_force_for_the_next_request() {
         assert!(methods.contains(&m), "{m} not audited");
     }
     let held = audit_rows(&daemon.config, &["--rule", "admin.two_admins"]);
-    assert_eq!(held.len(), 3);
+    assert_eq!(held.len(), 5);
     let config_refusal = audit_rows(&daemon.config, &["--rule", "admin.config_client"]);
     assert_eq!(config_refusal.len(), 1);
     let scope_refusals = audit_rows(&daemon.config, &["--rule", "access.method_not_granted"]);
@@ -282,12 +288,11 @@ fn a_config_client_cannot_take_a_managed_clients_name() {
     let daemon = Daemon::start(dir.path(), &text, &[]);
     let sock = socket(dir.path());
     let alice = bootstrap_admin(&daemon, "alice");
-    let added = admin(
-        &sock,
-        &alice,
-        "clients.add",
-        json!({"name": "app", "keys": ["*"]}),
-    );
+    let bob = bootstrap_admin(&daemon, "bob");
+    let app = json!({"name": "app", "keys": ["*"]});
+    let held = admin(&sock, &alice, "clients.add", app.clone());
+    assert_eq!(held["result"]["status"], "pending", "{held}");
+    let added = admin(&sock, &bob, "clients.add", app);
     assert!(added["result"]["token"].is_string(), "{added}");
     let taken = admin(
         &sock,

@@ -6,115 +6,11 @@
 mod common;
 mod control;
 
-use std::path::Path;
 use std::process::Command;
 
 use common::Daemon;
+use control::pki::issue;
 use control::*;
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("the openssl CLI");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA (`<name>-ca.pem`) and a leaf certificate it issued (`<name>.pem`, `<name>.key`).
-fn issue(dir: &Path, ca: &str, name: &str, san: &str) {
-    let ca_pem = format!("{ca}-ca.pem");
-    let ca_key = format!("{ca}-ca.key");
-    if !dir.join(&ca_pem).exists() {
-        openssl(
-            dir,
-            &[
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-                &ca_key,
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-new",
-                "-key",
-                &ca_key,
-                "-subj",
-                &format!("/CN={ca} test CA"),
-                "-days",
-                "2",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-                "-out",
-                &ca_pem,
-            ],
-        );
-    }
-    let key = format!("{name}.key");
-    openssl(
-        dir,
-        &[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            &key,
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-key",
-            &key,
-            "-subj",
-            &format!("/CN={name}"),
-            "-out",
-            &format!("{name}.csr"),
-        ],
-    );
-    std::fs::write(
-        dir.join(format!("{name}.ext")),
-        format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\n"),
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            &ca_pem,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            &format!("{name}.ext"),
-            "-out",
-            &format!("{name}.pem"),
-        ],
-    );
-}
 
 /// `keyguard admin call keys.status` over TLS with `extra` arguments.
 fn status_over_tls(url: &str, user: &User, extra: &[&str]) -> std::process::Output {

@@ -43,7 +43,7 @@ fn totp_secrets_are_sealed_at_rest_including_rows_written_in_plaintext() {
         .windows(alice.secret.len())
         .any(|w| w == alice.secret));
     // Users added through the API are sealed from the start.
-    let ann = add_user(&sock, &alice, "ann", &["approver"], &["treasury"]);
+    let ann = add_user(&sock, &alice, "ann", &["auditor"], &[]);
     let (stored, sealed) = stored_secret(dir.path(), "ann");
     assert!(sealed && !stored.windows(ann.secret.len()).any(|w| w == ann.secret));
 
@@ -75,6 +75,9 @@ fn totp_secrets_are_sealed_at_rest_including_rows_written_in_plaintext() {
     assert!(!out.status.success());
 }
 
+/// Every failed sign-in answers this, whatever the reason.
+const AUTH_FAILED: &str = "authentication failed: unknown user, invalid TOTP code, or locked";
+
 #[test]
 fn consecutive_wrong_codes_lock_the_user_durably_until_the_lock_expires() {
     let dir = tempfile::tempdir().unwrap();
@@ -86,7 +89,7 @@ fn consecutive_wrong_codes_lock_the_user_durably_until_the_lock_expires() {
     let wrong = alice.wrong_code();
     for _ in 0..2 {
         let r = admin_raw(&sock, "alice", &wrong, "users.list", json!({}));
-        assert_eq!(r["error"]["message"], "unknown user or invalid TOTP code");
+        assert_eq!(r["error"]["message"], AUTH_FAILED);
     }
     // A correct code resets the count ...
     assert!(admin(&sock, &alice, "users.list", json!({}))["result"].is_array());
@@ -96,15 +99,14 @@ fn consecutive_wrong_codes_lock_the_user_durably_until_the_lock_expires() {
     // ... so only the third consecutive wrong code locks.
     let locking = admin_raw(&sock, "alice", &wrong, "users.list", json!({}));
     assert_eq!(error_code(&locking), Some(-32005));
-    let message = locking["error"]["message"].as_str().unwrap();
-    assert!(message.contains("admin.totp_lockout"), "{message}");
-    // Locked: even the right code is refused, naming the rule, and across a restart.
+    // Locked: even the right code is refused, and across a restart. The answer is the same
+    // as for a user who does not exist (no enumeration); the audit row names the rule.
     let locked = admin(&sock, &alice, "users.list", json!({}));
-    let message = locked["error"]["message"].as_str().unwrap();
-    assert!(
-        message.contains("locked") && message.contains("admin.totp_lockout"),
-        "{message}"
-    );
+    let unknown = admin_raw(&sock, "nobody", "123456", "users.list", json!({}));
+    for r in [&locking, &locked] {
+        assert_eq!(r["error"], unknown["error"], "{r} vs {unknown}");
+    }
+    assert_eq!(unknown["error"]["data"]["rule"], "admin.auth");
     assert_eq!(daemon.terminate().code(), Some(0));
     let daemon = Daemon::start(dir.path(), &text, &[]);
     let still = admin(&sock, &alice, "users.list", json!({}));
@@ -114,7 +116,7 @@ fn consecutive_wrong_codes_lock_the_user_durably_until_the_lock_expires() {
     let after = admin(&sock, &alice, "users.list", json!({}));
     assert!(after["result"].is_array(), "{after}");
     let r = admin_raw(&sock, "alice", &wrong, "users.list", json!({}));
-    assert_eq!(r["error"]["message"], "unknown user or invalid TOTP code");
+    assert_eq!(r["error"]["message"], AUTH_FAILED);
     let rows = audit_rows(&daemon.config, &["--rule", "admin.totp_lockout"]);
     assert_eq!(
         rows.len(),

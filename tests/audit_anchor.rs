@@ -1,4 +1,4 @@
-//! Audit anchors through the real binary: `keyguard audit anchor-key`, a daemon with `[audit]`
+//! Audit anchors through the real binary: `keyguard audit anchor-key`, a daemon with `[audit.anchors]`
 //! that anchors its head at start and at shutdown, and `keyguard audit verify --checkpoints`
 //! passing on the intact log (control) and failing once the newest row is deleted, although the
 //! hash chain alone still verifies.
@@ -23,7 +23,7 @@ fn truncating_the_audit_log_is_caught_by_its_anchors() {
     let made = keyguard(&["audit", "anchor-key", "--out", key.to_str().unwrap()]);
     assert!(made.status.success(), "{made:?}");
     let extra = format!(
-        "[audit]\nanchor_key = \"{}\"\nanchor_file = \"{}\"\nanchor_interval = \"1h\"\n",
+        "[audit.anchors]\nanchor_key = \"{}\"\nanchor_file = \"{}\"\nanchor_interval = \"1h\"\n",
         key.display(),
         anchors.display()
     );

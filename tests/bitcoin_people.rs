@@ -151,9 +151,10 @@ fn large_spend_needs_two_approvals_and_signs_exactly_once() {
     let rpc = daemon.rpc_addr();
     let sock = dir.path().join("var/admin.sock");
     let alice = bootstrap_admin(&daemon, "alice");
-    let ann = add_user(&sock, &alice, "ann", &["approver"], &["treasury"]);
-    let bob = add_user(&sock, &alice, "bob", &["approver"], &["treasury"]);
-    let local = add_user(&sock, &alice, "local", &["approver"], &["treasury"]);
+    let adam = bootstrap_admin(&daemon, "adam");
+    let ann = add_user2(&sock, &alice, &adam, "ann", &["approver"], &["treasury"]);
+    let bob = add_user2(&sock, &alice, &adam, "bob", &["approver"], &["treasury"]);
+    let local = add_user2(&sock, &alice, &adam, "local", &["approver"], &["treasury"]);
     let tw = test_wallet();
 
     // Below the threshold: signed at once.

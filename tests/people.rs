@@ -31,11 +31,12 @@ fn large_transfer_needs_two_approvals_and_signs_exactly_once() {
     );
 
     let alice = bootstrap_admin(&daemon, "alice");
-    let ann = add_user(&sock, &alice, "ann", &["approver"], &["treasury"]);
-    let bob = add_user(&sock, &alice, "bob", &["approver"], &["treasury"]);
-    let carl = add_user(&sock, &alice, "carl", &["approver"], &["ops"]);
+    let adam = bootstrap_admin(&daemon, "adam");
+    let ann = add_user2(&sock, &alice, &adam, "ann", &["approver"], &["treasury"]);
+    let bob = add_user2(&sock, &alice, &adam, "bob", &["approver"], &["treasury"]);
+    let carl = add_user2(&sock, &alice, &adam, "carl", &["approver"], &["ops"]);
     // The requesting client's own identity (the anonymous listener's caller is `local`).
-    let local = add_user(&sock, &alice, "local", &["approver"], &["treasury"]);
+    let local = add_user2(&sock, &alice, &adam, "local", &["approver"], &["treasury"]);
 
     // Small transfers are not held.
     assert!(sign(&rpc, &from, ETHER / 2, 0)["result"].is_string());
@@ -293,10 +294,9 @@ fn totp_codes_are_single_use_by_default() {
     assert_eq!(error_code(&reused), Some(-32005), "{reused}");
     let unknown = admin_raw(&sock, "mallory", &code, "users.list", json!({}));
     // An unknown user gets the same answer as a wrong code (no user enumeration).
-    assert_eq!(
-        unknown["error"]["message"],
-        "unknown user or invalid TOTP code"
-    );
+    let wrong = admin_raw(&sock, "alice", &alice.wrong_code(), "users.list", json!({}));
+    assert_eq!(unknown["error"], wrong["error"]);
+    assert_eq!(unknown["error"]["data"]["rule"], "admin.auth");
 }
 
 #[test]
@@ -305,6 +305,7 @@ fn each_role_can_do_exactly_its_actions_and_refusals_are_audited() {
     let daemon = Daemon::start(dir.path(), &config(dir.path(), REUSABLE_CODES), &[]);
     let sock = socket(dir.path());
     let alice = bootstrap_admin(&daemon, "alice");
+    let adam = bootstrap_admin(&daemon, "adam");
     let users = [
         ("admin", alice.clone()),
         (
@@ -313,7 +314,7 @@ fn each_role_can_do_exactly_its_actions_and_refusals_are_audited() {
         ),
         (
             "approver",
-            add_user(&sock, &alice, "ann", &["approver"], &["treasury"]),
+            add_user2(&sock, &alice, &adam, "ann", &["approver"], &["treasury"]),
         ),
         ("auditor", add_user(&sock, &alice, "aud", &["auditor"], &[])),
     ];
@@ -443,8 +444,9 @@ fn a_waiting_listener_holds_the_call_until_the_quorum_is_met() {
     let daemon = Daemon::start(dir.path(), &text, &[]);
     let (rpc, from, sock) = (daemon.rpc_addr(), address(&daemon), socket(dir.path()));
     let alice = bootstrap_admin(&daemon, "alice");
-    let ann = add_user(&sock, &alice, "ann", &["approver"], &["treasury"]);
-    let bob = add_user(&sock, &alice, "bob", &["approver"], &["treasury"]);
+    let adam = bootstrap_admin(&daemon, "adam");
+    let ann = add_user2(&sock, &alice, &adam, "ann", &["approver"], &["treasury"]);
+    let bob = add_user2(&sock, &alice, &adam, "bob", &["approver"], &["treasury"]);
 
     let started = Instant::now();
     let call = {
@@ -477,4 +479,80 @@ fn a_waiting_listener_holds_the_call_until_the_quorum_is_met() {
         "{released}"
     );
     assert_eq!(signed_rows(&daemon.config).len(), 1);
+}
+
+/// Issue 21, item 6: pending approvals kept the rule in force when they were created. An
+/// approval is judged at consumption by the rule in force then: tightening 2-of treasury to
+/// 3-of board stops a request already approved under the old rule. Negative control: the new
+/// quorum releases it. Also: `approvals.list` is paginated and bounded.
+#[test]
+fn tightening_the_rule_stops_an_in_flight_approval() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(dir.path(), REUSABLE_CODES);
+    let daemon = Daemon::start(dir.path(), &text, &[]);
+    let (rpc, from, sock) = (daemon.rpc_addr(), address(&daemon), socket(dir.path()));
+    let alice = bootstrap_admin(&daemon, "alice");
+    let adam = bootstrap_admin(&daemon, "adam");
+    let approver =
+        |name: &str, group: &str| add_user2(&sock, &alice, &adam, name, &["approver"], &[group]);
+    let (ann, bob) = (approver("ann", "treasury"), approver("bob", "treasury"));
+    let board: Vec<User> = ["bea", "ben", "bo"]
+        .iter()
+        .map(|n| approver(n, "board"))
+        .collect();
+
+    let held = sign(&rpc, &from, 11 * ETHER, 0);
+    let id = held["error"]["data"]["approval_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Pages: limit 1 returns one; an out-of-range limit is refused by name.
+    let page = admin(&sock, &ann, "approvals.list", json!({"limit": 1}));
+    assert_eq!(page["result"].as_array().map(Vec::len), Some(1), "{page}");
+    let next = admin(
+        &sock,
+        &ann,
+        "approvals.list",
+        json!({"limit": 1, "after": id}),
+    );
+    assert_eq!(next["result"], json!([]), "{next}");
+    let too_many = admin(&sock, &ann, "approvals.list", json!({"limit": 100_000}));
+    assert_eq!(
+        too_many["error"]["data"]["rule"], "admin.invalid",
+        "{too_many}"
+    );
+
+    admin(&sock, &ann, "approvals.approve", json!({"id": id}));
+    let approved = admin(&sock, &bob, "approvals.approve", json!({"id": id}));
+    assert_eq!(approved["result"]["state"], "approved", "{approved}");
+
+    // Tighten the rule, then retry the approved request.
+    let tight = std::fs::read_to_string(&daemon.config).unwrap().replace(
+        "approvers = 2, group = \"treasury\"",
+        "approvers = 3, group = \"board\"",
+    );
+    std::fs::write(&daemon.config, tight).unwrap();
+    let reloaded = admin(&sock, &alice, "policy.reload", json!({}));
+    assert_eq!(reloaded["result"]["reloaded"], true, "{reloaded}");
+    let retry = sign(&rpc, &from, 11 * ETHER, 0);
+    assert_eq!(
+        error_code(&retry),
+        Some(-32002),
+        "approved under the old rule: {retry}"
+    );
+    assert_eq!(retry["error"]["data"]["required"], 3, "{retry}");
+    assert_eq!(retry["error"]["data"]["approved"], 0, "{retry}");
+    // Treasury votes do not count any more; the board's do.
+    for (i, u) in board.iter().enumerate() {
+        let r = admin(&sock, u, "approvals.approve", json!({"id": id}));
+        assert!(r["result"].is_object(), "{r}");
+        if i < 2 {
+            assert_eq!(error_code(&sign(&rpc, &from, 11 * ETHER, 0)), Some(-32002));
+        }
+    }
+    let signed = sign(&rpc, &from, 11 * ETHER, 0);
+    assert!(
+        signed["result"].is_string(),
+        "the board's quorum must release it: {signed}"
+    );
 }

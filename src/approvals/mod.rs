@@ -47,6 +47,10 @@ pub enum ApprovalError {
     /// This exact intent was already signed once with its approval.
     #[error("approval {0} was already used for a signature")]
     Consumed(String),
+    /// Too many requests are already waiting (rule `approval.pending_cap`); `scope` is
+    /// `client` (this requester's own cap) or `total`.
+    #[error("{scope} cap of {cap} pending approval requests reached")]
+    Capped { scope: &'static str, cap: u32 },
     /// The approval state could not be read or written.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -71,10 +75,51 @@ pub enum VoteError {
     Store(#[from] StoreError),
 }
 
+/// Most live pending requests per requesting client, by default.
+pub const DEFAULT_PENDING_PER_CLIENT: u32 = 100;
+/// Most live pending requests overall, by default.
+pub const DEFAULT_PENDING_TOTAL: u32 = 1_000;
+/// Longest page `approvals.list` returns.
+pub const MAX_PAGE: usize = 500;
+
+#[derive(Clone, Copy, Debug)]
+struct PendingCaps {
+    per_client: u32,
+    total: u32,
+}
+
 /// The approval book over the control-state database.
 #[derive(Clone, Debug)]
 pub struct Approvals {
     db: StateDb,
+    caps: PendingCaps,
+}
+
+/// Judges an open (pending or approved) approval under the rule in force now; consumes it if
+/// the votes that still count meet that rule.
+fn recheck(
+    tx: &rusqlite::Transaction<'_>,
+    mut a: ApprovalRecord,
+    req: &ApprovalRequirement,
+) -> Result<ApprovalOutcome, StoreError> {
+    if a.rule != req.rule || a.group != req.group || a.required != req.approvers {
+        sql::retarget_approval(tx, &a.id, &req.rule, &req.group, req.approvers)?;
+        a.rule.clone_from(&req.rule);
+        a.group.clone_from(&req.group);
+        a.required = req.approvers;
+    }
+    let valid = sql::valid_approvers(tx, &a.id, &a.group, &a.requester)?;
+    a.approved = u32::try_from(valid.len()).unwrap_or(u32::MAX);
+    a.approvers = valid;
+    if a.approved >= a.required && sql::transition(tx, &a.id, &a.state, "consumed")? {
+        return Ok(ApprovalOutcome::Proceed(a.id));
+    }
+    if a.state == "approved" {
+        // Approved under an older rule or by people who no longer count: open again.
+        sql::transition(tx, &a.id, "approved", "pending")?;
+        a.state = "pending".into();
+    }
+    Ok(ApprovalOutcome::Held(Box::new(a)))
 }
 
 fn new_id() -> String {
@@ -96,16 +141,37 @@ pub struct HeldIntent<'a> {
 impl Approvals {
     /// Approvals stored in `db`.
     pub fn new(db: StateDb) -> Self {
-        Approvals { db }
+        Approvals {
+            db,
+            caps: PendingCaps {
+                per_client: DEFAULT_PENDING_PER_CLIENT,
+                total: DEFAULT_PENDING_TOTAL,
+            },
+        }
+    }
+
+    /// Caps on live pending requests (rule `approval.pending_cap`): per requesting client and
+    /// overall. Without them a client could open hundreds of requests a second and bury the
+    /// real one in the approvers' list.
+    pub fn with_caps(mut self, per_client: u32, total: u32) -> Self {
+        self.caps = PendingCaps { per_client, total };
+        self
     }
 
     /// Decides a request that `req` says needs approval. Blocking (one small transaction).
+    ///
+    /// An open approval is always judged by the rule in force *now*, not the one it was opened
+    /// under: it is retargeted to `req` (rule, group, approvals needed) and only the votes of
+    /// users who are approvers in that group today count. Tightening a rule (2-of treasury to
+    /// 3-of board) therefore stops a request already in flight, and a removed approver's vote
+    /// is gone with them.
     pub fn decide(
         &self,
         intent: &HeldIntent<'_>,
         req: &ApprovalRequirement,
         now_ms: i64,
     ) -> Result<ApprovalOutcome, ApprovalError> {
+        let caps = self.caps;
         self.db.transaction(|tx| {
             let latest = sql::latest_approval(tx, intent.key, intent.digest)?;
             if let Some(a) = latest {
@@ -113,15 +179,18 @@ impl Approvals {
                 match a.state.as_str() {
                     "consumed" => return Ok(Err(ApprovalError::Consumed(a.id))),
                     "rejected" if live => return Ok(Err(ApprovalError::Rejected(a.id))),
-                    "approved" if live => {
-                        return if sql::transition(tx, &a.id, "approved", "consumed")? {
-                            Ok(Ok(ApprovalOutcome::Proceed(a.id)))
-                        } else {
-                            Ok(Err(ApprovalError::Consumed(a.id)))
-                        };
+                    "approved" | "pending" if live => {
+                        return recheck(tx, a, req).map(Ok);
                     }
-                    "pending" if live => return Ok(Ok(ApprovalOutcome::Held(Box::new(a)))),
                     _ => {} // expired: a fresh request below
+                }
+            }
+            for (scope, requester, cap) in [
+                ("client", Some(intent.requester), caps.per_client),
+                ("total", None, caps.total),
+            ] {
+                if sql::count_pending(tx, now_ms, requester)? >= u64::from(cap) {
+                    return Ok(Err(ApprovalError::Capped { scope, cap }));
                 }
             }
             let within = i64::try_from(req.within.as_millis()).unwrap_or(i64::MAX);
@@ -162,10 +231,29 @@ impl Approvals {
             .transaction(|tx| sql::restore_unreleased(tx, now_ms))
     }
 
-    /// Pending, unexpired requests.
+    /// Pending, unexpired requests (every one; for gauges and tests).
     pub fn pending(&self, now_ms: i64) -> Result<Vec<ApprovalRecord>, StoreError> {
         self.db
             .transaction(|tx| sql::live_approvals(tx, "pending", now_ms))
+    }
+
+    /// How many pending, unexpired requests there are (a count, not the rows).
+    pub fn pending_count(&self, now_ms: i64) -> Result<u64, StoreError> {
+        self.db
+            .transaction(|tx| sql::count_pending(tx, now_ms, None))
+    }
+
+    /// One page of pending, unexpired requests, oldest first: at most `limit` (capped at
+    /// [`MAX_PAGE`]) after the approval `after`.
+    pub fn pending_page(
+        &self,
+        now_ms: i64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ApprovalRecord>, StoreError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        self.db
+            .transaction(|tx| sql::live_approvals_page(tx, "pending", now_ms, after, limit))
     }
 
     /// Records `user`'s vote. An approval by a user outside the group, by the requester, or a
@@ -203,9 +291,10 @@ impl Approvals {
                 return Ok(Err(VoteError::AlreadyVoted(a.id)));
             }
             let after = sql::approval(tx, &a.id)?.unwrap_or(a);
+            let counted = sql::valid_approvers(tx, &after.id, &after.group, &after.requester)?;
             if !approve {
                 sql::transition(tx, &after.id, "pending", "rejected")?;
-            } else if after.approved >= after.required {
+            } else if counted.len() >= usize::try_from(after.required).unwrap_or(usize::MAX) {
                 sql::transition(tx, &after.id, "pending", "approved")?;
             }
             Ok(Ok(sql::approval(tx, &after.id)?.unwrap_or(after)))

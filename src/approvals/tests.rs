@@ -192,3 +192,146 @@ fn a_consumption_whose_signature_never_left_is_given_back_at_start() {
         Err(ApprovalError::Consumed(_))
     ));
 }
+
+fn intent_with<'a>(digest: &'a [u8; 32], requester: &'a str, summary: &'a Value) -> HeldIntent<'a> {
+    HeldIntent {
+        key: "k",
+        digest,
+        requester,
+        chain: Some("eip155:1"),
+        summary,
+    }
+}
+
+/// Issue 21: tightening a rule from 2-of treasury to 3-of board stopped nothing in flight.
+/// The rule in force at consumption decides; votes of people outside it no longer count.
+#[test]
+fn an_approval_is_judged_by_the_rule_in_force_when_it_is_consumed() {
+    let (_dir, approvals, db) = setup();
+    for name in ["bea", "ben", "bo"] {
+        db.add_user(name, &["approver".into()], &["board".into()], &[7u8; 20])
+            .unwrap();
+    }
+    let summary = serde_json::json!({});
+    let intent = intent_with(&[9u8; 32], "app", &summary);
+    let user = |n: &str| db.user(n).unwrap().unwrap();
+    let ApprovalOutcome::Held(a) = approvals.decide(&intent, &req(), 10).unwrap() else {
+        panic!("not held");
+    };
+    approvals.vote(&a.id, &user("ann"), true, 11).unwrap();
+    let done = approvals.vote(&a.id, &user("bob"), true, 12).unwrap();
+    assert_eq!(done.state, "approved");
+    let board = ApprovalRequirement {
+        approvers: 3,
+        group: "board".into(),
+        ..req()
+    };
+    // The tightened rule: approved under 2-of treasury is not enough; open again, 0 of 3.
+    let ApprovalOutcome::Held(again) = approvals.decide(&intent, &board, 13).unwrap() else {
+        panic!("an approval under the old rule was consumed");
+    };
+    assert_eq!(
+        (again.id.as_str(), again.approved, again.required),
+        (a.id.as_str(), 0, 3)
+    );
+    assert_eq!(
+        (again.group.as_str(), again.state.as_str()),
+        ("board", "pending")
+    );
+    approvals.vote(&a.id, &user("bea"), true, 14).unwrap();
+    approvals.vote(&a.id, &user("ben"), true, 15).unwrap();
+    assert!(matches!(
+        approvals.decide(&intent, &board, 16).unwrap(),
+        ApprovalOutcome::Held(_)
+    ));
+    approvals.vote(&a.id, &user("bo"), true, 17).unwrap();
+    // Negative control: the quorum of the rule in force does release it (once).
+    assert!(matches!(
+        approvals.decide(&intent, &board, 18).unwrap(),
+        ApprovalOutcome::Proceed(id) if id == a.id
+    ));
+}
+
+#[test]
+fn a_removed_approver_no_longer_counts() {
+    let (_dir, approvals, db) = setup();
+    let summary = serde_json::json!({});
+    let intent = intent_with(&[10u8; 32], "app", &summary);
+    let user = |n: &str| db.user(n).unwrap().unwrap();
+    let ApprovalOutcome::Held(a) = approvals.decide(&intent, &req(), 10).unwrap() else {
+        panic!("not held");
+    };
+    approvals.vote(&a.id, &user("ann"), true, 11).unwrap();
+    approvals.vote(&a.id, &user("bob"), true, 12).unwrap();
+    assert!(db.remove_user("bob").unwrap());
+    let ApprovalOutcome::Held(held) = approvals.decide(&intent, &req(), 13).unwrap() else {
+        panic!("a removed approver's vote was counted");
+    };
+    assert_eq!(
+        (held.approved, held.approvers.clone()),
+        (1, vec!["ann".to_string()])
+    );
+}
+
+#[test]
+fn pending_requests_are_capped_per_client_and_overall_and_listed_in_pages() {
+    let (_dir, approvals, _db) = setup();
+    let approvals = approvals.with_caps(3, 5);
+    let summary = serde_json::json!({});
+    let digests: Vec<[u8; 32]> = (0u8..10).map(|i| [100 + i; 32]).collect();
+    let mut held = Vec::new();
+    for d in &digests[..3] {
+        let out = approvals.decide(&intent_with(d, "app", &summary), &req(), 10);
+        assert!(matches!(out, Ok(ApprovalOutcome::Held(_))));
+        held.push(d);
+    }
+    // The client's own cap; a retry of an open request is not a new one.
+    assert!(matches!(
+        approvals.decide(&intent_with(&digests[3], "app", &summary), &req(), 11),
+        Err(ApprovalError::Capped {
+            scope: "client",
+            cap: 3
+        })
+    ));
+    assert!(matches!(
+        approvals.decide(&intent_with(&digests[0], "app", &summary), &req(), 11),
+        Ok(ApprovalOutcome::Held(_))
+    ));
+    // Another client still gets in, up to the overall cap.
+    for d in &digests[4..6] {
+        let out = approvals.decide(&intent_with(d, "eve", &summary), &req(), 12);
+        assert!(matches!(out, Ok(ApprovalOutcome::Held(_))), "{out:?}");
+    }
+    assert!(matches!(
+        approvals.decide(&intent_with(&digests[6], "bob", &summary), &req(), 13),
+        Err(ApprovalError::Capped {
+            scope: "total",
+            cap: 5
+        })
+    ));
+    // Pages: 2 + 2 + 1, no overlap, oldest first.
+    let p1 = approvals.pending_page(14, None, 2).unwrap();
+    let p2 = approvals.pending_page(14, Some(&p1[1].id), 2).unwrap();
+    let p3 = approvals.pending_page(14, Some(&p2[1].id), 2).unwrap();
+    let ids: Vec<_> = p1
+        .iter()
+        .chain(&p2)
+        .chain(&p3)
+        .map(|a| a.id.clone())
+        .collect();
+    assert_eq!(ids.len(), 5);
+    assert_eq!(
+        ids.iter().collect::<std::collections::HashSet<_>>().len(),
+        5
+    );
+    assert_eq!(approvals.pending_page(14, None, 10_000).unwrap().len(), 5);
+    // After expiry the slots are free again (expired requests do not count).
+    assert!(matches!(
+        approvals.decide(
+            &intent_with(&digests[7], "app", &summary),
+            &req(),
+            3_600_100
+        ),
+        Ok(ApprovalOutcome::Held(_))
+    ));
+}

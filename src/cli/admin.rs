@@ -49,8 +49,9 @@ pub(crate) struct AdminArgs {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum UsersCommand {
-    /// Add a user and show its TOTP enrolment (once). Adding an admin needs two admins; the
-    /// first two admins are created locally (with --config, by whoever can write the database).
+    /// Add a user and show its TOTP enrolment (once). Adding an admin or an approver needs two
+    /// admins; the first two admins are created locally (with --config, by whoever can write
+    /// the database).
     Add {
         /// The new user's name.
         name: String,
@@ -68,7 +69,7 @@ pub(crate) enum UsersCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Remove a user.
+    /// Remove a user (an admin: needs a second admin making the same request).
     Remove {
         /// The user to remove.
         name: String,
@@ -79,8 +80,14 @@ pub(crate) enum UsersCommand {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ApprovalsCommand {
-    /// Pending requests with their decoded intent.
+    /// Pending requests with their decoded intent, oldest first, one page at a time.
     List {
+        /// Most requests shown (1-500).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Start after this approval id (the last one of the previous page).
+        #[arg(long)]
+        after: Option<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -279,7 +286,13 @@ pub(crate) fn users(command: UsersCommand) -> anyhow::Result<()> {
         }
         UsersCommand::Remove { name, admin } => {
             let r = admin.call("users.remove", json!({"name": name}))?;
-            admin.print(&r, |_| println!("user {name} removed"));
+            admin.print(&r, |r| {
+                if r["status"] == "pending" {
+                    print_status(r);
+                } else {
+                    println!("user {name} removed");
+                }
+            });
         }
     }
     Ok(())
@@ -287,7 +300,15 @@ pub(crate) fn users(command: UsersCommand) -> anyhow::Result<()> {
 
 pub(crate) fn approvals(command: ApprovalsCommand) -> anyhow::Result<()> {
     let (admin, method, params) = match command {
-        ApprovalsCommand::List { admin } => (admin, "approvals.list", json!({})),
+        ApprovalsCommand::List {
+            limit,
+            after,
+            admin,
+        } => (
+            admin,
+            "approvals.list",
+            json!({"limit": limit, "after": after}),
+        ),
         ApprovalsCommand::Approve { id, admin } => (admin, "approvals.approve", json!({"id": id})),
         ApprovalsCommand::Reject { id, admin } => (admin, "approvals.reject", json!({"id": id})),
     };

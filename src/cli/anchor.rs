@@ -1,4 +1,4 @@
-//! The daemon side of audit anchors: sign the audit head every `[audit].anchor_interval` (when
+//! The daemon side of audit anchors: sign the audit head every `[audit.anchors].anchor_interval` (when
 //! rows were added) and at shutdown, append the anchor to the anchor file (fsynced) and print it
 //! to the journal. `keyguard audit anchor-key` creates the audit key.
 

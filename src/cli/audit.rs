@@ -21,14 +21,14 @@ pub(crate) enum AuditCommand {
         /// Configuration file.
         #[arg(long)]
         config: PathBuf,
-        /// Anchor file (JSON Lines written by the daemon, `[audit].anchor_file`).
+        /// Anchor file (JSON Lines written by the daemon, `[audit.anchors].anchor_file`).
         #[arg(long)]
         checkpoints: Option<PathBuf>,
-        /// The audit key's public key (hex); default: derived from `[audit].anchor_key`.
+        /// The audit key's public key (hex); default: derived from `[audit.anchors].anchor_key`.
         #[arg(long)]
         anchor_public_key: Option<String>,
     },
-    /// Create a new audit key for `[audit].anchor_key` (ed25519, mode 0600).
+    /// Create a new audit key for `[audit.anchors].anchor_key` (ed25519, mode 0600).
     AnchorKey {
         /// Where to write it (must not exist; keep it outside the data directory).
         #[arg(long)]
@@ -203,7 +203,7 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<()> {
 }
 
 fn verify_anchors(config: &Config, file: &Path, public: Option<&str>) -> anyhow::Result<()> {
-    let key = match (public, &config.audit) {
+    let key = match (public, &config.audit.anchors) {
         (Some(hex_key), _) => {
             let mut bytes = [0u8; 32];
             hex::decode_to_slice(hex_key.trim(), &mut bytes)
@@ -212,7 +212,7 @@ fn verify_anchors(config: &Config, file: &Path, public: Option<&str>) -> anyhow:
                 .context("--anchor-public-key: not an ed25519 public key")?
         }
         (None, Some(audit)) => super::anchor::load_key(&audit.anchor_key)?.verifying_key(),
-        (None, None) => anyhow::bail!("no [audit] section and no --anchor-public-key"),
+        (None, None) => anyhow::bail!("no [audit.anchors] section and no --anchor-public-key"),
     };
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;

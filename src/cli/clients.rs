@@ -11,7 +11,8 @@ use super::admin::AdminArgs;
 pub(crate) enum ClientsCommand {
     /// Make a new random bearer token and print it with the hash to put in the config.
     Token,
-    /// Add a client; its bearer token is printed once.
+    /// Add a client; needs a second admin making the same request, who is shown its bearer
+    /// token (once).
     Add {
         /// Client name (used in logs and the audit log).
         name: String,
@@ -44,7 +45,8 @@ pub(crate) enum ClientsCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Replace a client's token (the old one stops working at once); the new one is printed once.
+    /// Replace a client's token (the old one stops working once a second admin makes the same
+    /// request); the new one is printed once, to that second admin.
     Rotate {
         /// Client name.
         name: String,
@@ -114,6 +116,13 @@ impl ScopeArgs {
 }
 
 fn print_token(verb: &str, r: &Value) {
+    if r["status"] == "pending" {
+        println!(
+            "pending: {} (a second admin must make the same request; the token is shown to them)",
+            r["action"].as_str().unwrap_or("")
+        );
+        return;
+    }
     println!("client {} {verb}", r["name"].as_str().unwrap_or(""));
     println!(
         "token (shown once, store it now): {}",

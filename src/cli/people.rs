@@ -92,7 +92,7 @@ pub(crate) fn spawn_control_gauges(kill: Arc<KillSwitch>, approvals: Approvals) 
 fn update_control_gauges(kill: &KillSwitch, approvals: &Approvals) {
     let (all_off, keys) = kill.status();
     crate::metrics::keys_disabled(all_off, keys.len());
-    if let Ok(list) = approvals.pending(crate::store::now_ms()) {
-        crate::metrics::approvals_pending(list.len());
+    if let Ok(n) = approvals.pending_count(crate::store::now_ms()) {
+        crate::metrics::approvals_pending(usize::try_from(n).unwrap_or(usize::MAX));
     }
 }

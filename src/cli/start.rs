@@ -75,6 +75,9 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
 
     let store = Store::open(&config.data.database())
         .with_context(|| format!("opening {}", config.data.database().display()))?;
+    store
+        .audit_log()
+        .configure_bounds(config.audit.clone(), Some(config.data.dir.clone()));
     let state = store.state_db().context("opening control state")?;
     let kill = Arc::new(
         KillSwitch::load(state.clone(), config.data.kill_file()).context("loading kill switch")?,
@@ -89,7 +92,10 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
              rename one (`keyguard clients remove {name}`)"
         );
     }
-    let approvals = Approvals::new(state.clone());
+    let approvals = Approvals::new(state.clone()).with_caps(
+        config.admin.max_pending_approvals_per_client,
+        config.admin.max_pending_approvals,
+    );
     for id in approvals
         .recover_unreleased(crate::store::now_ms())
         .context("recovering approvals")?
@@ -140,7 +146,7 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
         println!("keyguard: kill switch on: all={all_off} keys={off:?}");
     }
     super::people::spawn_kill_file_watch(kill.clone(), store.audit_log());
-    let anchorer = match &config.audit {
+    let anchorer = match &config.audit.anchors {
         Some(audit) => {
             let anchorer = Arc::new(super::anchor::Anchorer::new(audit)?);
             super::anchor::spawn(anchorer.clone(), state.clone(), &audit.anchor_interval);

@@ -1,8 +1,8 @@
-//! `[audit]`: anchors of the audit chain's head, signed by a dedicated audit key and written
+//! `[audit.anchors]`: anchors of the audit chain's head, signed by a dedicated audit key and written
 //! outside the data directory (see `crate::store::anchor` for what they catch).
 //!
 //! ```toml
-//! [audit]
+//! [audit.anchors]
 //! anchor_key = "/etc/keyguard/audit-anchor.key"      # ed25519 seed: 64 hex chars or 32 bytes
 //! anchor_file = "/var/log/keyguard/anchors.jsonl"    # appended to, never rewritten
 //! anchor_interval = "1m"
@@ -15,7 +15,7 @@ use serde::Deserialize;
 use super::{parse_duration, Config, ConfigError};
 
 /// Where and how often the audit head is anchored.
-#[derive(Debug, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// The audit key's private seed. Not the signing keys: a stolen audit key forges anchors,
@@ -40,22 +40,22 @@ fn inside(inner: &Path, outer: &Path) -> bool {
 }
 
 impl Config {
-    /// Problems of `[audit]`.
+    /// Problems of `[audit.anchors]`.
     pub(super) fn audit_problems(&self) -> Vec<ConfigError> {
-        let Some(audit) = &self.audit else {
+        let Some(audit) = &self.audit.anchors else {
             return Vec::new();
         };
         let mut problems = Vec::new();
         match parse_duration(&audit.anchor_interval) {
             Ok(d) if d.is_zero() => {
-                problems.push(self.invalid("audit.anchor_interval", "must not be zero"))
+                problems.push(self.invalid("audit.anchors.anchor_interval", "must not be zero"))
             }
             Ok(_) => {}
-            Err(e) => problems.push(self.invalid("audit.anchor_interval", e)),
+            Err(e) => problems.push(self.invalid("audit.anchors.anchor_interval", e)),
         }
         for (key, path) in [
-            ("audit.anchor_file", &audit.anchor_file),
-            ("audit.anchor_key", &audit.anchor_key),
+            ("audit.anchors.anchor_file", &audit.anchor_file),
+            ("audit.anchors.anchor_key", &audit.anchor_key),
         ] {
             if inside(path, &self.data.dir) {
                 problems.push(self.invalid(
@@ -75,7 +75,7 @@ mod tests {
 
     fn problems(audit: &str) -> Vec<String> {
         let text = format!(
-            "[data]\ndir = \"/srv/kg\"\n[keystore]\nbackend = \"software\"\n[audit]\n{audit}"
+            "[data]\ndir = \"/srv/kg\"\n[keystore]\nbackend = \"software\"\n[audit.anchors]\n{audit}"
         );
         match Config::parse(Path::new("t.toml"), &text) {
             Ok(c) => c.audit_problems().iter().map(ToString::to_string).collect(),
@@ -87,7 +87,7 @@ mod tests {
     fn anchors_inside_the_data_directory_are_refused() {
         let inside = problems("anchor_key = \"/etc/a.key\"\nanchor_file = \"/srv/kg/anchors\"\n");
         assert!(
-            inside.iter().any(|p| p.contains("audit.anchor_file")),
+            inside.iter().any(|p| p.contains("audit.anchors.anchor_file")),
             "{inside:?}"
         );
         // Control: outside it, nothing to say.

@@ -5,7 +5,9 @@ mod audit;
 mod people;
 
 pub use audit::AuditConfig;
-pub use people::{parse_duration, AdminConfig, AdminTlsConfig, LimitConfig, RateLimitsConfig};
+pub use people::{
+    parse_duration, AdminConfig, AdminListenerLimits, AdminTlsConfig, LimitConfig, RateLimitsConfig,
+};
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -86,9 +88,10 @@ pub struct Config {
     /// Request rate limits, applied before any decoding.
     #[serde(default)]
     pub rate_limits: Option<RateLimitsConfig>,
-    /// Signed anchors of the audit head, written outside the data directory.
+    /// Bounds on audit growth: field caps, refusal budget, disk floor (`docs/people.md`); and
+    /// `[audit.anchors]`, signed anchors of the audit head outside the data directory.
     #[serde(default)]
-    pub audit: Option<AuditConfig>,
+    pub audit: crate::store::AuditLimits,
     /// Where this configuration was read from (for messages).
     #[serde(skip)]
     pub path: PathBuf,

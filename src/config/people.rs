@@ -42,10 +42,57 @@ pub struct AdminConfig {
     /// Optional TCP listener for the admin API (always TLS), e.g. `"127.0.0.1:9551"`.
     #[serde(default)]
     pub tcp: Option<std::net::SocketAddr>,
-    /// Certificate and key of the TCP listener, and optionally a CA that client certificates
-    /// must chain to (then they are required).
+    /// Certificate and key of the TCP listener, and the CA that client certificates must chain
+    /// to (required unless `client_ca_waived`).
     #[serde(default)]
     pub tls: Option<AdminTlsConfig>,
+    /// Live pending approval requests one client may have open (`approval.pending_cap`).
+    #[serde(default = "pending_per_client")]
+    pub max_pending_approvals_per_client: u32,
+    /// Live pending approval requests overall (`approval.pending_cap`).
+    #[serde(default = "pending_total")]
+    pub max_pending_approvals: u32,
+    /// Connection and request limits of the TCP listener.
+    #[serde(default)]
+    pub limits: AdminListenerLimits,
+}
+
+/// `[admin.limits]`: what one peer, and all peers together, may hold of the TCP admin listener.
+/// Anonymous peers must not be able to exhaust it, starve the signing listeners of file
+/// descriptors, or lock users out.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminListenerLimits {
+    /// Open connections overall (`admin.connection_cap`).
+    pub max_connections: usize,
+    /// Open connections per peer IP (`admin.connection_cap`).
+    pub max_connections_per_peer: usize,
+    /// Time for the TLS handshake.
+    pub handshake_timeout: String,
+    /// Time for a request's headers and body, and the longest idle time between requests.
+    pub idle_timeout: String,
+    /// Requests per second per peer IP, sustained (`admin.peer_rate`).
+    pub peer_requests_per_second: f64,
+    /// Requests a peer may send at once.
+    pub peer_burst: u32,
+    /// Failed sign-ins (unknown user, wrong or reused code) a peer may make within
+    /// `totp_lockout` before it is refused without looking at the user (`admin.peer_throttle`).
+    /// This runs before the per-user lockout, so one peer cannot lock anybody out.
+    pub peer_auth_failures: u32,
+}
+
+impl Default for AdminListenerLimits {
+    fn default() -> Self {
+        AdminListenerLimits {
+            max_connections: 64,
+            max_connections_per_peer: 8,
+            handshake_timeout: "5s".into(),
+            idle_timeout: "30s".into(),
+            peer_requests_per_second: 2.0,
+            peer_burst: 20,
+            peer_auth_failures: 10,
+        }
+    }
 }
 
 /// `[admin.tls]`: PEM files of the admin TCP listener.
@@ -56,9 +103,15 @@ pub struct AdminTlsConfig {
     pub cert: PathBuf,
     /// Server private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
-    /// If set, clients must present a certificate chaining to this CA (TOTP still applies).
+    /// Clients must present a certificate chaining to this CA (TOTP still applies). Required
+    /// unless `client_ca_waived = true`.
     #[serde(default)]
     pub client_ca: Option<PathBuf>,
+    /// Serve the TCP admin listener to peers without a client certificate. Without one, anyone
+    /// who can reach the port can make keyguard do work and write audit rows; say so
+    /// explicitly.
+    #[serde(default)]
+    pub client_ca_waived: bool,
 }
 
 fn yes() -> bool {
@@ -82,6 +135,12 @@ fn max_failures() -> u32 {
 fn lockout() -> String {
     "15m".into()
 }
+fn pending_per_client() -> u32 {
+    crate::approvals::DEFAULT_PENDING_PER_CLIENT
+}
+fn pending_total() -> u32 {
+    crate::approvals::DEFAULT_PENDING_TOTAL
+}
 
 impl Default for AdminConfig {
     fn default() -> Self {
@@ -97,6 +156,9 @@ impl Default for AdminConfig {
             totp_lockout: lockout(),
             tcp: None,
             tls: None,
+            max_pending_approvals_per_client: pending_per_client(),
+            max_pending_approvals: pending_total(),
+            limits: AdminListenerLimits::default(),
         }
     }
 }
@@ -176,7 +238,45 @@ impl Config {
             (None, Some(_)) => {
                 problems.push(self.invalid("admin.tls", "set admin.tcp to serve it"));
             }
+            (Some(_), Some(tls)) if tls.client_ca.is_none() && !tls.client_ca_waived => problems
+                .push(self.invalid(
+                    "admin.tls.client_ca",
+                    "the TCP admin listener requires client certificates: set client_ca, or \
+                     client_ca_waived = true to accept any peer",
+                )),
             _ => {}
+        }
+        let limits = &self.admin.limits;
+        for (key, value) in [
+            ("admin.limits.handshake_timeout", &limits.handshake_timeout),
+            ("admin.limits.idle_timeout", &limits.idle_timeout),
+        ] {
+            match parse_duration(value) {
+                Ok(d) if d.is_zero() => problems.push(self.invalid(key, "must not be zero")),
+                Ok(_) => {}
+                Err(e) => problems.push(self.invalid(key, e)),
+            }
+        }
+        let peer_rate = LimitConfig {
+            per_second: limits.peer_requests_per_second,
+            burst: limits.peer_burst,
+        };
+        if limits.max_connections == 0
+            || limits.max_connections_per_peer == 0
+            || limits.peer_auth_failures == 0
+            || crate::access::limits::quota(&peer_rate).is_none()
+        {
+            problems.push(self.invalid(
+                "admin.limits",
+                "connection caps, peer_auth_failures, peer rate and burst must be positive",
+            ));
+        }
+        if self.admin.max_pending_approvals == 0 || self.admin.max_pending_approvals_per_client == 0
+        {
+            problems.push(self.invalid("admin.max_pending_approvals", "must be at least 1"));
+        }
+        if let Err(e) = self.audit.validate() {
+            problems.push(self.invalid("audit", e));
         }
         if let Some(limits) = &self.rate_limits {
             for (name, limit) in [

@@ -309,7 +309,12 @@ impl Guard {
             return Err(Rejection::policy(
                 "cometbft.chain_id",
                 "chain_id",
-                format!("this signer serves {:?}, not {chain_id:?}", target.chain_id),
+                format!(
+                    "this signer serves {:?}, not {:?} ({} bytes)",
+                    target.chain_id,
+                    chain_id.chars().take(64).collect::<String>(),
+                    chain_id.len()
+                ),
             )
             .into());
         }

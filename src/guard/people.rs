@@ -231,6 +231,9 @@ impl Guard {
                 format!("this exact request was already signed with approval {id}"),
             )
             .into()),
+            Err(e @ ApprovalError::Capped { .. }) => {
+                Err(Rejection::policy("approval.pending_cap", "approval", e.to_string()).into())
+            }
             Err(ApprovalError::Store(e)) => Err(GuardError::Backend(format!("approval book: {e}"))),
         }
     }

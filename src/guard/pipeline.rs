@@ -203,6 +203,14 @@ impl Guard {
 
     /// Method scope and rate limits: before any decoding, so a flood costs a hash lookup.
     fn admission(&self, request: &Request<'_>) -> Result<(), GuardError> {
+        // Below the disk floor no new work starts, while audit rows can still be written.
+        if let Some((free, floor)) = self.audit.below_disk_floor() {
+            tracing::debug!(free, floor, "audit.disk_floor: request refused");
+            return Err(GuardError::RateLimited {
+                rule: "audit.disk_floor",
+                retry_after_ms: 60_000,
+            });
+        }
         let Who::Client(caller) = request.who else {
             return Ok(());
         };

@@ -23,6 +23,11 @@ mod tests_anchor;
 #[cfg(test)]
 mod tests_writer;
 
+/// Bounds on audit growth: field caps, refusal budget, disk floor.
+pub mod bounds;
+#[cfg(test)]
+mod tests_people;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -39,6 +44,8 @@ pub(crate) use state as state_sql;
 pub use state::{ApprovalRecord, SecretKdfRow, StateDb, UserRecord};
 pub use watermarks::{WatermarkError, WatermarkRow, WatermarkStore};
 pub use writer::AuditLog;
+
+pub use bounds::AuditLimits;
 
 /// How long a connection waits for a lock held by another connection.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -76,6 +83,12 @@ pub enum StoreError {
     Corrupt { seq: i64, reason: String },
     #[error("database error: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// The data directory's filesystem is below the configured free-space floor.
+    #[error(
+        "audit.disk_floor: {free} bytes free on the data directory, below the floor of \
+         {floor}; no new work is accepted until space is freed"
+    )]
+    DiskFloor { free: u64, floor: u64 },
     /// A state row an entry carried no longer matches what its decision was made against;
     /// that entry (only) was not written.
     #[error("state conflict: {0}")]
@@ -169,6 +182,11 @@ impl Store {
         checkpoint::disable_auto(&wm).map_err(open_err)?;
         let checkpointer = checkpoint::Checkpointer::start(path)?;
         let (log, handle) = writer::spawn(wconn)?;
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        log.configure_bounds(
+            AuditLimits::default(),
+            Some(dir.map_or_else(|| PathBuf::from("."), Path::to_path_buf)),
+        );
         Ok(Store {
             path: path.to_path_buf(),
             reader: Mutex::new(reader),

@@ -284,12 +284,13 @@ impl StateDb {
         Ok(())
     }
 
-    /// Removes a user; true if one was removed.
+    /// Removes a user and, in the same transaction, every two-admin proposal it made: a
+    /// proposal dies with its proposer, so a removed admin can never be the "second admin".
     pub fn remove_user(&self, name: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .lock()
-            .execute("DELETE FROM users WHERE name = ?1", [name])?
-            == 1)
+        self.transaction(|tx| {
+            tx.execute("DELETE FROM admin_proposals WHERE proposer = ?1", [name])?;
+            Ok(tx.execute("DELETE FROM users WHERE name = ?1", [name])? == 1)
+        })
     }
 
     /// Records `step` as used if it is newer than the last accepted one (single-use codes).
@@ -343,8 +344,12 @@ impl StateDb {
                  created_ms = excluded.created_ms, expires_ms = excluded.expires_ms",
                 params![action, proposer, now, now.saturating_add(ttl_ms)],
             )?;
+            // Only proposals of users who are admins now count (belt and braces with
+            // `remove_user`): a proposal never outlives its proposer's admin role.
             let mut stmt = tx.prepare(
-                "SELECT proposer FROM admin_proposals WHERE action = ?1 AND proposer <> ?2",
+                "SELECT p.proposer FROM admin_proposals p JOIN users u ON u.name = p.proposer \
+                 WHERE p.action = ?1 AND p.proposer <> ?2 \
+                 AND (',' || u.roles || ',') LIKE '%,admin,%'",
             )?;
             let others = stmt
                 .query_map(params![action, proposer], |r| r.get(0))?
@@ -528,6 +533,91 @@ pub(crate) fn insert_vote(
         params![id, user, vote, now_ms()],
     )?;
     Ok(n == 1)
+}
+
+/// The users whose approve votes on `id` count under the rule in force now: they still exist,
+/// still hold the approver role, are in `group`, and are not the requester. A vote cast by
+/// someone since removed, demoted or moved to another group no longer counts.
+pub(crate) fn valid_approvers(
+    conn: &Connection,
+    id: &str,
+    group: &str,
+    requester: &str,
+) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT v.user, u.roles, u.groups FROM approval_votes v JOIN users u ON u.name = v.user \
+         WHERE v.approval_id = ?1 AND v.vote = 'approve' ORDER BY v.ts_ms",
+    )?;
+    let rows = stmt
+        .query_map([id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows
+        .into_iter()
+        .filter(|(user, roles, groups)| {
+            user != requester
+                && split(roles).iter().any(|r| r == "approver")
+                && split(groups).iter().any(|g| g == group)
+        })
+        .map(|(user, _, _)| user)
+        .collect())
+}
+
+/// Puts an open approval under the rule in force now (rule name, group, approvals needed).
+pub(crate) fn retarget_approval(
+    conn: &Connection,
+    id: &str,
+    rule: &str,
+    group: &str,
+    required: u32,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE approvals SET rule = ?2, grp = ?3, required = ?4 WHERE id = ?1",
+        params![id, rule, group, required],
+    )?;
+    Ok(())
+}
+
+/// Live pending approvals, overall or of one requester.
+pub(crate) fn count_pending(
+    conn: &Connection,
+    now: i64,
+    requester: Option<&str>,
+) -> Result<u64, StoreError> {
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM approvals WHERE state = 'pending' AND expires_ms > ?1 \
+         AND (?2 IS NULL OR requester = ?2)",
+        params![now, requester],
+        |r| r.get(0),
+    )?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// One page of live approvals in `state`, oldest first, starting after approval `after`.
+pub(crate) fn live_approvals_page(
+    conn: &Connection,
+    state: &str,
+    now: i64,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<ApprovalRecord>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, key_id, intent_digest, requester, chain, summary, rule, grp, required, \
+         created_ms, expires_ms, state FROM approvals a WHERE state = ?1 AND expires_ms > ?2 \
+         AND (?3 IS NULL OR (created_ms, id) > \
+              (SELECT created_ms, id FROM approvals WHERE id = ?3)) \
+         ORDER BY created_ms, id LIMIT ?4",
+    )?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = stmt
+        .query_map(params![state, now, after, limit], read_approval)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter().map(|r| with_votes(conn, r)).collect()
 }
 
 /// Approvals in `state` that have not expired, oldest first.

@@ -7,6 +7,19 @@ use super::tests::{entry, rt};
 use super::*;
 use rusqlite::Connection;
 
+/// The log without a refusal budget: these tests count the rows they wrote.
+fn unmetered(log: AuditLog) -> AuditLog {
+    log.configure_bounds(
+        AuditLimits {
+            refusal_burst: u32::MAX,
+            total_refusal_rows_per_second: 1e9,
+            ..AuditLimits::default()
+        },
+        None,
+    );
+    log
+}
+
 /// Holds SQLite's write lock from another connection until dropped, stalling the writer.
 fn write_lock(path: &Path) -> Connection {
     let c = Connection::open(path).unwrap();
@@ -19,7 +32,7 @@ fn concurrent_appends_share_commits() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("k.db");
     let store = Store::open(&path).unwrap();
-    let log = store.audit_log();
+    let log = unmetered(store.audit_log());
     let rt = rt();
     // Stall the writer on its first batch so the other appends queue up behind it. `append`
     // queues when called (not when awaited), so all 200 are queued before the lock goes:
@@ -49,7 +62,7 @@ fn concurrent_appends_share_commits() {
 fn unstalled_concurrent_appends_all_succeed() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("k.db")).unwrap();
-    let log = store.audit_log();
+    let log = unmetered(store.audit_log());
     let rt = rt();
     rt.block_on(async {
         let tasks: Vec<_> = (0..200)
@@ -72,7 +85,7 @@ fn reopen_continues_the_chain() {
     let path = dir.path().join("k.db");
     let rt = rt();
     let store = Store::open(&path).unwrap();
-    let log = store.audit_log();
+    let log = unmetered(store.audit_log());
     let head = rt.block_on(async {
         let mut last = None;
         for i in 0..3 {
@@ -82,7 +95,7 @@ fn reopen_continues_the_chain() {
     });
     store.close().unwrap();
     let store = Store::open(&path).unwrap();
-    let log = store.audit_log();
+    let log = unmetered(store.audit_log());
     let r = rt.block_on(log.append(entry(9))).unwrap();
     assert_eq!(r.seq, 4);
     let rows = store.recent_audit(1).unwrap();
@@ -97,7 +110,7 @@ fn failed_batch_is_rolled_back_and_writer_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("k.db");
     let store = Store::open(&path).unwrap();
-    let log = store.audit_log();
+    let log = unmetered(store.audit_log());
     let rt = rt();
     let first = rt.block_on(log.append(entry(0))).unwrap();
     // Simulate a failing disk for entries of one client.
@@ -157,7 +170,7 @@ fn flush_waits_and_close_refuses_later_appends() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("k.db");
     let store = Store::open(&path).unwrap();
-    let log = store.audit_log();
+    let log = unmetered(store.audit_log());
     let rt = rt();
     let pending: Vec<_> = (0..10).map(|i| log.append(entry(i))).collect();
     rt.block_on(log.flush()).unwrap();
@@ -177,7 +190,7 @@ fn async_shutdown_drains_queue() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("k.db");
     let store = Store::open(&path).unwrap();
-    let log = store.audit_log();
+    let log = unmetered(store.audit_log());
     let rt = rt();
     let pending: Vec<_> = (0..20).map(|i| log.append(entry(i))).collect();
     rt.block_on(log.shutdown()).unwrap();
@@ -217,7 +230,7 @@ fn watermark_rides_the_audit_commit_and_conflicts_fail_alone() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("k.db");
     let store = Store::open(&path).unwrap();
-    let log = store.audit_log();
+    let log = unmetered(store.audit_log());
     let rt = rt();
     rt.block_on(log.append_with_state(entry(0), vec![watermark(None, 5)]))
         .unwrap();
@@ -264,7 +277,7 @@ fn background_checkpoint_moves_the_wal_into_the_database() {
     let path = dir.path().join("k.db");
     let store = Store::open(&path).unwrap();
     let before = std::fs::metadata(&path).unwrap().len();
-    let log = store.audit_log();
+    let log = unmetered(store.audit_log());
     let rt = rt();
     rt.block_on(async {
         for i in 0..2000 {

@@ -9,6 +9,7 @@ use rusqlite::{params, Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::audit::{AuditEntry, AuditReceipt, RowFields};
+use super::bounds::{Admission, AuditLimits, Bounds};
 use super::ledger::{self, StateWrite};
 use super::read;
 use super::{now_ms, StoreError};
@@ -33,6 +34,7 @@ pub(crate) enum Msg {
 pub struct AuditLog {
     tx: mpsc::Sender<Msg>,
     commits: Arc<AtomicU64>,
+    bounds: Arc<Bounds>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -64,16 +66,73 @@ impl AuditLog {
         entry: AuditEntry,
         state: Vec<StateWrite>,
     ) -> impl Future<Output = Result<AuditReceipt, StoreError>> + Send + 'static {
-        let (reply, rx) = oneshot::channel();
-        let sent = self
-            .tx
-            .send(Msg::Append(Box::new(entry), state, reply))
-            .is_ok();
-        async move {
-            if !sent {
-                return Err(stopped());
+        let source = entry.client.clone();
+        self.append_bounded(&source, entry, state)
+    }
+
+    /// Like [`AuditLog::append`], with the refusal budget of `source` instead of the entry's
+    /// `client` (for callers whose `client` field is chosen by the caller, e.g. an admin user
+    /// name sent before authentication: the budget is the peer's).
+    pub fn append_from(
+        &self,
+        source: &str,
+        entry: AuditEntry,
+    ) -> impl Future<Output = Result<AuditReceipt, StoreError>> + Send + 'static {
+        self.append_bounded(source, entry, Vec::new())
+    }
+
+    /// Sets the audit bounds and the directory whose free space is watched (see [`bounds`]).
+    ///
+    /// [`bounds`]: super::bounds
+    pub fn configure_bounds(&self, limits: AuditLimits, data_dir: Option<std::path::PathBuf>) {
+        self.bounds.configure(limits, data_dir);
+    }
+
+    /// `(free, floor)` bytes when the data directory is below the disk floor
+    /// (`audit.disk_floor`): new work must be refused while audit rows can still be written.
+    pub fn below_disk_floor(&self) -> Option<(u64, u64)> {
+        self.bounds.disk_floor()
+    }
+
+    fn append_bounded(
+        &self,
+        source: &str,
+        mut entry: AuditEntry,
+        state: Vec<StateWrite>,
+    ) -> impl Future<Output = Result<AuditReceipt, StoreError>> + Send + 'static {
+        // Rows that carry state (a signature's conflict-guard rows) are never metered.
+        let admission = self.bounds.admit(source, &mut entry, state.is_empty());
+        let before = match admission {
+            Admission::Write(before) => Ok(before),
+            // Not written; seq 0 (never a real row) says so. Counted into a summary row.
+            Admission::Suppressed => Err(Ok(AuditReceipt {
+                seq: 0,
+                ts_ms: now_ms(),
+                hash: super::GENESIS_HASH,
+            })),
+            Admission::DiskFloor { free, floor } => Err(Err(StoreError::DiskFloor { free, floor })),
+        };
+        let sent = before.map(|before| {
+            for summary in before {
+                // Its reply is not awaited; the writer commits it just before `entry`.
+                let (reply, _) = oneshot::channel();
+                let _ = self
+                    .tx
+                    .send(Msg::Append(Box::new(summary), Vec::new(), reply));
             }
-            rx.await.unwrap_or_else(|_| Err(stopped()))
+            let (reply, rx) = oneshot::channel();
+            let sent = self
+                .tx
+                .send(Msg::Append(Box::new(entry), state, reply))
+                .is_ok();
+            (sent, rx)
+        });
+        async move {
+            match sent {
+                Err(done) => done,
+                Ok((false, _)) => Err(stopped()),
+                Ok((true, rx)) => rx.await.unwrap_or_else(|_| Err(stopped())),
+            }
         }
     }
 
@@ -140,7 +199,14 @@ pub(crate) fn spawn(
         .name("keyguard-audit".into())
         .spawn(move || writer.run(rx))
         .map_err(|e| StoreError::Unavailable(format!("cannot start audit writer: {e}")))?;
-    Ok((AuditLog { tx, commits }, handle))
+    Ok((
+        AuditLog {
+            tx,
+            commits,
+            bounds: Arc::new(Bounds::default()),
+        },
+        handle,
+    ))
 }
 
 impl Writer {

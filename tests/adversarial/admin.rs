@@ -11,7 +11,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use crate::common::{self, Daemon};
-use crate::control::{add_user, admin, bootstrap_admin, User};
+use crate::control::{add_user, add_user2, admin, bootstrap_admin, User};
 use crate::helpers::{check_audit, check_rpc_error, mark, Audited, Failures};
 
 /// One raw line to the socket; the first response line, parsed.
@@ -348,9 +348,10 @@ fn admin_hostile_requests_are_refused_and_audited() {
     let daemon = Daemon::start(dir.path(), &text, &[]);
     let sock = dir.path().join("var/admin.sock");
     let alice = bootstrap_admin(&daemon, "alice");
+    let adam = bootstrap_admin(&daemon, "adam");
     let people = People {
         olga: add_user(&sock, &alice, "olga", &["operator"], &[]),
-        ann: add_user(&sock, &alice, "ann", &["approver"], &["treasury"]),
+        ann: add_user2(&sock, &alice, &adam, "ann", &["approver"], &["treasury"]),
         aud: add_user(&sock, &alice, "aud", &["auditor"], &[]),
         alice,
     };
@@ -394,4 +395,202 @@ fn admin_hostile_requests_are_refused_and_audited() {
         "a refused users.add took effect: {users}"
     );
     failures.finish("admin", rows.len() + 2);
+}
+
+/// (name, method, params, what must still hold afterwards).
+type SingleAdminRow<'a> = (
+    &'static str,
+    &'static str,
+    Value,
+    Box<dyn Fn() -> Result<(), String> + 'a>,
+);
+
+/// Issue 21, item 5: one admin alone created approvers and approved a payout with them, issued
+/// itself client tokens, widened a client by removing and re-adding it, and removed the other
+/// admin; a removed admin's proposal still counted. Each row is one admin acting alone: it must
+/// be held (`admin.two_admins`, audited) and change nothing. Negative controls: a second admin
+/// completes the same request, and one admin can still narrow or revoke on its own.
+#[test]
+fn one_admin_alone_is_never_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::config(dir.path(), "[admin]\ntotp_single_use = false\n");
+    let daemon = Daemon::start(dir.path(), &text, &[]);
+    let sock = dir.path().join("var/admin.sock");
+    let alice = bootstrap_admin(&daemon, "alice");
+    let adam = bootstrap_admin(&daemon, "adam");
+    let carol = add_user2(&sock, &alice, &adam, "carol", &["admin"], &[]);
+    let svc = json!({"name": "svc", "keys": ["dev-secp256k1"], "methods": ["eth_signTransaction"]});
+    admin(&sock, &alice, "clients.add", svc.clone());
+    let made = admin(&sock, &adam, "clients.add", svc);
+    assert!(made["result"]["token"].is_string(), "{made}");
+
+    let users = |s: &Path| admin(s, &alice, "users.list", json!({})).to_string();
+    let clients = |s: &Path| admin(s, &alice, "clients.list", json!({})).to_string();
+    let rows: Vec<SingleAdminRow<'_>> = vec![
+        (
+            "create an approver",
+            "users.add",
+            json!({"name": "eve", "roles": ["approver"], "groups": ["treasury"]}),
+            Box::new(|| {
+                (!users(&sock).contains("\"eve\""))
+                    .then_some(())
+                    .ok_or("eve exists".into())
+            }),
+        ),
+        (
+            "create an admin",
+            "users.add",
+            json!({"name": "eve2", "roles": ["admin"]}),
+            Box::new(|| {
+                (!users(&sock).contains("eve2"))
+                    .then_some(())
+                    .ok_or("eve2 exists".into())
+            }),
+        ),
+        (
+            "create an auditor who is also an approver",
+            "users.add",
+            json!({"name": "eve3", "roles": ["auditor", "approver"], "groups": ["treasury"]}),
+            Box::new(|| {
+                (!users(&sock).contains("eve3"))
+                    .then_some(())
+                    .ok_or("eve3 exists".into())
+            }),
+        ),
+        (
+            "issue a token for every key",
+            "clients.add",
+            json!({"name": "mine", "keys": ["*"]}),
+            Box::new(|| {
+                (!clients(&sock).contains("mine"))
+                    .then_some(())
+                    .ok_or("client exists".into())
+            }),
+        ),
+        (
+            "rotate an existing client's token",
+            "clients.rotate",
+            json!({"name": "svc"}),
+            Box::new(|| Ok(())),
+        ),
+        (
+            "widen an existing client",
+            "clients.update",
+            json!({"name": "svc", "keys": ["*"]}),
+            Box::new(|| {
+                (!clients(&sock).contains("\"*\""))
+                    .then_some(())
+                    .ok_or("svc widened".into())
+            }),
+        ),
+        (
+            "remove the other admin",
+            "users.remove",
+            json!({"name": "adam"}),
+            Box::new(|| {
+                users(&sock)
+                    .contains("\"adam\"")
+                    .then_some(())
+                    .ok_or("adam removed".into())
+            }),
+        ),
+    ];
+    let mut failures = Failures::default();
+    let svc_hash = |c: &str| -> String {
+        let v: Value = serde_json::from_str(c).unwrap();
+        v["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "svc")
+            .map(|c| c["token_sha256"].to_string())
+            .unwrap_or_default()
+    };
+    let token_before = svc_hash(&clients(&sock));
+    for (name, method, params, unchanged) in &rows {
+        let before = mark(&daemon.config);
+        let r = admin(&sock, &alice, method, params.clone());
+        let result = (r["result"]["status"] == "pending")
+            .then_some(())
+            .ok_or(format!("not held: {r}"))
+            .and_then(|()| {
+                (r["result"].get("token").is_none() && r["result"].get("otpauth_uri").is_none())
+                    .then_some(())
+                    .ok_or(format!("a credential was handed out: {r}"))
+            })
+            .and_then(|()| unchanged())
+            .and_then(|()| {
+                let audited = Audited::Row {
+                    method: Box::leak(format!("admin.{method}").into_boxed_str()),
+                    rule: Some("admin.two_admins"),
+                };
+                check_audit(&daemon.config, before, audited)
+            });
+        failures.check(name, result);
+    }
+    failures.check(
+        "rotation alone changed nothing",
+        (svc_hash(&clients(&sock)) == token_before)
+            .then_some(())
+            .ok_or("svc token changed".into()),
+    );
+
+    // Remove-then-add: one admin may revoke (narrowing) but not re-add.
+    let removed = admin(&sock, &alice, "clients.remove", json!({"name": "svc"}));
+    failures.check(
+        "one admin revokes a client",
+        removed["result"]["removed"]
+            .is_string()
+            .then_some(())
+            .ok_or(format!("{removed}")),
+    );
+    let readd = admin(
+        &sock,
+        &alice,
+        "clients.add",
+        json!({"name": "svc", "keys": ["*"]}),
+    );
+    failures.check(
+        "re-add a removed client wider",
+        (readd["result"]["status"] == "pending")
+            .then_some(())
+            .ok_or(format!("{readd}")),
+    );
+
+    // A proposal dies with its proposer: adam proposes, then alice and carol remove adam.
+    let ghost = json!({"name": "ghost", "keys": ["*"]});
+    admin(&sock, &adam, "clients.add", ghost.clone());
+    admin(&sock, &alice, "users.remove", json!({"name": "adam"}));
+    let gone = admin(&sock, &carol, "users.remove", json!({"name": "adam"}));
+    assert_eq!(gone["result"]["removed"], "adam", "{gone}");
+    let after = admin(&sock, &alice, "clients.add", ghost.clone());
+    failures.check(
+        "a removed admin's proposal is the second admin",
+        (after["result"]["status"] == "pending")
+            .then_some(())
+            .ok_or(format!("{after}")),
+    );
+    // Negative control: a live second admin completes it, and gets the token.
+    let done = admin(&sock, &carol, "clients.add", ghost);
+    failures.check(
+        "two live admins add a client",
+        done["result"]["token"]
+            .is_string()
+            .then_some(())
+            .ok_or(format!("{done}")),
+    );
+    let eve = admin(
+        &sock,
+        &carol,
+        "users.add",
+        json!({"name": "eve", "roles": ["approver"], "groups": ["treasury"]}),
+    );
+    failures.check(
+        "two live admins add an approver",
+        eve["result"]["otpauth_uri"]
+            .is_string()
+            .then_some(())
+            .ok_or(format!("{eve}")),
+    );
+    failures.finish("single admin", rows.len() + 6);
 }

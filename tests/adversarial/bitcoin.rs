@@ -20,7 +20,7 @@ use crate::helpers::{carries_signature, check_audit, check_rpc_error, mark, Audi
 
 const WORDS: &str = "abandon abandon abandon abandon abandon abandon abandon abandon abandon \
                      abandon abandon about";
-const GOOD: &str = "btc-good-token-0123456789";
+pub const GOOD: &str = "btc-good-token-0123456789";
 const NARROW: &str = "btc-narrow-token-0123456789";
 const METHOD: &str = "btc_signPsbt";
 
@@ -29,7 +29,7 @@ fn sha(token: &str) -> String {
     hex::encode(sha2::Sha256::digest(token.as_bytes()))
 }
 
-fn config(dir: &Path) -> String {
+pub fn config(dir: &Path) -> String {
     format!(
         r#"
 [data]
@@ -72,7 +72,7 @@ allow_time_locktime = false
     )
 }
 
-fn call(addr: &str, token: Option<&str>, params: Value) -> Value {
+pub fn call(addr: &str, token: Option<&str>, params: Value) -> Value {
     use std::io::{Read, Write};
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": METHOD, "params": params}).to_string();
     let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -90,13 +90,13 @@ fn call(addr: &str, token: Option<&str>, params: Value) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
-fn wallet(network: Network) -> TestWallet {
+pub fn wallet(network: Network) -> TestWallet {
     let seed = bip39::Mnemonic::parse(WORDS).unwrap().to_seed("");
     TestWallet::new(&seed, network)
 }
 
 /// A valid 1-in (P2WPKH, 60k sat) / 2-out PSBT; rows break one thing.
-fn good_psbt(tw: &TestWallet) -> Psbt {
+pub fn good_psbt(tw: &TestWallet) -> Psbt {
     build_psbt(
         tw,
         &[OurInput {

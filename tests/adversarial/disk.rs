@@ -102,6 +102,10 @@ fn fill(dir: &Path) -> PathBuf {
 }
 
 fn config(dir: &Path, node_addr: &str) -> String {
+    config_with_floor(dir, node_addr, 0)
+}
+
+fn config_with_floor(dir: &Path, node_addr: &str, floor: u64) -> String {
     format!(
         r#"
 [data]
@@ -127,6 +131,10 @@ protocol = "v1"
 new_validator = true
 start_height = 1
 retry_max_ms = 200
+# These tests fill the disk to the last byte; the free-space floor (which would refuse new
+# work before that) has its own test below.
+[audit]
+min_free_bytes = {floor}
 {policy}
 "#,
         data = dir.join("var").display(),
@@ -394,4 +402,78 @@ fn read_only_data_dir_stops_signing_and_recovers() {
             drop(listener);
         }
     }
+}
+
+/// Issue 21: a flood of refusals could fill the disk until keyguard could no longer write its
+/// own audit rows. Below the free-space floor (`[audit] min_free_bytes`) new work is refused
+/// by name (`audit.disk_floor`) while there is still room; freeing space resumes signing
+/// without a restart.
+#[test]
+fn below_the_free_space_floor_new_work_is_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // Dropped last: after the daemon.
+    let Some(_mount) = TmpfsMount::new(&dir.join("var"), "24m") else {
+        return;
+    };
+    let (listener, addr) = NodeListener::unix(&dir.join("node.sock"));
+    let daemon = Daemon::start(dir, &config_with_floor(dir, &addr, 12 << 20), &[]);
+    let mut node = Node::new(listener.accept(), Ver::V1, CHAIN);
+    node.pubkey().unwrap().unwrap();
+    let (rpc, from) = (daemon.rpc_addr(), crate::control::address(&daemon));
+    // Negative control: above the floor it signs.
+    let ok = crate::control::sign(&rpc, &from, 1, 0);
+    assert!(ok["result"].is_string(), "{ok}");
+    node.sign(&Ask::vote(1, 1, 0, Some(1), now()))
+        .unwrap()
+        .unwrap();
+
+    let var = dir.join("var");
+    let s = rustix::fs::statvfs(&var).unwrap();
+    let free = s.f_bavail * s.f_frsize;
+    let pad = var.join("pad");
+    std::fs::write(&pad, vec![0u8; (free - (6 << 20)) as usize]).unwrap();
+    // The floor is looked at twice a second: retry a bounded number of times.
+    let mut refused = Value::Null;
+    for nonce in 1..200 {
+        let r = crate::control::sign(&rpc, &from, 1, nonce);
+        if r.get("result").is_none() {
+            refused = r;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(refused["error"]["code"], -32003, "{refused}");
+    assert!(
+        refused.to_string().contains("audit.disk_floor"),
+        "{refused}"
+    );
+    let (code, desc) = node
+        .sign(&Ask::vote(1, 2, 0, Some(1), now()))
+        .unwrap()
+        .expect_err("a vote was released below the floor");
+    assert_eq!(code, 4, "{desc}");
+    assert!(desc.contains("audit.disk_floor"), "{desc}");
+    // There is still room: the chain verifies, and nothing was released unrecorded.
+    let out = Command::new(common::binary())
+        .args(["audit", "verify", "--config"])
+        .arg(&daemon.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    std::fs::remove_file(&pad).unwrap();
+    let mut back = Value::Null;
+    for nonce in 300..500 {
+        back = crate::control::sign(&rpc, &from, 1, nonce);
+        if back["result"].is_string() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(back["result"].is_string(), "after space returned: {back}");
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::common::Daemon;
-use crate::control::{add_user, admin, bootstrap_admin, User};
+use crate::control::{add_user2, admin, bootstrap_admin, User};
 use crate::evm_table::{table, tx, with, Row, Send, SIGN};
 use crate::helpers::{carries_signature, check_audit, check_rpc_error, mark, Audited, Failures};
 
@@ -177,7 +177,8 @@ fn evm_hostile_requests_are_refused_unsigned_and_audited() {
     // Approvals: an expired one signs nothing, a consumed one cannot be replayed.
     let sock = dir.path().join("var/admin.sock");
     let alice = bootstrap_admin(&daemon, "alice");
-    let ann = add_user(&sock, &alice, "ann", &["approver"], &["treasury"]);
+    let adam = bootstrap_admin(&daemon, "adam");
+    let ann = add_user2(&sock, &alice, &adam, "ann", &["approver"], &["treasury"]);
     let mut big = tx(&from);
     big["value"] = json!("0xde0b6b3a7640000"); // 1 ether, over 0.5
     big["nonce"] = json!("0x2");

@@ -7,6 +7,7 @@
 //! - `privval`: CometBFT remote signer (mock validator node over a Unix socket).
 //! - `bitcoin`: `btc_signPsbt`.
 //! - `admin`: the admin API on its Unix socket.
+//! - `audit_growth`: refusals carrying attacker-sized data, a fixed count each: bounded growth.
 //! - `disk`: a tmpfs data directory filled to the last byte, then remounted read-only.
 //! - `faults`: the CometBFT durability promises across a SIGKILL, each with the injected fault
 //!   (`KEYGUARD_FAULT`) that must make its check fail.
@@ -14,6 +15,7 @@
 #![allow(unreachable_pub)]
 
 mod admin;
+mod audit_growth;
 mod bitcoin;
 mod bitcoin_freeze;
 #[path = "../common/mod.rs"]

@@ -12,6 +12,8 @@ use serde_json::{json, Value};
 
 use crate::common::{self, Daemon};
 
+pub mod pki;
+
 /// Decodes RFC 4648 base32 (no padding), as found in `otpauth://` URIs.
 pub fn base32_decode(s: &str) -> Vec<u8> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
@@ -125,7 +127,7 @@ pub fn admin(socket: &Path, user: &User, method: &str, params: Value) -> Value {
     admin_raw(socket, &user.name, &user.code(), method, params)
 }
 
-/// Adds a user through the API and returns it with its secret.
+/// Adds a user that one admin may add alone (operator, auditor) and returns it with its secret.
 pub fn add_user(socket: &Path, by: &User, name: &str, roles: &[&str], groups: &[&str]) -> User {
     let r = admin(
         socket,
@@ -135,8 +137,27 @@ pub fn add_user(socket: &Path, by: &User, name: &str, roles: &[&str], groups: &[
     );
     let uri = r["result"]["otpauth_uri"]
         .as_str()
-        .unwrap_or_else(|| panic!("users.add: {r}"));
+        .unwrap_or_else(|| panic!("users.add (admins and approvers need add_user2): {r}"));
     User::from_uri(name, uri)
+}
+
+/// Adds an admin or approver: `first` proposes (held), `second` makes the same request and
+/// receives the enrolment.
+pub fn add_user2(
+    socket: &Path,
+    first: &User,
+    second: &User,
+    name: &str,
+    roles: &[&str],
+    groups: &[&str],
+) -> User {
+    let params = json!({"name": name, "roles": roles, "groups": groups});
+    let held = admin(socket, first, "users.add", params.clone());
+    assert_eq!(
+        held["result"]["status"], "pending",
+        "users.add by one admin: {held}"
+    );
+    add_user(socket, second, name, roles, groups)
 }
 
 pub fn error_code(response: &Value) -> Option<i64> {

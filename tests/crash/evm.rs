@@ -159,8 +159,9 @@ impl EvmBook {
 /// Creates an admin and two approvers in group `treasury` (once; users are durable).
 pub fn enrol_approvers(daemon: &Daemon, socket: &Path) -> [User; 2] {
     let alice = control::bootstrap_admin(daemon, "alice");
-    let ann = control::add_user(socket, &alice, "ann", &["approver"], &["treasury"]);
-    let bob = control::add_user(socket, &alice, "bob", &["approver"], &["treasury"]);
+    let adam = control::bootstrap_admin(daemon, "adam");
+    let ann = control::add_user2(socket, &alice, &adam, "ann", &["approver"], &["treasury"]);
+    let bob = control::add_user2(socket, &alice, &adam, "bob", &["approver"], &["treasury"]);
     [ann, bob]
 }
 

@@ -52,7 +52,13 @@ pub fn check_request(
         return Err(Rejection::policy(
             "cometbft.chain_id",
             "chain_id",
-            format!("this signer serves {expected_chain_id:?}, not {request_chain_id:?}"),
+            // The node's value is shown cut (it may be up to a 1 MB message, and the text goes
+            // to the log, the audit row and back to the node).
+            format!(
+                "this signer serves {expected_chain_id:?}, not {:?} ({} bytes)",
+                request_chain_id.chars().take(64).collect::<String>(),
+                request_chain_id.len()
+            ),
         ));
     }
     let (height, round, _) = request.hrs();

@@ -2,9 +2,9 @@
 //!
 //! A token is generated here, returned once, and only its SHA-256 is stored. Every change is
 //! put in force by reloading the shared [`ClientBook`](crate::access::clients::ClientBook),
-//! so the listeners' next request sees it. Widening a scope (more keys, chains or methods, a
-//! higher or removed rate limit) needs a second admin, like adding an admin does: one admin
-//! alone can narrow or revoke access, never extend it. Clients from the config file are shown
+//! so the listeners' next request sees it. Adding a client, rotating its token and widening a
+//! scope (more keys, chains or methods, a higher or removed rate limit) need a second admin,
+//! like adding an admin does: one admin alone can narrow or revoke access, never extend it. Clients from the config file are shown
 //! but cannot be changed here.
 
 use rand::RngCore;
@@ -101,6 +101,15 @@ pub(super) async fn run(
                 rate_limit: rate_limit(params)?,
                 response: response(params)?,
             })?;
+            // Every new client is new access: a second admin must make the same request (the
+            // token goes to whoever completes it). Also closes remove-then-add widening.
+            if ctx.db.client(name).map_err(AdminError::internal)?.is_some() {
+                return Err(AdminError::invalid(format!("client {name:?} exists")));
+            }
+            let action = format!("clients.add:{name}:{}", scope_json(&scope)?);
+            if !second_admin(ctx, user, &action).await? {
+                return pending(action, None, "a new client needs a second admin");
+            }
             let (token, hash) = new_token();
             if !ctx
                 .db
@@ -121,6 +130,15 @@ pub(super) async fn run(
         "clients.rotate" => {
             let name = client_name(params)?;
             not_configured(ctx, name)?;
+            if ctx.db.client(name).map_err(AdminError::internal)?.is_none() {
+                return Err(AdminError::invalid(format!("no client {name:?}")));
+            }
+            // A new token is a working credential in the hands of whoever asks: two admins.
+            // (To cut off a leaked token at once, one admin can `clients.remove`.)
+            let action = format!("clients.rotate:{name}");
+            if !second_admin(ctx, user, &action).await? {
+                return pending(action, None, "a new token needs a second admin");
+            }
             let (token, hash) = new_token();
             if !ctx
                 .db
@@ -151,6 +169,23 @@ pub(super) async fn run(
             format!("unknown method {other:?}"),
         )),
     }
+}
+
+/// The first admin's half of a two-admin client action.
+fn pending(action: String, widens: Option<&[&str]>, why: &str) -> Result<Done, AdminError> {
+    let mut result = json!({
+        "status": "pending",
+        "action": action,
+        "reason": format!("{why} making the same request"),
+    });
+    if let Some(w) = widens {
+        result["widens"] = json!(w);
+    }
+    Ok(Done {
+        result,
+        decision: Decision::Held,
+        key: None,
+    })
 }
 
 fn list(ctx: &AdminContext) -> Result<Done, AdminError> {
@@ -203,17 +238,11 @@ async fn update(ctx: &AdminContext, user: &UserRecord, params: &Value) -> Result
     if !widens.is_empty() {
         let action = format!("clients.update:{name}:{}", scope_json(&new)?);
         if !second_admin(ctx, user, &action).await? {
-            return Ok(Done {
-                result: json!({
-                    "status": "pending",
-                    "action": action,
-                    "widens": widens,
-                    "reason": "widening a client's scope or limit needs a second admin making \
-                               the same request",
-                }),
-                decision: Decision::Held,
-                key: None,
-            });
+            return pending(
+                action,
+                Some(&widens),
+                "widening a client's scope or limit needs a second admin",
+            );
         }
     }
     if !ctx

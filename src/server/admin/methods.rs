@@ -127,6 +127,19 @@ pub(super) async fn run(
                     "an admin cannot remove itself",
                 ));
             }
+            let target = ctx
+                .db
+                .user(name)
+                .map_err(AdminError::internal)?
+                .ok_or_else(|| AdminError::invalid(format!("no user {name:?}")))?;
+            // Removing an admin needs a second one: otherwise one admin could remove the
+            // only other admin and then act alone.
+            if target.roles.iter().any(|r| r == "admin") {
+                let action = format!("users.remove:{name}");
+                if !second_admin(ctx, user, &action).await? {
+                    return held(&action, None);
+                }
+            }
             if !ctx.db.remove_user(name).map_err(AdminError::internal)? {
                 return Err(AdminError::invalid(format!("no user {name:?}")));
             }
@@ -175,9 +188,27 @@ pub(super) async fn run(
             })
         }
         "approvals.list" => {
+            // Bounded: one page (`limit`, default 100, at most 500) after the id `after`.
+            let limit = match params.get("limit") {
+                None | Some(serde_json::Value::Null) => 100,
+                Some(v) => v
+                    .as_u64()
+                    .filter(|n| (1..=crate::approvals::MAX_PAGE as u64).contains(n))
+                    .ok_or_else(|| AdminError::invalid("limit: 1 to 500"))?
+                    as usize,
+            };
+            let after = match params.get("after") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(v) => Some(
+                    v.as_str()
+                        .filter(|s| s.len() <= 64)
+                        .ok_or_else(|| AdminError::invalid("after: an approval id"))?
+                        .to_owned(),
+                ),
+            };
             let list = ctx
                 .approvals
-                .pending(crate::store::now_ms())
+                .pending_page(crate::store::now_ms(), after.as_deref(), limit)
                 .map_err(AdminError::internal)?;
             accepted(json!(list))
         }
@@ -244,7 +275,8 @@ pub(super) async fn run(
     }
 }
 
-/// Adds a user and returns its enrolment URI (shown once). Adding an admin needs two admins.
+/// Adds a user and returns its enrolment URI (shown once, to the admin who completes the
+/// action). Adding an admin or an approver needs two admins.
 async fn users_add(
     ctx: &AdminContext,
     user: &UserRecord,
@@ -267,7 +299,9 @@ async fn users_add(
         ));
     }
     let groups = list_param(params, "groups")?;
-    if roles.iter().any(|r| r == "admin") {
+    // An admin or an approver needs a second admin: one admin alone creating approver
+    // accounts (and receiving their enrolment) would be the whole M-of-N quorum.
+    if roles.iter().any(|r| r == "admin" || r == "approver") {
         let action = format!("users.add:{name}:{}:{}", roles.join(","), groups.join(","));
         if !second_admin(ctx, user, &action).await? {
             return held(&action, None);

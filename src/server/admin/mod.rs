@@ -8,6 +8,7 @@
 
 mod chain_state;
 mod clients;
+pub mod gate;
 mod methods;
 pub mod tcp;
 
@@ -28,6 +29,7 @@ use crate::access::totp_vault::TotpVault;
 use crate::approvals::Approvals;
 use crate::config::{parse_duration, AdminConfig};
 use crate::store::{AuditEntry, AuditLog, Decision, StateDb, UserRecord};
+use gate::{Peer, PeerGate};
 
 /// Longest request line accepted; admin requests are small.
 const MAX_LINE: usize = 64 * 1024;
@@ -61,6 +63,8 @@ pub struct AdminContext {
     pub vault: Arc<TotpVault>,
     /// Managed clients, swapped after every change so listeners see it at the next request.
     pub clients: Arc<ClientBook>,
+    /// Per-peer connection, rate and sign-in limits of the TCP listener.
+    pub gate: Arc<PeerGate>,
     next_id: AtomicU64,
 }
 
@@ -74,7 +78,13 @@ impl AdminContext {
         approvals: Approvals,
         reload: mpsc::Sender<ReloadRequest>,
     ) -> Self {
+        let gate = Arc::new(PeerGate::new(
+            settings.limits.clone(),
+            &settings.totp_lockout,
+            settings.totp_max_failures,
+        ));
         AdminContext {
+            gate,
             settings,
             db,
             audit,
@@ -185,7 +195,7 @@ async fn serve_connection(stream: UnixStream, ctx: Arc<AdminContext>) {
         let response = if line.len() > MAX_LINE {
             error_response(Value::Null, codes::INVALID_PARAMS, "request line too long")
         } else {
-            handle_line(&ctx, &line).await
+            handle_line(&ctx, &line, Peer::Local).await
         };
         let mut out = response.to_string().into_bytes();
         out.push(b'\n');
@@ -199,7 +209,10 @@ fn error_response(id: Value, code: i32, message: &str) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
 }
 
-async fn handle_line(ctx: &AdminContext, line: &[u8]) -> Value {
+async fn handle_line(ctx: &AdminContext, line: &[u8], peer: Peer) -> Value {
+    if let Err(refusal) = ctx.gate.admit(peer) {
+        return peer_refused(ctx, peer, refusal).await;
+    }
     let request: Value = match serde_json::from_slice(line) {
         Ok(v) => v,
         Err(e) => return error_response(Value::Null, codes::INVALID_PARAMS, &e.to_string()),
@@ -209,7 +222,7 @@ async fn handle_line(ctx: &AdminContext, line: &[u8]) -> Value {
         return error_response(id, codes::INVALID_PARAMS, "missing method");
     };
     let params = request.get("params").cloned().unwrap_or(json!({}));
-    match handle(ctx, method, params).await {
+    match handle(ctx, method, params, peer).await {
         Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
         // The rule goes back too, as on the signing listeners, so a refused caller (or its
         // script) can tell a role refusal from a bad code without parsing the message.
@@ -221,8 +234,43 @@ async fn handle_line(ctx: &AdminContext, line: &[u8]) -> Value {
     }
 }
 
+/// A request refused for its peer (rate or failed sign-ins) before it was parsed; audited
+/// under the peer's refusal budget.
+async fn peer_refused(ctx: &AdminContext, peer: Peer, refusal: gate::PeerRefusal) -> Value {
+    let n = ctx.next_id.fetch_add(1, Ordering::Relaxed);
+    let message = match refusal {
+        gate::PeerRefusal::Rate => "too many requests from this address; slow down",
+        gate::PeerRefusal::Throttled => {
+            "too many failed sign-ins from this address; try again later"
+        }
+    };
+    let entry = AuditEntry {
+        request_id: format!("admin-{:x}-{n}", crate::store::now_ms()),
+        client: peer.source(),
+        key_id: None,
+        chain: None,
+        method: "admin.request".into(),
+        summary: Value::Null,
+        decision: Decision::Refused,
+        rule: Some(refusal.rule().into()),
+        reason: Some(message.into()),
+        tx_hash: None,
+    };
+    if let Err(e) = ctx.audit.append_from(&peer.source(), entry).await {
+        tracing::error!(error = %e, "audit of a peer refusal failed");
+    }
+    let mut response = error_response(Value::Null, codes::UNAUTHORIZED, message);
+    response["error"]["data"] = json!({ "rule": refusal.rule() });
+    response
+}
+
 /// Authenticates, authorizes, runs and audits one admin request.
-async fn handle(ctx: &AdminContext, method: &str, mut params: Value) -> Result<Value, AdminError> {
+async fn handle(
+    ctx: &AdminContext,
+    method: &str,
+    mut params: Value,
+    peer: Peer,
+) -> Result<Value, AdminError> {
     let auth = params
         .as_object_mut()
         .and_then(|p| p.remove("auth"))
@@ -241,7 +289,7 @@ async fn handle(ctx: &AdminContext, method: &str, mut params: Value) -> Result<V
             format!("unknown method {method:?}"),
         ))
     } else {
-        match authenticate(ctx, &user_name, code).await {
+        match authenticate(ctx, &user_name, code, peer).await {
             Err(e) => Err(e),
             Ok(user) => {
                 let user_roles: Vec<Role> =
@@ -289,44 +337,74 @@ async fn handle(ctx: &AdminContext, method: &str, mut params: Value) -> Result<V
             };
         }
     }
-    if let Err(e) = ctx.audit.append(entry).await {
+    // Refusals are metered per peer: the user name in `auth` is the caller's choice.
+    if let Err(e) = ctx.audit.append_from(&peer.source(), entry).await {
         tracing::error!(error = %e, "audit of an admin action failed");
         return Err(AdminError::internal(format!("audit log unavailable: {e}")));
     }
     tracing::info!(user = %user_name, method, ok = outcome.is_ok(), "admin request");
-    outcome.map(|d| d.result)
+    outcome.map(|d| d.result).map_err(AdminError::on_the_wire)
+}
+
+/// The answer to every failed sign-in, whatever the reason (unknown user, wrong code, locked):
+/// the same code, message and rule, so the answer does not tell which names exist or are
+/// locked. The audit row keeps the real rule.
+const AUTH_FAILED: &str = "authentication failed: unknown user, invalid TOTP code, or locked";
+
+impl AdminError {
+    fn on_the_wire(self) -> Self {
+        if self.rule == "admin.auth" || self.rule == "admin.totp_lockout" {
+            return AdminError::new(codes::UNAUTHORIZED, "admin.auth", AUTH_FAILED);
+        }
+        self
+    }
 }
 
 /// The user named in `auth`, if the TOTP code is right (and, by default, not used before).
 ///
-/// `totp_max_failures` consecutive wrong codes lock the user for `totp_lockout` (rule
-/// `admin.totp_lockout`): a 6-digit code is one in a million, so unlimited guessing over the
-/// socket would find it. The count is durable, so a restart does not reset it. Once a lock has
-/// expired the next wrong code locks again at once; only a correct code resets the count.
+/// Brute force of a 6-digit code must not be possible at network speed, and a stream of wrong
+/// codes must not let an anonymous peer lock a named user out. So, in order:
+/// - a TCP peer with too many failed sign-ins is refused before any user is looked at
+///   (`admin.peer_throttle`, in [`gate`]);
+/// - `totp_max_failures` consecutive failures lock the user for `totp_lockout`
+///   (`admin.totp_lockout`): for a TCP peer the lock is keyed on (peer, user), so it binds the
+///   peer that failed; on the local socket it is the durable per-user lock (only the service
+///   user can open the socket), which survives a restart. Once a lock has expired the next
+///   failure locks again at once; only a correct code resets the count.
+///
+/// Unknown users count as failures too, and every failure answers the same (see
+/// [`AUTH_FAILED`]).
 async fn authenticate(
     ctx: &AdminContext,
     name: &str,
     code: &str,
+    peer: Peer,
 ) -> Result<UserRecord, AdminError> {
     let refused = |why: &str| AdminError::new(codes::UNAUTHORIZED, "admin.auth", why.to_owned());
-    let user = ctx
-        .db
-        .user(name)
-        .map_err(AdminError::internal)?
-        // Same message for an unknown user and a wrong code: no user enumeration.
-        .ok_or_else(|| refused("unknown user or invalid TOTP code"))?;
-    let now_ms = crate::store::now_ms();
     let max = ctx.settings.totp_max_failures;
-    if user.locked_until_ms > now_ms {
-        let secs = (user.locked_until_ms - now_ms + 999) / 1000;
-        return Err(AdminError::new(
+    let locked = |name: &str| {
+        AdminError::new(
             codes::UNAUTHORIZED,
             "admin.totp_lockout",
             format!(
-                "user {name} is locked for another {secs} s after {max} consecutive wrong \
-                 TOTP codes (admin.totp_lockout)"
+                "user {name} is locked after {max} consecutive failed sign-ins \
+                 (admin.totp_lockout)"
             ),
-        ));
+        )
+    };
+    if ctx.gate.locked(peer, name) {
+        // Still a failed sign-in for the peer's count: a flood at one locked name keeps its
+        // peer throttled, and keeps the lock on that peer.
+        ctx.gate.failed(peer, name);
+        return Err(locked(name));
+    }
+    let Some(user) = ctx.db.user(name).map_err(AdminError::internal)? else {
+        ctx.gate.failed(peer, name);
+        return Err(refused("unknown user"));
+    };
+    let now_ms = crate::store::now_ms();
+    if peer == Peer::Local && user.locked_until_ms > now_ms {
+        return Err(locked(name));
     }
     let secret = ctx
         .vault
@@ -336,21 +414,18 @@ async fn authenticate(
     let step = match totp::verify(&secret, code, now, u64::from(ctx.settings.totp_skew)) {
         Ok(step) => step,
         Err(_) => {
-            let locked = ctx
-                .db
-                .record_totp_failure(&user.name, max, ctx.lockout_ms(), now_ms)
-                .map_err(AdminError::internal)?;
-            return Err(match locked {
-                Some(_) => AdminError::new(
-                    codes::UNAUTHORIZED,
-                    "admin.totp_lockout",
-                    format!(
-                        "invalid TOTP code; user {name} is locked for {} after {max} \
-                         consecutive wrong codes (admin.totp_lockout)",
-                        ctx.settings.totp_lockout
-                    ),
-                ),
-                None => refused("unknown user or invalid TOTP code"),
+            let now_locked = if peer == Peer::Local {
+                ctx.db
+                    .record_totp_failure(&user.name, max, ctx.lockout_ms(), now_ms)
+                    .map_err(AdminError::internal)?
+                    .is_some()
+            } else {
+                ctx.gate.failed(peer, &user.name)
+            };
+            return Err(if now_locked {
+                locked(name)
+            } else {
+                refused("invalid TOTP code")
             });
         }
     };
@@ -361,10 +436,18 @@ async fn authenticate(
             .consume_totp_step(&user.name, step)
             .map_err(AdminError::internal)?
     {
-        return Err(refused("TOTP code already used; wait for the next one"));
+        // Only someone holding a valid code sees this, so it reveals nothing to a guesser.
+        return Err(AdminError::new(
+            codes::UNAUTHORIZED,
+            "admin.totp_reused",
+            "TOTP code already used; wait for the next one",
+        ));
     }
-    ctx.db
-        .reset_totp_failures(&user.name)
-        .map_err(AdminError::internal)?;
+    ctx.gate.succeeded(peer, &user.name);
+    if peer == Peer::Local {
+        ctx.db
+            .reset_totp_failures(&user.name)
+            .map_err(AdminError::internal)?;
+    }
     Ok(user)
 }

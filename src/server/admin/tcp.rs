@@ -15,12 +15,13 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use super::gate::Peer;
 use super::{handle_line, AdminContext, MAX_LINE};
-use crate::config::AdminTlsConfig;
+use crate::config::{parse_duration, AdminTlsConfig};
 use crate::server::tls::{client_verifier, load_identity};
 
 /// The rustls config of the admin listener.
@@ -43,12 +44,21 @@ fn server_config(tls: &AdminTlsConfig) -> std::io::Result<rustls::ServerConfig> 
 }
 
 /// Binds the TLS listener and serves it in the background; returns the bound address.
+///
+/// Every connection is counted against `[admin.limits]` before its handshake (over the cap it
+/// is closed at once, `admin.connection_cap`), must finish the handshake within
+/// `handshake_timeout`, and serves one request whose headers and body must arrive within
+/// `idle_timeout`: a silent or slow peer cannot hold a connection (or a descriptor the signing
+/// listeners need).
 pub async fn start(
     address: SocketAddr,
     tls: &AdminTlsConfig,
     ctx: Arc<AdminContext>,
 ) -> std::io::Result<SocketAddr> {
     let acceptor = TlsAcceptor::from(Arc::new(server_config(tls)?));
+    let limits = ctx.gate.limits().clone();
+    let handshake = parse_duration(&limits.handshake_timeout).unwrap_or(Duration::from_secs(5));
+    let idle = parse_duration(&limits.idle_timeout).unwrap_or(Duration::from_secs(30));
     let listener = TcpListener::bind(address).await?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {
@@ -61,33 +71,46 @@ pub async fn start(
                     continue;
                 }
             };
+            let Some(slot) = ctx.gate.connect(peer.ip()) else {
+                tracing::debug!(%peer, rule = "admin.connection_cap", "admin connection refused");
+                drop(tcp);
+                continue;
+            };
             let (acceptor, ctx) = (acceptor.clone(), ctx.clone());
             tokio::spawn(async move {
-                let stream =
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
-                    {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::info!(%peer, error = %e, "admin TLS handshake refused");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
+                let _slot = slot;
+                let stream = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::info!(%peer, error = %e, "admin TLS handshake refused");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let who = Peer::Tcp { ip: peer.ip() };
                 let service = service_fn(move |req: Request<Incoming>| {
                     let ctx = ctx.clone();
-                    async move { Ok::<_, Infallible>(respond(&ctx, req).await) }
+                    async move { Ok::<_, Infallible>(respond(&ctx, req, who, idle).await) }
                 });
-                if let Err(e) = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    tracing::debug!(%peer, error = %e, "admin connection ended");
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(idle)
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(stream), service);
+                // A hard bound on the whole connection, whatever hyper waits for.
+                match tokio::time::timeout(idle * 2 + MAX_HANDLING, conn).await {
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "admin connection ended"),
+                    Err(_) => tracing::debug!(%peer, "admin connection timed out"),
+                    Ok(Ok(())) => {}
                 }
             });
         }
     });
     Ok(local)
 }
+
+/// Longest time one admin request may take once read (a reload, a vote).
+const MAX_HANDLING: Duration = Duration::from_secs(60);
 
 fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -99,21 +122,36 @@ fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     response
 }
 
-async fn respond(ctx: &AdminContext, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(
+    ctx: &AdminContext,
+    req: Request<Incoming>,
+    peer: Peer,
+    idle: Duration,
+) -> Response<Full<Bytes>> {
     if req.method() != Method::POST {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
             r#"{"error":"POST one JSON-RPC request"}"#.into(),
         );
     }
-    let body = match Limited::new(req.into_body(), MAX_LINE).collect().await {
-        Ok(b) => b.to_bytes(),
+    let body = Limited::new(req.into_body(), MAX_LINE).collect();
+    let body = match tokio::time::timeout(idle, body).await {
+        Ok(Ok(b)) => b.to_bytes(),
         Err(_) => {
+            return reply(
+                StatusCode::REQUEST_TIMEOUT,
+                r#"{"error":"request body too slow"}"#.into(),
+            )
+        }
+        Ok(Err(_)) => {
             return reply(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 r#"{"error":"request too large"}"#.into(),
             )
         }
     };
-    reply(StatusCode::OK, handle_line(ctx, &body).await.to_string())
+    reply(
+        StatusCode::OK,
+        handle_line(ctx, &body, peer).await.to_string(),
+    )
 }
