@@ -87,7 +87,9 @@ mod tests {
     fn anchors_inside_the_data_directory_are_refused() {
         let inside = problems("anchor_key = \"/etc/a.key\"\nanchor_file = \"/srv/kg/anchors\"\n");
         assert!(
-            inside.iter().any(|p| p.contains("audit.anchors.anchor_file")),
+            inside
+                .iter()
+                .any(|p| p.contains("audit.anchors.anchor_file")),
             "{inside:?}"
         );
         // Control: outside it, nothing to say.

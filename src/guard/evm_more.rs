@@ -74,7 +74,12 @@ impl<'g> Adapter<'g> for DigestAdapter<'g> {
         }
         let (key, policy) = guard.evm_key(caller, from, entry)?;
         let Some(evm) = policy.evm.as_ref() else {
-            return Err(Rejection::policy(keyguard_chain::rules::common::POLICY_NONE, "from", "no Ethereum rules").into());
+            return Err(Rejection::policy(
+                keyguard_chain::rules::common::POLICY_NONE,
+                "from",
+                "no Ethereum rules",
+            )
+            .into());
         };
         let allowed_by = match &request {
             Decoded::Typed(t) => {

@@ -19,6 +19,7 @@ pub const RESERVED_NAMESPACES: &[&str] = &[
     "rate_limit.",
     "request.",
     "guard.",
+    "audit.",
     "kill_switch",
 ];
 
@@ -221,6 +222,11 @@ pub const BUILTIN: &[RuleInfo] = &[
     r("approval.duplicate_vote", Scope::Admin, ADMIN_REFUSED, "one person counted twice"),
     r("approval.expired", Scope::Admin, ADMIN_REFUSED, "approving after the deadline"),
     r("approval.not_pending", Scope::Admin, ADMIN_REFUSED, "voting on a request that is not pending"),
+    r("approval.pending_cap", Scope::Any, P, "floods of held requests (pending approvals per client and overall)"),
+    r("audit.disk_floor", Scope::Any, "-32003", "new work when the data directory is nearly full (audit rows must still fit)"),
+    r("audit.suppressed", Scope::Any, "-", "(audit event) the summary row counting refusals over a source's budget"),
+    r("audit.broken", Scope::Admin, ADMIN_REFUSED, "(answer) `audit.verify` found a row whose hash does not match"),
+    r("audit.refusal_budget", Scope::Any, "-", "(audit event) refusal rows over a source's budget, counted in one audit.suppressed row"),
     // --- admin socket ---
     r("admin.auth", Scope::Admin, "admin -32005", "admin calls without valid credentials or TOTP"),
     r("admin.totp_lockout", Scope::Admin, "admin -32005", "TOTP guessing (locked out after repeated failures)"),
@@ -233,6 +239,10 @@ pub const BUILTIN: &[RuleInfo] = &[
     r("admin.kill_file", Scope::Admin, ADMIN_REFUSED, "re-enabling keys while the emergency kill file is present"),
     r("admin.reload", Scope::Admin, ADMIN_REFUSED, "a reload whose new config is invalid"),
     r("admin.config_client", Scope::Admin, ADMIN_REFUSED, "changing a client defined in the config file"),
+    r("admin.connection_cap", Scope::Admin, "connection closed", "exhausting the admin listener's connections (overall and per peer)"),
+    r("admin.peer_rate", Scope::Admin, "admin -32003", "one admin peer flooding requests"),
+    r("admin.peer_throttle", Scope::Admin, "admin -32005", "TOTP guessing from one peer (before any per-user lockout)"),
+    r("admin.totp_reused", Scope::Admin, "admin -32005", "replaying a TOTP code already used"),
     r("admin.watermark_repair", Scope::Admin, ADMIN_REFUSED, "a watermark repair below what this instance released"),
 ];
 

@@ -498,7 +498,11 @@ pub(crate) fn decide_rules(
         }
     }
     let (allowed_by, call, grant) = match (allowed, c.rules.is_empty()) {
-        (_, true) => (keyguard_chain::rules::common::POLICY_LIMITS, None, Grant::default()),
+        (_, true) => (
+            keyguard_chain::rules::common::POLICY_LIMITS,
+            None,
+            Grant::default(),
+        ),
         (Some((rule, call)), false) => {
             let call = call.and_then(|d| d.as_ref().as_ref().ok().cloned());
             let names_approval = !rule.functions.is_empty()

@@ -116,13 +116,13 @@ pub fn address_of(key: &PublicKey) -> Option<Address> {
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod tests_movement;
-#[cfg(test)]
-mod tests_permits;
-#[cfg(test)]
 mod tests_fees;
 #[cfg(test)]
 mod tests_messages;
+#[cfg(test)]
+mod tests_movement;
+#[cfg(test)]
+mod tests_permits;
 #[cfg(test)]
 mod tests_rule_names;
 #[cfg(test)]
