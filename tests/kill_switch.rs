@@ -74,6 +74,8 @@ fn signals_and_new_requests_are_served_while_a_disable_drains() {
     }
 
     daemon.signal(Signal::USR1);
+    // The switch is off once the signal loop says so (signals are handled asynchronously).
+    daemon.wait_line("keyguard: SIGUSR1");
     // Refused at once while the disable drains (a queued request would block this call until
     // the stuck one ended, and its answer would come after the "all keys disabled" line).
     let during = rpc(&addr, "eth_signTransaction", tx);

@@ -202,6 +202,7 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
                 // Off at once; the wait for in-flight requests runs in its own task so this
                 // loop keeps serving SIGTERM and SIGHUP meanwhile.
                 kill.switch_off(crate::access::kill::ALL_KEYS);
+                println!("keyguard: SIGUSR1: every key switched off, draining requests in flight");
                 let (kill, audit) = (kill.clone(), store.audit_log());
                 tokio::spawn(async move {
                     super::people::emergency_stop(&kill, &audit, "SIGUSR1").await;

@@ -25,8 +25,45 @@ enum Decoded {
     Message(keyguard_evm::MessageIntent),
 }
 
+/// The parameters of a digest call: parsed already (tests, internal callers) or still the raw
+/// JSON text the transport received, parsed only under the decode gate so that many large
+/// pipelined requests hold their bytes, not their (several times larger) parsed trees.
+pub enum DigestParams {
+    Parsed(Value),
+    Raw(String),
+}
+
+impl DigestParams {
+    /// The short positional parameters (content type, address) the rate-limit family and the
+    /// key hint need, without parsing the large ones: elements over 512 bytes become null.
+    fn skeleton(&self) -> Value {
+        match self {
+            DigestParams::Parsed(v) => v.clone(),
+            DigestParams::Raw(raw) => {
+                let Ok(parts) = serde_json::from_str::<Vec<&serde_json::value::RawValue>>(raw)
+                else {
+                    return Value::Null;
+                };
+                let short = |p: &serde_json::value::RawValue| match p.get().len() {
+                    0..=512 => serde_json::from_str(p.get()).unwrap_or(Value::Null),
+                    _ => Value::Null,
+                };
+                Value::Array(parts.into_iter().map(short).collect())
+            }
+        }
+    }
+
+    fn parse(self) -> Result<Value, Rejection> {
+        match self {
+            DigestParams::Parsed(v) => Ok(v),
+            DigestParams::Raw(raw) => serde_json::from_str(&raw)
+                .map_err(|e| Rejection::invalid("params", e.to_string())),
+        }
+    }
+}
+
 struct DigestAdapter<'g> {
-    params: Value,
+    params: Option<DigestParams>,
     decode: fn(&Value) -> DigestRequest,
     /// Key, signer address and digest once decided.
     decided: Option<(KeyId, Address, B256)>,
@@ -51,10 +88,14 @@ impl<'g> Adapter<'g> for DigestAdapter<'g> {
         };
         // Parsing and hashing typed data is the costly part of these methods: it runs under
         // the decode gate (bounded concurrency), off the async workers.
-        let (decode, params) = (self.decode, std::mem::take(&mut self.params));
-        let decoded = crate::decode_gate::gated(move || decode(&params))
+        let decode = self.decode;
+        let params = self
+            .params
+            .take()
+            .ok_or_else(|| GuardError::Backend("request decided twice".into()))?;
+        let decoded = crate::decode_gate::gated(move || params.parse().map(|p| decode(&p)))
             .await
-            .map_err(|e| GuardError::Backend(e.to_string()))?;
+            .map_err(|e| GuardError::Backend(e.to_string()))??;
         let request = match decoded {
             DigestRequest::Typed(t) => Decoded::Typed(t?),
             DigestRequest::Message(m) => Decoded::Message(m?),
@@ -148,15 +189,31 @@ impl Guard {
         params: &Value,
         decode: fn(&Value) -> DigestRequest,
     ) -> Result<[u8; 65], GuardError> {
+        let params = DigestParams::Parsed(params.clone());
+        self.sign_evm_digest_params(caller, chain_hint, method, params, decode)
+            .await
+    }
+
+    /// [`Guard::sign_evm_digest`] for parameters that may still be raw JSON text.
+    pub async fn sign_evm_digest_params(
+        &self,
+        caller: &Caller,
+        chain_hint: u64,
+        method: &'static str,
+        params: DigestParams,
+        decode: fn(&Value) -> DigestRequest,
+    ) -> Result<[u8; 65], GuardError> {
+        let skeleton = params.skeleton();
         let request = Request {
             who: Who::Client(caller),
             method,
-            family: family::family(method, params),
+            family: family::family(method, &skeleton),
             chain: format!("eip155:{chain_hint}"),
-            key_hint: family::evm_from(method, params).and_then(|a| self.evm_keys.get(&a).cloned()),
+            key_hint: family::evm_from(method, &skeleton)
+                .and_then(|a| self.evm_keys.get(&a).cloned()),
         };
         let adapter = DigestAdapter {
-            params: params.clone(),
+            params: Some(params),
             decode,
             decided: None,
             debits: Vec::new(),

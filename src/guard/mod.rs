@@ -24,7 +24,7 @@ mod release;
 pub use bitcoin_keys::build_wallet;
 pub use cometbft::{CometbftSigned, CometbftTarget};
 pub use error::{GuardError, PASS2_MISMATCH};
-pub use evm_more::DigestRequest;
+pub use evm_more::{DigestParams, DigestRequest};
 pub use evm_tx::{decode_clef_transaction, plain_decoder, TxDecoder};
 pub use people::intent_digest;
 

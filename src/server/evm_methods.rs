@@ -8,7 +8,9 @@ use serde_json::{json, Value};
 
 use super::evm::{caller, signing_caller, EvmContext};
 use super::rpc_error;
-use crate::guard::{decode_clef_transaction, plain_decoder, DigestRequest, GuardError, TxDecoder};
+use crate::guard::{
+    decode_clef_transaction, plain_decoder, DigestParams, DigestRequest, GuardError, TxDecoder,
+};
 
 fn params_value(params: &Params<'_>) -> Result<Value, ErrorObjectOwned> {
     match params.as_str() {
@@ -34,11 +36,14 @@ fn digest_method(module: &mut Module, name: &'static str, decode: fn(&Value) -> 
         .register_async_method(name, move |params: Params<'static>, ctx, ext| async move {
             let chain = format!("eip155:{}", ctx.chain_id);
             let caller = signing_caller(&ext, &ctx, name, &chain).await?;
-            let p = params_value(&params)?;
-            // Decoded inside the guard, after the rate limits.
+            // Parsed and decoded inside the guard, after the rate limits, under the decode gate.
+            let p = match params.as_str() {
+                Some(raw) => DigestParams::Raw(raw.to_owned()),
+                None => DigestParams::Parsed(Value::Array(Vec::new())),
+            };
             let sig = ctx
                 .guard
-                .sign_evm_digest(&caller, ctx.chain_id, name, &p, decode)
+                .sign_evm_digest_params(&caller, ctx.chain_id, name, p, decode)
                 .await
                 .map_err(|e| rpc_error::from_guard(&e))?;
             Ok::<Value, ErrorObjectOwned>(hex_sig(sig))

@@ -42,23 +42,24 @@ fn clients_update_and_remove_reach_an_open_websocket_at_its_next_call() {
     let daemon = Daemon::start(dir.path(), &text, &[("KEYGUARD_LOG", "warn")]);
     let (addr, from) = (daemon.rpc_addr(), address(&daemon));
     let alice = bootstrap_admin(&daemon, "alice");
-    let added = clients(
-        &daemon,
-        &alice,
-        &[
-            "add",
-            "app2",
-            "--key",
-            "dev-secp256k1",
-            "--chain",
-            "eip155:31337",
-            "--method",
-            "eth_signTransaction",
-            "--method",
-            "personal_sign",
-            "--json",
-        ],
-    );
+    let bob = bootstrap_admin(&daemon, "bob");
+    let add = [
+        "add",
+        "app2",
+        "--key",
+        "dev-secp256k1",
+        "--chain",
+        "eip155:31337",
+        "--method",
+        "eth_signTransaction",
+        "--method",
+        "personal_sign",
+        "--json",
+    ];
+    // A new client takes two admins: held after alice, added (with its token) by bob.
+    let held = clients(&daemon, &alice, &add);
+    assert!(held.contains("\"pending\""), "{held}");
+    let added = clients(&daemon, &bob, &add);
     let added: Value = serde_json::from_str(added.lines().next().unwrap()).unwrap();
     let token = added["token"].as_str().unwrap().to_string();
     let (mut ws, status) = ws_open(&addr, &format!("Authorization: Bearer {token}\r\n"));

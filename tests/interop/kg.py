@@ -793,8 +793,11 @@ def signature_leak(text: str) -> str | None:
     """The first run in `text` long enough to carry a signature (hex >= 64 digits, base64 >= 86
     characters), or None."""
     for pattern in (HEX_RUN, BASE64_RUN):
-        m = pattern.search(text)
-        if m:
+        for m in pattern.finditer(text):
+            # A decimal amount (2^256-1 is 78 digits) is what refusals name; a signature's hex
+            # or base64 is all digits with probability (10/16)^64 < 1e-13.
+            if m.group(0).isdigit():
+                continue
             return f"{len(m.group(0))} characters: {m.group(0)[:20]}..."
     return None
 

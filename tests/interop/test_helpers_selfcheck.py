@@ -134,3 +134,14 @@ def test_leak_scan_passes_ordinary_errors():
         },
     }
     kg.assert_error(resp, -32001, rule="evm.no_rule")
+    # A refusal naming an amount: 2^256-1 in decimal is 78 digits, not a signature.
+    amount = {"jsonrpc": "2.0", "id": 2, "error": {"code": -32001, "message": str(2**256 - 1)}}
+    kg.assert_error(amount, -32001)
+    # Control: the same length of hex with letters is still caught.
+    leaked = {"jsonrpc": "2.0", "id": 3, "error": {"code": -32001, "message": "ab" * 39}}
+    try:
+        kg.assert_error(leaked, -32001)
+    except AssertionError:
+        pass
+    else:
+        raise AssertionError("a 78-character hex run passed the leak scan")

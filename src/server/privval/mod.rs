@@ -113,6 +113,11 @@ pub fn remote_error(e: &GuardError) -> RemoteError {
         GuardError::Unauthorized(_)
         | GuardError::OutOfScope { .. }
         | GuardError::KeyDisabled(_) => CODE_NOT_ALLOWED,
+        // The store cannot take more work: the node sees a signer failure, as with a full disk.
+        GuardError::RateLimited {
+            rule: "audit.disk_floor",
+            ..
+        } => CODE_BACKEND,
         // Consensus messages cannot wait for human approval; a rate limit refuses too.
         GuardError::ApprovalRequired { .. } | GuardError::RateLimited { .. } => CODE_POLICY,
         GuardError::Backend(_) | GuardError::Pass2Mismatch(_) => CODE_BACKEND,
