@@ -141,7 +141,8 @@ enum Skip {
 }
 
 enum Miss<'a> {
-    Time,
+    /// Outside the rule's window: the shared window's reason (local time and window).
+    Time(String),
     Value(U256),
     NotPayable(Decoded),
     PlainOnly,
@@ -178,10 +179,7 @@ impl Miss<'_> {
             Err(e) => e.to_string(),
         };
         match self {
-            Miss::Time => (
-                "time".into(),
-                format!("outside the UTC time window of rule {}", rule.name),
-            ),
+            Miss::Time(why) => ("time".into(), format!("rule {}: {why}", rule.name)),
             Miss::Value(max) if max.is_zero() && rule.abi.is_some() => (
                 "value".into(),
                 format!(
@@ -321,8 +319,8 @@ fn rule_verdict<'a>(
         _ => {}
     }
     let fail = |depth, miss| Verdict::Fail { depth, miss };
-    if rule.window.as_ref().is_some_and(|w| !w.contains(now_ms)) {
-        return fail(1, Miss::Time);
+    if let Some(why) = rule.window.as_ref().and_then(|w| w.outside(now_ms)) {
+        return fail(1, Miss::Time(why));
     }
     if let Some(max) = rule.max_value.filter(|m| intent.value() > *m) {
         return fail(1, Miss::Value(max));
@@ -392,8 +390,8 @@ fn deny_verdict<'a>(
         }
         _ => {}
     }
-    if rule.window.as_ref().is_some_and(|w| !w.contains(now_ms)) {
-        return miss(Miss::Time);
+    if let Some(why) = rule.window.as_ref().and_then(|w| w.outside(now_ms)) {
+        return miss(Miss::Time(why));
     }
     let input = intent.tx.input();
     let Some(abi) = &rule.abi else {

@@ -39,52 +39,7 @@ pub enum CalldataMode {
     Any,
 }
 
-/// UTC day of week.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-#[allow(missing_docs)]
-pub enum Weekday {
-    Sun,
-    Mon,
-    Tue,
-    Wed,
-    Thu,
-    Fri,
-    Sat,
-}
-
-/// UTC days and hours during which something is allowed (`hours = [8, 18]` is 08:00-17:59).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TimeWindow {
-    /// Allowed days; empty means every day.
-    #[serde(default)]
-    pub days: Vec<Weekday>,
-    /// `[start, end)` hours, 0-24; absent means all day.
-    #[serde(default)]
-    pub hours: Option<[u8; 2]>,
-}
-
-impl TimeWindow {
-    /// Whether `now_ms` (Unix milliseconds) falls inside the window.
-    pub fn contains(&self, now_ms: u64) -> bool {
-        let days_since_epoch = now_ms / 86_400_000;
-        // 1970-01-01 was a Thursday.
-        let weekday = [
-            Weekday::Thu,
-            Weekday::Fri,
-            Weekday::Sat,
-            Weekday::Sun,
-            Weekday::Mon,
-            Weekday::Tue,
-            Weekday::Wed,
-        ][(days_since_epoch % 7) as usize];
-        let hour = ((now_ms / 3_600_000) % 24) as u8;
-        let day_ok = self.days.is_empty() || self.days.contains(&weekday);
-        let hour_ok = self.hours.is_none_or(|[a, b]| hour >= a && hour < b);
-        day_ok && hour_ok
-    }
-}
+pub use keyguard_chain::window::{Hours, TimeWindow, Weekday};
 
 /// A constraint on one decoded argument. Values are written as strings: addresses, decimal
 /// or `"1000 USDC"` amounts, `"true"`, `0x` bytes.
@@ -140,11 +95,13 @@ pub struct RuleConfig {
     /// Whether this rule may sign `approve(spender, type(uint256).max)` and the like.
     #[serde(default)]
     pub allow_unlimited_approval: bool,
-    /// UTC days the rule applies on.
+    /// Days the rule applies on (local to `utc_offset`); the shared window shape.
     #[serde(default)]
     pub days: Vec<Weekday>,
-    /// UTC hours the rule applies in.
-    pub hours: Option<[u8; 2]>,
+    /// Hours the rule applies in: `[8, 18]` or `"08:00-18:00"` (overnight if start > end).
+    pub hours: Option<Hours>,
+    /// Fixed offset of `days` and `hours` from UTC (`"+01:00"`); absent means UTC.
+    pub utc_offset: Option<String>,
 }
 
 /// Per-token limits, applied to every transaction that moves the token.
@@ -322,35 +279,10 @@ fn user_name(name: &str, at: &str) -> Result<(), String> {
     keyguard_chain::rules::check_user_rule_name(name).map_err(|e| format!("{at}.name: {e}"))
 }
 
-/// Parses `"30s"`, `"15m"`, `"1h"`, `"7d"` into milliseconds.
+/// Parses a window length (`"30s"`, `"15m"`, `"1h"`, `"7d"`; the shared duration syntax,
+/// [`keyguard_chain::duration`]) into milliseconds; zero is refused.
 pub fn parse_window(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (n, unit) = t.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("invalid window {text:?} (use e.g. \"24h\")"))?;
-    let unit_ms = match unit.trim() {
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(format!("invalid window unit in {text:?} (s, m, h or d)")),
-    };
-    if n == 0 {
-        return Err(format!("window {text:?} is empty"));
-    }
-    n.checked_mul(unit_ms)
-        .ok_or_else(|| format!("window {text:?} is too long"))
-}
-
-fn check_hours(hours: &Option<[u8; 2]>, at: &str) -> Result<(), String> {
-    match hours {
-        Some([a, b]) if a >= b || *b > 24 => Err(format!(
-            "{at}.hours: [{a}, {b}] is not a range of UTC hours within 0-24"
-        )),
-        _ => Ok(()),
-    }
+    keyguard_chain::duration::parse_positive_duration(text).map(keyguard_chain::duration::as_ms)
 }
 
 /// A mixed-case address must carry a valid EIP-55 checksum: a wrong one is a typo, and a typo
@@ -498,7 +430,6 @@ pub(crate) fn compile(p: &EvmPolicy, base: Option<&Path>) -> Result<Compiled, St
         if abi.is_some() && r.calldata.is_some() {
             return Err(format!("{at}.calldata: not used with an abi"));
         }
-        check_hours(&r.hours, &at)?;
         let mut args = Vec::new();
         for (name, c) in &r.args {
             let at = format!("{at}.args.{name}");
@@ -538,6 +469,12 @@ pub(crate) fn compile(p: &EvmPolicy, base: Option<&Path>) -> Result<Compiled, St
                 return Err(format!("{at}: constraint has no condition"));
             }
         }
+        let window = (!r.days.is_empty() || r.hours.is_some() || r.utc_offset.is_some())
+            .then(|| {
+                TimeWindow::from_parts(r.days.clone(), r.hours.as_ref(), r.utc_offset.as_deref())
+            })
+            .transpose()
+            .map_err(|e| format!("{at}.{e}"))?;
         let max_value = r
             .max_value
             .as_ref()
@@ -570,10 +507,7 @@ pub(crate) fn compile(p: &EvmPolicy, base: Option<&Path>) -> Result<Compiled, St
             args,
             max_value,
             allow_unlimited_approval: r.allow_unlimited_approval,
-            window: (!r.days.is_empty() || r.hours.is_some()).then(|| TimeWindow {
-                days: r.days.clone(),
-                hours: r.hours,
-            }),
+            window,
         });
     }
 
@@ -606,9 +540,12 @@ pub(crate) fn compile(p: &EvmPolicy, base: Option<&Path>) -> Result<Compiled, St
             unlimited_at: amount(&t.unlimited_at, "unlimited_at")?,
             approval_window_ms: match &t.approval_window {
                 Some(w) => parse_window(w)
-                    .ok()
-                    .filter(|ms| *ms <= MAX_WINDOW_MS)
-                    .ok_or_else(|| format!("{at}.approval_window: a window of at most 31d"))?,
+                    .and_then(|ms| {
+                        (ms <= MAX_WINDOW_MS)
+                            .then_some(ms)
+                            .ok_or_else(|| format!("{w:?} is longer than 31d"))
+                    })
+                    .map_err(|e| format!("{at}.approval_window: a window of at most 31d: {e}"))?,
                 None => crate::accounting::DEFAULT_APPROVAL_WINDOW_MS,
             },
         });
@@ -660,9 +597,6 @@ pub(crate) fn compile(p: &EvmPolicy, base: Option<&Path>) -> Result<Compiled, St
             window_ms,
             per_destination: v.per_destination,
         });
-    }
-    if let Some(w) = &p.time_window {
-        check_hours(&w.hours, "time_window")?;
     }
     let typed = p
         .typed_data
