@@ -143,3 +143,13 @@ fn bad_windows_are_config_errors_naming_the_key() {
         parse(good).expect(good);
     }
 }
+
+#[test]
+fn the_shared_case_table_holds_for_the_shape_itself() {
+    for (text, t, inside) in cases::SAME_MEANING {
+        assert_eq!(window(text).contains(*t), *inside, "{text} at {t}");
+    }
+    for (text, key) in cases::INVALID {
+        assert!(parse(text).expect_err(text).contains(key), "{text}");
+    }
+}

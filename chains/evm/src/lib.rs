@@ -131,3 +131,5 @@ mod tests_rules;
 mod tests_semantics;
 #[cfg(test)]
 mod tests_typed_bounds;
+#[cfg(test)]
+mod tests_windows;
