@@ -96,7 +96,10 @@ mod tests {
         for (text, want) in bad {
             let e = parse_duration(text).unwrap_err();
             assert!(e.contains(want), "{text:?}: {e}");
-            assert!(e.contains(&format!("{text:?}")), "error names the input: {e}");
+            assert!(
+                e.contains(&format!("{text:?}")),
+                "error names the input: {e}"
+            );
         }
         // Control: the largest representable number of days still parses.
         assert!(parse_duration("213503982334d").is_ok());

@@ -95,9 +95,17 @@ fn both_hour_forms_mean_the_same_window() {
         (r#""23:00-24:00""#, "[23, 24]"),
     ];
     for (text, whole) in pairs {
-        for tail in ["", r#", utc_offset = "+05:30""#, r#", utc_offset = "-08:00""#] {
-            let a = window(&format!(r#"{{ days = ["mon", "sat"], hours = {text}{tail} }}"#));
-            let b = window(&format!(r#"{{ days = ["mon", "sat"], hours = {whole}{tail} }}"#));
+        for tail in [
+            "",
+            r#", utc_offset = "+05:30""#,
+            r#", utc_offset = "-08:00""#,
+        ] {
+            let a = window(&format!(
+                r#"{{ days = ["mon", "sat"], hours = {text}{tail} }}"#
+            ));
+            let b = window(&format!(
+                r#"{{ days = ["mon", "sat"], hours = {whole}{tail} }}"#
+            ));
             assert_eq!(a, b, "{text} vs {whole}{tail}");
             for minute in (0..7 * 1440).step_by(15) {
                 let t = at(0, 0, minute);
@@ -128,7 +136,10 @@ fn bad_windows_are_config_errors_naming_the_key() {
         (r#"{ utc_offset = "+15:00" }"#, "utc_offset"),
         (r#"{ utc_offset = "+2" }"#, "utc_offset"),
         (r#"{ days = ["monday"] }"#, "monday"),
-        (r#"{ hours = "08:00-18:00", zone = "Europe/Paris" }"#, "zone"),
+        (
+            r#"{ hours = "08:00-18:00", zone = "Europe/Paris" }"#,
+            "zone",
+        ),
     ] {
         let e = parse(bad).expect_err(bad);
         assert!(e.contains(key), "{bad}: {e}");

@@ -10,7 +10,8 @@ use serde_json::json;
 use crate::{decode_sign_transaction_params, EvmPolicy, TxIntent};
 
 const ALICE: Address = address!("0x00000000000000000000000000000000000a11ce");
-const BASE: &str = "chain_ids = [1]\nto = \"any\"\nmax_value = \"1 ether\"\nmax_fee_per_gas = \"1\"\n\
+const BASE: &str =
+    "chain_ids = [1]\nto = \"any\"\nmax_value = \"1 ether\"\nmax_fee_per_gas = \"1\"\n\
                     max_priority_fee_per_gas = \"1\"\nmax_fee_per_blob_gas = \"1\"\n";
 
 fn transfer() -> TxIntent {
@@ -32,7 +33,10 @@ fn load(text: &str) -> Result<EvmPolicy, String> {
 fn policies(window: &str) -> [(Result<EvmPolicy, String>, &'static str); 2] {
     let inner = window.trim().trim_start_matches('{').trim_end_matches('}');
     [
-        (load(&format!("{BASE}time_window = {window}\n")), "evm.time_window"),
+        (
+            load(&format!("{BASE}time_window = {window}\n")),
+            "evm.time_window",
+        ),
         (
             load(&format!(
                 "{BASE}rules = [{{ name = \"office\", to = [\"{ALICE}\"], {inner} }}]\n"
@@ -61,7 +65,8 @@ fn both_window_forms_mean_the_same_on_ethereum() {
 
 #[test]
 fn the_refusal_says_the_local_time_and_the_window() {
-    let [(p, _), (r, _)] = policies(r#"{ days = ["mon"], hours = "08:00-18:00", utc_offset = "+01:00" }"#);
+    let [(p, _), (r, _)] =
+        policies(r#"{ days = ["mon"], hours = "08:00-18:00", utc_offset = "+01:00" }"#);
     for p in [p.unwrap(), r.unwrap()] {
         match p.decide(&transfer(), at(0, 17, 30)) {
             Err(Rejection::Policy { reason, .. }) => {
