@@ -15,7 +15,7 @@ use keyguard_chain::Rejection;
 use crate::abi::{Abi, CallError, DecodedCall};
 use crate::accounting::{self, Grant};
 use crate::movement::call_moves;
-use crate::rulecfg::{ArgCheck, Compiled, Literal, Rule};
+use crate::rulecompile::{ArgCheck, Compiled, Literal, Rule};
 use crate::token::TokenMove;
 use crate::TxIntent;
 

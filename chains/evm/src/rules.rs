@@ -21,9 +21,8 @@ use std::sync::{Arc, OnceLock};
 
 use crate::engine::{decide_rules, Eval, RuleOutcome, TxDecision};
 use crate::message::{check_message, MessageIntent, MessageRule};
-use crate::rulecfg::{
-    compile, Compiled, NonceRules, RuleConfig, TimeWindow, TokenLimit, VelocityLimit,
-};
+use crate::rulecfg::{NonceRules, RuleConfig, TimeWindow, TokenLimit, VelocityLimit};
+use crate::rulecompile::{compile, Compiled};
 use crate::typed::{check_typed, TypedDataRule, TypedDecision, TypedIntent};
 use crate::TxIntent;
 
