@@ -8,6 +8,7 @@ use alloy_consensus::Transaction;
 use alloy_primitives::{Address, U256};
 
 use crate::abi::{Abi, CallError, DecodedCall};
+use crate::rulecfg::TimeWindow;
 use crate::rulecompile::{ArgCheck, Literal, Rule};
 use crate::TxIntent;
 
@@ -23,8 +24,8 @@ pub(super) enum Skip {
 }
 
 pub(super) enum Miss<'a> {
-    /// Outside the rule's window: the shared window's reason (local time and window).
-    Time(String),
+    /// Outside the rule's window at this instant (rendered with the shared window's reason).
+    Time(&'a TimeWindow, u64),
     Value(U256),
     NotPayable(Decoded),
     PlainOnly,
@@ -61,7 +62,14 @@ impl Miss<'_> {
             Err(e) => e.to_string(),
         };
         match self {
-            Miss::Time(why) => ("time".into(), format!("rule {}: {why}", rule.name)),
+            Miss::Time(w, now_ms) => (
+                "time".into(),
+                format!(
+                    "rule {}: {}",
+                    rule.name,
+                    w.outside(*now_ms).unwrap_or_default()
+                ),
+            ),
             Miss::Value(max) if max.is_zero() && rule.abi.is_some() => (
                 "value".into(),
                 format!(
@@ -201,8 +209,8 @@ pub(super) fn rule_verdict<'a>(
         _ => {}
     }
     let fail = |depth, miss| Verdict::Fail { depth, miss };
-    if let Some(why) = rule.window.as_ref().and_then(|w| w.outside(now_ms)) {
-        return fail(1, Miss::Time(why));
+    if let Some(w) = rule.window.as_ref().filter(|w| !w.contains(now_ms)) {
+        return fail(1, Miss::Time(w, now_ms));
     }
     if let Some(max) = rule.max_value.filter(|m| intent.value() > *m) {
         return fail(1, Miss::Value(max));
@@ -272,8 +280,8 @@ fn deny_verdict<'a>(
         }
         _ => {}
     }
-    if let Some(why) = rule.window.as_ref().and_then(|w| w.outside(now_ms)) {
-        return miss(Miss::Time(why));
+    if let Some(w) = rule.window.as_ref().filter(|w| !w.contains(now_ms)) {
+        return miss(Miss::Time(w, now_ms));
     }
     let input = intent.tx.input();
     let Some(abi) = &rule.abi else {
