@@ -1,7 +1,6 @@
 //! Configuration of the admin API, rate limits and approval timing.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -188,26 +187,9 @@ pub struct LimitConfig {
     pub burst: u32,
 }
 
-/// Parses `"500ms"`, `"90s"`, `"30m"`, `"1h"`, `"2d"`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{s:?}: missing unit (ms, s, m, h, d)"))?;
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| format!("{s:?}: expected a number"))?;
-    let secs = match unit.trim() {
-        "ms" => return Ok(Duration::from_millis(n)),
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        u => return Err(format!("{s:?}: unknown unit {u:?} (ms, s, m, h, d)")),
-    };
-    n.checked_mul(secs)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("{s:?}: too long"))
-}
+/// The one duration syntax (`"500ms"`, `"90s"`, `"30m"`, `"1h"`, `"2d"`), shared with the
+/// chain crates' windows.
+pub use keyguard_chain::duration::parse_duration;
 
 impl Config {
     /// Problems of `[admin]` and `[rate_limits]`.
@@ -294,31 +276,19 @@ impl Config {
                 }
             }
         }
-        // Both chains' approval rules share one shape: (approvers, group, within).
-        let rules = self.policies.iter().enumerate().flat_map(|(i, p)| {
+        // Both chains' approval rules are one shape (`keyguard_chain::approval`).
+        for (i, p) in self.policies.iter().enumerate() {
             let evm = p.evm.as_ref().and_then(|e| e.require_approval.as_ref());
             let btc = p.bitcoin.as_ref().and_then(|b| b.require_approval.as_ref());
-            [
-                evm.map(|r| (i, "evm", r.approvers, &r.group, &r.within)),
-                btc.map(|r| (i, "bitcoin", r.approvers, &r.group, &r.within)),
-            ]
-            .into_iter()
-            .flatten()
-        });
-        for (i, chain, approvers, group, within) in rules {
-            let key = |k: &str| format!("policies[{i}].{chain}.require_approval.{k}");
-            if approvers == 0 {
-                problems.push(self.invalid(key("approvers"), "must be at least 1"));
-            }
-            if group.is_empty() {
-                problems.push(self.invalid(key("group"), "must name a group"));
-            }
-            match parse_duration(within) {
-                Ok(d) if d.is_zero() => {
-                    problems.push(self.invalid(key("within"), "must not be zero"))
+            let found = [
+                evm.map(|r| ("evm", r.problems())),
+                btc.map(|r| ("bitcoin", r.problems())),
+            ];
+            for (chain, list) in found.into_iter().flatten() {
+                for (k, reason) in list {
+                    let key = format!("policies[{i}].{chain}.require_approval.{k}");
+                    problems.push(self.invalid(key, reason));
                 }
-                Ok(_) => {}
-                Err(e) => problems.push(self.invalid(key("within"), e)),
             }
         }
         problems

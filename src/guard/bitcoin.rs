@@ -9,7 +9,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use keyguard_bitcoin::bitcoin::Amount;
 use keyguard_bitcoin::wallet::Wallet;
@@ -173,11 +172,7 @@ impl BitcoinState {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+use crate::store::now_ms;
 
 impl Guard {
     /// Lets the rolling spend window be rebuilt from the audit log after a restart.

@@ -31,7 +31,6 @@ pub use people::intent_digest;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use alloy_consensus::{SignableTransaction, Transaction};
 use alloy_primitives::Address;
@@ -102,10 +101,7 @@ impl Guard {
             .iter()
             .filter_map(|k| Some((keyguard_evm::address_of(&k.public_key)?, k.id.clone())))
             .collect();
-        let started = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
+        let started = now_ms();
         Guard {
             controls: people::Controls::new(config),
             policies: RwLock::new(Arc::new(resolve_policies(
@@ -250,11 +246,7 @@ pub(super) fn pass2(key: &KeyId, e: impl std::fmt::Display) -> GuardError {
     GuardError::Pass2Mismatch(e.to_string())
 }
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub(crate) use keyguard_chain::clock::now_ms;
 
 #[cfg(test)]
 mod tests;

@@ -255,7 +255,7 @@ pub(super) fn evm_requirement(rule: &keyguard_evm::EvmApprovalRule) -> ApprovalR
         approvers: rule.approvers,
         group: rule.group.clone(),
         // Validated at load; an unparsable value here would mean a zero-length window.
-        within: crate::config::parse_duration(&rule.within).unwrap_or(Duration::ZERO),
+        within: rule.within(),
     }
 }
 
@@ -268,6 +268,6 @@ pub(super) fn bitcoin_requirement(
         approvers: rule.approvers,
         group: rule.group.clone(),
         // Validated at load, like the Ethereum rule.
-        within: crate::config::parse_duration(&rule.within).unwrap_or(Duration::ZERO),
+        within: rule.within(),
     }
 }

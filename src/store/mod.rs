@@ -31,7 +31,7 @@ mod tests_people;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -111,11 +111,10 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// The wall clock in Unix milliseconds.
+/// The wall clock ([`keyguard_chain::clock::now_ms`], the one clock reading) as SQLite's signed
+/// INTEGER, the type of every stored timestamp.
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    i64::try_from(keyguard_chain::clock::now_ms()).unwrap_or(i64::MAX)
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {

@@ -7,6 +7,8 @@
 //! - [`Signature`]: what a backend returns, before pass 2 checks it.
 //! - [`Rejection`]: why a request was refused, naming the field and (for policy) the rule.
 //! - [`rules`]: the registry of built-in rule names (errors, audit, metrics, docs).
+//! - Shared shapes of every chain's config: [`window`] (time windows), [`duration`] (`"24h"`),
+//!   [`approval`] (`require_approval`), and [`clock`] (the one wall-clock reading).
 //!
 //! A request moves through a chain crate as `decode -> facts/policy -> payload -> finalize`.
 //! This crate has no I/O and no dependency on the daemon.
@@ -15,7 +17,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub mod approval;
+pub mod clock;
+pub mod duration;
 pub mod rules;
+pub mod window;
 
 /// Stable name of a key inside keyguard (`evm-treasury`, `dev-secp256k1`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

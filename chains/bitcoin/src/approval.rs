@@ -9,7 +9,7 @@
 //! chain crate decides *whether* approval is needed; the daemon's approval book decides
 //! *whether it was given*, with the same machinery as Ethereum's rule.
 
-use serde::Deserialize;
+use keyguard_chain::approval::ApprovalRule;
 
 use crate::rules::Sats;
 use crate::{OutputClass, SpendIntent};
@@ -17,25 +17,14 @@ use crate::{OutputClass, SpendIntent};
 /// Stable rule name, reported in approval records and refusals.
 pub const RULE: &str = "bitcoin.require_approval";
 
-/// Spends strictly above `above` need `approvers` distinct members of `group` within `within`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BitcoinApprovalRule {
-    /// Spend (non-change outputs plus fee) strictly above which approval is required.
-    pub above: Sats,
-    /// Distinct approvals needed.
-    pub approvers: u32,
-    /// The approvers' group.
-    pub group: String,
-    /// How long a request stays open, e.g. `"1h"` (parsed and checked by the daemon).
-    pub within: String,
-}
+/// Spends strictly above `above` need `approvers` distinct members of `group` within `within`:
+/// the shared approval shape ([`keyguard_chain::approval`]) with amounts in sats/btc.
+pub type BitcoinApprovalRule = ApprovalRule<Sats>;
 
-impl BitcoinApprovalRule {
-    /// Whether `intent` needs approval under this rule.
-    pub fn applies(&self, intent: &SpendIntent) -> bool {
-        intent.spend() > self.above.0
-    }
+/// Whether `intent` needs approval under `rule`: its spend (non-change outputs plus fee) is
+/// strictly above `above`.
+pub fn applies(rule: &BitcoinApprovalRule, intent: &SpendIntent) -> bool {
+    intent.spend() > rule.above.0
 }
 
 /// What an approver is shown: chain, destinations with amounts, change, fee, total spend.

@@ -239,3 +239,5 @@ mod tests_freeze;
 mod tests_more;
 #[cfg(test)]
 mod tests_rules;
+#[cfg(test)]
+mod tests_windows;

@@ -363,7 +363,7 @@ impl BitcoinPolicy {
         tip: Option<crate::locktime::Tip>,
     ) -> Result<(), Rejection> {
         if let Some(w) = &self.time_window {
-            w.check(now_ms)?;
+            w.check(rule::TIME_WINDOW, now_ms)?;
         }
         if intent.network != self.network {
             return Err(refuse(
@@ -453,7 +453,9 @@ impl BitcoinPolicy {
 
     /// The approval rule `intent` falls under, if any (the daemon holds it for approvers).
     pub fn approval_needed(&self, intent: &SpendIntent) -> Option<&BitcoinApprovalRule> {
-        self.require_approval.as_ref().filter(|r| r.applies(intent))
+        self.require_approval
+            .as_ref()
+            .filter(|r| crate::approval::applies(r, intent))
     }
 
     fn check_inputs(&self, intent: &SpendIntent) -> Result<(), Rejection> {

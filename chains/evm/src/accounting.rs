@@ -17,7 +17,7 @@ use keyguard_chain::Rejection;
 
 use crate::engine::Debit;
 use crate::profile::AssetRef;
-use crate::rulecfg::{Compiled, Counted, TokenRule};
+use crate::rulecompile::{Compiled, Counted, TokenRule};
 use crate::token::{default_unlimited_at, MoveKind, TokenMove};
 
 /// Default window in which approvals to one spender add up (24 hours).

@@ -4,9 +4,9 @@
 //! - [`wire`]: strict readers for hex quantities, bytes and addresses (geth's rules).
 //! - [`args`]: `TransactionArgs` -> [`TxIntent`] (pass 1: type inference, required fields).
 //! - [`rules`]: [`EvmPolicy`], the per-key rules checked on the intent before any key is used:
-//!   fixed limits, then [`rulecfg`] (config, compiled at load) evaluated by [`engine`]
-//!   (allow/deny rules bound to [`abi`]s, [`token`] movements, velocity debits), with
-//!   [`profile`]s supplying token decimals.
+//!   fixed limits, then [`rulecfg`] (config, compiled at load by [`rulecompile`]) evaluated
+//!   by [`engine`] (allow/deny rules bound to [`abi`]s, [`token`] movements, velocity debits),
+//!   with [`profile`]s supplying token decimals.
 //! - [`typed`], [`message`]: EIP-712 typed data and EIP-191 messages, hashed here, within the
 //!   caps of [`typed_bounds`] (checked on the raw JSON, before any type graph is built).
 //! - [`TxIntent::payload`]: the digest keyguard signs, computed here, never taken from a client.
@@ -26,6 +26,7 @@ pub mod movement;
 pub mod permits;
 pub mod profile;
 pub mod rulecfg;
+pub mod rulecompile;
 pub mod rules;
 pub mod token;
 pub mod typed;
@@ -131,3 +132,5 @@ mod tests_rules;
 mod tests_semantics;
 #[cfg(test)]
 mod tests_typed_bounds;
+#[cfg(test)]
+mod tests_windows;

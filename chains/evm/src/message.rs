@@ -9,7 +9,7 @@ use keyguard_chain::{Rejection, SigningPayload};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::rulecfg::{intern, Compiled};
+use crate::rulecompile::{intern, Compiled};
 use crate::wire;
 
 /// One message allow rule.

@@ -21,9 +21,8 @@ use std::sync::{Arc, OnceLock};
 
 use crate::engine::{decide_rules, Eval, RuleOutcome, TxDecision};
 use crate::message::{check_message, MessageIntent, MessageRule};
-use crate::rulecfg::{
-    compile, Compiled, NonceRules, RuleConfig, TimeWindow, TokenLimit, VelocityLimit,
-};
+use crate::rulecfg::{NonceRules, RuleConfig, TimeWindow, TokenLimit, VelocityLimit};
+use crate::rulecompile::{compile, Compiled};
 use crate::typed::{check_typed, TypedDataRule, TypedDecision, TypedIntent};
 use crate::TxIntent;
 
@@ -140,7 +139,7 @@ pub struct EvmPolicy {
     /// Rolling-window limits, counted durably per key.
     #[serde(default)]
     pub velocity: Vec<VelocityLimit>,
-    /// When the key may sign at all (UTC).
+    /// When the key may sign at all (the shared window shape: days, hours, utc_offset).
     pub time_window: Option<TimeWindow>,
     /// Nonce rules; absent means nonces are not tracked.
     pub nonce: Option<NonceRules>,
@@ -165,18 +164,8 @@ pub struct EvmPolicy {
 
 /// `require_approval = { above = "10 ether", approvers = 2, group = "treasury", within = "1h" }`:
 /// native value above `above` needs `approvers` distinct members of `group` within `within`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EvmApprovalRule {
-    /// Native value (wei) strictly above which approval is required.
-    pub above: Wei,
-    /// Distinct approvals needed.
-    pub approvers: u32,
-    /// The approvers' group.
-    pub group: String,
-    /// How long a request stays open, e.g. `"1h"` (parsed by the daemon).
-    pub within: String,
-}
+/// The shared approval shape ([`keyguard_chain::approval`]) with amounts in wei/ether.
+pub type EvmApprovalRule = keyguard_chain::approval::ApprovalRule<Wei>;
 
 fn over(rule: &'static str, field: &str, value: U256, cap: Wei) -> Result<(), Rejection> {
     if value > cap.0 {
@@ -188,12 +177,6 @@ fn over(rule: &'static str, field: &str, value: U256, cap: Wei) -> Result<(), Re
     } else {
         Ok(())
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl EvmPolicy {
@@ -241,7 +224,8 @@ impl EvmPolicy {
 
     /// Checks an intent against every rule; the first failing rule is reported.
     pub fn check(&self, intent: &TxIntent) -> Result<(), Rejection> {
-        self.decide(intent, now_ms()).map(|_| ())
+        self.decide(intent, keyguard_chain::clock::now_ms())
+            .map(|_| ())
     }
 
     /// The full decision at `now_ms`: which rule allowed the transaction and what velocity
@@ -429,16 +413,7 @@ impl EvmPolicy {
             eval.check(rule::MAX_BLOBS, r)?;
         }
         if let Some(w) = &self.time_window {
-            let r = if w.contains(now_ms) {
-                Ok(())
-            } else {
-                Err(Rejection::policy(
-                    rule::TIME_WINDOW,
-                    "time",
-                    "outside the key's UTC signing window",
-                ))
-            };
-            eval.check(rule::TIME_WINDOW, r)?;
+            eval.check(rule::TIME_WINDOW, w.check(rule::TIME_WINDOW, now_ms))?;
         }
         Ok(())
     }

@@ -470,7 +470,8 @@ fn config_mistakes_are_load_errors() {
         ("abi = \"erc20\"\nfunctions = [\"mint\"]", "not in ABI"),
         ("args.x = { max = \"1\" }", "need an abi"),
         ("to = [\"NOTATOKEN\"]", "not the native asset"),
-        ("hours = [18, 8]", "hours"),
+        ("hours = [8, 8]", "hours"),
+        ("hours = [8, 25]", "hours"),
         (
             "to = [\"0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeD\"]",
             "checksum",

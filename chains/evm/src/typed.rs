@@ -15,7 +15,7 @@ use crate::accounting::{self, Grant};
 use crate::engine::Debit;
 use crate::permits::{looks_like_movement, Shape, UNRECOGNISED};
 use crate::profile::{AssetRef, Profiles};
-use crate::rulecfg::{intern, resolve_addresses, Compiled, Counted};
+use crate::rulecompile::{intern, resolve_addresses, Compiled, Counted};
 use crate::token::TokenMove;
 use crate::wire;
 
