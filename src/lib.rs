@@ -9,6 +9,8 @@
 //! - [`backend`]: key backends behind one trait (encrypted software keystore today).
 //! - [`store`]: SQLite: migrations and the hash-chained audit log with group commit.
 //! - [`config`]: the TOML model, validated before anything starts.
+//! - [`outbound`]: clients to nodes (upstream Ethereum node, Bitcoin Core), used by guard and
+//!   server.
 //! - [`cli`]: the `keyguard` command.
 //!
 //! A signing request: transport -> authenticate -> rate limits -> kill-switch pass -> decode
@@ -29,6 +31,7 @@ pub mod guard;
 pub mod hardening;
 pub mod log_escape;
 pub mod metrics;
+pub mod outbound;
 pub mod policy;
 pub mod server;
 pub mod store;
