@@ -7,6 +7,7 @@
 //! - [`guard`]: the pipeline itself: authorize, decode, policy, sign, verify, audit, in order.
 //! - [`policy`]: durable velocity counters and nonce ownership, reserved before signing.
 //! - [`backend`]: key backends behind one trait (encrypted software keystore today).
+//! - [`sealing`]: the keystore passphrase, its KDF and AEAD sealing (key files, TOTP secrets).
 //! - [`store`]: SQLite: migrations and the hash-chained audit log with group commit.
 //! - [`config`]: the TOML model, validated before anything starts.
 //! - [`outbound`]: clients to nodes (upstream Ethereum node, Bitcoin Core), used by guard and
@@ -33,5 +34,6 @@ pub mod log_escape;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;
+pub mod sealing;
 pub mod server;
 pub mod store;
