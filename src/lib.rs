@@ -24,8 +24,6 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod decode_gate;
-#[cfg(feature = "fault-injection")]
-pub mod fault;
 pub mod fuzz_harness;
 pub mod fuzz_shapes;
 pub mod guard;
