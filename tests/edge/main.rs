@@ -39,20 +39,7 @@ pub fn sha(token: &str) -> String {
 pub fn bearer_config(dir: &Path, token: &str, extra_listener: &str) -> String {
     format!(
         r#"
-[data]
-dir = "{data}"
-[keystore]
-backend = "software"
-create_on_first_start = ["secp256k1"]
-kdf_memory_kib = 1024
-kdf_iterations = 1
-[[listeners]]
-name = "evm"
-protocol = "evm-jsonrpc"
-address = "127.0.0.1:0"
-chain_id = 31337
-auth = "bearer"
-{extra_listener}
+{keystore}{listener}{extra_listener}
 [[clients]]
 name = "app"
 token_sha256 = "{hash}"
@@ -61,7 +48,8 @@ keys = ["*"]
 address = "127.0.0.1:0"
 {policy}
 "#,
-        data = dir.join("var").display(),
+        keystore = common::software_keystore(dir, &["secp256k1"]),
+        listener = common::BEARER_EVM_LISTENER,
         hash = sha(token),
         policy = common::POLICY,
     )
