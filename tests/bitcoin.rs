@@ -3,12 +3,15 @@
 //! interpreter), policy refusals over JSON-RPC, the rolling window across a restart, the
 //! seed's Ethereum key, and the Bitcoin Core external-signer command.
 
+#[path = "support/bitcoin_verify.rs"]
+mod bitcoin_verify;
 mod common;
 
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use bitcoin_verify::consensus_verify;
 use keyguard_bitcoin::bitcoin::base64::prelude::{Engine as _, BASE64_STANDARD};
 use keyguard_bitcoin::bitcoin::{Network, Transaction, TxOut};
 use keyguard_bitcoin::testkit::{build_psbt, foreign_script, to_base64, OurInput, TestWallet};
@@ -105,31 +108,6 @@ fn finalize_by_hand(psbt: keyguard_bitcoin::bitcoin::Psbt) -> Transaction {
         tx.input[i].witness = witness;
     }
     tx
-}
-
-/// Bitcoin Core's script interpreter (libbitcoinconsensus) with every flag, taproot included
-/// (the spent outputs are passed, which is what turns VERIFY_TAPROOT on).
-fn consensus_verify(tx: &Transaction, prevouts: &[TxOut]) -> Result<(), String> {
-    let bytes = keyguard_bitcoin::bitcoin::consensus::serialize(tx);
-    let utxos: Vec<bitcoinconsensus::Utxo> = prevouts
-        .iter()
-        .map(|p| bitcoinconsensus::Utxo {
-            script_pubkey: p.script_pubkey.as_bytes().as_ptr(),
-            script_pubkey_len: p.script_pubkey.len() as u32,
-            value: p.value.to_sat() as i64,
-        })
-        .collect();
-    for (i, p) in prevouts.iter().enumerate() {
-        bitcoinconsensus::verify(
-            p.script_pubkey.as_bytes(),
-            p.value.to_sat(),
-            &bytes,
-            Some(&utxos),
-            i,
-        )
-        .map_err(|e| format!("input {i}: {e:?}"))?;
-    }
-    Ok(())
 }
 
 fn policy_error(resp: &Value) -> (String, String) {

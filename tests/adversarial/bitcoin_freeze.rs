@@ -154,25 +154,8 @@ fn verify_tx(tx: &Transaction, psbt: &Psbt) {
         .iter()
         .map(|i| i.witness_utxo.clone().unwrap())
         .collect();
-    let bytes = keyguard_bitcoin::bitcoin::consensus::serialize(tx);
-    let utxos: Vec<bitcoinconsensus::Utxo> = prevouts
-        .iter()
-        .map(|p| bitcoinconsensus::Utxo {
-            script_pubkey: p.script_pubkey.as_bytes().as_ptr(),
-            script_pubkey_len: p.script_pubkey.len() as u32,
-            value: p.value.to_sat() as i64,
-        })
-        .collect();
-    for (i, p) in prevouts.iter().enumerate() {
-        bitcoinconsensus::verify(
-            p.script_pubkey.as_bytes(),
-            p.value.to_sat(),
-            &bytes,
-            Some(&utxos),
-            i,
-        )
-        .unwrap_or_else(|e| panic!("input {i} does not verify: {e:?}"));
-    }
+    crate::bitcoin_verify::consensus_verify(tx, &prevouts)
+        .unwrap_or_else(|e| panic!("{e} (does not verify)"));
 }
 
 fn refused(cfg: &Path, rpc: &str, psbt: &Psbt, rule: &'static str, field: &str) {
