@@ -24,13 +24,7 @@ const WORDS: &str = "abandon abandon abandon abandon abandon abandon abandon aba
 fn config(dir: &Path) -> String {
     format!(
         r#"
-[data]
-dir = "{data}"
-[keystore]
-backend = "software"
-kdf_memory_kib = 1024
-kdf_iterations = 1
-[[listeners]]
+{keystore}[[listeners]]
 name = "evm"
 protocol = "evm-jsonrpc"
 address = "127.0.0.1:0"
@@ -58,7 +52,7 @@ max_fee_per_gas = "500 gwei"
 max_priority_fee_per_gas = "500 gwei"
 max_fee_per_blob_gas = "500 gwei"
 "#,
-        data = dir.join("var").display()
+        keystore = common::software_keystore(dir, &[])
     )
 }
 

@@ -23,13 +23,7 @@ const WORDS: &str = "abandon abandon abandon abandon abandon abandon abandon aba
 fn config(dir: &std::path::Path, rules: &str) -> String {
     format!(
         r#"
-[data]
-dir = "{data}"
-[keystore]
-backend = "software"
-kdf_memory_kib = 1024
-kdf_iterations = 1
-[admin]
+{keystore}[admin]
 totp_single_use = false
 [[listeners]]
 name = "evm"
@@ -50,7 +44,7 @@ max_fee = "10000 sat"
 max_feerate_sat_vb = 100
 {rules}
 "#,
-        data = dir.join("var").display()
+        keystore = common::software_keystore(dir, &[])
     )
 }
 

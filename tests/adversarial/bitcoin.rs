@@ -32,13 +32,7 @@ fn sha(token: &str) -> String {
 pub fn config(dir: &Path) -> String {
     format!(
         r#"
-[data]
-dir = "{data}"
-[keystore]
-backend = "software"
-kdf_memory_kib = 1024
-kdf_iterations = 1
-[admin]
+{keystore}[admin]
 totp_single_use = false
 [[listeners]]
 name = "evm"
@@ -66,7 +60,7 @@ max_feerate_sat_vb = 100
 max_op_return = 0
 allow_time_locktime = false
 "#,
-        data = dir.join("var").display(),
+        keystore = crate::common::software_keystore(dir, &[]),
         good = sha(GOOD),
         narrow = sha(NARROW),
     )

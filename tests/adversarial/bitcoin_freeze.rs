@@ -26,13 +26,7 @@ fn config(dir: &Path, extra: &str) -> String {
     use sha2::Digest;
     format!(
         r#"
-[data]
-dir = "{data}"
-[keystore]
-backend = "software"
-kdf_memory_kib = 1024
-kdf_iterations = 1
-[admin]
+{keystore}[admin]
 totp_single_use = false
 [[listeners]]
 name = "evm"
@@ -55,7 +49,7 @@ max_fee = "10000 sat"
 max_feerate_sat_vb = 100
 {extra}
 "#,
-        data = dir.join("var").display(),
+        keystore = crate::common::software_keystore(dir, &[]),
         token = hex::encode(sha2::Sha256::digest(TOKEN.as_bytes())),
     )
 }

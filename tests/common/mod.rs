@@ -13,14 +13,18 @@ use std::time::Duration;
 // keystore or listener schema is made here once.
 
 /// `[data]` in `dir/var` and a software keystore creating one key per scheme in `schemes`
-/// at first start, with a KDF cheap enough for tests.
+/// at first start (none: the test imports its keys), with a KDF cheap enough for tests.
 pub fn software_keystore(dir: &Path, schemes: &[&str]) -> String {
     let schemes: Vec<String> = schemes.iter().map(|s| format!("{s:?}")).collect();
+    let create = if schemes.is_empty() {
+        String::new()
+    } else {
+        format!("create_on_first_start = [{}]\n", schemes.join(", "))
+    };
     format!(
-        "[data]\ndir = \"{}\"\n[keystore]\nbackend = \"software\"\n\
-         create_on_first_start = [{}]\nkdf_memory_kib = 1024\nkdf_iterations = 1\n",
+        "[data]\ndir = \"{}\"\n[keystore]\nbackend = \"software\"\n{create}\
+         kdf_memory_kib = 1024\nkdf_iterations = 1\n",
         dir.join("var").display(),
-        schemes.join(", ")
     )
 }
 
