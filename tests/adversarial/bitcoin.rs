@@ -24,10 +24,7 @@ pub const GOOD: &str = "btc-good-token-0123456789";
 const NARROW: &str = "btc-narrow-token-0123456789";
 const METHOD: &str = "btc_signPsbt";
 
-fn sha(token: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(token.as_bytes()))
-}
+use crate::common::token_sha256 as sha;
 
 pub fn config(dir: &Path) -> String {
     format!(

@@ -23,7 +23,6 @@ const WORDS: &str = "abandon abandon abandon abandon abandon abandon abandon aba
 const TOKEN: &str = "btc-freeze-token-0123456789";
 
 fn config(dir: &Path, extra: &str) -> String {
-    use sha2::Digest;
     format!(
         r#"
 {keystore}[admin]
@@ -50,7 +49,7 @@ max_feerate_sat_vb = 100
 {extra}
 "#,
         keystore = crate::common::software_keystore(dir, &[]),
-        token = hex::encode(sha2::Sha256::digest(TOKEN.as_bytes())),
+        token = crate::common::token_sha256(TOKEN),
     )
 }
 

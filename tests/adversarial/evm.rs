@@ -18,10 +18,7 @@ pub(crate) const GOOD: &str = "good-token-0123456789";
 pub(crate) const NARROW: &str = "narrow-token-0123456789";
 pub(crate) const REVOKED: &str = "revoked-token-0123456789";
 
-pub(crate) fn sha(token: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(token.as_bytes()))
-}
+pub(crate) use crate::common::token_sha256 as sha;
 
 fn config(dir: &Path, revoked_client: bool) -> String {
     let revoked = if revoked_client {

@@ -38,6 +38,12 @@ address = \"127.0.0.1:0\"\nchain_id = 31337\nauth = \"none\"\nkeys = [\"*\"]\n";
 pub const BEARER_EVM_LISTENER: &str = "[[listeners]]\nname = \"evm\"\nprotocol = \"evm-jsonrpc\"\n\
 address = \"127.0.0.1:0\"\nchain_id = 31337\nauth = \"bearer\"\n";
 
+/// The `token_sha256` a config stores for a bearer `token` (hex SHA-256).
+pub fn token_sha256(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
 pub const POLICY: &str = r#"
 [[policies]]
 name = "test"

@@ -30,10 +30,7 @@ use serde_json::{json, Value};
 pub const TOKEN: &str = "edge-suite-token-0001";
 pub const OTHER_TOKEN: &str = "edge-suite-token-0002";
 
-pub fn sha(token: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(token.as_bytes()))
-}
+pub use common::token_sha256 as sha;
 
 /// A bearer listener with one client `app` holding `token`, and a metrics listener.
 pub fn bearer_config(dir: &Path, token: &str, extra_listener: &str) -> String {
