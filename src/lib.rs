@@ -17,6 +17,10 @@
 //! A signing request: transport -> authenticate -> rate limits -> kill-switch pass -> decode
 //! (chain crate) -> policy -> approvals -> sign (backend) -> pass 2 (chain crate re-decodes and
 //! recovers) -> audit commit -> response; the order is owned by `guard::pipeline`.
+//!
+//! Modules form layers (config and other leaves <- outbound, metrics <- store <- access <-
+//! policy, approvals, backend <- guard <- server <- cli); a module uses only lower layers
+//! (`docs/design.md` "Module layers", enforced by `tests/module_graph.rs`).
 
 pub mod access;
 pub mod approvals;
