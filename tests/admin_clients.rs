@@ -17,20 +17,7 @@ use sha2::{Digest, Sha256};
 fn bearer_config(dir: &std::path::Path) -> String {
     format!(
         r#"
-[data]
-dir = "{data}"
-[keystore]
-backend = "software"
-create_on_first_start = ["secp256k1"]
-kdf_memory_kib = 1024
-kdf_iterations = 1
-[[listeners]]
-name = "evm"
-protocol = "evm-jsonrpc"
-address = "127.0.0.1:0"
-chain_id = 31337
-auth = "bearer"
-[[clients]]
+{keystore}{listener}[[clients]]
 name = "batcher"
 token_sha256 = "67d421fb2e91fc94a62e63c8f285bb7203e6a8e6c325b6daf93ee26ecff5c869"
 keys = ["*"]
@@ -38,7 +25,8 @@ keys = ["*"]
 totp_single_use = false
 {POLICY}
 "#,
-        data = dir.join("var").display()
+        keystore = common::software_keystore(dir, &["secp256k1"]),
+        listener = common::BEARER_EVM_LISTENER
     )
 }
 

@@ -3,12 +3,15 @@
 //! interpreter), policy refusals over JSON-RPC, the rolling window across a restart, the
 //! seed's Ethereum key, and the Bitcoin Core external-signer command.
 
+#[path = "support/bitcoin_verify.rs"]
+mod bitcoin_verify;
 mod common;
 
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use bitcoin_verify::consensus_verify;
 use keyguard_bitcoin::bitcoin::base64::prelude::{Engine as _, BASE64_STANDARD};
 use keyguard_bitcoin::bitcoin::{Network, Transaction, TxOut};
 use keyguard_bitcoin::testkit::{build_psbt, foreign_script, to_base64, OurInput, TestWallet};
@@ -21,13 +24,7 @@ const WORDS: &str = "abandon abandon abandon abandon abandon abandon abandon aba
 fn config(dir: &Path) -> String {
     format!(
         r#"
-[data]
-dir = "{data}"
-[keystore]
-backend = "software"
-kdf_memory_kib = 1024
-kdf_iterations = 1
-[[listeners]]
+{keystore}[[listeners]]
 name = "evm"
 protocol = "evm-jsonrpc"
 address = "127.0.0.1:0"
@@ -55,7 +52,7 @@ max_fee_per_gas = "500 gwei"
 max_priority_fee_per_gas = "500 gwei"
 max_fee_per_blob_gas = "500 gwei"
 "#,
-        data = dir.join("var").display()
+        keystore = common::software_keystore(dir, &[])
     )
 }
 
@@ -105,31 +102,6 @@ fn finalize_by_hand(psbt: keyguard_bitcoin::bitcoin::Psbt) -> Transaction {
         tx.input[i].witness = witness;
     }
     tx
-}
-
-/// Bitcoin Core's script interpreter (libbitcoinconsensus) with every flag, taproot included
-/// (the spent outputs are passed, which is what turns VERIFY_TAPROOT on).
-fn consensus_verify(tx: &Transaction, prevouts: &[TxOut]) -> Result<(), String> {
-    let bytes = keyguard_bitcoin::bitcoin::consensus::serialize(tx);
-    let utxos: Vec<bitcoinconsensus::Utxo> = prevouts
-        .iter()
-        .map(|p| bitcoinconsensus::Utxo {
-            script_pubkey: p.script_pubkey.as_bytes().as_ptr(),
-            script_pubkey_len: p.script_pubkey.len() as u32,
-            value: p.value.to_sat() as i64,
-        })
-        .collect();
-    for (i, p) in prevouts.iter().enumerate() {
-        bitcoinconsensus::verify(
-            p.script_pubkey.as_bytes(),
-            p.value.to_sat(),
-            &bytes,
-            Some(&utxos),
-            i,
-        )
-        .map_err(|e| format!("input {i}: {e:?}"))?;
-    }
-    Ok(())
 }
 
 fn policy_error(resp: &Value) -> (String, String) {

@@ -4,6 +4,8 @@
 //! interpreter; a replay signs nothing new), the time window refusing outside its days, and
 //! descriptors of several accounts for Bitcoin Core's `getdescriptors --account N`.
 
+#[path = "support/bitcoin_verify.rs"]
+mod bitcoin_verify;
 mod common;
 mod control;
 
@@ -21,13 +23,7 @@ const WORDS: &str = "abandon abandon abandon abandon abandon abandon abandon aba
 fn config(dir: &std::path::Path, rules: &str) -> String {
     format!(
         r#"
-[data]
-dir = "{data}"
-[keystore]
-backend = "software"
-kdf_memory_kib = 1024
-kdf_iterations = 1
-[admin]
+{keystore}[admin]
 totp_single_use = false
 [[listeners]]
 name = "evm"
@@ -48,7 +44,7 @@ max_fee = "10000 sat"
 max_feerate_sat_vb = 100
 {rules}
 "#,
-        data = dir.join("var").display()
+        keystore = common::software_keystore(dir, &[])
     )
 }
 
@@ -112,26 +108,7 @@ fn sign_psbt(addr: &str, psbt: &str) -> Value {
 fn consensus_verify(hex: &str, prevouts: &[TxOut]) {
     let tx: Transaction =
         keyguard_bitcoin::bitcoin::consensus::encode::deserialize_hex(hex).unwrap();
-    let bytes = keyguard_bitcoin::bitcoin::consensus::serialize(&tx);
-    // The spent outputs turn on VERIFY_TAPROOT (without them taproot spends are not checked).
-    let utxos: Vec<bitcoinconsensus::Utxo> = prevouts
-        .iter()
-        .map(|p| bitcoinconsensus::Utxo {
-            script_pubkey: p.script_pubkey.as_bytes().as_ptr(),
-            script_pubkey_len: p.script_pubkey.len() as u32,
-            value: p.value.to_sat() as i64,
-        })
-        .collect();
-    for (i, p) in prevouts.iter().enumerate() {
-        bitcoinconsensus::verify(
-            p.script_pubkey.as_bytes(),
-            p.value.to_sat(),
-            &bytes,
-            Some(&utxos),
-            i,
-        )
-        .unwrap_or_else(|e| panic!("input {i}: {e:?}"));
-    }
+    bitcoin_verify::consensus_verify(&tx, prevouts).unwrap_or_else(|e| panic!("{e}"));
 }
 
 fn signed_psbt_rows(config: &std::path::Path) -> Vec<Value> {

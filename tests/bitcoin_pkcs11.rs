@@ -3,10 +3,13 @@
 //! verified by Bitcoin Core's script interpreter, `bitcoinconsensus`), change back to the key
 //! counted as change, and taproot inputs refused by name (PKCS#11 has no BIP340).
 
+#[path = "support/bitcoin_verify.rs"]
+mod bitcoin_verify;
 mod common;
 #[path = "support/softhsm.rs"]
 mod softhsm;
 
+use bitcoin_verify::consensus_verify;
 use keyguard_bitcoin::bitcoin::secp256k1::PublicKey;
 use keyguard_bitcoin::bitcoin::{Amount, Transaction, TxOut};
 use keyguard_bitcoin::testkit::{build_single_psbt, foreign_script, to_base64};
@@ -47,30 +50,6 @@ max_feerate_sat_vb = 100
         lib = token.library.display(),
         label = token.label,
     )
-}
-
-fn consensus_verify(tx: &Transaction, prevouts: &[TxOut]) -> Result<(), String> {
-    let bytes = keyguard_bitcoin::bitcoin::consensus::serialize(tx);
-    // The spent outputs turn on VERIFY_TAPROOT too.
-    let utxos: Vec<bitcoinconsensus::Utxo> = prevouts
-        .iter()
-        .map(|p| bitcoinconsensus::Utxo {
-            script_pubkey: p.script_pubkey.as_bytes().as_ptr(),
-            script_pubkey_len: p.script_pubkey.len() as u32,
-            value: p.value.to_sat() as i64,
-        })
-        .collect();
-    for (i, p) in prevouts.iter().enumerate() {
-        bitcoinconsensus::verify(
-            p.script_pubkey.as_bytes(),
-            p.value.to_sat(),
-            &bytes,
-            Some(&utxos),
-            i,
-        )
-        .map_err(|e| format!("input {i}: {e:?}"))?;
-    }
-    Ok(())
 }
 
 #[test]

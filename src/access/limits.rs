@@ -2,12 +2,12 @@
 //! any decoding, so a flood of junk costs a hash-map lookup, and they bound how many signatures
 //! a stolen credential can collect.
 
-use std::num::NonZeroU32;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, RateLimiter};
 
+pub use crate::config::quota;
 use crate::config::{LimitConfig, RateLimitsConfig};
 
 /// Which limit refused.
@@ -52,16 +52,6 @@ impl std::fmt::Debug for RateLimits {
             .field("method", &self.method.is_some())
             .finish()
     }
-}
-
-/// The governor quota of one configured limit (validated by the config: rate > 0, burst > 0).
-pub fn quota(limit: &LimitConfig) -> Option<Quota> {
-    let burst = NonZeroU32::new(limit.burst)?;
-    if !(limit.per_second.is_finite() && limit.per_second > 0.0) {
-        return None;
-    }
-    let period = Duration::from_secs_f64(1.0 / limit.per_second);
-    Quota::with_period(period).map(|q| q.allow_burst(burst))
 }
 
 fn limiter(limit: Option<&LimitConfig>) -> Option<DefaultKeyedRateLimiter<String>> {

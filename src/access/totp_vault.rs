@@ -8,8 +8,7 @@
 
 use zeroize::Zeroizing;
 
-use crate::backend::software::sealing::{new_salt, SealError, SealingKey};
-use crate::backend::software::{KdfParams, Passphrase};
+use crate::sealing::{new_salt, KdfParams, Passphrase, SealError, SealingKey};
 use crate::store::{SecretKdfRow, StateDb, StoreError, UserRecord};
 
 /// Domain of the check value: proves the passphrase at start without touching a user's secret.

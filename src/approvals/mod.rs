@@ -75,10 +75,8 @@ pub enum VoteError {
     Store(#[from] StoreError),
 }
 
-/// Most live pending requests per requesting client, by default.
-pub const DEFAULT_PENDING_PER_CLIENT: u32 = 100;
-/// Most live pending requests overall, by default.
-pub const DEFAULT_PENDING_TOTAL: u32 = 1_000;
+/// Defaults of `[admin]`'s pending caps (defined with the config that uses them).
+pub use crate::config::{DEFAULT_PENDING_PER_CLIENT, DEFAULT_PENDING_TOTAL};
 /// Longest page `approvals.list` returns.
 pub const MAX_PAGE: usize = 500;
 

@@ -2,11 +2,14 @@
 //! must not silently become no limit), and [`Config::load`] validates before anything starts.
 
 mod audit;
+mod nodes;
 mod people;
 
-pub use audit::AuditConfig;
+pub use audit::{AuditConfig, AuditLimits};
+pub use nodes::{proxy_allowed, BitcoinNodeConfig, UpstreamConfig};
 pub use people::{
-    parse_duration, AdminConfig, AdminListenerLimits, AdminTlsConfig, LimitConfig, RateLimitsConfig,
+    parse_duration, quota, AdminConfig, AdminListenerLimits, AdminTlsConfig, LimitConfig,
+    RateLimitsConfig, DEFAULT_PENDING_PER_CLIENT, DEFAULT_PENDING_TOTAL,
 };
 
 use std::collections::HashSet;
@@ -72,7 +75,7 @@ pub struct Config {
     pub clients: Vec<ClientConfig>,
     /// Upstream Bitcoin Core node: inputs checked unspent before signing; broadcast on request.
     #[serde(default)]
-    pub bitcoin_node: Option<crate::server::bitcoin_node::BitcoinNodeConfig>,
+    pub bitcoin_node: Option<BitcoinNodeConfig>,
     /// Per-key policies.
     #[serde(default)]
     pub policies: Vec<PolicyConfig>,
@@ -91,7 +94,7 @@ pub struct Config {
     /// Bounds on audit growth: field caps, refusal budget, disk floor (`docs/people.md`); and
     /// `[audit.anchors]`, signed anchors of the audit head outside the data directory.
     #[serde(default)]
-    pub audit: crate::store::AuditLimits,
+    pub audit: AuditLimits,
     /// Where this configuration was read from (for messages).
     #[serde(skip)]
     pub path: PathBuf,
@@ -283,17 +286,6 @@ pub struct TlsConfig {
     pub client_ca: PathBuf,
 }
 
-/// The node behind a listener.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamConfig {
-    /// JSON-RPC URL of the node.
-    pub url: String,
-    /// Read-only methods passed through to the node (`eth_getBalance`, `net_version`, ...).
-    #[serde(default)]
-    pub proxy_methods: Vec<String>,
-}
-
 /// Longest approval wait a listener may configure: beyond it clients and proxies time out.
 pub const MAX_APPROVAL_WAIT_SECS: u32 = 600;
 
@@ -431,7 +423,7 @@ impl Config {
                 _ => {}
             }
             for m in l.upstream.iter().flat_map(|u| &u.proxy_methods) {
-                if let Err(e) = crate::server::upstream::proxy_allowed(m) {
+                if let Err(e) = proxy_allowed(m) {
                     problems.push(self.invalid(key("upstream.proxy_methods"), e));
                 }
             }

@@ -134,11 +134,15 @@ fn max_failures() -> u32 {
 fn lockout() -> String {
     "15m".into()
 }
+/// Most live pending approval requests per requesting client, by default.
+pub const DEFAULT_PENDING_PER_CLIENT: u32 = 100;
+/// Most live pending approval requests overall, by default.
+pub const DEFAULT_PENDING_TOTAL: u32 = 1_000;
 fn pending_per_client() -> u32 {
-    crate::approvals::DEFAULT_PENDING_PER_CLIENT
+    DEFAULT_PENDING_PER_CLIENT
 }
 fn pending_total() -> u32 {
-    crate::approvals::DEFAULT_PENDING_TOTAL
+    DEFAULT_PENDING_TOTAL
 }
 
 impl Default for AdminConfig {
@@ -185,6 +189,17 @@ pub struct LimitConfig {
     pub per_second: f64,
     /// Requests allowed at once from a full bucket.
     pub burst: u32,
+}
+
+/// The governor quota of one configured limit (None: rate not > 0 or burst 0, refused by
+/// validation). Lives with [`LimitConfig`] so that validating it needs nothing above config.
+pub fn quota(limit: &LimitConfig) -> Option<governor::Quota> {
+    let burst = std::num::NonZeroU32::new(limit.burst)?;
+    if !(limit.per_second.is_finite() && limit.per_second > 0.0) {
+        return None;
+    }
+    let period = std::time::Duration::from_secs_f64(1.0 / limit.per_second);
+    governor::Quota::with_period(period).map(|q| q.allow_burst(burst))
 }
 
 /// The one duration syntax (`"500ms"`, `"90s"`, `"30m"`, `"1h"`, `"2d"`), shared with the
@@ -246,7 +261,7 @@ impl Config {
         if limits.max_connections == 0
             || limits.max_connections_per_peer == 0
             || limits.peer_auth_failures == 0
-            || crate::access::limits::quota(&peer_rate).is_none()
+            || quota(&peer_rate).is_none()
         {
             problems.push(self.invalid(
                 "admin.limits",
@@ -267,7 +282,7 @@ impl Config {
                 ("per_method", &limits.per_method),
             ] {
                 if let Some(l) = limit {
-                    if crate::access::limits::quota(l).is_none() {
+                    if quota(l).is_none() {
                         problems.push(self.invalid(
                             format!("rate_limits.{name}"),
                             "per_second must be a positive number and burst at least 1",

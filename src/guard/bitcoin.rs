@@ -19,7 +19,7 @@ use serde_json::Value;
 use super::pipeline::{Adapter, Ask, Request, Who};
 use super::{Guard, GuardError};
 use crate::access::Caller;
-use crate::server::bitcoin_node::BitcoinNode;
+use crate::outbound::bitcoin_node::BitcoinNode;
 use crate::store::{AuditEntry, AuditFilter, StateDb, StateWrite, StoreError};
 
 #[path = "bitcoin_state.rs"]

@@ -56,8 +56,9 @@ impl DigestParams {
     fn parse(self) -> Result<Value, Rejection> {
         match self {
             DigestParams::Parsed(v) => Ok(v),
-            DigestParams::Raw(raw) => serde_json::from_str(&raw)
-                .map_err(|e| Rejection::invalid("params", e.to_string())),
+            DigestParams::Raw(raw) => {
+                serde_json::from_str(&raw).map_err(|e| Rejection::invalid("params", e.to_string()))
+            }
         }
     }
 }

@@ -30,7 +30,7 @@ pub struct EvmListener {
 pub(super) struct EvmContext {
     pub(super) guard: Arc<Guard>,
     pub(super) chain_id: u64,
-    pub(super) upstream: Option<Arc<super::upstream::Upstream>>,
+    pub(super) upstream: Option<Arc<crate::outbound::upstream::Upstream>>,
     pub(super) unauth: Arc<UnauthGate>,
 }
 
@@ -143,7 +143,7 @@ pub async fn start(
         .build();
     let upstream = match &listener.upstream {
         Some(u) => Some(Arc::new(
-            super::upstream::Upstream::new(&u.url).map_err(std::io::Error::other)?,
+            crate::outbound::upstream::Upstream::new(&u.url).map_err(std::io::Error::other)?,
         )),
         None => None,
     };

@@ -76,7 +76,7 @@ fn clef_sign_data(p: &Value) -> DigestRequest {
 /// `eth_sendTransaction`'s decoder: fee caps of the named account, fields filled by the
 /// upstream node, then the strict transaction decoder.
 fn send_decoder(
-    upstream: std::sync::Arc<super::upstream::Upstream>,
+    upstream: std::sync::Arc<crate::outbound::upstream::Upstream>,
     guard: std::sync::Arc<crate::guard::Guard>,
     chain_id: u64,
 ) -> TxDecoder {
@@ -86,7 +86,7 @@ fn send_decoder(
                 Some([Value::Object(a)]) => a.clone(),
                 _ => return Err(Rejection::invalid("params", "expected [TransactionArgs]").into()),
             };
-            let from = super::upstream::from_of(&args)
+            let from = crate::outbound::upstream::from_of(&args)
                 .ok_or_else(|| Rejection::invalid("from", "missing or not an address"))?;
             let caps = guard.evm_fee_caps(from).ok_or_else(|| {
                 Rejection::invalid("from", format!("{from} is not an account of this signer"))

@@ -3,7 +3,6 @@
 
 pub mod admin;
 mod bitcoin;
-pub mod bitcoin_node;
 mod connections;
 mod edge_io;
 pub mod evm;
@@ -14,4 +13,3 @@ pub mod privval;
 pub mod rpc_error;
 pub mod tls;
 pub mod unauth;
-pub mod upstream;

@@ -24,64 +24,12 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Mutex, RwLock};
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::audit::{AuditEntry, Decision};
 use super::now_ms;
-
-/// `[audit]`: the bounds above. Every field has a safe default.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuditLimits {
-    /// Longest string kept as is in a row (longer: prefix, length and SHA-256).
-    pub max_field_bytes: usize,
-    /// Largest summary kept (larger: only its length and SHA-256).
-    pub max_summary_bytes: usize,
-    /// Refusal rows each source may add per second, sustained.
-    pub refusal_rows_per_second: f64,
-    /// Refusal rows a source may add at once.
-    pub refusal_burst: u32,
-    /// Refusal rows all sources together may add per second, sustained (burst: ten times
-    /// `refusal_burst`).
-    pub total_refusal_rows_per_second: f64,
-    /// Free bytes on the data directory's filesystem below which no new work is accepted.
-    pub min_free_bytes: u64,
-    /// `[audit.anchors]`: signed anchors of the audit head (`crate::store::anchor`).
-    pub anchors: Option<crate::config::AuditConfig>,
-}
-
-impl Default for AuditLimits {
-    fn default() -> Self {
-        AuditLimits {
-            max_field_bytes: 1024,
-            max_summary_bytes: 16 * 1024,
-            refusal_rows_per_second: 1.0,
-            refusal_burst: 60,
-            total_refusal_rows_per_second: 50.0,
-            min_free_bytes: 64 * 1024 * 1024,
-            anchors: None,
-        }
-    }
-}
-
-impl AuditLimits {
-    /// Config-time sanity (the values must allow at least one row and a short summary).
-    pub fn validate(&self) -> Result<(), String> {
-        if self.max_field_bytes < 256 || self.max_summary_bytes < 1024 {
-            return Err("audit: max_field_bytes >= 256 and max_summary_bytes >= 1024".into());
-        }
-        let rates = [
-            self.refusal_rows_per_second,
-            self.total_refusal_rows_per_second,
-        ];
-        if rates.iter().any(|r| !(r.is_finite() && *r > 0.0)) || self.refusal_burst == 0 {
-            return Err("audit: refusal rates must be > 0 and refusal_burst >= 1".into());
-        }
-        Ok(())
-    }
-}
+pub use crate::config::AuditLimits;
 
 /// Most sources metered separately; beyond this, new sources share one budget (`overflow`).
 const MAX_SOURCES: usize = 4096;

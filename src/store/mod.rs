@@ -9,6 +9,8 @@ mod audit;
 mod chain_state;
 mod checkpoint;
 mod clients;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 mod ledger;
 mod migrations;
 mod read;

@@ -175,9 +175,9 @@ pub(crate) fn advance_in(
     expected: Option<&SignedState>,
     next: &SignedState,
 ) -> Result<(), WatermarkError> {
-    // FAULT HOOK watermark: skip-watermark / watermark-back (test builds only, src/fault.rs).
+    // FAULT HOOK watermark: skip-watermark / watermark-back (test builds only, src/store/fault.rs).
     #[cfg(feature = "fault-injection")]
-    if let Some(instead) = crate::fault::watermark(next) {
+    if let Some(instead) = super::fault::watermark(next) {
         return Ok(instead.map_or(Ok(()), |s| write_row(conn, chain_id, key_id, &s, "signer"))?);
     }
     let current = read_row(conn, chain_id, key_id)?.map(|r| r.state);

@@ -249,9 +249,9 @@ impl Writer {
     }
 
     fn write_batch(&mut self, #[allow(unused_mut)] mut batch: Vec<Pending>) {
-        // FAULT HOOK release-before-audit (test builds only, see src/fault.rs).
+        // FAULT HOOK release-before-audit (test builds only, see src/store/fault.rs).
         #[cfg(feature = "fault-injection")]
-        crate::fault::release_before_audit(&mut batch);
+        super::fault::release_before_audit(&mut batch);
         match self.commit(&batch) {
             Ok(outcomes) => {
                 self.commits.fetch_add(1, Ordering::Relaxed);

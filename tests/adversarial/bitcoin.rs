@@ -24,21 +24,12 @@ pub const GOOD: &str = "btc-good-token-0123456789";
 const NARROW: &str = "btc-narrow-token-0123456789";
 const METHOD: &str = "btc_signPsbt";
 
-fn sha(token: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(token.as_bytes()))
-}
+use crate::common::token_sha256 as sha;
 
 pub fn config(dir: &Path) -> String {
     format!(
         r#"
-[data]
-dir = "{data}"
-[keystore]
-backend = "software"
-kdf_memory_kib = 1024
-kdf_iterations = 1
-[admin]
+{keystore}[admin]
 totp_single_use = false
 [[listeners]]
 name = "evm"
@@ -66,7 +57,7 @@ max_feerate_sat_vb = 100
 max_op_return = 0
 allow_time_locktime = false
 "#,
-        data = dir.join("var").display(),
+        keystore = crate::common::software_keystore(dir, &[]),
         good = sha(GOOD),
         narrow = sha(NARROW),
     )

@@ -23,16 +23,9 @@ const WORDS: &str = "abandon abandon abandon abandon abandon abandon abandon aba
 const TOKEN: &str = "btc-freeze-token-0123456789";
 
 fn config(dir: &Path, extra: &str) -> String {
-    use sha2::Digest;
     format!(
         r#"
-[data]
-dir = "{data}"
-[keystore]
-backend = "software"
-kdf_memory_kib = 1024
-kdf_iterations = 1
-[admin]
+{keystore}[admin]
 totp_single_use = false
 [[listeners]]
 name = "evm"
@@ -55,8 +48,8 @@ max_fee = "10000 sat"
 max_feerate_sat_vb = 100
 {extra}
 "#,
-        data = dir.join("var").display(),
-        token = hex::encode(sha2::Sha256::digest(TOKEN.as_bytes())),
+        keystore = crate::common::software_keystore(dir, &[]),
+        token = crate::common::token_sha256(TOKEN),
     )
 }
 
@@ -154,25 +147,8 @@ fn verify_tx(tx: &Transaction, psbt: &Psbt) {
         .iter()
         .map(|i| i.witness_utxo.clone().unwrap())
         .collect();
-    let bytes = keyguard_bitcoin::bitcoin::consensus::serialize(tx);
-    let utxos: Vec<bitcoinconsensus::Utxo> = prevouts
-        .iter()
-        .map(|p| bitcoinconsensus::Utxo {
-            script_pubkey: p.script_pubkey.as_bytes().as_ptr(),
-            script_pubkey_len: p.script_pubkey.len() as u32,
-            value: p.value.to_sat() as i64,
-        })
-        .collect();
-    for (i, p) in prevouts.iter().enumerate() {
-        bitcoinconsensus::verify(
-            p.script_pubkey.as_bytes(),
-            p.value.to_sat(),
-            &bytes,
-            Some(&utxos),
-            i,
-        )
-        .unwrap_or_else(|e| panic!("input {i} does not verify: {e:?}"));
-    }
+    crate::bitcoin_verify::consensus_verify(tx, &prevouts)
+        .unwrap_or_else(|e| panic!("{e} (does not verify)"));
 }
 
 fn refused(cfg: &Path, rpc: &str, psbt: &Psbt, rule: &'static str, field: &str) {

@@ -108,21 +108,7 @@ fn config(dir: &Path, node_addr: &str) -> String {
 fn config_with_floor(dir: &Path, node_addr: &str, floor: u64) -> String {
     format!(
         r#"
-[data]
-dir = "{data}"
-[keystore]
-backend = "software"
-create_on_first_start = ["secp256k1", "ed25519"]
-kdf_memory_kib = 1024
-kdf_iterations = 1
-[[listeners]]
-name = "evm"
-protocol = "evm-jsonrpc"
-address = "127.0.0.1:0"
-chain_id = 31337
-auth = "none"
-keys = ["*"]
-[[validators]]
+{keystore}{listener}[[validators]]
 name = "disk"
 chain_id = "{CHAIN}"
 key = "dev-ed25519"
@@ -137,7 +123,8 @@ retry_max_ms = 200
 min_free_bytes = {floor}
 {policy}
 "#,
-        data = dir.join("var").display(),
+        keystore = crate::common::software_keystore(dir, &["secp256k1", "ed25519"]),
+        listener = crate::common::OPEN_EVM_LISTENER,
         policy = common::POLICY,
     )
 }

@@ -18,10 +18,7 @@ pub(crate) const GOOD: &str = "good-token-0123456789";
 pub(crate) const NARROW: &str = "narrow-token-0123456789";
 pub(crate) const REVOKED: &str = "revoked-token-0123456789";
 
-pub(crate) fn sha(token: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(token.as_bytes()))
-}
+pub(crate) use crate::common::token_sha256 as sha;
 
 fn config(dir: &Path, revoked_client: bool) -> String {
     let revoked = if revoked_client {
@@ -34,22 +31,9 @@ fn config(dir: &Path, revoked_client: bool) -> String {
     };
     format!(
         r#"
-[data]
-dir = "{data}"
-[keystore]
-backend = "software"
-create_on_first_start = ["secp256k1"]
-kdf_memory_kib = 1024
-kdf_iterations = 1
-[admin]
+{keystore}[admin]
 totp_single_use = false
-[[listeners]]
-name = "evm"
-protocol = "evm-jsonrpc"
-address = "127.0.0.1:0"
-chain_id = 31337
-auth = "bearer"
-max_body_bytes = 65536
+{listener}max_body_bytes = 65536
 [[clients]]
 name = "good"
 token_sha256 = "{good}"
@@ -82,7 +66,8 @@ name = "login"
 methods = ["personal_sign"]
 pattern = "^Sign in nonce [0-9]+$"
 "#,
-        data = dir.join("var").display(),
+        keystore = crate::common::software_keystore(dir, &["secp256k1"]),
+        listener = crate::common::BEARER_EVM_LISTENER,
         good = sha(GOOD),
         narrow = sha(NARROW),
     )

@@ -32,21 +32,7 @@ fn config(dir: &Path) -> String {
     .unwrap();
     format!(
         r#"
-[data]
-dir = "{data}"
-[keystore]
-backend = "software"
-create_on_first_start = ["secp256k1"]
-kdf_memory_kib = 1024
-kdf_iterations = 1
-[[listeners]]
-name = "evm"
-protocol = "evm-jsonrpc"
-address = "127.0.0.1:0"
-chain_id = 31337
-auth = "none"
-keys = ["*"]
-[[policies]]
+{keystore}{listener}[[policies]]
 name = "movement"
 keys = ["*"]
 [policies.evm]
@@ -74,7 +60,8 @@ window = "24h"
 name = "router-permits"
 spenders = ["{ROUTER}", "{SHOP}"]
 "#,
-        data = dir.join("var").display()
+        keystore = crate::common::software_keystore(dir, &["secp256k1"]),
+        listener = crate::common::OPEN_EVM_LISTENER
     )
 }
 

@@ -20,20 +20,7 @@ const TRANSFER: &str = "0xa9059cbb0000000000000000000000000000000000000000000000
 fn config(dir: &Path, tx_types: &str) -> String {
     format!(
         r#"
-[data]
-dir = "{data}"
-[keystore]
-backend = "software"
-create_on_first_start = ["secp256k1"]
-kdf_memory_kib = 1024
-kdf_iterations = 1
-[[listeners]]
-name = "evm"
-protocol = "evm-jsonrpc"
-address = "127.0.0.1:0"
-chain_id = 31337
-auth = "bearer"
-[[clients]]
+{keystore}{listener}[[clients]]
 name = "good"
 token_sha256 = "{good}"
 keys = ["*"]
@@ -63,7 +50,8 @@ name = "login"
 methods = ["personal_sign"]
 pattern = "Sign in nonce [0-9]+"
 "#,
-        data = dir.join("var").display(),
+        keystore = crate::common::software_keystore(dir, &["secp256k1"]),
+        listener = crate::common::BEARER_EVM_LISTENER,
         good = sha(GOOD),
     )
 }

@@ -18,6 +18,8 @@ mod admin;
 mod audit_growth;
 mod bitcoin;
 mod bitcoin_freeze;
+#[path = "../support/bitcoin_verify.rs"]
+mod bitcoin_verify;
 #[path = "../common/mod.rs"]
 mod common;
 #[path = "../control/mod.rs"]

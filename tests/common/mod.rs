@@ -8,6 +8,42 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+// The shared config builder: the pieces every test config starts from. A test's own config is
+// `software_keystore(..)` + a listener + a policy + what the test is about, so a change to the
+// keystore or listener schema is made here once.
+
+/// `[data]` in `dir/var` and a software keystore creating one key per scheme in `schemes`
+/// at first start (none: the test imports its keys), with a KDF cheap enough for tests.
+pub fn software_keystore(dir: &Path, schemes: &[&str]) -> String {
+    let schemes: Vec<String> = schemes.iter().map(|s| format!("{s:?}")).collect();
+    let create = if schemes.is_empty() {
+        String::new()
+    } else {
+        format!("create_on_first_start = [{}]\n", schemes.join(", "))
+    };
+    format!(
+        "[data]\ndir = \"{}\"\n[keystore]\nbackend = \"software\"\n{create}\
+         kdf_memory_kib = 1024\nkdf_iterations = 1\n",
+        dir.join("var").display(),
+    )
+}
+
+/// An EVM JSON-RPC listener for chain 31337 on a free loopback port, open to every key
+/// (`auth = "none"`).
+pub const OPEN_EVM_LISTENER: &str = "[[listeners]]\nname = \"evm\"\nprotocol = \"evm-jsonrpc\"\n\
+address = \"127.0.0.1:0\"\nchain_id = 31337\nauth = \"none\"\nkeys = [\"*\"]\n";
+
+/// The same listener with bearer authentication (grants come from `[[clients]]`); more
+/// listener keys may follow it.
+pub const BEARER_EVM_LISTENER: &str = "[[listeners]]\nname = \"evm\"\nprotocol = \"evm-jsonrpc\"\n\
+address = \"127.0.0.1:0\"\nchain_id = 31337\nauth = \"bearer\"\n";
+
+/// The `token_sha256` a config stores for a bearer `token` (hex SHA-256).
+pub fn token_sha256(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
 pub const POLICY: &str = r#"
 [[policies]]
 name = "test"
@@ -24,27 +60,8 @@ max_fee_per_blob_gas = "500 gwei"
 /// A config with one open loopback EVM listener and a metrics listener, both on free ports.
 pub fn config(dir: &Path, extra: &str) -> String {
     format!(
-        r#"
-[data]
-dir = "{data}"
-[keystore]
-backend = "software"
-create_on_first_start = ["secp256k1"]
-kdf_memory_kib = 1024
-kdf_iterations = 1
-[[listeners]]
-name = "evm"
-protocol = "evm-jsonrpc"
-address = "127.0.0.1:0"
-chain_id = 31337
-auth = "none"
-keys = ["*"]
-[metrics]
-address = "127.0.0.1:0"
-{POLICY}
-{extra}
-"#,
-        data = dir.join("var").display()
+        "\n{}{OPEN_EVM_LISTENER}[metrics]\naddress = \"127.0.0.1:0\"\n{POLICY}\n{extra}\n",
+        software_keystore(dir, &["secp256k1"])
     )
 }
 

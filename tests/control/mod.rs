@@ -215,21 +215,7 @@ pub fn audit_rows(config: &Path, extra: &[&str]) -> Vec<Value> {
 pub fn config(dir: &std::path::Path, extra: &str) -> String {
     format!(
         r#"
-[data]
-dir = "{data}"
-[keystore]
-backend = "software"
-create_on_first_start = ["secp256k1"]
-kdf_memory_kib = 1024
-kdf_iterations = 1
-[[listeners]]
-name = "evm"
-protocol = "evm-jsonrpc"
-address = "127.0.0.1:0"
-chain_id = 31337
-auth = "none"
-keys = ["*"]
-[[policies]]
+{keystore}{listener}[[policies]]
 name = "treasury"
 keys = ["*"]
 [policies.evm]
@@ -242,7 +228,8 @@ max_fee_per_blob_gas = "500 gwei"
 require_approval = {{ above = "10 ether", approvers = 2, group = "treasury", within = "1h" }}
 {extra}
 "#,
-        data = dir.join("var").display()
+        keystore = common::software_keystore(dir, &["secp256k1"]),
+        listener = common::OPEN_EVM_LISTENER
     )
 }
 

@@ -56,23 +56,9 @@ pub const CHAIN: &str = "crash-chain";
 fn config(dir: &Path, validators: &[(String, &str)]) -> String {
     let mut s = format!(
         r#"
-[data]
-dir = "{data}"
-[keystore]
-backend = "software"
-create_on_first_start = ["secp256k1", "ed25519"]
-kdf_memory_kib = 1024
-kdf_iterations = 1
-[admin]
+{keystore}[admin]
 totp_single_use = false
-[[listeners]]
-name = "evm"
-protocol = "evm-jsonrpc"
-address = "127.0.0.1:0"
-chain_id = 31337
-auth = "none"
-keys = ["*"]
-[[policies]]
+{listener}[[policies]]
 name = "crash"
 keys = ["dev-secp256k1"]
 [policies.evm]
@@ -91,7 +77,8 @@ max = "{max}"
 window = "24h"
 per_destination = true
 "#,
-        data = dir.join("var").display(),
+        keystore = common::software_keystore(dir, &["secp256k1", "ed25519"]),
+        listener = common::OPEN_EVM_LISTENER,
         velocity = evm::VELOCITY_NAME,
         max = evm::VELOCITY_MAX,
     );

@@ -30,29 +30,13 @@ use serde_json::{json, Value};
 pub const TOKEN: &str = "edge-suite-token-0001";
 pub const OTHER_TOKEN: &str = "edge-suite-token-0002";
 
-pub fn sha(token: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(token.as_bytes()))
-}
+pub use common::token_sha256 as sha;
 
 /// A bearer listener with one client `app` holding `token`, and a metrics listener.
 pub fn bearer_config(dir: &Path, token: &str, extra_listener: &str) -> String {
     format!(
         r#"
-[data]
-dir = "{data}"
-[keystore]
-backend = "software"
-create_on_first_start = ["secp256k1"]
-kdf_memory_kib = 1024
-kdf_iterations = 1
-[[listeners]]
-name = "evm"
-protocol = "evm-jsonrpc"
-address = "127.0.0.1:0"
-chain_id = 31337
-auth = "bearer"
-{extra_listener}
+{keystore}{listener}{extra_listener}
 [[clients]]
 name = "app"
 token_sha256 = "{hash}"
@@ -61,7 +45,8 @@ keys = ["*"]
 address = "127.0.0.1:0"
 {policy}
 "#,
-        data = dir.join("var").display(),
+        keystore = common::software_keystore(dir, &["secp256k1"]),
+        listener = common::BEARER_EVM_LISTENER,
         hash = sha(token),
         policy = common::POLICY,
     )

@@ -8,7 +8,6 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use argon2::{Algorithm, Argon2, Block, Params, Version};
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use keyguard_chain::{KeyId, PublicKey, Scheme};
@@ -20,6 +19,7 @@ use zeroize::Zeroizing;
 use super::secret::{SecretKey, SECRET_LEN};
 use super::{corrupt, io_err, KdfParams, KeystoreError, Passphrase};
 use crate::backend::KeyInfo;
+pub(super) use crate::sealing::{argon2_params, derive_file_key};
 
 /// File name suffix of a key file; anything else in the directory is ignored.
 const KEY_FILE_SUFFIX: &str = ".key.json";
@@ -28,9 +28,6 @@ const KEY_FILE_VERSION: u32 = 1;
 /// Domain separation for the AEAD associated data, so the bytes mean nothing elsewhere.
 const AAD_DOMAIN: &[u8] = b"keyguard/keyfile";
 const SALT_LEN: usize = 16;
-/// A key file cannot make `open` allocate more than this for argon2 (4 GiB): an edited file
-/// must not be able to take the daemon down by memory exhaustion.
-const MAX_KDF_MEMORY_KIB: u32 = 4 * 1024 * 1024;
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,44 +70,6 @@ pub(super) struct ParsedKeyFile {
 
 const ARGON2ID: &str = "argon2id";
 const XCHACHA20POLY1305: &str = "xchacha20poly1305";
-
-pub(super) fn argon2_params(kdf: &KdfParams) -> Result<Params, String> {
-    if kdf.memory_kib > MAX_KDF_MEMORY_KIB {
-        return Err(format!(
-            "argon2 memory {} KiB exceeds the limit of {MAX_KDF_MEMORY_KIB} KiB",
-            kdf.memory_kib
-        ));
-    }
-    Params::new(
-        kdf.memory_kib,
-        kdf.iterations,
-        kdf.parallelism,
-        Some(SECRET_LEN),
-    )
-    .map_err(|e| format!("argon2 parameters rejected: {e}"))
-}
-
-/// Derives the file key. argon2's working memory is itself secret-derived (it lets one finish
-/// the hash without the passphrase), so it lives in a zeroizing buffer too.
-pub(super) fn derive_file_key(
-    passphrase: &Passphrase,
-    kdf: &KdfParams,
-    salt: &[u8],
-) -> Result<Zeroizing<[u8; SECRET_LEN]>, String> {
-    let params = argon2_params(kdf)?;
-    let mut memory = Zeroizing::new(vec![Block::default(); params.block_count()]);
-    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-    let mut key = Zeroizing::new([0u8; SECRET_LEN]);
-    argon2
-        .hash_password_into_with_memory(
-            passphrase.as_bytes(),
-            salt,
-            key.as_mut_slice(),
-            memory.as_mut_slice(),
-        )
-        .map_err(|e| format!("argon2 failed: {e}"))?;
-    Ok(key)
-}
 
 /// version || len(id) || id || scheme || public key, with a domain prefix.
 fn associated_data(id: &KeyId, public_key: &PublicKey) -> Vec<u8> {

@@ -7,7 +7,8 @@
 //! - `keyfile` (private): the key file codec, `<dir>/<id>.key.json`, argon2id +
 //!   XChaCha20-Poly1305, atomic writes and permission checks.
 //! - `v3_import` (private): validation and decryption of Ethereum keystore v3 files.
-//! - [`sealing`]: the same KDF and AEAD for small secrets kept elsewhere (users' TOTP secrets).
+//! - [`crate::sealing`] (outside backend, so `access` needs no backend): the passphrase, its
+//!   argon2id KDF, and the same AEAD for small secrets kept elsewhere (users' TOTP secrets).
 //!
 //! A key file looks like
 //! `{"version":1,"id","scheme","public_key":hex,"kdf":{"alg":"argon2id","memory_kib",
@@ -17,7 +18,6 @@
 //! not decrypt. The KDF parameters are bound implicitly: changing them changes the key.
 
 mod keyfile;
-pub mod sealing;
 mod secret;
 mod seed;
 #[cfg(test)]
@@ -39,6 +39,8 @@ use keyguard_chain::{KeyId, PublicKey, Scheme, Signature, SigningPayload};
 use zeroize::Zeroizing;
 
 use super::{BackendError, KeyBackend, KeyInfo};
+/// The passphrase and KDF live in [`crate::sealing`] (shared with the TOTP vault).
+pub use crate::sealing::{KdfParams, Passphrase};
 use keyfile::{
     argon2_params, check_dir, decrypt_key_file, encrypt_key_file, key_file_paths, parse_key_file,
     read_key_file, write_new_key_file, DecryptFailure,
@@ -48,48 +50,6 @@ use keyguard_bitcoin::bitcoin::NetworkKind;
 use secret::SecretKey;
 use seed::{LoadedSeed, SEED_FILE_SUFFIX};
 pub use seed::{SeedInfo, ETH_KEY_SUFFIX};
-
-/// Argon2id cost for newly written key files. Existing files carry their own parameters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KdfParams {
-    /// Memory cost in KiB.
-    pub memory_kib: u32,
-    /// Number of passes.
-    pub iterations: u32,
-    /// Degree of parallelism (lanes).
-    pub parallelism: u32,
-}
-
-impl Default for KdfParams {
-    fn default() -> Self {
-        Self {
-            memory_kib: 65536,
-            iterations: 3,
-            parallelism: 1,
-        }
-    }
-}
-
-/// The keystore passphrase; zeroized on drop and never printed.
-#[derive(Clone)]
-pub struct Passphrase(Zeroizing<String>);
-
-impl Passphrase {
-    /// Wraps a passphrase (taken by value so no other copy stays with the caller).
-    pub fn new(passphrase: String) -> Self {
-        Self(Zeroizing::new(passphrase))
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-}
-
-impl fmt::Debug for Passphrase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Passphrase(***)")
-    }
-}
 
 /// Failures of the software keystore. No variant carries key material or the passphrase.
 #[derive(Debug, thiserror::Error)]

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use keyguard_cometbft::SignedState;
 
-use crate::store::{AuditEntry, AuditReceipt, Decision, StoreError};
+use super::{AuditEntry, AuditReceipt, Decision, StoreError};
 
 type Reply = tokio::sync::oneshot::Sender<Result<AuditReceipt, StoreError>>;
 

@@ -3,27 +3,12 @@
 //! meant for production by its maintainers; this needs two calls (`gettxout`,
 //! `sendrawtransaction`), so jsonrpsee's HTTP client with Core's basic auth is enough.
 
-use std::path::PathBuf;
-
 use jsonrpsee::core::client::ClientT;
 use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
 use keyguard_bitcoin::bitcoin::{Amount, OutPoint, ScriptBuf, TxOut};
-use serde::Deserialize;
 use serde_json::{json, Value};
 
-/// `[bitcoin_node]`: where the node is and how to log in (cookie file or user + password env).
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BitcoinNodeConfig {
-    /// `http://127.0.0.1:8332` (mainnet), `:18443` (regtest)...
-    pub url: String,
-    /// Core's `.cookie` file.
-    pub cookie_file: Option<PathBuf>,
-    /// RPC user (with `password_env`).
-    pub user: Option<String>,
-    /// Environment variable holding the RPC password.
-    pub password_env: Option<String>,
-}
+pub use crate::config::BitcoinNodeConfig;
 
 /// Why the node could not answer.
 #[derive(Debug, thiserror::Error)]

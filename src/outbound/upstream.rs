@@ -137,24 +137,6 @@ impl Upstream {
     }
 }
 
-/// Methods that must never be proxied: they would sign with the node's own keys or move
-/// keyguard's decisions elsewhere.
-pub fn proxy_allowed(method: &str) -> Result<(), String> {
-    let read_prefix = ["eth_", "net_", "web3_"]
-        .iter()
-        .any(|p| method.starts_with(p));
-    let signing = method.starts_with("eth_sign")
-        || method.starts_with("eth_send")
-        || matches!(method, "eth_accounts" | "eth_chainId" | "eth_coinbase");
-    if read_prefix && !signing {
-        Ok(())
-    } else {
-        Err(format!(
-            "{method:?} cannot be proxied (only read-only eth_*, net_*, web3_* methods)"
-        ))
-    }
-}
-
 /// The `from` of a request object.
 pub fn from_of(args: &Map<String, Value>) -> Option<Address> {
     args.get("from")?.as_str()?.parse().ok()

@@ -1,4 +1,5 @@
-//! Small secrets outside key files (users' TOTP secrets) sealed with the keystore's own
+//! The keystore passphrase and its KDF ([`KdfParams`], [`Passphrase`]), and small secrets
+//! outside key files (users' TOTP secrets) sealed with the keystore's own
 //! construction: an argon2id key from the keystore passphrase ([`derive_file_key`]) and
 //! XChaCha20-Poly1305 with a random nonce per value. The caller binds each value to its owner
 //! through the associated data, so a sealed secret copied to another row does not open.
@@ -9,9 +10,10 @@ use rand::rngs::OsRng;
 use rand::RngCore;
 use zeroize::Zeroizing;
 
-use super::keyfile::derive_file_key;
-use super::secret::SECRET_LEN;
-use super::{KdfParams, Passphrase};
+mod kdf;
+
+pub(crate) use kdf::{argon2_params, derive_file_key, KEY_LEN};
+pub use kdf::{KdfParams, Passphrase};
 
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
@@ -32,7 +34,7 @@ pub enum SealError {
 }
 
 /// A key derived from the keystore passphrase; zeroized on drop and never printed.
-pub struct SealingKey(Zeroizing<[u8; SECRET_LEN]>);
+pub struct SealingKey(Zeroizing<[u8; KEY_LEN]>);
 
 impl std::fmt::Debug for SealingKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
