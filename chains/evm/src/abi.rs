@@ -23,6 +23,9 @@ pub struct Abi {
     /// The name the config gave it (`erc20`, `optimism-portal`).
     pub name: String,
     by_selector: HashMap<Selector, Function>,
+    /// Canonical signatures by selector, built once: rules match function names against them
+    /// on every request, and building one formats every parameter type.
+    signatures: HashMap<Selector, String>,
 }
 
 /// Calldata decoded against a function of an ABI.
@@ -118,9 +121,14 @@ impl Abi {
         if by_selector.is_empty() {
             return Err(format!("ABI {name}: has no functions"));
         }
+        let signatures = by_selector
+            .iter()
+            .map(|(s, f)| (*s, f.signature()))
+            .collect();
         Ok(Abi {
             name: name.to_string(),
             by_selector,
+            signatures,
         })
     }
 
@@ -166,11 +174,19 @@ impl Abi {
     /// The function `input`'s selector names, however the rest is encoded: `(name,
     /// signature, payable)`. Deny rules match on this (a contract runs a call whose arguments
     /// keyguard cannot decode exactly), and value is allowed only to payable functions.
-    pub(crate) fn function_of(&self, input: &[u8]) -> Option<(&str, String, bool)> {
-        let selector: [u8; 4] = input.get(..4)?.try_into().ok()?;
-        let f = self.by_selector.get(&Selector::from(selector))?;
+    pub(crate) fn function_of(&self, input: &[u8]) -> Option<(&str, &str, bool)> {
+        let selector = Selector::from(<[u8; 4]>::try_from(input.get(..4)?).ok()?);
+        let f = self.by_selector.get(&selector)?;
+        let signature = self.signatures.get(&selector)?;
         let payable = f.state_mutability == alloy_json_abi::StateMutability::Payable;
-        Some((f.name.as_str(), f.signature(), payable))
+        Some((f.name.as_str(), signature.as_str(), payable))
+    }
+
+    fn signature_of(&self, selector: &Selector, function: &Function) -> String {
+        self.signatures
+            .get(selector)
+            .cloned()
+            .unwrap_or_else(|| function.signature())
     }
 
     /// Decodes `input` exactly (see the module docs).
@@ -179,15 +195,16 @@ impl Abi {
             .get(..4)
             .and_then(|s| s.try_into().ok())
             .ok_or(CallError::NoSelector)?;
-        let function = self
-            .by_selector
-            .get(&Selector::from(selector))
-            .ok_or_else(|| CallError::UnknownSelector {
-                selector: hex::encode(selector),
-                abi: self.name.clone(),
-            })?;
+        let selector = Selector::from(selector);
+        let function =
+            self.by_selector
+                .get(&selector)
+                .ok_or_else(|| CallError::UnknownSelector {
+                    selector: hex::encode(selector),
+                    abi: self.name.clone(),
+                })?;
         let not_exact = |reason: String| CallError::NotExact {
-            signature: function.signature(),
+            signature: self.signature_of(&selector, function),
             reason,
         };
         let types = function
@@ -211,15 +228,16 @@ impl Abi {
         let values = function
             .abi_decode_input(&input[4..])
             .map_err(|e| not_exact(e.to_string()))?;
+        // Without the selector: `abi_encode_input` would hash the signature again.
         let again = function
-            .abi_encode_input(&values)
+            .abi_encode_input_raw(&values)
             .map_err(|e| not_exact(e.to_string()))?;
-        if again != input {
+        if again != input[4..] {
             return Err(not_exact(format!(
                 "{} bytes given, the canonical encoding of the decoded arguments is {} bytes \
                  or differs (trailing bytes, dirty padding or non-canonical offsets)",
                 input.len(),
-                again.len()
+                again.len() + 4
             )));
         }
         let args = function
@@ -238,7 +256,7 @@ impl Abi {
             .collect();
         Ok(DecodedCall {
             function: function.name.clone(),
-            signature: function.signature(),
+            signature: self.signature_of(&selector, function),
             args,
         })
     }

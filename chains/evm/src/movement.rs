@@ -258,9 +258,11 @@ pub fn call_moves(to: Address, input: &[u8]) -> Result<Vec<TokenMove>, Rejection
     }
     let mut why = Vec::new();
     for (_, f, read) in candidates {
+        // Re-encoded without the selector (already matched; hashing it again costs more than
+        // the rest of the check).
         let exact = f.abi_decode_input(&input[4..]).ok().filter(|values| {
-            f.abi_encode_input(values)
-                .is_ok_and(|again| again.as_slice() == input)
+            f.abi_encode_input_raw(values)
+                .is_ok_and(|again| again.as_slice() == &input[4..])
         });
         match exact.and_then(|values| read(to, &values)) {
             Some(moves) => return Ok(moves),
