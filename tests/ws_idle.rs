@@ -28,16 +28,6 @@ const IDLE: usize = 1_000;
 const SIGNATURES: u64 = 2_000;
 const LIMIT_KIB: u64 = 64 * 1024;
 
-/// A `Vm*` line of /proc/<pid>/status, in KiB.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
 /// KiB of accessible mappings (every `Size:` in /proc/<pid>/smaps but `---p` guard and
 /// reserved regions): what a plain `mlockall(CURRENT | FUTURE)` would make resident.
 fn lockable_kib(pid: u32) -> u64 {
@@ -119,27 +109,7 @@ fn idle_websocket(addr: &str) -> TcpStream {
 
 /// One JSON-RPC call over an idle socket (a masked text frame), proving it is still served.
 fn call_on(s: &mut TcpStream, request: &Value) -> Value {
-    let payload = request.to_string().into_bytes();
-    assert!(payload.len() < 126);
-    let mask = [0x12, 0x34, 0x56, 0x78];
-    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    s.write_all(&frame).unwrap();
-    let mut head = [0u8; 2];
-    s.read_exact(&mut head).unwrap();
-    assert_eq!(head[0], 0x81, "a text frame");
-    let len = match head[1] & 0x7f {
-        126 => {
-            let mut l = [0u8; 2];
-            s.read_exact(&mut l).unwrap();
-            u16::from_be_bytes(l) as usize
-        }
-        n => n as usize,
-    };
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).unwrap();
-    serde_json::from_slice(&body).unwrap()
+    common::ws_call(s, request.to_string().as_bytes())
 }
 
 fn address(daemon: &Daemon) -> String {
@@ -202,10 +172,10 @@ fn thousand_idle_websockets_plus_load_are_all_served() {
     assert!(text.contains("per_peer = 2048"));
     let daemon = Daemon::start(dir.path(), &text, &[("KEYGUARD_LOG", "warn")]);
     let (addr, from, pid) = (daemon.rpc_addr(), address(&daemon), daemon.child.id());
-    let at_start = status_kib(pid, "VmRSS:");
+    let at_start = common::status_kib(pid, "VmRSS:");
 
     let mut idle: Vec<TcpStream> = (0..IDLE).map(|_| idle_websocket(&addr)).collect();
-    let with_idle = status_kib(pid, "VmRSS:");
+    let with_idle = common::status_kib(pid, "VmRSS:");
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -222,10 +192,10 @@ fn thousand_idle_websockets_plus_load_are_all_served() {
         );
         assert_eq!(r["result"], "0x7a69", "{r}");
     }
-    let at_end = status_kib(pid, "VmRSS:");
-    let peak = status_kib(pid, "VmHWM:");
-    let locked_kib = status_kib(pid, "VmLck:");
-    let threads = status_kib(pid, "Threads:");
+    let at_end = common::status_kib(pid, "VmRSS:");
+    let peak = common::status_kib(pid, "VmHWM:");
+    let locked_kib = common::status_kib(pid, "VmLck:");
+    let threads = common::status_kib(pid, "Threads:");
     let lockable = lockable_kib(pid);
     eprintln!(
         "ws_idle: {IDLE} idle WebSockets + {signed} signatures in {:.1}s over one more; \

@@ -31,6 +31,7 @@ pub const TOKEN: &str = "edge-suite-token-0001";
 pub const OTHER_TOKEN: &str = "edge-suite-token-0002";
 
 pub use common::token_sha256 as sha;
+pub use common::{status_kib, ws_call};
 
 /// A bearer listener with one client `app` holding `token`, and a metrics listener.
 pub fn bearer_config(dir: &Path, token: &str, extra_listener: &str) -> String {
@@ -141,55 +142,6 @@ pub fn ws_open(addr: &str, headers: &str) -> (TcpStream, String) {
     let head = String::from_utf8_lossy(&head).to_string();
     let status = head.lines().next().unwrap_or_default().to_string();
     (s, status)
-}
-
-/// Sends one masked text frame and reads one text frame back (as JSON).
-pub fn ws_call(s: &mut TcpStream, payload: &[u8]) -> Value {
-    let mask = [0x12, 0x34, 0x56, 0x78];
-    let mut frame = vec![0x81];
-    match payload.len() {
-        n @ 0..=125 => frame.push(0x80 | n as u8),
-        n @ 126..=65535 => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    s.write_all(&frame).unwrap();
-    let mut head = [0u8; 2];
-    s.read_exact(&mut head).unwrap();
-    assert_eq!(head[0], 0x81, "a text frame");
-    let len = match head[1] & 0x7f {
-        126 => {
-            let mut l = [0u8; 2];
-            s.read_exact(&mut l).unwrap();
-            u16::from_be_bytes(l) as usize
-        }
-        127 => {
-            let mut l = [0u8; 8];
-            s.read_exact(&mut l).unwrap();
-            u64::from_be_bytes(l) as usize
-        }
-        n => n as usize,
-    };
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).unwrap();
-    serde_json::from_slice(&body).unwrap()
-}
-
-/// A `Vm*` line of /proc/<pid>/status, in KiB.
-pub fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 /// Asserts the daemon process is still running and signs an ordinary transaction.

@@ -67,11 +67,3 @@ impl TokenMove {
         })
     }
 }
-
-/// Reads calldata sent to `to` as token movements. A known movement selector either decodes
-/// exactly (see [`crate::movement`]) or is an error naming `evm.movement_undecodable`.
-pub fn token_move(to: Address, input: &[u8]) -> Option<TokenMove> {
-    crate::movement::call_moves(to, input)
-        .ok()
-        .and_then(|m| m.into_iter().next())
-}
