@@ -308,6 +308,13 @@ pub(crate) fn cap_entry(entry: &mut AuditEntry, limits: &AuditLimits) {
         cap_opt(s, max);
     }
     cap_value(&mut entry.summary, max);
+    // A signed row's summary is state: the Bitcoin spend window and conflict guard are rebuilt
+    // from it after a restart, so replacing it by a hash would forget a signature's spend.
+    // Signed rows exist only for requests policy allowed (bounded by the body size and the
+    // signing limits); the attacker-sized rows this cap is for are refusals.
+    if entry.decision == Decision::Signed {
+        return;
+    }
     let text = entry.summary.to_string();
     if text.len() > limits.max_summary_bytes {
         entry.summary = json!({
@@ -356,6 +363,28 @@ mod tests {
         let before = small.clone();
         cap_entry(&mut small, &limits);
         assert_eq!(small, before);
+    }
+
+    #[test]
+    fn a_signed_rows_summary_is_kept_whole() {
+        // A PSBT with many outputs: its summary carries the spend the window and the conflict
+        // guard are rebuilt from after a restart.
+        let limits = AuditLimits::default();
+        let outputs: Vec<_> = (0..400)
+            .map(|i| json!({"index": i, "address": format!("bcrt1q{i:058}"), "sat": 1000}))
+            .collect();
+        let summary = json!({"window_sat": 400_000, "outputs": outputs});
+        assert!(summary.to_string().len() > limits.max_summary_bytes);
+        let mut signed = refusal("c", 10);
+        signed.decision = Decision::Signed;
+        signed.summary = summary.clone();
+        cap_entry(&mut signed, &limits);
+        assert_eq!(signed.summary, summary);
+        // Negative control: the same summary on a refusal is replaced by its length and hash.
+        let mut refused = refusal("c", 10);
+        refused.summary = summary;
+        cap_entry(&mut refused, &limits);
+        assert_eq!(refused.summary["truncated"], true);
     }
 
     #[test]
