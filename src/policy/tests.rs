@@ -104,3 +104,48 @@ fn a_nonce_belongs_to_one_transaction_unless_replaced_with_higher_fees() {
         "evm.nonce_reuse"
     );
 }
+
+#[test]
+fn concurrent_approvals_never_exceed_the_allowance_window() {
+    // Issue 13: approvals add up per (token, spender) through the same reservation lock as
+    // velocity; 32 permits at once for one spender, each with a velocity debit too.
+    let allowance = |amount| Debit {
+        rule: keyguard_evm::accounting::ALLOWANCE_WINDOW,
+        limit: "USDC",
+        counter: "allowance@USDC:0xrouter".into(),
+        amount: U256::from(amount),
+        max: U256::from(100u64),
+        window_ms: 86_400_000,
+    };
+    let ledger = Arc::new(Ledger::default());
+    let threads: Vec<_> = (0..32)
+        .map(|_| {
+            let l = ledger.clone();
+            std::thread::spawn(move || {
+                match l.reserve(&key(), &[allowance(7), debit(1, 1000)], None, 10) {
+                    Ok(r) => {
+                        std::thread::yield_now();
+                        r.commit();
+                        Ok(())
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let signed = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(signed, 14, "14 x 7 = 98 fits under 100, a 15th would not");
+    // Every refusal names the allowance window, and the velocity counter was not charged for
+    // the refused ones (negative control: a velocity-only reservation still fits).
+    assert!(results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .all(|e| e.contains("evm.allowance_window")));
+    assert!(ledger
+        .reserve(&key(), &[debit(986, 1000)], None, 11)
+        .is_ok());
+    assert!(ledger
+        .reserve(&key(), &[debit(987, 1000)], None, 11)
+        .is_err());
+}
