@@ -96,7 +96,7 @@ pub struct Approvals {
 /// Judges an open (pending or approved) approval under the rule in force now; consumes it if
 /// the votes that still count meet that rule.
 fn recheck(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &crate::store::db::Tx<'_>,
     mut a: ApprovalRecord,
     req: &ApprovalRequirement,
 ) -> Result<ApprovalOutcome, StoreError> {
@@ -170,7 +170,7 @@ impl Approvals {
         now_ms: i64,
     ) -> Result<ApprovalOutcome, ApprovalError> {
         let caps = self.caps;
-        self.db.transaction(|tx| {
+        self.db.transaction::<_, StoreError>(|tx| {
             let latest = sql::latest_approval(tx, intent.key, intent.digest)?;
             if let Some(a) = latest {
                 let live = a.expires_ms > now_ms;
@@ -218,7 +218,7 @@ impl Approvals {
     /// without asking the approvers again: "exactly once" counts released signatures.
     pub fn restore(&self, id: &str) -> Result<(), StoreError> {
         self.db
-            .transaction(|tx| sql::transition(tx, id, "consumed", "approved").map(|_| ()))
+            .transaction::<_, StoreError>(|tx| sql::transition(tx, id, "consumed", "approved").map(|_| ()))
     }
 
     /// At start, before any request: approvals consumed by a signature that a crash kept from
@@ -226,19 +226,19 @@ impl Approvals {
     /// Returns their ids.
     pub fn recover_unreleased(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
         self.db
-            .transaction(|tx| sql::restore_unreleased(tx, now_ms))
+            .transaction::<_, StoreError>(|tx| sql::restore_unreleased(tx, now_ms))
     }
 
     /// Pending, unexpired requests (every one; for gauges and tests).
     pub fn pending(&self, now_ms: i64) -> Result<Vec<ApprovalRecord>, StoreError> {
         self.db
-            .transaction(|tx| sql::live_approvals(tx, "pending", now_ms))
+            .transaction::<_, StoreError>(|tx| sql::live_approvals(tx, "pending", now_ms))
     }
 
     /// How many pending, unexpired requests there are (a count, not the rows).
     pub fn pending_count(&self, now_ms: i64) -> Result<u64, StoreError> {
         self.db
-            .transaction(|tx| sql::count_pending(tx, now_ms, None))
+            .transaction::<_, StoreError>(|tx| sql::count_pending(tx, now_ms, None))
     }
 
     /// One page of pending, unexpired requests, oldest first: at most `limit` (capped at
@@ -251,7 +251,7 @@ impl Approvals {
     ) -> Result<Vec<ApprovalRecord>, StoreError> {
         let limit = limit.clamp(1, MAX_PAGE);
         self.db
-            .transaction(|tx| sql::live_approvals_page(tx, "pending", now_ms, after, limit))
+            .transaction::<_, StoreError>(|tx| sql::live_approvals_page(tx, "pending", now_ms, after, limit))
     }
 
     /// Records `user`'s vote. An approval by a user outside the group, by the requester, or a
@@ -263,7 +263,7 @@ impl Approvals {
         approve: bool,
         now_ms: i64,
     ) -> Result<ApprovalRecord, VoteError> {
-        self.db.transaction(|tx| {
+        self.db.transaction::<_, StoreError>(|tx| {
             let Some(a) = sql::approval(tx, id)? else {
                 return Ok(Err(VoteError::NotFound(id.to_owned())));
             };

@@ -228,7 +228,7 @@ fn bootstrap(
         return Ok(false);
     };
     let config = Config::load(config)?;
-    let store = Store::open(&config.data.database())?;
+    let store = Store::open_configured(&config.store, &config.data.database())?;
     let db = store.state_db()?;
     // Two admins must exist before the two-admin rule can work; until then whoever can write
     // the database file (root or the service user) creates them.

@@ -73,7 +73,7 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
         println!("keyguard: metrics http://{addr}/metrics");
     }
 
-    let store = Store::open(&config.data.database())
+    let store = Store::open_configured(&config.store, &config.data.database())
         .with_context(|| format!("opening {}", config.data.database().display()))?;
     store
         .audit_log()

@@ -85,7 +85,7 @@ fn key_for(config: &Config, chain: &str, key: Option<String>) -> anyhow::Result<
 
 fn open(config: &Path) -> anyhow::Result<(Config, Store)> {
     let config = Config::load(config)?;
-    let store = Store::open(&config.data.database())
+    let store = Store::open_configured(&config.store, &config.data.database())
         .with_context(|| format!("opening {}", config.data.database().display()))?;
     Ok((config, store))
 }

@@ -2,10 +2,12 @@
 //! must not silently become no limit), and [`Config::load`] validates before anything starts.
 
 mod audit;
+mod store;
 mod nodes;
 mod people;
 
 pub use audit::{AuditConfig, AuditLimits};
+pub use store::{PgSettings, PgTls, StoreBackend, StoreConfig};
 pub use nodes::{proxy_allowed, BitcoinNodeConfig, UpstreamConfig};
 pub use people::{
     parse_duration, quota, AdminConfig, AdminListenerLimits, AdminTlsConfig, LimitConfig,
@@ -95,6 +97,10 @@ pub struct Config {
     /// `[audit.anchors]`, signed anchors of the audit head outside the data directory.
     #[serde(default)]
     pub audit: AuditLimits,
+    /// Which engine holds the state: the SQLite file (default) or a PostgreSQL database shared
+    /// by several instances (`docs/ha.md`).
+    #[serde(default)]
+    pub store: StoreConfig,
     /// Where this configuration was read from (for messages).
     #[serde(skip)]
     pub path: PathBuf,
@@ -400,6 +406,22 @@ impl Config {
         }
         if let Err(e) = self.validate_validators() {
             problems.push(e);
+        }
+        match (&self.store.backend, &self.store.postgres) {
+            (StoreBackend::Postgres, None) => problems.push(self.invalid(
+                "store.postgres",
+                "backend = \"postgres\" needs a [store.postgres] table",
+            )),
+            (StoreBackend::Sqlite, Some(_)) => problems.push(self.invalid(
+                "store.postgres",
+                "only used with backend = \"postgres\"",
+            )),
+            (StoreBackend::Postgres, Some(pg)) => {
+                if let Err((field, reason)) = pg.validate() {
+                    problems.push(self.invalid(format!("store.postgres.{field}"), reason));
+                }
+            }
+            (StoreBackend::Sqlite, None) => {}
         }
         let mut names = HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {

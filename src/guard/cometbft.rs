@@ -128,7 +128,10 @@ impl<'g> Adapter<'g> for ConsensusAdapter {
             .clone()
             .ok_or_else(|| GuardError::Backend("CometBFT signing is not enabled".into()))?;
         let mut cached = cg.slot(&target.chain_id, &target.key).lock_owned().await;
-        if cached.is_none() {
+        // Shared by several instances (PostgreSQL), the row may have moved since this
+        // instance last looked: read it for every decision. The commit re-checks it anyway.
+        if cached.is_none() || cg.store.is_shared() {
+            let first = cached.is_none();
             let (store, c, k) = (
                 cg.store.clone(),
                 target.chain_id.clone(),
@@ -138,7 +141,9 @@ impl<'g> Adapter<'g> for ConsensusAdapter {
                 .await?
                 .map_err(|e| GuardError::Backend(e.to_string()))?;
             *cached = Some(row.map(|r| r.state));
-            cg.paces.reset(target, now_ms());
+            if first {
+                cg.paces.reset(target, now_ms());
+            }
         }
         let stored: Option<SignedState> = cached.clone().flatten();
         self.slot = Some(cached);
@@ -242,7 +247,6 @@ impl<'g> Adapter<'g> for ConsensusAdapter {
         vec![StateWrite::Watermark {
             chain_id: self.target.chain_id.clone(),
             key_id: self.target.key.to_string(),
-            expected: self.stored.clone().map(Box::new),
             next: Box::new(next.clone()),
         }]
     }

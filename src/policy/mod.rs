@@ -78,8 +78,10 @@ pub struct Reservation<'a> {
     id: u64,
     key: KeyId,
     now_ms: u64,
-    debits: Vec<(String, U256)>,
+    debits: Vec<Debit>,
     nonce: Option<NonceClaim>,
+    /// The transaction the nonce belonged to when it was judged replaceable.
+    replaces: Option<B256>,
     done: bool,
 }
 
@@ -201,11 +203,17 @@ impl Ledger {
                 c.pending.push((id, d.amount));
             }
         }
+        let mut replaces = None;
         if let Some(c) = &nonce {
             let slot = st
                 .nonces
                 .entry((key.clone(), c.chain_id, c.nonce))
                 .or_default();
+            replaces = slot
+                .committed
+                .as_ref()
+                .map(|o| o.sighash)
+                .filter(|h| *h != c.sighash);
             slot.pending = Some((
                 id,
                 NonceOwner {
@@ -220,11 +228,9 @@ impl Ledger {
             id,
             key: key.clone(),
             now_ms,
-            debits: debits
-                .iter()
-                .map(|d| (d.counter.clone(), d.amount))
-                .collect(),
+            debits: debits.to_vec(),
             nonce,
+            replaces,
             done: false,
         })
     }
@@ -236,11 +242,14 @@ impl Reservation<'_> {
         let mut out: Vec<StateWrite> = self
             .debits
             .iter()
-            .map(|(counter, amount)| StateWrite::Velocity {
+            .map(|d| StateWrite::Velocity {
                 key_id: self.key.to_string(),
-                counter: counter.clone(),
+                counter: d.counter.clone(),
                 ts_ms: self.now_ms as i64,
-                amount: amount.to_string(),
+                amount: d.amount.to_string(),
+                window_ms: i64::try_from(d.window_ms).unwrap_or(i64::MAX),
+                max: d.max.to_string(),
+                rule: d.rule.to_owned(),
             })
             .collect();
         if let Some(c) = &self.nonce {
@@ -251,6 +260,7 @@ impl Reservation<'_> {
                 sighash: c.sighash.0,
                 max_fee: c.max_fee.to_string(),
                 tip: c.tip.to_string(),
+                replaces: self.replaces.map(|h| h.0),
             });
         }
         out
@@ -267,8 +277,8 @@ impl Reservation<'_> {
         }
         self.done = true;
         let mut st = self.ledger.lock();
-        for (counter, _) in &self.debits {
-            if let Some(c) = st.counters.get_mut(&(self.key.clone(), counter.clone())) {
+        for d in &self.debits {
+            if let Some(c) = st.counters.get_mut(&(self.key.clone(), d.counter.clone())) {
                 if let Some(pos) = c.pending.iter().position(|(id, _)| *id == self.id) {
                     let (_, amount) = c.pending.swap_remove(pos);
                     if keep {

@@ -14,7 +14,6 @@
 //! (Note: `checkpoint.rs` is SQLite's WAL checkpointer, unrelated to these anchors.)
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
-use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
@@ -136,8 +135,8 @@ pub struct AnchorReport {
 
 /// Checks the audit log in `conn` against the anchor lines in `text`, every one of which must
 /// be signed by `key`. Call after the chain itself verified.
-pub fn check(
-    conn: &Connection,
+pub(crate) fn check(
+    conn: &super::db::Tx<'_>,
     text: &str,
     key: &VerifyingKey,
 ) -> Result<AnchorReport, AnchorError> {
@@ -183,14 +182,16 @@ pub fn check(
 }
 
 /// Hex hash of row `seq` (the genesis hash for 0).
-fn hash_at(conn: &Connection, seq: i64) -> Result<String, StoreError> {
+fn hash_at(conn: &super::db::Tx<'_>, seq: i64) -> Result<String, StoreError> {
     if seq == 0 {
         return Ok(hex::encode(super::GENESIS_HASH));
     }
     let hash: Option<Vec<u8>> = conn
-        .query_row("SELECT hash FROM audit_log WHERE seq = ?1", [seq], |r| {
-            r.get(0)
-        })
-        .optional()?;
+        .query_opt(
+            "SELECT hash FROM audit_log WHERE seq = $1",
+            super::db::vals![seq],
+        )?
+        .map(|r| r.get(0))
+        .transpose()?;
     Ok(hash.map(hex::encode).unwrap_or_default())
 }

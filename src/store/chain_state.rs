@@ -2,8 +2,9 @@
 //! lowered after a node pushed it ahead, a Bitcoin conflict-guard claim released, and the
 //! Bitcoin transactions keyguard signed, kept so a locked one can be shown and broadcast.
 
-use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
+
+use super::db::vals;
 
 use super::{now_ms, StateDb, StoreError, WatermarkError};
 
@@ -33,11 +34,9 @@ impl StateDb {
         height: i64,
         by: &str,
     ) -> Result<i64, WatermarkError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let old =
-            super::watermarks::repair_in(&tx, chain_id, key_id, height, &format!("repair:{by}"))?;
-        tx.commit()?;
+        let old = self.transaction(|tx| {
+            super::watermarks::repair_in(tx, chain_id, key_id, height, &format!("repair:{by}"))
+        })?;
         Ok(old.height)
     }
 
@@ -48,25 +47,29 @@ impl StateDb {
         txid: Option<&str>,
         limit: usize,
     ) -> Result<Vec<SignedTxRow>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare(
+        // Empty text stands for "any" so the parameters have one type on both engines.
+        self.rows(
             "SELECT txid, key_id, ts_ms, request_id, psbt, tx_hex FROM bitcoin_signed_txs
-             WHERE (?1 IS NULL OR key_id = ?1) AND (?2 IS NULL OR txid = ?2)
-             ORDER BY ts_ms DESC LIMIT ?3",
-        )?;
-        let rows = stmt
-            .query_map(params![key, txid, limit as i64], |r| {
-                Ok(SignedTxRow {
-                    txid: r.get(0)?,
-                    key_id: r.get(1)?,
-                    ts_ms: r.get(2)?,
-                    request_id: r.get(3)?,
-                    psbt: r.get(4)?,
-                    tx_hex: r.get(5)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(rows)
+             WHERE ($1 = '' OR key_id = $1) AND ($2 = '' OR txid = $2)
+             ORDER BY ts_ms DESC LIMIT $3",
+            vals![
+                key.unwrap_or(""),
+                txid.unwrap_or(""),
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ],
+        )?
+        .iter()
+        .map(|r| {
+            Ok(SignedTxRow {
+                txid: r.get(0)?,
+                key_id: r.get(1)?,
+                ts_ms: r.get(2)?,
+                request_id: r.get(3)?,
+                psbt: r.get(4)?,
+                tx_hex: r.get(5)?,
+            })
+        })
+        .collect()
     }
 
     /// Records that the claim of transaction `txid` on `outpoint` of `key` no longer blocks
@@ -78,10 +81,10 @@ impl StateDb {
         txid: &str,
         by: &str,
     ) -> Result<bool, StoreError> {
-        let n = self.lock().execute(
-            "INSERT OR IGNORE INTO bitcoin_claim_releases (key_id, outpoint, txid, released_ms,
-                released_by) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![key, outpoint, txid, now_ms(), by],
+        let n = self.exec(
+            "INSERT INTO bitcoin_claim_releases (key_id, outpoint, txid, released_ms,
+                released_by) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            vals![key, outpoint, txid, now_ms(), by],
         )?;
         Ok(n == 1)
     }
@@ -93,16 +96,13 @@ impl StateDb {
         outpoint: &str,
         txid: &str,
     ) -> Result<bool, StoreError> {
-        Ok(self
-            .lock()
-            .query_row(
-                "SELECT 1 FROM bitcoin_claim_releases WHERE key_id = ?1 AND outpoint = ?2
-                 AND txid = ?3",
-                params![key, outpoint, txid],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some())
+        Ok(!self
+            .rows(
+                "SELECT 1 FROM bitcoin_claim_releases WHERE key_id = $1 AND outpoint = $2
+                 AND txid = $3",
+                vals![key, outpoint, txid],
+            )?
+            .is_empty())
     }
 }
 
@@ -133,7 +133,7 @@ mod tests {
         let refused = |r: Result<i64, WatermarkError>| matches!(r, Err(WatermarkError::Repair(_)));
         assert!(refused(db.repair_watermark("c", "k", 5, "alice")));
         let signed = at(10, Step::Precommit);
-        wm.advance("c", "k", None, &signed).unwrap();
+        wm.advance("c", "k", &signed).unwrap();
         wm.import("c", "k", &at(900_000, Step::Prevote), "import:x")
             .unwrap();
         let row = wm.load("c", "k").unwrap().unwrap();
@@ -147,7 +147,7 @@ mod tests {
         assert_eq!(row.source, "repair:alice");
         assert_eq!(row.released.0, 10);
         // The signer moves on from the repaired watermark and records what it released.
-        wm.advance("c", "k", Some(&row.state), &at(12, Step::Prevote))
+        wm.advance("c", "k", &at(12, Step::Prevote))
             .unwrap();
         assert_eq!(wm.load("c", "k").unwrap().unwrap().released.0, 12);
     }

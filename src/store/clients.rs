@@ -1,8 +1,7 @@
 //! Clients managed through the admin API. Only the SHA-256 of a bearer token is kept; the
 //! scope is stored as JSON and interpreted by `access::clients`.
 
-use rusqlite::{params, OptionalExtension};
-
+use super::db::{vals, Row};
 use super::{now_ms, StateDb, StoreError};
 
 /// A managed client as stored.
@@ -22,7 +21,7 @@ pub struct ClientRow {
 
 const COLUMNS: &str = "name, token_sha256, scope, created_ms, created_by, updated_ms, updated_by";
 
-fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientRow> {
+fn read(r: &Row) -> Result<ClientRow, StoreError> {
     let hash: Vec<u8> = r.get(1)?;
     Ok(ClientRow {
         name: r.get(0)?,
@@ -39,22 +38,21 @@ fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientRow> {
 impl StateDb {
     /// Every managed client, by name.
     pub fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM clients ORDER BY name"))?;
-        let rows = stmt.query_map([], read)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        self.rows(&format!("SELECT {COLUMNS} FROM clients ORDER BY name"), &[])?
+            .iter()
+            .map(read)
+            .collect()
     }
 
     /// One managed client.
     pub fn client(&self, name: &str) -> Result<Option<ClientRow>, StoreError> {
-        Ok(self
-            .lock()
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM clients WHERE name = ?1"),
-                [name],
-                read,
-            )
-            .optional()?)
+        self.rows(
+            &format!("SELECT {COLUMNS} FROM clients WHERE name = $1"),
+            vals![name],
+        )?
+        .first()
+        .map(read)
+        .transpose()
     }
 
     /// Adds a client; false if the name (or, never in practice, the token hash) is taken.
@@ -66,10 +64,10 @@ impl StateDb {
         by: &str,
     ) -> Result<bool, StoreError> {
         let now = now_ms();
-        let n = self.lock().execute(
-            "INSERT OR IGNORE INTO clients (name, token_sha256, scope, created_ms, created_by, \
-             updated_ms, updated_by) VALUES (?1, ?2, ?3, ?4, ?5, ?4, ?5)",
-            params![name, token_sha256.as_slice(), scope, now, by],
+        let n = self.exec(
+            "INSERT INTO clients (name, token_sha256, scope, created_ms, created_by, \
+             updated_ms, updated_by) VALUES ($1, $2, $3, $4, $5, $4, $5) ON CONFLICT DO NOTHING",
+            vals![name, token_sha256, scope, now, by],
         )?;
         Ok(n == 1)
     }
@@ -81,9 +79,9 @@ impl StateDb {
         scope: &str,
         by: &str,
     ) -> Result<bool, StoreError> {
-        let n = self.lock().execute(
-            "UPDATE clients SET scope = ?2, updated_ms = ?3, updated_by = ?4 WHERE name = ?1",
-            params![name, scope, now_ms(), by],
+        let n = self.exec(
+            "UPDATE clients SET scope = $2, updated_ms = $3, updated_by = $4 WHERE name = $1",
+            vals![name, scope, now_ms(), by],
         )?;
         Ok(n == 1)
     }
@@ -95,19 +93,16 @@ impl StateDb {
         token_sha256: &[u8; 32],
         by: &str,
     ) -> Result<bool, StoreError> {
-        let n = self.lock().execute(
-            "UPDATE clients SET token_sha256 = ?2, updated_ms = ?3, updated_by = ?4 \
-             WHERE name = ?1",
-            params![name, token_sha256.as_slice(), now_ms(), by],
+        let n = self.exec(
+            "UPDATE clients SET token_sha256 = $2, updated_ms = $3, updated_by = $4 \
+             WHERE name = $1",
+            vals![name, token_sha256, now_ms(), by],
         )?;
         Ok(n == 1)
     }
 
     /// Removes a client; true if one was removed.
     pub fn remove_client(&self, name: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .lock()
-            .execute("DELETE FROM clients WHERE name = ?1", [name])?
-            == 1)
+        Ok(self.exec("DELETE FROM clients WHERE name = $1", vals![name])? == 1)
     }
 }

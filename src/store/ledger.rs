@@ -1,10 +1,16 @@
 //! Conflict-guard state that must be durable before a signature leaves: velocity debits,
-//! signed EVM nonces and CometBFT watermarks. Rows are written by the audit writer in the *same transaction* as the
-//! audit row of the signature they belong to, so either both are on disk or neither is (and a
-//! signature is released only after that commit).
+//! signed EVM nonces, Bitcoin outpoint claims and CometBFT watermarks. Rows are written by the
+//! audit writer in the *same transaction* as the audit row of the signature they belong to, so
+//! either both are committed or neither is (and a signature is released only after that
+//! commit).
+//!
+//! Each write carries the decision it was made under and re-checks it in the statement that
+//! writes (`INSERT ... ON CONFLICT ... DO UPDATE ... WHERE <still allowed> RETURNING`): the row
+//! is the fence. An instance whose in-memory view was stale (another instance sharing the
+//! PostgreSQL store signed meanwhile) gets [`StoreError::StateConflict`] naming the rule, and
+//! its signature is withheld.
 
-use rusqlite::{params, Connection, Transaction};
-
+use super::db::{vals, Dialect, Tx};
 use super::StoreError;
 
 /// A state row committed together with an audit entry.
@@ -20,6 +26,13 @@ pub enum StateWrite {
         ts_ms: i64,
         /// Decimal amount in base units.
         amount: String,
+        /// The window's length (ms): events older than `ts_ms - window_ms` no longer count.
+        window_ms: i64,
+        /// The limit (decimal base units) the window's total, this amount included, must stay
+        /// within.
+        max: String,
+        /// The rule that set the limit (named in the conflict).
+        rule: String,
     },
     /// The transaction a nonce now belongs to (replaces an earlier one on replacement).
     EvmNonce {
@@ -35,20 +48,32 @@ pub enum StateWrite {
         max_fee: String,
         /// `maxPriorityFeePerGas` (or gas price), decimal.
         tip: String,
+        /// The signing hash the decision found on this nonce and accepted replacing (`None`:
+        /// the nonce was free).
+        replaces: Option<[u8; 32]>,
     },
-    /// A CometBFT watermark moving from `expected` (what the signer decided against; `None`:
-    /// no row) to `next`. Checked in the transaction: if the row is not `expected` or `next`
-    /// would lower it, the entry fails with [`StoreError::StateConflict`] and nothing of it is
-    /// written.
+    /// A CometBFT watermark moving to `next`, which must be strictly ahead of the stored row
+    /// (or the same height/round/step with the same sign bytes); otherwise the entry fails with
+    /// [`StoreError::StateConflict`] and nothing of it is written.
     Watermark {
         /// CometBFT chain id.
         chain_id: String,
         /// Consensus key.
         key_id: String,
-        /// The row the decision was made against.
-        expected: Option<Box<keyguard_cometbft::SignedState>>,
         /// The new watermark.
         next: Box<keyguard_cometbft::SignedState>,
+    },
+    /// Outpoints a Bitcoin transaction spends, claimed for it: another transaction may take one
+    /// only as the replacement the policy accepted, or after two admins released the claim.
+    BitcoinClaims {
+        /// Seed key.
+        key_id: String,
+        /// The transaction claiming them.
+        txid: String,
+        /// `(outpoint, txid the decision accepted replacing)`.
+        outpoints: Vec<(String, Option<String>)>,
+        /// When (Unix ms).
+        ts_ms: i64,
     },
     /// A Bitcoin transaction as signed and released, kept so an operator can show and
     /// broadcast it (a locked transaction holds its coins until it is mined or released).
@@ -86,36 +111,31 @@ pub struct NonceRow {
     pub tip: String,
 }
 
-pub(crate) fn write(
-    tx: &Transaction<'_>,
-    request_id: &str,
-    w: &StateWrite,
-) -> Result<(), StoreError> {
+fn conflict(rule: &str, what: String) -> StoreError {
+    StoreError::StateConflict(format!("{rule}: {what}"))
+}
+
+pub(crate) fn write(tx: &Tx<'_>, request_id: &str, w: &StateWrite) -> Result<(), StoreError> {
     match w {
         StateWrite::Watermark {
             chain_id,
             key_id,
-            expected,
             next,
         } => {
-            super::watermarks::advance_in(tx, chain_id, key_id, expected.as_deref(), next)
-                .map_err(|e| match e {
-                    super::WatermarkError::Store(e) => e,
-                    conflict => StoreError::StateConflict(conflict.to_string()),
-                })?;
+            super::watermarks::advance_in(tx, chain_id, key_id, next).map_err(|e| match e {
+                super::WatermarkError::Store(e) => e,
+                conflict => StoreError::StateConflict(conflict.to_string()),
+            })?;
         }
         StateWrite::Velocity {
             key_id,
             counter,
             ts_ms,
             amount,
-        } => {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO velocity_events (key_id, counter, ts_ms, amount, request_id) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            stmt.execute(params![key_id, counter, ts_ms, amount, request_id])?;
-        }
+            window_ms,
+            max,
+            rule,
+        } => velocity(tx, request_id, key_id, counter, *ts_ms, amount, *window_ms, max, rule)?,
         StateWrite::BitcoinTx {
             txid,
             key_id,
@@ -123,11 +143,38 @@ pub(crate) fn write(
             psbt,
             tx_hex,
         } => {
-            let mut stmt = tx.prepare_cached(
-                "INSERT OR REPLACE INTO bitcoin_signed_txs \
-                 (txid, key_id, ts_ms, request_id, psbt, tx_hex) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            tx.execute(
+                "INSERT INTO bitcoin_signed_txs (txid, key_id, ts_ms, request_id, psbt, tx_hex) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (txid, key_id) DO UPDATE SET \
+                 ts_ms = excluded.ts_ms, request_id = excluded.request_id, \
+                 psbt = excluded.psbt, tx_hex = excluded.tx_hex",
+                vals![txid, key_id, *ts_ms, request_id, psbt, tx_hex.as_deref()],
             )?;
-            stmt.execute(params![txid, key_id, ts_ms, request_id, psbt, tx_hex])?;
+        }
+        StateWrite::BitcoinClaims {
+            key_id,
+            txid,
+            outpoints,
+            ts_ms,
+        } => {
+            for (outpoint, replaces) in outpoints {
+                let won = tx.query(
+                    "INSERT INTO bitcoin_claims AS c (key_id, outpoint, txid, ts_ms, request_id) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key_id, outpoint) DO UPDATE SET \
+                     txid = excluded.txid, ts_ms = excluded.ts_ms, \
+                     request_id = excluded.request_id \
+                     WHERE c.txid = excluded.txid OR c.txid = $6 OR EXISTS (SELECT 1 FROM \
+                     bitcoin_claim_releases r WHERE r.key_id = c.key_id AND \
+                     r.outpoint = c.outpoint AND r.txid = c.txid) RETURNING txid",
+                    vals![key_id, outpoint, txid, *ts_ms, request_id, replaces.as_deref()],
+                )?;
+                if won.is_empty() {
+                    return Err(conflict(
+                        "bitcoin.conflicting_spend",
+                        format!("outpoint {outpoint} is claimed by another signed transaction"),
+                    ));
+                }
+            }
         }
         StateWrite::EvmNonce {
             key_id,
@@ -136,61 +183,147 @@ pub(crate) fn write(
             sighash,
             max_fee,
             tip,
+            replaces,
         } => {
-            let mut stmt = tx.prepare_cached(
-                "INSERT OR REPLACE INTO evm_nonces \
-                 (key_id, chain_id, nonce, sighash, max_fee, tip, request_id) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            // FAULT HOOK split-fence (test builds only, src/store/fault.rs).
+            #[cfg(feature = "fault-injection")]
+            if super::fault::is(super::fault::Fault::SplitFence) {
+                let held: Option<Vec<u8>> = tx
+                    .query_opt(
+                        "SELECT sighash FROM evm_nonces WHERE key_id = $1 AND chain_id = $2 \
+                         AND nonce = $3",
+                        vals![key_id, *chain_id as i64, *nonce as i64],
+                    )?
+                    .map(|r| r.get(0))
+                    .transpose()?;
+                if held.is_some_and(|h| h != sighash[..] && replaces.map(|r| r.to_vec()) != Some(h)) {
+                    return Err(conflict("evm.nonce_reuse", format!("nonce {nonce} was signed")));
+                }
+                std::thread::sleep(super::fault::SPLIT_GAP);
+                tx.execute(
+                    "INSERT INTO evm_nonces (key_id, chain_id, nonce, sighash, max_fee, tip, \
+                     request_id) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (key_id, \
+                     chain_id, nonce) DO UPDATE SET sighash = excluded.sighash",
+                    vals![key_id, *chain_id as i64, *nonce as i64, sighash, max_fee, tip, request_id],
+                )?;
+                return Ok(());
+            }
+            let won = tx.query(
+                "INSERT INTO evm_nonces AS n (key_id, chain_id, nonce, sighash, max_fee, tip, \
+                 request_id) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (key_id, chain_id, nonce) DO UPDATE SET sighash = excluded.sighash, \
+                 max_fee = excluded.max_fee, tip = excluded.tip, \
+                 request_id = excluded.request_id \
+                 WHERE n.sighash = excluded.sighash OR n.sighash = $8 RETURNING nonce",
+                vals![
+                    key_id,
+                    *chain_id as i64,
+                    *nonce as i64,
+                    sighash,
+                    max_fee,
+                    tip,
+                    request_id,
+                    replaces.as_ref().map(|r| r.to_vec())
+                ],
             )?;
-            stmt.execute(params![
-                key_id,
-                *chain_id as i64,
-                *nonce as i64,
-                &sighash[..],
-                max_fee,
-                tip,
-                request_id
-            ])?;
+            if won.is_empty() {
+                return Err(conflict(
+                    "evm.nonce_reuse",
+                    format!("nonce {nonce} was signed for another transaction"),
+                ));
+            }
         }
     }
     Ok(())
 }
 
-pub(crate) fn velocity_since(
-    conn: &Connection,
-    since_ms: i64,
-) -> Result<Vec<VelocityRow>, StoreError> {
-    let mut stmt = conn.prepare(
-        "SELECT key_id, counter, ts_ms, amount FROM velocity_events WHERE ts_ms >= ?1 ORDER BY id",
-    )?;
-    let rows = stmt
-        .query_map([since_ms], |r| {
-            Ok(VelocityRow {
-                key_id: r.get(0)?,
-                counter: r.get(1)?,
-                ts_ms: r.get(2)?,
-                amount: r.get(3)?,
-            })
-        })?
-        .collect::<Result<_, _>>()?;
-    Ok(rows)
+/// Counts `amount` in the window if the window's total stays within `max`, in the statement
+/// that writes it (PostgreSQL, shared by several instances). A per-counter row lock, taken
+/// first and held to the commit, orders concurrent writers so that statement sees every
+/// earlier commit.
+#[allow(clippy::too_many_arguments)]
+fn velocity(
+    tx: &Tx<'_>,
+    request_id: &str,
+    key_id: &str,
+    counter: &str,
+    ts_ms: i64,
+    amount: &str,
+    window_ms: i64,
+    max: &str,
+    rule: &str,
+) -> Result<(), StoreError> {
+    let since = ts_ms.saturating_sub(window_ms);
+    let counted = match tx.dialect() {
+        Dialect::Postgres => {
+            tx.execute(
+                "INSERT INTO velocity_locks (key_id, counter, n) VALUES ($1, $2, 1) \
+                 ON CONFLICT (key_id, counter) DO UPDATE SET n = velocity_locks.n + 1",
+                vals![key_id, counter],
+            )?;
+            !tx.query(
+                "INSERT INTO velocity_events (key_id, counter, ts_ms, amount, request_id) \
+                 SELECT $1, $2, $3, $4, $5 WHERE (SELECT COALESCE(SUM(CAST(amount AS NUMERIC)), \
+                 0) FROM velocity_events WHERE key_id = $1 AND counter = $2 AND ts_ms >= $6) \
+                 + CAST(CAST($4 AS TEXT) AS NUMERIC) <= CAST(CAST($7 AS TEXT) AS NUMERIC) \
+                 RETURNING id",
+                vals![key_id, counter, ts_ms, amount, request_id, since, max],
+            )?
+            .is_empty()
+        }
+        // One process owns a SQLite file: its ledger decided under its lock and its one
+        // writer commits in decision order, so the count is exact without a re-check.
+        Dialect::Sqlite => {
+            tx.execute(
+                "INSERT INTO velocity_events (key_id, counter, ts_ms, amount, request_id) \
+                 VALUES ($1, $2, $3, $4, $5)",
+                vals![key_id, counter, ts_ms, amount, request_id],
+            )? == 1
+        }
+    };
+    if counted {
+        Ok(())
+    } else {
+        Err(conflict(
+            rule,
+            format!("{counter}: {amount} more would exceed {max} in the window"),
+        ))
+    }
 }
 
-pub(crate) fn nonces(conn: &Connection) -> Result<Vec<NonceRow>, StoreError> {
-    let mut stmt =
-        conn.prepare("SELECT key_id, chain_id, nonce, sighash, max_fee, tip FROM evm_nonces")?;
-    let rows = stmt
-        .query_map([], |r| {
-            let hash: Vec<u8> = r.get(3)?;
-            Ok(NonceRow {
-                key_id: r.get(0)?,
-                chain_id: r.get::<_, i64>(1)? as u64,
-                nonce: r.get::<_, i64>(2)? as u64,
-                sighash: hash.try_into().unwrap_or([0u8; 32]),
-                max_fee: r.get(4)?,
-                tip: r.get(5)?,
-            })
-        })?
-        .collect::<Result<_, _>>()?;
-    Ok(rows)
+pub(crate) fn velocity_since(tx: &Tx<'_>, since_ms: i64) -> Result<Vec<VelocityRow>, StoreError> {
+    tx.query(
+        "SELECT key_id, counter, ts_ms, amount FROM velocity_events WHERE ts_ms >= $1 ORDER BY id",
+        vals![since_ms],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(VelocityRow {
+            key_id: r.get(0)?,
+            counter: r.get(1)?,
+            ts_ms: r.get(2)?,
+            amount: r.get(3)?,
+        })
+    })
+    .collect()
+}
+
+pub(crate) fn nonces(tx: &Tx<'_>) -> Result<Vec<NonceRow>, StoreError> {
+    tx.query(
+        "SELECT key_id, chain_id, nonce, sighash, max_fee, tip FROM evm_nonces",
+        &[],
+    )?
+    .iter()
+    .map(|r| {
+        let hash: Vec<u8> = r.get(3)?;
+        Ok(NonceRow {
+            key_id: r.get(0)?,
+            chain_id: r.get::<i64>(1)? as u64,
+            nonce: r.get::<i64>(2)? as u64,
+            sighash: hash.try_into().unwrap_or([0u8; 32]),
+            max_fee: r.get(4)?,
+            tip: r.get(5)?,
+        })
+    })
+    .collect()
 }

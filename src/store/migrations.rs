@@ -1,7 +1,9 @@
-//! Numbered schema migrations, each applied in its own transaction.
+//! Numbered schema migrations, each applied in its own transaction: SQLite's list here,
+//! PostgreSQL's in `migrations_pg.rs` (same tables, every integer BIGINT).
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+use super::db::{vals, Conn, Dialect};
 use super::{now_ms, StoreError};
 
 /// Every migration the binary knows, in ascending version order. Never edit a released entry:
@@ -178,11 +180,105 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
         PRIMARY KEY (key_id, outpoint, txid)
     );",
     ),
+    (
+        7,
+        // The Bitcoin conflict guard as rows (one claim per outpoint, fenced in the statement
+        // that writes it), so a second process or instance cannot sign a conflicting spend.
+        "CREATE TABLE bitcoin_claims (
+        key_id     TEXT NOT NULL,
+        outpoint   TEXT NOT NULL,
+        txid       TEXT NOT NULL,
+        ts_ms      INTEGER NOT NULL,
+        request_id TEXT NOT NULL,
+        PRIMARY KEY (key_id, outpoint)
+    );
+    CREATE INDEX velocity_events_counter ON velocity_events(key_id, counter, ts_ms);",
+    ),
 ];
 
-/// The newest schema version this binary understands.
+/// The newest schema version this binary understands (SQLite's list).
 pub(crate) fn known_version() -> u32 {
     MIGRATIONS.last().map_or(0, |(v, _)| *v)
+}
+
+fn list(dialect: Dialect) -> &'static [(u32, &'static str)] {
+    match dialect {
+        Dialect::Sqlite => MIGRATIONS,
+        Dialect::Postgres => super::migrations_pg::MIGRATIONS,
+    }
+}
+
+/// The version recorded by either engine (0 for a fresh database).
+pub(crate) fn version_of(conn: &mut Conn) -> Result<u32, StoreError> {
+    match conn {
+        Conn::Sqlite(c) => current_version(c),
+        Conn::Pg(_) => conn.with(|t| {
+            let exists = t.query_opt(
+                "SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() \
+                 AND table_name = 'schema_migrations'",
+                &[],
+            )?;
+            if exists.is_none() {
+                return Ok(0);
+            }
+            let v: Option<i64> = t
+                .query_opt("SELECT MAX(version) FROM schema_migrations", &[])?
+                .map(|r| r.get(0))
+                .transpose()?
+                .flatten();
+            Ok(v.map_or(0, |v| u32::try_from(v).unwrap_or(u32::MAX)))
+        }),
+    }
+}
+
+/// Brings either engine's schema up to date. On PostgreSQL, instances starting together
+/// serialize on an exclusive lock of the version table; each migration is one transaction.
+pub(crate) fn migrate_conn(conn: &mut Conn) -> Result<u32, StoreError> {
+    match conn {
+        Conn::Sqlite(c) => migrate(c),
+        Conn::Pg(_) => {
+            let known = list(Dialect::Postgres).last().map_or(0, |(v, _)| *v);
+            conn.with(|t| {
+                t.batch(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (
+                        version BIGINT PRIMARY KEY,
+                        applied_at_ms BIGINT
+                    )",
+                )
+            })?;
+            for &(version, sql) in list(Dialect::Postgres) {
+                let applied = conn.transaction(|t| {
+                    t.batch("LOCK TABLE schema_migrations IN EXCLUSIVE MODE")?;
+                    let found: Option<i64> = t
+                        .query_opt("SELECT MAX(version) FROM schema_migrations", &[])?
+                        .map(|r| r.get(0))
+                        .transpose()?
+                        .flatten();
+                    let found = found.map_or(0, |v| u32::try_from(v).unwrap_or(u32::MAX));
+                    if found > known {
+                        return Err(StoreError::TooNew { found, known });
+                    }
+                    if found >= version {
+                        return Ok(false);
+                    }
+                    t.batch(sql)?;
+                    t.execute(
+                        "INSERT INTO schema_migrations (version, applied_at_ms) VALUES ($1, $2)",
+                        vals![i64::from(version), now_ms()],
+                    )?;
+                    Ok(true)
+                })?;
+                if applied {
+                    tracing::info!(version, "applied PostgreSQL store migration");
+                }
+            }
+            let found = version_of(conn)?;
+            if found > known {
+                return Err(StoreError::TooNew { found, known });
+            }
+            Ok(known)
+        }
+    }
 }
 
 /// The schema version recorded in the database (0 for a fresh one).

@@ -1,18 +1,22 @@
-//! SQLite store: numbered migrations and the hash-chained, append-only audit log.
+//! The store: numbered migrations, the hash-chained append-only audit log and the safety state
+//! committed with it, on SQLite (embedded default, one process) or PostgreSQL (shared by
+//! several keyguard instances).
 //!
 //! One dedicated writer thread owns the write connection and commits audit entries in groups
-//! (many callers share one fsync); reads go through a separate connection (WAL lets them run
-//! concurrently with the writer).
+//! (many callers share one commit); reads go through separate connections.
 
 pub mod anchor;
 mod audit;
 mod chain_state;
 mod checkpoint;
 mod clients;
+pub(crate) mod db;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 mod ledger;
+pub mod health;
 mod migrations;
+mod migrations_pg;
 mod read;
 pub(crate) mod state;
 mod watermarks;
@@ -36,6 +40,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
+
+use crate::config::PgSettings;
+use db::{Conn, PgLink, Shared};
 
 pub use audit::{AuditEntry, AuditReceipt, AuditRow, AuditVerification, Decision, GENESIS_HASH};
 pub use chain_state::SignedTxRow;
@@ -85,6 +92,14 @@ pub enum StoreError {
     Corrupt { seq: i64, reason: String },
     #[error("database error: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// PostgreSQL refused a statement (SQLSTATE `code`).
+    #[error("database error {code}: {message}")]
+    Postgres { code: String, message: String },
+    /// A commit whose durability is unknown (PostgreSQL cancelled its wait for the
+    /// synchronous standby, or the answer never came): treated as written, its signature
+    /// withheld.
+    #[error("commit not confirmed by the synchronous standby: {0}")]
+    CommitUnknown(String),
     /// The data directory's filesystem is below the configured free-space floor.
     #[error(
         "audit.disk_floor: {free} bytes free on the data directory, below the floor of \
@@ -100,11 +115,13 @@ pub enum StoreError {
 /// The embedded SQLite store. `Send + Sync`; share it behind an `Arc`.
 pub struct Store {
     path: PathBuf,
-    reader: Mutex<Connection>,
+    /// Set when the store is the shared PostgreSQL database.
+    postgres: Option<PgSettings>,
+    reader: Shared,
     log: AuditLog,
     watermarks: WatermarkStore,
     writer: Mutex<Option<JoinHandle<()>>>,
-    _checkpointer: checkpoint::Checkpointer,
+    _checkpointer: Option<checkpoint::Checkpointer>,
 }
 
 impl std::fmt::Debug for Store {
@@ -158,7 +175,7 @@ impl Store {
             path: path.to_path_buf(),
             source,
         };
-        let mut wconn = Connection::open(path).map_err(open_err)?;
+        let wconn = Connection::open(path).map_err(open_err)?;
         #[cfg(unix)]
         if !existed {
             use std::os::unix::fs::PermissionsExt;
@@ -175,7 +192,8 @@ impl Store {
         }
         configure(&wconn).map_err(open_err)?;
         checkpoint::disable_auto(&wconn).map_err(open_err)?;
-        migrations::migrate(&mut wconn)?;
+        let mut wconn = Conn::Sqlite(wconn);
+        migrations::migrate_conn(&mut wconn)?;
         let reader = Connection::open(path).map_err(open_err)?;
         configure(&reader).map_err(open_err)?;
         let wm = Connection::open(path).map_err(open_err)?;
@@ -190,12 +208,55 @@ impl Store {
         );
         Ok(Store {
             path: path.to_path_buf(),
-            reader: Mutex::new(reader),
+            postgres: None,
+            reader: Shared::new(Conn::Sqlite(reader)),
             log,
-            watermarks: WatermarkStore::new(wm),
+            watermarks: WatermarkStore::new(Conn::Sqlite(wm)),
             writer: Mutex::new(Some(handle)),
-            _checkpointer: checkpointer,
+            _checkpointer: Some(checkpointer),
         })
+    }
+
+    /// Connects to the shared PostgreSQL store, applies its migrations and starts the audit
+    /// writer (its own connection, as are reads, watermarks and control state).
+    pub fn open_postgres(settings: &PgSettings) -> Result<Store, StoreError> {
+        let link = || Conn::Pg(PgLink::new(settings.clone()));
+        let mut wconn = link();
+        migrations::migrate_conn(&mut wconn)?;
+        let (log, handle) = writer::spawn(wconn)?;
+        log.configure_bounds(AuditLimits::default(), None);
+        let hosts = settings.hosts.join(",");
+        Ok(Store {
+            path: PathBuf::from(format!(
+                "postgresql://{}@{hosts}:{}/{}",
+                settings.user, settings.port, settings.dbname
+            )),
+            postgres: Some(settings.clone()),
+            reader: Shared::new(link()),
+            log,
+            watermarks: WatermarkStore::new(link()),
+            writer: Mutex::new(Some(handle)),
+            _checkpointer: None,
+        })
+    }
+
+    /// Opens what `[store]` names: the SQLite file at `sqlite_path`, or PostgreSQL.
+    pub fn open_configured(
+        config: &crate::config::StoreConfig,
+        sqlite_path: &Path,
+    ) -> Result<Store, StoreError> {
+        match (&config.backend, &config.postgres) {
+            (crate::config::StoreBackend::Postgres, Some(pg)) => Store::open_postgres(pg),
+            (crate::config::StoreBackend::Postgres, None) => Err(StoreError::Unavailable(
+                "store.backend = \"postgres\" needs a [store.postgres] table".into(),
+            )),
+            (crate::config::StoreBackend::Sqlite, _) => Store::open(sqlite_path),
+        }
+    }
+
+    /// The PostgreSQL settings when the store is shared (`None`: the SQLite file).
+    pub fn postgres(&self) -> Option<&PgSettings> {
+        self.postgres.as_ref()
     }
 
     pub fn path(&self) -> &Path {
@@ -214,43 +275,46 @@ impl Store {
 
     /// Schema version of the open database.
     pub fn schema_version(&self) -> Result<u32, StoreError> {
-        migrations::current_version(&self.reader())
+        migrations::version_of(&mut self.reader())
     }
 
     /// The newest `limit` audit rows, newest first. Blocking (use `spawn_blocking` in async code).
     pub fn recent_audit(&self, limit: usize) -> Result<Vec<AuditRow>, StoreError> {
-        read::recent(&self.reader(), limit)
+        self.reader().with(|t| read::recent(t, limit))
     }
 
     /// Audit rows matching `filter`. Blocking.
     pub fn query_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
-        read::query(&self.reader(), filter)
+        self.reader().with(|t| read::query(t, filter))
     }
 
     /// A connection for control state (users, approvals, kill switch).
     pub fn state_db(&self) -> Result<StateDb, StoreError> {
-        StateDb::open(&self.path)
+        match &self.postgres {
+            Some(pg) => Ok(StateDb::from_conn(Conn::Pg(PgLink::new(pg.clone())))),
+            None => StateDb::open(&self.path),
+        }
     }
 
     /// Velocity rows counted at or after `since_ms` (to rebuild counters at start). Blocking.
     pub fn velocity_since(&self, since_ms: i64) -> Result<Vec<VelocityRow>, StoreError> {
-        ledger::velocity_since(&self.reader(), since_ms)
+        self.reader().with(|t| ledger::velocity_since(t, since_ms))
     }
 
     /// Every signed EVM nonce (to rebuild nonce rules at start). Blocking.
     pub fn evm_nonces(&self) -> Result<Vec<NonceRow>, StoreError> {
-        ledger::nonces(&self.reader())
+        self.reader().with(ledger::nonces)
     }
 
     /// Recomputes the whole hash chain from a consistent snapshot. Blocking, O(rows).
     pub fn verify_audit(&self) -> Result<AuditVerification, StoreError> {
-        read::verify(&self.reader())
+        self.reader().transaction(read::verify)
     }
 
     /// Verifies the chain of the database at `path`, opened read-only, without starting a writer
     /// or migrating (for `keyguard audit verify` against a copy or a live daemon's file).
     pub fn verify_path(path: &Path) -> Result<AuditVerification, StoreError> {
-        read::verify(&Self::open_read_only(path)?)
+        read::verify(&db::Tx::Sqlite(&Self::open_read_only(path)?))
     }
 
     /// Checks the database at `path` (opened read-only) against anchor lines signed by `key`:
@@ -260,17 +324,28 @@ impl Store {
         anchors: &str,
         key: &ed25519_dalek::VerifyingKey,
     ) -> Result<anchor::AnchorReport, anchor::AnchorError> {
-        anchor::check(&Self::open_read_only(path)?, anchors, key)
+        anchor::check(&db::Tx::Sqlite(&Self::open_read_only(path)?), anchors, key)
+    }
+
+    /// Checks this store's log against anchor lines signed by `key` (any engine).
+    pub fn check_anchors(
+        &self,
+        anchors: &str,
+        key: &ed25519_dalek::VerifyingKey,
+    ) -> Result<anchor::AnchorReport, anchor::AnchorError> {
+        self.reader().with(|t| {
+            Ok::<_, StoreError>(anchor::check(t, anchors, key))
+        })?
     }
 
     /// `(seq, hash)` of the newest audit row (`(0, GENESIS_HASH)` when empty).
     pub fn audit_head(&self) -> Result<(i64, [u8; 32]), StoreError> {
-        read::head(&self.reader())
+        self.reader().with(read::head)
     }
 
     /// Audit rows matching `filter` from the database at `path`, opened read-only.
     pub fn query_path(path: &Path, filter: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
-        read::query(&Self::open_read_only(path)?, filter)
+        read::query(&db::Tx::Sqlite(&Self::open_read_only(path)?), filter)
     }
 
     fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
@@ -306,7 +381,7 @@ impl Store {
         }
     }
 
-    fn reader(&self) -> MutexGuard<'_, Connection> {
-        self.reader.lock().unwrap_or_else(|p| p.into_inner())
+    fn reader(&self) -> MutexGuard<'_, Conn> {
+        self.reader.lock()
     }
 }

@@ -1,6 +1,6 @@
 //! Reading audit rows back: listing, head lookup and full chain verification.
 
-use rusqlite::{Connection, OptionalExtension, Row};
+use super::db::{vals, Row, Tx, Val};
 
 use super::audit::{AuditRow, AuditVerification, RowFields, GENESIS_HASH};
 use super::StoreError;
@@ -19,7 +19,7 @@ struct RawRow {
 }
 
 impl RawRow {
-    fn read(r: &Row<'_>) -> rusqlite::Result<Self> {
+    fn read(r: &Row) -> Result<Self, StoreError> {
         Ok(RawRow {
             seq: r.get(0)?,
             ts_ms: r.get(1)?,
@@ -56,7 +56,7 @@ fn to32(v: &[u8], seq: i64, col: &str) -> Result<[u8; 32], StoreError> {
 }
 
 /// The newest `limit` rows, newest first.
-pub(crate) fn recent(conn: &Connection, limit: usize) -> Result<Vec<AuditRow>, StoreError> {
+pub(crate) fn recent(conn: &Tx<'_>, limit: usize) -> Result<Vec<AuditRow>, StoreError> {
     let filter = AuditFilter {
         limit: Some(limit),
         newest_first: true,
@@ -88,22 +88,22 @@ pub struct AuditFilter {
 }
 
 /// Rows matching `filter`.
-pub(crate) fn query(conn: &Connection, filter: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
-    use rusqlite::types::Value as Sql;
+pub(crate) fn query(conn: &Tx<'_>, filter: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
+    use Val as Sql;
     let mut sql = format!("SELECT {SELECT_COLUMNS} FROM audit_log WHERE 1 = 1");
     let mut args: Vec<Sql> = Vec::new();
     let mut cond = |column: &str, op: &str, v: Sql| {
         args.push(v);
-        sql.push_str(&format!(" AND {column} {op} ?{}", args.len()));
+        sql.push_str(&format!(" AND {column} {op} ${}", args.len()));
     };
     if let Some(v) = filter.since_ms {
-        cond("ts_ms", ">=", Sql::Integer(v));
+        cond("ts_ms", ">=", Sql::Int(v));
     }
     if let Some(v) = filter.until_ms {
-        cond("ts_ms", "<", Sql::Integer(v));
+        cond("ts_ms", "<", Sql::Int(v));
     }
     if let Some(v) = filter.after_seq {
-        cond("seq", ">", Sql::Integer(v));
+        cond("seq", ">", Sql::Int(v));
     }
     for (column, v) in [
         ("chain", &filter.chain),
@@ -129,7 +129,7 @@ pub(crate) fn query(conn: &Connection, filter: &AuditFilter) -> Result<Vec<Audit
         let mut placeholders = Vec::new();
         for n in names {
             args.push(Sql::Text(n.to_string()));
-            placeholders.push(format!("?{}", args.len()));
+            placeholders.push(format!("${}", args.len()));
         }
         sql.push_str(&format!(" AND rule IN ({})", placeholders.join(", ")));
     }
@@ -144,11 +144,10 @@ pub(crate) fn query(conn: &Connection, filter: &AuditFilter) -> Result<Vec<Audit
             i64::try_from(limit).unwrap_or(i64::MAX)
         ));
     }
-    let mut stmt = conn.prepare(&sql)?;
-    let raws = stmt
-        .query_map(rusqlite::params_from_iter(args), RawRow::read)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    raws.into_iter().map(to_row).collect()
+    conn.query(&sql, &args)?
+        .iter()
+        .map(|r| to_row(RawRow::read(r)?))
+        .collect()
 }
 
 fn to_row(raw: RawRow) -> Result<AuditRow, StoreError> {
@@ -174,34 +173,42 @@ fn to_row(raw: RawRow) -> Result<AuditRow, StoreError> {
     })
 }
 
+/// Rows read per round trip while verifying (bounded memory on any log size).
+const VERIFY_PAGE: i64 = 5_000;
+
 /// Recomputes the whole chain; fails at the first row (or missing seq) that does not match.
-pub(crate) fn verify(conn: &Connection) -> Result<AuditVerification, StoreError> {
-    let sql = format!("SELECT {SELECT_COLUMNS} FROM audit_log ORDER BY seq ASC");
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query([])?;
+pub(crate) fn verify(conn: &Tx<'_>) -> Result<AuditVerification, StoreError> {
+    let sql = format!("SELECT {SELECT_COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq ASC LIMIT $2");
     let mut head = GENESIS_HASH;
     let mut expected: i64 = 1;
-    while let Some(r) = rows.next()? {
-        let seq: i64 = r.get(0)?;
-        let broken = |reason: String| StoreError::ChainBroken { seq, reason };
-        if seq != expected {
-            return Err(StoreError::ChainBroken {
-                seq: expected,
-                reason: format!("row {expected} is missing (next stored row is {seq})"),
-            });
+    loop {
+        let page = conn.query(&sql, vals![expected - 1, VERIFY_PAGE])?;
+        let full = page.len() as i64 == VERIFY_PAGE;
+        for r in &page {
+            let seq: i64 = r.get(0)?;
+            let broken = |reason: String| StoreError::ChainBroken { seq, reason };
+            if seq != expected {
+                return Err(StoreError::ChainBroken {
+                    seq: expected,
+                    reason: format!("row {expected} is missing (next stored row is {seq})"),
+                });
+            }
+            let raw = RawRow::read(r).map_err(|e| broken(format!("unreadable row: {e}")))?;
+            if raw.prev_hash != head {
+                return Err(broken(
+                    "prev_hash does not match the previous row's hash".into(),
+                ));
+            }
+            let computed = raw.fields().hash(&head);
+            if raw.hash != computed {
+                return Err(broken("hash does not match the row's content".into()));
+            }
+            head = computed;
+            expected += 1;
         }
-        let raw = RawRow::read(r).map_err(|e| broken(format!("unreadable row: {e}")))?;
-        if raw.prev_hash != head {
-            return Err(broken(
-                "prev_hash does not match the previous row's hash".into(),
-            ));
+        if !full {
+            break;
         }
-        let computed = raw.fields().hash(&head);
-        if raw.hash != computed {
-            return Err(broken("hash does not match the row's content".into()));
-        }
-        head = computed;
-        expected += 1;
     }
     Ok(AuditVerification {
         rows: (expected - 1) as u64,
@@ -210,16 +217,16 @@ pub(crate) fn verify(conn: &Connection) -> Result<AuditVerification, StoreError>
 }
 
 /// `(last seq, last hash)` or `(0, GENESIS_HASH)` for an empty log.
-pub(crate) fn head(conn: &Connection) -> Result<(i64, [u8; 32]), StoreError> {
-    let last: Option<(i64, Vec<u8>)> = conn
-        .query_row(
-            "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
+pub(crate) fn head(conn: &Tx<'_>) -> Result<(i64, [u8; 32]), StoreError> {
+    let last = conn.query_opt(
+        "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+        &[],
+    )?;
     match last {
         None => Ok((0, GENESIS_HASH)),
-        Some((seq, hash)) => Ok((seq, to32(&hash, seq, "hash")?)),
+        Some(r) => {
+            let (seq, hash): (i64, Vec<u8>) = (r.get(0)?, r.get(1)?);
+            Ok((seq, to32(&hash, seq, "hash")?))
+        }
     }
 }

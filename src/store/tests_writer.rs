@@ -214,17 +214,17 @@ fn state(height: i64) -> keyguard_cometbft::SignedState {
     }
 }
 
-fn watermark(expected: Option<i64>, next: i64) -> StateWrite {
+fn watermark(next: i64) -> StateWrite {
     StateWrite::Watermark {
         chain_id: "c".into(),
         key_id: "k".into(),
-        expected: expected.map(|h| Box::new(state(h))),
         next: Box::new(state(next)),
     }
 }
 
-/// A watermark commits with its audit row; one decided against a row that has moved on (or
-/// that would lower it) fails alone, leaving nothing behind, while its batch-mates commit.
+/// A watermark commits with its audit row; one that is not ahead of the stored row (another
+/// writer got there first, or it would lower it) fails alone, leaving nothing behind, while its
+/// batch-mates commit.
 #[test]
 fn watermark_rides_the_audit_commit_and_conflicts_fail_alone() {
     let dir = tempfile::tempdir().unwrap();
@@ -232,15 +232,15 @@ fn watermark_rides_the_audit_commit_and_conflicts_fail_alone() {
     let store = Store::open(&path).unwrap();
     let log = unmetered(store.audit_log());
     let rt = rt();
-    rt.block_on(log.append_with_state(entry(0), vec![watermark(None, 5)]))
+    rt.block_on(log.append_with_state(entry(0), vec![watermark(5)]))
         .unwrap();
     let row = store.watermarks().load("c", "k").unwrap().unwrap();
     assert_eq!(row.state, state(5));
     // Stall the writer so the next three land in one batch.
     let lock = write_lock(&path);
-    let stale = rt.spawn(log.append_with_state(entry(1), vec![watermark(None, 6)]));
-    let good = rt.spawn(log.append_with_state(entry(2), vec![watermark(Some(5), 7)]));
-    let backwards = rt.spawn(log.append_with_state(entry(3), vec![watermark(Some(7), 6)]));
+    let stale = rt.spawn(log.append_with_state(entry(1), vec![watermark(4)]));
+    let good = rt.spawn(log.append_with_state(entry(2), vec![watermark(7)]));
+    let backwards = rt.spawn(log.append_with_state(entry(3), vec![watermark(6)]));
     let plain = rt.spawn(log.append(entry(4)));
     std::thread::sleep(Duration::from_millis(200));
     drop(lock);

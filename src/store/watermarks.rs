@@ -1,17 +1,18 @@
 //! CometBFT watermarks: the last signed height/round/step per (chain, key), on their own
 //! connection so a watermark commit never queues behind audit batches.
 //!
-//! Every write is one `BEGIN IMMEDIATE` transaction (synchronous=FULL, so the WAL is fsynced
-//! before `COMMIT` returns) that re-reads the row and refuses to move it backwards or to
-//! overwrite a row other than the one the caller decided against: a state imported by
-//! `keyguard state import` while the daemon runs, or another process on the same file, can
-//! never be silently undone.
+//! The signer's advance is ONE conditional statement that checks and writes at once (`INSERT
+//! ... ON CONFLICT DO UPDATE ... WHERE (height, round, step) < new`): the row is the fence.
+//! Two processes on one SQLite file, or several instances sharing PostgreSQL, deciding the same
+//! height/round/step at the same moment get one success and one [`WatermarkError::Stale`]
+//! carrying the row that won; no lease, lock or clock is involved. A state imported by
+//! `keyguard state import` while the daemon runs can never be silently undone either.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
 
 use keyguard_cometbft::{SignedState, Step};
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+use super::db::{vals, Conn, Row, Shared, Tx};
 use super::{now_ms, StoreError};
 
 /// One stored watermark row.
@@ -62,16 +63,10 @@ pub enum WatermarkError {
     Store(#[from] StoreError),
 }
 
-impl From<rusqlite::Error> for WatermarkError {
-    fn from(e: rusqlite::Error) -> Self {
-        WatermarkError::Store(StoreError::Sql(e))
-    }
-}
-
 /// Handle to the watermark table. Cheap to clone; blocking (call from `spawn_blocking`).
 #[derive(Clone)]
 pub struct WatermarkStore {
-    conn: Arc<Mutex<Connection>>,
+    conn: Arc<Shared>,
 }
 
 impl std::fmt::Debug for WatermarkStore {
@@ -80,37 +75,30 @@ impl std::fmt::Debug for WatermarkStore {
     }
 }
 
-fn read_row(
-    conn: &Connection,
-    chain_id: &str,
-    key_id: &str,
-) -> rusqlite::Result<Option<WatermarkRow>> {
-    conn.query_row(
-        "SELECT height, round, step, block_id, sign_bytes, signature, ext_signature, source,
-                updated_ms, released_height, released_round, released_step
-         FROM cometbft_watermarks WHERE chain_id = ?1 AND key_id = ?2",
-        params![chain_id, key_id],
-        |r| row(chain_id.to_owned(), key_id.to_owned(), r),
-    )
-    .optional()
+const COLUMNS: &str = "height, round, step, block_id, sign_bytes, signature, ext_signature, \
+                       source, updated_ms, released_height, released_round, released_step, \
+                       chain_id, key_id";
+
+fn read_row(tx: &Tx<'_>, chain_id: &str, key_id: &str) -> Result<Option<WatermarkRow>, StoreError> {
+    tx.query_opt(
+        &format!("SELECT {COLUMNS} FROM cometbft_watermarks WHERE chain_id = $1 AND key_id = $2"),
+        vals![chain_id, key_id],
+    )?
+    .map(|r| row(&r))
+    .transpose()
 }
 
-fn step_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Step> {
+fn step_at(r: &Row, i: usize) -> Result<Step, StoreError> {
     let step_n: i64 = r.get(i)?;
-    Step::from_number(step_n).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            i,
-            rusqlite::types::Type::Integer,
-            format!("step {step_n}").into(),
-        )
-    })
+    Step::from_number(step_n)
+        .ok_or_else(|| StoreError::Unavailable(format!("watermark row holds step {step_n}")))
 }
 
-fn row(chain_id: String, key_id: String, r: &rusqlite::Row<'_>) -> rusqlite::Result<WatermarkRow> {
+fn row(r: &Row) -> Result<WatermarkRow, StoreError> {
     let step = step_at(r, 2)?;
     Ok(WatermarkRow {
-        chain_id,
-        key_id,
+        chain_id: r.get(12)?,
+        key_id: r.get(13)?,
         state: SignedState {
             height: r.get(0)?,
             round: r.get(1)?,
@@ -128,123 +116,162 @@ fn row(chain_id: String, key_id: String, r: &rusqlite::Row<'_>) -> rusqlite::Res
 
 /// Writes a row; the signer's writes (`source = "signer"`) also record the state as released
 /// (its signature leaves the process only after this commits).
+#[cfg(feature = "fault-injection")]
 fn write_row(
-    conn: &Connection,
+    tx: &Tx<'_>,
     chain_id: &str,
     key_id: &str,
     s: &SignedState,
     source: &str,
-) -> rusqlite::Result<()> {
-    conn.execute(
-        "INSERT INTO cometbft_watermarks (chain_id, key_id, height, round, step, block_id,
-            sign_bytes, signature, ext_signature, source, updated_ms, released_height,
-            released_round, released_step)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,
-            CASE WHEN ?10 = 'signer' THEN ?3 ELSE 0 END,
-            CASE WHEN ?10 = 'signer' THEN ?4 ELSE 0 END,
-            CASE WHEN ?10 = 'signer' THEN ?5 ELSE 0 END)
-         ON CONFLICT (chain_id, key_id) DO UPDATE SET height = ?3, round = ?4, step = ?5,
-            block_id = ?6, sign_bytes = ?7, signature = ?8, ext_signature = ?9, source = ?10,
-            updated_ms = ?11,
-            released_height = CASE WHEN ?10 = 'signer' THEN ?3 ELSE released_height END,
-            released_round = CASE WHEN ?10 = 'signer' THEN ?4 ELSE released_round END,
-            released_step = CASE WHEN ?10 = 'signer' THEN ?5 ELSE released_step END",
-        params![
+) -> Result<(), StoreError> {
+    upsert(tx, chain_id, key_id, s, source, "")?;
+    Ok(())
+}
+
+/// The one statement every watermark write is; `fence` is an extra `WHERE` on the existing
+/// row (empty: unconditional). Returns whether a row was written.
+fn upsert(
+    tx: &Tx<'_>,
+    chain_id: &str,
+    key_id: &str,
+    s: &SignedState,
+    source: &str,
+    fence: &str,
+) -> Result<bool, StoreError> {
+    let signer = source == "signer";
+    let written = tx.query(
+        &format!(
+            "INSERT INTO cometbft_watermarks AS w (chain_id, key_id, height, round, step, \
+                block_id, sign_bytes, signature, ext_signature, source, updated_ms, \
+                released_height, released_round, released_step)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+             ON CONFLICT (chain_id, key_id) DO UPDATE SET height = excluded.height, \
+                round = excluded.round, step = excluded.step, block_id = excluded.block_id, \
+                sign_bytes = excluded.sign_bytes, signature = excluded.signature, \
+                ext_signature = excluded.ext_signature, source = excluded.source, \
+                updated_ms = excluded.updated_ms,
+                released_height = CASE WHEN $15 = 1 THEN excluded.height ELSE w.released_height END,
+                released_round = CASE WHEN $15 = 1 THEN excluded.round ELSE w.released_round END,
+                released_step = CASE WHEN $15 = 1 THEN excluded.step ELSE w.released_step END
+             {fence}
+             RETURNING height"
+        ),
+        vals![
             chain_id,
             key_id,
             s.height,
             s.round,
             s.step.number(),
-            s.block_id,
-            s.sign_bytes,
-            s.signature,
-            s.extension_signature,
+            &s.block_id,
+            &s.sign_bytes,
+            &s.signature,
+            &s.extension_signature,
             source,
-            now_ms()
+            now_ms(),
+            if signer { s.height } else { 0 },
+            if signer { s.round } else { 0 },
+            if signer { s.step.number() } else { 0 },
+            signer
         ],
     )?;
-    Ok(())
+    Ok(!written.is_empty())
 }
 
 /// The check-and-write of [`WatermarkStore::advance`] inside a caller's transaction (the audit
 /// writer's, so the watermark and the signature's audit row share one commit and one fsync).
 pub(crate) fn advance_in(
-    conn: &Connection,
+    tx: &Tx<'_>,
     chain_id: &str,
     key_id: &str,
-    expected: Option<&SignedState>,
     next: &SignedState,
 ) -> Result<(), WatermarkError> {
-    // FAULT HOOK watermark: skip-watermark / watermark-back (test builds only, src/store/fault.rs).
+    // FAULT HOOK watermark: skip-watermark / watermark-back / split-fence (test builds only,
+    // src/store/fault.rs).
     #[cfg(feature = "fault-injection")]
     if let Some(instead) = super::fault::watermark(next) {
-        return Ok(instead.map_or(Ok(()), |s| write_row(conn, chain_id, key_id, &s, "signer"))?);
+        return Ok(instead.map_or(Ok(()), |s| write_row(tx, chain_id, key_id, &s, "signer"))?);
     }
-    let current = read_row(conn, chain_id, key_id)?.map(|r| r.state);
-    if current.as_ref() != expected {
-        let c = current.unwrap_or_default();
-        return Err(WatermarkError::Stale {
-            chain_id: chain_id.into(),
-            key_id: key_id.into(),
-            height: c.height,
-            round: c.round,
-            step: c.step,
-            current: Box::new(c),
-        });
-    }
-    if let Some(c) = &current {
-        if next.hrs() < c.hrs() {
-            return Err(WatermarkError::Backwards(format!("{chain_id}/{key_id}")));
+    #[cfg(feature = "fault-injection")]
+    if super::fault::is(super::fault::Fault::SplitFence) {
+        // The Horcrux bug on purpose: check in one statement, write in another.
+        let current = read_row(tx, chain_id, key_id)?;
+        if current.is_some_and(|c| next.hrs() <= c.state.hrs()) {
+            return Err(stale(tx, chain_id, key_id)?);
         }
+        std::thread::sleep(super::fault::SPLIT_GAP);
+        return Ok(write_row(tx, chain_id, key_id, next, "signer")?);
     }
-    write_row(conn, chain_id, key_id, next, "signer")?;
-    Ok(())
+    // Strictly ahead, or the same height/round/step with the same sign bytes (a re-sent vote
+    // whose extension is signed again).
+    let fence = "WHERE (w.height, w.round, w.step) < (excluded.height, excluded.round, \
+                 excluded.step) OR ((w.height, w.round, w.step) = (excluded.height, \
+                 excluded.round, excluded.step) AND w.sign_bytes = excluded.sign_bytes)";
+    if upsert(tx, chain_id, key_id, next, "signer", fence)? {
+        Ok(())
+    } else {
+        Err(stale(tx, chain_id, key_id)?)
+    }
+}
+
+/// The row that won, as the error a losing writer gets.
+fn stale(tx: &Tx<'_>, chain_id: &str, key_id: &str) -> Result<WatermarkError, StoreError> {
+    let c = read_row(tx, chain_id, key_id)?
+        .map(|r| r.state)
+        .unwrap_or_default();
+    Ok(WatermarkError::Stale {
+        chain_id: chain_id.into(),
+        key_id: key_id.into(),
+        height: c.height,
+        round: c.round,
+        step: c.step,
+        current: Box::new(c),
+    })
 }
 
 impl WatermarkStore {
-    pub(crate) fn new(conn: Connection) -> Self {
+    pub(crate) fn new(conn: Conn) -> Self {
         WatermarkStore {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: Arc::new(Shared::new(conn)),
         }
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    fn conn(&self) -> MutexGuard<'_, Conn> {
+        self.conn.lock()
+    }
+
+    /// Whether several instances share these rows (PostgreSQL): no cached copy can be trusted.
+    pub fn is_shared(&self) -> bool {
+        self.conn().dialect() == super::db::Dialect::Postgres
     }
 
     /// The stored watermark, if any.
     pub fn load(&self, chain_id: &str, key_id: &str) -> Result<Option<WatermarkRow>, StoreError> {
-        Ok(read_row(&self.conn(), chain_id, key_id)?)
+        self.conn().with(|t| read_row(t, chain_id, key_id))
     }
 
     /// Every stored watermark.
     pub fn list(&self) -> Result<Vec<WatermarkRow>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT height, round, step, block_id, sign_bytes, signature, ext_signature, source,
-                    updated_ms, released_height, released_round, released_step, chain_id, key_id
-             FROM cometbft_watermarks ORDER BY chain_id, key_id",
-        )?;
-        let rows = stmt
-            .query_map([], |r| row(r.get(12)?, r.get(13)?, r))?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+        self.conn().with(|t| {
+            t.query(
+                &format!("SELECT {COLUMNS} FROM cometbft_watermarks ORDER BY chain_id, key_id"),
+                &[],
+            )?
+            .iter()
+            .map(row)
+            .collect()
+        })
     }
 
-    /// Durably replaces `expected` (None: no row) by `next`, which must be strictly ahead of it
-    /// or at the same height/round/step (a re-signed extension). Returns after the fsync.
+    /// Durably moves the watermark to `next`, which must be strictly ahead of the stored row or
+    /// at the same height/round/step with the same sign bytes. Returns after the commit.
     pub fn advance(
         &self,
         chain_id: &str,
         key_id: &str,
-        expected: Option<&SignedState>,
         next: &SignedState,
     ) -> Result<(), WatermarkError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        advance_in(&tx, chain_id, key_id, expected, next)?;
-        tx.commit()?;
-        Ok(())
+        self.conn()
+            .transaction(|tx| advance_in(tx, chain_id, key_id, next))
     }
 
     /// Imports a state from a file signer; refuses to lower an existing watermark (an operator
@@ -256,20 +283,22 @@ impl WatermarkStore {
         state: &SignedState,
         source: &str,
     ) -> Result<Option<SignedState>, WatermarkError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let current = read_row(&tx, chain_id, key_id)?.map(|r| r.state);
-        if let Some(c) = &current {
-            if state.hrs() <= c.hrs() {
+        self.conn().transaction(|tx| {
+            let current = read_row(tx, chain_id, key_id)?.map(|r| r.state);
+            // Raise only, in the writing statement itself.
+            let fence = "WHERE (w.height, w.round, w.step) < (excluded.height, excluded.round, \
+                         excluded.step)";
+            if !upsert(tx, chain_id, key_id, state, source, fence)? {
+                let c = read_row(tx, chain_id, key_id)?
+                    .map(|r| r.state)
+                    .unwrap_or_default();
                 return Err(WatermarkError::Backwards(format!(
                     "{chain_id}/{key_id}: stored {}/{}/{:?} is not below the imported {}/{}/{:?}",
                     c.height, c.round, c.step, state.height, state.round, state.step
                 )));
             }
-        }
-        write_row(&tx, chain_id, key_id, state, source)?;
-        tx.commit()?;
-        Ok(current)
+            Ok(current)
+        })
     }
 
     /// Lowers a watermark (see [`repair_in`]); returns the state it replaced.
@@ -280,11 +309,8 @@ impl WatermarkStore {
         height: i64,
         source: &str,
     ) -> Result<SignedState, WatermarkError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let old = repair_in(&tx, chain_id, key_id, height, source)?;
-        tx.commit()?;
-        Ok(old)
+        self.conn()
+            .transaction(|tx| repair_in(tx, chain_id, key_id, height, source))
     }
 }
 
@@ -294,13 +320,13 @@ impl WatermarkStore {
 /// that does not exist, and anything not lower than the current watermark (raising is `state
 /// import`'s job). Returns the state it replaced; the caller commits.
 pub(crate) fn repair_in(
-    conn: &Connection,
+    tx: &Tx<'_>,
     chain_id: &str,
     key_id: &str,
     height: i64,
     source: &str,
 ) -> Result<SignedState, WatermarkError> {
-    let Some(current) = read_row(conn, chain_id, key_id)? else {
+    let Some(current) = read_row(tx, chain_id, key_id)? else {
         return Err(WatermarkError::Repair(format!(
             "no watermark for {chain_id}/{key_id}"
         )));
@@ -325,6 +351,17 @@ pub(crate) fn repair_in(
             current.state.height
         )));
     }
-    write_row(conn, chain_id, key_id, &next, source)?;
+    // Lower only if the row is still the one judged above (another instance may have signed
+    // since): the judgement is repeated in the writing statement.
+    let (h, r, st) = current.state.hrs();
+    let fence = format!(
+        "WHERE w.height = {h} AND w.round = {r} AND w.step = {} AND w.released_height < {height}",
+        st.number()
+    );
+    if !upsert(tx, chain_id, key_id, &next, source, &fence)? {
+        return Err(WatermarkError::Repair(format!(
+            "{chain_id}/{key_id}: the watermark moved while the repair was judged; try again"
+        )));
+    }
     Ok(current.state)
 }

@@ -5,11 +5,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use rusqlite::{params, Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
-use super::audit::{AuditEntry, AuditReceipt, RowFields};
+use super::audit::{AuditEntry, AuditReceipt, Decision, RowFields};
 use super::bounds::{Admission, AuditLimits, Bounds};
+use super::db::{vals, Conn, Dialect, Tx};
 use super::ledger::{self, StateWrite};
 use super::read;
 use super::{now_ms, StoreError};
@@ -173,7 +173,7 @@ impl AuditLog {
 }
 
 struct Writer {
-    conn: Connection,
+    conn: Conn,
     last_seq: i64,
     head: [u8; 32],
     /// After a failed commit the in-memory head is re-read before the next batch.
@@ -183,9 +183,9 @@ struct Writer {
 
 /// Starts the writer thread that owns `conn` (already migrated).
 pub(crate) fn spawn(
-    conn: Connection,
+    mut conn: Conn,
 ) -> Result<(AuditLog, std::thread::JoinHandle<()>), StoreError> {
-    let (last_seq, head) = read::head(&conn)?;
+    let (last_seq, head) = conn.with(read::head)?;
     let commits = Arc::new(AtomicU64::new(0));
     let (tx, rx) = mpsc::channel();
     let mut writer = Writer {
@@ -274,96 +274,160 @@ impl Writer {
         }
     }
 
-    /// Writes the batch in one IMMEDIATE transaction; dropping it on error rolls back. An entry
-    /// whose state rows conflict ([`StoreError::StateConflict`]) is left out alone: its outcome
-    /// is that error and the others still commit.
+    /// Writes the batch in one transaction; dropping it on error rolls back. An entry whose
+    /// state rows conflict ([`StoreError::StateConflict`]) is left out alone (its own
+    /// savepoint is rolled back): its outcome is that error and the others still commit.
+    ///
+    /// On PostgreSQL several instances append to one chain: the transaction first locks the
+    /// head row, so seqs are consecutive and each row links to the one before it whoever wrote
+    /// it, and the kill switch is read after that lock (a disable commits either wholly before
+    /// a signature's row, which then sees it, or after it).
     fn commit(
         &mut self,
         batch: &[Pending],
     ) -> Result<Vec<Result<AuditReceipt, StoreError>>, StoreError> {
-        if self.stale {
-            (self.last_seq, self.head) = read::head(&self.conn)?;
+        let shared = self.conn.dialect() == Dialect::Postgres;
+        if self.stale && !shared {
+            (self.last_seq, self.head) = self.conn.with(read::head)?;
             self.stale = false;
         }
         let ts_ms = now_ms();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut outcomes = Vec::with_capacity(batch.len());
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO audit_log (seq, ts_ms, request_id, client, key_id, chain, method, \
-                 summary, decision, rule, reason, tx_hash, prev_hash, hash) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-            )?;
-            let (mut seq, mut prev) = (self.last_seq, self.head);
+        let (last_seq, head) = (self.last_seq, self.head);
+        let (outcomes, end) = self.conn.transaction(|tx| {
+            let (mut seq, mut prev) = if shared {
+                lock_head(tx)?
+            } else {
+                (last_seq, head)
+            };
+            let mut outcomes = Vec::with_capacity(batch.len());
             for (e, writes, _) in batch {
-                // Only a watermark can conflict, and it is checked before it writes: written
-                // first, a conflicting entry leaves nothing behind.
-                let ordered = writes
-                    .iter()
-                    .filter(|w| matches!(w, StateWrite::Watermark { .. }))
-                    .chain(
-                        writes
-                            .iter()
-                            .filter(|w| !matches!(w, StateWrite::Watermark { .. })),
-                    );
-                let mut conflict = None;
-                for w in ordered {
-                    match ledger::write(&tx, &e.request_id, w) {
-                        Ok(()) => {}
-                        Err(StoreError::StateConflict(c)) => {
-                            conflict = Some(c);
-                            break;
-                        }
-                        Err(other) => return Err(other),
+                match append_one(tx, e, writes, ts_ms, seq + 1, &prev)? {
+                    Ok(receipt) => {
+                        seq = receipt.seq;
+                        prev = receipt.hash;
+                        outcomes.push(Ok(receipt));
                     }
+                    Err(conflict) => outcomes.push(Err(conflict)),
                 }
-                if let Some(c) = conflict {
-                    outcomes.push(Err(StoreError::StateConflict(c)));
-                    continue;
-                }
-                seq += 1;
-                let summary = serde_json::to_string(&e.summary)
-                    .map_err(|err| StoreError::Unavailable(format!("summary: {err}")))?;
-                let fields = RowFields {
-                    seq,
-                    ts_ms,
-                    request_id: &e.request_id,
-                    client: &e.client,
-                    key_id: e.key_id.as_deref(),
-                    chain: e.chain.as_deref(),
-                    method: &e.method,
-                    summary: &summary,
-                    decision: e.decision.as_str(),
-                    rule: e.rule.as_deref(),
-                    reason: e.reason.as_deref(),
-                    tx_hash: e.tx_hash.as_deref(),
-                };
-                let hash = fields.hash(&prev);
-                stmt.execute(params![
-                    seq,
-                    ts_ms,
-                    fields.request_id,
-                    fields.client,
-                    fields.key_id,
-                    fields.chain,
-                    fields.method,
-                    fields.summary,
-                    fields.decision,
-                    fields.rule,
-                    fields.reason,
-                    fields.tx_hash,
-                    &prev[..],
-                    &hash[..],
-                ])?;
-                outcomes.push(Ok(AuditReceipt { seq, ts_ms, hash }));
-                prev = hash;
             }
-        }
-        tx.commit()?;
+            if shared {
+                tx.execute(
+                    "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1",
+                    vals![seq, &prev],
+                )?;
+            }
+            Ok::<_, StoreError>((outcomes, (seq, prev)))
+        })?;
+        (self.last_seq, self.head) = end;
         Ok(outcomes)
     }
+}
+
+/// The shared chain's head, locked until the transaction ends.
+fn lock_head(tx: &Tx<'_>) -> Result<(i64, [u8; 32]), StoreError> {
+    let row = tx
+        .query_opt("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE", &[])?
+        .ok_or_else(|| StoreError::Unavailable("audit_head row is missing".into()))?;
+    let (seq, hash): (i64, Vec<u8>) = (row.get(0)?, row.get(1)?);
+    let hash = hash
+        .try_into()
+        .map_err(|_| StoreError::Corrupt {
+            seq,
+            reason: "audit_head hash is not 32 bytes".into(),
+        })?;
+    Ok((seq, hash))
+}
+
+/// Writes one entry's state rows and audit row as seq `seq`. The outer `Err` fails the whole
+/// batch (a database error); the inner one is this entry's conflict, rolled back alone.
+fn append_one(
+    tx: &Tx<'_>,
+    e: &AuditEntry,
+    writes: &[StateWrite],
+    ts_ms: i64,
+    seq: i64,
+    prev: &[u8; 32],
+) -> Result<Result<AuditReceipt, StoreError>, StoreError> {
+    let signature = e.decision == Decision::Signed && !writes.is_empty();
+    let guarded = signature || writes.len() > 1;
+    if guarded {
+        tx.batch("SAVEPOINT entry")?;
+    }
+    let mut conflict = None;
+    if signature {
+        if let Some(key) = &e.key_id {
+            // The kill switch, read inside the transaction that releases the signature.
+            let off = tx.query_opt(
+                "SELECT key_id FROM key_controls WHERE key_id IN ($1, '*') AND disabled = 1",
+                vals![key],
+            )?;
+            if off.is_some() {
+                conflict = Some(StoreError::StateConflict(format!(
+                    "admin.kill_switch: key {key} was switched off"
+                )));
+            }
+        }
+    }
+    if conflict.is_none() {
+        for w in writes {
+            match ledger::write(tx, &e.request_id, w) {
+                Ok(()) => {}
+                Err(StoreError::StateConflict(c)) => {
+                    conflict = Some(StoreError::StateConflict(c));
+                    break;
+                }
+                Err(other) => return Err(other),
+            }
+        }
+    }
+    if let Some(c) = conflict {
+        if guarded {
+            tx.batch("ROLLBACK TO SAVEPOINT entry; RELEASE SAVEPOINT entry")?;
+        }
+        return Ok(Err(c));
+    }
+    let summary = serde_json::to_string(&e.summary)
+        .map_err(|err| StoreError::Unavailable(format!("summary: {err}")))?;
+    let fields = RowFields {
+        seq,
+        ts_ms,
+        request_id: &e.request_id,
+        client: &e.client,
+        key_id: e.key_id.as_deref(),
+        chain: e.chain.as_deref(),
+        method: &e.method,
+        summary: &summary,
+        decision: e.decision.as_str(),
+        rule: e.rule.as_deref(),
+        reason: e.reason.as_deref(),
+        tx_hash: e.tx_hash.as_deref(),
+    };
+    let hash = fields.hash(prev);
+    tx.execute(
+        "INSERT INTO audit_log (seq, ts_ms, request_id, client, key_id, chain, method, \
+         summary, decision, rule, reason, tx_hash, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        vals![
+            seq,
+            ts_ms,
+            fields.request_id,
+            fields.client,
+            fields.key_id,
+            fields.chain,
+            fields.method,
+            fields.summary,
+            fields.decision,
+            fields.rule,
+            fields.reason,
+            fields.tx_hash,
+            &prev[..],
+            &hash[..]
+        ],
+    )?;
+    if guarded {
+        tx.batch("RELEASE SAVEPOINT entry")?;
+    }
+    Ok(Ok(AuditReceipt { seq, ts_ms, hash }))
 }
 
 fn refuse(msg: Msg) {

@@ -1,0 +1,449 @@
+//! One PostgreSQL connection driven from blocking code, with a deadline on every statement.
+//!
+//! The store is called from plain threads (the audit writer) and from `spawn_blocking`, so each
+//! session owns a thread with a current-thread runtime that drives `tokio-postgres`; callers
+//! block on a reply for at most the deadline. A statement that misses its deadline breaks the
+//! session (the socket is closed, so the server rolls back anything uncommitted) and the
+//! caller gets [`StoreError::Unavailable`]: keyguard never waits on the database unboundedly
+//! and never signs from state it could not confirm.
+//!
+//! PostgreSQL reports a commit whose wait for a synchronous standby was cancelled as a
+//! WARNING ("canceling wait for synchronous replication ... already committed locally") and
+//! then success. Such a commit may be lost by a failover, so [`PgSession::commit`] turns that
+//! notice into [`StoreError::CommitUnknown`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use std::future::poll_fn;
+
+use rustls_pki_types::pem::PemObject;
+use tokio::sync::mpsc;
+use tokio_postgres::config::TargetSessionAttrs;
+use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Statement};
+
+use super::value::{Row, Val};
+use crate::config::{PgSettings, PgTls};
+use crate::store::StoreError;
+
+/// Connection details the session needs beyond [`PgSettings`]' plain fields.
+pub(crate) trait PgConnect {
+    fn password(&self) -> Result<Option<zeroize::Zeroizing<String>>, StoreError>;
+    fn client_config(&self) -> Result<Config, StoreError>;
+    fn tls(&self) -> Result<Option<tokio_postgres_rustls::MakeRustlsConnect>, StoreError>;
+}
+
+impl PgConnect for PgSettings {
+    fn password(&self) -> Result<Option<zeroize::Zeroizing<String>>, StoreError> {
+        if let Some(var) = &self.password_env {
+            return std::env::var(var)
+                .map(|p| Some(zeroize::Zeroizing::new(p)))
+                .map_err(|_| StoreError::Unavailable(format!("password_env {var} is not set")));
+        }
+        let Some(path) = &self.password_file else {
+            return Ok(None);
+        };
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::metadata(path).map_err(|e| {
+                StoreError::Unavailable(format!("password_file {}: {e}", path.display()))
+            })?;
+            if meta.mode() & 0o077 != 0 {
+                return Err(StoreError::Unavailable(format!(
+                    "password_file {} is readable by group or others (chmod 600)",
+                    path.display()
+                )));
+            }
+        }
+        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+            StoreError::Unavailable(format!("password_file {}: {e}", path.display()))
+        })?);
+        Ok(Some(zeroize::Zeroizing::new(
+            text.trim_end_matches(['\r', '\n']).to_owned(),
+        )))
+    }
+
+    fn client_config(&self) -> Result<Config, StoreError> {
+        let mut c = Config::new();
+        for h in &self.hosts {
+            c.host(h);
+        }
+        c.port(self.port)
+            .user(&self.user)
+            .dbname(&self.dbname)
+            .application_name(self.application_name.as_deref().unwrap_or("keyguard"))
+            .connect_timeout(Duration::from_millis(self.connect_timeout_ms.max(1)))
+            .tcp_user_timeout(self.deadline())
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(5))
+            .keepalives_interval(Duration::from_secs(1))
+            .keepalives_retries(3)
+            .target_session_attrs(TargetSessionAttrs::ReadWrite);
+        if let Some(p) = self.password()? {
+            c.password(p.as_bytes());
+        }
+        if self.tls == PgTls::VerifyFull {
+            c.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
+        Ok(c)
+    }
+
+    fn tls(&self) -> Result<Option<tokio_postgres_rustls::MakeRustlsConnect>, StoreError> {
+        if self.tls == PgTls::Disable {
+            return Ok(None);
+        }
+        let Some(ca) = &self.ca_file else {
+            return Ok(None);
+        };
+        let pem = std::fs::read(ca)
+            .map_err(|e| StoreError::Unavailable(format!("ca_file {}: {e}", ca.display())))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| {
+                StoreError::Unavailable(format!("ca_file {}: {e}", ca.display()))
+            })?;
+            roots.add(cert).map_err(|e| {
+                StoreError::Unavailable(format!("ca_file {}: {e}", ca.display()))
+            })?;
+        }
+        if roots.is_empty() {
+            return Err(StoreError::Unavailable(format!(
+                "ca_file {} holds no certificate",
+                ca.display()
+            )));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| StoreError::Unavailable(format!("TLS: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Some(tokio_postgres_rustls::MakeRustlsConnect::new(config)))
+    }
+}
+
+
+pub(crate) enum Outcome {
+    Rows(Vec<Row>),
+    Count(u64),
+}
+
+enum Job {
+    Query {
+        sql: String,
+        params: Vec<Val>,
+        rows: bool,
+        reply: std_mpsc::SyncSender<Result<Outcome, StoreError>>,
+    },
+    Batch {
+        sql: String,
+        reply: std_mpsc::SyncSender<Result<Outcome, StoreError>>,
+    },
+}
+
+/// A live connection (see the module documentation).
+pub(crate) struct PgSession {
+    jobs: mpsc::UnboundedSender<Job>,
+    deadline: Duration,
+    broken: Arc<AtomicBool>,
+    notices: Arc<Mutex<Vec<String>>>,
+}
+
+impl std::fmt::Debug for PgSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgSession")
+            .field("broken", &self.is_broken())
+            .finish()
+    }
+}
+
+fn db_error(e: &tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(db) => StoreError::Postgres {
+            code: db.code().code().to_owned(),
+            message: db.message().to_owned(),
+        },
+        None => StoreError::Unavailable(format!("database connection: {e}")),
+    }
+}
+
+impl PgSession {
+    /// Connects (within the connect timeout) on a new session thread.
+    pub(crate) fn connect(settings: &PgSettings) -> Result<PgSession, StoreError> {
+        let config = settings.client_config()?;
+        let tls = settings.tls()?;
+        let deadline = settings.deadline();
+        let broken = Arc::new(AtomicBool::new(false));
+        let notices = Arc::new(Mutex::new(Vec::new()));
+        let (jobs, rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = std_mpsc::sync_channel(1);
+        let (b, n) = (broken.clone(), notices.clone());
+        std::thread::Builder::new()
+            .name("keyguard-pg".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(StoreError::Unavailable(e.to_string())));
+                        return;
+                    }
+                };
+                rt.block_on(session(config, tls, deadline, rx, ready_tx, b, n));
+            })
+            .map_err(|e| StoreError::Unavailable(format!("cannot start a database thread: {e}")))?;
+        let wait = Duration::from_millis(settings.connect_timeout_ms.max(1)) + deadline;
+        match ready_rx.recv_timeout(wait) {
+            Ok(Ok(())) => Ok(PgSession {
+                jobs,
+                deadline,
+                broken,
+                notices,
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "database did not accept a connection within {} ms",
+                wait.as_millis()
+            ))),
+        }
+    }
+
+    /// Whether the connection is gone (deadline missed, server closed it, network error).
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire) || self.jobs.is_closed()
+    }
+
+    fn call(&self, job: impl FnOnce(std_mpsc::SyncSender<Result<Outcome, StoreError>>) -> Job) -> Result<Outcome, StoreError> {
+        if self.is_broken() {
+            return Err(StoreError::Unavailable("database connection lost".into()));
+        }
+        let (reply, rx) = std_mpsc::sync_channel(1);
+        self.jobs
+            .send(job(reply))
+            .map_err(|_| StoreError::Unavailable("database connection lost".into()))?;
+        // The session thread enforces the deadline itself; this margin only covers a thread
+        // that cannot run at all.
+        match rx.recv_timeout(self.deadline + Duration::from_millis(500)) {
+            Ok(r) => r,
+            Err(_) => {
+                self.broken.store(true, Ordering::Release);
+                Err(StoreError::Unavailable(format!(
+                    "database did not answer within {} ms",
+                    self.deadline.as_millis()
+                )))
+            }
+        }
+    }
+
+    pub(crate) fn query(&self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
+        match self.call(|reply| Job::Query {
+            sql: sql.to_owned(),
+            params: params.to_vec(),
+            rows: true,
+            reply,
+        })? {
+            Outcome::Rows(r) => Ok(r),
+            Outcome::Count(_) => Ok(Vec::new()),
+        }
+    }
+
+    pub(crate) fn execute(&self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
+        match self.call(|reply| Job::Query {
+            sql: sql.to_owned(),
+            params: params.to_vec(),
+            rows: false,
+            reply,
+        })? {
+            Outcome::Count(n) => Ok(n),
+            Outcome::Rows(r) => Ok(r.len() as u64),
+        }
+    }
+
+    /// Runs several statements without parameters (migrations, BEGIN/ROLLBACK).
+    pub(crate) fn batch(&self, sql: &str) -> Result<(), StoreError> {
+        self.call(|reply| Job::Batch {
+            sql: sql.to_owned(),
+            reply,
+        })
+        .map(|_| ())
+    }
+
+    /// COMMIT, failing when the server warned that the wait for a synchronous standby was
+    /// cancelled (the commit is then only local and a failover may lose it).
+    pub(crate) fn commit(&self) -> Result<(), StoreError> {
+        self.take_notices();
+        self.batch("COMMIT")?;
+        let notices = self.take_notices();
+        if let Some(n) = notices
+            .iter()
+            .find(|n| n.contains("synchronous replication"))
+        {
+            return Err(StoreError::CommitUnknown(n.clone()));
+        }
+        Ok(())
+    }
+
+    fn take_notices(&self) -> Vec<String> {
+        std::mem::take(&mut *self.notices.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+async fn session(
+    config: Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    deadline: Duration,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    ready: std_mpsc::SyncSender<Result<(), StoreError>>,
+    broken: Arc<AtomicBool>,
+    notices: Arc<Mutex<Vec<String>>>,
+) {
+    let client = match tls {
+        Some(tls) => match config.connect(tls).await {
+            Ok((client, conn)) => {
+                tokio::spawn(drive(conn, broken.clone(), notices));
+                client
+            }
+            Err(e) => {
+                let _ = ready.send(Err(db_error(&e)));
+                return;
+            }
+        },
+        None => match config.connect(NoTls).await {
+            Ok((client, conn)) => {
+                tokio::spawn(drive(conn, broken.clone(), notices));
+                client
+            }
+            Err(e) => {
+                let _ = ready.send(Err(db_error(&e)));
+                return;
+            }
+        },
+    };
+    let _ = ready.send(Ok(()));
+    let mut cache: HashMap<String, Statement> = HashMap::new();
+    while let Some(job) = rx.recv().await {
+        let (work, reply): (BoxFut<'_>, _) = match job {
+            Job::Query {
+                sql,
+                params,
+                rows,
+                reply,
+            } => (Box::pin(run(&client, &mut cache, sql, params, rows)), reply),
+            Job::Batch { sql, reply } => {
+                let client = &client;
+                (
+                    Box::pin(async move {
+                        client
+                            .batch_execute(&sql)
+                            .await
+                            .map(|()| Outcome::Count(0))
+                            .map_err(|e| db_error(&e))
+                    }),
+                    reply,
+                )
+            }
+        };
+        match tokio::time::timeout(deadline, work).await {
+            Ok(result) => {
+                let lost = matches!(&result, Err(StoreError::Unavailable(_)));
+                let _ = reply.send(result);
+                if lost || client.is_closed() {
+                    broken.store(true, Ordering::Release);
+                    return;
+                }
+            }
+            Err(_) => {
+                broken.store(true, Ordering::Release);
+                let _ = reply.send(Err(StoreError::Unavailable(format!(
+                    "database did not answer within {} ms",
+                    deadline.as_millis()
+                ))));
+                // Dropping the client closes the socket: the server rolls back whatever was
+                // not committed.
+                return;
+            }
+        }
+    }
+}
+
+type BoxFut<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Outcome, StoreError>> + 'a>>;
+
+async fn run(
+    client: &Client,
+    cache: &mut HashMap<String, Statement>,
+    sql: String,
+    params: Vec<Val>,
+    rows: bool,
+) -> Result<Outcome, StoreError> {
+    let stmt = match cache.get(&sql) {
+        Some(s) => s.clone(),
+        None => {
+            let s = client.prepare(&sql).await.map_err(|e| db_error(&e))?;
+            cache.insert(sql, s.clone());
+            s
+        }
+    };
+    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+        .iter()
+        .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    if rows {
+        let out = client.query(&stmt, &refs).await.map_err(|e| db_error(&e))?;
+        let mut rows = Vec::with_capacity(out.len());
+        for r in out {
+            let mut vals = Vec::with_capacity(r.len());
+            for i in 0..r.len() {
+                vals.push(r.try_get::<_, Val>(i).map_err(|e| StoreError::Postgres {
+                    code: String::new(),
+                    message: e.to_string(),
+                })?);
+            }
+            rows.push(Row(vals));
+        }
+        Ok(Outcome::Rows(rows))
+    } else {
+        client
+            .execute(&stmt, &refs)
+            .await
+            .map(Outcome::Count)
+            .map_err(|e| db_error(&e))
+    }
+}
+
+/// Drives the socket and keeps the server's notices for [`PgSession::commit`].
+async fn drive<S, T>(
+    mut conn: tokio_postgres::Connection<S, T>,
+    broken: Arc<AtomicBool>,
+    notices: Arc<Mutex<Vec<String>>>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match poll_fn(|cx| conn.poll_message(cx)).await {
+            Some(Ok(AsyncMessage::Notice(n))) => {
+                tracing::warn!(severity = %n.severity(), message = %n.message(), "database notice");
+                notices
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(n.message().to_owned());
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "database connection failed");
+                broken.store(true, Ordering::Release);
+                return;
+            }
+            None => {
+                broken.store(true, Ordering::Release);
+                return;
+            }
+        }
+    }
+}
