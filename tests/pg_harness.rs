@@ -137,9 +137,7 @@ fn tls_cluster_verifies_with_its_ca_and_refuses_plaintext_and_other_cas() {
     as_role(&by_name, "SELECT 1");
 
     // Negative controls: plaintext TCP, and a CA that did not issue the certificate.
-    let plain = c
-        .conninfo()
-        .replace("sslmode=verify-full", "sslmode=disable");
+    let plain = format!("{} sslmode=disable", c.base_conninfo());
     let out = psql_conninfo(&plain, "SELECT 1");
     assert!(!out.status.success());
     assert!(stderr(&out).contains("no encryption"), "{}", stderr(&out));
@@ -218,11 +216,18 @@ fn cancelled_wait_for_the_standby_commits_locally_with_a_warning() {
 #[test]
 fn promoted_standby_is_writable_and_keeps_synchronous_commits() {
     let pair = PgPair::start();
-    pair.primary()
-        .psql("CREATE TABLE t (id BIGINT PRIMARY KEY); INSERT INTO t VALUES (1)");
-    pair.primary().stop_immediate();
+    let (primary, standby) = (pair.primary(), pair.standby());
+    primary.psql("CREATE TABLE t (id BIGINT PRIMARY KEY); INSERT INTO t VALUES (1)");
+    // What a tripwire can compare: a standby shares the primary's system identifier, and
+    // promotion starts a new timeline.
+    const IDENTITY: &str = "SELECT system_identifier FROM pg_control_system()";
+    const TIMELINE: &str = "SELECT timeline_id FROM pg_control_checkpoint()";
+    assert_eq!(standby.psql(IDENTITY), primary.psql(IDENTITY));
+    assert_eq!(primary.psql(TIMELINE), "1");
+    primary.stop_immediate();
     pair.promote_standby();
-    let standby = pair.standby();
+    standby.psql("CHECKPOINT");
+    assert_eq!(standby.psql(TIMELINE), "2");
     as_role(&standby.conninfo(), "SELECT 1");
     standby.psql("INSERT INTO t VALUES (2)");
     assert_eq!(

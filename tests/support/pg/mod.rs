@@ -183,16 +183,23 @@ impl PgCluster {
     }
 
     /// libpq key/value connection string over TCP with the role's password (with TLS:
-    /// `sslmode=verify-full sslrootcert=<ca_pem>`).
+    /// `sslmode=verify-full sslrootcert=<ca_pem>`, libpq's keys, which psql honours;
+    /// tokio-postgres's parser does not know `sslrootcert`: give it `base_conninfo()` and the
+    /// CA through its TLS connector).
     pub fn conninfo(&self) -> String {
-        let mut s = format!(
-            "host={HOST} port={} user={ROLE} password={} dbname={DATABASE}",
-            self.port, self.password
-        );
+        let mut s = self.base_conninfo();
         if let Some(ca) = &self.ca_pem {
             s += &format!(" sslmode=verify-full sslrootcert={}", ca.display());
         }
         s
+    }
+
+    /// Host, port, role, password and database over TCP, without any TLS key.
+    pub fn base_conninfo(&self) -> String {
+        format!(
+            "host={HOST} port={} user={ROLE} password={} dbname={DATABASE}",
+            self.port, self.password
+        )
     }
 
     /// The same over the Unix socket (the role still authenticates with SCRAM).
