@@ -67,7 +67,7 @@ impl PgCluster {
                 "--auth=trust",
                 "--encoding=UTF8",
                 "--locale=C",
-                // initdb's own final sync only; the server runs with fsync on.
+                // Skips initdb's final flush only; the server itself runs with fsync on.
                 "--no-sync",
             ]),
             TIMEOUT,
