@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import kg
+import pgcluster
 
 REPO = Path(__file__).resolve().parents[2]
 _running: list[kg.Daemon] = []
@@ -51,6 +52,18 @@ def backend(request):
             pytest.fail("SoftHSM2 is not installed: run through tests/run (it installs it)")
         pytest.skip("SoftHSM2 is not installed (tests/run warned: KEYGUARD_SKIP_PKCS11=1)")
     return request.param
+
+
+@pytest.fixture
+def pg_cluster():
+    """A throwaway PostgreSQL server (pgcluster.PgCluster), stopped and removed after the test.
+    A missing PostgreSQL fails the test, never a skip."""
+    try:
+        cluster = pgcluster.PgCluster.start()
+    except pgcluster.PgMissing as e:
+        pytest.fail(str(e))
+    yield cluster
+    cluster.close()
 
 
 @pytest.fixture
