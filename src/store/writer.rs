@@ -268,7 +268,10 @@ impl Writer {
                 let msg = format!("audit commit failed: {e}");
                 tracing::error!(entries = batch.len(), error = %e, "audit commit failed");
                 for (_, _, reply) in batch {
-                    let _ = reply.send(Err(StoreError::Unavailable(msg.clone())));
+                    let _ = reply.send(Err(match &e {
+                        StoreError::CommitUnknown(m) => StoreError::CommitUnknown(m.clone()),
+                        _ => StoreError::Unavailable(msg.clone()),
+                    }));
                 }
             }
         }

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use rand::distributions::{Alphanumeric, DistString};
 
+#[allow(unused_imports)]
 pub use pair::{PgPair, STANDBY_NAME};
 use run::{as_server_user, chown_to_server_user, poll, run, run_ok, try_run, TIMEOUT};
 pub use tls::other_ca;

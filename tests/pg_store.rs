@@ -1,0 +1,426 @@
+//! The shared PostgreSQL store (issue 15) against real servers, and the same behaviour on
+//! SQLite: every safety row is fenced in the statement that writes it, so of two instances
+//! deciding the same height, nonce, outpoint or approval at once exactly one wins; a database
+//! that is slow, gone, or lost its synchronous standby fails the request instead of letting a
+//! signature out. Negative control: the `no-fence` fault (the write without its condition)
+//! must make the concurrency test find double signatures.
+
+#[path = "support/pg/mod.rs"]
+mod pg;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use keyguard::config::{PgSettings, PgTls};
+use keyguard::store::{AuditEntry, Decision, StateWrite, Store, StoreError};
+use keyguard_cometbft::{SignedState, Step};
+use pg::{PgCluster, PgPair};
+
+fn settings(c: &PgCluster, dir: &std::path::Path, deadline_ms: u64) -> PgSettings {
+    let pw = dir.join("pg.pass");
+    std::fs::write(&pw, c.password()).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    PgSettings {
+        hosts: vec![c.host().to_owned()],
+        port: c.port(),
+        user: c.user().to_owned(),
+        dbname: c.dbname().to_owned(),
+        password_env: None,
+        password_file: Some(pw),
+        tls: PgTls::Disable,
+        ca_file: None,
+        deadline_ms,
+        connect_timeout_ms: 3_000,
+        application_name: Some("keyguard-test".into()),
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn entry(request: &str, key: &str) -> AuditEntry {
+    AuditEntry {
+        request_id: request.into(),
+        client: "test".into(),
+        key_id: Some(key.into()),
+        chain: Some("test".into()),
+        method: "sign".into(),
+        summary: serde_json::json!({}),
+        decision: Decision::Signed,
+        rule: None,
+        reason: None,
+        tx_hash: None,
+    }
+}
+
+fn vote(height: i64, bytes: u8) -> SignedState {
+    SignedState {
+        height,
+        round: 0,
+        step: Step::Precommit,
+        block_id: vec![bytes; 32],
+        sign_bytes: vec![bytes; 8],
+        signature: vec![bytes; 64],
+        extension_signature: Vec::new(),
+    }
+}
+
+fn watermark(height: i64, bytes: u8) -> StateWrite {
+    StateWrite::Watermark {
+        chain_id: "c".into(),
+        key_id: "val".into(),
+        next: Box::new(vote(height, bytes)),
+    }
+}
+
+fn nonce(n: u64, hash: u8, replaces: Option<u8>) -> StateWrite {
+    StateWrite::EvmNonce {
+        key_id: "hot".into(),
+        chain_id: 1,
+        nonce: n,
+        sighash: [hash; 32],
+        max_fee: "100".into(),
+        tip: "1".into(),
+        replaces: replaces.map(|r| [r; 32]),
+    }
+}
+
+fn spend(amount: u64) -> StateWrite {
+    StateWrite::Velocity {
+        key_id: "hot".into(),
+        counter: "daily".into(),
+        ts_ms: keyguard::store::now_ms(),
+        amount: amount.to_string(),
+        window_ms: 86_400_000,
+        max: "1000".into(),
+        rule: "evm.velocity".into(),
+    }
+}
+
+fn claim(outpoint: &str, txid: &str, replaces: Option<&str>) -> StateWrite {
+    StateWrite::BitcoinClaims {
+        key_id: "btc".into(),
+        txid: txid.into(),
+        outpoints: vec![(outpoint.into(), replaces.map(str::to_owned))],
+        ts_ms: keyguard::store::now_ms(),
+    }
+}
+
+fn conflict_rule(r: &Result<keyguard::store::AuditReceipt, StoreError>) -> String {
+    match r {
+        Err(StoreError::StateConflict(c)) => c.split(':').next().unwrap_or_default().to_owned(),
+        other => panic!("expected a state conflict, got {other:?}"),
+    }
+}
+
+/// The behaviour every engine must have, run once on SQLite and once on PostgreSQL.
+fn fences_hold(store: &Store) {
+    let log = store.audit_log();
+    let rt = rt();
+    let put = |id: &str, key: &str, w: Vec<StateWrite>| {
+        rt.block_on(log.append_with_state(entry(id, key), w))
+    };
+    // CometBFT: ahead wins; the same HRS with the same bytes is a re-send; other bytes, or
+    // lower, lose and name the row that won.
+    put("w1", "val", vec![watermark(10, 1)]).unwrap();
+    put("w2", "val", vec![watermark(10, 1)]).unwrap();
+    assert!(matches!(
+        put("w3", "val", vec![watermark(10, 2)]),
+        Err(StoreError::StateConflict(_))
+    ));
+    assert!(matches!(
+        put("w4", "val", vec![watermark(9, 3)]),
+        Err(StoreError::StateConflict(_))
+    ));
+    put("w5", "val", vec![watermark(11, 4)]).unwrap();
+    assert_eq!(
+        store.watermarks().load("c", "val").unwrap().unwrap().state,
+        vote(11, 4)
+    );
+    // EVM: one transaction per nonce; the same one again is fine; a replacement only of the
+    // transaction it was judged against.
+    put("n1", "hot", vec![nonce(5, 1, None)]).unwrap();
+    put("n2", "hot", vec![nonce(5, 1, None)]).unwrap();
+    assert_eq!(conflict_rule(&put("n3", "hot", vec![nonce(5, 2, None)])), "evm.nonce_reuse");
+    assert_eq!(
+        conflict_rule(&put("n4", "hot", vec![nonce(5, 3, Some(9))])),
+        "evm.nonce_reuse"
+    );
+    put("n5", "hot", vec![nonce(5, 3, Some(1))]).unwrap();
+    // Bitcoin: an outpoint belongs to one transaction unless replaced as judged or released.
+    put("b1", "btc", vec![claim("aa:0", "t1", None)]).unwrap();
+    assert_eq!(
+        conflict_rule(&put("b2", "btc", vec![claim("aa:0", "t2", None)])),
+        "bitcoin.conflicting_spend"
+    );
+    let db = store.state_db().unwrap();
+    assert!(db.release_bitcoin_claim("btc", "aa:0", "t1", "ops").unwrap());
+    put("b3", "btc", vec![claim("aa:0", "t2", None)]).unwrap();
+    // Kill switch: read in the transaction that records the signature.
+    db.set_key_disabled("btc", true, "ops").unwrap();
+    assert_eq!(
+        conflict_rule(&put("b4", "btc", vec![claim("bb:0", "t3", None)])),
+        "admin.kill_switch"
+    );
+    db.set_key_disabled("btc", false, "ops").unwrap();
+    put("b5", "btc", vec![claim("bb:0", "t3", None)]).unwrap();
+    // A conflicting entry leaves nothing behind (its savepoint rolls back): the nonce it
+    // carried with a conflicting claim is still free.
+    assert!(put("mix", "btc", vec![nonce(77, 7, None), claim("bb:0", "t9", None)]).is_err());
+    put("free", "hot", vec![nonce(77, 8, None)]).unwrap();
+    // The chain is whole.
+    let v = store.verify_audit().unwrap();
+    assert_eq!(v.rows, 10);
+}
+
+#[test]
+fn sqlite_store_fences_every_safety_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("k.db")).unwrap();
+    fences_hold(&store);
+    store.close().unwrap();
+}
+
+#[test]
+fn postgres_store_fences_every_safety_row() {
+    let c = PgCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_postgres(&settings(&c, dir.path(), 5_000)).unwrap();
+    fences_hold(&store);
+    // Velocity (PostgreSQL re-checks the window in the writing statement).
+    let rt = rt();
+    let log = store.audit_log();
+    rt.block_on(log.append_with_state(entry("v1", "hot"), vec![spend(600)]))
+        .unwrap();
+    let over = rt.block_on(log.append_with_state(entry("v2", "hot"), vec![spend(500)]));
+    assert_eq!(conflict_rule(&over), "evm.velocity");
+    rt.block_on(log.append_with_state(entry("v3", "hot"), vec![spend(400)]))
+        .unwrap();
+    // Every id is 64-bit.
+    let narrow = c.psql(
+        "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'public' \
+         AND data_type IN ('integer', 'smallint')",
+    );
+    assert_eq!(narrow.trim(), "0", "32-bit integer columns exist");
+    store.close().unwrap();
+}
+
+/// Three instances (three stores, three writer connections) race for the same watermark,
+/// nonce and velocity window at the same instant, many rounds: exactly one wins each
+/// contested row, the window total never exceeds its limit, and `audit verify` checks one
+/// chain written by all of them.
+fn race(c: &PgCluster) -> (usize, usize, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(c, dir.path(), 5_000);
+    let stores: Vec<Arc<Store>> = (0..3)
+        .map(|_| Arc::new(Store::open_postgres(&s).unwrap()))
+        .collect();
+    let rounds = 15;
+    let (mut double_votes, mut double_nonces) = (0, 0);
+    for round in 0..rounds {
+        let barrier = Arc::new(Barrier::new(stores.len()));
+        let handles: Vec<_> = stores
+            .iter()
+            .enumerate()
+            .map(|(i, store)| {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let rt = rt();
+                    let log = store.audit_log();
+                    let id = format!("r{round}-i{i}");
+                    barrier.wait();
+                    let v = rt.block_on(log.append_with_state(
+                        entry(&format!("{id}-v"), "val"),
+                        vec![watermark(100 + round, i as u8 + 1)],
+                    ));
+                    let n = rt.block_on(log.append_with_state(
+                        entry(&format!("{id}-n"), "hot"),
+                        vec![nonce(round as u64, i as u8 + 1, None)],
+                    ));
+                    (v.is_ok(), n.is_ok())
+                })
+            })
+            .collect();
+        let results: Vec<(bool, bool)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let votes = results.iter().filter(|r| r.0).count();
+        let nonces = results.iter().filter(|r| r.1).count();
+        assert!(votes >= 1 && nonces >= 1, "round {round}: nobody won");
+        double_votes += votes - 1;
+        double_nonces += nonces - 1;
+    }
+    // The velocity window under the same race: 3 × 10 requests of 60 against a limit of 1000.
+    let handles: Vec<_> = stores
+        .iter()
+        .map(|store| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let rt = rt();
+                let log = store.audit_log();
+                (0..10)
+                    .filter(|_| {
+                        rt.block_on(log.append_with_state(entry("spend", "hot"), vec![spend(60)]))
+                            .is_ok()
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let counted: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    let spent = counted * 60;
+    let v = stores[0].verify_audit().unwrap();
+    assert!(v.rows > 0);
+    for s in stores {
+        Arc::try_unwrap(s).unwrap().close().unwrap();
+    }
+    (double_votes, double_nonces, spent)
+}
+
+#[test]
+fn three_instances_racing_never_double_sign() {
+    let c = PgCluster::start();
+    let (double_votes, double_nonces, spent) = race(&c);
+    assert_eq!(double_votes, 0, "two instances signed one height/round/step");
+    assert_eq!(double_nonces, 0, "two instances signed one nonce");
+    assert!(spent <= 1000, "window exceeded: {spent} > 1000");
+    assert_eq!(spent, 960, "the window should fill exactly (16 × 60)");
+}
+
+/// Negative control: the same race with the safety rows written without their condition (the
+/// `no-fence` fault, in a child process: each instance trusts its own view) signs twice.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn unfenced_writes_are_caught_by_the_race() {
+    if std::env::var("KEYGUARD_FAULT").as_deref() == Ok("no-fence") {
+        let c = PgCluster::start();
+        let (double_votes, double_nonces, _) = race(&c);
+        println!("\nDOUBLE votes={double_votes} nonces={double_nonces}");
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "unfenced_writes_are_caught_by_the_race",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("KEYGUARD_FAULT", "no-fence")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("DOUBLE "))
+        .unwrap_or_else(|| panic!("no result line: {text}"));
+    let n = |k: &str| -> usize {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(k))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    assert!(
+        n("votes=") + n("nonces=") > 0,
+        "without the fence nothing was signed twice: the race test proves nothing ({line})"
+    );
+}
+
+/// A database that stops answering fails the request within the deadline (never a signature
+/// from cached state), and the store comes back with the server.
+#[test]
+fn unreachable_database_fails_closed_within_the_deadline_and_recovers() {
+    let c = PgCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_postgres(&settings(&c, dir.path(), 1_000)).unwrap();
+    let rt = rt();
+    let log = store.audit_log();
+    rt.block_on(log.append_with_state(entry("a", "val"), vec![watermark(1, 1)]))
+        .unwrap();
+    // SIGSTOP: connections stay open, nothing answers (the worst case: no RST).
+    let pid = c.pid().expect("postmaster pid") as i32;
+    let stop = |sig| {
+        for p in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(n) = p.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(p.path().join("stat")).unwrap_or_default();
+            let ppid = stat.rsplit(')').next().and_then(|s| s.split_whitespace().nth(1));
+            if n == pid || ppid == Some(&pid.to_string()) {
+                let _ = std::process::Command::new("kill").arg(sig).arg(n.to_string()).status();
+            }
+        }
+    };
+    stop("-STOP");
+    let t = Instant::now();
+    let r = rt.block_on(log.append_with_state(entry("b", "val"), vec![watermark(2, 2)]));
+    let took = t.elapsed();
+    stop("-CONT");
+    assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+    assert!(took < Duration::from_secs(5), "failed only after {took:?}");
+    // Back: the next request reconnects (after the backoff) and is judged against the row.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = rt.block_on(log.append_with_state(entry("c", "val"), vec![watermark(3, 3)]));
+        if r.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never recovered: {r:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(store.watermarks().load("c", "val").unwrap().unwrap().state.height, 3);
+    store.close().unwrap();
+}
+
+/// A commit whose wait for the synchronous standby is cancelled is only local: PostgreSQL says
+/// so in a WARNING and then reports success. The store must treat it as a failure (signature
+/// withheld); with the standby up the same write succeeds (control).
+#[test]
+fn cancelled_synchronous_replication_is_a_failed_commit() {
+    let pair = PgPair::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_postgres(&settings(pair.primary(), dir.path(), 20_000)).unwrap();
+    let log = store.audit_log();
+    let rt = rt();
+    rt.block_on(log.append_with_state(entry("ok", "val"), vec![watermark(1, 1)]))
+        .unwrap();
+    pair.stop_standby();
+    let waiting = std::thread::spawn({
+        let log = log.clone();
+        move || rt.block_on(log.append_with_state(entry("lost", "val"), vec![watermark(2, 2)]))
+    });
+    pair.wait_for_syncrep_waiters(1);
+    assert_eq!(pair.cancel_waiting_backends(), 1);
+    let r = waiting.join().unwrap();
+    assert!(matches!(r, Err(StoreError::CommitUnknown(_))), "{r:?}");
+    pair.start_standby();
+    pair.wait_sync();
+    let rt = self::rt();
+    rt.block_on(log.append_with_state(entry("ok2", "val"), vec![watermark(3, 3)]))
+        .unwrap();
+    store.close().unwrap();
+}
+
+/// TLS with the server certificate checked against the configured CA; another CA is refused.
+#[test]
+fn tls_verify_full_connects_and_refuses_another_ca() {
+    let c = PgCluster::start_tls();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(&c, dir.path(), 5_000);
+    s.tls = PgTls::VerifyFull;
+    s.ca_file = c.ca_pem().map(PathBuf::from);
+    let store = Store::open_postgres(&s).unwrap();
+    let rt = rt();
+    rt.block_on(store.audit_log().append(entry("tls", "val"))).unwrap();
+    store.close().unwrap();
+    s.ca_file = Some(pg::other_ca(dir.path()));
+    let err = Store::open_postgres(&s).unwrap_err();
+    assert!(err.to_string().contains("certificate") || err.to_string().contains("connection"), "{err}");
+}
