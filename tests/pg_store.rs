@@ -150,7 +150,10 @@ fn fences_hold(store: &Store) {
     // transaction it was judged against.
     put("n1", "hot", vec![nonce(5, 1, None)]).unwrap();
     put("n2", "hot", vec![nonce(5, 1, None)]).unwrap();
-    assert_eq!(conflict_rule(&put("n3", "hot", vec![nonce(5, 2, None)])), "evm.nonce_reuse");
+    assert_eq!(
+        conflict_rule(&put("n3", "hot", vec![nonce(5, 2, None)])),
+        "evm.nonce_reuse"
+    );
     assert_eq!(
         conflict_rule(&put("n4", "hot", vec![nonce(5, 3, Some(9))])),
         "evm.nonce_reuse"
@@ -163,7 +166,9 @@ fn fences_hold(store: &Store) {
         "bitcoin.conflicting_spend"
     );
     let db = store.state_db().unwrap();
-    assert!(db.release_bitcoin_claim("btc", "aa:0", "t1", "ops").unwrap());
+    assert!(db
+        .release_bitcoin_claim("btc", "aa:0", "t1", "ops")
+        .unwrap());
     put("b3", "btc", vec![claim("aa:0", "t2", None)]).unwrap();
     // Kill switch: read in the transaction that records the signature.
     db.set_key_disabled("btc", true, "ops").unwrap();
@@ -175,7 +180,12 @@ fn fences_hold(store: &Store) {
     put("b5", "btc", vec![claim("bb:0", "t3", None)]).unwrap();
     // A conflicting entry leaves nothing behind (its savepoint rolls back): the nonce it
     // carried with a conflicting claim is still free.
-    assert!(put("mix", "btc", vec![nonce(77, 7, None), claim("bb:0", "t9", None)]).is_err());
+    assert!(put(
+        "mix",
+        "btc",
+        vec![nonce(77, 7, None), claim("bb:0", "t9", None)]
+    )
+    .is_err());
     put("free", "hot", vec![nonce(77, 8, None)]).unwrap();
     // The chain is whole.
     let v = store.verify_audit().unwrap();
@@ -288,7 +298,10 @@ fn race(c: &PgCluster) -> (usize, usize, usize) {
 fn three_instances_racing_never_double_sign() {
     let c = PgCluster::start();
     let (double_votes, double_nonces, spent) = race(&c);
-    assert_eq!(double_votes, 0, "two instances signed one height/round/step");
+    assert_eq!(
+        double_votes, 0,
+        "two instances signed one height/round/step"
+    );
     assert_eq!(double_nonces, 0, "two instances signed one nonce");
     assert!(spent <= 1000, "window exceeded: {spent} > 1000");
     assert_eq!(spent, 960, "the window should fill exactly (16 × 60)");
@@ -316,7 +329,11 @@ fn unfenced_writes_are_caught_by_the_race() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = text
         .lines()
         .find(|l| l.starts_with("DOUBLE "))
@@ -352,9 +369,15 @@ fn unreachable_database_fails_closed_within_the_deadline_and_recovers() {
                 continue;
             };
             let stat = std::fs::read_to_string(p.path().join("stat")).unwrap_or_default();
-            let ppid = stat.rsplit(')').next().and_then(|s| s.split_whitespace().nth(1));
+            let ppid = stat
+                .rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().nth(1));
             if n == pid || ppid == Some(&pid.to_string()) {
-                let _ = std::process::Command::new("kill").arg(sig).arg(n.to_string()).status();
+                let _ = std::process::Command::new("kill")
+                    .arg(sig)
+                    .arg(n.to_string())
+                    .status();
             }
         }
     };
@@ -375,7 +398,16 @@ fn unreachable_database_fails_closed_within_the_deadline_and_recovers() {
         assert!(Instant::now() < deadline, "never recovered: {r:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(store.watermarks().load("c", "val").unwrap().unwrap().state.height, 3);
+    assert_eq!(
+        store
+            .watermarks()
+            .load("c", "val")
+            .unwrap()
+            .unwrap()
+            .state
+            .height,
+        3
+    );
     store.close().unwrap();
 }
 
@@ -418,9 +450,13 @@ fn tls_verify_full_connects_and_refuses_another_ca() {
     s.ca_file = c.ca_pem().map(PathBuf::from);
     let store = Store::open_postgres(&s).unwrap();
     let rt = rt();
-    rt.block_on(store.audit_log().append(entry("tls", "val"))).unwrap();
+    rt.block_on(store.audit_log().append(entry("tls", "val")))
+        .unwrap();
     store.close().unwrap();
     s.ca_file = Some(pg::other_ca(dir.path()));
     let err = Store::open_postgres(&s).unwrap_err();
-    assert!(err.to_string().contains("certificate") || err.to_string().contains("connection"), "{err}");
+    assert!(
+        err.to_string().contains("certificate") || err.to_string().contains("connection"),
+        "{err}"
+    );
 }

@@ -217,8 +217,9 @@ impl Approvals {
     /// (backend failure, or its audit row did not commit), so the same intent can be retried
     /// without asking the approvers again: "exactly once" counts released signatures.
     pub fn restore(&self, id: &str) -> Result<(), StoreError> {
-        self.db
-            .transaction::<_, StoreError>(|tx| sql::transition(tx, id, "consumed", "approved").map(|_| ()))
+        self.db.transaction::<_, StoreError>(|tx| {
+            sql::transition(tx, id, "consumed", "approved").map(|_| ())
+        })
     }
 
     /// At start, before any request: approvals consumed by a signature that a crash kept from
@@ -250,8 +251,9 @@ impl Approvals {
         limit: usize,
     ) -> Result<Vec<ApprovalRecord>, StoreError> {
         let limit = limit.clamp(1, MAX_PAGE);
-        self.db
-            .transaction::<_, StoreError>(|tx| sql::live_approvals_page(tx, "pending", now_ms, after, limit))
+        self.db.transaction::<_, StoreError>(|tx| {
+            sql::live_approvals_page(tx, "pending", now_ms, after, limit)
+        })
     }
 
     /// Records `user`'s vote. An approval by a user outside the group, by the requester, or a

@@ -125,8 +125,28 @@ impl FilterArgs {
         })
     }
 
-    fn database(&self) -> anyhow::Result<PathBuf> {
-        Ok(Config::load(&self.config)?.data.database())
+    fn database(&self) -> anyhow::Result<Source> {
+        Ok(Source::of(&Config::load(&self.config)?))
+    }
+}
+
+/// Where the audit log is read from: the SQLite file (opened read-only, no writer) or the
+/// shared PostgreSQL store.
+enum Source {
+    Sqlite(PathBuf),
+    Postgres(crate::config::PgSettings),
+}
+
+impl Source {
+    fn of(config: &Config) -> Source {
+        match (&config.store.backend, &config.store.postgres) {
+            (crate::config::StoreBackend::Postgres, Some(pg)) => Source::Postgres(pg.clone()),
+            _ => Source::Sqlite(config.data.database()),
+        }
+    }
+
+    fn open(pg: &crate::config::PgSettings) -> anyhow::Result<Store> {
+        Store::open_postgres(pg).context("connecting to the PostgreSQL store")
     }
 }
 
@@ -148,8 +168,18 @@ fn print_row(r: &AuditRow, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn query(db: &Path, filter: &AuditFilter) -> anyhow::Result<Vec<AuditRow>> {
-    Store::query_path(db, filter).with_context(|| format!("reading {}", db.display()))
+fn query(db: &Source, filter: &AuditFilter) -> anyhow::Result<Vec<AuditRow>> {
+    match db {
+        Source::Sqlite(path) => {
+            Store::query_path(path, filter).with_context(|| format!("reading {}", path.display()))
+        }
+        Source::Postgres(pg) => {
+            let store = Source::open(pg)?;
+            let rows = store.query_audit(filter)?;
+            store.close()?;
+            Ok(rows)
+        }
+    }
 }
 
 pub(crate) fn run(command: AuditCommand) -> anyhow::Result<()> {
@@ -160,7 +190,15 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<()> {
             anchor_public_key,
         } => {
             let config = Config::load(&config)?;
-            let report = Store::verify_path(&config.data.database())?;
+            let report = match Source::of(&config) {
+                Source::Sqlite(path) => Store::verify_path(&path)?,
+                Source::Postgres(pg) => {
+                    let store = Source::open(&pg)?;
+                    let report = store.verify_audit()?;
+                    store.close()?;
+                    report
+                }
+            };
             println!(
                 "audit log verified: {} rows, head {}",
                 report.rows,
@@ -216,7 +254,15 @@ fn verify_anchors(config: &Config, file: &Path, public: Option<&str>) -> anyhow:
     };
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let report = Store::check_anchors_path(&config.data.database(), &text, &key)?;
+    let report = match Source::of(config) {
+        Source::Sqlite(path) => Store::check_anchors_path(&path, &text, &key)?,
+        Source::Postgres(pg) => {
+            let store = Source::open(&pg)?;
+            let report = store.check_anchors(&text, &key)?;
+            store.close()?;
+            report
+        }
+    };
     println!(
         "anchors verified: {} anchors, newest anchored row {}",
         report.anchors, report.newest_seq

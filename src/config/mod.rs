@@ -2,17 +2,17 @@
 //! must not silently become no limit), and [`Config::load`] validates before anything starts.
 
 mod audit;
-mod store;
 mod nodes;
 mod people;
+mod store;
 
 pub use audit::{AuditConfig, AuditLimits};
-pub use store::{PgSettings, PgTls, StoreBackend, StoreConfig};
 pub use nodes::{proxy_allowed, BitcoinNodeConfig, UpstreamConfig};
 pub use people::{
     parse_duration, quota, AdminConfig, AdminListenerLimits, AdminTlsConfig, LimitConfig,
     RateLimitsConfig, DEFAULT_PENDING_PER_CLIENT, DEFAULT_PENDING_TOTAL,
 };
+pub use store::{PgSettings, PgTls, StoreBackend, StoreConfig};
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -412,10 +412,8 @@ impl Config {
                 "store.postgres",
                 "backend = \"postgres\" needs a [store.postgres] table",
             )),
-            (StoreBackend::Sqlite, Some(_)) => problems.push(self.invalid(
-                "store.postgres",
-                "only used with backend = \"postgres\"",
-            )),
+            (StoreBackend::Sqlite, Some(_)) => problems
+                .push(self.invalid("store.postgres", "only used with backend = \"postgres\"")),
             (StoreBackend::Postgres, Some(pg)) => {
                 if let Err((field, reason)) = pg.validate() {
                     problems.push(self.invalid(format!("store.postgres.{field}"), reason));

@@ -94,7 +94,10 @@ impl PgSettings {
             return Err(("hosts", "name at least one host or socket directory".into()));
         }
         if self.password_env.is_some() && self.password_file.is_some() {
-            return Err(("password_file", "set password_env or password_file, not both".into()));
+            return Err((
+                "password_file",
+                "set password_env or password_file, not both".into(),
+            ));
         }
         if self.deadline_ms == 0 || self.deadline_ms > 60_000 {
             return Err(("deadline_ms", "must be between 1 and 60000".into()));
@@ -104,10 +107,14 @@ impl PgSettings {
             if tcp && self.ca_file.is_none() {
                 return Err((
                     "ca_file",
-                    "tls = \"verify-full\" needs the CA that signed the server's certificate".into(),
+                    "tls = \"verify-full\" needs the CA that signed the server's certificate"
+                        .into(),
                 ));
             }
-        } else if let Some(h) = self.hosts.iter().find(|h| !h.starts_with('/') && !is_loopback(h))
+        } else if let Some(h) = self
+            .hosts
+            .iter()
+            .find(|h| !h.starts_with('/') && !is_loopback(h))
         {
             return Err((
                 "tls",
@@ -116,7 +123,6 @@ impl PgSettings {
         }
         Ok(())
     }
-
 }
 
 fn is_loopback(h: &str) -> bool {
@@ -124,4 +130,3 @@ fn is_loopback(h: &str) -> bool {
         || h.parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
 }
-

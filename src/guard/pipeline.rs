@@ -309,7 +309,18 @@ impl Guard {
         };
         let chain = entry.chain.clone().unwrap_or_default();
         let rule = entry.rule.clone();
+        // Kept to record the refusal if the state rows lose to another signer's.
+        let fenced = (!state.is_empty()).then(|| entry.clone());
         let committed = self.audit.append_with_state(entry, state).await;
+        if let (Some(mut refused), Err(StoreError::StateConflict(c))) = (fenced, &committed) {
+            refused.decision = Decision::Refused;
+            refused.rule = c.split_once(": ").map(|(rule, _)| rule.to_owned());
+            refused.reason = Some(c.clone());
+            refused.tx_hash = None;
+            if let Err(e) = self.audit.append(refused).await {
+                tracing::error!(request_id, error = %e, "audit of a fenced refusal failed");
+            }
+        }
         release::count(
             &chain,
             request.method,

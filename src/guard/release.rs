@@ -4,6 +4,8 @@
 
 use std::time::Instant;
 
+use keyguard_chain::Rejection;
+
 use super::GuardError;
 use crate::store::{AuditEntry, AuditReceipt, Decision, StoreError};
 
@@ -44,6 +46,20 @@ pub(super) fn unreleased(
     audit: Option<StoreError>,
 ) -> GuardError {
     match (refusal, audit) {
+        // Another instance (or process) signed first: its row is the fence. The refusal names
+        // the rule the stale decision would have broken.
+        (None, Some(StoreError::StateConflict(c))) => {
+            tracing::warn!(request_id, conflict = %c, "state changed since the decision; signature withheld");
+            let (name, reason) = c.split_once(": ").unwrap_or(("", c.as_str()));
+            match keyguard_chain::rules::lookup(name) {
+                Some(rule) => GuardError::Rejected(Rejection::policy(
+                    rule.name,
+                    "state",
+                    format!("{reason} (decided by another signer sharing the store)"),
+                )),
+                None => GuardError::Backend(format!("signature withheld: {c}")),
+            }
+        }
         (None, audit) => {
             let e = audit.map_or_else(|| "no audit result".to_string(), |e| e.to_string());
             tracing::error!(request_id, error = %e, "audit commit failed; signature withheld");

@@ -1,5 +1,5 @@
 //! The metrics listener: `/metrics` (Prometheus text), `/health` (the process answers) and
-//! `/ready` (every signing listener is bound and keys are loaded). Kept apart from the signing
+//! `/ready` (every signing listener is bound, keys are loaded and the store is reachable). Kept apart from the signing
 //! listeners so scraping never competes with, or exposes, the signing surface.
 
 use std::convert::Infallible;
@@ -46,8 +46,16 @@ fn route(path: &str, handle: &PrometheusHandle, ready: &Readiness) -> Response<F
     match path {
         "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4", handle.render()),
         "/health" => respond(StatusCode::OK, TEXT, "ok\n".into()),
-        "/ready" if ready.is_ready() => respond(StatusCode::OK, TEXT, "ready\n".into()),
-        "/ready" => respond(StatusCode::SERVICE_UNAVAILABLE, TEXT, "starting\n".into()),
+        "/ready" if !ready.is_ready() => {
+            respond(StatusCode::SERVICE_UNAVAILABLE, TEXT, "starting\n".into())
+        }
+        // The shared store unreachable: nothing can be recorded, so nothing can be signed.
+        "/ready" if !crate::store::health::ready() => respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT,
+            "store unreachable\n".into(),
+        ),
+        "/ready" => respond(StatusCode::OK, TEXT, "ready\n".into()),
         _ => respond(StatusCode::NOT_FOUND, TEXT, "not found\n".into()),
     }
 }

@@ -147,8 +147,7 @@ mod tests {
         assert_eq!(row.source, "repair:alice");
         assert_eq!(row.released.0, 10);
         // The signer moves on from the repaired watermark and records what it released.
-        wm.advance("c", "k", &at(12, Step::Prevote))
-            .unwrap();
+        wm.advance("c", "k", &at(12, Step::Prevote)).unwrap();
         assert_eq!(wm.load("c", "k").unwrap().unwrap().released.0, 12);
     }
 

@@ -135,7 +135,9 @@ pub(crate) fn write(tx: &Tx<'_>, request_id: &str, w: &StateWrite) -> Result<(),
             window_ms,
             max,
             rule,
-        } => velocity(tx, request_id, key_id, counter, *ts_ms, amount, *window_ms, max, rule)?,
+        } => velocity(
+            tx, request_id, key_id, counter, *ts_ms, amount, *window_ms, max, rule,
+        )?,
         StateWrite::BitcoinTx {
             txid,
             key_id,
@@ -166,7 +168,14 @@ pub(crate) fn write(tx: &Tx<'_>, request_id: &str, w: &StateWrite) -> Result<(),
                      WHERE c.txid = excluded.txid OR c.txid = $6 OR EXISTS (SELECT 1 FROM \
                      bitcoin_claim_releases r WHERE r.key_id = c.key_id AND \
                      r.outpoint = c.outpoint AND r.txid = c.txid) RETURNING txid",
-                    vals![key_id, outpoint, txid, *ts_ms, request_id, replaces.as_deref()],
+                    vals![
+                        key_id,
+                        outpoint,
+                        txid,
+                        *ts_ms,
+                        request_id,
+                        replaces.as_deref()
+                    ],
                 )?;
                 if won.is_empty() {
                     return Err(conflict(
@@ -192,7 +201,15 @@ pub(crate) fn write(tx: &Tx<'_>, request_id: &str, w: &StateWrite) -> Result<(),
                     "INSERT INTO evm_nonces (key_id, chain_id, nonce, sighash, max_fee, tip, \
                      request_id) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (key_id, \
                      chain_id, nonce) DO UPDATE SET sighash = excluded.sighash",
-                    vals![key_id, *chain_id as i64, *nonce as i64, sighash, max_fee, tip, request_id],
+                    vals![
+                        key_id,
+                        *chain_id as i64,
+                        *nonce as i64,
+                        sighash,
+                        max_fee,
+                        tip,
+                        request_id
+                    ],
                 )?;
                 return Ok(());
             }

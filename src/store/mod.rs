@@ -13,8 +13,8 @@ mod clients;
 pub(crate) mod db;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
-mod ledger;
 pub mod health;
+mod ledger;
 mod migrations;
 mod migrations_pg;
 mod read;
@@ -333,9 +333,8 @@ impl Store {
         anchors: &str,
         key: &ed25519_dalek::VerifyingKey,
     ) -> Result<anchor::AnchorReport, anchor::AnchorError> {
-        self.reader().with(|t| {
-            Ok::<_, StoreError>(anchor::check(t, anchors, key))
-        })?
+        self.reader()
+            .with(|t| Ok::<_, StoreError>(anchor::check(t, anchors, key)))?
     }
 
     /// `(seq, hash)` of the newest audit row (`(0, GENESIS_HASH)` when empty).

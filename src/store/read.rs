@@ -178,7 +178,8 @@ const VERIFY_PAGE: i64 = 5_000;
 
 /// Recomputes the whole chain; fails at the first row (or missing seq) that does not match.
 pub(crate) fn verify(conn: &Tx<'_>) -> Result<AuditVerification, StoreError> {
-    let sql = format!("SELECT {SELECT_COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq ASC LIMIT $2");
+    let sql =
+        format!("SELECT {SELECT_COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq ASC LIMIT $2");
     let mut head = GENESIS_HASH;
     let mut expected: i64 = 1;
     loop {

@@ -117,7 +117,11 @@ impl StateDb {
     }
 
     /// One query on its own.
-    pub(super) fn rows(&self, sql: &str, params: &[super::db::Val]) -> Result<Vec<Row>, StoreError> {
+    pub(super) fn rows(
+        &self,
+        sql: &str,
+        params: &[super::db::Val],
+    ) -> Result<Vec<Row>, StoreError> {
         self.lock().with(|t| t.query(sql, params))
     }
 
@@ -147,10 +151,13 @@ impl StateDb {
 
     /// Every user, by name.
     pub fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
-        self.rows(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY name"), &[])?
-            .iter()
-            .map(read_user)
-            .collect()
+        self.rows(
+            &format!("SELECT {USER_COLUMNS} FROM users ORDER BY name"),
+            &[],
+        )?
+        .iter()
+        .map(read_user)
+        .collect()
     }
 
     /// One user.
@@ -292,7 +299,10 @@ impl StateDb {
     /// proposal dies with its proposer, so a removed admin can never be the "second admin".
     pub fn remove_user(&self, name: &str) -> Result<bool, StoreError> {
         self.transaction(|tx| {
-            tx.execute("DELETE FROM admin_proposals WHERE proposer = $1", vals![name])?;
+            tx.execute(
+                "DELETE FROM admin_proposals WHERE proposer = $1",
+                vals![name],
+            )?;
             Ok(tx.execute("DELETE FROM users WHERE name = $1", vals![name])? == 1)
         })
     }
@@ -344,7 +354,10 @@ impl StateDb {
     ) -> Result<Vec<String>, StoreError> {
         let now = now_ms();
         self.transaction(|tx| {
-            tx.execute("DELETE FROM admin_proposals WHERE expires_ms <= $1", vals![now])?;
+            tx.execute(
+                "DELETE FROM admin_proposals WHERE expires_ms <= $1",
+                vals![now],
+            )?;
             tx.execute(
                 "INSERT INTO admin_proposals (action, proposer, created_ms, expires_ms) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT(action, proposer) DO UPDATE SET \
@@ -364,7 +377,10 @@ impl StateDb {
 
     /// Forgets every proposal of `action` (after it was carried out).
     pub fn clear_proposals(&self, action: &str) -> Result<(), StoreError> {
-        self.exec("DELETE FROM admin_proposals WHERE action = $1", vals![action])?;
+        self.exec(
+            "DELETE FROM admin_proposals WHERE action = $1",
+            vals![action],
+        )?;
         Ok(())
     }
 }
@@ -529,12 +545,24 @@ pub(crate) fn restore_unreleased(tx: &Tx<'_>, now: i64) -> Result<Vec<String>, S
              RETURNING id"
         ),
         // SQLite: one process, restoring before it signs anything: no settling needed.
-        vals![now, if settle_ms == i64::MIN { i64::MAX } else { now.saturating_sub(settle_ms) }],
+        vals![
+            now,
+            if settle_ms == i64::MIN {
+                i64::MAX
+            } else {
+                now.saturating_sub(settle_ms)
+            }
+        ],
     )
 }
 
 /// Records a vote; false if this user already voted on this approval.
-pub(crate) fn insert_vote(tx: &Tx<'_>, id: &str, user: &str, vote: &str) -> Result<bool, StoreError> {
+pub(crate) fn insert_vote(
+    tx: &Tx<'_>,
+    id: &str,
+    user: &str,
+    vote: &str,
+) -> Result<bool, StoreError> {
     let n = tx.execute(
         "INSERT INTO approval_votes (approval_id, \"user\", vote, ts_ms) \
          VALUES ($1, $2, $3, $4) ON CONFLICT (approval_id, \"user\") DO NOTHING",

@@ -182,9 +182,7 @@ struct Writer {
 }
 
 /// Starts the writer thread that owns `conn` (already migrated).
-pub(crate) fn spawn(
-    mut conn: Conn,
-) -> Result<(AuditLog, std::thread::JoinHandle<()>), StoreError> {
+pub(crate) fn spawn(mut conn: Conn) -> Result<(AuditLog, std::thread::JoinHandle<()>), StoreError> {
     let (last_seq, head) = conn.with(read::head)?;
     let commits = Arc::new(AtomicU64::new(0));
     let (tx, rx) = mpsc::channel();
@@ -329,15 +327,16 @@ impl Writer {
 /// The shared chain's head, locked until the transaction ends.
 fn lock_head(tx: &Tx<'_>) -> Result<(i64, [u8; 32]), StoreError> {
     let row = tx
-        .query_opt("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE", &[])?
+        .query_opt(
+            "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
+            &[],
+        )?
         .ok_or_else(|| StoreError::Unavailable("audit_head row is missing".into()))?;
     let (seq, hash): (i64, Vec<u8>) = (row.get(0)?, row.get(1)?);
-    let hash = hash
-        .try_into()
-        .map_err(|_| StoreError::Corrupt {
-            seq,
-            reason: "audit_head hash is not 32 bytes".into(),
-        })?;
+    let hash = hash.try_into().map_err(|_| StoreError::Corrupt {
+        seq,
+        reason: "audit_head hash is not 32 bytes".into(),
+    })?;
     Ok((seq, hash))
 }
 

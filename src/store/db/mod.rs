@@ -113,7 +113,11 @@ impl Tx<'_> {
     }
 
     /// Column 0 of every row.
-    pub(crate) fn column<T: FromVal>(&self, sql: &str, params: &[Val]) -> Result<Vec<T>, StoreError> {
+    pub(crate) fn column<T: FromVal>(
+        &self,
+        sql: &str,
+        params: &[Val],
+    ) -> Result<Vec<T>, StoreError> {
         self.query(sql, params)?.iter().map(|r| r.get(0)).collect()
     }
 

@@ -102,12 +102,11 @@ impl PgConnect for PgSettings {
             .map_err(|e| StoreError::Unavailable(format!("ca_file {}: {e}", ca.display())))?;
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| {
-                StoreError::Unavailable(format!("ca_file {}: {e}", ca.display()))
-            })?;
-            roots.add(cert).map_err(|e| {
-                StoreError::Unavailable(format!("ca_file {}: {e}", ca.display()))
-            })?;
+            let cert = cert
+                .map_err(|e| StoreError::Unavailable(format!("ca_file {}: {e}", ca.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| StoreError::Unavailable(format!("ca_file {}: {e}", ca.display())))?;
         }
         if roots.is_empty() {
             return Err(StoreError::Unavailable(format!(
@@ -124,7 +123,6 @@ impl PgConnect for PgSettings {
         Ok(Some(tokio_postgres_rustls::MakeRustlsConnect::new(config)))
     }
 }
-
 
 pub(crate) enum Outcome {
     Rows(Vec<Row>),
@@ -218,7 +216,10 @@ impl PgSession {
         self.broken.load(Ordering::Acquire) || self.jobs.is_closed()
     }
 
-    fn call(&self, job: impl FnOnce(std_mpsc::SyncSender<Result<Outcome, StoreError>>) -> Job) -> Result<Outcome, StoreError> {
+    fn call(
+        &self,
+        job: impl FnOnce(std_mpsc::SyncSender<Result<Outcome, StoreError>>) -> Job,
+    ) -> Result<Outcome, StoreError> {
         if self.is_broken() {
             return Err(StoreError::Unavailable("database connection lost".into()));
         }
@@ -428,7 +429,11 @@ async fn drive<S, T>(
     loop {
         match poll_fn(|cx| conn.poll_message(cx)).await {
             Some(Ok(AsyncMessage::Notice(n))) => {
-                tracing::warn!(severity = %n.severity(), message = %n.message(), "database notice");
+                if n.severity() == "NOTICE" || n.severity() == "INFO" {
+                    tracing::debug!(message = %n.message(), "database notice");
+                } else {
+                    tracing::warn!(severity = %n.severity(), message = %n.message(), "database notice");
+                }
                 notices
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
