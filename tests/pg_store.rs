@@ -2,8 +2,8 @@
 //! SQLite: every safety row is fenced in the statement that writes it, so of two instances
 //! deciding the same height, nonce, outpoint or approval at once exactly one wins; a database
 //! that is slow, gone, or lost its synchronous standby fails the request instead of letting a
-//! signature out. Negative control: the `no-fence` fault (the write without its condition)
-//! must make the concurrency test find double signatures.
+//! signature out. Negative control: the `split-fence` fault (check and write in two statements,
+//! the GHSA-6wxf-7784-62fp race) must make the concurrency test find double signatures.
 
 #[path = "support/pg/mod.rs"]
 mod pg;
@@ -307,12 +307,12 @@ fn three_instances_racing_never_double_sign() {
     assert_eq!(spent, 960, "the window should fill exactly (16 × 60)");
 }
 
-/// Negative control: the same race with the safety rows written without their condition (the
-/// `no-fence` fault, in a child process: each instance trusts its own view) signs twice.
+/// Negative control: the same race with the check and the write split into two statements
+/// (the `split-fence` fault, in a child process) signs twice.
 #[cfg(feature = "fault-injection")]
 #[test]
-fn unfenced_writes_are_caught_by_the_race() {
-    if std::env::var("KEYGUARD_FAULT").as_deref() == Ok("no-fence") {
+fn split_check_and_write_is_caught_by_the_race() {
+    if std::env::var("KEYGUARD_FAULT").as_deref() == Ok("split-fence") {
         let c = PgCluster::start();
         let (double_votes, double_nonces, _) = race(&c);
         println!("\nDOUBLE votes={double_votes} nonces={double_nonces}");
@@ -321,11 +321,11 @@ fn unfenced_writes_are_caught_by_the_race() {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "unfenced_writes_are_caught_by_the_race",
+            "split_check_and_write_is_caught_by_the_race",
             "--nocapture",
             "--test-threads=1",
         ])
-        .env("KEYGUARD_FAULT", "no-fence")
+        .env("KEYGUARD_FAULT", "split-fence")
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -346,7 +346,7 @@ fn unfenced_writes_are_caught_by_the_race() {
     };
     assert!(
         n("votes=") + n("nonces=") > 0,
-        "without the fence nothing was signed twice: the race test proves nothing ({line})"
+        "the split fence signed nothing twice: the race test proves nothing ({line})"
     );
 }
 

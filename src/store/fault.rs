@@ -9,11 +9,9 @@
 //! - `skip-watermark`: CometBFT watermark writes are dropped (hook `FAULT HOOK watermark` in
 //!   `store/watermarks.rs`); the daemon's in-memory state still advances, a restart forgets it.
 //! - `watermark-back`: watermark writes store one height below what was signed.
-//! - `no-fence`: CometBFT watermarks and EVM nonces are written without the condition in the
-//!   writing statement, as a signer that trusts its own view would; instances sharing
-//!   PostgreSQL then both sign the same height or nonce. (A check and write split into two
-//!   statements cannot race here: every writer transaction first locks the shared audit head,
-//!   see `store/writer.rs`; without the condition, a stale instance overwrites the winner.)
+//! - `split-fence`: CometBFT watermarks and EVM nonces are checked in one statement and written
+//!   in another, [`SPLIT_GAP`] apart (the check-then-write race of GHSA-6wxf-7784-62fp);
+//!   instances sharing PostgreSQL then both sign the same height or nonce.
 //!
 //! The feature is never in a release build (`compile_error!` below) and off by default;
 //! `tests/run` turns it on for the one debug build that `cargo test` and the interop suite
@@ -40,9 +38,12 @@ pub enum Fault {
     SkipWatermark,
     /// Watermark writes store a lower height than the one signed.
     WatermarkBack,
-    /// Safety rows are written without their condition.
-    NoFence,
+    /// Safety rows are checked and written in two statements.
+    SplitFence,
 }
+
+/// The pause between the split check and its write, wide enough for a concurrent instance.
+pub const SPLIT_GAP: Duration = Duration::from_millis(30);
 
 /// How long the writer holds a batch of already-answered signed rows before committing it:
 /// long enough that a kill at a random moment usually lands inside the window.
@@ -58,7 +59,7 @@ pub fn active() -> Option<Fault> {
             "release-before-audit" => Fault::ReleaseBeforeAudit,
             "skip-watermark" => Fault::SkipWatermark,
             "watermark-back" => Fault::WatermarkBack,
-            "no-fence" => Fault::NoFence,
+            "split-fence" => Fault::SplitFence,
             other => {
                 eprintln!("keyguard: unknown KEYGUARD_FAULT {other:?}");
                 std::process::abort();
@@ -83,7 +84,7 @@ pub fn watermark(next: &SignedState) -> Option<Option<SignedState>> {
             height: (next.height - 1).max(0),
             ..next.clone()
         })),
-        Fault::ReleaseBeforeAudit | Fault::NoFence => None,
+        Fault::ReleaseBeforeAudit | Fault::SplitFence => None,
     }
 }
 

@@ -194,9 +194,25 @@ pub(crate) fn write(tx: &Tx<'_>, request_id: &str, w: &StateWrite) -> Result<(),
             tip,
             replaces,
         } => {
-            // FAULT HOOK no-fence (test builds only, src/store/fault.rs).
+            // FAULT HOOK split-fence (test builds only, src/store/fault.rs).
             #[cfg(feature = "fault-injection")]
-            if super::fault::is(super::fault::Fault::NoFence) {
+            if super::fault::is(super::fault::Fault::SplitFence) {
+                let held: Option<Vec<u8>> = tx
+                    .query_opt(
+                        "SELECT sighash FROM evm_nonces WHERE key_id = $1 AND chain_id = $2 \
+                         AND nonce = $3",
+                        vals![key_id, *chain_id as i64, *nonce as i64],
+                    )?
+                    .map(|r| r.get(0))
+                    .transpose()?;
+                let replaced = replaces.map(|r| r.to_vec());
+                if held.is_some_and(|h| h != sighash[..] && replaced != Some(h)) {
+                    return Err(conflict(
+                        "evm.nonce_reuse",
+                        format!("nonce {nonce} was signed"),
+                    ));
+                }
+                std::thread::sleep(super::fault::SPLIT_GAP);
                 tx.execute(
                     "INSERT INTO evm_nonces (key_id, chain_id, nonce, sighash, max_fee, tip, \
                      request_id) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (key_id, \

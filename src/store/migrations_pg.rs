@@ -79,6 +79,9 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[(
         changed_ms BIGINT NOT NULL,
         changed_by TEXT NOT NULL
     );
+    -- Every signer share-locks this row in the transaction that records its signature and a
+    -- switch-off locks it exclusively: the two are strictly ordered across instances.
+    INSERT INTO key_controls (key_id, disabled, changed_ms, changed_by) VALUES ('*', 0, 0, '');
     CREATE TABLE admin_proposals (
         action     TEXT NOT NULL,
         proposer   TEXT NOT NULL,

@@ -322,14 +322,23 @@ impl StateDb {
     /// at its next signature: the audit writer's key fence reads this row in the same
     /// transaction that records the signature.
     pub fn set_key_disabled(&self, key: &str, disabled: bool, by: &str) -> Result<(), StoreError> {
-        self.exec(
-            "INSERT INTO key_controls (key_id, disabled, changed_ms, changed_by) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT(key_id) DO UPDATE SET \
-             disabled = excluded.disabled, changed_ms = excluded.changed_ms, \
-             changed_by = excluded.changed_by",
-            vals![key, disabled, now_ms(), by],
-        )?;
-        Ok(())
+        self.transaction(|tx| {
+            if disabled && tx.dialect() == Dialect::Postgres {
+                // Waits for every signature being recorded now; later ones see the switch.
+                tx.query(
+                    "SELECT key_id FROM key_controls WHERE key_id = '*' FOR UPDATE",
+                    &[],
+                )?;
+            }
+            tx.execute(
+                "INSERT INTO key_controls (key_id, disabled, changed_ms, changed_by) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT(key_id) DO UPDATE SET \
+                 disabled = excluded.disabled, changed_ms = excluded.changed_ms, \
+                 changed_by = excluded.changed_by",
+                vals![key, disabled, now_ms(), by],
+            )?;
+            Ok::<_, StoreError>(())
+        })
     }
 
     /// Keys (and possibly `*`) currently disabled.

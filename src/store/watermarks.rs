@@ -185,14 +185,20 @@ pub(crate) fn advance_in(
     key_id: &str,
     next: &SignedState,
 ) -> Result<(), WatermarkError> {
-    // FAULT HOOK watermark: skip-watermark / watermark-back / no-fence (test builds only,
+    // FAULT HOOK watermark: skip-watermark / watermark-back / split-fence (test builds only,
     // src/store/fault.rs).
     #[cfg(feature = "fault-injection")]
     if let Some(instead) = super::fault::watermark(next) {
         return Ok(instead.map_or(Ok(()), |s| write_row(tx, chain_id, key_id, &s, "signer"))?);
     }
     #[cfg(feature = "fault-injection")]
-    if super::fault::is(super::fault::Fault::NoFence) {
+    if super::fault::is(super::fault::Fault::SplitFence) {
+        // The Horcrux bug on purpose: check in one statement, write in another.
+        let current = read_row(tx, chain_id, key_id)?;
+        if current.is_some_and(|c| next.hrs() <= c.state.hrs()) {
+            return Err(stale(tx, chain_id, key_id)?);
+        }
+        std::thread::sleep(super::fault::SPLIT_GAP);
         return Ok(write_row(tx, chain_id, key_id, next, "signer")?);
     }
     // Strictly ahead, or the same height/round/step with the same sign bytes (a re-sent vote

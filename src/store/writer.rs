@@ -279,10 +279,12 @@ impl Writer {
     /// state rows conflict ([`StoreError::StateConflict`]) is left out alone (its own
     /// savepoint is rolled back): its outcome is that error and the others still commit.
     ///
-    /// On PostgreSQL several instances append to one chain: the transaction first locks the
-    /// head row, so seqs are consecutive and each row links to the one before it whoever wrote
-    /// it, and the kill switch is read after that lock (a disable commits either wholly before
-    /// a signature's row, which then sees it, or after it).
+    /// Two phases. First every entry's safety rows, each fenced in the statement that writes
+    /// it; concurrent instances contend only on the rows they share. Then, on PostgreSQL, the
+    /// shared audit head row is locked and the audit rows appended after it, so seqs are
+    /// consecutive and each row links to the one before it whoever wrote it. A deadlock or
+    /// serialization failure between instances retries the whole batch (nothing of it was
+    /// committed).
     fn commit(
         &mut self,
         batch: &[Pending],
@@ -292,18 +294,43 @@ impl Writer {
             (self.last_seq, self.head) = self.conn.with(read::head)?;
             self.stale = false;
         }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_commit(batch, shared) {
+                Err(StoreError::Postgres { code, message })
+                    if attempt < 4 && (code == "40P01" || code == "40001") =>
+                {
+                    tracing::warn!(code, message, attempt, "audit commit retried");
+                    metrics::counter!("keyguard_store_commit_retries_total").increment(1);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_commit(
+        &mut self,
+        batch: &[Pending],
+        shared: bool,
+    ) -> Result<Vec<Result<AuditReceipt, StoreError>>, StoreError> {
         let ts_ms = now_ms();
         let (last_seq, head) = (self.last_seq, self.head);
         let (outcomes, end) = self.conn.transaction(|tx| {
+            let mut fenced = Vec::with_capacity(batch.len());
+            for (e, writes, _) in batch {
+                fenced.push(fence_one(tx, e, writes)?);
+            }
             let (mut seq, mut prev) = if shared {
                 lock_head(tx)?
             } else {
                 (last_seq, head)
             };
             let mut outcomes = Vec::with_capacity(batch.len());
-            for (e, writes, _) in batch {
-                match append_one(tx, e, writes, ts_ms, seq + 1, &prev)? {
-                    Ok(receipt) => {
+            for ((e, _, _), fenced) in batch.iter().zip(fenced) {
+                match fenced {
+                    Ok(()) => {
+                        let receipt = append_row(tx, e, ts_ms, seq + 1, &prev)?;
                         seq = receipt.seq;
                         prev = receipt.hash;
                         outcomes.push(Ok(receipt));
@@ -340,17 +367,17 @@ fn lock_head(tx: &Tx<'_>) -> Result<(i64, [u8; 32]), StoreError> {
     Ok((seq, hash))
 }
 
-/// Writes one entry's state rows and audit row as seq `seq`. The outer `Err` fails the whole
-/// batch (a database error); the inner one is this entry's conflict, rolled back alone.
-fn append_one(
+/// Writes one entry's safety rows. The outer `Err` fails the whole batch (a database error);
+/// the inner one is this entry's conflict, rolled back alone.
+fn fence_one(
     tx: &Tx<'_>,
     e: &AuditEntry,
     writes: &[StateWrite],
-    ts_ms: i64,
-    seq: i64,
-    prev: &[u8; 32],
-) -> Result<Result<AuditReceipt, StoreError>, StoreError> {
+) -> Result<Result<(), StoreError>, StoreError> {
     let signature = e.decision == Decision::Signed && !writes.is_empty();
+    if !signature && writes.is_empty() {
+        return Ok(Ok(()));
+    }
     let guarded = signature || writes.len() > 1;
     if guarded {
         tx.batch("SAVEPOINT entry")?;
@@ -358,15 +385,8 @@ fn append_one(
     let mut conflict = None;
     if signature {
         if let Some(key) = &e.key_id {
-            // The kill switch, read inside the transaction that releases the signature.
-            let off = tx.query_opt(
-                "SELECT key_id FROM key_controls WHERE key_id IN ($1, '*') AND disabled = 1",
-                vals![key],
-            )?;
-            if off.is_some() {
-                conflict = Some(StoreError::StateConflict(format!(
-                    "admin.kill_switch: key {key} was switched off"
-                )));
+            if let Some(c) = kill_switch(tx, key)? {
+                conflict = Some(c);
             }
         }
     }
@@ -388,6 +408,43 @@ fn append_one(
         }
         return Ok(Err(c));
     }
+    if guarded {
+        tx.batch("RELEASE SAVEPOINT entry")?;
+    }
+    Ok(Ok(()))
+}
+
+/// The kill switch, read inside the transaction that records the signature. On PostgreSQL the
+/// rows are share-locked to the commit and a switch-off takes the `*` row exclusively
+/// (`StateDb::set_key_disabled`): a disable and a signature are strictly ordered across
+/// instances, never interleaved.
+fn kill_switch(tx: &Tx<'_>, key: &str) -> Result<Option<StoreError>, StoreError> {
+    let sql = match tx.dialect() {
+        Dialect::Sqlite => {
+            "SELECT key_id FROM key_controls WHERE key_id IN ($1, '*') AND disabled = 1"
+        }
+        Dialect::Postgres => {
+            "SELECT key_id, disabled FROM key_controls WHERE key_id IN ($1, '*') FOR SHARE"
+        }
+    };
+    let rows = tx.query(sql, vals![key])?;
+    let off = rows.iter().any(|r| match tx.dialect() {
+        Dialect::Sqlite => true,
+        Dialect::Postgres => r.get::<i64>(1).is_ok_and(|d| d == 1),
+    });
+    Ok(off.then(|| {
+        StoreError::StateConflict(format!("admin.kill_switch: key {key} was switched off"))
+    }))
+}
+
+/// Appends one audit row as seq `seq`, linked to `prev`.
+fn append_row(
+    tx: &Tx<'_>,
+    e: &AuditEntry,
+    ts_ms: i64,
+    seq: i64,
+    prev: &[u8; 32],
+) -> Result<AuditReceipt, StoreError> {
     let summary = serde_json::to_string(&e.summary)
         .map_err(|err| StoreError::Unavailable(format!("summary: {err}")))?;
     let fields = RowFields {
@@ -426,10 +483,7 @@ fn append_one(
             &hash[..]
         ],
     )?;
-    if guarded {
-        tx.batch("RELEASE SAVEPOINT entry")?;
-    }
-    Ok(Ok(AuditReceipt { seq, ts_ms, hash }))
+    Ok(AuditReceipt { seq, ts_ms, hash })
 }
 
 fn refuse(msg: Msg) {
