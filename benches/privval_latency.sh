@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # CometBFT privval vote-signing latency through the real transports (Unix socket and TCP
-# SecretConnection), with the watermark committed (SQLite, synchronous=FULL) before every reply.
+# SecretConnection), with the watermark committed (SQLite, synchronous=FULL) before every reply,
+# the same over a Unix socket with the watermark in PostgreSQL on loopback (synchronous_commit on),
+# and a bare pwrite+fdatasync of the same disk as the floor of any durable commit.
 # p50/p99 over 10,000 sequential votes each (KEYGUARD_BENCH_VOTES to change).
 #
 # With TMKMS_BIN set (tmkms built with `cargo install tmkms --features softsign --locked`), the

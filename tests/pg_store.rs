@@ -204,7 +204,7 @@ fn sqlite_store_fences_every_safety_row() {
 fn postgres_store_fences_every_safety_row() {
     let c = PgCluster::start();
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_postgres(&settings(&c, dir.path(), 5_000)).unwrap();
+    let store = Store::open_postgres(&settings(&c, dir.path(), 5_000), Some(dir.path())).unwrap();
     fences_hold(&store);
     // Velocity (PostgreSQL re-checks the window in the writing statement).
     let rt = rt();
@@ -231,8 +231,11 @@ fn postgres_store_fences_every_safety_row() {
 fn race(c: &PgCluster) -> (usize, usize, usize) {
     let dir = tempfile::tempdir().unwrap();
     let s = settings(c, dir.path(), 5_000);
-    let stores: Vec<Arc<Store>> = (0..3)
-        .map(|_| Arc::new(Store::open_postgres(&s).unwrap()))
+    // Each instance with its own data directory (its own tripwire record).
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let stores: Vec<Arc<Store>> = dirs
+        .iter()
+        .map(|d| Arc::new(Store::open_postgres(&s, Some(d.path())).unwrap()))
         .collect();
     let rounds = 15;
     let (mut double_votes, mut double_nonces) = (0, 0);
@@ -356,7 +359,7 @@ fn split_check_and_write_is_caught_by_the_race() {
 fn unreachable_database_fails_closed_within_the_deadline_and_recovers() {
     let c = PgCluster::start();
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_postgres(&settings(&c, dir.path(), 1_000)).unwrap();
+    let store = Store::open_postgres(&settings(&c, dir.path(), 1_000), Some(dir.path())).unwrap();
     let rt = rt();
     let log = store.audit_log();
     rt.block_on(log.append_with_state(entry("a", "val"), vec![watermark(1, 1)]))
@@ -418,7 +421,11 @@ fn unreachable_database_fails_closed_within_the_deadline_and_recovers() {
 fn cancelled_synchronous_replication_is_a_failed_commit() {
     let pair = PgPair::start();
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_postgres(&settings(pair.primary(), dir.path(), 20_000)).unwrap();
+    let store = Store::open_postgres(
+        &settings(pair.primary(), dir.path(), 20_000),
+        Some(dir.path()),
+    )
+    .unwrap();
     let log = store.audit_log();
     let rt = rt();
     rt.block_on(log.append_with_state(entry("ok", "val"), vec![watermark(1, 1)]))
@@ -448,15 +455,181 @@ fn tls_verify_full_connects_and_refuses_another_ca() {
     let mut s = settings(&c, dir.path(), 5_000);
     s.tls = PgTls::VerifyFull;
     s.ca_file = c.ca_pem().map(PathBuf::from);
-    let store = Store::open_postgres(&s).unwrap();
+    let store = Store::open_postgres(&s, None).unwrap();
     let rt = rt();
     rt.block_on(store.audit_log().append(entry("tls", "val")))
         .unwrap();
     store.close().unwrap();
     s.ca_file = Some(pg::other_ca(dir.path()));
-    let err = Store::open_postgres(&s).unwrap_err();
+    let err = Store::open_postgres(&s, None).unwrap_err();
     assert!(
         err.to_string().contains("certificate") || err.to_string().contains("connection"),
         "{err}"
     );
+}
+
+/// A failover to a standby that missed the last commit (asynchronous replication) rolls the
+/// watermark back; the instance that released that height notices (timeline changed, row
+/// behind its record) and refuses the key (`store.tripwire`). Negative control: the same
+/// failover without the tripwire signs the height a second time.
+fn failover(
+    tripwire: bool,
+) -> (
+    Result<keyguard::store::AuditReceipt, StoreError>,
+    PgPair,
+    tempfile::TempDir,
+    PgSettings,
+) {
+    let pair = PgPair::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(pair.primary(), dir.path(), 3_000);
+    s.hosts = vec![
+        format!("{}:{}", pair.primary().host(), pair.primary().port()),
+        format!("{}:{}", pair.standby().host(), pair.standby().port()),
+    ];
+    let store = Store::open_postgres(&s, tripwire.then_some(dir.path())).unwrap();
+    let log = store.audit_log();
+    let rt = rt();
+    rt.block_on(log.append_with_state(entry("h1", "val"), vec![watermark(1, 1)]))
+        .unwrap();
+    pair.wait_standby_replayed();
+    // Asynchronous from here; the standby misses height 2.
+    pair.set_async();
+    pair.stop_standby();
+    rt.block_on(log.append_with_state(entry("h2", "val"), vec![watermark(2, 2)]))
+        .unwrap();
+    pair.primary().stop_immediate();
+    pair.start_standby();
+    pair.promote_standby();
+    // Height 2 again, other bytes: a double sign if it is released. The first attempt may
+    // only find the old connection gone.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let r = loop {
+        let r = rt.block_on(log.append_with_state(entry("h2-again", "val"), vec![watermark(2, 9)]));
+        match &r {
+            Err(StoreError::Unavailable(_)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            _ => break r,
+        }
+    };
+    store.close().unwrap();
+    (r, pair, dir, s)
+}
+
+#[test]
+fn failover_that_lost_a_commit_trips_the_key() {
+    let (r, pair, dir, s) = failover(true);
+    assert_eq!(conflict_rule(&r), "store.tripwire");
+    // The operator's repair: `keyguard store trust` lists the key still behind and changes
+    // nothing; after raising the watermark (state import) it accepts the new timeline.
+    let (_, behind) = Store::trust_database(&s, dir.path(), false).unwrap();
+    assert_eq!(behind.len(), 1, "{behind:?}");
+    let store = Store::open_postgres(&s, Some(dir.path())).unwrap();
+    store
+        .watermarks()
+        .import("c", "val", &vote(2, 2), "import:repair")
+        .unwrap();
+    store.close().unwrap();
+    let (id, behind) = Store::trust_database(&s, dir.path(), false).unwrap();
+    assert!(behind.is_empty(), "{behind:?}");
+    assert_eq!(id.timeline, 2);
+    let store = Store::open_postgres(&s, Some(dir.path())).unwrap();
+    let rt = rt();
+    let log = store.audit_log();
+    // Height 2 is now fenced by the row itself; height 3 signs.
+    assert!(rt
+        .block_on(log.append_with_state(entry("again", "val"), vec![watermark(2, 9)]))
+        .is_err());
+    rt.block_on(log.append_with_state(entry("next", "val"), vec![watermark(3, 3)]))
+        .unwrap();
+    store.close().unwrap();
+    drop(pair);
+}
+
+#[test]
+fn failover_without_the_tripwire_signs_a_height_twice() {
+    let (r, ..) = failover(false);
+    assert!(
+        r.is_ok(),
+        "the negative control should sign height 2 again: {r:?}"
+    );
+}
+
+/// `keyguard store copy`: a SQLite instance's state moves into an empty shared store with its
+/// audit chain intact; a second copy into the now non-empty store is refused, and so is a copy
+/// whose watermark differs from one the shared store already holds.
+#[test]
+fn sqlite_state_copies_into_postgres_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("k.db");
+    {
+        let store = Store::open(&file).unwrap();
+        let rt = rt();
+        let log = store.audit_log();
+        rt.block_on(log.append_with_state(entry("w", "val"), vec![watermark(42, 1)]))
+            .unwrap();
+        rt.block_on(log.append_with_state(entry("n", "hot"), vec![nonce(7, 1, None)]))
+            .unwrap();
+        rt.block_on(log.append_with_state(entry("c", "btc"), vec![claim("cc:1", "t1", None)]))
+            .unwrap();
+        let db = store.state_db().unwrap();
+        assert!(db
+            .add_user("ann", &["admin".into()], &[], b"secret")
+            .unwrap());
+        db.set_key_disabled("hot", true, "ops").unwrap();
+        store.close().unwrap();
+    }
+    let c = PgCluster::start();
+    let s = settings(&c, dir.path(), 5_000);
+    let report = keyguard::store::copy::copy(&file, &s).unwrap();
+    assert_eq!(report.audit_rows, 3);
+    let shared = Store::open_postgres(&s, None).unwrap();
+    assert_eq!(shared.verify_audit().unwrap().rows, 3);
+    assert_eq!(
+        shared.watermarks().load("c", "val").unwrap().unwrap().state,
+        vote(42, 1)
+    );
+    let db = shared.state_db().unwrap();
+    assert!(db.user("ann").unwrap().is_some());
+    assert_eq!(db.disabled_keys().unwrap(), vec!["hot".to_string()]);
+    // The copied nonce and claim fence the next signatures exactly as before.
+    let rt = rt();
+    let log = shared.audit_log();
+    assert_eq!(
+        conflict_rule(
+            &rt.block_on(log.append_with_state(entry("x", "btc"), vec![claim("cc:1", "t2", None)]))
+        ),
+        "bitcoin.conflicting_spend"
+    );
+    // The chain continues from the copied head.
+    rt.block_on(log.append(entry("after", "val"))).unwrap();
+    assert_eq!(shared.verify_audit().unwrap().rows, 4);
+    shared.close().unwrap();
+    // Again: the shared store has a log now.
+    let again = keyguard::store::copy::copy(&file, &s).unwrap_err();
+    assert!(again.to_string().contains("already has"), "{again}");
+    // Into another empty database holding a different (newer) watermark: refused, nothing copied.
+    c.psql("CREATE DATABASE other OWNER keyguard");
+    let mut other = s.clone();
+    other.dbname = "other".into();
+    let o = Store::open_postgres(&other, None).unwrap();
+    o.watermarks()
+        .import("c", "val", &vote(50, 5), "import:test")
+        .unwrap();
+    o.close().unwrap();
+    let e = keyguard::store::copy::copy(&file, &other).unwrap_err();
+    assert!(e.to_string().contains("refusing to overwrite"), "{e}");
+    let o = Store::open_postgres(&other, None).unwrap();
+    assert_eq!(o.verify_audit().unwrap().rows, 0);
+    assert_eq!(
+        o.watermarks()
+            .load("c", "val")
+            .unwrap()
+            .unwrap()
+            .state
+            .height,
+        50
+    );
+    o.close().unwrap();
 }

@@ -146,7 +146,7 @@ impl Source {
     }
 
     fn open(pg: &crate::config::PgSettings) -> anyhow::Result<Store> {
-        Store::open_postgres(pg).context("connecting to the PostgreSQL store")
+        Store::open_postgres(pg, None).context("connecting to the PostgreSQL store")
     }
 }
 

@@ -15,6 +15,7 @@ mod reload;
 mod soak;
 mod start;
 mod state;
+mod store_cmd;
 
 use std::path::PathBuf;
 
@@ -88,6 +89,11 @@ enum Command {
         #[command(subcommand)]
         command: state::StateCommand,
     },
+    /// The shared PostgreSQL store: copy a SQLite instance into it, trust it after a failover.
+    Store {
+        #[command(subcommand)]
+        command: store_cmd::StoreCommand,
+    },
     /// Load generator: eth_signTransaction throughput and latency, and the raw crypto ceiling.
     Bench(bench::BenchArgs),
     /// Bitcoin Core external signer (`bitcoind -signer="keyguard btc-signer"`): enumerate,
@@ -147,6 +153,7 @@ impl Cli {
             } => admin::call(args),
             Command::Clients { command } => clients::run(command),
             Command::State { command } => state::run(command),
+            Command::Store { command } => store_cmd::run(command),
             Command::Bench(args) => bench::run(args),
             Command::BtcSigner(args) => bitcoin::btc_signer(args),
             Command::Policy {

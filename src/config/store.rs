@@ -28,8 +28,9 @@ pub enum StoreBackend {
 #[derive(Clone, Debug, serde::Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PgSettings {
-    /// Host names, IP addresses or Unix socket directories (absolute paths), tried in order;
-    /// only a read-write server is used (`target_session_attrs=read-write`).
+    /// Host names, IP addresses (optionally `host:port`) or Unix socket directories (absolute
+    /// paths), tried in order; only a read-write server is used
+    /// (`target_session_attrs=read-write`).
     pub hosts: Vec<String>,
     /// Port (one for all hosts).
     #[serde(default = "default_port")]

@@ -10,6 +10,7 @@ mod audit;
 mod chain_state;
 mod checkpoint;
 mod clients;
+pub mod copy;
 pub(crate) mod db;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
@@ -19,6 +20,7 @@ mod migrations;
 mod migrations_pg;
 mod read;
 pub(crate) mod state;
+pub mod tripwire;
 mod watermarks;
 mod writer;
 
@@ -200,7 +202,7 @@ impl Store {
         configure(&wm).map_err(open_err)?;
         checkpoint::disable_auto(&wm).map_err(open_err)?;
         let checkpointer = checkpoint::Checkpointer::start(path)?;
-        let (log, handle) = writer::spawn(wconn)?;
+        let (log, handle) = writer::spawn(wconn, None)?;
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
         log.configure_bounds(
             AuditLimits::default(),
@@ -219,11 +221,24 @@ impl Store {
 
     /// Connects to the shared PostgreSQL store, applies its migrations and starts the audit
     /// writer (its own connection, as are reads, watermarks and control state).
-    pub fn open_postgres(settings: &PgSettings) -> Result<Store, StoreError> {
+    ///
+    /// `tripwire_dir` (the data directory) holds this instance's record of what it released
+    /// ([`tripwire`]); `None` only for tools that never sign (audit readers, tests).
+    pub fn open_postgres(
+        settings: &PgSettings,
+        tripwire_dir: Option<&Path>,
+    ) -> Result<Store, StoreError> {
         let link = || Conn::Pg(PgLink::new(settings.clone()));
         let mut wconn = link();
         migrations::migrate_conn(&mut wconn)?;
-        let (log, handle) = writer::spawn(wconn)?;
+        let wire = match tripwire_dir {
+            Some(dir) => {
+                create_parent(&dir.join(tripwire::FILE))?;
+                Some(std::sync::Arc::new(tripwire::Tripwire::open(dir)?))
+            }
+            None => None,
+        };
+        let (log, handle) = writer::spawn(wconn, wire)?;
         log.configure_bounds(AuditLimits::default(), None);
         let hosts = settings.hosts.join(",");
         Ok(Store {
@@ -246,12 +261,30 @@ impl Store {
         sqlite_path: &Path,
     ) -> Result<Store, StoreError> {
         match (&config.backend, &config.postgres) {
-            (crate::config::StoreBackend::Postgres, Some(pg)) => Store::open_postgres(pg),
+            (crate::config::StoreBackend::Postgres, Some(pg)) => {
+                Store::open_postgres(pg, sqlite_path.parent())
+            }
             (crate::config::StoreBackend::Postgres, None) => Err(StoreError::Unavailable(
                 "store.backend = \"postgres\" needs a [store.postgres] table".into(),
             )),
             (crate::config::StoreBackend::Sqlite, _) => Store::open(sqlite_path),
         }
+    }
+
+    /// `keyguard store trust`: accepts the shared database's identity as it is now (after an
+    /// operator repaired it) in the tripwire record of `data_dir`. Without `forget`, keys
+    /// whose rows are still behind what this instance released are listed and nothing changes.
+    pub fn trust_database(
+        settings: &PgSettings,
+        data_dir: &Path,
+        forget: bool,
+    ) -> Result<(tripwire::Identity, Vec<String>), StoreError> {
+        let mut conn = Conn::Pg(PgLink::new(settings.clone()));
+        conn.with(|t| {
+            let id = tripwire::identity(t)?;
+            let behind = tripwire::Tripwire::trust(data_dir, &id, forget, t)?;
+            Ok((id, behind))
+        })
     }
 
     /// The PostgreSQL settings when the store is shared (`None`: the SQLite file).

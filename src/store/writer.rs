@@ -174,6 +174,10 @@ impl AuditLog {
 
 struct Writer {
     conn: Conn,
+    /// The replication tripwire (shared PostgreSQL store only).
+    tripwire: Option<Arc<super::tripwire::Tripwire>>,
+    /// The connection generation the tripwire last checked.
+    checked: u64,
     last_seq: i64,
     head: [u8; 32],
     /// After a failed commit the in-memory head is re-read before the next batch.
@@ -182,12 +186,17 @@ struct Writer {
 }
 
 /// Starts the writer thread that owns `conn` (already migrated).
-pub(crate) fn spawn(mut conn: Conn) -> Result<(AuditLog, std::thread::JoinHandle<()>), StoreError> {
+pub(crate) fn spawn(
+    mut conn: Conn,
+    tripwire: Option<Arc<super::tripwire::Tripwire>>,
+) -> Result<(AuditLog, std::thread::JoinHandle<()>), StoreError> {
     let (last_seq, head) = conn.with(read::head)?;
     let commits = Arc::new(AtomicU64::new(0));
     let (tx, rx) = mpsc::channel();
     let mut writer = Writer {
         conn,
+        tripwire,
+        checked: 0,
         last_seq,
         head,
         stale: false,
@@ -251,8 +260,9 @@ impl Writer {
         #[cfg(feature = "fault-injection")]
         super::fault::release_before_audit(&mut batch);
         match self.commit(&batch) {
-            Ok(outcomes) => {
+            Ok(mut outcomes) => {
                 self.commits.fetch_add(1, Ordering::Relaxed);
+                self.record_released(&batch, &mut outcomes);
                 if let Some(last) = outcomes.iter().rev().find_map(|o| o.as_ref().ok()) {
                     self.last_seq = last.seq;
                     self.head = last.hash;
@@ -309,17 +319,52 @@ impl Writer {
         }
     }
 
+    /// Appends what the committed batch releases to the tripwire record (fdatasynced) before
+    /// any reply; if that fails the signatures are withheld (their rows stay: done, not sent).
+    fn record_released(
+        &self,
+        batch: &[Pending],
+        outcomes: &mut [Result<AuditReceipt, StoreError>],
+    ) {
+        let Some(wire) = &self.tripwire else {
+            return;
+        };
+        let released = batch
+            .iter()
+            .zip(outcomes.iter())
+            .filter(|(_, o)| o.is_ok())
+            .flat_map(|((_, writes, _), _)| writes.iter());
+        if let Err(e) = wire.record(released) {
+            tracing::error!(error = %e, "tripwire record failed; signatures withheld");
+            for o in outcomes.iter_mut().filter(|o| o.is_ok()) {
+                *o = Err(StoreError::Unavailable(format!(
+                    "tripwire record failed: {e}"
+                )));
+            }
+        }
+    }
+
     fn try_commit(
         &mut self,
         batch: &[Pending],
         shared: bool,
     ) -> Result<Vec<Result<AuditReceipt, StoreError>>, StoreError> {
+        if let Some(wire) = &self.tripwire {
+            // A new session may be another server (failover): compare before any signature.
+            self.conn.with(|_| Ok(()))?;
+            if self.conn.generation() != self.checked {
+                let wire = wire.clone();
+                self.conn.with(|t| wire.check(t))?;
+                self.checked = self.conn.generation();
+            }
+        }
+        let wire = self.tripwire.clone();
         let ts_ms = now_ms();
         let (last_seq, head) = (self.last_seq, self.head);
         let (outcomes, end) = self.conn.transaction(|tx| {
             let mut fenced = Vec::with_capacity(batch.len());
             for (e, writes, _) in batch {
-                fenced.push(fence_one(tx, e, writes)?);
+                fenced.push(fence_one(tx, e, writes, wire.as_deref())?);
             }
             let (mut seq, mut prev) = if shared {
                 lock_head(tx)?
@@ -373,6 +418,7 @@ fn fence_one(
     tx: &Tx<'_>,
     e: &AuditEntry,
     writes: &[StateWrite],
+    wire: Option<&super::tripwire::Tripwire>,
 ) -> Result<Result<(), StoreError>, StoreError> {
     let signature = e.decision == Decision::Signed && !writes.is_empty();
     if !signature && writes.is_empty() {
@@ -385,7 +431,12 @@ fn fence_one(
     let mut conflict = None;
     if signature {
         if let Some(key) = &e.key_id {
-            if let Some(c) = kill_switch(tx, key)? {
+            if let Some(why) = wire.and_then(|w| w.refusal(key)) {
+                conflict = Some(StoreError::StateConflict(format!(
+                    "{}: {why}",
+                    super::tripwire::RULE
+                )));
+            } else if let Some(c) = kill_switch(tx, key)? {
                 conflict = Some(c);
             }
         }

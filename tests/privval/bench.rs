@@ -38,6 +38,7 @@ fn vote_signing_latency() {
         })
         .collect::<Vec<_>>();
     let _kg = Keyguard::start(dir.path(), &config_text(dir.path(), &specs));
+    durable_write_reference(dir.path());
     // Accepted one after the other: keyguard drops a connection that is idle for 30 s (a real
     // node pings every few seconds), redials, and the mock skips the stale dials.
     for (i, (name, l)) in [("unix", &unix), ("secretconnection", &tcp)]
@@ -49,6 +50,51 @@ fn vote_signing_latency() {
         node.pubkey().unwrap().unwrap();
         measure("keyguard", name, &mut node, &chain);
     }
+}
+
+/// The floor of any durable commit on this disk, measured in the same run: one 4 KiB `pwrite`
+/// plus `fdatasync` of a file in the data directory's filesystem.
+fn durable_write_reference(dir: &std::path::Path) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::create(dir.join("fdatasync.ref")).unwrap();
+    let page = [7u8; 4096];
+    let mut lat = Vec::with_capacity(2000);
+    for i in 0..2000u64 {
+        let t = Instant::now();
+        f.write_at(&page, (i % 64) * 4096).unwrap();
+        f.sync_data().unwrap();
+        lat.push(t.elapsed().as_micros());
+    }
+    lat.sort_unstable();
+    println!(
+        "privval reference pwrite+fdatasync: 2000 writes, p50 {:.3} ms, p99 {:.3} ms",
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99)
+    );
+}
+
+/// The same votes with the watermark committed to PostgreSQL on loopback
+/// (`synchronous_commit = on`, fsync on) instead of SQLite.
+#[test]
+#[ignore = "benchmark: run benches/privval_latency.sh"]
+fn vote_signing_latency_postgres() {
+    let c = crate::pg::PgCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (unix, unix_addr) = NodeListener::unix(&dir.path().join("bench.sock"));
+    let specs = [ValidatorSpec {
+        name: "unix".into(),
+        chain_id: "bench-pg".into(),
+        addr: unix_addr,
+        protocol: "v0.38",
+        new_validator: true,
+        extra: String::new(),
+    }];
+    let text = config_text(dir.path(), &specs) + &crate::ha::pg_store_toml(&c, dir.path());
+    let _kg = Keyguard::start(dir.path(), &text);
+    let mut node = Node::new(unix.accept(), Ver::V038, "bench-pg");
+    let chain = node.chain.clone();
+    node.pubkey().unwrap().unwrap();
+    measure("keyguard-postgres", "unix", &mut node, &chain);
 }
 
 /// Times `votes()` sequential prevote/precommit pairs at increasing heights; prints p50/p99.

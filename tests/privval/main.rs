@@ -5,6 +5,7 @@
 //!   extensions on every wire version, with the consensus key in the software keystore and
 //!   on a SoftHSM2 token (PKCS#11).
 //! - `concurrency`: 32 sentries racing conflicting same-step requests.
+//! - `ha`: two instances sharing PostgreSQL, sentries on both racing the same steps.
 //! - `state`: refusing a chain with no state, importing and exporting priv_validator_state.json.
 //! - `crash`: SIGKILL at random moments under signing load (`KEYGUARD_CRASH_KILLS` sets how
 //!   many; the reliability harness runs 200+).
@@ -15,10 +16,13 @@
 mod bench;
 mod concurrency;
 mod crash;
+mod ha;
 mod harness;
 // The mock validator is shared with the cross-protocol crash harness (tests/crash).
 #[path = "../mockval/mod.rs"]
 mod mockval;
+#[path = "../support/pg/mod.rs"]
+mod pg;
 #[path = "../support/softhsm.rs"]
 mod softhsm;
 mod state;

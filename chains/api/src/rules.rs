@@ -20,6 +20,7 @@ pub const RESERVED_NAMESPACES: &[&str] = &[
     "request.",
     "guard.",
     "audit.",
+    "store.",
     "kill_switch",
 ];
 
@@ -226,6 +227,7 @@ pub const BUILTIN: &[RuleInfo] = &[
     r("audit.disk_floor", Scope::Any, "-32003", "new work when the data directory is nearly full (audit rows must still fit)"),
     r("audit.suppressed", Scope::Any, "-", "(audit event) the summary row counting refusals over a source's budget"),
     r("audit.broken", Scope::Admin, ADMIN_REFUSED, "(answer) `audit.verify` found a row whose hash does not match"),
+    r("store.tripwire", Scope::Any, P, "signing again after a database failover lost commits: the shared store is behind what this instance released, or is another database or timeline (until `keyguard store trust`)"),
     r("audit.refusal_budget", Scope::Any, "-", "(audit event) refusal rows over a source's budget, counted in one audit.suppressed row"),
     // --- admin socket ---
     r("admin.auth", Scope::Admin, "admin -32005", "admin calls without valid credentials or TOTP"),

@@ -24,6 +24,7 @@ const NOT_RULES: &[&str] = &[
     "admin.max_pending_approvals",
     "admin.tls.client_ca",
     "admin.request",
+    "store.postgres",
     // admin method names and their dispatch prefix, not rules
     "audit.query",
     "audit.verify",

@@ -134,6 +134,8 @@ impl Tx<'_> {
 pub(crate) struct PgLink {
     settings: PgSettings,
     session: Option<PgSession>,
+    /// Successful connections so far (a new one may be another server after a failover).
+    generation: u64,
     next_try: Option<Instant>,
     backoff: Duration,
 }
@@ -146,6 +148,7 @@ impl PgLink {
         PgLink {
             settings,
             session: None,
+            generation: 0,
             next_try: None,
             backoff: BACKOFF_MIN,
         }
@@ -169,6 +172,7 @@ impl PgLink {
             }
             match PgSession::connect(&self.settings) {
                 Ok(s) => {
+                    self.generation += 1;
                     self.backoff = BACKOFF_MIN;
                     self.next_try = None;
                     crate::store::health::connected();
@@ -195,6 +199,14 @@ pub(crate) enum Conn {
 }
 
 impl Conn {
+    /// Connections made so far (0 for SQLite): a change means a new server session.
+    pub(crate) fn generation(&self) -> u64 {
+        match self {
+            Conn::Sqlite(_) => 0,
+            Conn::Pg(link) => link.generation,
+        }
+    }
+
     pub(crate) fn dialect(&self) -> Dialect {
         match self {
             Conn::Sqlite(_) => Dialect::Sqlite,

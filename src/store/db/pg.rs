@@ -68,11 +68,32 @@ impl PgConnect for PgSettings {
 
     fn client_config(&self) -> Result<Config, StoreError> {
         let mut c = Config::new();
+        // `host:port` entries carry their own port; then every host gets one.
+        let split = |h: &str| match h.rsplit_once(':') {
+            Some((host, port)) if !h.starts_with('/') => {
+                port.parse::<u16>().ok().map(|p| (host.to_owned(), p))
+            }
+            _ => None,
+        };
+        let own_ports = self.hosts.iter().any(|h| split(h).is_some());
         for h in &self.hosts {
-            c.host(h);
+            match split(h) {
+                Some((host, port)) => {
+                    c.host(&host);
+                    c.port(port);
+                }
+                None => {
+                    c.host(h);
+                    if own_ports {
+                        c.port(self.port);
+                    }
+                }
+            }
         }
-        c.port(self.port)
-            .user(&self.user)
+        if !own_ports {
+            c.port(self.port);
+        }
+        c.user(&self.user)
             .dbname(&self.dbname)
             .application_name(self.application_name.as_deref().unwrap_or("keyguard"))
             .connect_timeout(Duration::from_millis(self.connect_timeout_ms.max(1)))

@@ -24,6 +24,7 @@ use rand::distributions::{Alphanumeric, DistString};
 #[allow(unused_imports)]
 pub use pair::{PgPair, STANDBY_NAME};
 use run::{as_server_user, chown_to_server_user, poll, run, run_ok, try_run, TIMEOUT};
+#[allow(unused_imports)]
 pub use tls::other_ca;
 
 /// The bootstrap superuser: reachable only over the socket, whose directory only the server's
