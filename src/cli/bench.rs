@@ -36,6 +36,10 @@ pub(crate) struct BenchArgs {
     /// Native value of the signed transactions, as a hex quantity.
     #[arg(long, default_value = "0x1")]
     value: String,
+    /// First nonce of the run (two runs against instances sharing one key and store give
+    /// each its own range).
+    #[arg(long, default_value_t = 0)]
+    first_nonce: u64,
     /// Seconds for the raw k256 ceiling (0 skips it).
     #[arg(long, default_value_t = 5)]
     ceiling: u64,
@@ -236,7 +240,7 @@ async fn load(url: &str, args: &BenchArgs, rate: Option<f64>) -> anyhow::Result<
         .with_context(|| format!("{url} has no accounts"))?
         .to_string();
     let chain_id = call(&probe, "eth_chainId", ArrayParams::new()).await?;
-    let nonce = Arc::new(AtomicU64::new(0));
+    let nonce = Arc::new(AtomicU64::new(args.first_nonce));
     let deadline = Instant::now() + Duration::from_secs(args.duration);
     let per_connection_interval =
         rate.map(|r| Duration::from_secs_f64(args.connections as f64 / r));
