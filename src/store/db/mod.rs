@@ -232,8 +232,18 @@ impl Conn {
                 Ok(out)
             }
             Conn::Pg(link) => {
+                // A connection the server dropped since its last use (a restart) is only seen
+                // now; nothing has happened yet, so one fresh connection is tried.
+                let first = link.session()?.batch("BEGIN");
+                // Not after a missed deadline: a frozen server would double the wait.
+                if first.as_ref().is_err_and(|e| !e.to_string().contains("did not answer")) {
+                    link.session = None;
+                    link.next_try = None;
+                    link.session()?.batch("BEGIN")?;
+                } else {
+                    first?;
+                }
                 let s = link.session()?;
-                s.batch("BEGIN")?;
                 match f(&Tx::Pg(s)) {
                     Ok(out) => {
                         s.commit()?;
