@@ -32,6 +32,31 @@ use mockval::conn::NodeListener;
 use mockval::node::{now, Ask, Node, Ver};
 use pg::PgCluster;
 use rand::{Rng, SeedableRng};
+use rustix::process::{Pid, Signal};
+
+fn send(pid: u32, sig: Signal) -> bool {
+    Pid::from_raw(pid as i32).is_some_and(|p| rustix::process::kill_process(p, sig).is_ok())
+}
+
+/// `pid` and its direct children (the database server's backends), from /proc.
+fn with_children(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(n) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|s| s.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(n);
+        }
+    }
+    out
+}
 
 const INSTANCES: usize = 3;
 const CHAIN: &str = "chaos-chain";
@@ -117,14 +142,9 @@ impl Instance {
         }
     }
 
-    fn signal(&self, sig: &str) -> bool {
+    fn signal(&self, sig: Signal) -> bool {
         let pid = self.child.lock().unwrap().as_ref().map(Child::id);
-        pid.is_some_and(|p| {
-            Command::new("kill")
-                .args([sig, &p.to_string()])
-                .status()
-                .is_ok_and(|s| s.success())
-        })
+        pid.is_some_and(|p| send(p, sig))
     }
 }
 
@@ -402,10 +422,10 @@ fn run(secs: u64, seed: u64, fault: Option<&str>, with_faults: bool) -> Report {
                             inst.start_until_ready(fault);
                         }
                         1 => {
-                            if inst.signal("-STOP") {
+                            if inst.signal(Signal::STOP) {
                                 inst.stopped.store(true, Ordering::SeqCst);
                                 std::thread::sleep(Duration::from_millis(rng.gen_range(100..600)));
-                                inst.signal("-CONT");
+                                inst.signal(Signal::CONT);
                                 inst.stopped.store(false, Ordering::SeqCst);
                             }
                         }
@@ -413,14 +433,14 @@ fn run(secs: u64, seed: u64, fault: Option<&str>, with_faults: bool) -> Report {
                         _ => {
                             // The database server and its backends frozen: no answer, no RST.
                             if let Some(pid) = pg.pid() {
-                                let pid = pid.to_string();
-                                let sig = |s: &str| {
-                                    let _ = Command::new("pkill").args([s, "-P", &pid]).status();
-                                    let _ = Command::new("kill").args([s, &pid]).status();
-                                };
-                                sig("-STOP");
+                                let all = with_children(pid);
+                                for p in &all {
+                                    send(*p, Signal::STOP);
+                                }
                                 std::thread::sleep(Duration::from_millis(rng.gen_range(100..800)));
-                                sig("-CONT");
+                                for p in &all {
+                                    send(*p, Signal::CONT);
+                                }
                             }
                         }
                     }

@@ -377,18 +377,17 @@ fn unreachable_database_fails_closed_within_the_deadline_and_recovers() {
                 .next()
                 .and_then(|s| s.split_whitespace().nth(1));
             if n == pid || ppid == Some(&pid.to_string()) {
-                let _ = std::process::Command::new("kill")
-                    .arg(sig)
-                    .arg(n.to_string())
-                    .status();
+                if let Some(p) = rustix::process::Pid::from_raw(n) {
+                    let _ = rustix::process::kill_process(p, sig);
+                }
             }
         }
     };
-    stop("-STOP");
+    stop(rustix::process::Signal::STOP);
     let t = Instant::now();
     let r = rt.block_on(log.append_with_state(entry("b", "val"), vec![watermark(2, 2)]));
     let took = t.elapsed();
-    stop("-CONT");
+    stop(rustix::process::Signal::CONT);
     assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
     assert!(took < Duration::from_secs(5), "failed only after {took:?}");
     // Back: the next request reconnects (after the backoff) and is judged against the row.
