@@ -518,3 +518,7 @@ impl SignetTip {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "signet_rules_tests.rs"]
+mod tests;
