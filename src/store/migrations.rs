@@ -178,6 +178,29 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
         PRIMARY KEY (key_id, outpoint, txid)
     );",
     ),
+    (
+        7,
+        // The signet block watermark: per network (challenge script, hex) and key, the last
+        // block signed (height, its BIP325 commitment, previous block, merkle root with the
+        // solution, version, time), the highest height ever signed (a reorg the operator
+        // allows lowers `height`, never `max_height`), and "height:time" of recent blocks for
+        // the median-time-past rule. Integer and text columns only (PostgreSQL port).
+        "CREATE TABLE signet_heights (
+        challenge   TEXT NOT NULL,
+        key_id      TEXT NOT NULL,
+        height      INTEGER NOT NULL,
+        max_height  INTEGER NOT NULL,
+        commitment  TEXT NOT NULL,
+        prev_hash   TEXT NOT NULL,
+        merkle_root TEXT NOT NULL,
+        version     INTEGER NOT NULL,
+        time        INTEGER NOT NULL,
+        recent      TEXT NOT NULL,
+        request_id  TEXT NOT NULL,
+        updated_ms  INTEGER NOT NULL,
+        PRIMARY KEY (challenge, key_id)
+    );",
+    ),
 ];
 
 /// The newest schema version this binary understands.

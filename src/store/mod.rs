@@ -40,7 +40,7 @@ use rusqlite::{Connection, OpenFlags};
 pub use audit::{AuditEntry, AuditReceipt, AuditRow, AuditVerification, Decision, GENESIS_HASH};
 pub use chain_state::SignedTxRow;
 pub use clients::ClientRow;
-pub use ledger::{NonceRow, StateWrite, VelocityRow};
+pub use ledger::{NonceRow, SignetRow, StateWrite, VelocityRow};
 pub use read::AuditFilter;
 pub(crate) use state as state_sql;
 pub use state::{ApprovalRecord, SecretKdfRow, StateDb, UserRecord};
@@ -240,6 +240,11 @@ impl Store {
     /// Every signed EVM nonce (to rebuild nonce rules at start). Blocking.
     pub fn evm_nonces(&self) -> Result<Vec<NonceRow>, StoreError> {
         ledger::nonces(&self.reader())
+    }
+
+    /// Every signet block watermark (to restore the tips at start). Blocking.
+    pub fn signet_tips(&self) -> Result<Vec<SignetRow>, StoreError> {
+        ledger::signet_tips(&self.reader())
     }
 
     /// Recomputes the whole hash chain from a consistent snapshot. Blocking, O(rows).
