@@ -158,7 +158,7 @@ pub fn filler_tx(n: u32, witness_bytes: usize) -> Transaction {
 /// A block of about 4,000,000 weight units and about 3.5 MB, filled with segwit transactions.
 pub fn full_block(height: u32, prev: BlockHash, time: u32, to: ScriptBuf) -> Block {
     let mut spec = BlockSpec::new(height, prev, time, to);
-    let per_tx = 2_300u64; // weight of one filler tx with a 1,800-byte witness item (approx.)
+    let per_tx = 2_200u64; // weight of one filler tx with a 1,800-byte witness item (a bit less)
     let n = (3_990_000 / per_tx) as u32;
     spec.txs = (0..n).map(|i| filler_tx(i, 1_800)).collect();
     let mut block = spec.build();
