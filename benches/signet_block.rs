@@ -47,7 +47,12 @@ fn percentiles(mut samples: Vec<Duration>) -> String {
 }
 
 /// The block template at `height`: only the coinbase's BIP34 push and the merkle root change.
-fn at_height(template: &Block, txids: &[keyguard_bitcoin::bitcoin::Txid], height: u32, time: u32) -> Block {
+fn at_height(
+    template: &Block,
+    txids: &[keyguard_bitcoin::bitcoin::Txid],
+    height: u32,
+    time: u32,
+) -> Block {
     let mut b = template.clone();
     b.txdata[0].input[0].script_sig = Builder::new().push_int(i64::from(height)).into_script();
     b.header.time = time;
@@ -109,7 +114,11 @@ fn main() {
     let now = (keyguard_chain::clock::now_ms() / 1000) as u32;
     let t0 = now - 100_000;
     let template = full_block(1000, BlockHash::all_zeros(), t0, payee);
-    let txids: Vec<_> = template.txdata.iter().map(Transaction::compute_txid).collect();
+    let txids: Vec<_> = template
+        .txdata
+        .iter()
+        .map(Transaction::compute_txid)
+        .collect();
     let bytes = serialize(&template);
     println!(
         "keyguard signet_block bench: {} transactions, {} weight units, {} bytes, {blocks} blocks",
@@ -167,7 +176,10 @@ fn main() {
         full.push(started.elapsed());
         std::hint::black_box(out.to_json());
     }
-    assert_eq!(store.signet_tips().unwrap()[0].tip.height, 1000 + blocks as u32 - 1);
+    assert_eq!(
+        store.signet_tips().unwrap()[0].tip.height,
+        1000 + blocks as u32 - 1
+    );
     println!("raw ECDSA sign       {}", percentiles(raw));
     println!("backend sign         {}", percentiles(backend));
     println!("decode + commitment  {}", percentiles(decode));

@@ -80,9 +80,11 @@ impl<'g> Adapter<'g> for PsbtAdapter {
             self.key.take();
             let key = guard.signet_key(caller, self.params.get("key").and_then(Value::as_str));
             let input = super::signet::Input::Psbt(Box::new(psbt));
-            let signet = self
-                .signet
-                .insert(super::signet::SignetAdapter::new(key, self.params.clone(), input));
+            let signet = self.signet.insert(super::signet::SignetAdapter::new(
+                key,
+                self.params.clone(),
+                input,
+            ));
             return signet.decide(guard, who, entry).await;
         }
         let key = match self.key.take() {

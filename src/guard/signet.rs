@@ -17,9 +17,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use keyguard_bitcoin::bitcoin::block::Header;
 use keyguard_bitcoin::bitcoin::consensus::{deserialize, serialize};
+use keyguard_bitcoin::bitcoin::hashes::Hash;
 use keyguard_bitcoin::bitcoin::psbt::Psbt;
 use keyguard_bitcoin::bitcoin::secp256k1::PublicKey as SecpKey;
-use keyguard_bitcoin::bitcoin::hashes::Hash;
 use keyguard_bitcoin::bitcoin::{Amount, TxMerkleNode};
 use keyguard_bitcoin::signet::{decode_block, SignetBlock, MAX_BLOCK_BYTES};
 use keyguard_bitcoin::signet_finalize::{self, SignedSignetBlock};
@@ -37,7 +37,14 @@ pub(super) const METHOD: &str = "btc_signSignetBlock";
 /// The chain label of every signet block (audit rows, client chain scopes).
 const CHAIN: &str = "bitcoin:signet";
 const BLOCK_PARAMS: [&str; 5] = ["block", "key", "parent_header", "mtp", "fees_sat"];
-const PSBT_PARAMS: [&str; 6] = ["psbt", "key", "finalize", "parent_header", "mtp", "fees_sat"];
+const PSBT_PARAMS: [&str; 6] = [
+    "psbt",
+    "key",
+    "finalize",
+    "parent_header",
+    "mtp",
+    "fees_sat",
+];
 
 /// (challenge hex, key): one watermark.
 type Slot = (String, KeyId);
@@ -164,7 +171,9 @@ impl<'g> Adapter<'g> for SignetAdapter {
         entry: &mut AuditEntry,
     ) -> Result<Option<Ask>, GuardError> {
         let Who::Client(caller) = who else {
-            return Err(GuardError::Backend("signet requests come from clients".into()));
+            return Err(GuardError::Backend(
+                "signet requests come from clients".into(),
+            ));
         };
         let key = self
             .key
@@ -359,8 +368,12 @@ impl Guard {
             .collect();
         match candidates.as_slice() {
             [one] => Ok(one.clone()),
-            [] => Err(Rejection::invalid("key", "no signet key is available to this client").into()),
-            _ => Err(Rejection::invalid("key", "several signet keys: name one with \"key\"").into()),
+            [] => {
+                Err(Rejection::invalid("key", "no signet key is available to this client").into())
+            }
+            _ => {
+                Err(Rejection::invalid("key", "several signet keys: name one with \"key\"").into())
+            }
         }
     }
 
@@ -390,16 +403,13 @@ impl Guard {
         }
         Self::check_chain(caller, CHAIN)?;
         let kp = self.policy_for(&key);
-        let policy = kp
-            .as_ref()
-            .and_then(|p| p.signet.clone())
-            .ok_or_else(|| {
-                Rejection::policy(
-                    "policy.none",
-                    "key",
-                    format!("no policy with signet rules governs key {key}"),
-                )
-            })?;
+        let policy = kp.as_ref().and_then(|p| p.signet.clone()).ok_or_else(|| {
+            Rejection::policy(
+                "policy.none",
+                "key",
+                format!("no policy with signet rules governs key {key}"),
+            )
+        })?;
         let public = match self.backend.public_key(&key) {
             Ok(PublicKey::Secp256k1(point)) => SecpKey::from_slice(&point).ok(),
             _ => None,
@@ -488,7 +498,11 @@ impl Guard {
     /// Gives the height back when nothing was released (only if no later request moved on).
     fn signet_release(&self, r: &Reserved) {
         if let Some(state) = self.signet.lock().get_mut(&r.slot) {
-            if state.tip.as_ref().is_some_and(|t| t.commitment == r.commitment) {
+            if state
+                .tip
+                .as_ref()
+                .is_some_and(|t| t.commitment == r.commitment)
+            {
                 state.tip = r.before.clone();
             }
         }

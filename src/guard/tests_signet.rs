@@ -78,7 +78,9 @@ fn now() -> u32 {
 
 fn block(height: u32, time: u32) -> String {
     let prev = BlockHash::from_str(SIGNET_GENESIS).unwrap();
-    hex::encode(serialize(&BlockSpec::new(height, prev, time, payee()).build()))
+    hex::encode(serialize(
+        &BlockSpec::new(height, prev, time, payee()).build(),
+    ))
 }
 
 fn rule(r: &Result<super::SignetSigned, GuardError>) -> Option<&str> {
@@ -122,7 +124,10 @@ async fn the_watermark_commits_with_the_audit_row_and_survives_a_restart() {
     let g = s.guard();
     let c = caller(&["*"]);
     let t = now() - 100;
-    let first = g.sign_signet_block(&c, &json!({"block": block(1, t)})).await.unwrap();
+    let first = g
+        .sign_signet_block(&c, &json!({"block": block(1, t)}))
+        .await
+        .unwrap();
     assert_eq!(first.height, 1);
     let rows = s.store.signet_tips().unwrap();
     assert_eq!((rows.len(), rows[0].tip.height), (1, 1));
@@ -138,9 +143,13 @@ async fn the_watermark_commits_with_the_audit_row_and_survives_a_restart() {
     assert_eq!(audit[0].tx_hash.as_deref(), Some(first.commitment.as_str()));
     // A restart loads the tip: another block at height 1 is refused, height 2 is signed.
     let again = s.guard();
-    let second = again.sign_signet_block(&c, &json!({"block": block(1, t + 1)})).await;
+    let second = again
+        .sign_signet_block(&c, &json!({"block": block(1, t + 1)}))
+        .await;
     assert_eq!(rule(&second), Some("bitcoin.signet.height"));
-    let next = again.sign_signet_block(&c, &json!({"block": block(2, t + 10)})).await;
+    let next = again
+        .sign_signet_block(&c, &json!({"block": block(2, t + 10)}))
+        .await;
     assert!(next.is_ok(), "{next:?}");
     assert_eq!(s.store.signet_tips().unwrap()[0].tip.height, 2);
 }
@@ -157,7 +166,10 @@ async fn racing_requests_for_one_height_sign_it_once() {
             let r = g
                 .sign_signet_block(&caller(&["*"]), &json!({"block": block(1, t + i)}))
                 .await;
-            assert!(r.is_ok() || rule(&r) == Some("bitcoin.signet.height"), "{r:?}");
+            assert!(
+                r.is_ok() || rule(&r) == Some("bitcoin.signet.height"),
+                "{r:?}"
+            );
             r.is_ok()
         }));
     }
@@ -167,7 +179,9 @@ async fn racing_requests_for_one_height_sign_it_once() {
     }
     assert_eq!(signed, 1, "exactly one block at height 1");
     // Negative control: the next height is still signable.
-    let next = g.sign_signet_block(&caller(&["*"]), &json!({"block": block(2, t + 100)})).await;
+    let next = g
+        .sign_signet_block(&caller(&["*"]), &json!({"block": block(2, t + 100)}))
+        .await;
     assert!(next.is_ok(), "{next:?}");
 }
 
@@ -178,8 +192,12 @@ async fn a_second_instance_on_the_same_database_cannot_sign_the_same_height() {
     let b = s.guard(); // loaded before `a` signs: its memory is stale
     let c = caller(&["*"]);
     let t = now() - 100;
-    a.sign_signet_block(&c, &json!({"block": block(1, t)})).await.unwrap();
-    let fenced = b.sign_signet_block(&c, &json!({"block": block(1, t + 1)})).await;
+    a.sign_signet_block(&c, &json!({"block": block(1, t)}))
+        .await
+        .unwrap();
+    let fenced = b
+        .sign_signet_block(&c, &json!({"block": block(1, t + 1)}))
+        .await;
     assert_eq!(rule(&fenced), Some("bitcoin.signet.height"), "{fenced:?}");
     // Nothing of the fenced request was written: still one signed row, height 1.
     assert_eq!(s.store.signet_tips().unwrap()[0].tip.commitment.len(), 64);
@@ -192,7 +210,9 @@ async fn a_second_instance_on_the_same_database_cannot_sign_the_same_height() {
         .unwrap();
     assert_eq!(signed.len(), 1);
     // The fenced instance refuses until restarted (fail closed), then signs the next height.
-    let still = b.sign_signet_block(&c, &json!({"block": block(2, t + 10)})).await;
+    let still = b
+        .sign_signet_block(&c, &json!({"block": block(2, t + 10)}))
+        .await;
     assert_eq!(rule(&still), Some("bitcoin.signet.height"));
     let restarted = s.guard();
     assert!(restarted
@@ -210,7 +230,10 @@ async fn the_miner_psbt_on_btc_sign_psbt_comes_back_finalized() {
     let b = BlockSpec::new(1, prev, now() - 100, payee()).build();
     let challenge = multisig_challenge(&keyguard_bitcoin::signet_testkit::public());
     let psbt = miner_psbt(&b, &challenge).to_string();
-    let out = g.sign_bitcoin_psbt(&c, &json!({"psbt": psbt})).await.unwrap();
+    let out = g
+        .sign_bitcoin_psbt(&c, &json!({"psbt": psbt}))
+        .await
+        .unwrap();
     assert!(out.complete);
     let answered = keyguard_bitcoin::signet_finalize::parse_block_psbt(&out.psbt).unwrap();
     assert!(answered.inputs[0].final_script_sig.is_some());
@@ -243,11 +266,16 @@ async fn a_key_outside_the_challenge_and_unknown_parameters_are_refused() {
     s.config = config(&multisig_challenge(&other));
     let g = s.guard();
     let c = caller(&["*"]);
-    let r = g.sign_signet_block(&c, &json!({"block": block(1, now())})).await;
+    let r = g
+        .sign_signet_block(&c, &json!({"block": block(1, now())}))
+        .await;
     assert_eq!(rule(&r), Some("bitcoin.signet.challenge"));
     let r = g
         .sign_signet_block(&c, &json!({"block": block(1, now()), "nonce": 1}))
         .await;
-    assert!(matches!(r, Err(GuardError::Rejected(Rejection::InvalidParams { .. }))));
+    assert!(matches!(
+        r,
+        Err(GuardError::Rejected(Rejection::InvalidParams { .. }))
+    ));
     assert!(s.store.signet_tips().unwrap().is_empty());
 }

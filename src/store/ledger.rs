@@ -269,35 +269,37 @@ pub(crate) fn signet_tips(conn: &Connection) -> Result<Vec<SignetRow>, StoreErro
         })?
         .collect::<Result<Vec<_>, _>>()?;
     rows.into_iter()
-        .map(|(challenge, key_id, h, max, commitment, prev, root, version, time, recent)| {
-            let num = |v: i64| u32::try_from(v).map_err(|_| bad("height or time"));
-            let recent = recent
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(|p| {
-                    let (h, t) = p.split_once(':').ok_or_else(|| bad("recent"))?;
-                    Ok((
-                        h.parse().map_err(|_| bad("recent"))?,
-                        t.parse().map_err(|_| bad("recent"))?,
-                    ))
+        .map(
+            |(challenge, key_id, h, max, commitment, prev, root, version, time, recent)| {
+                let num = |v: i64| u32::try_from(v).map_err(|_| bad("height or time"));
+                let recent = recent
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|p| {
+                        let (h, t) = p.split_once(':').ok_or_else(|| bad("recent"))?;
+                        Ok((
+                            h.parse().map_err(|_| bad("recent"))?,
+                            t.parse().map_err(|_| bad("recent"))?,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                let tip = keyguard_bitcoin::signet_rules::SignetTip {
+                    height: num(h)?,
+                    max_height: num(max)?,
+                    commitment,
+                    prev_hash: prev.parse().map_err(|_| bad("prev_hash"))?,
+                    merkle_root: root.parse().map_err(|_| bad("merkle_root"))?,
+                    version: i32::try_from(version).map_err(|_| bad("version"))?,
+                    time: num(time)?,
+                    recent,
+                };
+                Ok(SignetRow {
+                    challenge,
+                    key_id,
+                    tip,
                 })
-                .collect::<Result<Vec<_>, StoreError>>()?;
-            let tip = keyguard_bitcoin::signet_rules::SignetTip {
-                height: num(h)?,
-                max_height: num(max)?,
-                commitment,
-                prev_hash: prev.parse().map_err(|_| bad("prev_hash"))?,
-                merkle_root: root.parse().map_err(|_| bad("merkle_root"))?,
-                version: i32::try_from(version).map_err(|_| bad("version"))?,
-                time: num(time)?,
-                recent,
-            };
-            Ok(SignetRow {
-                challenge,
-                key_id,
-                tip,
-            })
-        })
+            },
+        )
         .collect()
 }
 

@@ -111,9 +111,8 @@ impl Challenge {
         match &self.kind {
             ChallengeKind::Multisig { keys } => keys.contains(key),
             ChallengeKind::P2wpkh(hash) => {
-                WPubkeyHash::from_byte_array(
-                    PubkeyHash::hash(&key.serialize()).to_byte_array(),
-                ) == *hash
+                WPubkeyHash::from_byte_array(PubkeyHash::hash(&key.serialize()).to_byte_array())
+                    == *hash
             }
         }
     }
@@ -201,15 +200,26 @@ pub fn decode_block(bytes: &[u8], challenge: &Challenge) -> Result<SignetBlock, 
     if bytes.len() > MAX_BLOCK_BYTES {
         return Err(Rejection::invalid(
             "block",
-            format!("{} bytes, above the consensus limit {MAX_BLOCK_BYTES}", bytes.len()),
+            format!(
+                "{} bytes, above the consensus limit {MAX_BLOCK_BYTES}",
+                bytes.len()
+            ),
         ));
     }
     let block: Block =
         deserialize(bytes).map_err(|e| Rejection::invalid("block", format!("not a block: {e}")))?;
     let Some(coinbase) = block.txdata.first().filter(|t| t.is_coinbase()) else {
-        return Err(block_rule("block.txdata[0]", "the first transaction is not a coinbase"));
+        return Err(block_rule(
+            "block.txdata[0]",
+            "the first transaction is not a coinbase",
+        ));
     };
-    if let Some(i) = block.txdata.iter().skip(1).position(Transaction::is_coinbase) {
+    if let Some(i) = block
+        .txdata
+        .iter()
+        .skip(1)
+        .position(Transaction::is_coinbase)
+    {
         return Err(block_rule(
             &format!("block.txdata[{}]", i + 1),
             "a second coinbase",
@@ -229,27 +239,25 @@ pub fn decode_block(bytes: &[u8], challenge: &Challenge) -> Result<SignetBlock, 
             "does not match the transactions",
         ));
     }
-    let is_commitment = |o: &TxOut| {
-        o.script_pubkey.len() >= 38 && o.script_pubkey.as_bytes()[..6] == WITNESS_MAGIC
-    };
+    let is_commitment =
+        |o: &TxOut| o.script_pubkey.len() >= 38 && o.script_pubkey.as_bytes()[..6] == WITNESS_MAGIC;
     let last = coinbase.output.len().checked_sub(1);
     let found = coinbase.output.iter().rposition(is_commitment);
-    let commitment_output = match (found, last) {
-        (Some(i), Some(l)) if i == l => i,
-        (Some(i), _) => {
-            return Err(block_rule(
+    let commitment_output =
+        match (found, last) {
+            (Some(i), Some(l)) if i == l => i,
+            (Some(i), _) => return Err(block_rule(
                 &format!("coinbase.outputs[{i}]"),
                 "the witness commitment must be the last coinbase output (the miner appends the \
                  solution there)",
-            ))
-        }
-        _ => {
-            return Err(block_rule(
-                "coinbase.outputs",
-                "no witness commitment (BIP325 needs one for the solution)",
-            ))
-        }
-    };
+            )),
+            _ => {
+                return Err(block_rule(
+                    "coinbase.outputs",
+                    "no witness commitment (BIP325 needs one for the solution)",
+                ))
+            }
+        };
     if !block.check_witness_commitment() {
         return Err(block_rule(
             &format!("coinbase.outputs[{commitment_output}]"),
@@ -298,9 +306,7 @@ fn commitment_txs(
     challenge: &Script,
 ) -> (Transaction, Transaction) {
     let mut coinbase = block.txdata[0].clone();
-    let mut script = coinbase.output[commitment_output]
-        .script_pubkey
-        .to_bytes();
+    let mut script = coinbase.output[commitment_output].script_pubkey.to_bytes();
     push_data(&mut script, &SIGNET_HEADER);
     coinbase.output[commitment_output].script_pubkey = ScriptBuf::from_bytes(script);
     bip325_txs(

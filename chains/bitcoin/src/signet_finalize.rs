@@ -40,7 +40,10 @@ pub fn is_signet_psbt(psbt: &Psbt) -> bool {
 pub fn parse_block_psbt(b64: &str) -> Result<Psbt, Rejection> {
     let max = (MAX_BLOCK_BYTES + 64 * 1024) * 4 / 3 + 4;
     if b64.len() > max {
-        return Err(Rejection::invalid("psbt", "larger than a block PSBT can be"));
+        return Err(Rejection::invalid(
+            "psbt",
+            "larger than a block PSBT can be",
+        ));
     }
     let bytes = BASE64_STANDARD
         .decode(b64.trim())
@@ -58,7 +61,10 @@ pub fn decode_psbt(psbt: &Psbt, challenge: &Challenge) -> Result<SignetBlock, Re
         .get(&block_key())
         .ok_or_else(|| Rejection::invalid("psbt", "no signet block (0xfc06 signet b)"))?;
     if psbt.inputs.len() != 1 || psbt.outputs.len() != 1 {
-        return Err(commitment("psbt", "a signet PSBT has one input and one output"));
+        return Err(commitment(
+            "psbt",
+            "a signet PSBT has one input and one output",
+        ));
     }
     let claimed = psbt.inputs[0]
         .non_witness_utxo
@@ -115,10 +121,8 @@ impl SignedSignetBlock {
         let input = &mut psbt.inputs[0];
         input.partial_sigs.clear();
         input.sighash_type = None;
-        input.final_script_sig =
-            Some(self.solution.script_sig.clone()).filter(|s| !s.is_empty());
-        input.final_script_witness =
-            Some(self.solution.witness.clone()).filter(|w| !w.is_empty());
+        input.final_script_sig = Some(self.solution.script_sig.clone()).filter(|s| !s.is_empty());
+        input.final_script_witness = Some(self.solution.witness.clone()).filter(|w| !w.is_empty());
         psbt
     }
 }
@@ -149,7 +153,12 @@ pub fn finalize(
     let mut coinbase = block.txdata[0].clone();
     coinbase.output[signet.commitment_output].script_pubkey = stripped;
     let rest = block.txdata[1..].iter().map(Transaction::compute_txid);
-    let (again, _) = bip325_txs(&block.header, coinbase.compute_txid(), rest, &challenge.script);
+    let (again, _) = bip325_txs(
+        &block.header,
+        coinbase.compute_txid(),
+        rest,
+        &challenge.script,
+    );
     if again.compute_txid() != signet.commitment() {
         return Err("the solved block commits to another to_spend".into());
     }

@@ -320,11 +320,11 @@ impl SignetPolicy {
             for (i, input) in tx.input.iter().enumerate() {
                 // A P2WPKH spend reveals its key: [signature, 33-byte key].
                 let from = match (input.witness.len(), input.witness.nth(1)) {
-                    (2, Some(pk)) if pk.len() == 33 && input.script_sig.is_empty() => {
-                        Some(ScriptBuf::new_p2wpkh(&bitcoin::WPubkeyHash::from_byte_array(
+                    (2, Some(pk)) if pk.len() == 33 && input.script_sig.is_empty() => Some(
+                        ScriptBuf::new_p2wpkh(&bitcoin::WPubkeyHash::from_byte_array(
                             PubkeyHash::hash(pk).to_byte_array(),
-                        )))
-                    }
+                        )),
+                    ),
                     _ => None,
                 };
                 if !from.is_some_and(|s| allowed.contains(&s)) {

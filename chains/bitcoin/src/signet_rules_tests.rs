@@ -123,7 +123,8 @@ fn payout_to_a_script_not_on_the_list() {
         script_pubkey: payee(),
     });
     assert!(stateless(&p, &s).is_ok());
-    s.payouts[1].script_pubkey = ScriptBuf::from_hex("0014bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb").unwrap();
+    s.payouts[1].script_pubkey =
+        ScriptBuf::from_hex("0014bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb").unwrap();
     assert_eq!(rule_of(stateless(&p, &s)), rule::PAYOUT);
 }
 
@@ -157,7 +158,12 @@ fn transactions_only_from_the_faucet() {
     let mut other = filler_tx(1, 72);
     let mut w = bitcoin::Witness::new();
     w.push([0x30; 72]);
-    w.push(bitcoin::secp256k1::SecretKey::from_slice(&[3; 32]).unwrap().public_key(&bitcoin::secp256k1::Secp256k1::new()).serialize());
+    w.push(
+        bitcoin::secp256k1::SecretKey::from_slice(&[3; 32])
+            .unwrap()
+            .public_key(&bitcoin::secp256k1::Secp256k1::new())
+            .serialize(),
+    );
     other.input[0].witness = w;
     s.txs.push(other);
     assert_eq!(rule_of(stateless(&p, &s)), rule::TX_ALLOWLIST);
@@ -170,17 +176,33 @@ fn a_second_block_at_the_same_height_and_a_fork_below_the_tip() {
     let mut same = spec(300);
     same.time += 1; // another block, same height
     let b = decoded(&same.build(), &p);
-    assert_eq!(rule_of(p.check_chain(&b, Some(&tip), &ChainProofs::default())), rule::HEIGHT);
+    assert_eq!(
+        rule_of(p.check_chain(&b, Some(&tip), &ChainProofs::default())),
+        rule::HEIGHT
+    );
     let below = decoded(&spec(290).build(), &p);
-    assert_eq!(rule_of(p.check_chain(&below, Some(&tip), &ChainProofs::default())), rule::HEIGHT);
+    assert_eq!(
+        rule_of(p.check_chain(&below, Some(&tip), &ChainProofs::default())),
+        rule::HEIGHT
+    );
     // With a reorg depth the operator allows, the fork one below passes; further does not.
     let reorg = policy("reorg_depth = 2");
     let (tip, _) = tip_after(&reorg, None, &spec(300));
     let mut fork = spec(299);
     fork.time = NOW as u32 + 5;
-    assert!(reorg.check_chain(&decoded(&fork.build(), &reorg), Some(&tip), &ChainProofs::default()).is_ok());
+    assert!(reorg
+        .check_chain(
+            &decoded(&fork.build(), &reorg),
+            Some(&tip),
+            &ChainProofs::default()
+        )
+        .is_ok());
     assert_eq!(
-        rule_of(reorg.check_chain(&decoded(&spec(298).build(), &reorg), Some(&tip), &ChainProofs::default())),
+        rule_of(reorg.check_chain(
+            &decoded(&spec(298).build(), &reorg),
+            Some(&tip),
+            &ChainProofs::default()
+        )),
         rule::HEIGHT
     );
 }
@@ -191,21 +213,48 @@ fn a_height_jump_past_the_gap() {
     let (tip, _) = tip_after(&p, None, &spec(300));
     let mut next = spec(303);
     next.time += 10;
-    assert!(p.check_chain(&decoded(&next.build(), &p), Some(&tip), &ChainProofs::default()).is_ok());
+    assert!(p
+        .check_chain(
+            &decoded(&next.build(), &p),
+            Some(&tip),
+            &ChainProofs::default()
+        )
+        .is_ok());
     next = spec(304);
     next.time += 10;
     assert_eq!(
-        rule_of(p.check_chain(&decoded(&next.build(), &p), Some(&tip), &ChainProofs::default())),
+        rule_of(p.check_chain(
+            &decoded(&next.build(), &p),
+            Some(&tip),
+            &ChainProofs::default()
+        )),
         rule::HEIGHT_GAP
     );
     // First block: within start_height .. start_height + gap - 1.
     let first = policy("start_height = 1000\nmax_height_gap = 1");
-    let ok = decoded(&BlockSpec::new(1000, BlockHash::all_zeros(), NOW as u32, payee()).build(), &first);
-    assert!(first.check_chain(&ok, None, &ChainProofs::default()).is_ok());
-    let far = decoded(&BlockSpec::new(5000, BlockHash::all_zeros(), NOW as u32, payee()).build(), &first);
-    assert_eq!(rule_of(first.check_chain(&far, None, &ChainProofs::default())), rule::HEIGHT_GAP);
-    let low = decoded(&BlockSpec::new(999, BlockHash::all_zeros(), NOW as u32, payee()).build(), &first);
-    assert_eq!(rule_of(first.check_chain(&low, None, &ChainProofs::default())), rule::HEIGHT);
+    let ok = decoded(
+        &BlockSpec::new(1000, BlockHash::all_zeros(), NOW as u32, payee()).build(),
+        &first,
+    );
+    assert!(first
+        .check_chain(&ok, None, &ChainProofs::default())
+        .is_ok());
+    let far = decoded(
+        &BlockSpec::new(5000, BlockHash::all_zeros(), NOW as u32, payee()).build(),
+        &first,
+    );
+    assert_eq!(
+        rule_of(first.check_chain(&far, None, &ChainProofs::default())),
+        rule::HEIGHT_GAP
+    );
+    let low = decoded(
+        &BlockSpec::new(999, BlockHash::all_zeros(), NOW as u32, payee()).build(),
+        &first,
+    );
+    assert_eq!(
+        rule_of(first.check_chain(&low, None, &ChainProofs::default())),
+        rule::HEIGHT
+    );
 }
 
 #[test]
@@ -216,24 +265,45 @@ fn the_previous_block_must_be_keyguards_own_tip() {
     mined.nonce = 77; // the miner ground a nonce after signing
     let mut next = BlockSpec::new(301, mined.block_hash(), NOW as u32 + 600, payee());
     let b = decoded(&next.build(), &p);
-    let proven = ChainProofs { parent: Some(mined), mtp: None };
+    let proven = ChainProofs {
+        parent: Some(mined),
+        mtp: None,
+    };
     assert!(p.check_chain(&b, Some(&tip), &proven).is_ok());
     // No proof.
-    assert_eq!(rule_of(p.check_chain(&b, Some(&tip), &ChainProofs::default())), rule::PREV_BLOCK);
+    assert_eq!(
+        rule_of(p.check_chain(&b, Some(&tip), &ChainProofs::default())),
+        rule::PREV_BLOCK
+    );
     // A header that is not the block keyguard signed (another block at 300).
     let mut stranger = mined;
     stranger.time += 1;
-    let other = ChainProofs { parent: Some(stranger), mtp: None };
+    let other = ChainProofs {
+        parent: Some(stranger),
+        mtp: None,
+    };
     next.prev = stranger.block_hash();
     let b2 = decoded(&next.build(), &p);
-    assert_eq!(rule_of(p.check_chain(&b2, Some(&tip), &other)), rule::PREV_BLOCK);
+    assert_eq!(
+        rule_of(p.check_chain(&b2, Some(&tip), &other)),
+        rule::PREV_BLOCK
+    );
     // The right header, but the block builds on something else: a fork beside the tip.
     next.prev = BlockHash::all_zeros();
     let b3 = decoded(&next.build(), &p);
-    assert_eq!(rule_of(p.check_chain(&b3, Some(&tip), &proven)), rule::PREV_BLOCK);
+    assert_eq!(
+        rule_of(p.check_chain(&b3, Some(&tip), &proven)),
+        rule::PREV_BLOCK
+    );
     // First block at height 1 must build on the signet genesis.
-    let first = decoded(&BlockSpec::new(1, BlockHash::all_zeros(), NOW as u32, payee()).build(), &p);
-    assert_eq!(rule_of(p.check_chain(&first, None, &ChainProofs::default())), rule::PREV_BLOCK);
+    let first = decoded(
+        &BlockSpec::new(1, BlockHash::all_zeros(), NOW as u32, payee()).build(),
+        &p,
+    );
+    assert_eq!(
+        rule_of(p.check_chain(&first, None, &ChainProofs::default())),
+        rule::PREV_BLOCK
+    );
     let first = decoded(&spec(1).build(), &p);
     assert!(p.check_chain(&first, None, &ChainProofs::default()).is_ok());
 }
@@ -253,14 +323,28 @@ fn time_not_above_the_median_time_past() {
     let mut s = spec(12);
     s.time = mtp;
     let at = decoded(&s.build(), &p);
-    assert_eq!(rule_of(p.check_chain(&at, Some(&tip), &ChainProofs::default())), rule::TIMESTAMP_PAST);
+    assert_eq!(
+        rule_of(p.check_chain(&at, Some(&tip), &ChainProofs::default())),
+        rule::TIMESTAMP_PAST
+    );
     s.time = mtp + 1;
     let above = decoded(&s.build(), &p);
-    assert!(p.check_chain(&above, Some(&tip), &ChainProofs::default()).is_ok());
+    assert!(p
+        .check_chain(&above, Some(&tip), &ChainProofs::default())
+        .is_ok());
     // The caller's median only tightens.
-    let claimed = ChainProofs { parent: None, mtp: Some(mtp + 5) };
-    assert_eq!(rule_of(p.check_chain(&above, Some(&tip), &claimed)), rule::TIMESTAMP_PAST);
-    let lower = ChainProofs { parent: None, mtp: Some(1) };
+    let claimed = ChainProofs {
+        parent: None,
+        mtp: Some(mtp + 5),
+    };
+    assert_eq!(
+        rule_of(p.check_chain(&above, Some(&tip), &claimed)),
+        rule::TIMESTAMP_PAST
+    );
+    let lower = ChainProofs {
+        parent: None,
+        mtp: Some(1),
+    };
     assert!(p.check_chain(&above, Some(&tip), &lower).is_ok());
 }
 
@@ -276,7 +360,10 @@ fn config_refuses_what_it_does_not_know() {
         "payout = [\"script:00\"]\nversion_bits = [29]",
         "payout = [\"script:00\"]\nmax_heigth_gap = 2",
     ] {
-        assert!(toml::from_str::<SignetPolicy>(&format!("{base}{bad}")).is_err(), "{bad}");
+        assert!(
+            toml::from_str::<SignetPolicy>(&format!("{base}{bad}")).is_err(),
+            "{bad}"
+        );
     }
     let two_of_two = "5221020000000000000000000000000000000000000000000000000000000000000001";
     assert!(toml::from_str::<SignetPolicy>(&format!(

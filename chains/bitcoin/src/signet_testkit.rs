@@ -9,8 +9,8 @@ use bitcoin::psbt::Psbt;
 use bitcoin::script::Builder;
 use bitcoin::secp256k1::{Message, PublicKey, Secp256k1, SecretKey};
 use bitcoin::{
-    absolute, transaction, Amount, Block, BlockHash, CompactTarget, OutPoint, ScriptBuf,
-    Sequence, Transaction, TxIn, TxMerkleNode, TxOut, Txid, Witness,
+    absolute, transaction, Amount, Block, BlockHash, CompactTarget, OutPoint, ScriptBuf, Sequence,
+    Transaction, TxIn, TxMerkleNode, TxOut, Txid, Witness,
 };
 use keyguard_chain::{Signature, SigningPayload};
 
@@ -149,7 +149,9 @@ pub fn filler_tx(n: u32, witness_bytes: usize) -> Transaction {
             },
             TxOut {
                 value: Amount::from_sat(50_000),
-                script_pubkey: ScriptBuf::from_bytes(vec![0x00, 0x14].into_iter().chain([7u8; 20]).collect()),
+                script_pubkey: ScriptBuf::from_bytes(
+                    vec![0x00, 0x14].into_iter().chain([7u8; 20]).collect(),
+                ),
             },
         ],
     }
@@ -199,7 +201,9 @@ pub fn miner_txs(block: &Block, challenge: &ScriptBuf) -> (Transaction, Transact
     let ids = std::iter::once(cb.compute_txid())
         .chain(block.txdata[1..].iter().map(Transaction::compute_txid))
         .map(|t| t.to_raw_hash());
-    let root: TxMerkleNode = bitcoin::merkle_tree::calculate_root(ids).expect("txs").into();
+    let root: TxMerkleNode = bitcoin::merkle_tree::calculate_root(ids)
+        .expect("txs")
+        .into();
     let mut sd = Vec::new();
     sd.extend(block.header.version.to_consensus().to_le_bytes());
     sd.extend(block.header.prev_blockhash.to_byte_array());

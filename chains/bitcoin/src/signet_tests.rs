@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use bitcoin::consensus::{deserialize, serialize};
 use bitcoin::hashes::Hash;
-use bitcoin::{Amount, Block, BlockHash, ScriptBuf, Transaction, TxOut};
+use bitcoin::{Amount, Block, BlockHash, ScriptBuf, TxOut};
 
 use super::*;
 use crate::signet_finalize::{decode_psbt, finalize, parse_block_psbt, SignedSignetBlock};
@@ -63,7 +63,10 @@ fn core_check(block: &Block, challenge: &ScriptBuf) -> Result<(), String> {
     let idx = cb
         .output
         .iter()
-        .rposition(|o| o.script_pubkey.len() >= 38 && o.script_pubkey.as_bytes()[..6] == [0x6a, 0x24, 0xaa, 0x21, 0xa9, 0xed])
+        .rposition(|o| {
+            o.script_pubkey.len() >= 38
+                && o.script_pubkey.as_bytes()[..6] == [0x6a, 0x24, 0xaa, 0x21, 0xa9, 0xed]
+        })
         .ok_or("no witness commitment")?;
     let script = cb.output[idx].script_pubkey.to_bytes();
     let (mut rebuilt, mut solution, mut at) = (Vec::new(), None, 0);
@@ -117,7 +120,9 @@ fn signed(block: &Block, challenge: &Challenge) -> SignedSignetBlock {
 fn core_accepts_the_solution_for_multisig_and_p2wpkh_challenges() {
     for challenge in [multisig(), p2wpkh()] {
         let mut spec = BlockSpec::new(300, genesis(), 1_700_000_000, reward_script());
-        spec.txs = (0..5).map(|i| crate::signet_testkit::filler_tx(i, 72)).collect();
+        spec.txs = (0..5)
+            .map(|i| crate::signet_testkit::filler_tx(i, 72))
+            .collect();
         let out = signed(&spec.build(), &challenge);
         core_check(&out.block, &challenge.script).unwrap();
         // The merkle root was recomputed with the solution in the coinbase.
@@ -129,7 +134,9 @@ fn core_accepts_the_solution_for_multisig_and_p2wpkh_challenges() {
 fn tampering_with_any_committed_field_fails_core_and_the_nonce_does_not() {
     let challenge = multisig();
     let mut spec = BlockSpec::new(300, genesis(), 1_700_000_000, reward_script());
-    spec.txs = (0..3).map(|i| crate::signet_testkit::filler_tx(i, 72)).collect();
+    spec.txs = (0..3)
+        .map(|i| crate::signet_testkit::filler_tx(i, 72))
+        .collect();
     let good = signed(&spec.build(), &challenge).block;
     core_check(&good, &challenge.script).unwrap();
     // Positive control: nonce and bits are not committed (the miner grinds afterwards).
@@ -138,19 +145,53 @@ fn tampering_with_any_committed_field_fails_core_and_the_nonce_does_not() {
     ground.header.bits = bitcoin::CompactTarget::from_consensus(0x1d00_ffff);
     core_check(&ground, &challenge.script).unwrap();
     let fix = |b: &mut Block| b.header.merkle_root = b.compute_merkle_root().unwrap();
-    let tampers: Vec<(&str, Box<dyn Fn(&mut Block)>)> = vec![
-        ("version", Box::new(|b| b.header.version = bitcoin::block::Version::from_consensus(0x2000_0004))),
+    type Tamper = Box<dyn Fn(&mut Block)>;
+    let tampers: Vec<(&str, Tamper)> = vec![
+        (
+            "version",
+            Box::new(|b| b.header.version = bitcoin::block::Version::from_consensus(0x2000_0004)),
+        ),
         ("time", Box::new(|b| b.header.time += 1)),
-        ("prev", Box::new(|b| b.header.prev_blockhash = BlockHash::all_zeros())),
-        ("coinbase value", Box::new(move |b| { b.txdata[0].output[0].value += Amount::from_sat(1); fix(b) })),
-        ("coinbase payee", Box::new(move |b| { b.txdata[0].output[0].script_pubkey = ScriptBuf::new_op_return([1]); fix(b) })),
-        ("drop a tx", Box::new(move |b| { b.txdata.pop(); fix(b) })),
-        ("tx output", Box::new(move |b| { b.txdata[1].output[0].value = Amount::from_sat(1); fix(b) })),
+        (
+            "prev",
+            Box::new(|b| b.header.prev_blockhash = BlockHash::all_zeros()),
+        ),
+        (
+            "coinbase value",
+            Box::new(move |b| {
+                b.txdata[0].output[0].value += Amount::from_sat(1);
+                fix(b)
+            }),
+        ),
+        (
+            "coinbase payee",
+            Box::new(move |b| {
+                b.txdata[0].output[0].script_pubkey = ScriptBuf::new_op_return([1]);
+                fix(b)
+            }),
+        ),
+        (
+            "drop a tx",
+            Box::new(move |b| {
+                b.txdata.pop();
+                fix(b)
+            }),
+        ),
+        (
+            "tx output",
+            Box::new(move |b| {
+                b.txdata[1].output[0].value = Amount::from_sat(1);
+                fix(b)
+            }),
+        ),
     ];
     for (what, tamper) in tampers {
         let mut bad = good.clone();
         tamper(&mut bad);
-        assert!(core_check(&bad, &challenge.script).is_err(), "{what} still verifies");
+        assert!(
+            core_check(&bad, &challenge.script).is_err(),
+            "{what} still verifies"
+        );
     }
 }
 
@@ -211,29 +252,52 @@ fn malformed_blocks_are_named() {
     let good = block_at(300);
     // Already solved: a second signature for the same block would be another block.
     let solved = signed(&good, &challenge).block;
-    assert_eq!(rule_of(decode_block(&serialize(&solved), &challenge)), rule::BLOCK);
+    assert_eq!(
+        rule_of(decode_block(&serialize(&solved), &challenge)),
+        rule::BLOCK
+    );
     // Merkle root not matching.
     let mut bad = good.clone();
     bad.header.merkle_root = bitcoin::TxMerkleNode::all_zeros();
-    assert_eq!(rule_of(decode_block(&serialize(&bad), &challenge)), rule::BLOCK);
+    assert_eq!(
+        rule_of(decode_block(&serialize(&bad), &challenge)),
+        rule::BLOCK
+    );
     // Witness commitment not last.
     let mut bad = good.clone();
-    bad.txdata[0].output.push(TxOut { value: Amount::ZERO, script_pubkey: reward_script() });
+    bad.txdata[0].output.push(TxOut {
+        value: Amount::ZERO,
+        script_pubkey: reward_script(),
+    });
     bad.header.merkle_root = bad.compute_merkle_root().unwrap();
-    assert_eq!(rule_of(decode_block(&serialize(&bad), &challenge)), rule::BLOCK);
+    assert_eq!(
+        rule_of(decode_block(&serialize(&bad), &challenge)),
+        rule::BLOCK
+    );
     // No BIP34 height.
     let mut bad = good.clone();
     bad.txdata[0].input[0].script_sig = ScriptBuf::from_bytes(vec![0x6a, 0x51]);
     bad.header.merkle_root = bad.compute_merkle_root().unwrap();
-    assert_eq!(rule_of(decode_block(&serialize(&bad), &challenge)), rule::BLOCK);
+    assert_eq!(
+        rule_of(decode_block(&serialize(&bad), &challenge)),
+        rule::BLOCK
+    );
     // Trailing bytes and truncation are invalid requests.
     let mut bytes = serialize(&good);
     bytes.push(0);
     assert!(decode_block(&bytes, &challenge).is_err());
     assert!(decode_block(&serialize(&good)[..100], &challenge).is_err());
     // Negative control: the good block decodes with its BIP34 heights (OP_N and pushes).
-    assert_eq!(decode_block(&serialize(&good), &challenge).unwrap().height, 300);
-    assert_eq!(decode_block(&serialize(&block_at(5)), &challenge).unwrap().height, 5);
+    assert_eq!(
+        decode_block(&serialize(&good), &challenge).unwrap().height,
+        300
+    );
+    assert_eq!(
+        decode_block(&serialize(&block_at(5)), &challenge)
+            .unwrap()
+            .height,
+        5
+    );
 }
 
 #[test]
@@ -267,5 +331,4 @@ fn a_transaction_with_a_huge_count_claim_is_an_invalid_request_not_an_allocation
     let mut bytes = serialize(&block_at(300).header);
     bytes.extend([0xfe, 0xff, 0xff, 0xff, 0xff]);
     assert!(decode_block(&bytes, &multisig()).is_err());
-    let _: Option<Transaction> = None;
 }
