@@ -123,6 +123,8 @@ pub(super) enum Input {
 }
 
 struct Decided {
+    /// The miner's PSBT, answered with the solution (PSBT requests only).
+    psbt: Option<Psbt>,
     key: KeyId,
     policy: Arc<SignetPolicy>,
     public: SecpKey,
@@ -229,10 +231,7 @@ impl<'g> Adapter<'g> for SignetAdapter {
             tip: Box::new(tip),
         }];
         self.reserved = Some(reserved);
-        let psbt = match &self.params.get("psbt") {
-            Some(_) => Some(self.psbt_answer(&signed)?),
-            None => None,
-        };
+        let psbt = d.psbt.map(|p| signed.answer_psbt(p));
         Ok(SignetSigned {
             height: d.block.height,
             commitment,
@@ -269,17 +268,6 @@ impl<'g> Adapter<'g> for SignetAdapter {
                 None
             }
         }
-    }
-}
-
-impl SignetAdapter {
-    fn psbt_answer(&self, signed: &SignedSignetBlock) -> Result<Psbt, GuardError> {
-        let b64 = self
-            .params
-            .get("psbt")
-            .and_then(Value::as_str)
-            .ok_or_else(|| Rejection::invalid("psbt", "missing"))?;
-        Ok(signed.answer_psbt(signet_finalize::parse_block_psbt(b64)?))
     }
 }
 
@@ -423,8 +411,20 @@ impl Guard {
             )
             .into());
         }
-        let block = match input {
-            Input::Psbt(psbt) => signet_finalize::decode_psbt(&psbt, &policy.challenge)?,
+        let (block, psbt) = match input {
+            Input::Psbt(psbt) => {
+                if params.get("finalize") == Some(&Value::Bool(false)) {
+                    return Err(Rejection::invalid(
+                        "finalize",
+                        "a signet block PSBT is always answered finalized",
+                    )
+                    .into());
+                }
+                (
+                    signet_finalize::decode_psbt(&psbt, &policy.challenge)?,
+                    Some(*psbt),
+                )
+            }
             Input::Block => {
                 let text = params
                     .get("block")
@@ -435,7 +435,7 @@ impl Guard {
                 }
                 let bytes =
                     hex::decode(text).map_err(|e| Rejection::invalid("block", e.to_string()))?;
-                decode_block(&bytes, &policy.challenge)?
+                (decode_block(&bytes, &policy.challenge)?, None)
             }
         };
         entry.summary = block.summary();
@@ -445,6 +445,7 @@ impl Guard {
         let (proofs, fees) = proofs(params)?;
         policy.check_block(&block, super::now_ms() / 1000, fees)?;
         Ok(Decided {
+            psbt,
             key,
             policy,
             public,

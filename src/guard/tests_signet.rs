@@ -238,6 +238,11 @@ async fn the_miner_psbt_on_btc_sign_psbt_comes_back_finalized() {
     let answered = keyguard_bitcoin::signet_finalize::parse_block_psbt(&out.psbt).unwrap();
     assert!(answered.inputs[0].final_script_sig.is_some());
     assert!(keyguard_bitcoin::signet_finalize::is_signet_psbt(&answered));
+    // The same height through the other method: one watermark for both.
+    let again = g
+        .sign_signet_block(&c, &json!({"block": block(1, now() - 99)}))
+        .await;
+    assert_eq!(rule(&again), Some("bitcoin.signet.height"));
     // A foreign challenge on the same route is named.
     let other = keyguard_bitcoin::bitcoin::secp256k1::SecretKey::from_slice(&[9; 32])
         .unwrap()

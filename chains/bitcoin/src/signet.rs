@@ -231,7 +231,32 @@ pub fn decode_block(bytes: &[u8], challenge: &Challenge) -> Result<SignetBlock, 
             "does not start with a BIP34 height (Core's `CScript() << height`)",
         )
     })?;
+    let sig_len = coinbase.input[0].script_sig.len();
+    if !(2..=100).contains(&sig_len) {
+        return Err(block_rule(
+            "coinbase.script_sig",
+            format!("{sig_len} bytes; Core needs 2 to 100"),
+        ));
+    }
+    if let Some(t) = block
+        .txdata
+        .iter()
+        .position(|t| t.input.is_empty() || t.output.is_empty())
+    {
+        return Err(block_rule(
+            &format!("block.txdata[{t}]"),
+            "a transaction without inputs or outputs",
+        ));
+    }
     let txids: Vec<Txid> = block.txdata.iter().map(Transaction::compute_txid).collect();
+    let mut seen = std::collections::HashSet::with_capacity(txids.len());
+    if let Some(t) = txids.iter().position(|id| !seen.insert(*id)) {
+        // Two equal txids can give the merkle root of a different list (CVE-2012-2459).
+        return Err(block_rule(
+            &format!("block.txdata[{t}]"),
+            "the same transaction twice",
+        ));
+    }
     let root = merkle_root(txids.iter().copied());
     if Some(block.header.merkle_root) != root {
         return Err(block_rule(
@@ -258,7 +283,7 @@ pub fn decode_block(bytes: &[u8], challenge: &Challenge) -> Result<SignetBlock, 
                 ))
             }
         };
-    if !block.check_witness_commitment() {
+    if !witness_commitment_matches(&block, commitment_output) {
         return Err(block_rule(
             &format!("coinbase.outputs[{commitment_output}]"),
             "witness commitment does not match the transactions' witnesses",
@@ -291,6 +316,22 @@ pub fn decode_block(bytes: &[u8], challenge: &Challenge) -> Result<SignetBlock, 
         to_spend,
         spend,
     })
+}
+
+/// Core's rule once a witness commitment is present (whether or not any transaction has a
+/// witness): the coinbase witness is one 32-byte nonce and the commitment is
+/// `SHA256d(witness root || nonce)`.
+fn witness_commitment_matches(block: &Block, index: usize) -> bool {
+    let witness = &block.txdata[0].input[0].witness;
+    let (Some(nonce), 1) = (witness.nth(0), witness.len()) else {
+        return false;
+    };
+    let Some(root) = block.witness_root() else {
+        return false;
+    };
+    nonce.len() == 32
+        && block.txdata[0].output[index].script_pubkey.as_bytes()[6..38]
+            == Block::compute_witness_commitment(&root, nonce).to_byte_array()
 }
 
 fn merkle_root(txids: impl Iterator<Item = Txid>) -> Option<TxMerkleNode> {

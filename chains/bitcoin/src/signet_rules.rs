@@ -149,6 +149,11 @@ impl TryFrom<RawSignetPolicy> for SignetPolicy {
         if let Some(b) = raw.version_bits.iter().find(|b| **b > 28) {
             return Err(format!("version_bits: {b} is not a BIP9 bit (0-28)"));
         }
+        if raw.max_weight > 4_000_000 || raw.max_transactions == 0 {
+            return Err(
+                "max_weight is at most 4000000 (consensus) and max_transactions at least 1".into(),
+            );
+        }
         if raw.start_height == 0 || raw.max_height_gap == 0 {
             return Err("start_height and max_height_gap must be at least 1".into());
         }

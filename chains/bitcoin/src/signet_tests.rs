@@ -282,6 +282,42 @@ fn malformed_blocks_are_named() {
         rule_of(decode_block(&serialize(&bad), &challenge)),
         rule::BLOCK
     );
+    // A wrong witness commitment, even in a block without witnesses (Core checks it).
+    let mut bad = good.clone();
+    let last = bad.txdata[0].output.len() - 1;
+    let mut script = bad.txdata[0].output[last].script_pubkey.to_bytes();
+    script[10] ^= 1;
+    bad.txdata[0].output[last].script_pubkey = ScriptBuf::from_bytes(script);
+    bad.header.merkle_root = bad.compute_merkle_root().unwrap();
+    assert_eq!(
+        rule_of(decode_block(&serialize(&bad), &challenge)),
+        rule::BLOCK
+    );
+    // A non-canonical push after the commitment (Core would re-encode it: another commitment).
+    let mut bad = good.clone();
+    let mut script = bad.txdata[0].output[last].script_pubkey.to_bytes();
+    script.extend([0x4c, 0x01, 0xff]);
+    bad.txdata[0].output[last].script_pubkey = ScriptBuf::from_bytes(script);
+    bad.header.merkle_root = bad.compute_merkle_root().unwrap();
+    assert_eq!(
+        rule_of(decode_block(&serialize(&bad), &challenge)),
+        rule::BLOCK
+    );
+    // The height pushed non-minimally (PUSHDATA1) is not Core's `CScript() << height`.
+    let mut bad = good.clone();
+    bad.txdata[0].input[0].script_sig = ScriptBuf::from_bytes(vec![0x4c, 0x02, 0x2c, 0x01]);
+    bad.header.merkle_root = bad.compute_merkle_root().unwrap();
+    assert_eq!(
+        rule_of(decode_block(&serialize(&bad), &challenge)),
+        rule::BLOCK
+    );
+    // The same transaction twice (a merkle-mutated block).
+    let mut spec = BlockSpec::new(300, genesis(), 1_700_000_000, reward_script());
+    spec.txs = vec![crate::signet_testkit::filler_tx(1, 72); 2];
+    assert_eq!(
+        rule_of(decode_block(&serialize(&spec.build()), &challenge)),
+        rule::BLOCK
+    );
     // Trailing bytes and truncation are invalid requests.
     let mut bytes = serialize(&good);
     bytes.push(0);
@@ -331,4 +367,42 @@ fn a_transaction_with_a_huge_count_claim_is_an_invalid_request_not_an_allocation
     let mut bytes = serialize(&block_at(300).header);
     bytes.extend([0xfe, 0xff, 0xff, 0xff, 0xff]);
     assert!(decode_block(&bytes, &multisig()).is_err());
+}
+
+#[test]
+fn oversized_blocks_and_duplicate_psbt_keys_are_invalid_requests() {
+    let challenge = multisig();
+    let huge = vec![0u8; MAX_BLOCK_BYTES + 1];
+    assert!(matches!(
+        decode_block(&huge, &challenge),
+        Err(keyguard_chain::Rejection::InvalidParams { .. })
+    ));
+    // The block key twice in the global map: which block would be signed?
+    let block = block_at(300);
+    let (to_spend, spend) = miner_txs(&block, &challenge.script);
+    let kv = |k: &[u8], v: &[u8]| {
+        let mut out = serialize(&k.to_vec());
+        out.extend(serialize(&v.to_vec()));
+        out
+    };
+    let key = b"\xfc\x06signetb";
+    let mut raw = b"psbt\xff".to_vec();
+    raw.extend(kv(&[0x00], &serialize(&spend)));
+    raw.extend(kv(key, &serialize(&block)));
+    let once_end = raw.len();
+    raw.extend(kv(key, &serialize(&block_at(301))));
+    let tail = {
+        let mut t = vec![0x00];
+        t.extend(kv(&[0x00], &serialize(&to_spend)));
+        t.extend([0x00, 0x00]);
+        t
+    };
+    raw.extend(&tail);
+    use bitcoin::base64::prelude::{Engine as _, BASE64_STANDARD};
+    assert!(parse_block_psbt(&BASE64_STANDARD.encode(&raw)).is_err());
+    // Negative control: the same bytes with the key once parse and decode.
+    let mut once = raw[..once_end].to_vec();
+    once.extend(&tail);
+    let psbt = parse_block_psbt(&BASE64_STANDARD.encode(&once)).unwrap();
+    assert_eq!(decode_psbt(&psbt, &challenge).unwrap().height, 300);
 }
