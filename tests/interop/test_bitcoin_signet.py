@@ -62,7 +62,11 @@ def merkle(hashes: list[bytes]) -> bytes:
 def coinbase(height: int, extra: bytes = b"") -> tuple[bytes, bytes]:
     """(txid-form serialization, full serialization) of the miner's coinbase: BIP34 height,
     50 BTC to PAYEE, witness commitment of an otherwise empty block, last."""
-    sig = (bytes([0x50 + height, 0x51]) if height <= 16 else push(height.to_bytes(3, "little")))
+    if height <= 16:
+        sig = bytes([0x50 + height, 0x51])  # OP_N and a dummy, as the miner (2-byte minimum)
+    else:
+        num = height.to_bytes((height.bit_length() + 8) // 8, "little")  # minimal CScriptNum
+        sig = push(num)
     commitment = double_sha256(b"\x00" * 32 + b"\x00" * 32)
     outs = [(50 * 10**8, PAYEE), (0, b"\x6a\x24\xaa\x21\xa9\xed" + commitment + extra)]
     vin = [(b"\x00" * 32, 0xFFFFFFFF, sig, 0xFFFFFFFE)]
