@@ -195,14 +195,14 @@ fn signet_advance(
         .join(",");
     let mut stmt = tx.prepare_cached(
         "INSERT INTO signet_heights (challenge, key_id, height, max_height, commitment, \
-            prev_hash, merkle_root, version, time, recent, request_id, updated_ms) \
+            prev_hash, merkle_root, version, block_time, recent, request_id, updated_ms) \
          VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
          ON CONFLICT (challenge, key_id) DO UPDATE SET height = excluded.height, \
             max_height = CASE WHEN excluded.height > signet_heights.max_height \
                 THEN excluded.height ELSE signet_heights.max_height END, \
             commitment = excluded.commitment, prev_hash = excluded.prev_hash, \
             merkle_root = excluded.merkle_root, version = excluded.version, \
-            time = excluded.time, recent = excluded.recent, \
+            block_time = excluded.block_time, recent = excluded.recent, \
             request_id = excluded.request_id, updated_ms = excluded.updated_ms \
          WHERE signet_heights.max_height < excluded.height + ?12 \
          RETURNING height",
@@ -246,7 +246,7 @@ pub struct SignetRow {
 pub(crate) fn signet_tips(conn: &Connection) -> Result<Vec<SignetRow>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT challenge, key_id, height, max_height, commitment, prev_hash, merkle_root, \
-         version, time, recent FROM signet_heights",
+         version, block_time, recent FROM signet_heights",
     )?;
     let bad = |what: &str| StoreError::Corrupt {
         seq: 0,

@@ -184,7 +184,8 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
         // block signed (height, its BIP325 commitment, previous block, merkle root with the
         // solution, version, time), the highest height ever signed (a reorg the operator
         // allows lowers `height`, never `max_height`), and "height:time" of recent blocks for
-        // the median-time-past rule. Integer and text columns only (PostgreSQL port).
+        // the median-time-past rule. Integer and text columns only (PostgreSQL: BIGINT for the
+        // integers, `updated_ms` is milliseconds).
         "CREATE TABLE signet_heights (
         challenge   TEXT NOT NULL,
         key_id      TEXT NOT NULL,
@@ -194,7 +195,7 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
         prev_hash   TEXT NOT NULL,
         merkle_root TEXT NOT NULL,
         version     INTEGER NOT NULL,
-        time        INTEGER NOT NULL,
+        block_time  INTEGER NOT NULL,
         recent      TEXT NOT NULL,
         request_id  TEXT NOT NULL,
         updated_ms  INTEGER NOT NULL,
