@@ -135,6 +135,7 @@ struct Decided {
 /// What the sign stage reserved: the tip before, to give back if nothing is released.
 struct Reserved {
     slot: Slot,
+    height: u32,
     before: Option<SignetTip>,
     commitment: String,
 }
@@ -251,7 +252,10 @@ impl<'g> Adapter<'g> for SignetAdapter {
     ) -> Option<GuardError> {
         let reserved = self.reserved.take()?;
         match committed {
-            Ok(()) => None,
+            Ok(()) => {
+                crate::metrics::signet_height(reserved.slot.1.as_str(), reserved.height);
+                None
+            }
             Err(StoreError::StateConflict(e)) => {
                 guard.signet_stale(&reserved.slot);
                 Some(
@@ -473,6 +477,7 @@ impl Guard {
         state.tip = Some(provisional);
         Ok(Reserved {
             slot: slot.clone(),
+            height: d.block.height,
             before,
             commitment: d.block.commitment().to_string(),
         })
