@@ -75,8 +75,10 @@ fn one() -> u32 {
 fn yes() -> bool {
     true
 }
+/// An hour: Core's miner may date its first block after a start up to `--max-interval`
+/// (default 30 min) ahead; consensus allows two hours.
 fn default_future() -> u64 {
-    900
+    3600
 }
 fn default_max_fees() -> Sats {
     Sats(Amount::from_sat(10_000_000))

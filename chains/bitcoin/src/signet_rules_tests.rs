@@ -90,6 +90,12 @@ fn timestamp_three_hours_ahead() {
     assert!(stateless(&p, &s).is_ok());
     s.time = (NOW + 3 * 3600) as u32;
     assert_eq!(rule_of(stateless(&p, &s)), rule::TIMESTAMP_FUTURE);
+    // The default: the miner's first block after a start (up to 30 min ahead) passes.
+    let default = policy("");
+    s.time = (NOW + 1800) as u32;
+    assert!(stateless(&default, &s).is_ok());
+    s.time = (NOW + 3 * 3600) as u32;
+    assert_eq!(rule_of(stateless(&default, &s)), rule::TIMESTAMP_FUTURE);
 }
 
 #[test]
