@@ -406,3 +406,69 @@ fn oversized_blocks_and_duplicate_psbt_keys_are_invalid_requests() {
     let psbt = parse_block_psbt(&BASE64_STANDARD.encode(&once)).unwrap();
     assert_eq!(decode_psbt(&psbt, &challenge).unwrap().height, 300);
 }
+
+/// Bitcoin's default signet challenge (1-of-2 bare multisig).
+const DEFAULT_SIGNET: &str = "512103ad5e0edad18cb1f0fc0d28a3d4f1f3e445640337489abb10404f2d1e086be430210359ef5021964fe22d6f8e05b2463c9540ce96883fe3b278760f048f5189f2e6c452ae";
+
+#[test]
+fn real_default_signet_blocks() {
+    let challenge = Challenge::parse(ScriptBuf::from_hex(DEFAULT_SIGNET).unwrap()).unwrap();
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/vectors/bitcoin/signet");
+    for (file, height) in [("118509.hex", 118_509u32), ("118511.hex", 118_511)] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        let real: Block = deserialize(&hex::decode(text.trim()).unwrap()).unwrap();
+        // The signers' solution, found and stripped by this file's own reading of Core's rule.
+        core_check(&real, &challenge.script).unwrap();
+        let idx = real.txdata[0].output.len() - 1;
+        let script = real.txdata[0].output[idx].script_pubkey.to_bytes();
+        let (push, end) = next_push(&script, 38);
+        assert_eq!(end, script.len(), "{file}: the solution is the last push");
+        let data = push.unwrap();
+        assert_eq!(data[..4], SIGNET_HEADER);
+        let (script_sig, used): (ScriptBuf, usize) =
+            bitcoin::consensus::deserialize_partial(&data[4..]).unwrap();
+        let witness: bitcoin::Witness = deserialize(&data[4 + used..]).unwrap();
+        let solution = Solution {
+            script_sig,
+            witness,
+        };
+        let mut unsolved = real.clone();
+        unsolved.txdata[0].output[idx].script_pubkey = ScriptBuf::from_bytes(script[..38].to_vec());
+        unsolved.header.merkle_root = unsolved.compute_merkle_root().unwrap();
+        // keyguard decodes the unsolved block and rebuilds the commitment the signers signed.
+        let decoded = decode_block(&serialize(&unsolved), &challenge).unwrap();
+        assert_eq!(decoded.height, height);
+        let mut spend = decoded.spend.clone();
+        spend.input[0].script_sig = solution.script_sig.clone();
+        spend.input[0].witness = solution.witness.clone();
+        let verify = |tx: &bitcoin::Transaction| {
+            bitcoinconsensus::verify_with_flags(
+                challenge.script.as_bytes(),
+                0,
+                &serialize(tx),
+                None,
+                0,
+                FLAGS,
+            )
+        };
+        verify(&spend).unwrap_or_else(|e| panic!("{file}: {e:?}"));
+        // Adding that solution the way keyguard does gives the real block back, byte for byte.
+        assert_eq!(
+            serialize(&solved_block(&decoded, &solution)),
+            serialize(&real),
+            "{file}"
+        );
+        // Negative control: keyguard's commitment for the block one second later does not verify.
+        let mut later = unsolved.clone();
+        later.header.time += 1;
+        let other = decode_block(&serialize(&later), &challenge).unwrap();
+        let mut spend = other.spend.clone();
+        spend.input[0].script_sig = solution.script_sig.clone();
+        spend.input[0].witness = solution.witness.clone();
+        assert!(
+            verify(&spend).is_err(),
+            "{file}: a signature for another block verifies"
+        );
+    }
+}
