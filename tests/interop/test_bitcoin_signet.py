@@ -7,6 +7,7 @@ height and a block without its parent's proof are refused, each naming its rule.
 from __future__ import annotations
 
 import base64
+import json
 import io
 import struct
 import time
@@ -197,3 +198,9 @@ def test_miner_psbt_then_block_on_top_then_the_watermark(daemon):
     assert err["code"] == -32001 and err["data"]["rule"] == "bitcoin.signet.height", err
     err = error(daemon.url(), "btc_signSignetBlock", [{"block": block(3, b"\x11" * 32, t + 1200).hex()}])
     assert err["code"] == -32001 and err["data"]["rule"] == "bitcoin.signet.prev_block", err
+
+    # The stored watermark, as the operator sees it.
+    out = kg.run_cli(["state", "show", "--config", str(daemon.config_path), "--chain", "signet", "--json"])
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert [(r["key"], r["height"], r["max_height"]) for r in rows] == [("signet", 2, 2)], rows
