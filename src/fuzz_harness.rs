@@ -83,7 +83,61 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("evm_typed_data", evm_typed_data),
     ("evm_abi_calldata", evm_abi_calldata),
     ("evm_typed_shapes", evm_typed_shapes),
+    ("signet_block", signet_block),
 ];
+
+/// `1 <G> 1 CHECKMULTISIG`: a challenge with a fixed key (the generator point).
+const SIGNET_CHALLENGE: &str =
+    "51210279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f8179851ae";
+
+/// Signet blocks (first byte even) and miner block PSBTs (odd), as `btc_signSignetBlock` and
+/// `btc_signPsbt` decode them: a refusal names its field; whatever decodes has a computable
+/// commitment and summary, goes through the block and chain rules without panicking, and a
+/// bogus signature never passes pass 2.
+pub fn signet_block(data: &[u8]) {
+    use keyguard_bitcoin::bitcoin::base64::prelude::{Engine as _, BASE64_STANDARD};
+    use keyguard_bitcoin::signet::{decode_block, Challenge};
+    use keyguard_bitcoin::signet_finalize;
+    use keyguard_bitcoin::signet_rules::{ChainProofs, SignetPolicy};
+    let Some((mode, rest)) = data.split_first() else {
+        return;
+    };
+    let script = keyguard_bitcoin::bitcoin::ScriptBuf::from_hex(SIGNET_CHALLENGE).expect("static");
+    let challenge = Challenge::parse(script).expect("static");
+    let decoded = if mode % 2 == 0 {
+        decode_block(rest, &challenge)
+    } else {
+        signet_finalize::parse_block_psbt(&BASE64_STANDARD.encode(rest))
+            .and_then(|p| signet_finalize::decode_psbt(&p, &challenge))
+    };
+    match decoded {
+        Ok(block) => {
+            let _ = block.summary();
+            let _ = block.payload(&challenge);
+            let policy: SignetPolicy = toml::from_str(&format!(
+                "challenge = \"{SIGNET_CHALLENGE}\"\nstart_height = 1\npayout = [\"script:00\"]"
+            ))
+            .expect("static");
+            let _ = policy.check_block(&block, 0, None);
+            let _ = policy.check_chain(&block, None, &ChainProofs::default());
+            let sig = keyguard_chain::Signature::Secp256k1 {
+                r: [1; 32],
+                s: [1; 32],
+                recovery_id: 0,
+            };
+            let keyguard_bitcoin::signet::ChallengeKind::Multisig { keys } = &challenge.kind else {
+                unreachable!("static multisig challenge")
+            };
+            assert!(signet_finalize::finalize(&block, &challenge, &keys[0], &sig).is_err());
+        }
+        Err(keyguard_chain::Rejection::InvalidParams { field, .. }) => {
+            assert!(!field.is_empty(), "a refusal must name its field");
+        }
+        Err(keyguard_chain::Rejection::Policy { field, .. }) => {
+            assert!(!field.is_empty(), "a refusal must name its field");
+        }
+    }
+}
 
 /// Hostile typed-data *shapes* ([`crate::fuzz_shapes`]: type chains, diamonds, cycles, huge
 /// arrays, long strings) from a few bytes, decoded on a thread with a tokio worker's 2 MiB

@@ -19,6 +19,8 @@ pub const KEYS: &str = "keyguard_keys";
 pub const RELOADS: &str = "keyguard_config_reloads_total";
 /// Last signed CometBFT height per chain and key (the double-sign watermark).
 pub const COMETBFT_WATERMARK: &str = "keyguard_cometbft_watermark_height";
+/// Last signet block height signed, per key (`docs/bitcoin-signet.md`).
+pub const SIGNET_HEIGHT: &str = "keyguard_signet_height";
 /// 1 once every listener accepts connections.
 pub const READY: &str = "keyguard_ready";
 /// PKCS#11 token events: `signature`, `high_s_normalized`, `relogin`, `reconnect`, `failure`.
@@ -134,6 +136,11 @@ pub fn reload(outcome: &'static str) {
 pub fn cometbft_watermark(chain_id: &str, key: &str, height: i64) {
     metrics::gauge!(COMETBFT_WATERMARK, "chain" => chain_id.to_owned(), "key" => key.to_owned())
         .set(height as f64);
+}
+
+/// Records a committed signet block height.
+pub fn signet_height(key: &str, height: u32) {
+    metrics::gauge!(SIGNET_HEIGHT, "key" => key.to_owned()).set(f64::from(height));
 }
 
 /// Signing requests waiting for approvals.

@@ -480,3 +480,30 @@ fn typed_shape_space_sweep() {
     }
     assert_eq!(runs, 192);
 }
+
+#[test]
+fn signet_seeds_reach_the_accepting_path() {
+    // The corpus must hold blocks and PSBTs keyguard accepts, or the harness only ever tests
+    // refusals. Challenge: `1 <G> 1 CHECKMULTISIG`, as in the harness.
+    use keyguard_bitcoin::bitcoin::base64::prelude::{Engine as _, BASE64_STANDARD};
+    use keyguard_bitcoin::signet::{decode_block, Challenge};
+    use keyguard_bitcoin::signet_finalize::{decode_psbt, parse_block_psbt};
+    let script = keyguard_bitcoin::bitcoin::ScriptBuf::from_hex(
+        "51210279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f8179851ae",
+    )
+    .unwrap();
+    let challenge = Challenge::parse(script).unwrap();
+    let (mut blocks, mut psbts) = (0, 0);
+    for (_, data) in corpus("signet_block") {
+        let Some((mode, rest)) = data.split_first() else {
+            continue;
+        };
+        if mode % 2 == 0 {
+            blocks += usize::from(decode_block(rest, &challenge).is_ok());
+        } else {
+            let psbt = parse_block_psbt(&BASE64_STANDARD.encode(rest)).unwrap();
+            psbts += usize::from(decode_psbt(&psbt, &challenge).is_ok());
+        }
+    }
+    assert!(blocks >= 3 && psbts >= 3, "blocks {blocks}, psbts {psbts}");
+}

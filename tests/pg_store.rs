@@ -115,6 +115,25 @@ fn claim(outpoint: &str, txid: &str, replaces: Option<&str>) -> StateWrite {
     }
 }
 
+fn signet(height: u32) -> StateWrite {
+    use keyguard_bitcoin::bitcoin::hashes::Hash;
+    StateWrite::SignetHeight {
+        challenge: "51".into(),
+        key_id: "sig".into(),
+        reorg_depth: 0,
+        tip: Box::new(keyguard_bitcoin::signet_rules::SignetTip {
+            height,
+            max_height: height,
+            commitment: format!("{height:064x}"),
+            prev_hash: keyguard_bitcoin::bitcoin::BlockHash::all_zeros(),
+            merkle_root: keyguard_bitcoin::bitcoin::TxMerkleNode::all_zeros(),
+            version: 0x2000_0000,
+            time: 1_700_000_000 + height,
+            recent: vec![(height, 1_700_000_000 + height)],
+        }),
+    }
+}
+
 fn conflict_rule(r: &Result<keyguard::store::AuditReceipt, StoreError>) -> String {
     match r {
         Err(StoreError::StateConflict(c)) => c.split(':').next().unwrap_or_default().to_owned(),
@@ -187,9 +206,16 @@ fn fences_hold(store: &Store) {
     )
     .is_err());
     put("free", "hot", vec![nonce(77, 8, None)]).unwrap();
+    // Signet: one block per height (the operator's reorg depth aside).
+    put("s1", "sig", vec![signet(100)]).unwrap();
+    assert_eq!(
+        conflict_rule(&put("s2", "sig", vec![signet(100)])),
+        "bitcoin.signet.height"
+    );
+    put("s3", "sig", vec![signet(101)]).unwrap();
     // The chain is whole.
     let v = store.verify_audit().unwrap();
-    assert_eq!(v.rows, 10);
+    assert_eq!(v.rows, 12);
 }
 
 #[test]

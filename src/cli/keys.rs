@@ -87,6 +87,16 @@ pub(crate) enum KeysCommand {
     /// BIP39/BIP32 seeds (software keystore): generate or import a mnemonic.
     #[command(subcommand)]
     Seed(super::bitcoin::SeedCommand),
+    /// The signet challenges a secp256k1 key solves alone (`-signetchallenge`): its public
+    /// key, `1 <pk> 1 CHECKMULTISIG` and P2WPKH (docs/bitcoin-signet.md).
+    SignetChallenge {
+        /// Configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The key.
+        #[arg(long)]
+        id: String,
+    },
     /// Fingerprints, account xpubs and descriptors (BIP84, BIP86) of every seed; public only.
     Descriptors {
         /// Configuration file.
@@ -247,6 +257,17 @@ fn pkcs11_list(config: &Config) -> anyhow::Result<()> {
 }
 
 #[cfg(feature = "pkcs11")]
+fn pkcs11_keys(config: &Config) -> anyhow::Result<Vec<KeyInfo>> {
+    use crate::backend::pkcs11::{list_keys, settings_from_config};
+    Ok(list_keys(&settings_from_config(pkcs11_config(config)?)?)?)
+}
+
+#[cfg(not(feature = "pkcs11"))]
+fn pkcs11_keys(_config: &Config) -> anyhow::Result<Vec<KeyInfo>> {
+    anyhow::bail!("this keyguard was built without the `pkcs11` feature")
+}
+
+#[cfg(feature = "pkcs11")]
 fn pkcs11_generate(config: &Config, id: KeyId, scheme: Scheme) -> anyhow::Result<KeyInfo> {
     use crate::backend::pkcs11::{generate_key, settings_from_config};
     let settings = settings_from_config(pkcs11_config(config)?)?;
@@ -279,6 +300,35 @@ pub(crate) fn run(command: KeysCommand) -> anyhow::Result<()> {
         }
         KeysCommand::Status { admin } => {
             super::admin::key_switch("keys.status", None, false, &admin)
+        }
+        KeysCommand::SignetChallenge { config, id } => {
+            let config = Config::load(&config)?;
+            let id = KeyId::new(id)?;
+            let keys = if config.keystore.backend == BackendKind::Pkcs11 {
+                pkcs11_keys(&config)?
+            } else {
+                SoftwareKeystore::list(&config.data.keys_dir())?
+            };
+            let key = keys
+                .into_iter()
+                .find(|k| k.id == id)
+                .with_context(|| format!("no key {id}"))?;
+            let PublicKey::Secp256k1(point) = key.public_key else {
+                anyhow::bail!("{id} is not a secp256k1 key");
+            };
+            let pk = keyguard_bitcoin::bitcoin::secp256k1::PublicKey::from_slice(&point)?;
+            let compressed = keyguard_bitcoin::bitcoin::CompressedPublicKey(pk);
+            println!("public_key {compressed}");
+            println!(
+                "multisig {}",
+                hex::encode([&[0x51, 0x21][..], &pk.serialize(), &[0x51, 0xae]].concat())
+            );
+            println!(
+                "p2wpkh {}",
+                keyguard_bitcoin::bitcoin::ScriptBuf::new_p2wpkh(&compressed.wpubkey_hash())
+                    .to_hex_string()
+            );
+            Ok(())
         }
         KeysCommand::List { config } => {
             let config = Config::load(&config)?;

@@ -1,5 +1,6 @@
 //! `keyguard state`: move a validator's double-sign watermark in from a file signer (CometBFT
-//! FilePV or tmkms), show it, and export it back in FilePV form.
+//! FilePV or tmkms), show it, and export it back in FilePV form; `show` lists signet block
+//! watermarks too.
 
 use std::path::{Path, PathBuf};
 
@@ -150,6 +151,30 @@ pub(crate) fn run(command: StateCommand) -> anyhow::Result<()> {
                     println!(
                         "{} {} height {} round {} step {:?} source {}",
                         r.chain_id, r.key_id, r.state.height, r.state.round, r.state.step, r.source
+                    );
+                }
+            }
+            // Signet block watermarks (`--chain signet`; docs/bitcoin-signet.md).
+            let signet = store.signet_tips()?;
+            for r in signet
+                .iter()
+                .filter(|_| chain.as_deref().is_none_or(|c| c == "signet"))
+            {
+                if json {
+                    out.push(serde_json::json!({
+                        "chain_id": "signet",
+                        "challenge": r.challenge,
+                        "key": r.key_id,
+                        "height": r.tip.height,
+                        "max_height": r.tip.max_height,
+                        "commitment": r.tip.commitment,
+                        "prev_block": r.tip.prev_hash.to_string(),
+                        "time": r.tip.time,
+                    }));
+                } else {
+                    println!(
+                        "signet {} height {} max_height {} commitment {} challenge {}",
+                        r.key_id, r.tip.height, r.tip.max_height, r.tip.commitment, r.challenge
                     );
                 }
             }

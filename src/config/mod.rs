@@ -340,6 +340,10 @@ pub struct PolicyConfig {
     /// Bitcoin rules (`[policies.bitcoin]`) for BIP32 seeds and single secp256k1 keys.
     #[serde(default)]
     pub bitcoin: Option<keyguard_bitcoin::BitcoinPolicy>,
+    /// Signet block rules (`[policies.signet]`, `docs/bitcoin-signet.md`) for single
+    /// secp256k1 keys that solve the network's challenge.
+    #[serde(default)]
+    pub signet: Option<keyguard_bitcoin::signet_rules::SignetPolicy>,
 }
 
 /// Whether a key pattern list (`"*"` or ids) covers `key`.

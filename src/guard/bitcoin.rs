@@ -57,6 +57,8 @@ struct PsbtAdapter {
     reservation: Option<Reservation>,
     /// The signed transaction, kept with its audit row so the operator can broadcast it.
     kept: Vec<StateWrite>,
+    /// Set when the PSBT is the signet miner's block PSBT: that adapter does the work.
+    signet: Option<super::signet::SignetAdapter>,
 }
 
 #[async_trait::async_trait]
@@ -74,6 +76,17 @@ impl<'g> Adapter<'g> for PsbtAdapter {
                 "Bitcoin requests come from clients".into(),
             ));
         };
+        if let Some(psbt) = super::signet::route(&self.params) {
+            self.key.take();
+            let key = guard.signet_key(caller, self.params.get("key").and_then(Value::as_str));
+            let input = super::signet::Input::Psbt(Box::new(psbt));
+            let signet = self.signet.insert(super::signet::SignetAdapter::new(
+                key,
+                self.params.clone(),
+                input,
+            ));
+            return signet.decide(guard, who, entry).await;
+        }
         let key = match self.key.take() {
             Some(Ok(key)) => key,
             Some(Err(GuardError::Rejected(r))) => return Err(r.into()),
@@ -94,6 +107,9 @@ impl<'g> Adapter<'g> for PsbtAdapter {
         guard: &'g Guard,
         entry: &mut AuditEntry,
     ) -> Result<SignedPsbt, GuardError> {
+        if let Some(signet) = &mut self.signet {
+            return signet.sign(guard, entry).await.map(|s| s.signed_psbt());
+        }
         let d = self
             .decided
             .as_ref()
@@ -122,6 +138,9 @@ impl<'g> Adapter<'g> for PsbtAdapter {
     }
 
     fn writes(&mut self) -> Vec<StateWrite> {
+        if let Some(signet) = &mut self.signet {
+            return signet.writes();
+        }
         std::mem::take(&mut self.kept)
     }
 
@@ -130,6 +149,9 @@ impl<'g> Adapter<'g> for PsbtAdapter {
         guard: &'g Guard,
         committed: Result<(), &StoreError>,
     ) -> Option<GuardError> {
+        if let Some(signet) = &mut self.signet {
+            return signet.settle(guard, committed);
+        }
         // A withheld signature gives its spend back to the window and its outpoints back.
         if let (Err(_), Some(r)) = (committed, self.reservation.take()) {
             guard.release_spend(r);
@@ -237,6 +259,7 @@ impl Guard {
             decided: None,
             reservation: None,
             kept: Vec::new(),
+            signet: None,
         };
         self.run(request, adapter).await
     }

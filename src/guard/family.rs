@@ -18,7 +18,7 @@ pub const EVM_TRANSACTION: &str = "evm.transaction";
 pub const EVM_TYPED_DATA: &str = "evm.typed_data";
 /// EIP-191 messages, every spelling.
 pub const EVM_MESSAGE: &str = "evm.message";
-/// `btc_signPsbt`.
+/// `btc_signPsbt` and `btc_signSignetBlock`.
 pub const BITCOIN_PSBT: &str = "bitcoin.psbt";
 /// privval `SignVote` / `SignProposal`.
 pub const COMETBFT_CONSENSUS: &str = "cometbft.consensus";
@@ -42,7 +42,8 @@ pub fn family(method: &'static str, params: &Value) -> &'static str {
             Some("text/plain") => EVM_MESSAGE,
             _ => EVM_TYPED_DATA,
         },
-        "btc_signPsbt" => BITCOIN_PSBT,
+        // A signet block is signed through either method: one budget.
+        "btc_signPsbt" | "btc_signSignetBlock" => BITCOIN_PSBT,
         "privval.SignVote" | "privval.SignProposal" => COMETBFT_CONSENSUS,
         other => other,
     }

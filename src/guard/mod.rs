@@ -7,7 +7,7 @@
 //! Authentication already happened at the transport. Each stage returns a typed refusal; every
 //! outcome, refused or signed, is written to the audit log, and a signature is released only
 //! after its audit row is durable. Chains plug in as adapters: [`evm_tx`], [`evm_more`],
-//! [`bitcoin`], [`cometbft`].
+//! [`bitcoin`], [`signet`], [`cometbft`].
 
 mod bitcoin;
 mod bitcoin_keys;
@@ -20,6 +20,7 @@ pub mod family;
 mod people;
 mod pipeline;
 mod release;
+mod signet;
 
 pub use bitcoin_keys::build_wallet;
 pub use cometbft::{CometbftSigned, CometbftTarget};
@@ -27,6 +28,7 @@ pub use error::{GuardError, PASS2_MISMATCH};
 pub use evm_more::{DigestParams, DigestRequest};
 pub use evm_tx::{decode_clef_transaction, plain_decoder, TxDecoder};
 pub use people::intent_digest;
+pub use signet::SignetSigned;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,6 +52,7 @@ struct KeyPolicy {
     name: String,
     evm: Option<EvmPolicy>,
     bitcoin: Option<keyguard_bitcoin::BitcoinPolicy>,
+    signet: Option<Arc<keyguard_bitcoin::signet_rules::SignetPolicy>>,
 }
 
 /// The policy of every key, resolved from one configuration.
@@ -68,6 +71,7 @@ fn resolve_policies(config: &Config, keys: &[KeyInfo], seeds: &[KeyId]) -> Polic
                 name: p.name.clone(),
                 evm: p.evm.clone(),
                 bitcoin: p.bitcoin.clone(),
+                signet: p.signet.clone().map(Arc::new),
             };
             Some((id.clone(), Arc::new(resolved)))
         })
@@ -91,6 +95,7 @@ pub struct Guard {
     ledger: Ledger,
     controls: people::Controls,
     bitcoin: bitcoin::BitcoinState,
+    signet: signet::SignetState,
 }
 
 impl Guard {
@@ -110,6 +115,7 @@ impl Guard {
                 &seed_ids(backend.as_ref()),
             ))),
             bitcoin: bitcoin::BitcoinState::new(config),
+            signet: signet::SignetState::default(),
             backend,
             audit,
             evm_keys,
@@ -234,9 +240,11 @@ impl Guard {
         Some((evm.max_fee_per_gas.0, evm.max_priority_fee_per_gas.0))
     }
 
-    /// Rebuilds velocity counters and signed nonces from the store (call once at start).
+    /// Rebuilds velocity counters, signed nonces and signet tips from the store (call once at
+    /// start).
     pub fn restore_state(&self, store: &Store) -> Result<(), crate::store::StoreError> {
-        self.ledger.restore(store, now_ms())
+        self.ledger.restore(store, now_ms())?;
+        self.restore_signet(store.signet_tips()?)
     }
 }
 
@@ -258,3 +266,5 @@ mod tests_ledger;
 mod tests_ordering;
 #[cfg(test)]
 mod tests_pipeline;
+#[cfg(test)]
+mod tests_signet;

@@ -1,4 +1,10 @@
-//! Bitcoin methods on the signing listener: `btc_signPsbt` and `btc_getDescriptors`.
+//! Bitcoin methods on the signing listener: `btc_signPsbt`, `btc_signSignetBlock` and
+//! `btc_getDescriptors`.
+//!
+//! `btc_signSignetBlock` takes `{"block": hex, "key"?, "parent_header"?: hex, "mtp"?,
+//! "fees_sat"?}` (or `[block]`) and answers `{"height", "commitment", "solution", "block",
+//! "merkle_root"}` (`docs/bitcoin-signet.md`); the miner's block PSBT on `btc_signPsbt` is
+//! answered finalized, as `walletprocesspsbt` does.
 //!
 //! `btc_signPsbt` takes one object `{"psbt": base64, "key"?: seed id, "finalize"?: bool}` (or
 //! the same as positional `[psbt, finalize?]`) and answers
@@ -66,6 +72,31 @@ pub(super) fn register(module: &mut RpcModule<EvmContext>) {
                     }
                 }
                 Ok::<Value, ErrorObjectOwned>(out)
+            },
+        )
+        .expect("unique method");
+    module
+        .register_async_method(
+            "btc_signSignetBlock",
+            |params: Params<'static>, ctx, ext| async move {
+                let caller =
+                    signing_caller(&ext, &ctx, "btc_signSignetBlock", "bitcoin:signet").await?;
+                let params = match normalize(&params)? {
+                    Value::Object(mut o) => {
+                        // Positional `[block]` arrives as `psbt` from `normalize`.
+                        if let Some(b) = o.remove("psbt").filter(|_| !o.contains_key("block")) {
+                            o.insert("block".into(), b);
+                        }
+                        Value::Object(o)
+                    }
+                    other => other,
+                };
+                let signed = ctx
+                    .guard
+                    .sign_signet_block(&caller, &params)
+                    .await
+                    .map_err(|e| rpc_error::from_guard(&e))?;
+                Ok::<Value, ErrorObjectOwned>(signed.to_json())
             },
         )
         .expect("unique method");

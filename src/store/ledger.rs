@@ -1,5 +1,5 @@
 //! Conflict-guard state that must be durable before a signature leaves: velocity debits,
-//! signed EVM nonces, Bitcoin outpoint claims and CometBFT watermarks. Rows are written by the
+//! signed EVM nonces, Bitcoin outpoint claims, CometBFT watermarks and signet block heights. Rows are written by the
 //! audit writer in the *same transaction* as the audit row of the signature they belong to, so
 //! either both are committed or neither is (and a signature is released only after that
 //! commit).
@@ -75,6 +75,21 @@ pub enum StateWrite {
         /// When (Unix ms).
         ts_ms: i64,
     },
+    /// A signet block signed by `key_id` for the network of `challenge`: one statement checks
+    /// that `tip.height` is above the highest height signed (less `reorg_depth`) and advances
+    /// the row; if another writer got there first it fails with [`StoreError::StateConflict`]
+    /// and the signature is withheld. It is the only row a signet entry carries, so a conflict
+    /// leaves nothing behind.
+    SignetHeight {
+        /// The challenge script, hex (it identifies the signet: its magic derives from it).
+        challenge: String,
+        /// Signing key.
+        key_id: String,
+        /// How far below the highest signed height the operator allows a reorg.
+        reorg_depth: u32,
+        /// The block signed.
+        tip: Box<keyguard_bitcoin::signet_rules::SignetTip>,
+    },
     /// A Bitcoin transaction as signed and released, kept so an operator can show and
     /// broadcast it (a locked transaction holds its coins until it is mined or released).
     BitcoinTx {
@@ -127,6 +142,12 @@ pub(crate) fn write(tx: &Tx<'_>, request_id: &str, w: &StateWrite) -> Result<(),
                 conflict => StoreError::StateConflict(conflict.to_string()),
             })?;
         }
+        StateWrite::SignetHeight {
+            challenge,
+            key_id,
+            reorg_depth,
+            tip,
+        } => signet_advance(tx, request_id, challenge, key_id, *reorg_depth, tip)?,
         StateWrite::Velocity {
             key_id,
             counter,
@@ -312,6 +333,129 @@ fn velocity(
     }
 }
 
+/// The signet check-and-advance: one portable statement (`ON CONFLICT ... DO UPDATE ...
+/// WHERE ... RETURNING`), so the row is the fence for every instance sharing the database.
+fn signet_advance(
+    tx: &Tx<'_>,
+    request_id: &str,
+    challenge: &str,
+    key_id: &str,
+    reorg_depth: u32,
+    tip: &keyguard_bitcoin::signet_rules::SignetTip,
+) -> Result<(), StoreError> {
+    let recent: String = tip
+        .recent
+        .iter()
+        .map(|(h, t)| format!("{h}:{t}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let advanced = tx.query_opt(
+        "INSERT INTO signet_heights (challenge, key_id, height, max_height, commitment, \
+            prev_hash, merkle_root, version, block_time, recent, request_id, updated_ms) \
+         VALUES ($1, $2, $3, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+         ON CONFLICT (challenge, key_id) DO UPDATE SET height = excluded.height, \
+            max_height = CASE WHEN excluded.height > signet_heights.max_height \
+                THEN excluded.height ELSE signet_heights.max_height END, \
+            commitment = excluded.commitment, prev_hash = excluded.prev_hash, \
+            merkle_root = excluded.merkle_root, version = excluded.version, \
+            block_time = excluded.block_time, recent = excluded.recent, \
+            request_id = excluded.request_id, updated_ms = excluded.updated_ms \
+         WHERE signet_heights.max_height < excluded.height + $12 \
+         RETURNING height",
+        vals![
+            challenge,
+            key_id,
+            i64::from(tip.height),
+            &tip.commitment,
+            tip.prev_hash.to_string(),
+            tip.merkle_root.to_string(),
+            i64::from(tip.version),
+            i64::from(tip.time),
+            recent,
+            request_id,
+            super::now_ms(),
+            i64::from(reorg_depth)
+        ],
+    )?;
+    match advanced {
+        Some(_) => Ok(()),
+        None => Err(StoreError::StateConflict(format!(
+            "bitcoin.signet.height: signet height {} of {key_id} is not above the stored watermark",
+            tip.height
+        ))),
+    }
+}
+
+/// A signet watermark row as loaded at start.
+#[derive(Debug, Clone)]
+pub struct SignetRow {
+    pub challenge: String,
+    pub key_id: String,
+    pub tip: keyguard_bitcoin::signet_rules::SignetTip,
+}
+
+pub(crate) fn signet_tips(tx: &Tx<'_>) -> Result<Vec<SignetRow>, StoreError> {
+    let bad = |what: &str| StoreError::Corrupt {
+        seq: 0,
+        reason: format!("signet_heights: {what}"),
+    };
+    let rows = tx
+        .query(
+            "SELECT challenge, key_id, height, max_height, commitment, prev_hash, merkle_root, \
+             version, block_time, recent FROM signet_heights",
+            &[],
+        )?
+        .iter()
+        .map(|r| {
+            Ok((
+                r.get::<String>(0)?,
+                r.get::<String>(1)?,
+                r.get::<i64>(2)?,
+                r.get::<i64>(3)?,
+                r.get::<String>(4)?,
+                r.get::<String>(5)?,
+                r.get::<String>(6)?,
+                r.get::<i64>(7)?,
+                r.get::<i64>(8)?,
+                r.get::<String>(9)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    rows.into_iter()
+        .map(
+            |(challenge, key_id, h, max, commitment, prev, root, version, time, recent)| {
+                let num = |v: i64| u32::try_from(v).map_err(|_| bad("height or time"));
+                let recent = recent
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|p| {
+                        let (h, t) = p.split_once(':').ok_or_else(|| bad("recent"))?;
+                        Ok((
+                            h.parse().map_err(|_| bad("recent"))?,
+                            t.parse().map_err(|_| bad("recent"))?,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                let tip = keyguard_bitcoin::signet_rules::SignetTip {
+                    height: num(h)?,
+                    max_height: num(max)?,
+                    commitment,
+                    prev_hash: prev.parse().map_err(|_| bad("prev_hash"))?,
+                    merkle_root: root.parse().map_err(|_| bad("merkle_root"))?,
+                    version: i32::try_from(version).map_err(|_| bad("version"))?,
+                    time: num(time)?,
+                    recent,
+                };
+                Ok(SignetRow {
+                    challenge,
+                    key_id,
+                    tip,
+                })
+            },
+        )
+        .collect()
+}
+
 pub(crate) fn velocity_since(tx: &Tx<'_>, since_ms: i64) -> Result<Vec<VelocityRow>, StoreError> {
     tx.query(
         "SELECT key_id, counter, ts_ms, amount FROM velocity_events WHERE ts_ms >= $1 ORDER BY id",
@@ -347,4 +491,55 @@ pub(crate) fn nonces(tx: &Tx<'_>) -> Result<Vec<NonceRow>, StoreError> {
         })
     })
     .collect()
+}
+
+#[cfg(test)]
+mod signet_tests {
+    use keyguard_bitcoin::bitcoin::hashes::Hash;
+    use keyguard_bitcoin::bitcoin::{BlockHash, TxMerkleNode};
+    use keyguard_bitcoin::signet_rules::SignetTip;
+    use rusqlite::Connection;
+
+    use super::*;
+
+    fn advance(conn: &mut Connection, height: u32, depth: u32) -> Result<(), StoreError> {
+        let tip = SignetTip {
+            height,
+            max_height: height,
+            commitment: format!("{height:064x}"),
+            prev_hash: BlockHash::all_zeros(),
+            merkle_root: TxMerkleNode::all_zeros(),
+            version: 0x2000_0000,
+            time: 1_700_000_000 + height,
+            recent: vec![(height, 1_700_000_000 + height)],
+        };
+        let tx = conn.transaction().unwrap();
+        let w = StateWrite::SignetHeight {
+            challenge: "51".into(),
+            key_id: "k".into(),
+            reorg_depth: depth,
+            tip: Box::new(tip),
+        };
+        write(&Tx::Sqlite(&tx), "r", &w)?;
+        tx.commit().unwrap();
+        Ok(())
+    }
+
+    #[test]
+    fn the_signet_statement_advances_only_above_the_highest_height() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::migrations::migrate(&mut conn).unwrap();
+        let conflict = |r: Result<(), StoreError>| matches!(r, Err(StoreError::StateConflict(_)));
+        advance(&mut conn, 10, 0).unwrap();
+        assert!(conflict(advance(&mut conn, 10, 0)), "same height twice");
+        assert!(conflict(advance(&mut conn, 9, 0)), "below");
+        advance(&mut conn, 11, 0).unwrap();
+        // A reorg depth lets a lower height through, never lowering the highest signed.
+        assert!(conflict(advance(&mut conn, 9, 2)));
+        advance(&mut conn, 10, 2).unwrap();
+        let rows = signet_tips(&Tx::Sqlite(&conn)).unwrap();
+        assert_eq!((rows[0].tip.height, rows[0].tip.max_height), (10, 11));
+        assert_eq!(rows[0].tip.recent, vec![(10, 1_700_000_010)]);
+        assert!(conflict(advance(&mut conn, 9, 2)), "max_height stayed 11");
+    }
 }

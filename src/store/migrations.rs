@@ -194,6 +194,30 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
     );
     CREATE INDEX velocity_events_counter ON velocity_events(key_id, counter, ts_ms);",
     ),
+    (
+        8,
+        // The signet block watermark: per network (challenge script, hex) and key, the last
+        // block signed (height, its BIP325 commitment, previous block, merkle root with the
+        // solution, version, time), the highest height ever signed (a reorg the operator
+        // allows lowers `height`, never `max_height`), and "height:time" of recent blocks for
+        // the median-time-past rule. Integer and text columns only (PostgreSQL: BIGINT for the
+        // integers, `updated_ms` is milliseconds).
+        "CREATE TABLE signet_heights (
+        challenge   TEXT NOT NULL,
+        key_id      TEXT NOT NULL,
+        height      INTEGER NOT NULL,
+        max_height  INTEGER NOT NULL,
+        commitment  TEXT NOT NULL,
+        prev_hash   TEXT NOT NULL,
+        merkle_root TEXT NOT NULL,
+        version     INTEGER NOT NULL,
+        block_time  INTEGER NOT NULL,
+        recent      TEXT NOT NULL,
+        request_id  TEXT NOT NULL,
+        updated_ms  INTEGER NOT NULL,
+        PRIMARY KEY (challenge, key_id)
+    );",
+    ),
 ];
 
 /// The newest schema version this binary understands (SQLite's list).

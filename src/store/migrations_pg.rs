@@ -1,4 +1,4 @@
-//! PostgreSQL schema migrations: the same tables as SQLite's (version 7 of `migrations.rs`),
+//! PostgreSQL schema migrations: the same tables as SQLite's (version 8 of `migrations.rs`),
 //! every integer BIGINT (no 32-bit id or sequence that can run out, as Web3Signer's
 //! `signed_attestations_id_seq` did), plus what sharing needs: the audit head row that orders
 //! the one hash chain across instances, and per-counter rows that order velocity writers.
@@ -165,6 +165,21 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[(
         released_ms BIGINT NOT NULL,
         released_by TEXT NOT NULL,
         PRIMARY KEY (key_id, outpoint, txid)
+    );
+    CREATE TABLE signet_heights (
+        challenge   TEXT NOT NULL,
+        key_id      TEXT NOT NULL,
+        height      BIGINT NOT NULL,
+        max_height  BIGINT NOT NULL,
+        commitment  TEXT NOT NULL,
+        prev_hash   TEXT NOT NULL,
+        merkle_root TEXT NOT NULL,
+        version     BIGINT NOT NULL,
+        block_time  BIGINT NOT NULL,
+        recent      TEXT NOT NULL,
+        request_id  TEXT NOT NULL,
+        updated_ms  BIGINT NOT NULL,
+        PRIMARY KEY (challenge, key_id)
     );
     CREATE TABLE bitcoin_claims (
         key_id     TEXT NOT NULL,

@@ -49,7 +49,7 @@ use db::{Conn, PgLink, Shared};
 pub use audit::{AuditEntry, AuditReceipt, AuditRow, AuditVerification, Decision, GENESIS_HASH};
 pub use chain_state::SignedTxRow;
 pub use clients::ClientRow;
-pub use ledger::{NonceRow, StateWrite, VelocityRow};
+pub use ledger::{NonceRow, SignetRow, StateWrite, VelocityRow};
 pub use read::AuditFilter;
 pub(crate) use state as state_sql;
 pub use state::{ApprovalRecord, SecretKdfRow, StateDb, UserRecord};
@@ -337,6 +337,11 @@ impl Store {
     /// Every signed EVM nonce (to rebuild nonce rules at start). Blocking.
     pub fn evm_nonces(&self) -> Result<Vec<NonceRow>, StoreError> {
         self.reader().with(ledger::nonces)
+    }
+
+    /// Every signet block watermark (to restore the tips at start). Blocking.
+    pub fn signet_tips(&self) -> Result<Vec<SignetRow>, StoreError> {
+        self.reader().with(ledger::signet_tips)
     }
 
     /// Recomputes the whole hash chain from a consistent snapshot. Blocking, O(rows).

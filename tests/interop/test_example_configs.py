@@ -17,7 +17,7 @@ USDC = "0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48"
 COLD = "0x" + "11" * 20
 
 
-@pytest.mark.parametrize("name", ["dev", "op-stack-batcher", "exchange-hot-wallet"])
+@pytest.mark.parametrize("name", ["dev", "op-stack-batcher", "exchange-hot-wallet", "signet-miner"])
 def test_example_config_is_valid(name):
     r = kg.run_cli(["config", "check", "--config", str(REPO / "configs" / f"{name}.toml")], cwd=REPO)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -16,6 +16,8 @@
 //!
 //! - [`schedule`], [`approval`]: the time window and the approval threshold, rules that
 //!   depend on the clock and on people rather than on the transaction alone.
+//! - [`signet`], [`signet_rules`], [`signet_finalize`]: signet blocks (BIP325): the block
+//!   decoded and its commitment rebuilt, block policy, pass 2 and the miner's PSBT.
 //! - [`node`]: an upstream node's view of the inputs (unspent, same amount and script) checked
 //!   against the intent; the JSON-RPC client itself is in the daemon.
 //!
@@ -30,6 +32,11 @@ pub mod locktime;
 pub mod node;
 pub mod rules;
 pub mod schedule;
+pub mod signet;
+pub mod signet_finalize;
+pub mod signet_rules;
+#[cfg(any(test, feature = "testkit"))]
+pub mod signet_testkit;
 pub mod single;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
