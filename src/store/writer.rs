@@ -1,5 +1,6 @@
 //! The single audit writer thread and its handle, with group commit.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -362,38 +363,188 @@ impl Writer {
         let ts_ms = now_ms();
         let (last_seq, head) = (self.last_seq, self.head);
         let (outcomes, end) = self.conn.transaction(|tx| {
+            let off = switched_off(tx, batch)?;
             let mut fenced = Vec::with_capacity(batch.len());
             for (e, writes, _) in batch {
-                fenced.push(fence_one(tx, e, writes, wire.as_deref())?);
+                fenced.push(fence_one(tx, e, writes, wire.as_deref(), &off)?);
             }
-            let (mut seq, mut prev) = if shared {
-                lock_head(tx)?
-            } else {
-                (last_seq, head)
-            };
-            let mut outcomes = Vec::with_capacity(batch.len());
-            for ((e, _, _), fenced) in batch.iter().zip(fenced) {
-                match fenced {
-                    Ok(()) => {
-                        let receipt = append_row(tx, e, ts_ms, seq + 1, &prev)?;
-                        seq = receipt.seq;
-                        prev = receipt.hash;
-                        outcomes.push(Ok(receipt));
-                    }
-                    Err(conflict) => outcomes.push(Err(conflict)),
+            let rows: Vec<&AuditEntry> = batch
+                .iter()
+                .zip(&fenced)
+                .filter(|(_, f)| f.is_ok())
+                .map(|((e, _, _), _)| &**e)
+                .collect();
+            // The rows as they would follow the head this writer last saw; on PostgreSQL the
+            // head is advanced by compare-and-set and, if another instance moved it, locked,
+            // read and the rows linked again.
+            let mut chained = chain_rows(&rows, ts_ms, last_seq, &head)?;
+            if shared && !rows.is_empty() {
+                let (seq, hash) = chained.last().map_or((last_seq, head), |r| (r.0, r.1));
+                let moved = tx
+                    .query_opt(
+                        "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1 AND seq = $3 \
+                         AND hash = $4 RETURNING seq",
+                        vals![seq, &hash, last_seq, &head],
+                    )?
+                    .is_none();
+                if moved {
+                    let (seq0, head0) = lock_head(tx)?;
+                    chained = chain_rows(&rows, ts_ms, seq0, &head0)?;
+                    let (seq, hash) = chained.last().map_or((seq0, head0), |r| (r.0, r.1));
+                    tx.execute(
+                        "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1",
+                        vals![seq, &hash],
+                    )?;
                 }
             }
-            if shared {
-                tx.execute(
-                    "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1",
-                    vals![seq, &prev],
-                )?;
-            }
-            Ok::<_, StoreError>((outcomes, (seq, prev)))
+            insert_rows(tx, &chained)?;
+            let end = match chained.last() {
+                Some(r) => (r.0, r.1),
+                None => (last_seq, head),
+            };
+            let mut receipts = chained.into_iter();
+            let outcomes = fenced
+                .into_iter()
+                .map(|f| match f {
+                    Ok(()) => receipts
+                        .next()
+                        .map(|r| AuditReceipt {
+                            seq: r.0,
+                            ts_ms,
+                            hash: r.1,
+                        })
+                        .ok_or_else(|| StoreError::Unavailable("receipt missing".into())),
+                    Err(conflict) => Err(conflict),
+                })
+                .collect::<Vec<_>>();
+            Ok::<_, StoreError>((outcomes, end))
         })?;
         (self.last_seq, self.head) = end;
         Ok(outcomes)
     }
+}
+
+/// One audit row ready to insert: seq, hash, and its column values.
+type Chained = (i64, [u8; 32], Vec<super::db::Val>);
+
+/// Links `rows` after `(seq, prev)`.
+fn chain_rows(
+    rows: &[&AuditEntry],
+    ts_ms: i64,
+    seq: i64,
+    prev: &[u8; 32],
+) -> Result<Vec<Chained>, StoreError> {
+    let (mut seq, mut prev) = (seq, *prev);
+    let mut out = Vec::with_capacity(rows.len());
+    for e in rows {
+        seq += 1;
+        let summary = serde_json::to_string(&e.summary)
+            .map_err(|err| StoreError::Unavailable(format!("summary: {err}")))?;
+        let fields = RowFields {
+            seq,
+            ts_ms,
+            request_id: &e.request_id,
+            client: &e.client,
+            key_id: e.key_id.as_deref(),
+            chain: e.chain.as_deref(),
+            method: &e.method,
+            summary: &summary,
+            decision: e.decision.as_str(),
+            rule: e.rule.as_deref(),
+            reason: e.reason.as_deref(),
+            tx_hash: e.tx_hash.as_deref(),
+        };
+        let hash = fields.hash(&prev);
+        let values = vals![
+            seq,
+            ts_ms,
+            fields.request_id,
+            fields.client,
+            fields.key_id,
+            fields.chain,
+            fields.method,
+            fields.summary,
+            fields.decision,
+            fields.rule,
+            fields.reason,
+            fields.tx_hash,
+            &prev[..],
+            &hash[..]
+        ]
+        .to_vec();
+        out.push((seq, hash, values));
+        prev = hash;
+    }
+    Ok(out)
+}
+
+/// Rows per multi-row INSERT (a few statement shapes, far below either engine's parameter cap).
+const INSERT_CHUNK: usize = 32;
+
+/// Inserts the chained rows, many per statement (one round trip per chunk on PostgreSQL).
+fn insert_rows(tx: &Tx<'_>, rows: &[Chained]) -> Result<(), StoreError> {
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let mut sql = String::from(
+            "INSERT INTO audit_log (seq, ts_ms, request_id, client, key_id, chain, method, \
+             summary, decision, rule, reason, tx_hash, prev_hash, hash) VALUES ",
+        );
+        let mut params = Vec::with_capacity(chunk.len() * 14);
+        for (i, row) in chunk.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            let n = i * 14;
+            sql.push('(');
+            sql.push_str(
+                &(1..=14)
+                    .map(|k| format!("${}", n + k))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
+            sql.push(')');
+            params.extend(row.2.iter().cloned());
+        }
+        tx.execute(&sql, &params)?;
+    }
+    Ok(())
+}
+
+/// Which of the batch's signing keys (or `*`) are switched off, read once for the batch in the
+/// transaction that records the signatures. On PostgreSQL the rows are share-locked to the
+/// commit and a switch-off takes the `*` row exclusively (`StateDb::set_key_disabled`): a
+/// disable and a signature are strictly ordered across instances, never interleaved.
+fn switched_off(tx: &Tx<'_>, batch: &[Pending]) -> Result<HashSet<String>, StoreError> {
+    let mut keys: Vec<String> = batch
+        .iter()
+        .filter(|(e, w, _)| e.decision == Decision::Signed && !w.is_empty())
+        .filter_map(|(e, _, _)| e.key_id.clone())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    if keys.is_empty() {
+        return Ok(HashSet::new());
+    }
+    keys.push("*".into());
+    let list = (1..=keys.len())
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let lock = match tx.dialect() {
+        Dialect::Sqlite => "",
+        Dialect::Postgres => " FOR SHARE",
+    };
+    let params: Vec<super::db::Val> = keys.iter().map(super::db::Val::from).collect();
+    let rows = tx.query(
+        &format!("SELECT key_id, disabled FROM key_controls WHERE key_id IN ({list}){lock}"),
+        &params,
+    )?;
+    let mut off = HashSet::new();
+    for r in rows {
+        if r.get::<i64>(1)? == 1 {
+            off.insert(r.get::<String>(0)?);
+        }
+    }
+    Ok(off)
 }
 
 /// The shared chain's head, locked until the transaction ends.
@@ -419,6 +570,7 @@ fn fence_one(
     e: &AuditEntry,
     writes: &[StateWrite],
     wire: Option<&super::tripwire::Tripwire>,
+    off: &HashSet<String>,
 ) -> Result<Result<(), StoreError>, StoreError> {
     let signature = e.decision == Decision::Signed && !writes.is_empty();
     if !signature && writes.is_empty() {
@@ -438,8 +590,10 @@ fn fence_one(
                     "{}: {why}",
                     super::tripwire::RULE
                 )));
-            } else if let Some(c) = kill_switch(tx, key)? {
-                conflict = Some(c);
+            } else if off.contains(key) || off.contains("*") {
+                conflict = Some(StoreError::StateConflict(format!(
+                    "admin.kill_switch: key {key} was switched off"
+                )));
             }
         }
     }
@@ -465,78 +619,6 @@ fn fence_one(
         tx.batch("RELEASE SAVEPOINT entry")?;
     }
     Ok(Ok(()))
-}
-
-/// The kill switch, read inside the transaction that records the signature. On PostgreSQL the
-/// rows are share-locked to the commit and a switch-off takes the `*` row exclusively
-/// (`StateDb::set_key_disabled`): a disable and a signature are strictly ordered across
-/// instances, never interleaved.
-fn kill_switch(tx: &Tx<'_>, key: &str) -> Result<Option<StoreError>, StoreError> {
-    let sql = match tx.dialect() {
-        Dialect::Sqlite => {
-            "SELECT key_id FROM key_controls WHERE key_id IN ($1, '*') AND disabled = 1"
-        }
-        Dialect::Postgres => {
-            "SELECT key_id, disabled FROM key_controls WHERE key_id IN ($1, '*') FOR SHARE"
-        }
-    };
-    let rows = tx.query(sql, vals![key])?;
-    let off = rows.iter().any(|r| match tx.dialect() {
-        Dialect::Sqlite => true,
-        Dialect::Postgres => r.get::<i64>(1).is_ok_and(|d| d == 1),
-    });
-    Ok(off.then(|| {
-        StoreError::StateConflict(format!("admin.kill_switch: key {key} was switched off"))
-    }))
-}
-
-/// Appends one audit row as seq `seq`, linked to `prev`.
-fn append_row(
-    tx: &Tx<'_>,
-    e: &AuditEntry,
-    ts_ms: i64,
-    seq: i64,
-    prev: &[u8; 32],
-) -> Result<AuditReceipt, StoreError> {
-    let summary = serde_json::to_string(&e.summary)
-        .map_err(|err| StoreError::Unavailable(format!("summary: {err}")))?;
-    let fields = RowFields {
-        seq,
-        ts_ms,
-        request_id: &e.request_id,
-        client: &e.client,
-        key_id: e.key_id.as_deref(),
-        chain: e.chain.as_deref(),
-        method: &e.method,
-        summary: &summary,
-        decision: e.decision.as_str(),
-        rule: e.rule.as_deref(),
-        reason: e.reason.as_deref(),
-        tx_hash: e.tx_hash.as_deref(),
-    };
-    let hash = fields.hash(prev);
-    tx.execute(
-        "INSERT INTO audit_log (seq, ts_ms, request_id, client, key_id, chain, method, \
-         summary, decision, rule, reason, tx_hash, prev_hash, hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-        vals![
-            seq,
-            ts_ms,
-            fields.request_id,
-            fields.client,
-            fields.key_id,
-            fields.chain,
-            fields.method,
-            fields.summary,
-            fields.decision,
-            fields.rule,
-            fields.reason,
-            fields.tx_hash,
-            &prev[..],
-            &hash[..]
-        ],
-    )?;
-    Ok(AuditReceipt { seq, ts_ms, hash })
 }
 
 fn refuse(msg: Msg) {

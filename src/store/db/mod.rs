@@ -232,17 +232,8 @@ impl Conn {
                 Ok(out)
             }
             Conn::Pg(link) => {
-                // A connection the server dropped since its last use (a restart) is only seen
-                // now; nothing has happened yet, so one fresh connection is tried.
-                let first = link.session()?.batch("BEGIN");
-                // Not after a missed deadline: a frozen server would double the wait.
-                if first.as_ref().is_err_and(|e| !e.to_string().contains("did not answer")) {
-                    link.session = None;
-                    link.next_try = None;
-                    link.session()?.batch("BEGIN")?;
-                } else {
-                    first?;
-                }
+                // BEGIN rides with the transaction's first statement (one round trip).
+                link.session()?.begin();
                 let s = link.session()?;
                 match f(&Tx::Pg(s)) {
                     Ok(out) => {
@@ -250,9 +241,10 @@ impl Conn {
                         Ok(out)
                     }
                     Err(e) => {
-                        if !s.is_broken() {
+                        if !s.is_broken() && !s.begin_pending() {
                             let _ = s.batch("ROLLBACK");
                         }
+                        s.clear_begin();
                         Err(e)
                     }
                 }

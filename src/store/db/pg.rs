@@ -155,6 +155,8 @@ enum Job {
         sql: String,
         params: Vec<Val>,
         rows: bool,
+        /// Send `BEGIN` first, in the same round trip (pipelined).
+        begin: bool,
         reply: std_mpsc::SyncSender<Result<Outcome, StoreError>>,
     },
     Batch {
@@ -166,6 +168,8 @@ enum Job {
 /// A live connection (see the module documentation).
 pub(crate) struct PgSession {
     jobs: mpsc::UnboundedSender<Job>,
+    /// A `BEGIN` waiting to ride with the next statement.
+    begin: AtomicBool,
     deadline: Duration,
     broken: Arc<AtomicBool>,
     notices: Arc<Mutex<Vec<String>>>,
@@ -220,6 +224,7 @@ impl PgSession {
         match ready_rx.recv_timeout(wait) {
             Ok(Ok(())) => Ok(PgSession {
                 jobs,
+                begin: AtomicBool::new(false),
                 deadline,
                 broken,
                 notices,
@@ -262,11 +267,28 @@ impl PgSession {
         }
     }
 
+    /// Whether a BEGIN is still waiting (nothing of the transaction was sent).
+    pub(crate) fn begin_pending(&self) -> bool {
+        self.begin.load(Ordering::Acquire)
+    }
+
+    /// Drops a waiting BEGIN.
+    pub(crate) fn clear_begin(&self) {
+        self.begin.store(false, Ordering::Release);
+    }
+
+    /// Opens a transaction with the next statement (no round trip of its own).
+    pub(crate) fn begin(&self) {
+        self.begin.store(true, Ordering::Release);
+    }
+
     pub(crate) fn query(&self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
+        let begin = self.begin.swap(false, Ordering::AcqRel);
         match self.call(|reply| Job::Query {
             sql: sql.to_owned(),
             params: params.to_vec(),
             rows: true,
+            begin,
             reply,
         })? {
             Outcome::Rows(r) => Ok(r),
@@ -275,10 +297,12 @@ impl PgSession {
     }
 
     pub(crate) fn execute(&self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
+        let begin = self.begin.swap(false, Ordering::AcqRel);
         match self.call(|reply| Job::Query {
             sql: sql.to_owned(),
             params: params.to_vec(),
             rows: false,
+            begin,
             reply,
         })? {
             Outcome::Count(n) => Ok(n),
@@ -288,17 +312,21 @@ impl PgSession {
 
     /// Runs several statements without parameters (migrations, BEGIN/ROLLBACK).
     pub(crate) fn batch(&self, sql: &str) -> Result<(), StoreError> {
-        self.call(|reply| Job::Batch {
-            sql: sql.to_owned(),
-            reply,
-        })
-        .map(|_| ())
+        let sql = if self.begin.swap(false, Ordering::AcqRel) {
+            format!("BEGIN; {sql}")
+        } else {
+            sql.to_owned()
+        };
+        self.call(|reply| Job::Batch { sql, reply }).map(|_| ())
     }
 
     /// COMMIT, failing when the server warned that the wait for a synchronous standby was
     /// cancelled (the commit is then only local and a failover may lose it).
     pub(crate) fn commit(&self) -> Result<(), StoreError> {
         self.take_notices();
+        if self.begin.swap(false, Ordering::AcqRel) {
+            return Ok(()); // nothing was run: no transaction was opened
+        }
         self.batch("COMMIT")?;
         let notices = self.take_notices();
         if let Some(n) = notices
@@ -354,8 +382,25 @@ async fn session(
                 sql,
                 params,
                 rows,
+                begin,
                 reply,
-            } => (Box::pin(run(&client, &mut cache, sql, params, rows)), reply),
+            } => {
+                let client = &client;
+                let query = run(client, &mut cache, sql, params, rows);
+                if begin {
+                    // Written together, answered in order: one round trip.
+                    (
+                        Box::pin(async move {
+                            let (b, q) = tokio::join!(client.batch_execute("BEGIN"), query);
+                            b.map_err(|e| db_error(&e))?;
+                            q
+                        }),
+                        reply,
+                    )
+                } else {
+                    (Box::pin(query), reply)
+                }
+            }
             Job::Batch { sql, reply } => {
                 let client = &client;
                 (
