@@ -27,7 +27,8 @@ pub(crate) enum KeysCommand {
         /// Configuration file.
         #[arg(long)]
         config: PathBuf,
-        /// Where to create it: software or pkcs11; must match the config (defaults to it).
+        /// Where to create it: software or pkcs11 (must match the config; the default), or
+        /// aws-kms (the config names the key's alias and allows it).
         #[arg(long)]
         backend: Option<String>,
         /// Name of the new key.
@@ -282,6 +283,9 @@ pub(crate) fn run(command: KeysCommand) -> anyhow::Result<()> {
         }
         KeysCommand::List { config } => {
             let config = Config::load(&config)?;
+            for (backend, k) in super::cloud::list(&config)? {
+                println!("{} ({backend})", describe(&k));
+            }
             if config.keystore.backend == BackendKind::Pkcs11 {
                 return pkcs11_list(&config);
             }
@@ -311,6 +315,11 @@ pub(crate) fn run(command: KeysCommand) -> anyhow::Result<()> {
         } => {
             let config = Config::load(&config)?;
             let configured = config.keystore.backend;
+            if backend.as_deref() == Some("aws-kms") {
+                let info = super::cloud::generate_aws(&config, KeyId::new(id)?, parse_scheme(&scheme)?)?;
+                println!("created {} (aws-kms)", describe(&info));
+                return Ok(());
+            }
             if let Some(b) = backend.filter(|b| b != configured.name()) {
                 anyhow::bail!(
                     "--backend {b}: the config uses backend = \"{}\"",

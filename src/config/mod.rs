@@ -24,6 +24,8 @@ mod validators;
 pub use validators::{PrivvalAddr, ValidatorConfig};
 mod pkcs11;
 pub use pkcs11::{PinSource, Pkcs11Config};
+mod cloud;
+pub use cloud::{AwsKmsConfig, CallLimits, OpenBaoConfig};
 
 /// A configuration problem, located by file and (from the TOML parser) line and key.
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +181,12 @@ pub struct KeystoreConfig {
     /// The token, when `backend = "pkcs11"`.
     #[serde(default)]
     pub pkcs11: Option<Pkcs11Config>,
+    /// Keys in AWS KMS, beside the primary backend (`docs/backends.md`).
+    #[serde(default)]
+    pub aws_kms: Option<AwsKmsConfig>,
+    /// Keys in OpenBao / Vault transit, beside the primary backend.
+    #[serde(default)]
+    pub openbao: Option<OpenBaoConfig>,
 }
 
 fn default_passphrase_env() -> String {
@@ -538,6 +546,24 @@ impl Config {
 
     fn validate_keystore(&self) -> Result<(), ConfigError> {
         let ks = &self.keystore;
+        if let Some(aws) = &ks.aws_kms {
+            if let Some((key, reason)) = aws.problems() {
+                return Err(self.invalid(format!("keystore.aws_kms.{key}"), reason));
+            }
+        }
+        if let Some(bao) = &ks.openbao {
+            if let Some((key, reason)) = bao.problems() {
+                return Err(self.invalid(format!("keystore.openbao.{key}"), reason));
+            }
+            if let Some(aws) = &ks.aws_kms {
+                if let Some(id) = bao.keys.keys().find(|id| aws.keys.contains_key(*id)) {
+                    return Err(self.invalid(
+                        "keystore.openbao.keys",
+                        format!("{id:?} is also a keystore.aws_kms key"),
+                    ));
+                }
+            }
+        }
         match (ks.backend, &ks.pkcs11) {
             (BackendKind::Software, Some(_)) => Err(self.invalid(
                 "keystore.pkcs11",

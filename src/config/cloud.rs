@@ -1,0 +1,293 @@
+//! `[keystore.aws_kms]` and `[keystore.openbao]`: keys held by a cloud key service, chosen per
+//! key beside the primary backend (software or PKCS#11).
+//!
+//! Plain data, always compiled: a config naming a cloud service parses in a build without its
+//! cargo feature, which then refuses to start by name instead of failing on an unknown table.
+//! No credential is ever read from this file: AWS credentials come from the SDK's standard
+//! chain, the OpenBao token from an environment variable or a 0600 file.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// How keyguard calls a cloud key service: the limits shared by every cloud backend.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallLimits {
+    /// One signature (all attempts and waits) fails with `-32007` after this long.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Retries after a throttling answer (and only then), with jittered backoff.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// Client-side ceiling on calls per second, kept below the account quota (AWS: 300 ECC
+    /// `Sign` per second shared per account and region).
+    #[serde(default = "default_rate")]
+    pub requests_per_second: u32,
+    /// Consecutive failures (unreachable, timeout, 5xx) that open the circuit breaker.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// While open, requests fail at once (`-32007`) for this long; then one request probes.
+    #[serde(default = "default_breaker_open_ms")]
+    pub breaker_open_ms: u64,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        Self {
+            timeout_ms: default_timeout_ms(),
+            max_retries: default_max_retries(),
+            requests_per_second: default_rate(),
+            breaker_failures: default_breaker_failures(),
+            breaker_open_ms: default_breaker_open_ms(),
+        }
+    }
+}
+
+fn default_timeout_ms() -> u64 {
+    3000
+}
+fn default_max_retries() -> u32 {
+    3
+}
+fn default_rate() -> u32 {
+    250
+}
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_open_ms() -> u64 {
+    5000
+}
+
+impl CallLimits {
+    fn problems(&self) -> Option<(&'static str, String)> {
+        if !(100..=60_000).contains(&self.timeout_ms) {
+            return Some(("timeout_ms", "must be between 100 and 60000".into()));
+        }
+        if self.max_retries > 10 {
+            return Some(("max_retries", "must be at most 10".into()));
+        }
+        if !(1..=100_000).contains(&self.requests_per_second) {
+            return Some(("requests_per_second", "must be between 1 and 100000".into()));
+        }
+        if !(1..=1000).contains(&self.breaker_failures) {
+            return Some(("breaker_failures", "must be between 1 and 1000".into()));
+        }
+        if !(100..=600_000).contains(&self.breaker_open_ms) {
+            return Some(("breaker_open_ms", "must be between 100 and 600000".into()));
+        }
+        None
+    }
+}
+
+/// AWS KMS `ECC_SECG_P256K1` keys.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsKmsConfig {
+    /// The region (`eu-west-1`). Required: a key lives in one region.
+    pub region: String,
+    /// Another endpoint (VPC endpoint, FIPS endpoint, an emulator on loopback).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// A named profile of the shared AWS config files; default: the standard chain.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// keyguard key id -> KMS key (key id, ARN or `alias/...`).
+    pub keys: BTreeMap<String, String>,
+    /// `keyguard keys generate --backend aws-kms` may create keys (`CreateKey` + `CreateAlias`).
+    #[serde(default)]
+    pub allow_generate: bool,
+    /// Timeouts, retries, rate and circuit breaker.
+    #[serde(flatten)]
+    pub limits: CallLimits,
+}
+
+/// OpenBao (or Vault) transit `ed25519` keys.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenBaoConfig {
+    /// The server (`https://bao.internal:8200`); plain http only on loopback.
+    pub address: String,
+    /// Where transit is mounted.
+    #[serde(default = "default_mount")]
+    pub mount: String,
+    /// Environment variable holding the token.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// File holding the token (mode 0600).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// keyguard key id -> transit key name.
+    pub keys: BTreeMap<String, String>,
+    /// `keyguard keys generate --backend openbao` may create transit keys.
+    #[serde(default)]
+    pub allow_generate: bool,
+    /// Timeouts, retries, rate and circuit breaker.
+    #[serde(flatten)]
+    pub limits: CallLimits,
+}
+
+fn default_mount() -> String {
+    "transit".into()
+}
+
+fn key_map_problems(keys: &BTreeMap<String, String>) -> Option<(&'static str, String)> {
+    if keys.is_empty() {
+        return Some(("keys", "name at least one key".into()));
+    }
+    let mut remote = HashSet::new();
+    for (id, name) in keys {
+        if let Err(e) = keyguard_chain::KeyId::new(id.as_str()) {
+            return Some(("keys", e.to_string()));
+        }
+        if name.is_empty() || name.len() > 2048 || name.chars().any(char::is_control) {
+            return Some(("keys", format!("{id}: not a usable key reference")));
+        }
+        if !remote.insert(name) {
+            return Some(("keys", format!("{name:?} is named by two key ids")));
+        }
+    }
+    None
+}
+
+impl AwsKmsConfig {
+    /// Problems as `(key, reason)`, keys relative to `keystore.aws_kms`.
+    pub(super) fn problems(&self) -> Option<(&'static str, String)> {
+        let region_ok = !self.region.is_empty()
+            && self.region.len() <= 32
+            && self
+                .region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !region_ok {
+            return Some(("region", "an AWS region name such as eu-west-1".into()));
+        }
+        if let Some(e) = &self.endpoint {
+            if let Some(reason) = endpoint_problem(e) {
+                return Some(("endpoint", reason));
+            }
+        }
+        key_map_problems(&self.keys).or_else(|| self.limits.problems())
+    }
+}
+
+impl OpenBaoConfig {
+    /// Problems as `(key, reason)`, keys relative to `keystore.openbao`.
+    pub(super) fn problems(&self) -> Option<(&'static str, String)> {
+        if let Some(reason) = endpoint_problem(&self.address) {
+            return Some(("address", reason));
+        }
+        match (&self.token_env, &self.token_file) {
+            (Some(v), None) if !v.is_empty() => {}
+            (None, Some(_)) => {}
+            (Some(_), Some(_)) => return Some(("token_env", "give token_env or token_file, not both".into())),
+            _ => {
+                return Some((
+                    "token_env",
+                    "give token_env (an environment variable) or token_file; the token is never inline"
+                        .into(),
+                ))
+            }
+        }
+        let mount_ok = !self.mount.is_empty()
+            && self.mount.len() <= 128
+            && self
+                .mount
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_/".contains(&b))
+            && !self.mount.starts_with('/')
+            && !self.mount.contains("..");
+        if !mount_ok {
+            return Some(("mount", "letters, digits, - _ and / only".into()));
+        }
+        if let Some(p) = key_map_problems(&self.keys) {
+            return Some(p);
+        }
+        for name in self.keys.values() {
+            if !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                return Some((
+                    "keys",
+                    format!("transit key {name:?}: letters, digits, - _ and . only"),
+                ));
+            }
+        }
+        self.limits.problems()
+    }
+}
+
+/// `https://...`, or `http://` to a loopback host only (a token or signature over plain HTTP
+/// on a network could be read or changed).
+fn endpoint_problem(url: &str) -> Option<String> {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return Some(format!("{url:?} is not a URL"));
+    };
+    let host = uri.host().unwrap_or("");
+    if host.is_empty() || uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Some(format!("{url:?}: give scheme://host[:port] only"));
+    }
+    match uri.scheme_str() {
+        Some("https") => None,
+        Some("http") => {
+            let loopback = host == "localhost"
+                || host
+                    .trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            (!loopback).then(|| format!("{url:?}: plain http is allowed to loopback only"))
+        }
+        _ => Some(format!("{url:?}: use https://")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn aws() -> AwsKmsConfig {
+        AwsKmsConfig {
+            region: "eu-west-1".into(),
+            endpoint: None,
+            profile: None,
+            keys: [("treasury".to_string(), "alias/kg-treasury".to_string())].into(),
+            allow_generate: false,
+            limits: CallLimits::default(),
+        }
+    }
+
+    #[test]
+    fn endpoints_are_https_or_loopback_http() {
+        assert_eq!(endpoint_problem("https://kms.eu-west-1.amazonaws.com"), None);
+        assert_eq!(endpoint_problem("http://127.0.0.1:4566"), None);
+        assert_eq!(endpoint_problem("http://localhost:4566"), None);
+        assert_eq!(endpoint_problem("http://[::1]:8200"), None);
+        assert!(endpoint_problem("http://10.0.0.1:8200").is_some());
+        assert!(endpoint_problem("ftp://127.0.0.1").is_some());
+        assert!(endpoint_problem("https://h/v1/transit").is_some());
+        assert!(endpoint_problem("not a url").is_some());
+    }
+
+    #[test]
+    fn aws_config_problems_name_the_field() {
+        assert_eq!(aws().problems(), None);
+        let mut c = aws();
+        c.region = "EU WEST".into();
+        assert_eq!(c.problems().unwrap().0, "region");
+        let mut c = aws();
+        c.keys.insert("other".into(), "alias/kg-treasury".into());
+        assert_eq!(c.problems().unwrap().0, "keys");
+        let mut c = aws();
+        c.keys.insert("bad id!".into(), "alias/x".into());
+        assert_eq!(c.problems().unwrap().0, "keys");
+        let mut c = aws();
+        c.limits.max_retries = 11;
+        assert_eq!(c.problems().unwrap().0, "max_retries");
+        let mut c = aws();
+        c.keys.clear();
+        assert_eq!(c.problems().unwrap().0, "keys");
+    }
+}
