@@ -15,7 +15,6 @@ use async_trait::async_trait;
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{KeySpec, KeyUsageType, MessageType, SigningAlgorithmSpec};
-use aws_smithy_types::error::display::DisplayErrorContext;
 use keyguard_chain::{KeyId, PublicKey, Signature, SigningPayload};
 
 use super::{ecdsa, CallError, Caller, Fault};
@@ -116,7 +115,6 @@ fn classify<E>(e: SdkError<E>) -> Fault
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let brief = |s: String| s.chars().take(300).collect::<String>();
     match &e {
         SdkError::ServiceError(service) => {
             let status = service.raw().status().as_u16();
@@ -125,12 +123,29 @@ where
             let reason = brief(format!("{code} (HTTP {status}): {message}"));
             classify_answer(status, &code, reason)
         }
-        SdkError::TimeoutError(_) => Fault::Unavailable("no answer within the timeout".into()),
-        SdkError::ConstructionFailure(_) => {
-            Fault::Rejected(brief(DisplayErrorContext(&e).to_string()))
-        }
-        _ => Fault::Unavailable(brief(format!("unreachable: {}", DisplayErrorContext(&e)))),
+        SdkError::TimeoutError(_) => Fault::TimedOut,
+        SdkError::DispatchFailure(d) if d.is_timeout() => Fault::TimedOut,
+        SdkError::ConstructionFailure(_) => Fault::Rejected(brief(chain(&e))),
+        _ => Fault::Unavailable(brief(format!("unreachable: {}", chain(&e)))),
     }
+}
+
+/// An error and its sources on one line, without the SDK's Debug dump.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+fn brief(s: String) -> String {
+    s.chars().take(300).collect()
 }
 
 /// KMS's error code and HTTP status to a [`Fault`].
@@ -205,7 +220,7 @@ impl AwsKmsBackend {
             .signing_algorithm(SigningAlgorithmSpec::EcdsaSha256)
             .send()
             .await
-            .map_err(|e| DisplayErrorContext(&e).to_string())?
+            .map_err(|e| chain(&e))?
             .signature
             .map(Blob::into_inner)
             .ok_or_else(|| "no signature".into())

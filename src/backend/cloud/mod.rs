@@ -33,8 +33,10 @@ pub use breaker::Breaker;
 pub enum Fault {
     /// The service refused for rate (AWS `ThrottlingException`, HTTP 429): retried.
     Throttled(String),
-    /// Unreachable, timed out, or a server error: counts towards the breaker.
+    /// Unreachable or a server error: counts towards the breaker.
     Unavailable(String),
+    /// No answer within the deadline (the SDK's own timer or keyguard's): like `Unavailable`.
+    TimedOut,
     /// The service answered and refused this request (access denied, key disabled, bad
     /// input): not retried, and not a sign of an outage.
     Rejected(String),
@@ -131,13 +133,7 @@ impl Caller {
                     return Ok(value);
                 }
                 Ok(Err(fault)) => fault,
-                Err(_) => {
-                    crate::metrics::cloud_event(self.backend, "timeout");
-                    Fault::Unavailable(format!(
-                        "no answer within {} ms",
-                        self.timeout.as_millis()
-                    ))
-                }
+                Err(_) => Fault::TimedOut,
             };
             match fault {
                 Fault::Rejected(reason) => {
@@ -145,6 +141,12 @@ impl Caller {
                     probe.success();
                     crate::metrics::cloud_event(self.backend, "rejected");
                     return Err(CallError::Rejected(reason));
+                }
+                Fault::TimedOut => {
+                    crate::metrics::cloud_event(self.backend, "timeout");
+                    let reason = format!("no answer within {} ms", self.timeout.as_millis());
+                    probe.failure(&reason);
+                    return Err(CallError::Unavailable(reason));
                 }
                 Fault::Unavailable(reason) => {
                     crate::metrics::cloud_event(self.backend, "failure");
