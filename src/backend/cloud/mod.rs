@@ -182,3 +182,6 @@ fn jitter(cap: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(all(test, feature = "aws-kms"))]
+mod aws_kms_stub;
