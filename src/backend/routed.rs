@@ -42,7 +42,12 @@ impl Routed {
             .keys()
             .into_iter()
             .map(|k| (k.id, primary.name()))
-            .chain(primary.seeds().into_iter().map(|(id, _)| (id, primary.name())))
+            .chain(
+                primary
+                    .seeds()
+                    .into_iter()
+                    .map(|(id, _)| (id, primary.name())),
+            )
             .collect();
         let mut route = BTreeMap::new();
         for (i, backend) in others.iter().enumerate() {
@@ -188,6 +193,9 @@ mod tests {
             vec![Arc::new(Fixed("aws-kms", vec!["a"]))],
         )
         .unwrap_err();
-        assert!(err.contains("key a is in both the software and the aws-kms backend"), "{err}");
+        assert!(
+            err.contains("key a is in both the software and the aws-kms backend"),
+            "{err}"
+        );
     }
 }

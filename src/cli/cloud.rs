@@ -44,8 +44,12 @@ async fn open_all(
         }
         others.push(backend);
     }
-    if config.keystore.openbao.is_some() {
-        anyhow::bail!("keystore.openbao: this keyguard was built without the `openbao` feature");
+    if let Some(bao) = &config.keystore.openbao {
+        let (backend, health) = open_openbao(bao).await?;
+        if let Some(r) = readiness {
+            r.add_check(health);
+        }
+        others.push(backend);
     }
     Ok(others)
 }
@@ -69,6 +73,26 @@ async fn open_aws(
     _aws: &crate::config::AwsKmsConfig,
 ) -> anyhow::Result<(Arc<dyn KeyBackend>, HealthCheck)> {
     anyhow::bail!("keystore.aws_kms: this keyguard was built without the `aws-kms` feature")
+}
+
+#[cfg(feature = "openbao")]
+async fn open_openbao(
+    bao: &crate::config::OpenBaoConfig,
+) -> anyhow::Result<(Arc<dyn KeyBackend>, HealthCheck)> {
+    let backend = Arc::new(
+        crate::backend::cloud::openbao::OpenBaoBackend::open(bao)
+            .await
+            .context("opening the OpenBao transit keys")?,
+    );
+    let b = backend.clone();
+    Ok((backend, Arc::new(move || b.health())))
+}
+
+#[cfg(not(feature = "openbao"))]
+async fn open_openbao(
+    _bao: &crate::config::OpenBaoConfig,
+) -> anyhow::Result<(Arc<dyn KeyBackend>, HealthCheck)> {
+    anyhow::bail!("keystore.openbao: this keyguard was built without the `openbao` feature")
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -116,4 +140,33 @@ pub(crate) fn generate_aws(
     _scheme: Scheme,
 ) -> anyhow::Result<KeyInfo> {
     anyhow::bail!("this keyguard was built without the `aws-kms` feature")
+}
+
+/// `keys generate --backend openbao`.
+#[cfg(feature = "openbao")]
+pub(crate) fn generate_openbao(
+    config: &Config,
+    id: KeyId,
+    scheme: Scheme,
+) -> anyhow::Result<KeyInfo> {
+    let bao = config
+        .keystore
+        .openbao
+        .as_ref()
+        .context("the config has no [keystore.openbao] table")?;
+    anyhow::ensure!(
+        scheme == Scheme::Ed25519,
+        "OpenBao transit has no secp256k1 key type: keyguard keeps only ed25519 (CometBFT) keys          there; use aws-kms, pkcs11 or the software keystore for secp256k1"
+    );
+    Ok(runtime()?.block_on(crate::backend::cloud::openbao::generate_key(bao, &id))?)
+}
+
+/// `keys generate --backend openbao` in a build without the feature.
+#[cfg(not(feature = "openbao"))]
+pub(crate) fn generate_openbao(
+    _config: &Config,
+    _id: KeyId,
+    _scheme: Scheme,
+) -> anyhow::Result<KeyInfo> {
+    anyhow::bail!("this keyguard was built without the `openbao` feature")
 }

@@ -28,7 +28,7 @@ pub(crate) enum KeysCommand {
         #[arg(long)]
         config: PathBuf,
         /// Where to create it: software or pkcs11 (must match the config; the default), or
-        /// aws-kms (the config names the key's alias and allows it).
+        /// aws-kms / openbao (the config names the key and allows creating it).
         #[arg(long)]
         backend: Option<String>,
         /// Name of the new key.
@@ -315,9 +315,14 @@ pub(crate) fn run(command: KeysCommand) -> anyhow::Result<()> {
         } => {
             let config = Config::load(&config)?;
             let configured = config.keystore.backend;
-            if backend.as_deref() == Some("aws-kms") {
-                let info = super::cloud::generate_aws(&config, KeyId::new(id)?, parse_scheme(&scheme)?)?;
-                println!("created {} (aws-kms)", describe(&info));
+            if let Some(cloud @ ("aws-kms" | "openbao")) = backend.as_deref() {
+                let (id, scheme) = (KeyId::new(id)?, parse_scheme(&scheme)?);
+                let info = if cloud == "aws-kms" {
+                    super::cloud::generate_aws(&config, id, scheme)?
+                } else {
+                    super::cloud::generate_openbao(&config, id, scheme)?
+                };
+                println!("created {} ({cloud})", describe(&info));
                 return Ok(());
             }
             if let Some(b) = backend.filter(|b| b != configured.name()) {

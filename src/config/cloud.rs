@@ -182,14 +182,14 @@ impl OpenBaoConfig {
         match (&self.token_env, &self.token_file) {
             (Some(v), None) if !v.is_empty() => {}
             (None, Some(_)) => {}
-            (Some(_), Some(_)) => return Some(("token_env", "give token_env or token_file, not both".into())),
-            _ => {
-                return Some((
-                    "token_env",
-                    "give token_env (an environment variable) or token_file; the token is never inline"
-                        .into(),
-                ))
+            (Some(_), Some(_)) => {
+                return Some(("token_env", "give token_env or token_file, not both".into()))
             }
+            _ => return Some((
+                "token_env",
+                "give token_env (an environment variable) or token_file; the token is never inline"
+                    .into(),
+            )),
         }
         let mount_ok = !self.mount.is_empty()
             && self.mount.len() <= 128
@@ -261,7 +261,10 @@ mod tests {
 
     #[test]
     fn endpoints_are_https_or_loopback_http() {
-        assert_eq!(endpoint_problem("https://kms.eu-west-1.amazonaws.com"), None);
+        assert_eq!(
+            endpoint_problem("https://kms.eu-west-1.amazonaws.com"),
+            None
+        );
         assert_eq!(endpoint_problem("http://127.0.0.1:4566"), None);
         assert_eq!(endpoint_problem("http://localhost:4566"), None);
         assert_eq!(endpoint_problem("http://[::1]:8200"), None);

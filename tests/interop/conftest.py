@@ -14,6 +14,7 @@ import pytest
 
 import kg
 import localstack
+import openbao
 
 REPO = Path(__file__).resolve().parents[2]
 _running: list[kg.Daemon] = []
@@ -31,6 +32,8 @@ def start(tmp_path_factory):
             env = dict(env or {}, **kg.provision_softhsm(workdir, cfg))
         if "aws_kms" in cfg["keystore"]:
             env = dict(env or {}, **kg.provision_aws_kms(workdir, cfg))
+        if "openbao" in cfg["keystore"]:
+            env = dict(env or {}, **kg.provision_openbao(workdir, cfg))
         if before_start is not None:
             kg.write_config(workdir / "keyguard.toml", cfg)
             before_start(workdir, cfg)
@@ -50,13 +53,27 @@ def localstack_kms(tmp_path_factory):
     """LocalStack's KMS for the session (tests/interop/localstack.py); sets kg.AWS_ENDPOINT."""
     if localstack.python() is None:
         if os.environ.get("CI") or os.environ.get("KEYGUARD_SKIP_AWS_KMS") != "1":
-            pytest.fail("the LocalStack venv is missing: run through tests/run (it builds it)")
+            pytest.fail("the key-services venv is missing: run through tests/run (it builds it)")
         pytest.skip("LocalStack venv missing (KEYGUARD_SKIP_AWS_KMS=1)")
     ls = localstack.LocalStack(tmp_path_factory.mktemp("localstack"))
     kg.AWS_ENDPOINT = ls.url
     yield ls
     kg.AWS_ENDPOINT = None
     ls.stop()
+
+
+@pytest.fixture(scope="session")
+def openbao_transit(tmp_path_factory):
+    """An OpenBao dev server with transit (tests/interop/openbao.py); sets kg.BAO."""
+    if localstack.services_bin("bao") is None:
+        if os.environ.get("CI") or os.environ.get("KEYGUARD_SKIP_OPENBAO") != "1":
+            pytest.fail("the key-services venv (bao) is missing: run through tests/run (it builds it)")
+        pytest.skip("bao missing (KEYGUARD_SKIP_OPENBAO=1)")
+    bao = openbao.OpenBao(tmp_path_factory.mktemp("openbao"))
+    kg.BAO = bao
+    yield bao
+    kg.BAO = None
+    bao.stop()
 
 
 @pytest.fixture(scope="module", params=["software", "pkcs11", "aws-kms"])

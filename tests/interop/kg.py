@@ -218,6 +218,28 @@ def provision_aws_kms(workdir: Path, cfg: dict) -> dict:
     return env
 
 
+BAO = None  # the openbao.OpenBao of conftest's openbao_transit fixture
+
+
+def openbao_table(keys: dict[str, str]) -> dict:
+    if BAO is None:
+        raise RuntimeError("no OpenBao server: the test must use the openbao_transit fixture")
+    import openbao
+
+    return {"address": BAO.url, "token_env": openbao.TOKEN_ENV, "allow_generate": True, "keys": keys}
+
+
+def provision_openbao(workdir: Path, cfg: dict) -> dict:
+    """Create every configured transit key with `keys generate --backend openbao`; return the
+    environment holding the token."""
+    env = BAO.env()
+    cfg_path = write_config(workdir / "keyguard.toml", cfg)
+    for key_id in cfg["keystore"]["openbao"]["keys"]:
+        r = run_cli(["keys", "generate", "--backend", "openbao", "--id", key_id, "--scheme", "ed25519", "--config", str(cfg_path)], env=env)
+        assert r.returncode == 0, f"keys generate --backend openbao {key_id}: {r.stderr}"
+    return env
+
+
 # ------------------------------------------------------------------------------------------
 # SoftHSM2 token for the PKCS#11 backend
 # ------------------------------------------------------------------------------------------

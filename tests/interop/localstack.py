@@ -1,8 +1,8 @@
 """LocalStack's KMS on 127.0.0.1 without Docker, for the AWS KMS backend tests, and a TCP relay
 between keyguard and it that counts what keyguard sends and can cut the service off.
 
-LocalStack runs from its own venv (tests/interop/requirements-localstack.txt, built by
-tests/run; KEYGUARD_LOCALSTACK_PYTHON names its python): its pins conflict with web3's, and
+LocalStack runs from the key-services venv (tests/interop/requirements-services.txt, built by
+tests/run; KEYGUARD_SERVICES_VENV names it): its pins conflict with web3's, and
 localstack-core 2026.x no longer runs on Python 3.11 (see that file).
 
 Nothing here uses keyguard code. `public_key_address` reads a key's public key with a raw KMS
@@ -38,9 +38,15 @@ AWS_ENV = {
 SPKI_SECP256K1_PREFIX = bytes.fromhex("3056301006072a8648ce3d020106052b8104000a034200")
 
 
-def python() -> str | None:
-    p = os.environ.get("KEYGUARD_LOCALSTACK_PYTHON") or str(REPO / "target" / "localstack-venv" / "bin" / "python")
+def services_bin(name: str) -> str | None:
+    """A program of the key-services venv, or None when the venv was not built."""
+    venv = os.environ.get("KEYGUARD_SERVICES_VENV") or str(REPO / "target" / "services-venv")
+    p = os.path.join(venv, "bin", name)
     return p if os.access(p, os.X_OK) else None
+
+
+def python() -> str | None:
+    return services_bin("python")
 
 
 def _free_port() -> int:
@@ -55,7 +61,7 @@ class LocalStack:
     def __init__(self, workdir: Path):
         py = python()
         if py is None:
-            raise RuntimeError("LocalStack venv missing: run through tests/run (it builds target/localstack-venv)")
+            raise RuntimeError("key-services venv missing: run through tests/run (it builds target/services-venv)")
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         workdir.mkdir(parents=True, exist_ok=True)

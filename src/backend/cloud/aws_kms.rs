@@ -86,7 +86,9 @@ async fn client(config: &AwsKmsConfig) -> aws_sdk_kms::Client {
     use aws_config::timeout::TimeoutConfig;
     use aws_smithy_http_client::tls;
     let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
         .build_https();
     let attempt = Duration::from_millis(config.limits.timeout_ms);
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
@@ -151,11 +153,16 @@ fn brief(s: String) -> String {
 /// KMS's error code and HTTP status to a [`Fault`].
 fn classify_answer(status: u16, code: &str, reason: String) -> Fault {
     match code {
-        "ThrottlingException" | "Throttling" | "TooManyRequestsException"
+        "ThrottlingException"
+        | "Throttling"
+        | "TooManyRequestsException"
         | "RequestLimitExceeded" => Fault::Throttled(reason),
         _ if status == 429 => Fault::Throttled(reason),
-        "KMSInternalException" | "DependencyTimeoutException" | "KeyUnavailableException"
-        | "ServiceUnavailable" | "InternalFailure" => Fault::Unavailable(reason),
+        "KMSInternalException"
+        | "DependencyTimeoutException"
+        | "KeyUnavailableException"
+        | "ServiceUnavailable"
+        | "InternalFailure" => Fault::Unavailable(reason),
         _ if status >= 500 => Fault::Unavailable(reason),
         _ => Fault::Rejected(reason),
     }
@@ -274,7 +281,9 @@ async fn read_public_key(
         .signing_algorithms()
         .contains(&SigningAlgorithmSpec::EcdsaSha256)
     {
-        return Err(unusable("ECDSA_SHA_256 is not among its signing algorithms".into()));
+        return Err(unusable(
+            "ECDSA_SHA_256 is not among its signing algorithms".into(),
+        ));
     }
     let der = out
         .public_key()
@@ -400,7 +409,10 @@ pub async fn generate_key(config: &AwsKmsConfig, id: &KeyId) -> Result<KeyInfo, 
         .call("describe_key", || async {
             match client.describe_key().key_id(&alias).send().await {
                 Ok(_) => Ok(true),
-                Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found_exception()) => {
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_not_found_exception()) =>
+                {
                     Ok(false)
                 }
                 Err(e) => Err(classify(e)),
@@ -456,12 +468,24 @@ mod tests {
     #[test]
     fn throttling_is_retried_outages_break_the_rest_is_refused() {
         let t = |status, code: &str| classify_answer(status, code, String::new());
-        assert_eq!(t(400, "ThrottlingException"), Fault::Throttled(String::new()));
+        assert_eq!(
+            t(400, "ThrottlingException"),
+            Fault::Throttled(String::new())
+        );
         assert_eq!(t(429, "Whatever"), Fault::Throttled(String::new()));
-        assert_eq!(t(500, "KMSInternalException"), Fault::Unavailable(String::new()));
+        assert_eq!(
+            t(500, "KMSInternalException"),
+            Fault::Unavailable(String::new())
+        );
         assert_eq!(t(503, ""), Fault::Unavailable(String::new()));
-        assert_eq!(t(400, "AccessDeniedException"), Fault::Rejected(String::new()));
+        assert_eq!(
+            t(400, "AccessDeniedException"),
+            Fault::Rejected(String::new())
+        );
         assert_eq!(t(400, "DisabledException"), Fault::Rejected(String::new()));
-        assert_eq!(t(400, "KMSInvalidStateException"), Fault::Rejected(String::new()));
+        assert_eq!(
+            t(400, "KMSInvalidStateException"),
+            Fault::Rejected(String::new())
+        );
     }
 }

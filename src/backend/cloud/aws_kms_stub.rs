@@ -141,7 +141,10 @@ async fn serve(stub: Arc<Mutex<Stub>>) -> String {
     url
 }
 
-async fn open(answers: Vec<Answer>, key_spec: &'static str) -> (Result<AwsKmsBackend, AwsKmsError>, Arc<Mutex<Stub>>) {
+async fn open(
+    answers: Vec<Answer>,
+    key_spec: &'static str,
+) -> (Result<AwsKmsBackend, AwsKmsError>, Arc<Mutex<Stub>>) {
     let stub = Arc::new(Mutex::new(Stub {
         key: secp256k1::SecretKey::from_slice(&[0x42; 32]).unwrap(),
         key_spec,
@@ -183,9 +186,12 @@ fn assert_recovers(sig: &Signature, digest: &[u8; 32]) {
     };
     let k = K::from_scalars(*r, *s).unwrap();
     assert!(k.normalize_s().is_none(), "high S released");
-    let rec =
-        VerifyingKey::recover_from_prehash(digest, &k, RecoveryId::from_byte(*recovery_id).unwrap())
-            .unwrap();
+    let rec = VerifyingKey::recover_from_prehash(
+        digest,
+        &k,
+        RecoveryId::from_byte(*recovery_id).unwrap(),
+    )
+    .unwrap();
     let want = k256::ecdsa::SigningKey::from_slice(&[0x42; 32]).unwrap();
     assert_eq!(&rec, want.verifying_key());
 }
@@ -220,14 +226,21 @@ async fn sign_request_shape_and_throttling_retried_within_budget() {
         }),
         "keyguard's digest, signed as a DIGEST (KMS must not hash it again)"
     );
-    assert_eq!(s.public_key_reads, 1, "the public key is read once, at open");
+    assert_eq!(
+        s.public_key_reads, 1,
+        "the public key is read once, at open"
+    );
     assert_eq!(backend.stats().signatures, 1);
     assert_eq!(backend.stats().high_s_normalized, 1);
 }
 
 #[tokio::test]
 async fn throttling_past_the_budget_is_unavailable() {
-    let (backend, stub) = open(vec![Answer::Error(400, "ThrottlingException")], "ECC_SECG_P256K1").await;
+    let (backend, stub) = open(
+        vec![Answer::Error(400, "ThrottlingException")],
+        "ECC_SECG_P256K1",
+    )
+    .await;
     let err = backend
         .unwrap()
         .sign(&hot(), &SigningPayload::Secp256k1Prehash([1; 32]))
@@ -237,12 +250,20 @@ async fn throttling_past_the_budget_is_unavailable() {
         matches!(&err, BackendError::Unavailable { backend: "aws-kms", reason } if reason.contains("throttled")),
         "{err:?}"
     );
-    assert_eq!(stub.lock().unwrap().signs.len(), 3, "1 + max_retries (2), no more");
+    assert_eq!(
+        stub.lock().unwrap().signs.len(),
+        3,
+        "1 + max_retries (2), no more"
+    );
 }
 
 #[tokio::test]
 async fn a_refusal_is_not_retried() {
-    let (backend, stub) = open(vec![Answer::Error(400, "AccessDeniedException")], "ECC_SECG_P256K1").await;
+    let (backend, stub) = open(
+        vec![Answer::Error(400, "AccessDeniedException")],
+        "ECC_SECG_P256K1",
+    )
+    .await;
     let err = backend
         .unwrap()
         .sign(&hot(), &SigningPayload::Secp256k1Prehash([1; 32]))
@@ -288,6 +309,9 @@ async fn ed25519_payloads_are_refused_before_any_call() {
         .sign(&hot(), &SigningPayload::Ed25519Message(vec![1, 2]))
         .await
         .unwrap_err();
-    assert!(matches!(err, BackendError::SchemeMismatch { .. }), "{err:?}");
+    assert!(
+        matches!(err, BackendError::SchemeMismatch { .. }),
+        "{err:?}"
+    );
     assert!(stub.lock().unwrap().signs.is_empty());
 }

@@ -102,7 +102,10 @@ impl Admit<'_> {
             s.probing = false;
         }
         if s.open_until.take().is_some() {
-            tracing::info!(backend = self.breaker.backend, "cloud: service answers again; circuit closed");
+            tracing::info!(
+                backend = self.breaker.backend,
+                "cloud: service answers again; circuit closed"
+            );
             crate::metrics::cloud_event(self.breaker.backend, "breaker_closed");
             crate::metrics::cloud_available(self.breaker.backend, true);
         }
@@ -164,11 +167,17 @@ mod tests {
         assert!(b.health().is_ok(), "two failures are below the threshold");
         b.admit().unwrap().failure("down");
         let refused = b.admit().unwrap_err();
-        assert!(refused.contains("circuit open") && refused.contains("down"), "{refused}");
+        assert!(
+            refused.contains("circuit open") && refused.contains("down"),
+            "{refused}"
+        );
         assert!(b.health().is_err());
         std::thread::sleep(Duration::from_millis(40));
         let probe = b.admit().unwrap();
-        assert!(b.admit().unwrap_err().contains("half-open"), "one probe at a time");
+        assert!(
+            b.admit().unwrap_err().contains("half-open"),
+            "one probe at a time"
+        );
         probe.success();
         assert!(b.health().is_ok());
         b.admit().unwrap().success();
@@ -194,6 +203,9 @@ mod tests {
         b.admit().unwrap().failure("x");
         std::thread::sleep(Duration::from_millis(20));
         drop(b.admit().unwrap());
-        assert!(b.admit().is_ok(), "a cancelled probe must not wedge the breaker half-open");
+        assert!(
+            b.admit().is_ok(),
+            "a cancelled probe must not wedge the breaker half-open"
+        );
     }
 }

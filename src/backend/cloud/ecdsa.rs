@@ -107,9 +107,7 @@ mod tests {
         let pk = secp256k1::PublicKey::from_secret_key(&secp, &sk).serialize_uncompressed();
         let digest = [0x17u8; 32];
         let msg = secp256k1::Message::from_digest(digest);
-        let (rec, sig) = secp
-            .sign_ecdsa_recoverable(&msg, &sk)
-            .serialize_compact();
+        let (rec, sig) = secp.sign_ecdsa_recoverable(&msg, &sk).serialize_compact();
         (pk, digest, sig, i32::from(rec) as u8)
     }
 
@@ -185,8 +183,7 @@ mod tests {
         spki.extend_from_slice(&pk);
         assert_eq!(secp256k1_from_spki(&spki), Some(pk));
         // P-256's OID in place of secp256k1's.
-        let mut p256 =
-            hex::decode("3059301306072a8648ce3d020106082a8648ce3d030107034200").unwrap();
+        let mut p256 = hex::decode("3059301306072a8648ce3d020106082a8648ce3d030107034200").unwrap();
         p256.extend_from_slice(&pk);
         assert_eq!(secp256k1_from_spki(&p256), None);
         let mut off = spki.clone();

@@ -8,16 +8,20 @@
 //! - `ecdsa`: the service's secp256k1 signature (DER or r‖s) to a releasable one (low S,
 //!   recovery id found against the public key read at start).
 //! - `aws_kms`: the AWS KMS backend on the official SDK.
+//! - `openbao`: OpenBao / Vault transit `ed25519` keys over its HTTP API.
 //!
 //! Why: a cloud signer that hangs or is throttled must not hold keyguard's request slots, and a
 //! retry on anything but throttling could sign twice what the caller sees as one failure (the
 //! guard only ever releases one signature, but the service would bill and log two).
 
 mod breaker;
+#[cfg(feature = "aws-kms")]
 pub mod ecdsa;
 
 #[cfg(feature = "aws-kms")]
 pub mod aws_kms;
+#[cfg(feature = "openbao")]
+pub mod openbao;
 
 use std::future::Future;
 use std::num::NonZeroU32;

@@ -60,7 +60,10 @@ async fn throttling_past_the_budget_fails_unavailable_without_breaking_the_circu
         // Negative control of the budget: exactly 1 + max_retries attempts, never more.
         assert_eq!(calls.load(Ordering::SeqCst), 4);
     }
-    assert!(caller.health().is_ok(), "throttling means the service is up");
+    assert!(
+        caller.health().is_ok(),
+        "throttling means the service is up"
+    );
 }
 
 #[tokio::test]
@@ -68,9 +71,13 @@ async fn refusals_are_not_retried_and_do_not_break_the_circuit() {
     let caller = Caller::new("test", &limits());
     for _ in 0..5 {
         let calls = AtomicU32::new(0);
-        let err = run(&caller, &[Fault::Rejected("AccessDeniedException".into())], &calls)
-            .await
-            .unwrap_err();
+        let err = run(
+            &caller,
+            &[Fault::Rejected("AccessDeniedException".into())],
+            &calls,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err, CallError::Rejected("AccessDeniedException".into()));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
@@ -94,7 +101,11 @@ async fn outages_open_the_circuit_and_later_calls_fail_fast() {
         matches!(&err, CallError::Unavailable(r) if r.contains("circuit open") && r.contains("connection refused")),
         "{err:?}"
     );
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "an open circuit sends nothing");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "an open circuit sends nothing"
+    );
     assert!(caller.health().unwrap_err().contains("connection refused"));
 }
 
@@ -157,6 +168,10 @@ async fn the_rate_limit_refuses_what_does_not_fit_before_the_deadline() {
         matches!(&err, CallError::Unavailable(r) if r.contains("rate limit")),
         "{err:?}"
     );
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "the refused call never went out");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the refused call never went out"
+    );
     assert!(caller.health().is_ok());
 }
