@@ -259,6 +259,64 @@ mod tests {
         }
     }
 
+    const DEV: &str = include_str!("../../configs/dev.toml");
+    const DOCS: &str = include_str!("../../docs/backends.md");
+
+    /// The ```toml block of docs/backends.md that contains `marker`.
+    fn doc_block(marker: &str) -> &'static str {
+        DOCS.split("```toml")
+            .skip(1)
+            .map(|b| b.split("```").next().unwrap())
+            .find(|b| b.contains(marker))
+            .unwrap()
+    }
+
+    fn parse(extra: &str) -> Result<crate::config::Config, crate::config::ConfigError> {
+        crate::config::Config::parse(std::path::Path::new("t.toml"), &format!("{DEV}\n{extra}"))
+    }
+
+    #[test]
+    fn the_documented_tables_parse() {
+        let c = parse(doc_block("[keystore.aws_kms]")).unwrap();
+        let aws = c.keystore.aws_kms.unwrap();
+        assert_eq!(aws.region, "eu-west-1");
+        assert_eq!(aws.keys["treasury"], "alias/keyguard-treasury");
+        assert_eq!(aws.limits, CallLimits::default());
+        let c = parse(doc_block("[keystore.openbao]")).unwrap();
+        let bao = c.keystore.openbao.unwrap();
+        assert_eq!(bao.keys["validator"], "cometbft-validator");
+        assert_eq!(bao.token_env.as_deref(), Some("KEYGUARD_BAO_TOKEN"));
+    }
+
+    #[test]
+    fn misspelt_and_inline_secret_fields_are_refused() {
+        let aws = doc_block("[keystore.aws_kms]");
+        for (from, to) in [
+            ("timeout_ms", "timout_ms"),
+            ("region =", "secret_access_key = \"x\"\nregion ="),
+        ] {
+            let err = parse(&aws.replacen(from, to, 1)).unwrap_err().to_string();
+            assert!(err.contains(to.split(' ').next().unwrap()), "{err}");
+        }
+        let bao = doc_block("[keystore.openbao]");
+        let err = parse(&bao.replace("mount =", "token = \"s.x\"\nmount ="))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("token"), "{err}");
+        // A key id in both cloud tables.
+        let both = format!("{aws}\n{}", bao.replace("validator = ", "treasury = "));
+        let err = parse(&both).unwrap_err().to_string();
+        assert!(err.contains("keystore.openbao.keys"), "{err}");
+        // Plain http off loopback.
+        let err = parse(&aws.replace(
+            "region = \"eu-west-1\"",
+            "region = \"eu-west-1\"\nendpoint = \"http://10.1.2.3\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("keystore.aws_kms.endpoint"), "{err}");
+    }
+
     #[test]
     fn endpoints_are_https_or_loopback_http() {
         assert_eq!(
