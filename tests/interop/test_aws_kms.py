@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -180,6 +181,46 @@ def test_kms_cut_off_fails_fast_then_recovers(kms, relay, nothing_signed):
     assert ready(kms)[0] == 200
     assert metric(kms, "keyguard_cloud_events_total", backend="aws-kms", event="breaker_opened") >= 1
     assert metric(kms, "keyguard_cloud_available", backend="aws-kms") == 1
+
+
+def test_kms_cut_off_mid_load(kms, relay):
+    """Eight callers signing while KMS is cut off and restored: every answer is a signature that
+    verifies or `-32007`, nothing else (no hang, no other error, no unverified signature)."""
+    wait_until_signing(kms)
+    results: list[tuple[dict, dict]] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def caller():
+        while not stop.is_set():
+            resp, tx = sign_tx(kms)
+            with lock:
+                results.append((resp, tx))
+
+    threads = [threading.Thread(target=caller) for _ in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        while len(results) < 16:
+            time.sleep(0.01)
+        relay.down()
+        cut_at = len(results)
+        while len(results) < cut_at + 16:
+            time.sleep(0.01)
+    finally:
+        relay.up()
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    failed = 0
+    for resp, tx in results:
+        if "result" in resp:
+            kg.verify_signed(kg.raw_of(resp["result"]), tx, kms.address())
+        else:
+            kg.assert_error(resp, -32007)
+            failed += 1
+    assert failed > 0, "control: the cut-off must have failed some requests"
+    wait_until_signing(kms)
 
 
 def test_a_frozen_kms_is_cut_at_the_timeout(kms, localstack_kms, nothing_signed):
