@@ -152,11 +152,8 @@ def verifies(pub: bytes, message: bytes, sig: bytes) -> bool:
 # -- the daemon as a remote signer ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", params=["software", "openbao"])
-def signer(start, pb, tmp_path_factory, request):
-    """The daemon as remote signer, the consensus key in the software keystore or in OpenBao
-    transit (created by `keys generate --backend openbao`)."""
-    if request.param == "openbao":
+def _remote_signer(start, pb, tmp_path_factory, request, backend: str):
+    if backend == "openbao":
         request.getfixturevalue("openbao_transit")
     sock_dir = tmp_path_factory.mktemp("privval")
     path = sock_dir / "node.sock"
@@ -165,7 +162,7 @@ def signer(start, pb, tmp_path_factory, request):
     listener.listen(1)
 
     def make(data):
-        if request.param == "openbao":
+        if backend == "openbao":
             cfg = kg.base_config(data, create_on_first_start=["secp256k1"])
             cfg["keystore"]["openbao"] = kg.openbao_table({"dev-ed25519": f"kg-{uuid.uuid4().hex[:16]}"})
         else:
@@ -175,7 +172,7 @@ def signer(start, pb, tmp_path_factory, request):
         ]
         return cfg
 
-    daemon = start(make, name=f"cometbft-{request.param}")
+    daemon = start(make, name=f"cometbft-{backend}")
     listener.settimeout(30)
     conn, _ = listener.accept()
     conn.settimeout(30)
@@ -183,6 +180,19 @@ def signer(start, pb, tmp_path_factory, request):
     yield daemon, node
     conn.close()
     listener.close()
+
+
+@pytest.fixture(scope="module", params=["software", "openbao"])
+def signer(start, pb, tmp_path_factory, request):
+    """The daemon as remote signer, the consensus key in the software keystore or in OpenBao
+    transit (created by `keys generate --backend openbao`)."""
+    yield from _remote_signer(start, pb, tmp_path_factory, request, request.param)
+
+
+@pytest.fixture(scope="module")
+def bao_signer(start, pb, tmp_path_factory, request):
+    """A remote signer whose consensus key is in OpenBao transit only (for OpenBao's own tests)."""
+    yield from _remote_signer(start, pb, tmp_path_factory, request, "openbao")
 
 
 def block_id(types, h: bytes):
@@ -198,13 +208,11 @@ def now(types):
     return t
 
 
-def test_openbao_key_is_transits_own(signer):
+def test_openbao_key_is_transits_own(bao_signer):
     """With the key in OpenBao, the privval public key is the transit key's (read from OpenBao
     over plain HTTP, not through keyguard)."""
-    daemon, node = signer
-    bao_cfg = daemon.config["keystore"].get("openbao")
-    if bao_cfg is None:
-        pytest.skip("the software-keystore run of this module has no transit key to compare")
+    daemon, node = bao_signer
+    bao_cfg = daemon.config["keystore"]["openbao"]
     assert node.pubkey() == kg.BAO.public_key(bao_cfg["keys"]["dev-ed25519"])
     # Negative control: another transit key differs.
     kg.BAO.api("POST", "transit/keys/kg-control", {"type": "ed25519"})
@@ -317,10 +325,7 @@ def test_precommit_and_its_extension_verify_independently(signer, pb):
 
 
 def _bao_key(daemon) -> str:
-    bao_cfg = daemon.config["keystore"].get("openbao")
-    if bao_cfg is None:
-        pytest.skip("the software-keystore run of this module has no transit key")
-    return bao_cfg["keys"]["dev-ed25519"]
+    return daemon.config["keystore"]["openbao"]["keys"]["dev-ed25519"]
 
 
 def _prevote(types, pub, height):
@@ -335,10 +340,10 @@ def _prevote(types, pub, height):
     )
 
 
-def test_a_key_rotated_in_transit_keeps_signing_with_the_pinned_version(signer, pb):
+def test_a_key_rotated_in_transit_keeps_signing_with_the_pinned_version(bao_signer, pb):
     """Rotating the transit key behind keyguard's back must not change the consensus key: keyguard
     pinned the version it read at start and names it in every sign call."""
-    daemon, node = signer
+    daemon, node = bao_signer
     types, _ = pb
     name = _bao_key(daemon)
     pub = node.pubkey()
@@ -350,10 +355,10 @@ def test_a_key_rotated_in_transit_keeps_signing_with_the_pinned_version(signer, 
     assert verifies(pub, vote_sign_bytes(types, r.vote, CHAIN), r.vote.signature)
 
 
-def test_transit_down_fails_with_nothing_signed_then_recovers(signer, pb):
+def test_transit_down_fails_with_nothing_signed_then_recovers(bao_signer, pb):
     """OpenBao sealed (503 on every call): the vote is refused with an error naming the backend
     and nothing is signed; unsealed, signing resumes."""
-    daemon, node = signer
+    daemon, node = bao_signer
     types, _ = pb
     _bao_key(daemon)
     pub = node.pubkey()
