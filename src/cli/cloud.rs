@@ -13,7 +13,8 @@ use crate::server::metrics_http::{HealthCheck, Readiness};
 
 /// Whether the config names any cloud key service.
 pub(crate) fn configured(config: &Config) -> bool {
-    config.keystore.aws_kms.is_some() || config.keystore.openbao.is_some()
+    let ks = &config.keystore;
+    ks.aws_kms.is_some() || ks.openbao.is_some() || ks.azure_kv.is_some()
 }
 
 /// `primary` alone, or routed together with the configured cloud backends (each registered
@@ -51,7 +52,34 @@ async fn open_all(
         }
         others.push(backend);
     }
+    if let Some(az) = &config.keystore.azure_kv {
+        let (backend, health) = open_azure(az).await?;
+        if let Some(r) = readiness {
+            r.add_check(health);
+        }
+        others.push(backend);
+    }
     Ok(others)
+}
+
+#[cfg(feature = "azure-kv")]
+async fn open_azure(
+    az: &crate::config::AzureKvConfig,
+) -> anyhow::Result<(Arc<dyn KeyBackend>, HealthCheck)> {
+    let backend = Arc::new(
+        crate::backend::cloud::azure_kv::AzureKvBackend::open(az)
+            .await
+            .context("opening the Azure Key Vault keys")?,
+    );
+    let b = backend.clone();
+    Ok((backend, Arc::new(move || b.health())))
+}
+
+#[cfg(not(feature = "azure-kv"))]
+async fn open_azure(
+    _az: &crate::config::AzureKvConfig,
+) -> anyhow::Result<(Arc<dyn KeyBackend>, HealthCheck)> {
+    anyhow::bail!("keystore.azure_kv: this keyguard was built without the `azure-kv` feature")
 }
 
 #[cfg(feature = "aws-kms")]

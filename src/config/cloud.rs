@@ -129,6 +129,88 @@ pub struct OpenBaoConfig {
     pub limits: CallLimits,
 }
 
+/// How keyguard signs in to Entra ID for Azure Key Vault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AzureCredentialKind {
+    /// The VM's, App Service's or container's managed identity (`client_id` picks a
+    /// user-assigned one).
+    ManagedIdentity,
+    /// AKS workload identity (`AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_FEDERATED_TOKEN_FILE`
+    /// as the pod gets them, or `tenant_id` / `client_id` here).
+    WorkloadIdentity,
+    /// A service principal's client secret, read from `client_secret_env`.
+    ClientSecret,
+}
+
+/// Azure Key Vault (or Managed HSM) `P-256K` keys.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureKvConfig {
+    /// `https://<vault>.vault.azure.net` or `https://<hsm>.managedhsm.azure.net`.
+    pub vault_url: String,
+    /// How keyguard gets its Entra ID token.
+    pub credential: AzureCredentialKind,
+    /// Tenant (directory) id: required for `client-secret`.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    /// Application (client) id: the service principal, or a user-assigned managed identity.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Environment variable holding the client secret (`client-secret` only).
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    /// keyguard key id -> Key Vault key name.
+    pub keys: BTreeMap<String, String>,
+    /// Timeouts, retries, rate and circuit breaker.
+    #[serde(flatten)]
+    pub limits: CallLimits,
+}
+
+impl AzureKvConfig {
+    /// Problems as `(key, reason)`, keys relative to `keystore.azure_kv`.
+    pub(super) fn problems(&self) -> Option<(&'static str, String)> {
+        match self.vault_url.parse::<http::Uri>() {
+            Ok(u) if u.scheme_str() == Some("https") && u.host().is_some() => {}
+            _ => return Some(("vault_url", "https://<vault>.vault.azure.net".into())),
+        }
+        let (secret, tenant) = (self.client_secret_env.is_some(), self.tenant_id.is_some());
+        match self.credential {
+            AzureCredentialKind::ClientSecret if !secret || !tenant || self.client_id.is_none() => {
+                return Some((
+                    "credential",
+                    "client-secret needs tenant_id, client_id and client_secret_env (the secret \
+                     is never inline)"
+                        .into(),
+                ))
+            }
+            AzureCredentialKind::ManagedIdentity | AzureCredentialKind::WorkloadIdentity
+                if secret =>
+            {
+                return Some((
+                    "client_secret_env",
+                    "only used with credential = \"client-secret\"".into(),
+                ))
+            }
+            _ => {}
+        }
+        if let Some(p) = key_map_problems(&self.keys) {
+            return Some(p);
+        }
+        for name in self.keys.values() {
+            let ok =
+                name.len() <= 127 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if !ok {
+                return Some((
+                    "keys",
+                    format!("key name {name:?}: letters, digits and - only"),
+                ));
+            }
+        }
+        self.limits.problems()
+    }
+}
+
 fn default_mount() -> String {
     "transit".into()
 }
@@ -286,6 +368,31 @@ mod tests {
         let bao = c.keystore.openbao.unwrap();
         assert_eq!(bao.keys["validator"], "cometbft-validator");
         assert_eq!(bao.token_env.as_deref(), Some("KEYGUARD_BAO_TOKEN"));
+        let c = parse(doc_block("[keystore.azure_kv]")).unwrap();
+        let az = c.keystore.azure_kv.unwrap();
+        assert_eq!(az.credential, AzureCredentialKind::ManagedIdentity);
+        assert_eq!(az.keys["treasury"], "keyguard-treasury");
+    }
+
+    #[test]
+    fn azure_credentials_need_their_fields_and_no_inline_secret() {
+        let az = doc_block("[keystore.azure_kv]");
+        let secret = az.replace("\"managed-identity\"", "\"client-secret\"");
+        let err = parse(&secret).unwrap_err().to_string();
+        assert!(err.contains("keystore.azure_kv.credential"), "{err}");
+        let full = secret.replace(
+            "timeout_ms",
+            "tenant_id = \"t\"\nclient_id = \"c\"\nclient_secret_env = \"S\"\ntimeout_ms",
+        );
+        assert!(parse(&full).is_ok());
+        let inline = az.replace("timeout_ms", "client_secret = \"x\"\ntimeout_ms");
+        assert!(parse(&inline)
+            .unwrap_err()
+            .to_string()
+            .contains("client_secret"));
+        let http = az.replace("https://my-vault", "http://my-vault");
+        let err = parse(&http).unwrap_err().to_string();
+        assert!(err.contains("keystore.azure_kv.vault_url"), "{err}");
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub use validators::{PrivvalAddr, ValidatorConfig};
 mod pkcs11;
 pub use pkcs11::{PinSource, Pkcs11Config};
 mod cloud;
-pub use cloud::{AwsKmsConfig, CallLimits, OpenBaoConfig};
+pub use cloud::{AwsKmsConfig, AzureCredentialKind, AzureKvConfig, CallLimits, OpenBaoConfig};
 
 /// A configuration problem, located by file and (from the TOML parser) line and key.
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +187,9 @@ pub struct KeystoreConfig {
     /// Keys in OpenBao / Vault transit, beside the primary backend.
     #[serde(default)]
     pub openbao: Option<OpenBaoConfig>,
+    /// Keys in Azure Key Vault, beside the primary backend.
+    #[serde(default)]
+    pub azure_kv: Option<AzureKvConfig>,
 }
 
 fn default_passphrase_env() -> String {
@@ -549,6 +552,19 @@ impl Config {
         if let Some(aws) = &ks.aws_kms {
             if let Some((key, reason)) = aws.problems() {
                 return Err(self.invalid(format!("keystore.aws_kms.{key}"), reason));
+            }
+        }
+        if let Some(az) = &ks.azure_kv {
+            if let Some((key, reason)) = az.problems() {
+                return Err(self.invalid(format!("keystore.azure_kv.{key}"), reason));
+            }
+            let others = ks.aws_kms.iter().flat_map(|c| c.keys.keys());
+            let others = others.chain(ks.openbao.iter().flat_map(|c| c.keys.keys()));
+            if let Some(id) = others.into_iter().find(|id| az.keys.contains_key(*id)) {
+                return Err(self.invalid(
+                    "keystore.azure_kv.keys",
+                    format!("{id:?} is also a key of another cloud table"),
+                ));
             }
         }
         if let Some(bao) = &ks.openbao {

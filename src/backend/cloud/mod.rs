@@ -9,17 +9,23 @@
 //!   recovery id found against the public key read at start).
 //! - `aws_kms`: the AWS KMS backend on the official SDK.
 //! - `openbao`: OpenBao / Vault transit `ed25519` keys over its HTTP API.
+//! - `azure_kv` (+ `azure_transport`): Azure Key Vault `P-256K` keys on the official SDK
+//!   crates, given a hyper + rustls(ring) transport.
 //!
 //! Why: a cloud signer that hangs or is throttled must not hold keyguard's request slots, and a
 //! retry on anything but throttling could sign twice what the caller sees as one failure (the
 //! guard only ever releases one signature, but the service would bill and log two).
 
 mod breaker;
-#[cfg(feature = "aws-kms")]
+#[cfg(any(feature = "aws-kms", feature = "azure-kv"))]
 pub mod ecdsa;
 
 #[cfg(feature = "aws-kms")]
 pub mod aws_kms;
+#[cfg(feature = "azure-kv")]
+pub mod azure_kv;
+#[cfg(feature = "azure-kv")]
+mod azure_transport;
 #[cfg(feature = "openbao")]
 pub mod openbao;
 
