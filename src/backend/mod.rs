@@ -1,7 +1,12 @@
 //! Key backends behind one small trait. The guard computes every payload; a backend only
 //! signs it with a key it holds and never hands the private key out.
 
-#[cfg(any(feature = "aws-kms", feature = "openbao", feature = "azure-kv"))]
+#[cfg(any(
+    feature = "aws-kms",
+    feature = "openbao",
+    feature = "azure-kv",
+    feature = "gcp-kms"
+))]
 pub mod cloud;
 #[cfg(feature = "pkcs11")]
 pub mod pkcs11;

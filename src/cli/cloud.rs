@@ -14,7 +14,7 @@ use crate::server::metrics_http::{HealthCheck, Readiness};
 /// Whether the config names any cloud key service.
 pub(crate) fn configured(config: &Config) -> bool {
     let ks = &config.keystore;
-    ks.aws_kms.is_some() || ks.openbao.is_some() || ks.azure_kv.is_some()
+    ks.aws_kms.is_some() || ks.openbao.is_some() || ks.azure_kv.is_some() || ks.gcp_kms.is_some()
 }
 
 /// `primary` alone, or routed together with the configured cloud backends (each registered
@@ -52,6 +52,13 @@ async fn open_all(
         }
         others.push(backend);
     }
+    if let Some(gcp) = &config.keystore.gcp_kms {
+        let (backend, health) = open_gcp(gcp).await?;
+        if let Some(r) = readiness {
+            r.add_check(health);
+        }
+        others.push(backend);
+    }
     if let Some(az) = &config.keystore.azure_kv {
         let (backend, health) = open_azure(az).await?;
         if let Some(r) = readiness {
@@ -60,6 +67,26 @@ async fn open_all(
         others.push(backend);
     }
     Ok(others)
+}
+
+#[cfg(feature = "gcp-kms")]
+async fn open_gcp(
+    gcp: &crate::config::GcpKmsConfig,
+) -> anyhow::Result<(Arc<dyn KeyBackend>, HealthCheck)> {
+    let backend = Arc::new(
+        crate::backend::cloud::gcp_kms::GcpKmsBackend::open(gcp)
+            .await
+            .context("opening the Google Cloud KMS keys")?,
+    );
+    let b = backend.clone();
+    Ok((backend, Arc::new(move || b.health())))
+}
+
+#[cfg(not(feature = "gcp-kms"))]
+async fn open_gcp(
+    _gcp: &crate::config::GcpKmsConfig,
+) -> anyhow::Result<(Arc<dyn KeyBackend>, HealthCheck)> {
+    anyhow::bail!("keystore.gcp_kms: this keyguard was built without the `gcp-kms` feature")
 }
 
 #[cfg(feature = "azure-kv")]

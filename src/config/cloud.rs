@@ -129,6 +129,59 @@ pub struct OpenBaoConfig {
     pub limits: CallLimits,
 }
 
+/// Google Cloud KMS `EC_SIGN_SECP256K1_SHA256` key versions.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcpKmsConfig {
+    /// Another endpoint (Private Service Connect); default `https://cloudkms.googleapis.com`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// keyguard key id -> key version resource name
+    /// (`projects/P/locations/L/keyRings/R/cryptoKeys/K/cryptoKeyVersions/N`).
+    pub keys: BTreeMap<String, String>,
+    /// Timeouts, retries, rate and circuit breaker.
+    #[serde(flatten)]
+    pub limits: CallLimits,
+}
+
+impl GcpKmsConfig {
+    /// Problems as `(key, reason)`, keys relative to `keystore.gcp_kms`.
+    pub(super) fn problems(&self) -> Option<(&'static str, String)> {
+        if let Some(e) = &self.endpoint {
+            if let Some(reason) = endpoint_problem(e) {
+                return Some(("endpoint", reason));
+            }
+        }
+        if let Some(p) = key_map_problems(&self.keys) {
+            return Some(p);
+        }
+        for name in self.keys.values() {
+            let parts: Vec<&str> = name.split('/').collect();
+            let shape = parts.len() == 10
+                && parts[0] == "projects"
+                && parts[2] == "locations"
+                && parts[4] == "keyRings"
+                && parts[6] == "cryptoKeys"
+                && parts[8] == "cryptoKeyVersions"
+                && parts.iter().all(|p| {
+                    !p.is_empty()
+                        && !p.starts_with('.')
+                        && p.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                });
+            if !shape {
+                return Some((
+                    "keys",
+                    format!(
+                        "{name:?}: give a key version, projects/P/locations/L/keyRings/R/cryptoKeys/K/cryptoKeyVersions/N"
+                    ),
+                ));
+            }
+        }
+        self.limits.problems()
+    }
+}
+
 /// How keyguard signs in to Entra ID for Azure Key Vault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -372,6 +425,22 @@ mod tests {
         let az = c.keystore.azure_kv.unwrap();
         assert_eq!(az.credential, AzureCredentialKind::ManagedIdentity);
         assert_eq!(az.keys["treasury"], "keyguard-treasury");
+        let c = parse(doc_block("[keystore.gcp_kms]")).unwrap();
+        assert!(c.keystore.gcp_kms.unwrap().keys["treasury"].ends_with("/cryptoKeyVersions/1"));
+    }
+
+    #[test]
+    fn gcp_keys_must_be_key_versions() {
+        let gcp = doc_block("[keystore.gcp_kms]");
+        // A key, not a key version; and a path that walks out of the resource name.
+        for (from, to) in [
+            ("/cryptoKeyVersions/1\"", "\""),
+            ("/cryptoKeyVersions/1\"", "/cryptoKeyVersions/../1\""),
+            ("/cryptoKeyVersions/1\"", "/cryptoKeyVersions/..\""),
+        ] {
+            let err = parse(&gcp.replacen(from, to, 1)).unwrap_err().to_string();
+            assert!(err.contains("keystore.gcp_kms.keys"), "{err}");
+        }
     }
 
     #[test]

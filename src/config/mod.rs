@@ -25,7 +25,9 @@ pub use validators::{PrivvalAddr, ValidatorConfig};
 mod pkcs11;
 pub use pkcs11::{PinSource, Pkcs11Config};
 mod cloud;
-pub use cloud::{AwsKmsConfig, AzureCredentialKind, AzureKvConfig, CallLimits, OpenBaoConfig};
+pub use cloud::{
+    AwsKmsConfig, AzureCredentialKind, AzureKvConfig, CallLimits, GcpKmsConfig, OpenBaoConfig,
+};
 
 /// A configuration problem, located by file and (from the TOML parser) line and key.
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +192,9 @@ pub struct KeystoreConfig {
     /// Keys in Azure Key Vault, beside the primary backend.
     #[serde(default)]
     pub azure_kv: Option<AzureKvConfig>,
+    /// Keys in Google Cloud KMS, beside the primary backend.
+    #[serde(default)]
+    pub gcp_kms: Option<GcpKmsConfig>,
 }
 
 fn default_passphrase_env() -> String {
@@ -552,6 +557,20 @@ impl Config {
         if let Some(aws) = &ks.aws_kms {
             if let Some((key, reason)) = aws.problems() {
                 return Err(self.invalid(format!("keystore.aws_kms.{key}"), reason));
+            }
+        }
+        if let Some(gcp) = &ks.gcp_kms {
+            if let Some((key, reason)) = gcp.problems() {
+                return Err(self.invalid(format!("keystore.gcp_kms.{key}"), reason));
+            }
+            let others = ks.aws_kms.iter().flat_map(|c| c.keys.keys());
+            let others = others.chain(ks.openbao.iter().flat_map(|c| c.keys.keys()));
+            let others = others.chain(ks.azure_kv.iter().flat_map(|c| c.keys.keys()));
+            if let Some(id) = others.into_iter().find(|id| gcp.keys.contains_key(*id)) {
+                return Err(self.invalid(
+                    "keystore.gcp_kms.keys",
+                    format!("{id:?} is also a key of another cloud table"),
+                ));
             }
         }
         if let Some(az) = &ks.azure_kv {

@@ -11,13 +11,15 @@
 //! - `openbao`: OpenBao / Vault transit `ed25519` keys over its HTTP API.
 //! - `azure_kv` (+ `azure_transport`): Azure Key Vault `P-256K` keys on the official SDK
 //!   crates, given a hyper + rustls(ring) transport.
+//! - `gcp_kms`: Google Cloud KMS `EC_SIGN_SECP256K1_SHA256` on the official crate, CRC32C both
+//!   ways.
 //!
 //! Why: a cloud signer that hangs or is throttled must not hold keyguard's request slots, and a
 //! retry on anything but throttling could sign twice what the caller sees as one failure (the
 //! guard only ever releases one signature, but the service would bill and log two).
 
 mod breaker;
-#[cfg(any(feature = "aws-kms", feature = "azure-kv"))]
+#[cfg(any(feature = "aws-kms", feature = "azure-kv", feature = "gcp-kms"))]
 pub mod ecdsa;
 
 #[cfg(feature = "aws-kms")]
@@ -26,6 +28,8 @@ pub mod aws_kms;
 pub mod azure_kv;
 #[cfg(feature = "azure-kv")]
 mod azure_transport;
+#[cfg(feature = "gcp-kms")]
+pub mod gcp_kms;
 #[cfg(feature = "openbao")]
 pub mod openbao;
 
