@@ -315,6 +315,12 @@ pub(crate) fn run(command: KeysCommand) -> anyhow::Result<()> {
         } => {
             let config = Config::load(&config)?;
             let configured = config.keystore.backend;
+            if let Some(cloud @ ("azure-kv" | "gcp-kms")) = backend.as_deref() {
+                anyhow::bail!(
+                    "--backend {cloud}: keyguard does not create {cloud} keys; create the key in the \
+                     service and name it in the config (docs/backends.md)"
+                );
+            }
             if let Some(cloud @ ("aws-kms" | "openbao")) = backend.as_deref() {
                 let (id, scheme) = (KeyId::new(id)?, parse_scheme(&scheme)?);
                 let info = if cloud == "aws-kms" {

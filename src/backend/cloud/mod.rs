@@ -199,3 +199,9 @@ mod tests;
 
 #[cfg(all(test, feature = "aws-kms"))]
 mod aws_kms_stub;
+
+#[cfg(all(
+    test,
+    any(feature = "aws-kms", feature = "azure-kv", feature = "gcp-kms")
+))]
+mod live_tests;
