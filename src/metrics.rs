@@ -168,3 +168,28 @@ pub fn pkcs11_event(event: &'static str) {
 pub fn pkcs11_available(up: bool) {
     metrics::gauge!(PKCS11_AVAILABLE).set(f64::from(u8::from(up)));
 }
+
+/// Cloud key service calls by backend and operation (`sign`, `get_public_key`), per attempt.
+pub const CLOUD_CALL_SECONDS: &str = "keyguard_cloud_call_duration_seconds";
+/// Cloud backend events: `signature`, `high_s_normalized`, `throttled`, `retry`,
+/// `throttled_out`, `timeout`, `failure`, `rejected`, `rate_limited`, `breaker_opened`,
+/// `breaker_closed`, `breaker_refused`, `bad_signature`.
+pub const CLOUD_EVENTS: &str = "keyguard_cloud_events_total";
+/// 1 while a cloud backend's circuit is closed, 0 while requests fail fast.
+pub const CLOUD_AVAILABLE: &str = "keyguard_cloud_available";
+
+/// Records one cloud call attempt's latency.
+pub fn cloud_call(backend: &'static str, op: &'static str, elapsed: Duration) {
+    metrics::histogram!(CLOUD_CALL_SECONDS, "backend" => backend, "op" => op)
+        .record(elapsed.as_secs_f64());
+}
+
+/// Counts a cloud backend event (see [`CLOUD_EVENTS`]).
+pub fn cloud_event(backend: &'static str, event: &'static str) {
+    metrics::counter!(CLOUD_EVENTS, "backend" => backend, "event" => event).increment(1);
+}
+
+/// Sets whether a cloud backend's circuit is closed.
+pub fn cloud_available(backend: &'static str, up: bool) {
+    metrics::gauge!(CLOUD_AVAILABLE, "backend" => backend).set(f64::from(u8::from(up)));
+}

@@ -1,8 +1,16 @@
 //! Key backends behind one small trait. The guard computes every payload; a backend only
 //! signs it with a key it holds and never hands the private key out.
 
+#[cfg(any(
+    feature = "aws-kms",
+    feature = "openbao",
+    feature = "azure-kv",
+    feature = "gcp-kms"
+))]
+pub mod cloud;
 #[cfg(feature = "pkcs11")]
 pub mod pkcs11;
+pub mod routed;
 pub mod software;
 
 use async_trait::async_trait;
@@ -76,6 +84,12 @@ pub trait KeyBackend: Send + Sync {
     fn name(&self) -> &'static str;
     /// Every key this backend can sign with.
     fn keys(&self) -> Vec<KeyInfo>;
+    /// The name of the backend holding `key` (differs from [`Self::name`] only when keys of
+    /// several backends are routed together).
+    fn backend_of(&self, key: &KeyId) -> &'static str {
+        let _ = key;
+        self.name()
+    }
     /// The public key of `key`, read once when the backend loaded it.
     fn public_key(&self, key: &KeyId) -> Result<PublicKey, BackendError>;
     /// Sign a payload keyguard computed; the result is checked by pass 2 before release.

@@ -50,6 +50,13 @@ pub(crate) struct BenchArgs {
     /// The token key the raw measurement signs with.
     #[arg(long, requires = "pkcs11_config")]
     pkcs11_key: Option<String>,
+    /// Also measure raw AWS KMS `Sign` (the SDK, `--connections` in flight, `--duration`
+    /// seconds) with this config's `[keystore.aws_kms]`, beside keyguard's own rate.
+    #[arg(long)]
+    aws_kms_config: Option<std::path::PathBuf>,
+    /// The KMS key (keyguard key id) the raw measurement signs with.
+    #[arg(long, requires = "aws_kms_config")]
+    aws_kms_key: Option<String>,
     /// Another kind of run instead of the throughput table.
     #[command(subcommand)]
     mode: Option<BenchMode>,
@@ -126,6 +133,14 @@ pub(crate) fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    if let Some(config) = &args.aws_kms_config {
+        runtime.block_on(raw_aws_kms(
+            config,
+            args.aws_kms_key.as_deref(),
+            args.connections,
+            args.duration,
+        ))?;
+    }
     for url in &args.urls {
         runtime.block_on(async {
             let peak = load(url, &args, None).await?;
@@ -176,6 +191,70 @@ fn raw_pkcs11(config: &std::path::Path, key: Option<&str>, secs: u64) -> anyhow:
 #[cfg(not(feature = "pkcs11"))]
 fn raw_pkcs11(_config: &std::path::Path, _key: Option<&str>, _secs: u64) -> anyhow::Result<()> {
     anyhow::bail!("this keyguard was built without the `pkcs11` feature")
+}
+
+#[cfg(feature = "aws-kms")]
+async fn raw_aws_kms(
+    config: &std::path::Path,
+    key: Option<&str>,
+    connections: usize,
+    secs: u64,
+) -> anyhow::Result<()> {
+    use crate::backend::cloud::aws_kms::AwsKmsBackend;
+    let config = crate::config::Config::load(config)?;
+    let aws = config
+        .keystore
+        .aws_kms
+        .as_ref()
+        .context("--aws-kms-config needs a [keystore.aws_kms] table")?;
+    let key = keyguard_chain::KeyId::new(key.context("--aws-kms-key is required")?)?;
+    let backend = Arc::new(AwsKmsBackend::open(aws).await?);
+    let start = Instant::now();
+    let duration = Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for t in 0..connections.max(1) {
+        let (backend, key) = (backend.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut n = 0u64;
+            while start.elapsed() < duration {
+                let digest =
+                    alloy_primitives::keccak256((t as u64 * 1_000_000_000 + n).to_be_bytes());
+                let sent = Instant::now();
+                backend
+                    .raw_sign(&key, digest.0)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                latencies.push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                n += 1;
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies_us = Vec::new();
+    for t in tasks {
+        latencies_us.extend(t.await??);
+    }
+    latencies_us.sort_unstable();
+    Measurement {
+        requests: latencies_us.len(),
+        errors: 0,
+        elapsed: start.elapsed(),
+        latencies_us,
+        first_error: None,
+    }
+    .report(&format!("raw AWS KMS Sign ({connections} in flight)"));
+    Ok(())
+}
+
+#[cfg(not(feature = "aws-kms"))]
+async fn raw_aws_kms(
+    _config: &std::path::Path,
+    _key: Option<&str>,
+    _connections: usize,
+    _secs: u64,
+) -> anyhow::Result<()> {
+    anyhow::bail!("this keyguard was built without the `aws-kms` feature")
 }
 
 #[derive(Clone, Copy)]

@@ -27,7 +27,8 @@ pub(crate) enum KeysCommand {
         /// Configuration file.
         #[arg(long)]
         config: PathBuf,
-        /// Where to create it: software or pkcs11; must match the config (defaults to it).
+        /// Where to create it: software or pkcs11 (must match the config; the default), or
+        /// aws-kms / openbao (the config names the key and allows creating it).
         #[arg(long)]
         backend: Option<String>,
         /// Name of the new key.
@@ -332,6 +333,9 @@ pub(crate) fn run(command: KeysCommand) -> anyhow::Result<()> {
         }
         KeysCommand::List { config } => {
             let config = Config::load(&config)?;
+            for (backend, k) in super::cloud::list(&config)? {
+                println!("{} ({backend})", describe(&k));
+            }
             if config.keystore.backend == BackendKind::Pkcs11 {
                 return pkcs11_list(&config);
             }
@@ -361,6 +365,22 @@ pub(crate) fn run(command: KeysCommand) -> anyhow::Result<()> {
         } => {
             let config = Config::load(&config)?;
             let configured = config.keystore.backend;
+            if let Some(cloud @ ("azure-kv" | "gcp-kms")) = backend.as_deref() {
+                anyhow::bail!(
+                    "--backend {cloud}: keyguard does not create {cloud} keys; create the key in the \
+                     service and name it in the config (docs/backends.md)"
+                );
+            }
+            if let Some(cloud @ ("aws-kms" | "openbao")) = backend.as_deref() {
+                let (id, scheme) = (KeyId::new(id)?, parse_scheme(&scheme)?);
+                let info = if cloud == "aws-kms" {
+                    super::cloud::generate_aws(&config, id, scheme)?
+                } else {
+                    super::cloud::generate_openbao(&config, id, scheme)?
+                };
+                println!("created {} ({cloud})", describe(&info));
+                return Ok(());
+            }
             if let Some(b) = backend.filter(|b| b != configured.name()) {
                 anyhow::bail!(
                     "--backend {b}: the config uses backend = \"{}\"",

@@ -7,6 +7,7 @@ mod audit;
 mod bench;
 mod bitcoin;
 mod clients;
+mod cloud;
 mod config_check;
 mod keys;
 mod people;

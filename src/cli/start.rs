@@ -48,7 +48,7 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
     let mut usr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
     hardening::check_private(&config.data.dir)?;
     hardening::check_private(&config.data.database())?;
-    let backend: Arc<dyn KeyBackend> = match config.keystore.backend {
+    let primary: Arc<dyn KeyBackend> = match config.keystore.backend {
         BackendKind::Software => open_software(&config)?,
         BackendKind::Pkcs11 => {
             super::keys::prepare_data_dir(&config.data.dir)?;
@@ -58,13 +58,14 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
     if let Err(why) = hardening::lock_memory() {
         tracing::warn!("memory not locked: {why}");
     }
+    let readiness = Readiness::default();
+    let backend = super::cloud::with_cloud_keys(&config, primary, &readiness).await?;
     let keys = backend.keys();
     for key in &keys {
         println!("keyguard: key {}", describe(key));
-        metrics::keys_loaded(backend.name(), key.scheme());
+        metrics::keys_loaded(backend.backend_of(&key.id), key.scheme());
     }
 
-    let readiness = Readiness::default();
     if let Some(m) = &config.metrics {
         let handle = metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
         let addr = server::metrics_http::start(m.address, handle, readiness.clone())

@@ -26,6 +26,10 @@ mod validators;
 pub use validators::{PrivvalAddr, ValidatorConfig};
 mod pkcs11;
 pub use pkcs11::{PinSource, Pkcs11Config};
+mod cloud;
+pub use cloud::{
+    AwsKmsConfig, AzureCredentialKind, AzureKvConfig, CallLimits, GcpKmsConfig, OpenBaoConfig,
+};
 
 /// A configuration problem, located by file and (from the TOML parser) line and key.
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +189,18 @@ pub struct KeystoreConfig {
     /// The token, when `backend = "pkcs11"`.
     #[serde(default)]
     pub pkcs11: Option<Pkcs11Config>,
+    /// Keys in AWS KMS, beside the primary backend (`docs/backends.md`).
+    #[serde(default)]
+    pub aws_kms: Option<AwsKmsConfig>,
+    /// Keys in OpenBao / Vault transit, beside the primary backend.
+    #[serde(default)]
+    pub openbao: Option<OpenBaoConfig>,
+    /// Keys in Azure Key Vault, beside the primary backend.
+    #[serde(default)]
+    pub azure_kv: Option<AzureKvConfig>,
+    /// Keys in Google Cloud KMS, beside the primary backend.
+    #[serde(default)]
+    pub gcp_kms: Option<GcpKmsConfig>,
 }
 
 fn default_passphrase_env() -> String {
@@ -562,6 +578,51 @@ impl Config {
 
     fn validate_keystore(&self) -> Result<(), ConfigError> {
         let ks = &self.keystore;
+        if let Some(aws) = &ks.aws_kms {
+            if let Some((key, reason)) = aws.problems() {
+                return Err(self.invalid(format!("keystore.aws_kms.{key}"), reason));
+            }
+        }
+        if let Some(gcp) = &ks.gcp_kms {
+            if let Some((key, reason)) = gcp.problems() {
+                return Err(self.invalid(format!("keystore.gcp_kms.{key}"), reason));
+            }
+            let others = ks.aws_kms.iter().flat_map(|c| c.keys.keys());
+            let others = others.chain(ks.openbao.iter().flat_map(|c| c.keys.keys()));
+            let others = others.chain(ks.azure_kv.iter().flat_map(|c| c.keys.keys()));
+            if let Some(id) = others.into_iter().find(|id| gcp.keys.contains_key(*id)) {
+                return Err(self.invalid(
+                    "keystore.gcp_kms.keys",
+                    format!("{id:?} is also a key of another cloud table"),
+                ));
+            }
+        }
+        if let Some(az) = &ks.azure_kv {
+            if let Some((key, reason)) = az.problems() {
+                return Err(self.invalid(format!("keystore.azure_kv.{key}"), reason));
+            }
+            let others = ks.aws_kms.iter().flat_map(|c| c.keys.keys());
+            let others = others.chain(ks.openbao.iter().flat_map(|c| c.keys.keys()));
+            if let Some(id) = others.into_iter().find(|id| az.keys.contains_key(*id)) {
+                return Err(self.invalid(
+                    "keystore.azure_kv.keys",
+                    format!("{id:?} is also a key of another cloud table"),
+                ));
+            }
+        }
+        if let Some(bao) = &ks.openbao {
+            if let Some((key, reason)) = bao.problems() {
+                return Err(self.invalid(format!("keystore.openbao.{key}"), reason));
+            }
+            if let Some(aws) = &ks.aws_kms {
+                if let Some(id) = bao.keys.keys().find(|id| aws.keys.contains_key(*id)) {
+                    return Err(self.invalid(
+                        "keystore.openbao.keys",
+                        format!("{id:?} is also a keystore.aws_kms key"),
+                    ));
+                }
+            }
+        }
         match (ks.backend, &ks.pkcs11) {
             (BackendKind::Software, Some(_)) => Err(self.invalid(
                 "keystore.pkcs11",

@@ -16,20 +16,41 @@ use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
-/// Shared readiness flag, set once startup has finished.
+/// A health check of a dependency keyguard signs through (a cloud key service): `Err(why)`
+/// while requests to it fail fast.
+pub type HealthCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Shared readiness: set once startup has finished, and every registered check passing.
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness {
+    started: Arc<AtomicBool>,
+    checks: Arc<std::sync::RwLock<Vec<HealthCheck>>>,
+}
 
 impl Readiness {
     /// Marks the process ready.
     pub fn set_ready(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.started.store(true, Ordering::SeqCst);
         metrics::gauge!(crate::metrics::READY).set(1.0);
     }
 
-    /// Whether the process is ready.
+    /// Whether the process has finished starting.
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.started.load(Ordering::SeqCst)
+    }
+
+    /// Adds a check `/ready` runs on every request.
+    pub fn add_check(&self, check: HealthCheck) {
+        self.checks
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(check);
+    }
+
+    /// The first failing check's reason.
+    pub fn failing(&self) -> Option<String> {
+        let checks = self.checks.read().unwrap_or_else(|e| e.into_inner());
+        checks.iter().find_map(|c| c().err())
     }
 }
 
@@ -55,7 +76,14 @@ fn route(path: &str, handle: &PrometheusHandle, ready: &Readiness) -> Response<F
             TEXT,
             "store unreachable\n".into(),
         ),
-        "/ready" => respond(StatusCode::OK, TEXT, "ready\n".into()),
+        "/ready" => match ready.failing() {
+            None => respond(StatusCode::OK, TEXT, "ready\n".into()),
+            Some(why) => respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
+                format!("unavailable: {}\n", why.escape_debug()),
+            ),
+        },
         _ => respond(StatusCode::NOT_FOUND, TEXT, "not found\n".into()),
     }
 }

@@ -14,6 +14,8 @@ import pytest
 
 import kg
 import pgcluster
+import localstack
+import openbao
 
 REPO = Path(__file__).resolve().parents[2]
 _running: list[kg.Daemon] = []
@@ -29,6 +31,10 @@ def start(tmp_path_factory):
         cfg = make_config(workdir / "var")
         if cfg["keystore"]["backend"] == "pkcs11":
             env = dict(env or {}, **kg.provision_softhsm(workdir, cfg))
+        if "aws_kms" in cfg["keystore"]:
+            env = dict(env or {}, **kg.provision_aws_kms(workdir, cfg))
+        if "openbao" in cfg["keystore"]:
+            env = dict(env or {}, **kg.provision_openbao(workdir, cfg))
         if before_start is not None:
             kg.write_config(workdir / "keyguard.toml", cfg)
             before_start(workdir, cfg)
@@ -43,14 +49,45 @@ def start(tmp_path_factory):
         _running.remove(d)
 
 
-@pytest.fixture(scope="module", params=["software", "pkcs11"])
+@pytest.fixture(scope="session")
+def localstack_kms(tmp_path_factory):
+    """LocalStack's KMS for the session (tests/interop/localstack.py); sets kg.AWS_ENDPOINT."""
+    if localstack.python() is None:
+        if os.environ.get("CI") or os.environ.get("KEYGUARD_SKIP_AWS_KMS") != "1":
+            pytest.fail("the key-services venv is missing: run through tests/run (it builds it)")
+        pytest.skip("LocalStack venv missing (KEYGUARD_SKIP_AWS_KMS=1)")
+    ls = localstack.LocalStack(tmp_path_factory.mktemp("localstack"))
+    kg.AWS_ENDPOINT = ls.url
+    yield ls
+    kg.AWS_ENDPOINT = None
+    ls.stop()
+
+
+@pytest.fixture(scope="session")
+def openbao_transit(tmp_path_factory):
+    """An OpenBao dev server with transit (tests/interop/openbao.py); sets kg.BAO."""
+    if localstack.services_bin("bao") is None:
+        if os.environ.get("CI") or os.environ.get("KEYGUARD_SKIP_OPENBAO") != "1":
+            pytest.fail("the key-services venv (bao) is missing: run through tests/run (it builds it)")
+        pytest.skip("bao missing (KEYGUARD_SKIP_OPENBAO=1)")
+    bao = openbao.OpenBao(tmp_path_factory.mktemp("openbao"))
+    kg.BAO = bao
+    yield bao
+    kg.BAO = None
+    bao.stop()
+
+
+@pytest.fixture(scope="module", params=["software", "pkcs11", "aws-kms"])
 def backend(request):
     """The key backend a module's daemon uses: signing tests run once per backend (software
-    keystore, PKCS#11 on a fresh SoftHSM2 token)."""
+    keystore, PKCS#11 on a fresh SoftHSM2 token, the secp256k1 key in LocalStack's KMS beside
+    a software Ed25519 key)."""
     if request.param == "pkcs11" and not kg.softhsm_available():
         if os.environ.get("CI") or os.environ.get("KEYGUARD_SKIP_PKCS11") != "1":
             pytest.fail("SoftHSM2 is not installed: run through tests/run (it installs it)")
         pytest.skip("SoftHSM2 is not installed (tests/run warned: KEYGUARD_SKIP_PKCS11=1)")
+    if request.param == "aws-kms":
+        request.getfixturevalue("localstack_kms")
     return request.param
 
 

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import threading
 import time
+import uuid
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -155,6 +156,17 @@ def base_config(
             "kdf_memory_kib": 8192,
             "kdf_iterations": 1,
         }
+    elif backend == "aws-kms":
+        # The secp256k1 key in KMS (created by `keys generate --backend aws-kms`, see
+        # provision_aws_kms), the Ed25519 key in the software keystore: one daemon, two backends.
+        keystore = {
+            "backend": "software",
+            "passphrase_env": "KEYGUARD_PASSPHRASE",
+            "create_on_first_start": ["ed25519"],
+            "kdf_memory_kib": 8192,
+            "kdf_iterations": 1,
+            "aws_kms": aws_kms_table({"dev-secp256k1": f"alias/kg-{uuid.uuid4().hex[:16]}"}),
+        }
     elif backend == "pkcs11":
         keystore = {
             "backend": "pkcs11",
@@ -177,6 +189,55 @@ def base_config(
         cfg["clients"] = clients
     cfg["policies"] = [policy()] if policies is None else policies
     return cfg
+
+
+# ------------------------------------------------------------------------------------------
+# AWS KMS keys in LocalStack (tests/interop/localstack.py; the `localstack_kms` fixture)
+# ------------------------------------------------------------------------------------------
+
+AWS_ENDPOINT: str | None = None  # set by conftest's localstack_kms fixture
+
+
+def aws_kms_table(keys: dict[str, str], endpoint: str | None = None, **limits: Any) -> dict:
+    url = endpoint or AWS_ENDPOINT
+    if url is None:
+        raise RuntimeError("no LocalStack endpoint: the test must use the localstack_kms fixture")
+    return {"region": "us-east-1", "endpoint": url, "allow_generate": True, "keys": keys, **limits}
+
+
+def provision_aws_kms(workdir: Path, cfg: dict) -> dict:
+    """Create every configured KMS key with keyguard's own `keys generate --backend aws-kms`;
+    return the environment (LocalStack's dummy credentials) the daemon needs."""
+    import localstack
+
+    env = dict(localstack.AWS_ENV)
+    cfg_path = write_config(workdir / "keyguard.toml", cfg)
+    for key_id in cfg["keystore"]["aws_kms"]["keys"]:
+        r = run_cli(["keys", "generate", "--backend", "aws-kms", "--id", key_id, "--config", str(cfg_path)], env=env)
+        assert r.returncode == 0, f"keys generate --backend aws-kms {key_id}: {r.stderr}"
+    return env
+
+
+BAO = None  # the openbao.OpenBao of conftest's openbao_transit fixture
+
+
+def openbao_table(keys: dict[str, str]) -> dict:
+    if BAO is None:
+        raise RuntimeError("no OpenBao server: the test must use the openbao_transit fixture")
+    import openbao
+
+    return {"address": BAO.url, "token_env": openbao.TOKEN_ENV, "allow_generate": True, "keys": keys}
+
+
+def provision_openbao(workdir: Path, cfg: dict) -> dict:
+    """Create every configured transit key with `keys generate --backend openbao`; return the
+    environment holding the token."""
+    env = BAO.env()
+    cfg_path = write_config(workdir / "keyguard.toml", cfg)
+    for key_id in cfg["keystore"]["openbao"]["keys"]:
+        r = run_cli(["keys", "generate", "--backend", "openbao", "--id", key_id, "--scheme", "ed25519", "--config", str(cfg_path)], env=env)
+        assert r.returncode == 0, f"keys generate --backend openbao {key_id}: {r.stderr}"
+    return env
 
 
 # ------------------------------------------------------------------------------------------

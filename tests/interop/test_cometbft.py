@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -151,8 +152,9 @@ def verifies(pub: bytes, message: bytes, sig: bytes) -> bool:
 # -- the daemon as a remote signer ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def signer(start, pb, tmp_path_factory):
+def _remote_signer(start, pb, tmp_path_factory, request, backend: str):
+    if backend == "openbao":
+        request.getfixturevalue("openbao_transit")
     sock_dir = tmp_path_factory.mktemp("privval")
     path = sock_dir / "node.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -160,13 +162,17 @@ def signer(start, pb, tmp_path_factory):
     listener.listen(1)
 
     def make(data):
-        cfg = kg.base_config(data)
+        if backend == "openbao":
+            cfg = kg.base_config(data, create_on_first_start=["secp256k1"])
+            cfg["keystore"]["openbao"] = kg.openbao_table({"dev-ed25519": f"kg-{uuid.uuid4().hex[:16]}"})
+        else:
+            cfg = kg.base_config(data)
         cfg["validators"] = [
             {"name": "interop", "chain_id": CHAIN, "key": "dev-ed25519", "addr": f"unix://{path}", "protocol": "v0.38", "new_validator": True, "start_height": 1}
         ]
         return cfg
 
-    daemon = start(make, name="cometbft")
+    daemon = start(make, name=f"cometbft-{backend}")
     listener.settimeout(30)
     conn, _ = listener.accept()
     conn.settimeout(30)
@@ -174,6 +180,19 @@ def signer(start, pb, tmp_path_factory):
     yield daemon, node
     conn.close()
     listener.close()
+
+
+@pytest.fixture(scope="module", params=["software", "openbao"])
+def signer(start, pb, tmp_path_factory, request):
+    """The daemon as remote signer, the consensus key in the software keystore or in OpenBao
+    transit (created by `keys generate --backend openbao`)."""
+    yield from _remote_signer(start, pb, tmp_path_factory, request, request.param)
+
+
+@pytest.fixture(scope="module")
+def bao_signer(start, pb, tmp_path_factory, request):
+    """A remote signer whose consensus key is in OpenBao transit only (for OpenBao's own tests)."""
+    yield from _remote_signer(start, pb, tmp_path_factory, request, "openbao")
 
 
 def block_id(types, h: bytes):
@@ -187,6 +206,17 @@ def now(types):
     ns = time.time_ns()
     t.seconds, t.nanos = ns // 1_000_000_000, ns % 1_000_000_000
     return t
+
+
+def test_openbao_key_is_transits_own(bao_signer):
+    """With the key in OpenBao, the privval public key is the transit key's (read from OpenBao
+    over plain HTTP, not through keyguard)."""
+    daemon, node = bao_signer
+    bao_cfg = daemon.config["keystore"]["openbao"]
+    assert node.pubkey() == kg.BAO.public_key(bao_cfg["keys"]["dev-ed25519"])
+    # Negative control: another transit key differs.
+    kg.BAO.api("POST", "transit/keys/kg-control", {"type": "ed25519"})
+    assert node.pubkey() != kg.BAO.public_key("kg-control")
 
 
 def test_pubkey_matches_the_key_keyguard_announced(signer):
@@ -292,3 +322,60 @@ def test_precommit_and_its_extension_verify_independently(signer, pb):
     assert verifies(pub, ext, signed.extension_signature)
     other = delimited(types.CanonicalVoteExtension(extension=b"other prices", height=9, round=0, chain_id=CHAIN))
     assert not verifies(pub, other, signed.extension_signature)
+
+
+def _bao_key(daemon) -> str:
+    return daemon.config["keystore"]["openbao"]["keys"]["dev-ed25519"]
+
+
+def _prevote(types, pub, height):
+    return types.Vote(
+        type=types.SIGNED_MSG_TYPE_PREVOTE,
+        height=height,
+        round=0,
+        block_id=block_id(types, BLOCK),
+        timestamp=now(types),
+        validator_address=hashlib.sha256(pub).digest()[:20],
+        validator_index=0,
+    )
+
+
+def test_a_key_rotated_in_transit_keeps_signing_with_the_pinned_version(bao_signer, pb):
+    """Rotating the transit key behind keyguard's back must not change the consensus key: keyguard
+    pinned the version it read at start and names it in every sign call."""
+    daemon, node = bao_signer
+    types, _ = pb
+    name = _bao_key(daemon)
+    pub = node.pubkey()
+    kg.BAO.api("POST", f"transit/keys/{name}/rotate")
+    assert kg.BAO.public_key(name) != pub, "control: the rotation made a new key version"
+    vote = _prevote(types, pub, 40)
+    r = node.ask(sign_vote_request=node.pv.SignVoteRequest(vote=vote, chain_id=CHAIN)).signed_vote_response
+    assert not r.HasField("error"), r.error
+    assert verifies(pub, vote_sign_bytes(types, r.vote, CHAIN), r.vote.signature)
+
+
+def test_transit_down_fails_with_nothing_signed_then_recovers(bao_signer, pb):
+    """OpenBao sealed (503 on every call): the vote is refused with an error naming the backend
+    and nothing is signed; unsealed, signing resumes."""
+    daemon, node = bao_signer
+    types, _ = pb
+    _bao_key(daemon)
+    pub = node.pubkey()
+    before = daemon.signed_count()
+    kg.BAO.api("PUT", "sys/seal")
+    try:
+        r = node.ask(sign_vote_request=node.pv.SignVoteRequest(vote=_prevote(types, pub, 50), chain_id=CHAIN)).signed_vote_response
+        assert r.HasField("error"), r
+        assert "openbao" in r.error.description, r.error
+        assert daemon.signed_count() == before
+    finally:
+        kg.BAO.unseal()
+    deadline = time.monotonic() + 30
+    while True:
+        r = node.ask(sign_vote_request=node.pv.SignVoteRequest(vote=_prevote(types, pub, 51), chain_id=CHAIN)).signed_vote_response
+        if not r.HasField("error"):
+            break
+        assert time.monotonic() < deadline, r.error
+        time.sleep(0.3)
+    assert verifies(pub, vote_sign_bytes(types, r.vote, CHAIN), r.vote.signature)
