@@ -10,7 +10,7 @@
 //! PostgreSQL store signed meanwhile) gets [`StoreError::StateConflict`] naming the rule, and
 //! its signature is withheld.
 
-use super::db::{vals, Dialect, Tx};
+use super::db::{vals, Dialect, Tx, Val};
 use super::StoreError;
 
 /// A state row committed together with an audit entry.
@@ -159,20 +159,10 @@ pub(crate) fn write(tx: &Tx<'_>, request_id: &str, w: &StateWrite) -> Result<(),
         } => velocity(
             tx, request_id, key_id, counter, *ts_ms, amount, *window_ms, max, rule,
         )?,
-        StateWrite::BitcoinTx {
-            txid,
-            key_id,
-            ts_ms,
-            psbt,
-            tx_hex,
-        } => {
-            tx.execute(
-                "INSERT INTO bitcoin_signed_txs (txid, key_id, ts_ms, request_id, psbt, tx_hex) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (txid, key_id) DO UPDATE SET \
-                 ts_ms = excluded.ts_ms, request_id = excluded.request_id, \
-                 psbt = excluded.psbt, tx_hex = excluded.tx_hex",
-                vals![txid, key_id, *ts_ms, request_id, psbt, tx_hex.as_deref()],
-            )?;
+        StateWrite::BitcoinTx { .. } => {
+            if let Some((sql, params)) = kept_statement(request_id, w) {
+                tx.query(&sql, &params)?;
+            }
         }
         StateWrite::BitcoinClaims {
             key_id,
@@ -250,24 +240,10 @@ pub(crate) fn write(tx: &Tx<'_>, request_id: &str, w: &StateWrite) -> Result<(),
                 )?;
                 return Ok(());
             }
-            let won = tx.query(
-                "INSERT INTO evm_nonces AS n (key_id, chain_id, nonce, sighash, max_fee, tip, \
-                 request_id) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT (key_id, chain_id, nonce) DO UPDATE SET sighash = excluded.sighash, \
-                 max_fee = excluded.max_fee, tip = excluded.tip, \
-                 request_id = excluded.request_id \
-                 WHERE n.sighash = excluded.sighash OR n.sighash = $8 RETURNING nonce",
-                vals![
-                    key_id,
-                    *chain_id as i64,
-                    *nonce as i64,
-                    sighash,
-                    max_fee,
-                    tip,
-                    request_id,
-                    replaces.as_ref().map(|r| r.to_vec())
-                ],
-            )?;
+            let won = match nonce_statement(request_id, w) {
+                Some((sql, params)) => tx.query(&sql, &params)?,
+                None => Vec::new(),
+            };
             if won.is_empty() {
                 return Err(conflict(
                     "evm.nonce_reuse",
@@ -343,13 +319,34 @@ fn signet_advance(
     reorg_depth: u32,
     tip: &keyguard_bitcoin::signet_rules::SignetTip,
 ) -> Result<(), StoreError> {
+    let (sql, params) = signet_statement(request_id, challenge, key_id, reorg_depth, tip);
+    match tx.query_opt(&sql, &params)? {
+        Some(_) => Ok(()),
+        None => Err(signet_lost(key_id, tip.height)),
+    }
+}
+
+fn signet_lost(key_id: &str, height: u32) -> StoreError {
+    StoreError::StateConflict(format!(
+        "bitcoin.signet.height: signet height {height} of {key_id} is not above the stored \
+         watermark"
+    ))
+}
+
+fn signet_statement(
+    request_id: &str,
+    challenge: &str,
+    key_id: &str,
+    reorg_depth: u32,
+    tip: &keyguard_bitcoin::signet_rules::SignetTip,
+) -> (String, Vec<Val>) {
     let recent: String = tip
         .recent
         .iter()
         .map(|(h, t)| format!("{h}:{t}"))
         .collect::<Vec<_>>()
         .join(",");
-    let advanced = tx.query_opt(
+    (
         "INSERT INTO signet_heights (challenge, key_id, height, max_height, commitment, \
             prev_hash, merkle_root, version, block_time, recent, request_id, updated_ms) \
          VALUES ($1, $2, $3, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
@@ -361,7 +358,8 @@ fn signet_advance(
             block_time = excluded.block_time, recent = excluded.recent, \
             request_id = excluded.request_id, updated_ms = excluded.updated_ms \
          WHERE signet_heights.max_height < excluded.height + $12 \
-         RETURNING height",
+         RETURNING height"
+            .to_owned(),
         vals![
             challenge,
             key_id,
@@ -375,14 +373,91 @@ fn signet_advance(
             request_id,
             super::now_ms(),
             i64::from(reorg_depth)
-        ],
-    )?;
-    match advanced {
-        Some(_) => Ok(()),
-        None => Err(StoreError::StateConflict(format!(
-            "bitcoin.signet.height: signet height {} of {key_id} is not above the stored watermark",
-            tip.height
-        ))),
+        ]
+        .to_vec(),
+    )
+}
+
+/// The nonce fence statement of an [`StateWrite::EvmNonce`] (a row back: it wrote).
+fn nonce_statement(request_id: &str, w: &StateWrite) -> Option<(String, Vec<Val>)> {
+    let StateWrite::EvmNonce {
+        key_id,
+        chain_id,
+        nonce,
+        sighash,
+        max_fee,
+        tip,
+        replaces,
+    } = w
+    else {
+        return None;
+    };
+    Some((
+        "INSERT INTO evm_nonces AS n (key_id, chain_id, nonce, sighash, max_fee, tip, \
+         request_id) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (key_id, chain_id, nonce) DO UPDATE SET sighash = excluded.sighash, \
+         max_fee = excluded.max_fee, tip = excluded.tip, request_id = excluded.request_id \
+         WHERE n.sighash = excluded.sighash OR n.sighash = $8 RETURNING nonce"
+            .to_owned(),
+        vals![
+            key_id,
+            *chain_id as i64,
+            *nonce as i64,
+            sighash,
+            max_fee,
+            tip,
+            request_id,
+            replaces.as_ref().map(|r| r.to_vec())
+        ]
+        .to_vec(),
+    ))
+}
+
+/// The row keeping a released Bitcoin transaction (no condition: it never conflicts).
+fn kept_statement(request_id: &str, w: &StateWrite) -> Option<(String, Vec<Val>)> {
+    let StateWrite::BitcoinTx {
+        txid,
+        key_id,
+        ts_ms,
+        psbt,
+        tx_hex,
+    } = w
+    else {
+        return None;
+    };
+    Some((
+        "INSERT INTO bitcoin_signed_txs (txid, key_id, ts_ms, request_id, psbt, tx_hex) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (txid, key_id) DO UPDATE SET \
+         ts_ms = excluded.ts_ms, request_id = excluded.request_id, \
+         psbt = excluded.psbt, tx_hex = excluded.tx_hex RETURNING txid"
+            .to_owned(),
+        vals![txid, key_id, *ts_ms, request_id, psbt, tx_hex.as_deref()].to_vec(),
+    ))
+}
+
+/// A write as one statement for a pipelined batch, with what losing means: a row back means it
+/// wrote. `None`: this write needs several statements (velocity, claims) or a fault hook, and
+/// the batch takes the one-by-one path.
+pub(crate) fn single_statement(request_id: &str, w: &StateWrite) -> Option<(String, Vec<Val>)> {
+    #[cfg(feature = "fault-injection")]
+    if super::fault::is(super::fault::Fault::SplitFence) {
+        return None;
+    }
+    match w {
+        StateWrite::EvmNonce { .. } => nonce_statement(request_id, w),
+        StateWrite::BitcoinTx { .. } => kept_statement(request_id, w),
+        StateWrite::Watermark {
+            chain_id,
+            key_id,
+            next,
+        } => super::watermarks::advance_statement(chain_id, key_id, next),
+        StateWrite::SignetHeight {
+            challenge,
+            key_id,
+            reorg_depth,
+            tip,
+        } => Some(signet_statement(request_id, challenge, key_id, *reorg_depth, tip)),
+        StateWrite::Velocity { .. } | StateWrite::BitcoinClaims { .. } => None,
     }
 }
 

@@ -138,9 +138,21 @@ fn upsert(
     source: &str,
     fence: &str,
 ) -> Result<bool, StoreError> {
+    let (sql, params) = upsert_statement(chain_id, key_id, s, source, fence);
+    Ok(!tx.query(&sql, &params)?.is_empty())
+}
+
+/// The statement of [`upsert`]; it returns a row exactly when it wrote.
+fn upsert_statement(
+    chain_id: &str,
+    key_id: &str,
+    s: &SignedState,
+    source: &str,
+    fence: &str,
+) -> (String, Vec<super::db::Val>) {
     let signer = source == "signer";
-    let written = tx.query(
-        &format!(
+    (
+        format!(
             "INSERT INTO cometbft_watermarks AS w (chain_id, key_id, height, round, step, \
                 block_id, sign_bytes, signature, ext_signature, source, updated_ms, \
                 released_height, released_round, released_step)
@@ -172,9 +184,35 @@ fn upsert(
             if signer { s.round } else { 0 },
             if signer { s.step.number() } else { 0 },
             signer
-        ],
-    )?;
-    Ok(!written.is_empty())
+        ]
+        .to_vec(),
+    )
+}
+
+/// Strictly ahead, or the same height/round/step with the same sign bytes (a re-sent vote
+/// whose extension is signed again).
+const ADVANCE_FENCE: &str = "WHERE (w.height, w.round, w.step) < (excluded.height, excluded.round, \
+                             excluded.step) OR ((w.height, w.round, w.step) = (excluded.height, \
+                             excluded.round, excluded.step) AND w.sign_bytes = excluded.sign_bytes)";
+
+/// The signer's advance as one statement (for a pipelined batch): a row back means it wrote.
+/// `None` when a fault hook replaces the statement (test builds).
+pub(crate) fn advance_statement(
+    chain_id: &str,
+    key_id: &str,
+    next: &SignedState,
+) -> Option<(String, Vec<super::db::Val>)> {
+    #[cfg(feature = "fault-injection")]
+    if super::fault::watermark(next).is_some() || super::fault::is(super::fault::Fault::SplitFence)
+    {
+        return None;
+    }
+    Some(upsert_statement(chain_id, key_id, next, "signer", ADVANCE_FENCE))
+}
+
+/// The error a losing writer of (chain, key) gets (reads the row that won).
+pub(crate) fn lost(tx: &Tx<'_>, chain_id: &str, key_id: &str) -> Result<StoreError, StoreError> {
+    Ok(StoreError::StateConflict(stale(tx, chain_id, key_id)?.to_string()))
 }
 
 /// The check-and-write of [`WatermarkStore::advance`] inside a caller's transaction (the audit
@@ -201,12 +239,7 @@ pub(crate) fn advance_in(
         std::thread::sleep(super::fault::SPLIT_GAP);
         return Ok(write_row(tx, chain_id, key_id, next, "signer")?);
     }
-    // Strictly ahead, or the same height/round/step with the same sign bytes (a re-sent vote
-    // whose extension is signed again).
-    let fence = "WHERE (w.height, w.round, w.step) < (excluded.height, excluded.round, \
-                 excluded.step) OR ((w.height, w.round, w.step) = (excluded.height, \
-                 excluded.round, excluded.step) AND w.sign_bytes = excluded.sign_bytes)";
-    if upsert(tx, chain_id, key_id, next, "signer", fence)? {
+    if upsert(tx, chain_id, key_id, next, "signer", ADVANCE_FENCE)? {
         Ok(())
     } else {
         Err(stale(tx, chain_id, key_id)?)

@@ -362,6 +362,24 @@ impl Writer {
         let wire = self.tripwire.clone();
         let ts_ms = now_ms();
         let (last_seq, head) = (self.last_seq, self.head);
+        if shared {
+            let fast = self.conn.transaction(|tx| {
+                match fast_commit(tx, batch, wire.as_deref(), ts_ms, last_seq, &head)? {
+                    Some(done) => Ok(done),
+                    None => Err(StoreError::Unavailable(DECLINED.into())),
+                }
+            });
+            match fast {
+                Ok((outcomes, end)) => {
+                    (self.last_seq, self.head) = end;
+                    return Ok(outcomes);
+                }
+                Err(StoreError::Unavailable(m)) if m == DECLINED => {
+                    metrics::counter!("keyguard_store_slow_commits_total").increment(1);
+                }
+                Err(other) => return Err(other),
+            }
+        }
         let (outcomes, end) = self.conn.transaction(|tx| {
             let off = switched_off(tx, batch)?;
             let mut fenced = Vec::with_capacity(batch.len());
@@ -424,6 +442,99 @@ impl Writer {
     }
 }
 
+/// Marks a batch the one-round-trip path handed back (rolled back, nothing of it written).
+const DECLINED: &str = "fast commit declined";
+
+type Committed = (Vec<Result<AuditReceipt, StoreError>>, (i64, [u8; 32]));
+
+/// The common case on PostgreSQL in one round trip (plus the commit): the kill-switch read,
+/// every entry's single-statement fence, the audit head's compare-and-set and the audit rows,
+/// written together on the assumption that nothing conflicts. `None` when that assumption
+/// failed (a key switched off, a fence lost, another instance moved the head) or a write needs
+/// several statements: the caller rolls the transaction back and takes the one-by-one path,
+/// which names each conflict. Safety is the same either way: every fence is still the one
+/// conditional statement, and a lost one rolls the whole transaction back.
+fn fast_commit(
+    tx: &Tx<'_>,
+    batch: &[Pending],
+    wire: Option<&super::tripwire::Tripwire>,
+    ts_ms: i64,
+    last_seq: i64,
+    head: &[u8; 32],
+) -> Result<Option<Committed>, StoreError> {
+    let mut stmts: Vec<(String, Vec<super::db::Val>)> = Vec::new();
+    let keys: Vec<String> = batch
+        .iter()
+        .filter(|(e, w, _)| e.decision == Decision::Signed && !w.is_empty())
+        .filter_map(|(e, _, _)| e.key_id.clone())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    if keys
+        .iter()
+        .any(|k| wire.is_some_and(|w| w.refusal(k).is_some()))
+    {
+        return Ok(None);
+    }
+    let kill = !keys.is_empty();
+    if kill {
+        let mut params: Vec<super::db::Val> = keys.iter().map(super::db::Val::from).collect();
+        params.push("*".into());
+        let list = (1..=params.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        stmts.push((
+            format!(
+                "SELECT key_id FROM key_controls WHERE key_id IN ({list}) AND disabled = 1 \
+                 FOR SHARE"
+            ),
+            params,
+        ));
+    }
+    let fences_from = stmts.len();
+    for (e, writes, _) in batch {
+        for w in writes {
+            match ledger::single_statement(&e.request_id, w) {
+                Some(st) => stmts.push(st),
+                None => return Ok(None),
+            }
+        }
+    }
+    let fences_to = stmts.len();
+    let rows: Vec<&AuditEntry> = batch.iter().map(|(e, _, _)| &**e).collect();
+    let chained = chain_rows(&rows, ts_ms, last_seq, head)?;
+    let (seq, hash) = chained.last().map_or((last_seq, *head), |r| (r.0, r.1));
+    let cas = stmts.len();
+    stmts.push((
+        "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1 AND seq = $3 AND hash = $4 \
+         RETURNING seq"
+            .to_owned(),
+        vals![seq, &hash, last_seq, head].to_vec(),
+    ));
+    for chunk in chained.chunks(INSERT_CHUNK) {
+        stmts.push(insert_statement(chunk));
+    }
+    let results = tx.pipeline(stmts)?;
+    if kill && !results[0].is_empty() {
+        return Ok(None);
+    }
+    if results[fences_from..fences_to].iter().any(Vec::is_empty) || results[cas].is_empty() {
+        return Ok(None);
+    }
+    let outcomes = chained
+        .iter()
+        .map(|r| {
+            Ok(AuditReceipt {
+                seq: r.0,
+                ts_ms,
+                hash: r.1,
+            })
+        })
+        .collect();
+    Ok(Some((outcomes, (seq, hash))))
+}
+
 /// One audit row ready to insert: seq, hash, and its column values.
 type Chained = (i64, [u8; 32], Vec<super::db::Val>);
 
@@ -484,29 +595,35 @@ const INSERT_CHUNK: usize = 32;
 /// Inserts the chained rows, many per statement (one round trip per chunk on PostgreSQL).
 fn insert_rows(tx: &Tx<'_>, rows: &[Chained]) -> Result<(), StoreError> {
     for chunk in rows.chunks(INSERT_CHUNK) {
-        let mut sql = String::from(
-            "INSERT INTO audit_log (seq, ts_ms, request_id, client, key_id, chain, method, \
-             summary, decision, rule, reason, tx_hash, prev_hash, hash) VALUES ",
-        );
-        let mut params = Vec::with_capacity(chunk.len() * 14);
-        for (i, row) in chunk.iter().enumerate() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            let n = i * 14;
-            sql.push('(');
-            sql.push_str(
-                &(1..=14)
-                    .map(|k| format!("${}", n + k))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            );
-            sql.push(')');
-            params.extend(row.2.iter().cloned());
-        }
+        let (sql, params) = insert_statement(chunk);
         tx.execute(&sql, &params)?;
     }
     Ok(())
+}
+
+/// One multi-row INSERT of `chunk`.
+fn insert_statement(chunk: &[Chained]) -> (String, Vec<super::db::Val>) {
+    let mut sql = String::from(
+        "INSERT INTO audit_log (seq, ts_ms, request_id, client, key_id, chain, method, \
+         summary, decision, rule, reason, tx_hash, prev_hash, hash) VALUES ",
+    );
+    let mut params = Vec::with_capacity(chunk.len() * 14);
+    for (i, row) in chunk.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let n = i * 14;
+        sql.push('(');
+        sql.push_str(
+            &(1..=14)
+                .map(|k| format!("${}", n + k))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        sql.push(')');
+        params.extend(row.2.iter().cloned());
+    }
+    (sql, params)
 }
 
 /// Which of the batch's signing keys (or `*`) are switched off, read once for the batch in the

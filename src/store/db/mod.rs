@@ -121,6 +121,21 @@ impl Tx<'_> {
         self.query(sql, params)?.iter().map(|r| r.get(0)).collect()
     }
 
+    /// Statements run in order; every one's rows. On PostgreSQL they travel together (one round
+    /// trip for the lot).
+    pub(crate) fn pipeline(
+        &self,
+        stmts: Vec<(String, Vec<Val>)>,
+    ) -> Result<Vec<Vec<Row>>, StoreError> {
+        match self {
+            Tx::Sqlite(c) => stmts
+                .iter()
+                .map(|(sql, params)| sqlite_rows(c, sql, params))
+                .collect(),
+            Tx::Pg(s) => s.pipeline(stmts),
+        }
+    }
+
     /// Several statements without parameters (schema changes).
     pub(crate) fn batch(&self, sql: &str) -> Result<(), StoreError> {
         match self {

@@ -148,6 +148,7 @@ impl PgConnect for PgSettings {
 pub(crate) enum Outcome {
     Rows(Vec<Row>),
     Count(u64),
+    Many(Vec<Vec<Row>>),
 }
 
 enum Job {
@@ -161,6 +162,12 @@ enum Job {
     },
     Batch {
         sql: String,
+        reply: std_mpsc::SyncSender<Result<Outcome, StoreError>>,
+    },
+    /// Several statements written at once and answered in order (one round trip).
+    Pipeline {
+        stmts: Vec<(String, Vec<Val>)>,
+        begin: bool,
         reply: std_mpsc::SyncSender<Result<Outcome, StoreError>>,
     },
 }
@@ -292,7 +299,21 @@ impl PgSession {
             reply,
         })? {
             Outcome::Rows(r) => Ok(r),
-            Outcome::Count(_) => Ok(Vec::new()),
+            Outcome::Count(_) | Outcome::Many(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Runs `stmts` in order in one round trip; every statement's rows. The first error fails
+    /// the whole pipeline (inside a transaction the rest were aborted anyway).
+    pub(crate) fn pipeline(&self, stmts: Vec<(String, Vec<Val>)>) -> Result<Vec<Vec<Row>>, StoreError> {
+        let begin = self.begin.swap(false, Ordering::AcqRel);
+        match self.call(|reply| Job::Pipeline {
+            stmts,
+            begin,
+            reply,
+        })? {
+            Outcome::Many(m) => Ok(m),
+            _ => Err(StoreError::Unavailable("pipeline answered out of shape".into())),
         }
     }
 
@@ -307,6 +328,7 @@ impl PgSession {
         })? {
             Outcome::Count(n) => Ok(n),
             Outcome::Rows(r) => Ok(r.len() as u64),
+            Outcome::Many(m) => Ok(m.len() as u64),
         }
     }
 
@@ -401,6 +423,11 @@ async fn session(
                     (Box::pin(query), reply)
                 }
             }
+            Job::Pipeline {
+                stmts,
+                begin,
+                reply,
+            } => (Box::pin(pipeline(&client, &mut cache, stmts, begin)), reply),
             Job::Batch { sql, reply } => {
                 let client = &client;
                 (
@@ -440,6 +467,66 @@ async fn session(
 
 type BoxFut<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Outcome, StoreError>> + 'a>>;
+
+/// Prepares what is not cached (one round trip), then sends every statement (and `BEGIN`)
+/// before reading any answer.
+async fn pipeline(
+    client: &Client,
+    cache: &mut HashMap<String, Statement>,
+    stmts: Vec<(String, Vec<Val>)>,
+    begin: bool,
+) -> Result<Outcome, StoreError> {
+    let mut missing: Vec<&str> = Vec::new();
+    for (sql, _) in &stmts {
+        if !cache.contains_key(sql) && !missing.contains(&sql.as_str()) {
+            missing.push(sql);
+        }
+    }
+    let prepared = futures_util::future::join_all(missing.iter().map(|s| client.prepare(s))).await;
+    for (sql, st) in missing.iter().zip(prepared) {
+        cache.insert((*sql).to_owned(), st.map_err(|e| db_error(&e))?);
+    }
+    let mut work = Vec::with_capacity(stmts.len());
+    for (sql, params) in &stmts {
+        let st = cache
+            .get(sql)
+            .cloned()
+            .ok_or_else(|| StoreError::Unavailable("statement not prepared".into()))?;
+        work.push(async move {
+            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                .iter()
+                .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+                .collect();
+            client.query(&st, &refs).await
+        });
+    }
+    let begin_fut = async {
+        if begin {
+            client.batch_execute("BEGIN").await
+        } else {
+            Ok(())
+        }
+    };
+    let (b, results) = tokio::join!(begin_fut, futures_util::future::join_all(work));
+    b.map_err(|e| db_error(&e))?;
+    let mut out = Vec::with_capacity(results.len());
+    for r in results {
+        let rows = r.map_err(|e| db_error(&e))?;
+        let mut conv = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut vals = Vec::with_capacity(row.len());
+            for i in 0..row.len() {
+                vals.push(row.try_get::<_, Val>(i).map_err(|e| StoreError::Postgres {
+                    code: String::new(),
+                    message: e.to_string(),
+                })?);
+            }
+            conv.push(Row(vals));
+        }
+        out.push(conv);
+    }
+    Ok(Outcome::Many(out))
+}
 
 async fn run(
     client: &Client,
