@@ -456,7 +456,13 @@ pub(crate) fn single_statement(request_id: &str, w: &StateWrite) -> Option<(Stri
             key_id,
             reorg_depth,
             tip,
-        } => Some(signet_statement(request_id, challenge, key_id, *reorg_depth, tip)),
+        } => Some(signet_statement(
+            request_id,
+            challenge,
+            key_id,
+            *reorg_depth,
+            tip,
+        )),
         StateWrite::Velocity { .. } | StateWrite::BitcoinClaims { .. } => None,
     }
 }

@@ -207,12 +207,13 @@ pub(crate) fn advance_statement(
     {
         return None;
     }
-    Some(upsert_statement(chain_id, key_id, next, "signer", ADVANCE_FENCE))
-}
-
-/// The error a losing writer of (chain, key) gets (reads the row that won).
-pub(crate) fn lost(tx: &Tx<'_>, chain_id: &str, key_id: &str) -> Result<StoreError, StoreError> {
-    Ok(StoreError::StateConflict(stale(tx, chain_id, key_id)?.to_string()))
+    Some(upsert_statement(
+        chain_id,
+        key_id,
+        next,
+        "signer",
+        ADVANCE_FENCE,
+    ))
 }
 
 /// The check-and-write of [`WatermarkStore::advance`] inside a caller's transaction (the audit

@@ -512,8 +512,12 @@ fn fast_commit(
             .to_owned(),
         vals![seq, &hash, last_seq, head].to_vec(),
     ));
+    // If the compare-and-set fails these rows collide with another instance's; nothing is
+    // inserted for them and the transaction is rolled back below.
     for chunk in chained.chunks(INSERT_CHUNK) {
-        stmts.push(insert_statement(chunk));
+        let (mut sql, params) = insert_statement(chunk);
+        sql.push_str(" ON CONFLICT (seq) DO NOTHING");
+        stmts.push((sql, params));
     }
     let results = tx.pipeline(stmts)?;
     if kill && !results[0].is_empty() {

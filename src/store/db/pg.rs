@@ -305,7 +305,10 @@ impl PgSession {
 
     /// Runs `stmts` in order in one round trip; every statement's rows. The first error fails
     /// the whole pipeline (inside a transaction the rest were aborted anyway).
-    pub(crate) fn pipeline(&self, stmts: Vec<(String, Vec<Val>)>) -> Result<Vec<Vec<Row>>, StoreError> {
+    pub(crate) fn pipeline(
+        &self,
+        stmts: Vec<(String, Vec<Val>)>,
+    ) -> Result<Vec<Vec<Row>>, StoreError> {
         let begin = self.begin.swap(false, Ordering::AcqRel);
         match self.call(|reply| Job::Pipeline {
             stmts,
@@ -313,7 +316,9 @@ impl PgSession {
             reply,
         })? {
             Outcome::Many(m) => Ok(m),
-            _ => Err(StoreError::Unavailable("pipeline answered out of shape".into())),
+            _ => Err(StoreError::Unavailable(
+                "pipeline answered out of shape".into(),
+            )),
         }
     }
 
