@@ -10,4 +10,4 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 export KEYGUARD_CHAOS_SECS="${1:-300}" KEYGUARD_CHAOS_SEED="${2:-$RANDOM}"
 cargo test --features fault-injection --test chaos -- --nocapture --test-threads=1 2>&1 \
-  | grep -E "^chaos |test result"
+  | grep -E "chaos (healthy|split-fence)|test result"
