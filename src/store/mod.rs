@@ -6,10 +6,12 @@
 //! (many callers share one commit); reads go through separate connections.
 
 pub mod anchor;
+mod approvals_sql;
 mod audit;
 mod chain_state;
 mod checkpoint;
 mod clients;
+mod commit;
 pub mod copy;
 pub(crate) mod db;
 #[cfg(feature = "fault-injection")]
@@ -19,6 +21,7 @@ mod ledger;
 mod migrations;
 mod migrations_pg;
 mod read;
+mod signet_rows;
 pub(crate) mod state;
 pub mod tripwire;
 mod watermarks;
@@ -49,8 +52,9 @@ use db::{Conn, PgLink, Shared};
 pub use audit::{AuditEntry, AuditReceipt, AuditRow, AuditVerification, Decision, GENESIS_HASH};
 pub use chain_state::SignedTxRow;
 pub use clients::ClientRow;
-pub use ledger::{NonceRow, SignetRow, StateWrite, VelocityRow};
+pub use ledger::{NonceRow, StateWrite, VelocityRow};
 pub use read::AuditFilter;
+pub use signet_rows::SignetRow;
 pub(crate) use state as state_sql;
 pub use state::{ApprovalRecord, SecretKdfRow, StateDb, UserRecord};
 pub use watermarks::{WatermarkError, WatermarkRow, WatermarkStore};
@@ -341,7 +345,7 @@ impl Store {
 
     /// Every signet block watermark (to restore the tips at start). Blocking.
     pub fn signet_tips(&self) -> Result<Vec<SignetRow>, StoreError> {
-        self.reader().with(ledger::signet_tips)
+        self.reader().with(signet_rows::tips)
     }
 
     /// Recomputes the whole hash chain from a consistent snapshot. Blocking, O(rows).
