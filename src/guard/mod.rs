@@ -93,6 +93,8 @@ pub struct Guard {
     next_id: AtomicU64,
     cometbft: Option<Arc<cometbft::CometbftGuard>>,
     ledger: Ledger,
+    /// The shared store's nonce rows (PostgreSQL), read before each nonce decision.
+    shared_nonces: std::sync::OnceLock<crate::store::NonceReader>,
     controls: people::Controls,
     bitcoin: bitcoin::BitcoinState,
     signet: signet::SignetState,
@@ -123,6 +125,7 @@ impl Guard {
             next_id: AtomicU64::new(1),
             cometbft: None,
             ledger: Ledger::default(),
+            shared_nonces: std::sync::OnceLock::new(),
         }
     }
 
@@ -211,6 +214,16 @@ impl Guard {
             allow_replacement: n.allow_replacement,
             min_bump_percent: n.min_fee_bump_percent,
         });
+        if let (Some(c), Some(read)) = (&nonce, self.shared_nonces.get()) {
+            let (read, k, chain, n) = (read.clone(), key.to_string(), c.chain_id, c.nonce);
+            let row = tokio::task::spawn_blocking(move || read(&k, chain, n))
+                .await
+                .map_err(|e| GuardError::Backend(format!("store task failed: {e}")))?
+                .map_err(|e| GuardError::Backend(format!("reading the signed nonce: {e}")))?;
+            if let Some(row) = row {
+                self.ledger.learn_nonce(&row);
+            }
+        }
         let reservation = if decision.debits.is_empty() && nonce.is_none() {
             None
         } else {
@@ -244,6 +257,9 @@ impl Guard {
     /// start).
     pub fn restore_state(&self, store: &Store) -> Result<(), crate::store::StoreError> {
         self.ledger.restore(store, now_ms())?;
+        if let Some(reader) = store.nonce_reader() {
+            let _ = self.shared_nonces.set(reader);
+        }
         self.restore_signet(store.signet_tips()?)
     }
 }

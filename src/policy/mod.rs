@@ -127,6 +127,23 @@ impl Ledger {
         Ok(())
     }
 
+    /// Takes what the shared store says about one nonce as committed history (another instance
+    /// may have signed it): the next decision for it judges against that transaction.
+    pub fn learn_nonce(&self, row: &NonceRow) {
+        let Ok(key) = KeyId::new(row.key_id.clone()) else {
+            return;
+        };
+        let mut st = self.lock();
+        st.nonces
+            .entry((key, row.chain_id, row.nonce))
+            .or_default()
+            .committed = Some(NonceOwner {
+            sighash: B256::from(row.sighash),
+            max_fee: row.max_fee.parse().unwrap_or(u128::MAX),
+            tip: row.tip.parse().unwrap_or(u128::MAX),
+        });
+    }
+
     /// Reserves `debits` and `nonce` for `key` at `now_ms`, or refuses naming the limit.
     pub fn reserve(
         &self,

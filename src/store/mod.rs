@@ -62,6 +62,10 @@ pub use writer::AuditLog;
 
 pub use bounds::AuditLimits;
 
+/// Reads one signed nonce's row (key, chain id, nonce) from the shared store.
+pub type NonceReader =
+    std::sync::Arc<dyn Fn(&str, u64, u64) -> Result<Option<NonceRow>, StoreError> + Send + Sync>;
+
 /// How long a connection waits for a lock held by another connection.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -289,6 +293,20 @@ impl Store {
             let behind = tripwire::Tripwire::trust(data_dir, &id, forget, t)?;
             Ok((id, behind))
         })
+    }
+
+    /// For a shared store: a reader of one signed nonce's row, on its own connection. Another
+    /// instance may have signed that nonce; deciding against the row (not only this process's
+    /// memory) lets a replacement be judged and a conflict be refused before anything is
+    /// signed. `None` for SQLite (this process is the only writer).
+    pub fn nonce_reader(&self) -> Option<NonceReader> {
+        let pg = self.postgres.as_ref()?;
+        let conn = std::sync::Arc::new(Shared::new(Conn::Pg(PgLink::new(pg.clone()))));
+        Some(std::sync::Arc::new(
+            move |key: &str, chain_id: u64, nonce: u64| {
+                conn.lock().with(|t| ledger::nonce(t, key, chain_id, nonce))
+            },
+        ))
     }
 
     /// The PostgreSQL settings when the store is shared (`None`: the SQLite file).

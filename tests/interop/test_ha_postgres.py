@@ -75,6 +75,18 @@ def test_a_nonce_signed_by_one_instance_is_fenced_on_the_other(start, pg_cluster
         err = kg.call(b.url(), "eth_signTransaction", [other])["error"]
     assert err["code"] == -32001, err
     assert err["data"]["rule"] == "evm.nonce_reuse", err
+    # A replacement raising both fees by the policy's 10 %, on B: judged against the row A
+    # wrote (B reads it before deciding), so it signs.
+    bumped = kg.tx_request(
+        "1559", frm, nonce=nonce, value=kg.q(7),
+        maxFeePerGas=kg.q(40 * kg.GWEI), maxPriorityFeePerGas=kg.q(2 * kg.GWEI),
+    )
+    raw2 = kg.raw_of(kg.result(b.url(), "eth_signTransaction", [bumped]))
+    assert recovered(raw2).lower() == frm.lower()
+    # And the original is now the replaced one, on A too.
+    with a.nothing_signed():
+        err = kg.call(a.url(), "eth_signTransaction", [first])["error"]
+    assert err["data"]["rule"] == "evm.nonce_reuse", err
     # One chain, written by both, verified from either side; the refusal is in it.
     for d in (a, b):
         r = kg.run_cli(["audit", "verify", "--config", str(d.config_path)])
