@@ -3,7 +3,8 @@
 //! the same nonce to different instances at the same moment, and three mock validators (one per
 //! instance) ask for conflicting blocks at the same height/round/step. Meanwhile a seeded fault
 //! schedule hits instances and the database: SIGKILL (then restart), SIGSTOP/SIGCONT of an
-//! instance, `pg_ctl restart -m immediate`, SIGSTOP/SIGCONT of the database server.
+//! instance, `pg_ctl restart -m immediate`, SIGSTOP/SIGCONT of the database server, and a
+//! partition between one instance and the database (its TCP relay stops forwarding).
 //!
 //! The checker reads what the clients received: at most one transaction per nonce, at most one
 //! block per height/round/step, every released signature has its signed audit row, and
@@ -25,7 +26,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mockval::conn::NodeListener;
@@ -74,9 +75,61 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A TCP relay between one instance and the database that can be cut: while cut, nothing is
+/// forwarded either way and nothing is closed (a partition looks like this to both ends: no
+/// answer, no RST), and new connections wait. This stands in for a firewall rule in a network
+/// namespace, which these machines have no `nft` for.
+struct Relay {
+    port: u16,
+    cut: Arc<AtomicBool>,
+}
+
+impl Relay {
+    fn start(upstream: u16) -> Relay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let c = cut.clone();
+        std::thread::spawn(move || {
+            for down in listener.incoming().flatten() {
+                while c.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let Ok(up) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                    (up, down),
+                ] {
+                    let c = c.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16384];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            while c.load(Ordering::SeqCst) {
+                                std::thread::sleep(Duration::from_millis(5));
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay { port, cut }
+    }
+}
+
 struct Instance {
     dir: PathBuf,
     port: u16,
+    relay: Relay,
     child: Mutex<Option<Child>>,
     stopped: AtomicBool,
 }
@@ -148,7 +201,7 @@ impl Instance {
     }
 }
 
-fn config(dir: &Path, port: u16, node_addr: &str, pg: &PgCluster) -> String {
+fn config(dir: &Path, port: u16, node_addr: &str, pg: &PgCluster, pg_port: u16) -> String {
     let pw = dir.join("pg.pass");
     std::fs::write(&pw, pg.password()).unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -206,7 +259,7 @@ retry_max_ms = 100
 "#,
         data = dir.join("var").display(),
         host = pg.host(),
-        pgport = pg.port(),
+        pgport = pg_port,
         user = pg.user(),
         db = pg.dbname(),
         pw = pw.display(),
@@ -248,6 +301,8 @@ struct Book {
 
 struct Report {
     faults: usize,
+    /// Per kind: kill, stop, database restart, database freeze, partition.
+    kinds: [usize; 5],
     evm_signed: usize,
     votes_signed: usize,
     refused: usize,
@@ -268,10 +323,16 @@ fn run(secs: u64, seed: u64, fault: Option<&str>, with_faults: bool) -> Report {
         let (l, addr) = NodeListener::unix(&dir.join("node.sock"));
         listeners.push(l);
         let port = free_port();
-        std::fs::write(dir.join("keyguard.toml"), config(&dir, port, &addr, &pg)).unwrap();
+        let relay = Relay::start(pg.port());
+        std::fs::write(
+            dir.join("keyguard.toml"),
+            config(&dir, port, &addr, &pg, relay.port),
+        )
+        .unwrap();
         instances.push(Instance {
             dir,
             port,
+            relay,
             child: Mutex::new(None),
             stopped: AtomicBool::new(false),
         });
@@ -298,6 +359,7 @@ fn run(secs: u64, seed: u64, fault: Option<&str>, with_faults: bool) -> Report {
     let done = AtomicBool::new(false);
     let round = AtomicI64::new(0);
     let faults = AtomicUsize::new(0);
+    let kinds: [AtomicUsize; 5] = Default::default();
     let end = Instant::now() + Duration::from_secs(secs);
     std::thread::scope(|s| {
         // The clock: one round every 60 ms; each round is one nonce and one step.
@@ -406,7 +468,7 @@ fn run(secs: u64, seed: u64, fault: Option<&str>, with_faults: bool) -> Report {
         }
         // The fault schedule.
         if with_faults {
-            let (instances, done, faults, pg) = (&instances, &done, &faults, &pg);
+            let (instances, done, faults, pg, kinds) = (&instances, &done, &faults, &pg, &kinds);
             s.spawn(move || {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
                 while !done.load(Ordering::SeqCst) {
@@ -415,7 +477,15 @@ fn run(secs: u64, seed: u64, fault: Option<&str>, with_faults: bool) -> Report {
                         break;
                     }
                     let inst = &instances[rng.gen_range(0..INSTANCES)];
-                    match rng.gen_range(0..4) {
+                    let kind = rng.gen_range(0..5);
+                    kinds[kind].fetch_add(1, Ordering::SeqCst);
+                    match kind {
+                        4 => {
+                            // A partition between this instance and the database.
+                            inst.relay.cut.store(true, Ordering::SeqCst);
+                            std::thread::sleep(Duration::from_millis(rng.gen_range(200..1500)));
+                            inst.relay.cut.store(false, Ordering::SeqCst);
+                        }
                         0 => {
                             inst.kill();
                             std::thread::sleep(Duration::from_millis(200));
@@ -486,6 +556,7 @@ fn run(secs: u64, seed: u64, fault: Option<&str>, with_faults: bool) -> Report {
     let blocks = book.blocks.lock().unwrap();
     Report {
         faults: faults.load(Ordering::SeqCst),
+        kinds: std::array::from_fn(|i| kinds[i].load(Ordering::SeqCst)),
         evm_signed: txs.values().map(BTreeSet::len).sum(),
         votes_signed: blocks.values().map(BTreeSet::len).sum(),
         refused: book.refused.load(Ordering::SeqCst),
@@ -498,10 +569,16 @@ fn run(secs: u64, seed: u64, fault: Option<&str>, with_faults: bool) -> Report {
 
 fn print(name: &str, secs: u64, seed: u64, r: &Report) {
     eprintln!(
-        "chaos {name}: {secs}s seed {seed}: {} faults injected; released {} EVM and {} CometBFT \
+        "chaos {name}: {secs}s seed {seed}: {} faults injected (kill {}, stop {}, database \
+         restart {}, database freeze {}, partition {}); released {} EVM and {} CometBFT \
          signatures ({} refused, {} failed requests); conflicts: {} nonces and {} steps signed \
          twice; {} released signatures without a signed audit row",
         r.faults,
+        r.kinds[0],
+        r.kinds[1],
+        r.kinds[2],
+        r.kinds[3],
+        r.kinds[4],
         r.evm_signed,
         r.votes_signed,
         r.refused,
