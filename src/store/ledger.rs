@@ -196,18 +196,22 @@ pub(crate) fn write(tx: &Tx<'_>, request_id: &str, w: &StateWrite) -> Result<(),
                 }
             }
         }
-        StateWrite::EvmNonce {
-            key_id,
-            chain_id,
-            nonce,
-            sighash,
-            max_fee,
-            tip,
-            replaces,
-        } => {
+        StateWrite::EvmNonce { nonce, .. } => {
             // FAULT HOOK split-fence (test builds only, src/store/fault.rs).
             #[cfg(feature = "fault-injection")]
-            if super::fault::is(super::fault::Fault::SplitFence) {
+            if let (
+                true,
+                StateWrite::EvmNonce {
+                    key_id,
+                    chain_id,
+                    sighash,
+                    max_fee,
+                    tip,
+                    replaces,
+                    ..
+                },
+            ) = (super::fault::is(super::fault::Fault::SplitFence), w)
+            {
                 let held: Option<Vec<u8>> = tx
                     .query_opt(
                         "SELECT sighash FROM evm_nonces WHERE key_id = $1 AND chain_id = $2 \

@@ -62,6 +62,9 @@ pub use writer::AuditLog;
 
 pub use bounds::AuditLimits;
 
+/// Connections [`Store::nonce_reader`] spreads its reads over.
+const NONCE_READERS: usize = 4;
+
 /// Reads one signed nonce's row (key, chain id, nonce) from the shared store.
 pub type NonceReader =
     std::sync::Arc<dyn Fn(&str, u64, u64) -> Result<Option<NonceRow>, StoreError> + Send + Sync>;
@@ -301,10 +304,17 @@ impl Store {
     /// signed. `None` for SQLite (this process is the only writer).
     pub fn nonce_reader(&self) -> Option<NonceReader> {
         let pg = self.postgres.as_ref()?;
-        let conn = std::sync::Arc::new(Shared::new(Conn::Pg(PgLink::new(pg.clone()))));
+        // A few connections, so concurrent requests do not queue behind one another's read.
+        let conns: Vec<Shared> = (0..NONCE_READERS)
+            .map(|_| Shared::new(Conn::Pg(PgLink::new(pg.clone()))))
+            .collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
         Some(std::sync::Arc::new(
             move |key: &str, chain_id: u64, nonce: u64| {
-                conn.lock().with(|t| ledger::nonce(t, key, chain_id, nonce))
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % conns.len();
+                conns[i]
+                    .lock()
+                    .with(|t| ledger::nonce(t, key, chain_id, nonce))
             },
         ))
     }
