@@ -427,42 +427,35 @@ pub(crate) fn nonce(
     nonce: u64,
 ) -> Result<Option<NonceRow>, StoreError> {
     tx.query_opt(
-        "SELECT key_id, chain_id, nonce, sighash, max_fee, tip FROM evm_nonces \
-         WHERE key_id = $1 AND chain_id = $2 AND nonce = $3",
+        &format!(
+            "SELECT {NONCE_COLUMNS} FROM evm_nonces \
+             WHERE key_id = $1 AND chain_id = $2 AND nonce = $3"
+        ),
         vals![key, chain_id as i64, nonce as i64],
     )?
-    .map(|r| {
-        let hash: Vec<u8> = r.get(3)?;
-        Ok(NonceRow {
-            key_id: r.get(0)?,
-            chain_id: r.get::<i64>(1)? as u64,
-            nonce: r.get::<i64>(2)? as u64,
-            sighash: hash.try_into().unwrap_or([0u8; 32]),
-            max_fee: r.get(4)?,
-            tip: r.get(5)?,
-        })
-    })
+    .map(|r| nonce_row(&r))
     .transpose()
 }
 
 pub(crate) fn nonces(tx: &Tx<'_>) -> Result<Vec<NonceRow>, StoreError> {
-    tx.query(
-        "SELECT key_id, chain_id, nonce, sighash, max_fee, tip FROM evm_nonces",
-        &[],
-    )?
-    .iter()
-    .map(|r| {
-        let hash: Vec<u8> = r.get(3)?;
-        Ok(NonceRow {
-            key_id: r.get(0)?,
-            chain_id: r.get::<i64>(1)? as u64,
-            nonce: r.get::<i64>(2)? as u64,
-            sighash: hash.try_into().unwrap_or([0u8; 32]),
-            max_fee: r.get(4)?,
-            tip: r.get(5)?,
-        })
+    tx.query(&format!("SELECT {NONCE_COLUMNS} FROM evm_nonces"), &[])?
+        .iter()
+        .map(nonce_row)
+        .collect()
+}
+
+const NONCE_COLUMNS: &str = "key_id, chain_id, nonce, sighash, max_fee, tip";
+
+fn nonce_row(r: &super::db::Row) -> Result<NonceRow, StoreError> {
+    let hash: Vec<u8> = r.get(3)?;
+    Ok(NonceRow {
+        key_id: r.get(0)?,
+        chain_id: r.get::<i64>(1)? as u64,
+        nonce: r.get::<i64>(2)? as u64,
+        sighash: hash.try_into().unwrap_or([0u8; 32]),
+        max_fee: r.get(4)?,
+        tip: r.get(5)?,
     })
-    .collect()
 }
 
 #[cfg(test)]

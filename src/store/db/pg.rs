@@ -514,23 +514,28 @@ async fn pipeline(
     };
     let (b, results) = tokio::join!(begin_fut, futures_util::future::join_all(work));
     b.map_err(|e| db_error(&e))?;
-    let mut out = Vec::with_capacity(results.len());
-    for r in results {
-        let rows = r.map_err(|e| db_error(&e))?;
-        let mut conv = Vec::with_capacity(rows.len());
-        for row in rows {
-            let mut vals = Vec::with_capacity(row.len());
-            for i in 0..row.len() {
-                vals.push(row.try_get::<_, Val>(i).map_err(|e| StoreError::Postgres {
-                    code: String::new(),
-                    message: e.to_string(),
-                })?);
-            }
-            conv.push(Row(vals));
-        }
-        out.push(conv);
-    }
+    let out = results
+        .into_iter()
+        .map(|r| to_rows(r.map_err(|e| db_error(&e))?))
+        .collect::<Result<_, _>>()?;
     Ok(Outcome::Many(out))
+}
+
+/// Rows as the store's values (column types are read by [`Val`]'s `FromSql`).
+fn to_rows(rows: Vec<tokio_postgres::Row>) -> Result<Vec<Row>, StoreError> {
+    rows.iter()
+        .map(|row| {
+            (0..row.len())
+                .map(|i| {
+                    row.try_get::<_, Val>(i).map_err(|e| StoreError::Postgres {
+                        code: String::new(),
+                        message: e.to_string(),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Row)
+        })
+        .collect()
 }
 
 async fn run(
@@ -554,18 +559,7 @@ async fn run(
         .collect();
     if rows {
         let out = client.query(&stmt, &refs).await.map_err(|e| db_error(&e))?;
-        let mut rows = Vec::with_capacity(out.len());
-        for r in out {
-            let mut vals = Vec::with_capacity(r.len());
-            for i in 0..r.len() {
-                vals.push(r.try_get::<_, Val>(i).map_err(|e| StoreError::Postgres {
-                    code: String::new(),
-                    message: e.to_string(),
-                })?);
-            }
-            rows.push(Row(vals));
-        }
-        Ok(Outcome::Rows(rows))
+        Ok(Outcome::Rows(to_rows(out)?))
     } else {
         client
             .execute(&stmt, &refs)
