@@ -57,6 +57,12 @@ struct Key {
     info: KeyInfo,
 }
 
+impl super::CloudKey for Key {
+    fn info(&self) -> &KeyInfo {
+        &self.info
+    }
+}
+
 /// Counters for metrics, tests and the benchmark.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AwsKmsStats {
@@ -300,29 +306,17 @@ impl KeyBackend for AwsKmsBackend {
     }
 
     fn keys(&self) -> Vec<KeyInfo> {
-        self.keys.values().map(|k| k.info.clone()).collect()
+        super::key_infos(&self.keys)
     }
 
     fn public_key(&self, key: &KeyId) -> Result<PublicKey, BackendError> {
-        self.keys
-            .get(key)
-            .map(|k| k.info.public_key.clone())
-            .ok_or_else(|| BackendError::UnknownKey(key.clone()))
+        super::key_public(&self.keys, key)
     }
 
     async fn sign(&self, key: &KeyId, payload: &SigningPayload) -> Result<Signature, BackendError> {
-        let k = self
-            .keys
-            .get(key)
-            .ok_or_else(|| BackendError::UnknownKey(key.clone()))?;
-        let (PublicKey::Secp256k1(public), SigningPayload::Secp256k1Prehash(digest)) =
-            (&k.info.public_key, payload)
-        else {
-            return Err(BackendError::SchemeMismatch {
-                key: key.clone(),
-                actual: k.info.scheme(),
-                wanted: payload.scheme(),
-            });
+        let (k, digest) = super::secp256k1_request(&self.keys, key, payload)?;
+        let PublicKey::Secp256k1(public) = &k.info.public_key else {
+            return Err(BackendError::UnknownKey(key.clone()));
         };
         let der = self
             .caller

@@ -12,10 +12,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use keyguard_chain::{KeyId, Signature, SigningPayload};
+use keyguard_chain::SigningPayload;
 use serde_json::{json, Value};
 
 use super::aws_kms::{AwsKmsBackend, AwsKmsError};
+use super::stub_common::{assert_recovers, hot};
 use crate::backend::{BackendError, KeyBackend};
 use crate::config::{AwsKmsConfig, CallLimits};
 
@@ -172,28 +173,6 @@ async fn open(
         },
     };
     (AwsKmsBackend::open(&config).await, stub)
-}
-
-fn hot() -> KeyId {
-    KeyId::new("hot").unwrap()
-}
-
-/// k256's recovery of the released signature must give the stub's key.
-fn assert_recovers(sig: &Signature, digest: &[u8; 32]) {
-    use k256::ecdsa::{RecoveryId, Signature as K, VerifyingKey};
-    let Signature::Secp256k1 { r, s, recovery_id } = sig else {
-        panic!("not secp256k1: {sig:?}")
-    };
-    let k = K::from_scalars(*r, *s).unwrap();
-    assert!(k.normalize_s().is_none(), "high S released");
-    let rec = VerifyingKey::recover_from_prehash(
-        digest,
-        &k,
-        RecoveryId::from_byte(*recovery_id).unwrap(),
-    )
-    .unwrap();
-    let want = k256::ecdsa::SigningKey::from_slice(&[0x42; 32]).unwrap();
-    assert_eq!(&rec, want.verifying_key());
 }
 
 #[tokio::test]

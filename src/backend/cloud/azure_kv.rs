@@ -67,6 +67,12 @@ struct Key {
     info: KeyInfo,
 }
 
+impl super::CloudKey for Key {
+    fn info(&self) -> &KeyInfo {
+        &self.info
+    }
+}
+
 /// Keys in Azure Key Vault.
 pub struct AzureKvBackend {
     client: KeyClient,
@@ -281,28 +287,15 @@ impl KeyBackend for AzureKvBackend {
     }
 
     fn keys(&self) -> Vec<KeyInfo> {
-        self.keys.values().map(|k| k.info.clone()).collect()
+        super::key_infos(&self.keys)
     }
 
     fn public_key(&self, key: &KeyId) -> Result<PublicKey, BackendError> {
-        self.keys
-            .get(key)
-            .map(|k| k.info.public_key.clone())
-            .ok_or_else(|| BackendError::UnknownKey(key.clone()))
+        super::key_public(&self.keys, key)
     }
 
     async fn sign(&self, key: &KeyId, payload: &SigningPayload) -> Result<Signature, BackendError> {
-        let k = self
-            .keys
-            .get(key)
-            .ok_or_else(|| BackendError::UnknownKey(key.clone()))?;
-        let SigningPayload::Secp256k1Prehash(digest) = payload else {
-            return Err(BackendError::SchemeMismatch {
-                key: key.clone(),
-                actual: k.info.scheme(),
-                wanted: payload.scheme(),
-            });
-        };
+        let (k, digest) = super::secp256k1_request(&self.keys, key, payload)?;
         let raw = self
             .caller
             .call("sign", || async {

@@ -13,6 +13,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
+use super::super::stub_common::{assert_recovers, hot};
 use super::*;
 use crate::config::CallLimits;
 
@@ -165,27 +166,6 @@ async fn open_stub(
     };
     let credentials = google_cloud_auth::credentials::anonymous::Builder::new().build();
     (GcpKmsBackend::open_with(&config, credentials).await, stub)
-}
-
-fn hot() -> KeyId {
-    KeyId::new("hot").unwrap()
-}
-
-fn assert_recovers(sig: &Signature, digest: &[u8; 32]) {
-    use k256::ecdsa::{RecoveryId, Signature as K, VerifyingKey};
-    let Signature::Secp256k1 { r, s, recovery_id } = sig else {
-        panic!("not secp256k1: {sig:?}")
-    };
-    let k = K::from_scalars(*r, *s).unwrap();
-    assert!(k.normalize_s().is_none(), "high S released");
-    let rec = VerifyingKey::recover_from_prehash(
-        digest,
-        &k,
-        RecoveryId::from_byte(*recovery_id).unwrap(),
-    )
-    .unwrap();
-    let want = k256::ecdsa::SigningKey::from_slice(&[0x42; 32]).unwrap();
-    assert_eq!(&rec, want.verifying_key());
 }
 
 #[test]

@@ -194,11 +194,62 @@ fn jitter(cap: Duration) -> Duration {
     Duration::from_micros(rand::thread_rng().gen_range(0..=cap_us))
 }
 
+/// A cloud key as a backend holds it: what `keys()` and `public_key()` answer.
+pub(crate) trait CloudKey {
+    fn info(&self) -> &crate::backend::KeyInfo;
+}
+
+/// `KeyBackend::keys` of a cloud backend.
+pub(crate) fn key_infos<K: CloudKey>(
+    keys: &std::collections::BTreeMap<keyguard_chain::KeyId, K>,
+) -> Vec<crate::backend::KeyInfo> {
+    keys.values().map(|k| k.info().clone()).collect()
+}
+
+/// `KeyBackend::public_key` of a cloud backend.
+pub(crate) fn key_public<K: CloudKey>(
+    keys: &std::collections::BTreeMap<keyguard_chain::KeyId, K>,
+    key: &keyguard_chain::KeyId,
+) -> Result<keyguard_chain::PublicKey, crate::backend::BackendError> {
+    keys.get(key)
+        .map(|k| k.info().public_key.clone())
+        .ok_or_else(|| crate::backend::BackendError::UnknownKey(key.clone()))
+}
+
+/// The key and digest of a secp256k1 signing request to a cloud key, before any call: an
+/// unknown key or another scheme's payload is refused without touching the service.
+pub(crate) fn secp256k1_request<'a, K: CloudKey>(
+    keys: &'a std::collections::BTreeMap<keyguard_chain::KeyId, K>,
+    key: &keyguard_chain::KeyId,
+    payload: &'a keyguard_chain::SigningPayload,
+) -> Result<(&'a K, &'a [u8; 32]), crate::backend::BackendError> {
+    let k = keys
+        .get(key)
+        .ok_or_else(|| crate::backend::BackendError::UnknownKey(key.clone()))?;
+    match (&k.info().public_key, payload) {
+        (
+            keyguard_chain::PublicKey::Secp256k1(_),
+            keyguard_chain::SigningPayload::Secp256k1Prehash(digest),
+        ) => Ok((k, digest)),
+        _ => Err(crate::backend::BackendError::SchemeMismatch {
+            key: key.clone(),
+            actual: k.info().scheme(),
+            wanted: payload.scheme(),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests;
 
 #[cfg(all(test, feature = "aws-kms"))]
 mod aws_kms_stub;
+
+#[cfg(all(
+    test,
+    any(feature = "aws-kms", feature = "azure-kv", feature = "gcp-kms")
+))]
+mod stub_common;
 
 #[cfg(all(
     test,
