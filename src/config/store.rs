@@ -126,8 +126,14 @@ impl PgSettings {
     }
 }
 
+/// Whether `h` (a host, optionally `host:port`) is the loopback interface.
 fn is_loopback(h: &str) -> bool {
-    h == "localhost"
-        || h.parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    let one = |h: &str| {
+        h == "localhost"
+            || h.parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    };
+    one(h)
+        || h.rsplit_once(':')
+            .is_some_and(|(host, port)| port.parse::<u16>().is_ok() && one(host))
 }

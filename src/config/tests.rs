@@ -175,3 +175,63 @@ fn well_known_token_hashes_are_refused() {
     assert!(parse(&client("kg-2f6c0e9a-generated")).is_ok());
     assert!(well_known_token(&"0".repeat(64)).is_none());
 }
+
+/// `[store]`: each wrong shape is refused naming its key; the shared store's password never
+/// comes from the file itself (no such key exists), and plain TCP is refused off loopback.
+#[test]
+fn store_tables_are_checked_by_name() {
+    let pg = |extra: &str| {
+        format!(
+            "{DEV}\n[store]\nbackend = \"postgres\"\n[store.postgres]\nhosts = [\"db1\"]\n\
+             user = \"kg\"\ndbname = \"kg\"\nca_file = \"/ca.pem\"\n{extra}"
+        )
+    };
+    assert!(parse(&pg("")).is_ok());
+    for (extra, key) in [
+        ("tls = \"disable\"", "store.postgres.tls"),
+        ("deadline_ms = 0", "store.postgres.deadline_ms"),
+        ("deadline_ms = 600000", "store.postgres.deadline_ms"),
+        (
+            "password_env = \"P\"\npassword_file = \"/p\"",
+            "store.postgres.password_file",
+        ),
+        ("password = \"hunter2\"", "password"),
+    ] {
+        let err = parse(&pg(extra)).unwrap_err().to_string();
+        assert!(err.contains(key), "{extra}: {err}");
+    }
+    // Loopback and sockets may go without TLS; `host:port` is a host too.
+    let local = format!(
+        "{DEV}\n[store]\nbackend = \"postgres\"\n[store.postgres]\n\
+         hosts = [\"127.0.0.1:5433\", \"/run/postgresql\"]\nuser = \"kg\"\ndbname = \"kg\"\n\
+         tls = \"disable\"\n"
+    );
+    assert!(parse(&local).is_ok(), "{:?}", parse(&local).err());
+    let no_ca = format!(
+        "{DEV}\n[store]\nbackend = \"postgres\"\n[store.postgres]\nhosts = [\"db1\"]\n\
+         user = \"kg\"\ndbname = \"kg\"\n"
+    );
+    assert!(parse(&no_ca)
+        .unwrap_err()
+        .to_string()
+        .contains("store.postgres.ca_file"));
+    let missing = format!("{DEV}\n[store]\nbackend = \"postgres\"\n");
+    assert!(parse(&missing)
+        .unwrap_err()
+        .to_string()
+        .contains("store.postgres"));
+    let stray =
+        format!("{DEV}\n[store.postgres]\nhosts = [\"db1\"]\nuser = \"kg\"\ndbname = \"kg\"\n");
+    assert!(parse(&stray)
+        .unwrap_err()
+        .to_string()
+        .contains("store.postgres"));
+    let empty = format!(
+        "{DEV}\n[store]\nbackend = \"postgres\"\n[store.postgres]\nhosts = []\nuser = \"kg\"\n\
+         dbname = \"kg\"\n"
+    );
+    assert!(parse(&empty)
+        .unwrap_err()
+        .to_string()
+        .contains("store.postgres.hosts"));
+}

@@ -323,3 +323,33 @@ impl State {
         f.sync_data()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A torn last line (a crash mid-append), garbage and lower marks never lower what was
+    /// recorded; the highest mark per key wins.
+    #[test]
+    fn the_record_keeps_the_highest_marks_and_ignores_torn_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(FILE),
+            "identity 7715588520724870276 1\ncometbft c k 10 0 3\ncometbft c k 9 9 9\n\
+             evm k 1 5\nevm k 1 4\nnonsense\ncometbft c k 99",
+        )
+        .unwrap();
+        let wire = Tripwire::open(dir.path()).unwrap();
+        let st = wire.lock();
+        assert_eq!(st.votes[&("c".into(), "k".into())], (10, 0, 3));
+        assert_eq!(st.nonces[&("k".into(), 1)], 5);
+        assert_eq!(
+            st.identity,
+            Some(Identity {
+                system_identifier: "7715588520724870276".into(),
+                timeline: 1
+            })
+        );
+        assert!(st.tripped.is_empty());
+    }
+}
