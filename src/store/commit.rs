@@ -88,11 +88,17 @@ pub(super) fn fast_commit(
         sql.push_str(" ON CONFLICT (seq) DO NOTHING");
         stmts.push((sql, params));
     }
-    let results = tx.pipeline(stmts)?;
-    if kill && !results[0].is_empty() {
-        return Ok(None);
-    }
-    if results[fences_from..fences_to].iter().any(Vec::is_empty) || results[cas].is_empty() {
+    // Every fence returned its row, no key is switched off, the head moved as expected: only
+    // then does the transaction commit (on PostgreSQL, without a trip back to this thread).
+    let accept = move |results: &[Vec<super::db::Row>]| {
+        (!kill || results[0].is_empty())
+            && results[fences_from..fences_to]
+                .iter()
+                .all(|r| !r.is_empty())
+            && !results[cas].is_empty()
+    };
+    let (_, committed) = tx.pipeline_commit(stmts, Box::new(accept))?;
+    if !committed {
         return Ok(None);
     }
     let outcomes = chained

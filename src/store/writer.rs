@@ -186,6 +186,8 @@ struct Writer {
     /// After a failed commit the in-memory head is re-read before the next batch.
     stale: bool,
     commits: Arc<AtomicU64>,
+    /// Keeps the SQLite WAL rewinding under load ([`super::checkpoint`]).
+    wal: super::checkpoint::WalRestart,
 }
 
 /// Starts the writer thread that owns `conn` (already migrated).
@@ -204,6 +206,7 @@ pub(crate) fn spawn(
         head,
         stale: false,
         commits: commits.clone(),
+        wal: Default::default(),
     };
     let handle = std::thread::Builder::new()
         .name("keyguard-audit".into())
@@ -221,7 +224,9 @@ pub(crate) fn spawn(
 
 impl Writer {
     fn run(&mut self, rx: mpsc::Receiver<Msg>) {
-        while let Ok(first) = rx.recv() {
+        // A request taken off the queue while checking it was idle.
+        let mut held: Option<Msg> = None;
+        while let Some(first) = held.take().or_else(|| rx.recv().ok()) {
             let mut batch: Vec<Pending> = Vec::new();
             let mut flushes = Vec::new();
             let mut shutdown = None;
@@ -244,6 +249,16 @@ impl Writer {
             }
             for f in flushes {
                 let _ = f.send(());
+            }
+            if shutdown.is_none() {
+                if let Conn::Sqlite(conn) = &self.conn {
+                    // After the replies: a signature never waits for this checkpoint, only
+                    // a request that arrives while it runs.
+                    held = rx.try_recv().ok();
+                    if self.wal.due(held.is_none()) {
+                        self.wal.run(conn);
+                    }
+                }
             }
             if let Some(ack) = shutdown {
                 while let Ok(msg) = rx.try_recv() {

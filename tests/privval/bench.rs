@@ -39,6 +39,7 @@ fn vote_signing_latency() {
         .collect::<Vec<_>>();
     let _kg = Keyguard::start(dir.path(), &config_text(dir.path(), &specs));
     durable_write_reference(dir.path());
+    sqlite_commit_reference(dir.path());
     // Accepted one after the other: keyguard drops a connection that is idle for 30 s (a real
     // node pings every few seconds), redials, and the mock skips the stale dials.
     for (i, (name, l)) in [("unix", &unix), ("secretconnection", &tcp)]
@@ -73,6 +74,87 @@ fn durable_write_reference(dir: &std::path::Path) {
     );
 }
 
+/// The floor of a durable one-row commit in SQLite with keyguard's settings (WAL,
+/// `synchronous=FULL`), measured in the same run: what keyguard's SQLite path pays to the
+/// database itself, with no protocol, signature or audit around it.
+fn sqlite_commit_reference(dir: &std::path::Path) {
+    let db = rusqlite::Connection::open(dir.join("floor.sqlite")).unwrap();
+    let mode: String = db
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    db.pragma_update(None, "synchronous", "FULL").unwrap();
+    db.execute_batch(
+        "CREATE TABLE floor (id INTEGER PRIMARY KEY, h INTEGER); INSERT INTO floor VALUES (1, 0);",
+    )
+    .unwrap();
+    let mut stmt = db
+        .prepare("UPDATE floor SET h = h + 1 WHERE id = 1")
+        .unwrap();
+    let lat = timed(2000, || {
+        stmt.execute([]).unwrap();
+    });
+    println!(
+        "privval reference sqlite one-row commit: 2000 commits, p50 {:.3} ms, p99 {:.3} ms",
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99)
+    );
+}
+
+/// The floor of a durable one-row commit in PostgreSQL on loopback over the Unix socket
+/// (`synchronous_commit = on`, fsync on), with the same client library keyguard uses, and one
+/// bare round trip (`SELECT 1`): what any PostgreSQL-backed signer pays before doing anything.
+fn postgres_commit_reference(c: &crate::pg::PgCluster) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&c.socket_conninfo(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .batch_execute(
+                "CREATE TABLE floor (id BIGINT PRIMARY KEY, h BIGINT); INSERT INTO floor VALUES (1, 0);",
+            )
+            .await
+            .unwrap();
+        let update = client
+            .prepare("UPDATE floor SET h = h + 1 WHERE id = 1")
+            .await
+            .unwrap();
+        let select = client.prepare("SELECT 1").await.unwrap();
+        for (name, stmt) in [("one-row commit", &update), ("round trip (SELECT 1)", &select)] {
+            let mut lat = Vec::with_capacity(2000);
+            for _ in 0..2000 {
+                let t = Instant::now();
+                client.query(stmt, &[]).await.unwrap();
+                lat.push(t.elapsed().as_micros());
+            }
+            lat.sort_unstable();
+            println!(
+                "privval reference postgres {name}: 2000 calls, p50 {:.3} ms, p99 {:.3} ms",
+                percentile(&lat, 0.50),
+                percentile(&lat, 0.99)
+            );
+        }
+        client.batch_execute("DROP TABLE floor").await.unwrap();
+    });
+}
+
+/// Runs `f` `n` times; the sorted latencies in µs.
+fn timed(n: usize, mut f: impl FnMut()) -> Vec<u128> {
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f();
+        lat.push(t.elapsed().as_micros());
+    }
+    lat.sort_unstable();
+    lat
+}
+
 /// The same votes with the watermark committed to PostgreSQL on loopback
 /// (`synchronous_commit = on`, fsync on) instead of SQLite.
 #[test]
@@ -90,6 +172,7 @@ fn vote_signing_latency_postgres() {
         extra: String::new(),
     }];
     let text = config_text(dir.path(), &specs) + &crate::ha::pg_store_toml(&c, dir.path());
+    postgres_commit_reference(&c);
     let _kg = Keyguard::start(dir.path(), &text);
     let mut node = Node::new(unix.accept(), Ver::V038, "bench-pg");
     let chain = node.chain.clone();

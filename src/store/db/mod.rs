@@ -7,6 +7,7 @@
 //! against both engines with the same test.
 
 pub(crate) mod pg;
+mod pg_connect;
 mod value;
 
 use std::borrow::Cow;
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::TransactionBehavior;
 
-pub(crate) use pg::PgSession;
+pub(crate) use pg::{CommitIf, PgSession};
 pub(crate) use value::{vals, FromVal, Row, Val};
 
 use crate::config::PgSettings;
@@ -137,6 +138,25 @@ impl Tx<'_> {
     }
 
     /// Several statements without parameters (schema changes).
+    /// [`Self::pipeline`] whose rows decide whether the transaction commits: on PostgreSQL
+    /// the session thread commits or rolls back as soon as the answers arrive; on SQLite the
+    /// enclosing [`Conn::transaction`] does (the caller returns an error to roll back).
+    /// Returns the rows and `commit_if`'s verdict.
+    pub(crate) fn pipeline_commit(
+        &self,
+        stmts: Vec<(String, Vec<Val>)>,
+        commit_if: CommitIf,
+    ) -> Result<(Vec<Vec<Row>>, bool), StoreError> {
+        match self {
+            Tx::Sqlite(_) => {
+                let rows = self.pipeline(stmts)?;
+                let ok = commit_if(&rows);
+                Ok((rows, ok))
+            }
+            Tx::Pg(s) => s.pipeline_commit(stmts, commit_if),
+        }
+    }
+
     pub(crate) fn batch(&self, sql: &str) -> Result<(), StoreError> {
         match self {
             Tx::Sqlite(c) => Ok(c.execute_batch(sql)?),
@@ -256,7 +276,7 @@ impl Conn {
                         Ok(out)
                     }
                     Err(e) => {
-                        if !s.is_broken() && !s.begin_pending() {
+                        if !s.take_ended() && !s.is_broken() && !s.begin_pending() {
                             let _ = s.batch("ROLLBACK");
                         }
                         s.clear_begin();

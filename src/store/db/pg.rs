@@ -19,137 +19,26 @@ use std::time::Duration;
 
 use std::future::poll_fn;
 
-use rustls_pki_types::pem::PemObject;
 use tokio::sync::mpsc;
-use tokio_postgres::config::TargetSessionAttrs;
 use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Statement};
 
+pub(crate) use super::pg_connect::PgConnect;
 use super::value::{Row, Val};
-use crate::config::{PgSettings, PgTls};
+use crate::config::PgSettings;
 use crate::store::StoreError;
-
-/// Connection details the session needs beyond [`PgSettings`]' plain fields.
-pub(crate) trait PgConnect {
-    fn password(&self) -> Result<Option<zeroize::Zeroizing<String>>, StoreError>;
-    fn client_config(&self) -> Result<Config, StoreError>;
-    fn tls(&self) -> Result<Option<tokio_postgres_rustls::MakeRustlsConnect>, StoreError>;
-}
-
-impl PgConnect for PgSettings {
-    fn password(&self) -> Result<Option<zeroize::Zeroizing<String>>, StoreError> {
-        if let Some(var) = &self.password_env {
-            return std::env::var(var)
-                .map(|p| Some(zeroize::Zeroizing::new(p)))
-                .map_err(|_| StoreError::Unavailable(format!("password_env {var} is not set")));
-        }
-        let Some(path) = &self.password_file else {
-            return Ok(None);
-        };
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::MetadataExt;
-            let meta = std::fs::metadata(path).map_err(|e| {
-                StoreError::Unavailable(format!("password_file {}: {e}", path.display()))
-            })?;
-            if meta.mode() & 0o077 != 0 {
-                return Err(StoreError::Unavailable(format!(
-                    "password_file {} is readable by group or others (chmod 600)",
-                    path.display()
-                )));
-            }
-        }
-        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-            StoreError::Unavailable(format!("password_file {}: {e}", path.display()))
-        })?);
-        Ok(Some(zeroize::Zeroizing::new(
-            text.trim_end_matches(['\r', '\n']).to_owned(),
-        )))
-    }
-
-    fn client_config(&self) -> Result<Config, StoreError> {
-        let mut c = Config::new();
-        // `host:port` entries carry their own port; then every host gets one.
-        let split = |h: &str| match h.rsplit_once(':') {
-            Some((host, port)) if !h.starts_with('/') => {
-                port.parse::<u16>().ok().map(|p| (host.to_owned(), p))
-            }
-            _ => None,
-        };
-        let own_ports = self.hosts.iter().any(|h| split(h).is_some());
-        for h in &self.hosts {
-            match split(h) {
-                Some((host, port)) => {
-                    c.host(&host);
-                    c.port(port);
-                }
-                None => {
-                    c.host(h);
-                    if own_ports {
-                        c.port(self.port);
-                    }
-                }
-            }
-        }
-        if !own_ports {
-            c.port(self.port);
-        }
-        c.user(&self.user)
-            .dbname(&self.dbname)
-            .application_name(self.application_name.as_deref().unwrap_or("keyguard"))
-            .connect_timeout(Duration::from_millis(self.connect_timeout_ms.max(1)))
-            .tcp_user_timeout(self.deadline())
-            .keepalives(true)
-            .keepalives_idle(Duration::from_secs(5))
-            .keepalives_interval(Duration::from_secs(1))
-            .keepalives_retries(3)
-            .target_session_attrs(TargetSessionAttrs::ReadWrite);
-        if let Some(p) = self.password()? {
-            c.password(p.as_bytes());
-        }
-        if self.tls == PgTls::VerifyFull {
-            c.ssl_mode(tokio_postgres::config::SslMode::Require);
-        }
-        Ok(c)
-    }
-
-    fn tls(&self) -> Result<Option<tokio_postgres_rustls::MakeRustlsConnect>, StoreError> {
-        if self.tls == PgTls::Disable {
-            return Ok(None);
-        }
-        let Some(ca) = &self.ca_file else {
-            return Ok(None);
-        };
-        let pem = std::fs::read(ca)
-            .map_err(|e| StoreError::Unavailable(format!("ca_file {}: {e}", ca.display())))?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert
-                .map_err(|e| StoreError::Unavailable(format!("ca_file {}: {e}", ca.display())))?;
-            roots
-                .add(cert)
-                .map_err(|e| StoreError::Unavailable(format!("ca_file {}: {e}", ca.display())))?;
-        }
-        if roots.is_empty() {
-            return Err(StoreError::Unavailable(format!(
-                "ca_file {} holds no certificate",
-                ca.display()
-            )));
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| StoreError::Unavailable(format!("TLS: {e}")))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Ok(Some(tokio_postgres_rustls::MakeRustlsConnect::new(config)))
-    }
-}
 
 pub(crate) enum Outcome {
     Rows(Vec<Row>),
     Count(u64),
     Many(Vec<Vec<Row>>),
+    /// A pipeline whose transaction the session thread ended: its rows, and whether it
+    /// committed.
+    Ended(Vec<Vec<Row>>, bool),
 }
+
+/// Decides from a pipeline's rows, on the session thread, whether its transaction commits:
+/// the COMMIT then follows the answers without a round trip through the caller's thread.
+pub(crate) type CommitIf = Box<dyn FnOnce(&[Vec<Row>]) -> bool + Send>;
 
 enum Job {
     Query {
@@ -168,6 +57,9 @@ enum Job {
     Pipeline {
         stmts: Vec<(String, Vec<Val>)>,
         begin: bool,
+        /// End the transaction here: COMMIT when this accepts the rows, ROLLBACK otherwise
+        /// (and on any error).
+        commit_if: Option<CommitIf>,
         reply: std_mpsc::SyncSender<Result<Outcome, StoreError>>,
     },
 }
@@ -177,6 +69,8 @@ pub(crate) struct PgSession {
     jobs: mpsc::UnboundedSender<Job>,
     /// A `BEGIN` waiting to ride with the next statement.
     begin: AtomicBool,
+    /// The session thread already ended the open transaction ([`PgSession::pipeline_commit`]).
+    ended: AtomicBool,
     deadline: Duration,
     broken: Arc<AtomicBool>,
     notices: Arc<Mutex<Vec<String>>>,
@@ -232,6 +126,7 @@ impl PgSession {
             Ok(Ok(())) => Ok(PgSession {
                 jobs,
                 begin: AtomicBool::new(false),
+                ended: AtomicBool::new(false),
                 deadline,
                 broken,
                 notices,
@@ -286,7 +181,13 @@ impl PgSession {
 
     /// Opens a transaction with the next statement (no round trip of its own).
     pub(crate) fn begin(&self) {
+        self.ended.store(false, Ordering::Release);
         self.begin.store(true, Ordering::Release);
+    }
+
+    /// Whether the session thread already ended the transaction (no ROLLBACK to send).
+    pub(crate) fn take_ended(&self) -> bool {
+        self.ended.swap(false, Ordering::AcqRel)
     }
 
     pub(crate) fn query(&self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
@@ -299,7 +200,7 @@ impl PgSession {
             reply,
         })? {
             Outcome::Rows(r) => Ok(r),
-            Outcome::Count(_) | Outcome::Many(_) => Ok(Vec::new()),
+            Outcome::Count(_) | Outcome::Many(_) | Outcome::Ended(..) => Ok(Vec::new()),
         }
     }
 
@@ -313,9 +214,34 @@ impl PgSession {
         match self.call(|reply| Job::Pipeline {
             stmts,
             begin,
+            commit_if: None,
             reply,
         })? {
             Outcome::Many(m) => Ok(m),
+            _ => Err(StoreError::Unavailable(
+                "pipeline answered out of shape".into(),
+            )),
+        }
+    }
+
+    /// [`Self::pipeline`] that also ends the transaction on the session thread: COMMIT (with
+    /// the synchronous-replication check of [`Self::commit`]) when `commit_if` accepts the
+    /// rows, ROLLBACK otherwise or on error. Returns the rows and whether it committed.
+    pub(crate) fn pipeline_commit(
+        &self,
+        stmts: Vec<(String, Vec<Val>)>,
+        commit_if: CommitIf,
+    ) -> Result<(Vec<Vec<Row>>, bool), StoreError> {
+        let begin = self.begin.swap(false, Ordering::AcqRel);
+        self.ended.store(true, Ordering::Release);
+        self.take_notices();
+        match self.call(|reply| Job::Pipeline {
+            stmts,
+            begin,
+            commit_if: Some(commit_if),
+            reply,
+        })? {
+            Outcome::Ended(m, committed) => Ok((m, committed)),
             _ => Err(StoreError::Unavailable(
                 "pipeline answered out of shape".into(),
             )),
@@ -333,7 +259,7 @@ impl PgSession {
         })? {
             Outcome::Count(n) => Ok(n),
             Outcome::Rows(r) => Ok(r.len() as u64),
-            Outcome::Many(m) => Ok(m.len() as u64),
+            Outcome::Many(m) | Outcome::Ended(m, _) => Ok(m.len() as u64),
         }
     }
 
@@ -350,23 +276,36 @@ impl PgSession {
     /// COMMIT, failing when the server warned that the wait for a synchronous standby was
     /// cancelled (the commit is then only local and a failover may lose it).
     pub(crate) fn commit(&self) -> Result<(), StoreError> {
+        if self.take_ended() {
+            return Ok(()); // committed on the session thread
+        }
         self.take_notices();
         if self.begin.swap(false, Ordering::AcqRel) {
             return Ok(()); // nothing was run: no transaction was opened
         }
         self.batch("COMMIT")?;
-        let notices = self.take_notices();
-        if let Some(n) = notices
-            .iter()
-            .find(|n| n.contains("synchronous replication"))
-        {
-            return Err(StoreError::CommitUnknown(n.clone()));
-        }
-        Ok(())
+        unconfirmed(&self.notices)
     }
 
     fn take_notices(&self) -> Vec<String> {
-        std::mem::take(&mut *self.notices.lock().unwrap_or_else(|p| p.into_inner()))
+        take(&self.notices)
+    }
+}
+
+fn take(notices: &Mutex<Vec<String>>) -> Vec<String> {
+    std::mem::take(&mut *notices.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// After a COMMIT: the server's warning that the wait for the synchronous standby was
+/// cancelled (the commit is only local) makes the outcome unknown. The notice is kept before
+/// the COMMIT's answer resolves: [`drive`] handles messages in the order they arrive.
+fn unconfirmed(notices: &Mutex<Vec<String>>) -> Result<(), StoreError> {
+    match take(notices)
+        .into_iter()
+        .find(|n| n.contains("synchronous replication"))
+    {
+        Some(n) => Err(StoreError::CommitUnknown(n)),
+        None => Ok(()),
     }
 }
 
@@ -379,6 +318,7 @@ async fn session(
     broken: Arc<AtomicBool>,
     notices: Arc<Mutex<Vec<String>>>,
 ) {
+    let kept = notices.clone();
     let client = match tls {
         Some(tls) => match config.connect(tls).await {
             Ok((client, conn)) => {
@@ -431,8 +371,18 @@ async fn session(
             Job::Pipeline {
                 stmts,
                 begin,
+                commit_if: None,
                 reply,
             } => (Box::pin(pipeline(&client, &mut cache, stmts, begin)), reply),
+            Job::Pipeline {
+                stmts,
+                begin,
+                commit_if: Some(commit_if),
+                reply,
+            } => {
+                let work = pipeline_end(&client, &mut cache, stmts, begin, commit_if, &kept);
+                (Box::pin(work), reply)
+            }
             Job::Batch { sql, reply } => {
                 let client = &client;
                 (
@@ -472,6 +422,40 @@ async fn session(
 
 type BoxFut<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Outcome, StoreError>> + 'a>>;
+
+/// [`pipeline`], then COMMIT or ROLLBACK right here ([`PgSession::pipeline_commit`]).
+async fn pipeline_end(
+    client: &Client,
+    cache: &mut HashMap<String, Statement>,
+    stmts: Vec<(String, Vec<Val>)>,
+    begin: bool,
+    commit_if: CommitIf,
+    notices: &Mutex<Vec<String>>,
+) -> Result<Outcome, StoreError> {
+    let rows = match pipeline(client, cache, stmts, begin).await {
+        Ok(Outcome::Many(rows)) => rows,
+        other => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return other.and(Err(StoreError::Unavailable(
+                "pipeline answered out of shape".into(),
+            )));
+        }
+    };
+    if !commit_if(&rows) {
+        client
+            .batch_execute("ROLLBACK")
+            .await
+            .map_err(|e| db_error(&e))?;
+        return Ok(Outcome::Ended(rows, false));
+    }
+    take(notices);
+    client
+        .batch_execute("COMMIT")
+        .await
+        .map_err(|e| db_error(&e))?;
+    unconfirmed(notices)?;
+    Ok(Outcome::Ended(rows, true))
+}
 
 /// Prepares what is not cached (one round trip), then sends every statement (and `BEGIN`)
 /// before reading any answer.
