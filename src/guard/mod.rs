@@ -95,6 +95,8 @@ pub struct Guard {
     ledger: Ledger,
     /// The shared store's nonce rows (PostgreSQL), read before each nonce decision.
     shared_nonces: std::sync::OnceLock<crate::store::NonceReader>,
+    /// Reloads signet tips after another writer moved one ([`signet`]).
+    signet_tips: std::sync::OnceLock<crate::store::SignetTipReader>,
     controls: people::Controls,
     bitcoin: bitcoin::BitcoinState,
     signet: signet::SignetState,
@@ -126,6 +128,7 @@ impl Guard {
             cometbft: None,
             ledger: Ledger::default(),
             shared_nonces: std::sync::OnceLock::new(),
+            signet_tips: std::sync::OnceLock::new(),
         }
     }
 
@@ -260,6 +263,7 @@ impl Guard {
         if let Some(reader) = store.nonce_reader() {
             let _ = self.shared_nonces.set(reader);
         }
+        let _ = self.signet_tips.set(store.signet_tip_reader()?);
         self.restore_signet(store.signet_tips()?)
     }
 }

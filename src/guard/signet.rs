@@ -10,7 +10,9 @@
 //! (`StateWrite::SignetHeight`): if the database's height moved (another instance), nothing
 //! is released.
 //!
-//! Tips live in memory for speed, loaded from the `signet_heights` table at start.
+//! Tips live in memory for speed, loaded from the `signet_heights` table at start, and again
+//! for a key whose commit lost its height to another writer (the next request reloads them
+//! before deciding; until that read succeeds the key is refused).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -52,7 +54,8 @@ type Slot = (String, KeyId);
 #[derive(Default, Clone)]
 struct SlotState {
     tip: Option<SignetTip>,
-    /// The database moved past this instance's view (another writer): refuse until restart.
+    /// The database moved past this instance's view (another writer): reload before the next
+    /// decision, refuse while that fails.
     stale: bool,
 }
 
@@ -203,6 +206,7 @@ impl<'g> Adapter<'g> for SignetAdapter {
             .take()
             .ok_or_else(|| GuardError::Backend("signing before a decision".into()))?;
         let slot = (d.policy.challenge.script.to_hex_string(), d.key.clone());
+        guard.signet_reload_if_stale(&slot).await;
         let reserved = guard.signet_reserve(&slot, &d)?;
         let commitment = d.block.commitment().to_string();
         let signed = match guard.signet_sign(&d).await {
@@ -466,7 +470,7 @@ impl Guard {
             return Err(Rejection::policy(
                 rule::HEIGHT,
                 "coinbase.height",
-                "the stored watermark moved outside this instance; restart keyguard to reload it",
+                "the stored watermark moved outside this instance and could not be read again",
             )
             .into());
         }
@@ -515,8 +519,35 @@ impl Guard {
     }
 
     fn signet_stale(&self, slot: &Slot) {
-        tracing::error!(key = %slot.1, "signet watermark moved outside this instance; signing refused until restart");
+        tracing::error!(key = %slot.1, "signet watermark moved outside this instance; reloading it before the next block");
         self.signet.lock().entry(slot.clone()).or_default().stale = true;
+    }
+
+    /// Reads the tips again when `slot` is stale; on success it carries the database's tip (or
+    /// none) and is no longer stale. A failed read leaves it stale: the reserve refuses.
+    async fn signet_reload_if_stale(&self, slot: &Slot) {
+        let stale = self.signet.lock().get(slot).is_some_and(|s| s.stale);
+        let Some(read) = self.signet_tips.get().filter(|_| stale).cloned() else {
+            return;
+        };
+        let rows = tokio::task::spawn_blocking(move || read())
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))
+            .and_then(|r| r);
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(key = %slot.1, error = %e, "signet tips could not be read again");
+                return;
+            }
+        };
+        let tip = rows
+            .into_iter()
+            .find(|r| r.challenge == slot.0 && r.key_id == slot.1.as_str())
+            .map(|r| r.tip);
+        self.signet
+            .lock()
+            .insert(slot.clone(), SlotState { tip, stale: false });
     }
 
     /// Loads the signet tips from the store (at start).

@@ -209,16 +209,21 @@ async fn a_second_instance_on_the_same_database_cannot_sign_the_same_height() {
         })
         .unwrap();
     assert_eq!(signed.len(), 1);
-    // The fenced instance refuses until restarted (fail closed), then signs the next height.
-    let still = b
-        .sign_signet_block(&c, &json!({"block": block(2, t + 10)}))
+    // The fenced instance reads the tip again before its next decision, without a restart:
+    // height 1 stays refused, height 2 is signed.
+    let again = b
+        .sign_signet_block(&c, &json!({"block": block(1, t + 2)}))
         .await;
-    assert_eq!(rule(&still), Some("bitcoin.signet.height"));
-    let restarted = s.guard();
-    assert!(restarted
+    assert_eq!(rule(&again), Some("bitcoin.signet.height"), "{again:?}");
+    assert!(b
         .sign_signet_block(&c, &json!({"block": block(2, t + 10)}))
         .await
         .is_ok());
+    // And `a`, whose memory is now behind `b`, is fenced in turn rather than signing 2 again.
+    let behind = a
+        .sign_signet_block(&c, &json!({"block": block(2, t + 11)}))
+        .await;
+    assert_eq!(rule(&behind), Some("bitcoin.signet.height"), "{behind:?}");
 }
 
 #[tokio::test]

@@ -69,6 +69,10 @@ const NONCE_READERS: usize = 4;
 pub type NonceReader =
     std::sync::Arc<dyn Fn(&str, u64, u64) -> Result<Option<NonceRow>, StoreError> + Send + Sync>;
 
+/// Reads every signet tip again ([`Store::signet_tip_reader`]).
+pub type SignetTipReader =
+    std::sync::Arc<dyn Fn() -> Result<Vec<SignetRow>, StoreError> + Send + Sync>;
+
 /// How long a connection waits for a lock held by another connection.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -317,6 +321,26 @@ impl Store {
                     .with(|t| ledger::nonce(t, key, chain_id, nonce))
             },
         ))
+    }
+
+    /// Reads the signet tips on a connection of its own: an instance whose commit lost a
+    /// height to another writer reloads them instead of refusing until it is restarted.
+    pub fn signet_tip_reader(&self) -> Result<SignetTipReader, StoreError> {
+        let conn = match &self.postgres {
+            Some(pg) => Conn::Pg(PgLink::new(pg.clone())),
+            None => {
+                let c = Connection::open(&self.path).map_err(|source| StoreError::Open {
+                    path: self.path.clone(),
+                    source,
+                })?;
+                configure(&c)?;
+                Conn::Sqlite(c)
+            }
+        };
+        let conn = Shared::new(conn);
+        Ok(std::sync::Arc::new(move || {
+            conn.lock().with(signet_rows::tips)
+        }))
     }
 
     /// The PostgreSQL settings when the store is shared (`None`: the SQLite file).
