@@ -658,3 +658,49 @@ fn sqlite_state_copies_into_postgres_and_never_overwrites() {
     );
     o.close().unwrap();
 }
+
+/// An auditor's role with `SELECT` alone reads and verifies the shared log through
+/// `AuditReader` (no migration, no writer). Control: opening the store as that role (what
+/// `keyguard audit` did before) fails, because it migrates and writes.
+#[test]
+fn a_select_only_auditor_reads_and_verifies_the_shared_log() {
+    let c = PgCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let owner = settings(&c, dir.path(), 5_000);
+    let store = Store::open_postgres(&owner, None).unwrap();
+    let log = store.audit_log();
+    let rt = rt();
+    for i in 0..5 {
+        rt.block_on(log.append(entry(&format!("r{i}"), "k")))
+            .unwrap();
+    }
+    store.close().unwrap();
+    c.psql(
+        "CREATE ROLE auditor LOGIN PASSWORD 'auditorpw1'; \
+         GRANT CONNECT ON DATABASE keyguard TO auditor; \
+         GRANT USAGE ON SCHEMA public TO auditor; \
+         GRANT SELECT ON ALL TABLES IN SCHEMA public TO auditor;",
+    );
+    let pw = dir.path().join("auditor.pass");
+    std::fs::write(&pw, "auditorpw1").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let auditor = PgSettings {
+        user: "auditor".into(),
+        password_file: Some(pw),
+        ..owner.clone()
+    };
+    let reader = keyguard::store::AuditReader::open_postgres(&auditor).unwrap();
+    assert_eq!(reader.verify().unwrap().rows, 5);
+    let rows = reader.query(&Default::default()).unwrap();
+    assert_eq!(rows.len(), 5);
+    // Control: the full store needs more than SELECT.
+    let opened = Store::open_postgres(&auditor, None);
+    assert!(opened.is_err(), "a SELECT-only role opened the store");
+    // And the reader wrote nothing: still five rows, verified by the owner.
+    let store = Store::open_postgres(&owner, None).unwrap();
+    assert_eq!(store.verify_audit().unwrap().rows, 5);
+    store.close().unwrap();
+}

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use crate::config::{parse_duration, Config};
-use crate::store::{AuditFilter, AuditRow, Store};
+use crate::store::{AuditFilter, AuditReader, AuditRow, Store};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum AuditCommand {
@@ -145,8 +145,9 @@ impl Source {
         }
     }
 
-    fn open(pg: &crate::config::PgSettings) -> anyhow::Result<Store> {
-        Store::open_postgres(pg, None).context("connecting to the PostgreSQL store")
+    /// Read-only: no migration, no writer (a role with `SELECT` is enough).
+    fn open(pg: &crate::config::PgSettings) -> anyhow::Result<AuditReader> {
+        AuditReader::open_postgres(pg).context("connecting to the PostgreSQL store")
     }
 }
 
@@ -173,12 +174,7 @@ fn query(db: &Source, filter: &AuditFilter) -> anyhow::Result<Vec<AuditRow>> {
         Source::Sqlite(path) => {
             Store::query_path(path, filter).with_context(|| format!("reading {}", path.display()))
         }
-        Source::Postgres(pg) => {
-            let store = Source::open(pg)?;
-            let rows = store.query_audit(filter)?;
-            store.close()?;
-            Ok(rows)
-        }
+        Source::Postgres(pg) => Ok(Source::open(pg)?.query(filter)?),
     }
 }
 
@@ -192,12 +188,7 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<()> {
             let config = Config::load(&config)?;
             let report = match Source::of(&config) {
                 Source::Sqlite(path) => Store::verify_path(&path)?,
-                Source::Postgres(pg) => {
-                    let store = Source::open(&pg)?;
-                    let report = store.verify_audit()?;
-                    store.close()?;
-                    report
-                }
+                Source::Postgres(pg) => Source::open(&pg)?.verify()?,
             };
             println!(
                 "audit log verified: {} rows, head {}",
@@ -256,12 +247,7 @@ fn verify_anchors(config: &Config, file: &Path, public: Option<&str>) -> anyhow:
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let report = match Source::of(config) {
         Source::Sqlite(path) => Store::check_anchors_path(&path, &text, &key)?,
-        Source::Postgres(pg) => {
-            let store = Source::open(&pg)?;
-            let report = store.check_anchors(&text, &key)?;
-            store.close()?;
-            report
-        }
+        Source::Postgres(pg) => Source::open(&pg)?.check_anchors(&text, &key)?,
     };
     println!(
         "anchors verified: {} anchors, newest anchored row {}",

@@ -225,6 +225,11 @@ pub(crate) fn known_version() -> u32 {
     MIGRATIONS.last().map_or(0, |(v, _)| *v)
 }
 
+/// The newest migration of `dialect`'s list.
+pub(crate) fn known_version_of(dialect: Dialect) -> u32 {
+    list(dialect).last().map_or(0, |(v, _)| *v)
+}
+
 fn list(dialect: Dialect) -> &'static [(u32, &'static str)] {
     match dialect {
         Dialect::Sqlite => MIGRATIONS,

@@ -8,6 +8,7 @@
 pub mod anchor;
 mod approvals_sql;
 mod audit;
+mod audit_reader;
 mod chain_state;
 mod checkpoint;
 mod clients;
@@ -50,6 +51,7 @@ use crate::config::PgSettings;
 use db::{Conn, PgLink, Shared};
 
 pub use audit::{AuditEntry, AuditReceipt, AuditRow, AuditVerification, Decision, GENESIS_HASH};
+pub use audit_reader::AuditReader;
 pub use chain_state::SignedTxRow;
 pub use clients::ClientRow;
 pub use ledger::{NonceRow, StateWrite, VelocityRow};
