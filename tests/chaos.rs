@@ -3,8 +3,10 @@
 //! the same nonce to different instances at the same moment, and three mock validators (one per
 //! instance) ask for conflicting blocks at the same height/round/step. Meanwhile a seeded fault
 //! schedule hits instances and the database: SIGKILL (then restart), SIGSTOP/SIGCONT of an
-//! instance, `pg_ctl restart -m immediate`, SIGSTOP/SIGCONT of the database server, and a
-//! partition between one instance and the database (its TCP relay stops forwarding).
+//! instance, `pg_ctl restart -m immediate`, SIGSTOP/SIGCONT of the database server, a
+//! partition between one instance and the database (its TCP relay stops forwarding), and
+//! `pg_cancel_backend` on commits waiting for the synchronous standby (stopped for the fault):
+//! the server reports those as success with a WARNING, and keyguard must withhold them.
 //!
 //! The checker reads what the clients received: at most one transaction per nonce, at most one
 //! block per height/round/step, every released signature has its signed audit row, and
@@ -31,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use mockval::conn::NodeListener;
 use mockval::node::{now, Ask, Node, Ver};
-use pg::PgCluster;
+use pg::{PgCluster, PgPair};
 use rand::{Rng, SeedableRng};
 use rustix::process::{Pid, Signal};
 
@@ -301,8 +303,10 @@ struct Book {
 
 struct Report {
     faults: usize,
-    /// Per kind: kill, stop, database restart, database freeze, partition.
-    kinds: [usize; 5],
+    /// Per kind: kill, stop, database restart, database freeze, partition, sync-rep cancel.
+    kinds: [usize; 6],
+    /// Commits whose wait for the standby was cancelled.
+    cancelled: usize,
     evm_signed: usize,
     votes_signed: usize,
     refused: usize,
@@ -313,7 +317,8 @@ struct Report {
 }
 
 fn run(secs: u64, seed: u64, fault: Option<&str>, with_faults: bool) -> Report {
-    let pg = PgCluster::start();
+    let pair = PgPair::start();
+    let pg = pair.primary();
     let root = tempfile::tempdir().unwrap();
     let mut listeners = Vec::new();
     let mut instances = Vec::new();
@@ -326,7 +331,7 @@ fn run(secs: u64, seed: u64, fault: Option<&str>, with_faults: bool) -> Report {
         let relay = Relay::start(pg.port());
         std::fs::write(
             dir.join("keyguard.toml"),
-            config(&dir, port, &addr, &pg, relay.port),
+            config(&dir, port, &addr, pg, relay.port),
         )
         .unwrap();
         instances.push(Instance {
@@ -359,7 +364,8 @@ fn run(secs: u64, seed: u64, fault: Option<&str>, with_faults: bool) -> Report {
     let done = AtomicBool::new(false);
     let round = AtomicI64::new(0);
     let faults = AtomicUsize::new(0);
-    let kinds: [AtomicUsize; 5] = Default::default();
+    let kinds: [AtomicUsize; 6] = Default::default();
+    let cancelled = AtomicUsize::new(0);
     let end = Instant::now() + Duration::from_secs(secs);
     std::thread::scope(|s| {
         // The clock: one round every 60 ms; each round is one nonce and one step.
@@ -468,7 +474,8 @@ fn run(secs: u64, seed: u64, fault: Option<&str>, with_faults: bool) -> Report {
         }
         // The fault schedule.
         if with_faults {
-            let (instances, done, faults, pg, kinds) = (&instances, &done, &faults, &pg, &kinds);
+            let (instances, done, faults, kinds) = (&instances, &done, &faults, &kinds);
+            let (pair, cancelled) = (&pair, &cancelled);
             s.spawn(move || {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
                 while !done.load(Ordering::SeqCst) {
@@ -477,7 +484,7 @@ fn run(secs: u64, seed: u64, fault: Option<&str>, with_faults: bool) -> Report {
                         break;
                     }
                     let inst = &instances[rng.gen_range(0..INSTANCES)];
-                    let kind = rng.gen_range(0..5);
+                    let kind = rng.gen_range(0..6);
                     kinds[kind].fetch_add(1, Ordering::SeqCst);
                     match kind {
                         4 => {
@@ -500,6 +507,19 @@ fn run(secs: u64, seed: u64, fault: Option<&str>, with_faults: bool) -> Report {
                             }
                         }
                         2 => pg.restart_immediate(),
+                        5 => {
+                            // Commits waiting for the stopped standby, their wait cancelled:
+                            // durable on the primary alone, answered "success" + WARNING.
+                            pair.stop_standby();
+                            let until = Instant::now() + Duration::from_millis(1000);
+                            while pair.syncrep_waiters() == 0 && Instant::now() < until {
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
+                            let n = pair.cancel_waiting_backends();
+                            cancelled.fetch_add(n, Ordering::SeqCst);
+                            pair.start_standby();
+                            pair.wait_sync();
+                        }
                         _ => {
                             // The database server and its backends frozen: no answer, no RST.
                             if let Some(pid) = pg.pid() {
@@ -557,6 +577,7 @@ fn run(secs: u64, seed: u64, fault: Option<&str>, with_faults: bool) -> Report {
     Report {
         faults: faults.load(Ordering::SeqCst),
         kinds: std::array::from_fn(|i| kinds[i].load(Ordering::SeqCst)),
+        cancelled: cancelled.load(Ordering::SeqCst),
         evm_signed: txs.values().map(BTreeSet::len).sum(),
         votes_signed: blocks.values().map(BTreeSet::len).sum(),
         refused: book.refused.load(Ordering::SeqCst),
@@ -570,7 +591,8 @@ fn run(secs: u64, seed: u64, fault: Option<&str>, with_faults: bool) -> Report {
 fn print(name: &str, secs: u64, seed: u64, r: &Report) {
     eprintln!(
         "chaos {name}: {secs}s seed {seed}: {} faults injected (kill {}, stop {}, database \
-         restart {}, database freeze {}, partition {}); released {} EVM and {} CometBFT \
+         restart {}, database freeze {}, partition {}, sync-rep cancel {} with {} commits \
+         cancelled); released {} EVM and {} CometBFT \
          signatures ({} refused, {} failed requests); conflicts: {} nonces and {} steps signed \
          twice; {} released signatures without a signed audit row",
         r.faults,
@@ -579,6 +601,8 @@ fn print(name: &str, secs: u64, seed: u64, r: &Report) {
         r.kinds[2],
         r.kinds[3],
         r.kinds[4],
+        r.kinds[5],
+        r.cancelled,
         r.evm_signed,
         r.votes_signed,
         r.refused,
