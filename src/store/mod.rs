@@ -20,6 +20,7 @@ pub mod health;
 mod ledger;
 mod migrations;
 mod migrations_pg;
+mod passkeys;
 mod read;
 mod signet_rows;
 pub(crate) mod state;
@@ -53,6 +54,7 @@ pub use audit::{AuditEntry, AuditReceipt, AuditRow, AuditVerification, Decision,
 pub use chain_state::SignedTxRow;
 pub use clients::ClientRow;
 pub use ledger::{NonceRow, StateWrite, VelocityRow};
+pub use passkeys::MAX_PASSKEYS_PER_USER;
 pub use read::AuditFilter;
 pub use signet_rows::SignetRow;
 pub(crate) use state as state_sql;

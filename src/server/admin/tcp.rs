@@ -128,6 +128,9 @@ async fn respond(
     peer: Peer,
     idle: Duration,
 ) -> Response<Full<Bytes>> {
+    if super::console::is_console(req.uri().path()) {
+        return super::console::respond(ctx, req, peer, idle).await;
+    }
     if req.method() != Method::POST {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
