@@ -236,7 +236,7 @@ fn console_approves_audits_and_stops_a_key() {
         assert!(page.body.contains(&id), "{}", page.body);
         // The decoded intent: destination and amount.
         assert!(page.body.to_lowercase().contains("0x000000000000000000000000000000000000dead"), "{}", page.body);
-        assert!(page.body.contains(&(11 * ETHER).to_string()) || page.body.contains("11 ETH"), "{}", page.body);
+        assert!(page.body.contains(&(11 * ETHER).to_string()) && page.body.contains("Send 11 ETH to 0x"), "{}", page.body);
         let csrf = b.csrf("/console/approvals");
         let code = user.code();
         let r = b.post_form("/console/act", &[("csrf", &csrf), ("method", "approvals.approve"), ("id", &id), ("totp", &code)]);

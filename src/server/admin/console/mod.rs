@@ -11,6 +11,7 @@
 mod assets;
 mod charts;
 pub mod html;
+mod intent;
 mod pages;
 mod passkey;
 mod people;

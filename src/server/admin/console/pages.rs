@@ -115,7 +115,7 @@ pub(super) async fn approvals(ctx: &AdminContext, r: &Req, s: &Session) -> Page 
             "<div class=\"card approval\" data-id=\"{id}\"><h2>{chain} · key <code>{key}</code></h2>\
              <p>Requested by <code>{req}</code> · rule <code>{rule}</code> · group <code>{grp}</code> · \
              {approved} of {required} approvals{by} · expires in <span data-expires=\"{exp}\">{exp_s}</span></p>\
-             <div class=\"intent\">{intent}</div>\
+             <p class=\"plain\"><strong>{plain}</strong></p><div class=\"intent\">{intent}</div>\
              <form method=\"post\" action=\"/console/act\"><input type=\"hidden\" name=\"id\" value=\"{id}\">{fields}\
              <button name=\"method\" value=\"approvals.approve\" type=\"submit\">Approve</button> \
              <button name=\"method\" value=\"approvals.reject\" type=\"submit\" class=\"danger\">Reject</button></form></div>",
@@ -129,6 +129,7 @@ pub(super) async fn approvals(ctx: &AdminContext, r: &Req, s: &Session) -> Page 
             by = if approvers.is_empty() { String::new() } else { format!(" (by {})", approvers.join(", ")) },
             exp = n("expires_ms"),
             exp_s = esc(&when(n("expires_ms"))),
+            plain = esc(&super::intent::plain(&g("chain"), a.get("summary").unwrap_or(&Value::Null)).unwrap_or_default()),
             intent = html::value(a.get("summary").unwrap_or(&Value::Null), 0),
             fields = action_fields(&s.csrf),
         );
