@@ -34,7 +34,11 @@ struct Setup {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn setup(single_use: bool) -> Setup {
@@ -54,7 +58,10 @@ fn setup(single_use: bool) -> Setup {
         p("admin-server.key"),
     );
     let daemon = Daemon::start(dir.path(), &config(dir.path(), &extra), &[]);
-    let addr = daemon.line_after("keyguard: admin https://").trim().to_string();
+    let addr = daemon
+        .line_after("keyguard: admin https://")
+        .trim()
+        .to_string();
     let tls = client(Path::new(&p("server-ca.pem")), None);
     let sock = socket(dir.path());
     let alice = bootstrap_admin(&daemon, "alice");
@@ -84,7 +91,14 @@ fn outcome(body: &str) -> &str {
 #[test]
 fn console_sign_in_sessions_csrf_origin_and_roles() {
     let s = setup(false);
-    let ann = add_user2(&s.sock, &s.alice, &s.adam, "ann", &["approver"], &["treasury"]);
+    let ann = add_user2(
+        &s.sock,
+        &s.alice,
+        &s.adam,
+        "ann",
+        &["approver"],
+        &["treasury"],
+    );
     let mut b = s.browser();
 
     // Security headers on every page, also before sign-in.
@@ -93,9 +107,15 @@ fn console_sign_in_sessions_csrf_origin_and_roles() {
     assert_eq!(signin.header("content-security-policy"), Some(CSP));
     assert_eq!(signin.header("x-content-type-options"), Some("nosniff"));
     assert_eq!(signin.header("referrer-policy"), Some("no-referrer"));
-    assert!(!signin.body.contains("<script>") && !signin.body.contains("style="), "no inline script or style");
+    assert!(
+        !signin.body.contains("<script>") && !signin.body.contains("style="),
+        "no inline script or style"
+    );
     let js = b.get("/console/static/app.js");
-    assert_eq!((js.status, js.header("content-type")), (200, Some("text/javascript; charset=utf-8")));
+    assert_eq!(
+        (js.status, js.header("content-type")),
+        (200, Some("text/javascript; charset=utf-8"))
+    );
 
     // The console is not on the signing listener (negative control: it is on the admin one).
     let (status, body) = common::http(&s.daemon.rpc_addr(), "GET", "/console/signin", "");
@@ -104,40 +124,74 @@ fn console_sign_in_sessions_csrf_origin_and_roles() {
 
     // No session: pages redirect, actions are refused.
     assert_eq!(b.get("/console/approvals").status, 303);
-    let r = b.post_form("/console/act", &[("method", "keys.disable"), ("all", "true"), ("totp", &s.alice.code())]);
+    let r = b.post_form(
+        "/console/act",
+        &[
+            ("method", "keys.disable"),
+            ("all", "true"),
+            ("totp", &s.alice.code()),
+        ],
+    );
     assert_eq!(r.status, 401, "{}", r.body);
     assert!(r.body.contains("console.session"));
 
     // Enrolment needs the user's TOTP code.
-    let wrong = b.post_json("/console/passkey/enrol/start", &json!({"user": "ann", "totp": ann.wrong_code()}));
+    let wrong = b.post_json(
+        "/console/passkey/enrol/start",
+        &json!({"user": "ann", "totp": ann.wrong_code()}),
+    );
     assert_eq!(wrong.status, 401, "{}", wrong.body);
     assert_eq!(wrong.json()["rule"], "admin.auth");
 
     // An authenticator that did not verify the user is refused (then the same key, verifying, passes).
     let mut key = Passkey::new("localhost", 7);
     let origin = s.origin.clone();
-    let opts = b.post_json("/console/passkey/enrol/start", &json!({"user": "ann", "totp": ann.code()}));
+    let opts = b.post_json(
+        "/console/passkey/enrol/start",
+        &json!({"user": "ann", "totp": ann.code()}),
+    );
     key.user_verified = false;
-    let r = b.post_json("/console/passkey/enrol/finish", &key.register(&opts.json(), &origin));
-    assert_eq!(r.status, 401, "enrolment without user verification: {}", r.body);
+    let r = b.post_json(
+        "/console/passkey/enrol/finish",
+        &key.register(&opts.json(), &origin),
+    );
+    assert_eq!(
+        r.status, 401,
+        "enrolment without user verification: {}",
+        r.body
+    );
     key.user_verified = true;
 
     // Fixation: an id planted before sign-in is never the session id after it.
     let planted = "ab".repeat(32);
-    b.cookies.insert("__Host-kg_session".into(), planted.clone());
+    b.cookies
+        .insert("__Host-kg_session".into(), planted.clone());
     enrol_and_sign_in(&mut b, &mut key, "ann", &ann.code());
-    let session = b.cookies.get("__Host-kg_session").cloned().expect("session cookie");
+    let session = b
+        .cookies
+        .get("__Host-kg_session")
+        .cloned()
+        .expect("session cookie");
     assert_ne!(session, planted);
     let mut attacker = s.browser();
     attacker.cookies.insert("__Host-kg_session".into(), planted);
-    assert_eq!(attacker.get("/console/approvals").status, 303, "the planted id is not signed in");
+    assert_eq!(
+        attacker.get("/console/approvals").status,
+        303,
+        "the planted id is not signed in"
+    );
     assert_eq!(b.get("/console/approvals").status, 200, "the new id is");
 
     // Cookie flags.
     let mut again = s.browser();
     let fin = sign_in(&mut again, &mut key, "ann");
     assert_eq!(fin.status, 200, "{}", fin.body);
-    let cookie = fin.set_cookies().into_iter().find(|c| c.starts_with("__Host-kg_session=")).unwrap().to_string();
+    let cookie = fin
+        .set_cookies()
+        .into_iter()
+        .find(|c| c.starts_with("__Host-kg_session="))
+        .unwrap()
+        .to_string();
     for flag in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
         assert!(cookie.contains(flag), "{cookie}");
     }
@@ -153,36 +207,87 @@ fn console_sign_in_sessions_csrf_origin_and_roles() {
 
     let csrf = b.csrf("/console/approvals");
     // A state change without a fresh TOTP code is refused, even with session and CSRF token.
-    let r = b.post_form("/console/act", &[("csrf", &csrf), ("method", "approvals.approve"), ("id", "nope")]);
+    let r = b.post_form(
+        "/console/act",
+        &[
+            ("csrf", &csrf),
+            ("method", "approvals.approve"),
+            ("id", "nope"),
+        ],
+    );
     assert!(outcome(&r.body).contains("admin.auth"), "{}", r.body);
     // Wrong or missing CSRF token.
     for bad in ["", "00"] {
-        let r = b.post_form("/console/act", &[("csrf", bad), ("method", "approvals.approve"), ("id", "x"), ("totp", &ann.code())]);
+        let r = b.post_form(
+            "/console/act",
+            &[
+                ("csrf", bad),
+                ("method", "approvals.approve"),
+                ("id", "x"),
+                ("totp", &ann.code()),
+            ],
+        );
         assert_eq!(r.status, 403);
         assert!(r.body.contains("console.csrf"), "{}", r.body);
     }
     // Another origin, or none.
     for origin in [Some("https://evil.example"), Some("null"), None] {
-        let r = b.post_form_from(origin, "/console/act", &[("csrf", &csrf), ("method", "approvals.approve"), ("id", "x"), ("totp", &ann.code())]);
+        let r = b.post_form_from(
+            origin,
+            "/console/act",
+            &[
+                ("csrf", &csrf),
+                ("method", "approvals.approve"),
+                ("id", "x"),
+                ("totp", &ann.code()),
+            ],
+        );
         assert_eq!(r.status, 403, "{origin:?}");
         assert!(r.body.contains("console.origin"));
     }
     // Positive control: the same request with everything right reaches the approvals book
     // (which refuses the unknown id by its own rule, past every console check).
-    let r = b.post_form("/console/act", &[("csrf", &csrf), ("method", "approvals.approve"), ("id", "x"), ("totp", &ann.code())]);
-    assert!(outcome(&r.body).contains("approval.not_pending"), "{}", r.body);
+    let r = b.post_form(
+        "/console/act",
+        &[
+            ("csrf", &csrf),
+            ("method", "approvals.approve"),
+            ("id", "x"),
+            ("totp", &ann.code()),
+        ],
+    );
+    assert!(
+        outcome(&r.body).contains("approval.not_pending"),
+        "{}",
+        r.body
+    );
 
     // Role escalation: an approver with a valid code cannot act as an admin or operator.
-    for (method, extra) in [("users.add", ("name", "mallory")), ("keys.disable", ("all", "true")), ("clients.add", ("name", "x"))] {
+    for (method, extra) in [
+        ("users.add", ("name", "mallory")),
+        ("keys.disable", ("all", "true")),
+        ("clients.add", ("name", "x")),
+    ] {
         let mut fields = vec![("csrf", csrf.as_str()), ("method", method), extra];
         let code = ann.code();
         fields.push(("totp", &code));
         fields.push(("roles", "admin"));
         let r = b.post_form("/console/act", &fields);
-        assert!(outcome(&r.body).contains("admin.role"), "{method}: {}", r.body);
+        assert!(
+            outcome(&r.body).contains("admin.role"),
+            "{method}: {}",
+            r.body
+        );
     }
     // Methods outside the console's list are refused before anything runs.
-    let r = b.post_form("/console/act", &[("csrf", &csrf), ("method", "watermarks.repair"), ("totp", &ann.code())]);
+    let r = b.post_form(
+        "/console/act",
+        &[
+            ("csrf", &csrf),
+            ("method", "watermarks.repair"),
+            ("totp", &ann.code()),
+        ],
+    );
     assert_eq!(r.status, 400);
     // An approver's read of an admin page is refused by the role table too.
     let people = b.get("/console/people");
@@ -194,19 +299,47 @@ fn console_sign_in_sessions_csrf_origin_and_roles() {
     enrol_and_sign_in(&mut admin, &mut akey, "alice", &s.alice.code());
     let acsrf = admin.csrf("/console/people");
     let code = s.alice.code();
-    let r = admin.post_form("/console/act", &[("csrf", &acsrf), ("method", "users.add"), ("name", "olga"), ("roles", "operator"), ("totp", &code)]);
-    assert!(r.body.contains("Done: users.add") && r.body.contains("<svg") && r.body.contains("otpauth://totp/"), "{}", r.body);
+    let r = admin.post_form(
+        "/console/act",
+        &[
+            ("csrf", &acsrf),
+            ("method", "users.add"),
+            ("name", "olga"),
+            ("roles", "operator"),
+            ("totp", &code),
+        ],
+    );
+    assert!(
+        r.body.contains("Done: users.add")
+            && r.body.contains("<svg")
+            && r.body.contains("otpauth://totp/"),
+        "{}",
+        r.body
+    );
 
     // Refusals went through the admin audit path, with the same rule names.
     let rows = audit_rows(&s.daemon.config, &[]);
-    let refused = |m: &str| rows.iter().any(|r| r["client"] == "user:ann" && r["method"] == m && r["rule"] == "admin.role");
-    assert!(refused("admin.users.add") && refused("admin.keys.disable"), "{rows:?}");
-    assert!(rows.iter().any(|r| r["method"] == "admin.console.signin" && r["decision"] == "accepted"));
-    assert!(rows.iter().any(|r| r["method"] == "admin.users.add" && r["client"] == "user:alice" && r["decision"] == "accepted"));
+    let refused = |m: &str| {
+        rows.iter()
+            .any(|r| r["client"] == "user:ann" && r["method"] == m && r["rule"] == "admin.role")
+    };
+    assert!(
+        refused("admin.users.add") && refused("admin.keys.disable"),
+        "{rows:?}"
+    );
+    assert!(rows
+        .iter()
+        .any(|r| r["method"] == "admin.console.signin" && r["decision"] == "accepted"));
+    assert!(rows.iter().any(|r| r["method"] == "admin.users.add"
+        && r["client"] == "user:alice"
+        && r["decision"] == "accepted"));
 
     // Sign out ends the session server-side.
     let csrf = b.csrf("/console/approvals");
-    assert_eq!(b.post_form("/console/signout", &[("csrf", &csrf)]).status, 303);
+    assert_eq!(
+        b.post_form("/console/signout", &[("csrf", &csrf)]).status,
+        303
+    );
     b.cookies.insert("__Host-kg_session".into(), session);
     assert_eq!(b.get("/console/approvals").status, 303);
 }
@@ -215,14 +348,35 @@ fn held_id(daemon: &Daemon) -> (String, String, String) {
     let (rpc, from) = (daemon.rpc_addr(), address(daemon));
     let held = sign(&rpc, &from, 11 * ETHER, 0);
     assert_eq!(error_code(&held), Some(-32002), "{held}");
-    (held["error"]["data"]["approval_id"].as_str().unwrap().to_string(), rpc, from)
+    (
+        held["error"]["data"]["approval_id"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        rpc,
+        from,
+    )
 }
 
 #[test]
 fn console_approves_audits_and_stops_a_key() {
     let s = setup(false);
-    let ann = add_user2(&s.sock, &s.alice, &s.adam, "ann", &["approver"], &["treasury"]);
-    let bob = add_user2(&s.sock, &s.alice, &s.adam, "bob", &["approver"], &["treasury"]);
+    let ann = add_user2(
+        &s.sock,
+        &s.alice,
+        &s.adam,
+        "ann",
+        &["approver"],
+        &["treasury"],
+    );
+    let bob = add_user2(
+        &s.sock,
+        &s.alice,
+        &s.adam,
+        "bob",
+        &["approver"],
+        &["treasury"],
+    );
     let aud = add_user(&s.sock, &s.alice, "aud", &["auditor"], &[]);
     let op = add_user(&s.sock, &s.alice, "op", &["operator"], &[]);
     let (id, rpc, from) = held_id(&s.daemon);
@@ -235,11 +389,30 @@ fn console_approves_audits_and_stops_a_key() {
         let page = b.get("/console/approvals");
         assert!(page.body.contains(&id), "{}", page.body);
         // The decoded intent: destination and amount.
-        assert!(page.body.to_lowercase().contains("0x000000000000000000000000000000000000dead"), "{}", page.body);
-        assert!(page.body.contains(&(11 * ETHER).to_string()) && page.body.contains("Send 11 ETH to 0x"), "{}", page.body);
+        assert!(
+            page.body
+                .to_lowercase()
+                .contains("0x000000000000000000000000000000000000dead"),
+            "{}",
+            page.body
+        );
+        assert!(
+            page.body.contains(&(11 * ETHER).to_string())
+                && page.body.contains("Send 11 ETH to 0x"),
+            "{}",
+            page.body
+        );
         let csrf = b.csrf("/console/approvals");
         let code = user.code();
-        let r = b.post_form("/console/act", &[("csrf", &csrf), ("method", "approvals.approve"), ("id", &id), ("totp", &code)]);
+        let r = b.post_form(
+            "/console/act",
+            &[
+                ("csrf", &csrf),
+                ("method", "approvals.approve"),
+                ("id", &id),
+                ("totp", &code),
+            ],
+        );
         assert!(r.body.contains("Done: approvals.approve"), "{}", r.body);
     }
     // The client's retry signs, once.
@@ -256,9 +429,17 @@ fn console_approves_audits_and_stops_a_key() {
     assert!(!page.body.contains(">held<"), "the filter applies");
     let csv = b.get("/console/audit/export?decision=signed&format=csv");
     assert_eq!(csv.header("content-type"), Some("text/csv; charset=utf-8"));
-    assert!(csv.body.starts_with("seq,ts_ms,") && csv.body.lines().count() >= 2, "{}", csv.body);
+    assert!(
+        csv.body.starts_with("seq,ts_ms,") && csv.body.lines().count() >= 2,
+        "{}",
+        csv.body
+    );
     let jsonl = b.get("/console/audit/export?decision=held&format=jsonl");
-    let rows: Vec<Value> = jsonl.body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<Value> = jsonl
+        .body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert!(!rows.is_empty() && rows.iter().all(|r| r["decision"] == "held"));
     let csrf = b.csrf("/console/audit");
     let v = b.post_form("/console/audit/verify", &[("csrf", &csrf)]);
@@ -270,10 +451,24 @@ fn console_approves_audits_and_stops_a_key() {
     enrol_and_sign_in(&mut b, &mut key, "op", &op.code());
     let csrf = b.csrf("/console/keys");
     let code = op.code();
-    let r = b.post_form("/console/act", &[("csrf", &csrf), ("method", "keys.disable"), ("key", "dev-secp256k1"), ("totp", &code)]);
+    let r = b.post_form(
+        "/console/act",
+        &[
+            ("csrf", &csrf),
+            ("method", "keys.disable"),
+            ("key", "dev-secp256k1"),
+            ("totp", &code),
+        ],
+    );
     assert!(r.body.contains("Done: keys.disable"), "{}", r.body);
     let refused = sign(&rpc, &from, ETHER / 10, 1);
     assert_eq!(error_code(&refused), Some(-32004), "{refused}");
-    assert!(refused["error"]["message"].as_str().unwrap().contains("disabled"), "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("disabled"),
+        "{refused}"
+    );
     assert!(b.get("/console/keys").body.contains("disabled"));
 }

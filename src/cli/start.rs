@@ -376,7 +376,10 @@ fn console_keys(
 ) -> Vec<server::admin::console::KeyRow> {
     keys.iter()
         .map(|k| {
-            let mut line = describe(k).splitn(3, ' ').map(str::to_owned).collect::<Vec<_>>();
+            let mut line = describe(k)
+                .splitn(3, ' ')
+                .map(str::to_owned)
+                .collect::<Vec<_>>();
             line.resize(3, String::new());
             let id = k.id.to_string();
             let policy = config

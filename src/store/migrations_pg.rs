@@ -6,8 +6,8 @@
 
 pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
     (
-    1,
-    "CREATE TABLE audit_log (
+        1,
+        "CREATE TABLE audit_log (
         seq        BIGINT PRIMARY KEY,
         ts_ms      BIGINT NOT NULL,
         request_id TEXT NOT NULL,

@@ -23,7 +23,12 @@ impl StateDb {
 
     /// Binds a new passkey to `user`; false if the credential id is already bound (to anyone)
     /// or the user already holds [`MAX_PASSKEYS_PER_USER`].
-    pub fn add_passkey(&self, user: &str, cred_id: &str, passkey: &str) -> Result<bool, StoreError> {
+    pub fn add_passkey(
+        &self,
+        user: &str,
+        cred_id: &str,
+        passkey: &str,
+    ) -> Result<bool, StoreError> {
         self.transaction(|tx| {
             let held = tx.query(
                 "SELECT cred_id FROM console_passkeys WHERE user_name = $1",
@@ -42,7 +47,12 @@ impl StateDb {
     }
 
     /// Stores a passkey's updated form (its signature counter after a sign-in).
-    pub fn update_passkey(&self, user: &str, cred_id: &str, passkey: &str) -> Result<(), StoreError> {
+    pub fn update_passkey(
+        &self,
+        user: &str,
+        cred_id: &str,
+        passkey: &str,
+    ) -> Result<(), StoreError> {
         self.exec(
             "UPDATE console_passkeys SET passkey = $3 WHERE cred_id = $1 AND user_name = $2",
             vals![cred_id, user, passkey],

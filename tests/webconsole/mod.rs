@@ -62,11 +62,16 @@ impl Browser {
         let name = ServerName::try_from("localhost".to_string()).unwrap();
         let conn = rustls::ClientConnection::new(self.tls.clone(), name).unwrap();
         let tcp = std::net::TcpStream::connect(&self.addr).unwrap();
-        tcp.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .unwrap();
         let mut tls = rustls::StreamOwned::new(conn, tcp);
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
         if !self.cookies.is_empty() {
-            let jar: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let jar: Vec<String> = self
+                .cookies
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             head.push_str(&format!("Cookie: {}\r\n", jar.join("; ")));
         }
         for (k, v) in headers {
@@ -89,7 +94,11 @@ impl Browser {
             .filter_map(|l| l.split_once(": "))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let resp = Resp { status, headers, body: body.to_string() };
+        let resp = Resp {
+            status,
+            headers,
+            body: body.to_string(),
+        };
         for c in resp.set_cookies() {
             let first = c.split(';').next().unwrap_or("");
             if let Some((k, v)) = first.split_once('=') {
@@ -119,7 +128,12 @@ impl Browser {
     }
 
     /// A form POST from `origin` (None: no Origin header).
-    pub fn post_form_from(&mut self, origin: Option<&str>, path: &str, fields: &[(&str, &str)]) -> Resp {
+    pub fn post_form_from(
+        &mut self,
+        origin: Option<&str>,
+        path: &str,
+        fields: &[(&str, &str)],
+    ) -> Resp {
         let body = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(fields)
             .finish();
@@ -138,7 +152,11 @@ impl Browser {
     /// The CSRF token of the signed-in page at `path`.
     pub fn csrf(&mut self, path: &str) -> String {
         let page = self.get(path);
-        let at = page.body.find("name=\"csrf\" content=\"").expect("csrf meta") + 21;
+        let at = page
+            .body
+            .find("name=\"csrf\" content=\"")
+            .expect("csrf meta")
+            + 21;
         page.body[at..at + 64].to_string()
     }
 }
@@ -158,7 +176,10 @@ pub fn b64(b: &[u8]) -> String {
     const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in b.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &x)| acc | (u32::from(x) << (16 - 8 * i)));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &x)| acc | (u32::from(x) << (16 - 8 * i)));
         for i in 0..=chunk.len() {
             out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
         }
@@ -221,7 +242,9 @@ impl Passkey {
     }
 
     fn client_data(&self, kind: &str, options: &Value, origin: &str) -> Vec<u8> {
-        let challenge = options["publicKey"]["challenge"].as_str().expect("challenge");
+        let challenge = options["publicKey"]["challenge"]
+            .as_str()
+            .expect("challenge");
         json!({"type": kind, "challenge": challenge, "origin": origin, "crossOrigin": false})
             .to_string()
             .into_bytes()
@@ -272,9 +295,15 @@ impl Passkey {
 /// Enrols `passkey` for `user` (proving `totp`), then signs in; the session cookie is in the jar.
 pub fn enrol_and_sign_in(b: &mut Browser, passkey: &mut Passkey, user: &str, totp: &str) {
     let origin = b.origin.clone();
-    let opts = b.post_json("/console/passkey/enrol/start", &json!({"user": user, "totp": totp}));
+    let opts = b.post_json(
+        "/console/passkey/enrol/start",
+        &json!({"user": user, "totp": totp}),
+    );
     assert_eq!(opts.status, 200, "enrol start: {}", opts.body);
-    let done = b.post_json("/console/passkey/enrol/finish", &passkey.register(&opts.json(), &origin));
+    let done = b.post_json(
+        "/console/passkey/enrol/finish",
+        &passkey.register(&opts.json(), &origin),
+    );
     assert_eq!(done.status, 200, "enrol finish: {}", done.body);
     sign_in(b, passkey, user);
 }
@@ -284,5 +313,8 @@ pub fn sign_in(b: &mut Browser, passkey: &mut Passkey, user: &str) -> Resp {
     let origin = b.origin.clone();
     let opts = b.post_json("/console/passkey/signin/start", &json!({"user": user}));
     assert_eq!(opts.status, 200, "sign-in start: {}", opts.body);
-    b.post_json("/console/passkey/signin/finish", &passkey.assert(&opts.json(), &origin))
+    b.post_json(
+        "/console/passkey/signin/finish",
+        &passkey.assert(&opts.json(), &origin),
+    )
 }

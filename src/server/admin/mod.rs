@@ -88,17 +88,16 @@ impl AdminContext {
             &settings.totp_lockout,
             settings.totp_max_failures,
         ));
-        let console = settings
-            .console
-            .as_ref()
-            .filter(|c| c.enabled)
-            .and_then(|c| match console::Console::new(c) {
-                Ok(c) => Some(Arc::new(c)),
-                Err(e) => {
-                    tracing::error!(error = %e, "web console disabled");
-                    None
-                }
-            });
+        let console =
+            settings.console.as_ref().filter(|c| c.enabled).and_then(
+                |c| match console::Console::new(c) {
+                    Ok(c) => Some(Arc::new(c)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "web console disabled");
+                        None
+                    }
+                },
+            );
         AdminContext {
             gate,
             console,

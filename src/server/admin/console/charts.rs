@@ -108,7 +108,9 @@ pub(super) async fn overview(ctx: &AdminContext, r: &Req, s: &Session) -> Respon
         };
         let ts = row.get("ts_ms").and_then(Value::as_i64).unwrap_or(0);
         let bucket = ((ts - since) / 3_600_000).clamp(0, HOURS - 1) as usize;
-        let series = per_chain.entry(chain.to_owned()).or_insert([(0, 0); HOURS as usize]);
+        let series = per_chain
+            .entry(chain.to_owned())
+            .or_insert([(0, 0); HOURS as usize]);
         match row.get("decision").and_then(Value::as_str) {
             Some("signed") => {
                 series[bucket].0 += 1;

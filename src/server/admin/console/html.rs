@@ -29,7 +29,11 @@ pub fn esc(s: &str) -> String {
 }
 
 /// A response with `body`, its type, and the security headers.
-pub fn response(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+pub fn response(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     let h = r.headers_mut();
@@ -125,7 +129,11 @@ pub fn value(v: &serde_json::Value, depth: usize) -> String {
         Value::Object(map) => {
             let mut s = String::from("<dl>");
             for (k, v) in map {
-                s.push_str(&format!("<dt>{}</dt><dd>{}</dd>", esc(k), value(v, depth + 1)));
+                s.push_str(&format!(
+                    "<dt>{}</dt><dd>{}</dd>",
+                    esc(k),
+                    value(v, depth + 1)
+                ));
             }
             s.push_str("</dl>");
             s

@@ -43,7 +43,9 @@ pub struct Console {
 
 impl std::fmt::Debug for Console {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Console").field("origin", &self.origin).finish()
+        f.debug_struct("Console")
+            .field("origin", &self.origin)
+            .finish()
     }
 }
 
@@ -94,7 +96,10 @@ pub(crate) struct Req {
 
 impl Req {
     pub(crate) fn q(&self, k: &str) -> Option<&str> {
-        self.query.get(k).map(String::as_str).filter(|v| !v.is_empty())
+        self.query
+            .get(k)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
     pub(crate) fn f(&self, k: &str) -> &str {
         self.form.get(k).map_or("", String::as_str)
@@ -123,7 +128,10 @@ pub async fn respond(
     idle: Duration,
 ) -> Response<Full<Bytes>> {
     let Some(console) = ctx.console.as_deref() else {
-        return page(StatusCode::NOT_FOUND, frame("Not found", None, "<p>The console is off.</p>"));
+        return page(
+            StatusCode::NOT_FOUND,
+            frame("Not found", None, "<p>The console is off.</p>"),
+        );
     };
     let path = req.uri().path().to_owned();
     if let Some(asset) = assets::get(&path) {
@@ -133,7 +141,11 @@ pub async fn respond(
         super::peer_refused(ctx, peer, refusal).await;
         return page(
             StatusCode::TOO_MANY_REQUESTS,
-            frame("Slow down", None, &format!("<p>Refused: {}</p>", refusal.rule())),
+            frame(
+                "Slow down",
+                None,
+                &format!("<p>Refused: {}</p>", refusal.rule()),
+            ),
         );
     }
     let header = |name: hyper::header::HeaderName| {
@@ -175,7 +187,11 @@ async fn route(ctx: &AdminContext, console: &Console, r: Req) -> Response<Full<B
     if post && r.origin.as_deref() != Some(console.origin.as_str()) {
         return page(
             StatusCode::FORBIDDEN,
-            frame("Refused", None, "<p>Refused: console.origin (request from another origin).</p>"),
+            frame(
+                "Refused",
+                None,
+                "<p>Refused: console.origin (request from another origin).</p>",
+            ),
         );
     }
     if r.path.starts_with("/console/passkey/") && post {
@@ -183,14 +199,20 @@ async fn route(ctx: &AdminContext, console: &Console, r: Req) -> Response<Full<B
     }
     let now = crate::store::now_ms();
     let session_id = session::cookie(&r.cookie, SESSION_COOKIE).map(str::to_owned);
-    let session = session_id.as_deref().and_then(|id| console.sessions.get(id, now));
+    let session = session_id
+        .as_deref()
+        .and_then(|id| console.sessions.get(id, now));
     let Some(session) = session else {
         return if r.path == "/console/signin" || r.path == "/console" || r.path == "/console/" {
             page(StatusCode::OK, passkey::signin_page())
         } else if post {
             page(
                 StatusCode::UNAUTHORIZED,
-                frame("Signed out", None, "<p>Refused: console.session (sign in first).</p>"),
+                frame(
+                    "Signed out",
+                    None,
+                    "<p>Refused: console.session (sign in first).</p>",
+                ),
             )
         } else {
             html::redirect("/console/signin")
@@ -204,11 +226,17 @@ async fn route(ctx: &AdminContext, console: &Console, r: Req) -> Response<Full<B
     if post && !session.csrf_ok(r.f("csrf")) {
         return page(
             StatusCode::FORBIDDEN,
-            frame("Refused", None, "<p>Refused: console.csrf (stale or missing form token).</p>"),
+            frame(
+                "Refused",
+                None,
+                "<p>Refused: console.csrf (stale or missing form token).</p>",
+            ),
         );
     }
     match (post, r.path.as_str()) {
-        (false, "/console" | "/console/" | "/console/signin") => html::redirect("/console/approvals"),
+        (false, "/console" | "/console/" | "/console/signin") => {
+            html::redirect("/console/approvals")
+        }
         (true, "/console/signout") => {
             if let Some(id) = &session_id {
                 console.sessions.remove(id);
@@ -229,7 +257,11 @@ async fn route(ctx: &AdminContext, console: &Console, r: Req) -> Response<Full<B
         (false, "/console/people") => people::page_for(ctx, &r, &session).await,
         _ => page(
             StatusCode::NOT_FOUND,
-            frame("Not found", Some((&session.user, &session.csrf)), "<p>No such page.</p>"),
+            frame(
+                "Not found",
+                Some((&session.user, &session.csrf)),
+                "<p>No such page.</p>",
+            ),
         ),
     }
 }

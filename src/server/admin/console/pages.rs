@@ -63,7 +63,12 @@ pub(super) fn when(ms: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM` (UTC) as unix ms.
@@ -73,7 +78,12 @@ pub(super) fn parse_when(s: &str) -> Option<i64> {
     let (y, m, day) = (d.next()??, d.next()??, d.next()??);
     let (hh, mm) = time.split_once(':')?;
     let (hh, mm) = (hh.parse::<i64>().ok()?, mm.get(..2)?.parse::<i64>().ok()?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || !(1970..=9999).contains(&y) {
+    if !(1..=12).contains(&m)
+        || !(1..=31).contains(&day)
+        || hh > 23
+        || mm > 59
+        || !(1970..=9999).contains(&y)
+    {
         return None;
     }
     let y2 = if m <= 2 { y - 1 } else { y };
@@ -142,7 +152,12 @@ fn version_of(list: &Value) -> String {
     let mut h = Sha256::new();
     for a in list.as_array().into_iter().flatten() {
         h.update(a.get("id").and_then(Value::as_str).unwrap_or("").as_bytes());
-        h.update(a.get("approved").and_then(Value::as_i64).unwrap_or(0).to_be_bytes());
+        h.update(
+            a.get("approved")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                .to_be_bytes(),
+        );
     }
     hex::encode(&h.finalize()[..8])
 }
@@ -157,7 +172,11 @@ pub(super) async fn events(ctx: &AdminContext, r: &Req, s: &Session) -> Page {
         _ => Vec::new(),
     };
     if !roles::allowed(&user_roles, "approvals.list") {
-        return html::response(StatusCode::FORBIDDEN, "text/event-stream", "retry: 60000\n\n");
+        return html::response(
+            StatusCode::FORBIDDEN,
+            "text/event-stream",
+            "retry: 60000\n\n",
+        );
     }
     let since = r.q("version").unwrap_or("").to_owned();
     let mut body = String::from("retry: 2000\n\n");
@@ -198,13 +217,22 @@ fn audit_filter(r: &Req) -> serde_json::Map<String, Value> {
 
 fn audit_query_string(r: &Req, extra: &str) -> String {
     let mut q = form_urlencoded::Serializer::new(String::new());
-    for k in ["since", "until", "chain", "key", "client", "decision", "rule", "method"] {
+    for k in [
+        "since", "until", "chain", "key", "client", "decision", "rule", "method",
+    ] {
         if let Some(v) = r.q(k) {
             q.append_pair(k, v);
         }
     }
     let q = q.finish();
-    format!("{q}{}{extra}", if q.is_empty() || extra.is_empty() { "" } else { "&" })
+    format!(
+        "{q}{}{extra}",
+        if q.is_empty() || extra.is_empty() {
+            ""
+        } else {
+            "&"
+        }
+    )
 }
 
 /// `GET /console/audit`: search, page (newest first), row detail.
@@ -254,7 +282,10 @@ pub(super) async fn audit(ctx: &AdminContext, r: &Req, s: &Session) -> Page {
     );
     if detail.is_some() {
         for row in &rows {
-            body.push_str(&format!("<div class=\"card\" id=\"row-detail\">{}</div>", html::value(row, 0)));
+            body.push_str(&format!(
+                "<div class=\"card\" id=\"row-detail\">{}</div>",
+                html::value(row, 0)
+            ));
         }
         return page(StatusCode::OK, frame("Audit row", me(s), &body));
     }
@@ -282,9 +313,17 @@ pub(super) async fn audit(ctx: &AdminContext, r: &Req, s: &Session) -> Page {
     }
     body.push_str("</tbody></table>");
     if rows.len() == AUDIT_PAGE {
-        if let Some(last) = rows.last().and_then(|r| r.get("seq")).and_then(Value::as_i64) {
+        if let Some(last) = rows
+            .last()
+            .and_then(|r| r.get("seq"))
+            .and_then(Value::as_i64)
+        {
             let q = audit_query_string(r, &format!("before={last}"));
-            let _ = write!(body, "<p><a id=\"older\" href=\"/console/audit?{}\">Older rows</a></p>", esc(&q));
+            let _ = write!(
+                body,
+                "<p><a id=\"older\" href=\"/console/audit?{}\">Older rows</a></p>",
+                esc(&q)
+            );
         }
     }
     page(StatusCode::OK, frame("Audit", me(s), &body))
@@ -304,8 +343,19 @@ pub(super) async fn audit_export(ctx: &AdminContext, r: &Req, s: &Session) -> Pa
         out.push_str("seq,ts_ms,request_id,client,key_id,chain,method,decision,rule,reason,tx_hash,summary,hash\n");
         for row in &rows {
             let cells: Vec<String> = [
-                "seq", "ts_ms", "request_id", "client", "key_id", "chain", "method", "decision", "rule",
-                "reason", "tx_hash", "summary", "hash",
+                "seq",
+                "ts_ms",
+                "request_id",
+                "client",
+                "key_id",
+                "chain",
+                "method",
+                "decision",
+                "rule",
+                "reason",
+                "tx_hash",
+                "summary",
+                "hash",
             ]
             .iter()
             .map(|k| csv_cell(row.get(*k).unwrap_or(&Value::Null)))
@@ -319,10 +369,17 @@ pub(super) async fn audit_export(ctx: &AdminContext, r: &Req, s: &Session) -> Pa
             out.push('\n');
         }
     }
-    let (ty, ext) = if csv { ("text/csv; charset=utf-8", "csv") } else { ("application/x-ndjson", "jsonl") };
+    let (ty, ext) = if csv {
+        ("text/csv; charset=utf-8", "csv")
+    } else {
+        ("application/x-ndjson", "jsonl")
+    };
     let mut resp = html::response(StatusCode::OK, ty, out);
-    if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("attachment; filename=\"keyguard-audit.{ext}\"")) {
-        resp.headers_mut().insert(hyper::header::CONTENT_DISPOSITION, v);
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&format!(
+        "attachment; filename=\"keyguard-audit.{ext}\""
+    )) {
+        resp.headers_mut()
+            .insert(hyper::header::CONTENT_DISPOSITION, v);
     }
     resp
 }
@@ -335,7 +392,11 @@ fn csv_cell(v: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    let s = if s.starts_with(['=', '+', '-', '@']) && !s.parse::<f64>().is_ok() { format!("'{s}") } else { s };
+    let s = if s.starts_with(['=', '+', '-', '@']) && s.parse::<f64>().is_err() {
+        format!("'{s}")
+    } else {
+        s
+    };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
@@ -357,7 +418,14 @@ pub(super) async fn audit_verify(ctx: &AdminContext, r: &Req, s: &Session) -> Pa
             esc(e.message())
         ),
     };
-    page(StatusCode::OK, frame("Audit verify", me(s), &format!("{body}<p><a href=\"/console/audit\">Back</a></p>")))
+    page(
+        StatusCode::OK,
+        frame(
+            "Audit verify",
+            me(s),
+            &format!("{body}<p><a href=\"/console/audit\">Back</a></p>"),
+        ),
+    )
 }
 
 /// `GET /console/keys`: the kill switch per key and for all.
@@ -366,14 +434,23 @@ pub(super) async fn keys(ctx: &AdminContext, r: &Req, s: &Session) -> Page {
         Ok(v) => v,
         Err(e) => return failed(s, "Keys", &e),
     };
-    let all_off = status.get("all_disabled").and_then(Value::as_bool).unwrap_or(false);
+    let all_off = status
+        .get("all_disabled")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let disabled: Vec<String> = status
         .get("disabled")
         .and_then(Value::as_array)
-        .map(|v| v.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .map(|v| {
+            v.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default();
     let fields = action_fields(&s.csrf);
-    let mut body = format!(
+    let mut body =
+        format!(
         "<h1>Keys</h1><p id=\"all-status\">All keys: <strong class=\"{c}\">{t}</strong>{kf}</p>",
         c = if all_off { "err" } else { "ok" },
         t = if all_off { "signing stopped" } else { "signing allowed" },

@@ -106,7 +106,13 @@ fn refused(status: StatusCode, rule: &str, message: &str) -> Response<Full<Bytes
 }
 
 /// Audits a ceremony's outcome through the admin audit path.
-async fn audit(ctx: &AdminContext, r: &Req, user: &str, what: &str, outcome: &Result<(), AdminError>) -> bool {
+async fn audit(
+    ctx: &AdminContext,
+    r: &Req,
+    user: &str,
+    what: &str,
+    outcome: &Result<(), AdminError>,
+) -> bool {
     let outcome = match outcome {
         Ok(()) => Ok(Done {
             result: Value::Null,
@@ -121,7 +127,11 @@ async fn audit(ctx: &AdminContext, r: &Req, user: &str, what: &str, outcome: &Re
 }
 
 /// `POST /console/passkey/{enrol,signin}/{start,finish}`.
-pub(super) async fn ceremony(ctx: &AdminContext, console: &Console, r: &Req) -> Response<Full<Bytes>> {
+pub(super) async fn ceremony(
+    ctx: &AdminContext,
+    console: &Console,
+    r: &Req,
+) -> Response<Full<Bytes>> {
     let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
     let now = now_ms();
     let flow_id = session::cookie(&r.cookie, FLOW_COOKIE);
@@ -133,9 +143,20 @@ pub(super) async fn ceremony(ctx: &AdminContext, console: &Console, r: &Req) -> 
             let who = match who {
                 Ok(u) => u,
                 Err(e) => {
-                    let ok = audit(ctx, r, user, "console.passkey_enrol", &Err(AdminError::new(e.code, e.rule, e.message.clone()))).await;
+                    let ok = audit(
+                        ctx,
+                        r,
+                        user,
+                        "console.passkey_enrol",
+                        &Err(AdminError::new(e.code, e.rule, e.message.clone())),
+                    )
+                    .await;
                     let e = e.on_the_wire();
-                    let status = if ok { StatusCode::UNAUTHORIZED } else { StatusCode::INTERNAL_SERVER_ERROR };
+                    let status = if ok {
+                        StatusCode::UNAUTHORIZED
+                    } else {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    };
                     return refused(status, e.rule, &e.message);
                 }
             };
@@ -145,7 +166,13 @@ pub(super) async fn ceremony(ctx: &AdminContext, console: &Console, r: &Req) -> 
                     .filter_map(|(_, j)| serde_json::from_str::<Passkey>(j).ok())
                     .map(|p| p.cred_id().clone())
                     .collect(),
-                Err(e) => return refused(StatusCode::INTERNAL_SERVER_ERROR, "admin.internal", &e.to_string()),
+                Err(e) => {
+                    return refused(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "admin.internal",
+                        &e.to_string(),
+                    )
+                }
             };
             let started = console.webauthn.start_passkey_registration(
                 user_handle(&who.name),
@@ -155,19 +182,39 @@ pub(super) async fn ceremony(ctx: &AdminContext, console: &Console, r: &Req) -> 
             );
             let (options, state) = match started {
                 Ok(s) => s,
-                Err(e) => return refused(StatusCode::BAD_REQUEST, "console.passkey", &e.to_string()),
+                Err(e) => {
+                    return refused(StatusCode::BAD_REQUEST, "console.passkey", &e.to_string())
+                }
             };
-            start_flow(console, &who.name, Ceremony::Enrol(Box::new(state)), now, json!(options))
+            start_flow(
+                console,
+                &who.name,
+                Ceremony::Enrol(Box::new(state)),
+                now,
+                json!(options),
+            )
         }
         "/console/passkey/enrol/finish" => {
-            let Some(Flow { user, ceremony: Ceremony::Enrol(state), .. }) =
-                flow_id.and_then(|id| console.flows.take(id, now))
+            let Some(Flow {
+                user,
+                ceremony: Ceremony::Enrol(state),
+                ..
+            }) = flow_id.and_then(|id| console.flows.take(id, now))
             else {
-                return refused(StatusCode::BAD_REQUEST, "console.passkey", "no enrolment in progress (or it expired)");
+                return refused(
+                    StatusCode::BAD_REQUEST,
+                    "console.passkey",
+                    "no enrolment in progress (or it expired)",
+                );
             };
             let outcome = serde_json::from_value::<RegisterPublicKeyCredential>(body)
                 .map_err(|e| e.to_string())
-                .and_then(|cred| console.webauthn.finish_passkey_registration(&cred, &state).map_err(|e| e.to_string()))
+                .and_then(|cred| {
+                    console
+                        .webauthn
+                        .finish_passkey_registration(&cred, &state)
+                        .map_err(|e| e.to_string())
+                })
                 .and_then(|pk| {
                     let stored = serde_json::to_string(&pk).map_err(|e| e.to_string())?;
                     match ctx.db.add_passkey(&user, &cred_key(&pk), &stored) {
@@ -180,13 +227,25 @@ pub(super) async fn ceremony(ctx: &AdminContext, console: &Console, r: &Req) -> 
                     }
                 })
                 .map_err(|m| AdminError::new(codes::REFUSED, "console.passkey", m));
-            finish(ctx, r, &user, "console.passkey_enrol", outcome, json!({"enrolled": true})).await
+            finish(
+                ctx,
+                r,
+                &user,
+                "console.passkey_enrol",
+                outcome,
+                json!({"enrolled": true}),
+            )
+            .await
         }
         "/console/passkey/signin/start" => {
             let user = body.get("user").and_then(Value::as_str).unwrap_or("");
             if ctx.gate.locked(r.peer, user) {
                 ctx.gate.failed(r.peer, user);
-                return refused(StatusCode::UNAUTHORIZED, "admin.auth", "no passkey for this user");
+                return refused(
+                    StatusCode::UNAUTHORIZED,
+                    "admin.auth",
+                    "no passkey for this user",
+                );
             }
             let keys: Vec<Passkey> = match ctx.db.user(user) {
                 Ok(Some(_)) => ctx
@@ -202,35 +261,59 @@ pub(super) async fn ceremony(ctx: &AdminContext, console: &Console, r: &Req) -> 
                 // Unknown user and user without passkey answer alike (no name enumeration
                 // beyond what enrolment already needs).
                 ctx.gate.failed(r.peer, user);
-                return refused(StatusCode::UNAUTHORIZED, "admin.auth", "no passkey for this user");
+                return refused(
+                    StatusCode::UNAUTHORIZED,
+                    "admin.auth",
+                    "no passkey for this user",
+                );
             }
             match console.webauthn.start_passkey_authentication(&keys) {
-                Ok((options, state)) => {
-                    start_flow(console, user, Ceremony::SignIn(Box::new(state)), now, json!(options))
-                }
+                Ok((options, state)) => start_flow(
+                    console,
+                    user,
+                    Ceremony::SignIn(Box::new(state)),
+                    now,
+                    json!(options),
+                ),
                 Err(e) => refused(StatusCode::BAD_REQUEST, "console.passkey", &e.to_string()),
             }
         }
         "/console/passkey/signin/finish" => {
-            let Some(Flow { user, ceremony: Ceremony::SignIn(state), .. }) =
-                flow_id.and_then(|id| console.flows.take(id, now))
+            let Some(Flow {
+                user,
+                ceremony: Ceremony::SignIn(state),
+                ..
+            }) = flow_id.and_then(|id| console.flows.take(id, now))
             else {
-                return refused(StatusCode::BAD_REQUEST, "console.passkey", "no sign-in in progress (or it expired)");
+                return refused(
+                    StatusCode::BAD_REQUEST,
+                    "console.passkey",
+                    "no sign-in in progress (or it expired)",
+                );
             };
             let outcome = serde_json::from_value::<PublicKeyCredential>(body)
                 .map_err(|e| e.to_string())
-                .and_then(|cred| console.webauthn.finish_passkey_authentication(&cred, &state).map_err(|e| e.to_string()))
+                .and_then(|cred| {
+                    console
+                        .webauthn
+                        .finish_passkey_authentication(&cred, &state)
+                        .map_err(|e| e.to_string())
+                })
                 .and_then(|res| {
                     if !res.user_verified() {
                         return Err("the authenticator did not verify the user".into());
                     }
                     let stored = ctx.db.passkeys(&user).map_err(|e| e.to_string())?;
                     for (id, j) in stored {
-                        let Ok(mut pk) = serde_json::from_str::<Passkey>(&j) else { continue };
+                        let Ok(mut pk) = serde_json::from_str::<Passkey>(&j) else {
+                            continue;
+                        };
                         if pk.cred_id() == res.cred_id() {
                             if pk.update_credential(&res) == Some(true) {
                                 let j = serde_json::to_string(&pk).map_err(|e| e.to_string())?;
-                                ctx.db.update_passkey(&user, &id, &j).map_err(|e| e.to_string())?;
+                                ctx.db
+                                    .update_passkey(&user, &id, &j)
+                                    .map_err(|e| e.to_string())?;
                             }
                             return Ok(());
                         }
@@ -244,27 +327,48 @@ pub(super) async fn ceremony(ctx: &AdminContext, console: &Console, r: &Req) -> 
                 ctx.gate.succeeded(r.peer, &user);
             }
             let signed_in = outcome.is_ok();
-            let response = finish(ctx, r, &user, "console.signin", outcome, json!({"next": "/console/approvals"})).await;
+            let response = finish(
+                ctx,
+                r,
+                &user,
+                "console.signin",
+                outcome,
+                json!({"next": "/console/approvals"}),
+            )
+            .await;
             if !signed_in || response.status() != StatusCode::OK {
                 return response;
             }
             // A new id, and the id the browser came with (if any) is dropped: no fixation.
             let previous = session::cookie(&r.cookie, SESSION_COOKIE);
             let id = console.sessions.create(&user, previous, now);
-            let response = html::with_cookie(response, &session::set_cookie(SESSION_COOKIE, &id, console.idle_s.max(60) * 16));
+            let response = html::with_cookie(
+                response,
+                &session::set_cookie(SESSION_COOKIE, &id, console.idle_s.max(60) * 16),
+            );
             html::with_cookie(response, &session::set_cookie(FLOW_COOKIE, "", 0))
         }
         _ => refused(StatusCode::NOT_FOUND, "console.passkey", "no such ceremony"),
     }
 }
 
-fn start_flow(console: &Console, user: &str, ceremony: Ceremony, now: i64, options: Value) -> Response<Full<Bytes>> {
+fn start_flow(
+    console: &Console,
+    user: &str,
+    ceremony: Ceremony,
+    now: i64,
+    options: Value,
+) -> Response<Full<Bytes>> {
     let Some(id) = console.flows.insert(Flow {
         user: user.to_owned(),
         ceremony,
         created_ms: now,
     }) else {
-        return refused(StatusCode::SERVICE_UNAVAILABLE, "console.busy", "too many sign-ins in progress");
+        return refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "console.busy",
+            "too many sign-ins in progress",
+        );
     };
     html::with_cookie(
         html::json(StatusCode::OK, &options),
@@ -281,7 +385,11 @@ async fn finish(
     ok_body: Value,
 ) -> Response<Full<Bytes>> {
     if !audit(ctx, r, user, what, &outcome).await {
-        return refused(StatusCode::INTERNAL_SERVER_ERROR, "admin.internal", "audit log unavailable");
+        return refused(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "admin.internal",
+            "audit log unavailable",
+        );
     }
     match outcome {
         Ok(()) => html::json(StatusCode::OK, &ok_body),

@@ -58,7 +58,13 @@ pub(super) fn shown_once(result: &Value) -> String {
 
 fn strings(v: Option<&Value>) -> String {
     v.and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(esc).collect::<Vec<_>>().join(", "))
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(esc)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
         .unwrap_or_default()
 }
 
@@ -70,7 +76,10 @@ pub(super) async fn page_for(ctx: &AdminContext, r: &Req, s: &Session) -> Respon
         Ok(users) => {
             body.push_str("<h2>Users</h2><table class=\"wide\" id=\"users\"><thead><tr><th>name</th><th>roles</th><th>groups</th><th>locked until</th></tr></thead><tbody>");
             for u in users.as_array().into_iter().flatten() {
-                let locked = u.get("locked_until_ms").and_then(Value::as_i64).unwrap_or(0);
+                let locked = u
+                    .get("locked_until_ms")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
                 let _ = write!(
                     body,
                     "<tr><td data-label=\"name\">{}</td><td data-label=\"roles\">{}</td><td data-label=\"groups\">{}</td><td data-label=\"locked\">{}</td></tr>",
@@ -95,7 +104,11 @@ pub(super) async fn page_for(ctx: &AdminContext, r: &Req, s: &Session) -> Respon
             );
         }
         Err(e) => {
-            let _ = write!(body, "<p class=\"muted\">Users: <code>{}</code> (admins only).</p>", esc(e.rule()));
+            let _ = write!(
+                body,
+                "<p class=\"muted\">Users: <code>{}</code> (admins only).</p>",
+                esc(e.rule())
+            );
         }
     }
     match read(ctx, r, s, "clients.list", json!({})).await {
@@ -126,12 +139,18 @@ pub(super) async fn page_for(ctx: &AdminContext, r: &Req, s: &Session) -> Respon
             );
         }
         Err(e) => {
-            let _ = write!(body, "<p class=\"muted\">Clients: <code>{}</code> (admins only).</p>", esc(e.rule()));
+            let _ = write!(
+                body,
+                "<p class=\"muted\">Clients: <code>{}</code> (admins only).</p>",
+                esc(e.rule())
+            );
         }
     }
-    page(StatusCode::OK, frame("Users & clients", Some((&s.user, &s.csrf)), &body))
+    page(
+        StatusCode::OK,
+        frame("Users & clients", Some((&s.user, &s.csrf)), &body),
+    )
 }
-
 
 #[cfg(test)]
 mod tests {

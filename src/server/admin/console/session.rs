@@ -78,7 +78,9 @@ impl Sessions {
             t.remove(old);
         }
         if t.len() >= MAX_SESSIONS {
-            t.retain(|_, s| now - s.last_ms < self.idle_ms && now - s.created_ms < self.lifetime_ms);
+            t.retain(|_, s| {
+                now - s.last_ms < self.idle_ms && now - s.created_ms < self.lifetime_ms
+            });
         }
         if t.len() >= MAX_SESSIONS {
             if let Some(oldest) = t
@@ -178,7 +180,10 @@ mod tests {
         assert!(session.csrf_ok(&session.csrf.clone()));
         assert!(!session.csrf_ok(""));
         assert!(!session.csrf_ok(&random_token()));
-        let header = format!("a=b; {SESSION_COOKIE}={id}; {SESSION_COOKIE}={}", random_token());
+        let header = format!(
+            "a=b; {SESSION_COOKIE}={id}; {SESSION_COOKIE}={}",
+            random_token()
+        );
         assert_eq!(cookie(&header, SESSION_COOKIE), Some(id.as_str()));
         assert_eq!(cookie("__Host-kg_session=short", SESSION_COOKIE), None);
     }
