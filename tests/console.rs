@@ -11,78 +11,13 @@ mod common;
 mod control;
 mod webconsole;
 
-use std::path::Path;
-
 use common::Daemon;
-use control::pki::{client, issue};
 use control::*;
 use serde_json::{json, Value};
-use webconsole::{enrol_and_sign_in, sign_in, Browser, Passkey};
+use webconsole::{enrol_and_sign_in, setup, sign_in, Passkey};
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
     connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
-
-struct Setup {
-    _dir: tempfile::TempDir,
-    daemon: Daemon,
-    addr: String,
-    origin: String,
-    tls: std::sync::Arc<rustls::ClientConfig>,
-    sock: std::path::PathBuf,
-    alice: User,
-    adam: User,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn setup(single_use: bool) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = dir.path().join("pki");
-    std::fs::create_dir(&pki).unwrap();
-    issue(&pki, "server", "admin-server", "IP:127.0.0.1,DNS:localhost");
-    let p = |f: &str| pki.join(f).display().to_string();
-    let port = free_port();
-    let origin = format!("https://localhost:{port}");
-    let extra = format!(
-        "[admin]\ntotp_single_use = {single_use}\ntcp = \"127.0.0.1:{port}\"\n\
-         [admin.limits]\npeer_requests_per_second = 100.0\npeer_burst = 200\n\
-         [admin.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca_waived = true\n\
-         [admin.console]\nenabled = true\norigin = \"{origin}\"\n",
-        p("admin-server.pem"),
-        p("admin-server.key"),
-    );
-    let daemon = Daemon::start(dir.path(), &config(dir.path(), &extra), &[]);
-    let addr = daemon
-        .line_after("keyguard: admin https://")
-        .trim()
-        .to_string();
-    let tls = client(Path::new(&p("server-ca.pem")), None);
-    let sock = socket(dir.path());
-    let alice = bootstrap_admin(&daemon, "alice");
-    let adam = bootstrap_admin(&daemon, "adam");
-    Setup {
-        _dir: dir,
-        daemon,
-        addr,
-        origin,
-        tls,
-        sock,
-        alice,
-        adam,
-    }
-}
-
-impl Setup {
-    fn browser(&self) -> Browser {
-        Browser::new(&self.addr, self.tls.clone(), &self.origin)
-    }
-}
 
 fn outcome(body: &str) -> &str {
     body.split("id=\"outcome\"").nth(1).unwrap_or(body)
@@ -106,7 +41,7 @@ fn console_sign_in_sessions_csrf_origin_and_roles() {
     assert_eq!(signin.status, 200);
     assert_eq!(signin.header("content-security-policy"), Some(CSP));
     assert_eq!(signin.header("x-content-type-options"), Some("nosniff"));
-    assert_eq!(signin.header("referrer-policy"), Some("no-referrer"));
+    assert_eq!(signin.header("referrer-policy"), Some("same-origin"));
     assert!(
         !signin.body.contains("<script>") && !signin.body.contains("style="),
         "no inline script or style"

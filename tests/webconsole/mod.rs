@@ -12,6 +12,10 @@ use rustls::pki_types::ServerName;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::common::Daemon;
+use crate::control::pki::{client, issue};
+use crate::control::{bootstrap_admin, config, socket, User};
+
 /// One HTTP response.
 #[derive(Debug)]
 pub struct Resp {
@@ -317,4 +321,68 @@ pub fn sign_in(b: &mut Browser, passkey: &mut Passkey, user: &str) -> Resp {
         "/console/passkey/signin/finish",
         &passkey.assert(&opts.json(), &origin),
     )
+}
+
+/// A daemon with the console on its admin TLS listener (origin `https://localhost:<port>`), and
+/// two admins.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub daemon: Daemon,
+    pub addr: String,
+    pub origin: String,
+    pub tls: std::sync::Arc<rustls::ClientConfig>,
+    pub sock: std::path::PathBuf,
+    pub alice: User,
+    pub adam: User,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn setup(single_use: bool) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    std::fs::create_dir(&pki).unwrap();
+    issue(&pki, "server", "admin-server", "IP:127.0.0.1,DNS:localhost");
+    let p = |f: &str| pki.join(f).display().to_string();
+    let port = free_port();
+    let origin = format!("https://localhost:{port}");
+    let extra = format!(
+        "[admin]\ntotp_single_use = {single_use}\ntcp = \"127.0.0.1:{port}\"\n\
+         [admin.limits]\npeer_requests_per_second = 100.0\npeer_burst = 200\n\
+         [admin.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca_waived = true\n\
+         [admin.console]\nenabled = true\norigin = \"{origin}\"\n",
+        p("admin-server.pem"),
+        p("admin-server.key"),
+    );
+    let daemon = Daemon::start(dir.path(), &config(dir.path(), &extra), &[]);
+    let addr = daemon
+        .line_after("keyguard: admin https://")
+        .trim()
+        .to_string();
+    let tls = client(std::path::Path::new(&p("server-ca.pem")), None);
+    let sock = socket(dir.path());
+    let alice = bootstrap_admin(&daemon, "alice");
+    let adam = bootstrap_admin(&daemon, "adam");
+    Setup {
+        dir,
+        daemon,
+        addr,
+        origin,
+        tls,
+        sock,
+        alice,
+        adam,
+    }
+}
+
+impl Setup {
+    pub fn browser(&self) -> Browser {
+        Browser::new(&self.addr, self.tls.clone(), &self.origin)
+    }
 }

@@ -45,7 +45,9 @@ pub fn response(
     set(h, "content-type", content_type);
     set(h, "content-security-policy", CSP);
     set(h, "x-content-type-options", "nosniff");
-    set(h, "referrer-policy", "no-referrer");
+    // `same-origin`, not `no-referrer`: under `no-referrer` browsers send `Origin: null` on form
+    // posts, and the Origin check needs the real one. Nothing leaks to another site either way.
+    set(h, "referrer-policy", "same-origin");
     set(h, "x-frame-options", "DENY");
     set(h, "cache-control", "no-store");
     set(h, "cross-origin-opener-policy", "same-origin");

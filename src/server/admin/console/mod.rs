@@ -190,7 +190,7 @@ async fn route(ctx: &AdminContext, console: &Console, r: Req) -> Response<Full<B
             frame(
                 "Refused",
                 None,
-                "<p>Refused: console.origin (request from another origin).</p>",
+                "<p class=\"err\" id=\"outcome\">Refused: console.origin (request from another origin).</p>",
             ),
         );
     }
@@ -211,7 +211,7 @@ async fn route(ctx: &AdminContext, console: &Console, r: Req) -> Response<Full<B
                 frame(
                     "Signed out",
                     None,
-                    "<p>Refused: console.session (sign in first).</p>",
+                    "<p class=\"err\" id=\"outcome\">Refused: console.session (sign in first).</p>",
                 ),
             )
         } else {
@@ -229,7 +229,7 @@ async fn route(ctx: &AdminContext, console: &Console, r: Req) -> Response<Full<B
             frame(
                 "Refused",
                 None,
-                "<p>Refused: console.csrf (stale or missing form token).</p>",
+                "<p class=\"err\" id=\"outcome\">Refused: console.csrf (stale or missing form token).</p>",
             ),
         );
     }
@@ -325,7 +325,11 @@ async fn act(ctx: &AdminContext, console: &Console, r: &Req, s: &Session) -> Res
     if !ACTIONS.contains(&method) {
         return page(
             StatusCode::BAD_REQUEST,
-            frame("Refused", user, "<p>Refused: admin.unknown_method.</p>"),
+            frame(
+                "Refused",
+                user,
+                "<p class=\"err\" id=\"outcome\">Refused: admin.unknown_method.</p>",
+            ),
         );
     }
     let params = action_params(r);
