@@ -68,7 +68,7 @@ fn console_sign_in_sessions_csrf_origin_and_roles() {
         ],
     );
     assert_eq!(r.status, 401, "{}", r.body);
-    assert!(r.body.contains("console.session"));
+    assert!(r.body.contains("admin.console_session"));
 
     // Enrolment needs the user's TOTP code.
     let wrong = b.post_json(
@@ -163,7 +163,7 @@ fn console_sign_in_sessions_csrf_origin_and_roles() {
             ],
         );
         assert_eq!(r.status, 403);
-        assert!(r.body.contains("console.csrf"), "{}", r.body);
+        assert!(r.body.contains("admin.console_csrf"), "{}", r.body);
     }
     // Another origin, or none.
     for origin in [Some("https://evil.example"), Some("null"), None] {
@@ -178,7 +178,7 @@ fn console_sign_in_sessions_csrf_origin_and_roles() {
             ],
         );
         assert_eq!(r.status, 403, "{origin:?}");
-        assert!(r.body.contains("console.origin"));
+        assert!(r.body.contains("admin.console_origin"));
     }
     // Positive control: the same request with everything right reaches the approvals book
     // (which refuses the unknown id by its own rule, past every console check).

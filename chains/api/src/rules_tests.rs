@@ -42,6 +42,10 @@ const NOT_RULES: &[&str] = &[
     "admin.audit_head_interval",
     "admin.totp_max_failures",
     "admin.keys.disable",
+    "admin.console.enabled",
+    "admin.console.origin",
+    "admin.console.session_idle",
+    "admin.console.session_lifetime",
     "policy.reload",
     "bitcoin.require_approval.approvers",
 ];

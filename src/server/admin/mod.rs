@@ -361,7 +361,7 @@ pub(crate) async fn handle_as(
             Proof::Totp(code) => authenticate(ctx, &user_name, code, peer).await,
             Proof::Session if !READ_ONLY.contains(&method) => Err(AdminError::new(
                 codes::UNAUTHORIZED,
-                "console.fresh_totp",
+                "admin.console_fresh_totp",
                 format!("{method} changes state: it needs a fresh TOTP code"),
             )),
             Proof::Session => match ctx.db.user(&user_name) {

@@ -190,7 +190,7 @@ async fn route(ctx: &AdminContext, console: &Console, r: Req) -> Response<Full<B
             frame(
                 "Refused",
                 None,
-                "<p class=\"err\" id=\"outcome\">Refused: console.origin (request from another origin).</p>",
+                "<p class=\"err\" id=\"outcome\">Refused: admin.console_origin (request from another origin).</p>",
             ),
         );
     }
@@ -211,7 +211,7 @@ async fn route(ctx: &AdminContext, console: &Console, r: Req) -> Response<Full<B
                 frame(
                     "Signed out",
                     None,
-                    "<p class=\"err\" id=\"outcome\">Refused: console.session (sign in first).</p>",
+                    "<p class=\"err\" id=\"outcome\">Refused: admin.console_session (sign in first).</p>",
                 ),
             )
         } else {
@@ -229,7 +229,7 @@ async fn route(ctx: &AdminContext, console: &Console, r: Req) -> Response<Full<B
             frame(
                 "Refused",
                 None,
-                "<p class=\"err\" id=\"outcome\">Refused: console.csrf (stale or missing form token).</p>",
+                "<p class=\"err\" id=\"outcome\">Refused: admin.console_csrf (stale or missing form token).</p>",
             ),
         );
     }

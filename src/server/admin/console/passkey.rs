@@ -183,7 +183,7 @@ pub(super) async fn ceremony(
             let (options, state) = match started {
                 Ok(s) => s,
                 Err(e) => {
-                    return refused(StatusCode::BAD_REQUEST, "console.passkey", &e.to_string())
+                    return refused(StatusCode::BAD_REQUEST, "admin.console_passkey", &e.to_string())
                 }
             };
             start_flow(
@@ -203,7 +203,7 @@ pub(super) async fn ceremony(
             else {
                 return refused(
                     StatusCode::BAD_REQUEST,
-                    "console.passkey",
+                    "admin.console_passkey",
                     "no enrolment in progress (or it expired)",
                 );
             };
@@ -226,7 +226,7 @@ pub(super) async fn ceremony(
                         Err(e) => Err(e.to_string()),
                     }
                 })
-                .map_err(|m| AdminError::new(codes::REFUSED, "console.passkey", m));
+                .map_err(|m| AdminError::new(codes::REFUSED, "admin.console_passkey", m));
             finish(
                 ctx,
                 r,
@@ -275,7 +275,7 @@ pub(super) async fn ceremony(
                     now,
                     json!(options),
                 ),
-                Err(e) => refused(StatusCode::BAD_REQUEST, "console.passkey", &e.to_string()),
+                Err(e) => refused(StatusCode::BAD_REQUEST, "admin.console_passkey", &e.to_string()),
             }
         }
         "/console/passkey/signin/finish" => {
@@ -287,7 +287,7 @@ pub(super) async fn ceremony(
             else {
                 return refused(
                     StatusCode::BAD_REQUEST,
-                    "console.passkey",
+                    "admin.console_passkey",
                     "no sign-in in progress (or it expired)",
                 );
             };
@@ -348,7 +348,7 @@ pub(super) async fn ceremony(
             );
             html::with_cookie(response, &session::set_cookie(FLOW_COOKIE, "", 0))
         }
-        _ => refused(StatusCode::NOT_FOUND, "console.passkey", "no such ceremony"),
+        _ => refused(StatusCode::NOT_FOUND, "admin.console_passkey", "no such ceremony"),
     }
 }
 
@@ -366,7 +366,7 @@ fn start_flow(
     }) else {
         return refused(
             StatusCode::SERVICE_UNAVAILABLE,
-            "console.busy",
+            "admin.console_busy",
             "too many sign-ins in progress",
         );
     };
