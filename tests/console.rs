@@ -316,6 +316,25 @@ fn console_approves_audits_and_stops_a_key() {
     let op = add_user(&s.sock, &s.alice, "op", &["operator"], &[]);
     let (id, rpc, from) = held_id(&s.daemon);
 
+    // The JSON-RPC admin API keeps working on the same listener.
+    let rpc_body = json!({"jsonrpc": "2.0", "id": 1, "method": "keys.status",
+        "params": {"auth": {"user": "alice", "totp": s.alice.code()}}});
+    let answer = control::pki::post(&s.addr, &s.tls, &rpc_body.to_string()).unwrap();
+    assert!(answer.contains("\"all_disabled\":false"), "{answer}");
+
+    // Live updates: an approver whose page is stale is told at once; an operator (no
+    // approvals.list) gets nothing.
+    let mut live = s.browser();
+    enrol_and_sign_in(&mut live, &mut Passkey::new("localhost", 5), "bob", &bob.code());
+    let ev = live.get("/console/events?version=stale");
+    assert_eq!(ev.header("content-type"), Some("text/event-stream"));
+    assert!(ev.body.contains("event: changed"), "{}", ev.body);
+    let mut opb = s.browser();
+    enrol_and_sign_in(&mut opb, &mut Passkey::new("localhost", 6), "op", &op.code());
+    let ev = opb.get("/console/events?version=stale");
+    assert_eq!(ev.status, 403, "{}", ev.body);
+    assert!(!ev.body.contains("changed"));
+
     // Two approvers, each on their own passkey, approve with their own fresh TOTP code.
     for (user, seed) in [(&ann, 1u8), (&bob, 2u8)] {
         let mut b = s.browser();

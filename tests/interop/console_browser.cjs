@@ -90,7 +90,7 @@ async function main() {
     await page.waitForSelector('#status.ok', { timeout: 15000 });
     await page.fill('#signin-user', name);
     await page.click('#signin');
-    await page.waitForURL('**/console/approvals', { timeout: 15000 });
+    await page.waitForURL(/\/console\/(approvals|overview|keys)$/, { timeout: 15000 });
     out.steps.push(name + ' signed in with a passkey');
     return { context, page };
   }
@@ -122,6 +122,9 @@ async function main() {
 
   {
     const { context, page } = await person('aud', false);
+    check(page.url().endsWith('/console/overview'), 'auditor lands on ' + page.url());
+    await page.waitForSelector('#totals');
+    await shot(page, 'console-overview');
     await page.goto(input.admin + '/console/audit');
     await page.fill('input[name=decision]', 'signed');
     await page.fill('input[name=chain]', 'eip155:31337');

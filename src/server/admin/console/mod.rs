@@ -38,7 +38,7 @@ pub struct Console {
     webauthn: webauthn_rs::Webauthn,
     pub(crate) sessions: Sessions,
     flows: passkey::Flows,
-    idle_s: i64,
+    lifetime_s: i64,
 }
 
 impl std::fmt::Debug for Console {
@@ -60,13 +60,13 @@ impl Console {
         let ms = |s: &str, default: i64| {
             parse_duration(s).map_or(default, |d| i64::try_from(d.as_millis()).unwrap_or(default))
         };
-        let idle = ms(&config.session_idle, 600_000);
+        let lifetime = ms(&config.session_lifetime, 28_800_000);
         Ok(Console {
             origin,
             webauthn,
-            sessions: Sessions::new(idle, ms(&config.session_lifetime, 28_800_000)),
+            sessions: Sessions::new(ms(&config.session_idle, 600_000), lifetime),
             flows: passkey::Flows::default(),
-            idle_s: idle / 1000,
+            lifetime_s: lifetime / 1000,
         })
     }
 }
@@ -235,7 +235,7 @@ async fn route(ctx: &AdminContext, console: &Console, r: Req) -> Response<Full<B
     }
     match (post, r.path.as_str()) {
         (false, "/console" | "/console/" | "/console/signin") => {
-            html::redirect("/console/approvals")
+            html::redirect(landing(ctx, &session.user))
         }
         (true, "/console/signout") => {
             if let Some(id) = &session_id {
@@ -263,6 +263,22 @@ async fn route(ctx: &AdminContext, console: &Console, r: Req) -> Response<Full<B
                 "<p>No such page.</p>",
             ),
         ),
+    }
+}
+
+/// The first page for `user`: what their roles are for.
+pub(crate) fn landing(ctx: &AdminContext, user: &str) -> &'static str {
+    let roles = match ctx.db.user(user) {
+        Ok(Some(u)) => u.roles,
+        _ => Vec::new(),
+    };
+    let has = |r: &str| roles.iter().any(|x| x == r);
+    if has("approver") {
+        "/console/approvals"
+    } else if has("auditor") || has("admin") {
+        "/console/overview"
+    } else {
+        "/console/keys"
     }
 }
 

@@ -333,7 +333,7 @@ pub(super) async fn ceremony(
                 &user,
                 "console.signin",
                 outcome,
-                json!({"next": "/console/approvals"}),
+                json!({"next": super::landing(ctx, &user)}),
             )
             .await;
             if !signed_in || response.status() != StatusCode::OK {
@@ -344,7 +344,7 @@ pub(super) async fn ceremony(
             let id = console.sessions.create(&user, previous, now);
             let response = html::with_cookie(
                 response,
-                &session::set_cookie(SESSION_COOKIE, &id, console.idle_s.max(60) * 16),
+                &session::set_cookie(SESSION_COOKIE, &id, console.lifetime_s),
             );
             html::with_cookie(response, &session::set_cookie(FLOW_COOKIE, "", 0))
         }
