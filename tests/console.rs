@@ -325,12 +325,22 @@ fn console_approves_audits_and_stops_a_key() {
     // Live updates: an approver whose page is stale is told at once; an operator (no
     // approvals.list) gets nothing.
     let mut live = s.browser();
-    enrol_and_sign_in(&mut live, &mut Passkey::new("localhost", 5), "bob", &bob.code());
+    enrol_and_sign_in(
+        &mut live,
+        &mut Passkey::new("localhost", 5),
+        "bob",
+        &bob.code(),
+    );
     let ev = live.get("/console/events?version=stale");
     assert_eq!(ev.header("content-type"), Some("text/event-stream"));
     assert!(ev.body.contains("event: changed"), "{}", ev.body);
     let mut opb = s.browser();
-    enrol_and_sign_in(&mut opb, &mut Passkey::new("localhost", 6), "op", &op.code());
+    enrol_and_sign_in(
+        &mut opb,
+        &mut Passkey::new("localhost", 6),
+        "op",
+        &op.code(),
+    );
     let ev = opb.get("/console/events?version=stale");
     assert_eq!(ev.status, 403, "{}", ev.body);
     assert!(!ev.body.contains("changed"));

@@ -125,7 +125,12 @@ fn people_use_the_console_in_a_real_browser() {
         .as_str()
         .unwrap()
         .contains("disabled"));
-    for shot in ["console-approvals-phone", "console-overview", "console-audit", "console-keys"] {
+    for shot in [
+        "console-approvals-phone",
+        "console-overview",
+        "console-audit",
+        "console-keys",
+    ] {
         assert!(shots.join(format!("{shot}.png")).exists(), "{shot}");
     }
 

@@ -8,6 +8,7 @@
 pub mod anchor;
 mod approvals_sql;
 mod audit;
+mod audit_stats;
 mod chain_state;
 mod checkpoint;
 mod clients;
@@ -51,6 +52,7 @@ use crate::config::PgSettings;
 use db::{Conn, PgLink, Shared};
 
 pub use audit::{AuditEntry, AuditReceipt, AuditRow, AuditVerification, Decision, GENESIS_HASH};
+pub use audit_stats::{AuditCount, AuditCounter};
 pub use chain_state::SignedTxRow;
 pub use clients::ClientRow;
 pub use ledger::{NonceRow, StateWrite, VelocityRow};

@@ -345,6 +345,16 @@ fn free_port() -> u16 {
 }
 
 pub fn setup(single_use: bool) -> Setup {
+    setup_with(single_use, 100.0, |_| {})
+}
+
+/// [`setup`] with the admin listener's per-peer rate and a step run on the data directory
+/// (`dir/var`) before the daemon starts.
+pub fn setup_with(
+    single_use: bool,
+    rate: f64,
+    before_start: impl FnOnce(&std::path::Path),
+) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("pki");
     std::fs::create_dir(&pki).unwrap();
@@ -354,12 +364,20 @@ pub fn setup(single_use: bool) -> Setup {
     let origin = format!("https://localhost:{port}");
     let extra = format!(
         "[admin]\ntotp_single_use = {single_use}\ntcp = \"127.0.0.1:{port}\"\n\
-         [admin.limits]\npeer_requests_per_second = 100.0\npeer_burst = 200\n\
+         [admin.limits]\npeer_requests_per_second = {rate:.1}\npeer_burst = {burst}\n\
          [admin.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca_waived = true\n\
          [admin.console]\nenabled = true\norigin = \"{origin}\"\n",
         p("admin-server.pem"),
         p("admin-server.key"),
+        burst = (rate * 2.0) as u64,
     );
+    std::fs::create_dir_all(dir.path().join("var")).unwrap();
+    std::fs::set_permissions(
+        dir.path().join("var"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    before_start(&dir.path().join("var"));
     let daemon = Daemon::start(dir.path(), &config(dir.path(), &extra), &[]);
     let addr = daemon
         .line_after("keyguard: admin https://")

@@ -28,6 +28,7 @@ const NOT_RULES: &[&str] = &[
     // admin method names and their dispatch prefix, not rules
     "audit.query",
     "audit.verify",
+    "audit.stats",
     "audit.anchors.anchor_file",
     "audit.anchors.anchor_interval",
     "audit.anchors.anchor_key",

@@ -68,6 +68,8 @@ pub struct AdminContext {
     pub gate: Arc<PeerGate>,
     /// The web console, when `[admin.console]` enables it (TLS listener only).
     pub console: Option<Arc<console::Console>>,
+    /// Running audit counts (`audit.stats`, the console's overview).
+    pub audit_counter: Arc<crate::store::AuditCounter>,
     /// The configured keys, for the console's Keys page.
     pub key_list: Arc<Vec<console::KeyRow>>,
     next_id: AtomicU64,
@@ -102,6 +104,7 @@ impl AdminContext {
             gate,
             console,
             key_list: Arc::new(Vec::new()),
+            audit_counter: Arc::new(crate::store::AuditCounter::default()),
             settings,
             db,
             audit,
@@ -335,6 +338,7 @@ pub(crate) const READ_ONLY: &[&str] = &[
     "approvals.list",
     "audit.query",
     "audit.verify",
+    "audit.stats",
     "bitcoin.transactions",
 ];
 

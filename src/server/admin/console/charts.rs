@@ -1,6 +1,6 @@
 //! `GET /console/overview`: the last 24 hours drawn as server-rendered SVG (no script, no
 //! external library): signatures and refusals per chain per hour, and the top refusal rules.
-//! Read through `audit.query` (at most [`ROWS`] rows, newest first) as the session's user.
+//! Counted by the database through `audit.stats` (one GROUP BY), as the session's user.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -15,8 +15,6 @@ use super::session::Session;
 use super::{read, Req};
 use crate::server::admin::AdminContext;
 
-/// Most audit rows one overview reads.
-const ROWS: usize = 20_000;
 const HOURS: i64 = 24;
 
 /// Signed and refused counts per hour bucket (0 = oldest).
@@ -85,11 +83,15 @@ fn top_rules(rules: &BTreeMap<String, u32>) -> String {
 /// The overview page.
 pub(super) async fn overview(ctx: &AdminContext, r: &Req, s: &Session) -> Response<Full<Bytes>> {
     let now = crate::store::now_ms();
-    let since = now - HOURS * 3_600_000;
-    let filter = json!({"since_ms": since, "limit": ROWS, "newest_first": true});
+    // Whole hours: the current one and the 23 before it.
+    let since = (now.div_euclid(3_600_000) - (HOURS - 1)) * 3_600_000;
     let me = Some((s.user.as_str(), s.csrf.as_str()));
-    let rows = match read(ctx, r, s, "audit.query", json!({ "filter": filter })).await {
-        Ok(v) => v.as_array().cloned().unwrap_or_default(),
+    let counts = match read(ctx, r, s, "audit.stats", json!({ "since_ms": since })).await {
+        Ok(v) => v
+            .get("counts")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default(),
         Err(e) => {
             let body = format!(
                 "<h1>Overview</h1><p class=\"muted\">Charts need the audit log (<code>{}</code>). \
@@ -102,25 +104,28 @@ pub(super) async fn overview(ctx: &AdminContext, r: &Req, s: &Session) -> Respon
     let mut per_chain: BTreeMap<String, Series> = BTreeMap::new();
     let mut rules: BTreeMap<String, u32> = BTreeMap::new();
     let (mut signed, mut refused) = (0u32, 0u32);
-    for row in &rows {
-        let Some(chain) = row.get("chain").and_then(Value::as_str) else {
+    for c in &counts {
+        let Some(chain) = c.get("chain").and_then(Value::as_str) else {
             continue;
         };
-        let ts = row.get("ts_ms").and_then(Value::as_i64).unwrap_or(0);
-        let bucket = ((ts - since) / 3_600_000).clamp(0, HOURS - 1) as usize;
+        let hour_ms = c.get("hour_ms").and_then(Value::as_i64).unwrap_or(since);
+        let bucket = ((hour_ms - since) / 3_600_000).clamp(0, HOURS - 1) as usize;
+        let n =
+            u32::try_from(c.get("count").and_then(Value::as_i64).unwrap_or(0)).unwrap_or(u32::MAX);
         let series = per_chain
             .entry(chain.to_owned())
             .or_insert([(0, 0); HOURS as usize]);
-        match row.get("decision").and_then(Value::as_str) {
+        match c.get("decision").and_then(Value::as_str) {
             Some("signed") => {
-                series[bucket].0 += 1;
-                signed += 1;
+                series[bucket].0 = series[bucket].0.saturating_add(n);
+                signed = signed.saturating_add(n);
             }
             Some("refused") => {
-                series[bucket].1 += 1;
-                refused += 1;
-                if let Some(rule) = row.get("rule").and_then(Value::as_str) {
-                    *rules.entry(rule.to_owned()).or_default() += 1;
+                series[bucket].1 = series[bucket].1.saturating_add(n);
+                refused = refused.saturating_add(n);
+                if let Some(rule) = c.get("rule").and_then(Value::as_str) {
+                    let e = rules.entry(rule.to_owned()).or_default();
+                    *e = e.saturating_add(n);
                 }
             }
             _ => {}
@@ -133,9 +138,8 @@ pub(super) async fn overview(ctx: &AdminContext, r: &Req, s: &Session) -> Respon
         .unwrap_or(0);
     let mut body = format!(
         "<h1>Overview</h1><p id=\"totals\">Last 24 h: <strong>{signed}</strong> signed, \
-         <strong>{refused}</strong> refused{more} · <a href=\"/console/approvals\">{pending} pending approvals</a></p>\
+         <strong>{refused}</strong> refused · <a href=\"/console/approvals\">{pending} pending approvals</a></p>\
          <div class=\"charts\">",
-        more = if rows.len() >= ROWS { " (newest rows only)" } else { "" },
     );
     for (chain, series) in per_chain.iter().take(8) {
         body.push_str(&bars(chain, series));

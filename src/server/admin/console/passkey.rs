@@ -183,7 +183,11 @@ pub(super) async fn ceremony(
             let (options, state) = match started {
                 Ok(s) => s,
                 Err(e) => {
-                    return refused(StatusCode::BAD_REQUEST, "admin.console_passkey", &e.to_string())
+                    return refused(
+                        StatusCode::BAD_REQUEST,
+                        "admin.console_passkey",
+                        &e.to_string(),
+                    )
                 }
             };
             start_flow(
@@ -275,7 +279,11 @@ pub(super) async fn ceremony(
                     now,
                     json!(options),
                 ),
-                Err(e) => refused(StatusCode::BAD_REQUEST, "admin.console_passkey", &e.to_string()),
+                Err(e) => refused(
+                    StatusCode::BAD_REQUEST,
+                    "admin.console_passkey",
+                    &e.to_string(),
+                ),
             }
         }
         "/console/passkey/signin/finish" => {
@@ -348,7 +356,11 @@ pub(super) async fn ceremony(
             );
             html::with_cookie(response, &session::set_cookie(FLOW_COOKIE, "", 0))
         }
-        _ => refused(StatusCode::NOT_FOUND, "admin.console_passkey", "no such ceremony"),
+        _ => refused(
+            StatusCode::NOT_FOUND,
+            "admin.console_passkey",
+            "no such ceremony",
+        ),
     }
 }
 
