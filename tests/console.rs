@@ -387,6 +387,13 @@ fn console_approves_audits_and_stops_a_key() {
     let mut b = s.browser();
     let mut key = Passkey::new("localhost", 3);
     enrol_and_sign_in(&mut b, &mut key, "aud", &aud.code());
+    let overview = b.get("/console/overview");
+    assert!(
+        overview.body.contains("1</strong> signed")
+            && overview.body.contains("(1 approved, median"),
+        "{}",
+        overview.body
+    );
     let page = b.get("/console/audit?decision=signed&chain=eip155%3A31337");
     assert_eq!(page.status, 200);
     assert!(page.body.contains(">signed<"), "{}", page.body);

@@ -107,6 +107,55 @@ impl AuditCounter {
     }
 }
 
+/// The last height/round/step signed per CometBFT validator key (the overview's table).
+#[derive(Debug, Clone, Serialize)]
+pub struct ValidatorTip {
+    pub chain_id: String,
+    pub key_id: String,
+    pub height: i64,
+    pub round: i64,
+    pub step: i64,
+    pub updated_ms: i64,
+}
+
+impl StateDb {
+    /// Every CometBFT watermark (at most 500), by chain and key.
+    pub fn validator_tips(&self) -> Result<Vec<ValidatorTip>, StoreError> {
+        self.rows(
+            "SELECT chain_id, key_id, height, round, step, updated_ms FROM cometbft_watermarks \
+             ORDER BY chain_id, key_id LIMIT 500",
+            &[],
+        )?
+        .iter()
+        .map(|r| {
+            Ok(ValidatorTip {
+                chain_id: r.get(0)?,
+                key_id: r.get(1)?,
+                height: r.get(2)?,
+                round: r.get::<i64>(3)?,
+                step: r.get::<i64>(4)?,
+                updated_ms: r.get(5)?,
+            })
+        })
+        .collect()
+    }
+
+    /// Milliseconds from request to its last approving vote, for approvals created since
+    /// `since_ms` that are no longer pending (at most 1,000, newest first).
+    pub fn approval_latencies(&self, since_ms: i64) -> Result<Vec<i64>, StoreError> {
+        self.rows(
+            "SELECT MAX(v.ts_ms) - a.created_ms FROM approvals a \
+             JOIN approval_votes v ON v.approval_id = a.id \
+             WHERE a.created_ms >= $1 AND a.state <> 'pending' AND a.state <> 'rejected' \
+             AND v.vote = 'approve' GROUP BY a.id, a.created_ms ORDER BY a.created_ms DESC LIMIT 1000",
+            vals![since_ms],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

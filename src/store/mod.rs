@@ -52,7 +52,7 @@ use crate::config::PgSettings;
 use db::{Conn, PgLink, Shared};
 
 pub use audit::{AuditEntry, AuditReceipt, AuditRow, AuditVerification, Decision, GENESIS_HASH};
-pub use audit_stats::{AuditCount, AuditCounter};
+pub use audit_stats::{AuditCount, AuditCounter, ValidatorTip};
 pub use chain_state::SignedTxRow;
 pub use clients::ClientRow;
 pub use ledger::{NonceRow, StateWrite, VelocityRow};

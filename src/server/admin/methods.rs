@@ -257,7 +257,16 @@ pub(super) async fn run(
                 .audit_counter
                 .counts(&ctx.db, since, crate::store::now_ms())
                 .map_err(AdminError::internal)?;
-            accepted(json!({ "counts": counts }))
+            let validators = ctx.db.validator_tips().map_err(AdminError::internal)?;
+            let latencies = ctx
+                .db
+                .approval_latencies(since)
+                .map_err(AdminError::internal)?;
+            accepted(json!({
+                "counts": counts,
+                "validators": validators,
+                "approval_latency_ms": latencies,
+            }))
         }
         "audit.verify" => match ctx.db.verify_audit() {
             Ok(v) => accepted(json!({"rows": v.rows, "head": hex::encode(v.head)})),

@@ -80,18 +80,86 @@ fn top_rules(rules: &BTreeMap<String, u32>) -> String {
     out
 }
 
+/// Approval latency (request to last approving vote) as a histogram.
+fn latency(ms: &[i64]) -> String {
+    const EDGES: [(i64, &str); 6] = [
+        (60_000, "< 1 min"),
+        (300_000, "1-5 min"),
+        (900_000, "5-15 min"),
+        (3_600_000, "15-60 min"),
+        (14_400_000, "1-4 h"),
+        (i64::MAX, "> 4 h"),
+    ];
+    let mut bins = [0u32; 6];
+    for v in ms {
+        let i = EDGES.iter().position(|(e, _)| v < e).unwrap_or(5);
+        bins[i] += 1;
+    }
+    let max = bins.iter().copied().max().unwrap_or(0).max(1);
+    let mut sorted = ms.to_vec();
+    sorted.sort_unstable();
+    let median = sorted.get(sorted.len() / 2).map_or("—".to_owned(), |m| {
+        format!("{:.1} min", *m as f64 / 60_000.0)
+    });
+    let mut out = format!(
+        "<figure><figcaption>Approval latency, last 24 h ({} approved, median {median})</figcaption>\
+         <svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 480 140\" role=\"img\" aria-label=\"approval latency\">",
+        ms.len()
+    );
+    for (i, ((_, label), n)) in EDGES.iter().zip(bins).enumerate() {
+        let x = i as f64 * 80.0;
+        let h = f64::from(n) / f64::from(max) * 100.0;
+        let _ = write!(
+            out,
+            "<rect class=\"bar\" x=\"{:.1}\" y=\"{:.1}\" width=\"70\" height=\"{h:.1}\"><title>{n}</title></rect>\
+             <text x=\"{x:.1}\" y=\"134\">{label}</text><text x=\"{x:.1}\" y=\"{:.1}\">{n}</text>",
+            x + 2.0,
+            110.0 - h,
+            106.0 - h
+        );
+    }
+    out.push_str("</svg></figure>");
+    out
+}
+
+const STEPS: [&str; 4] = ["—", "propose", "prevote", "precommit"];
+
+/// The last height/round/step each CometBFT validator key signed.
+fn validators(rows: &[Value], now: i64) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "<h2>CometBFT validators</h2><table class=\"wide\" id=\"validators\"><thead><tr><th>chain</th><th>key</th>\
+         <th>height</th><th>round</th><th>step</th><th>signed</th></tr></thead><tbody>",
+    );
+    for v in rows {
+        let n = |k: &str| v.get(k).and_then(Value::as_i64).unwrap_or(0);
+        let t = |k: &str| esc(v.get(k).and_then(Value::as_str).unwrap_or(""));
+        let ago = (now - n("updated_ms")).max(0) / 1000;
+        let _ = write!(
+            out,
+            "<tr><td data-label=\"chain\">{}</td><td data-label=\"key\">{}</td><td data-label=\"height\">{}</td>\
+             <td data-label=\"round\">{}</td><td data-label=\"step\">{}</td><td data-label=\"signed\">{ago} s ago</td></tr>",
+            t("chain_id"),
+            t("key_id"),
+            n("height"),
+            n("round"),
+            STEPS.get(n("step").clamp(0, 3) as usize).copied().unwrap_or("—"),
+        );
+    }
+    out.push_str("</tbody></table>");
+    out
+}
+
 /// The overview page.
 pub(super) async fn overview(ctx: &AdminContext, r: &Req, s: &Session) -> Response<Full<Bytes>> {
     let now = crate::store::now_ms();
     // Whole hours: the current one and the 23 before it.
     let since = (now.div_euclid(3_600_000) - (HOURS - 1)) * 3_600_000;
     let me = Some((s.user.as_str(), s.csrf.as_str()));
-    let counts = match read(ctx, r, s, "audit.stats", json!({ "since_ms": since })).await {
-        Ok(v) => v
-            .get("counts")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default(),
+    let stats = match read(ctx, r, s, "audit.stats", json!({ "since_ms": since })).await {
+        Ok(v) => v,
         Err(e) => {
             let body = format!(
                 "<h1>Overview</h1><p class=\"muted\">Charts need the audit log (<code>{}</code>). \
@@ -101,6 +169,14 @@ pub(super) async fn overview(ctx: &AdminContext, r: &Req, s: &Session) -> Respon
             return page(StatusCode::OK, frame("Overview", me, &body));
         }
     };
+    let list = |k: &str| {
+        stats
+            .get(k)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let counts = list("counts");
     let mut per_chain: BTreeMap<String, Series> = BTreeMap::new();
     let mut rules: BTreeMap<String, u32> = BTreeMap::new();
     let (mut signed, mut refused) = (0u32, 0u32);
@@ -145,7 +221,13 @@ pub(super) async fn overview(ctx: &AdminContext, r: &Req, s: &Session) -> Respon
         body.push_str(&bars(chain, series));
     }
     body.push_str(&top_rules(&rules));
+    let latencies: Vec<i64> = list("approval_latency_ms")
+        .iter()
+        .filter_map(Value::as_i64)
+        .collect();
+    body.push_str(&latency(&latencies));
     body.push_str("</div>");
+    body.push_str(&validators(&list("validators"), now));
     page(StatusCode::OK, frame("Overview", me, &body))
 }
 
@@ -165,5 +247,13 @@ mod tests {
         rules.insert("<x>".to_owned(), 1);
         let svg = top_rules(&rules);
         assert!(svg.find("evm.value_cap") < svg.find("&lt;x&gt;"));
+        let svg = latency(&[30_000, 90_000, 100_000, 20_000_000]);
+        assert!(svg.contains("4 approved, median 1.7 min"), "{svg}");
+        let v = serde_json::json!([{"chain_id": "<c>", "key_id": "v", "height": 7, "round": 1, "step": 3, "updated_ms": 0}]);
+        let table = validators(v.as_array().unwrap(), 5_000);
+        assert!(
+            table.contains("&lt;c&gt;") && table.contains("precommit") && table.contains("5 s ago")
+        );
+        assert_eq!(validators(&[], 0), "");
     }
 }

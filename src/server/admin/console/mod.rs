@@ -303,6 +303,7 @@ const ACTIONS: &[&str] = &[
     "users.add",
     "users.remove",
     "clients.add",
+    "clients.update",
     "clients.rotate",
     "clients.remove",
 ];
@@ -326,8 +327,9 @@ fn action_params(r: &Req) -> Value {
     if r.f("all") == "true" {
         p.insert("all".into(), Value::Bool(true));
     }
+    // An empty field is left out (for `clients.update`: kept as it is, never emptied).
     for k in ["roles", "groups", "keys", "chains", "methods"] {
-        if r.form.contains_key(k) {
+        if !r.f(k).trim().is_empty() {
             p.insert(k.into(), list(k));
         }
     }

@@ -132,6 +132,13 @@ pub(super) async fn page_for(ctx: &AdminContext, r: &Req, s: &Session) -> Respon
                  <input name=\"chains\" placeholder=\"chains (optional)\" aria-label=\"chains\"> \
                  <input name=\"methods\" placeholder=\"methods (optional)\" aria-label=\"methods\"> {fields}\
                  <button name=\"method\" value=\"clients.add\" type=\"submit\">Add client</button></form>\
+                 <h2>Change a client's scope</h2><p class=\"muted\">Narrowing needs one admin; widening \
+                 a second. Fields left empty are kept.</p><form method=\"post\" action=\"/console/act\">\
+                 <input name=\"name\" placeholder=\"name\" required aria-label=\"name\"> \
+                 <input name=\"keys\" placeholder=\"keys\" aria-label=\"keys\"> \
+                 <input name=\"chains\" placeholder=\"chains\" aria-label=\"chains\"> \
+                 <input name=\"methods\" placeholder=\"methods\" aria-label=\"methods\"> {fields}\
+                 <button name=\"method\" value=\"clients.update\" type=\"submit\">Update scope</button></form>\
                  <h2>Rotate or remove a client</h2><form method=\"post\" action=\"/console/act\">\
                  <input name=\"name\" placeholder=\"name\" required aria-label=\"name\"> {fields}\
                  <button name=\"method\" value=\"clients.rotate\" type=\"submit\">Rotate token</button> \
