@@ -23,13 +23,16 @@ use webauthn_rs::prelude::{
 use super::html::{self, frame};
 use super::session::{self, random_token, FLOW_COOKIE, SESSION_COOKIE};
 use super::{Console, Req};
+use crate::server::admin::gate::Peer;
 use crate::server::admin::{codes, AdminContext, AdminError, Done};
 use crate::store::{now_ms, Decision};
 
 /// How long a ceremony may take.
 const FLOW_TTL_MS: i64 = 120_000;
-/// Most ceremonies in progress at once.
+/// Most ceremonies in progress at once, and per peer address (one address cannot take the
+/// whole table and stop everybody else signing in).
 const MAX_FLOWS: usize = 256;
+const MAX_FLOWS_PER_PEER: usize = 8;
 
 enum Ceremony {
     Enrol(Box<PasskeyRegistration>),
@@ -37,6 +40,7 @@ enum Ceremony {
 }
 
 struct Flow {
+    peer: Peer,
     user: String,
     ceremony: Ceremony,
     created_ms: i64,
@@ -50,10 +54,9 @@ impl Flows {
     fn insert(&self, flow: Flow) -> Option<String> {
         let mut t = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let now = flow.created_ms;
-        if t.len() >= MAX_FLOWS {
-            t.retain(|_, f| now - f.created_ms < FLOW_TTL_MS);
-        }
-        if t.len() >= MAX_FLOWS {
+        t.retain(|_, f| now - f.created_ms < FLOW_TTL_MS);
+        let mine = t.values().filter(|f| f.peer == flow.peer).count();
+        if t.len() >= MAX_FLOWS || mine >= MAX_FLOWS_PER_PEER {
             return None;
         }
         let id = random_token();
@@ -192,6 +195,7 @@ pub(super) async fn ceremony(
             };
             start_flow(
                 console,
+                r.peer,
                 &who.name,
                 Ceremony::Enrol(Box::new(state)),
                 now,
@@ -274,6 +278,7 @@ pub(super) async fn ceremony(
             match console.webauthn.start_passkey_authentication(&keys) {
                 Ok((options, state)) => start_flow(
                     console,
+                    r.peer,
                     user,
                     Ceremony::SignIn(Box::new(state)),
                     now,
@@ -366,12 +371,14 @@ pub(super) async fn ceremony(
 
 fn start_flow(
     console: &Console,
+    peer: Peer,
     user: &str,
     ceremony: Ceremony,
     now: i64,
     options: Value,
 ) -> Response<Full<Bytes>> {
     let Some(id) = console.flows.insert(Flow {
+        peer,
         user: user.to_owned(),
         ceremony,
         created_ms: now,
@@ -409,5 +416,55 @@ async fn finish(
             tracing::info!(user = %user, rule = e.rule, "console passkey ceremony refused");
             refused(StatusCode::UNAUTHORIZED, e.rule, &e.message)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(peer: Peer, now: i64) -> Flow {
+        let webauthn = webauthn_rs::WebauthnBuilder::new(
+            "localhost",
+            &webauthn_rs::prelude::Url::parse("https://localhost").unwrap(),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        let (_, state) = webauthn
+            .start_passkey_registration(user_handle("ann"), "ann", "ann", None)
+            .unwrap();
+        Flow {
+            peer,
+            user: "ann".into(),
+            ceremony: Ceremony::Enrol(Box::new(state)),
+            created_ms: now,
+        }
+    }
+
+    #[test]
+    fn flows_are_single_use_expire_and_are_capped_per_peer() {
+        let flows = Flows::default();
+        let a = Peer::Tcp {
+            ip: "10.0.0.1".parse().unwrap(),
+        };
+        let b = Peer::Tcp {
+            ip: "10.0.0.2".parse().unwrap(),
+        };
+        let id = flows.insert(flow(a, 0)).unwrap();
+        assert!(flows.take(&id, 1).is_some());
+        assert!(flows.take(&id, 2).is_none(), "single use");
+        let id = flows.insert(flow(a, 0)).unwrap();
+        assert!(flows.take(&id, FLOW_TTL_MS).is_none(), "expired");
+        for _ in 0..MAX_FLOWS_PER_PEER {
+            assert!(flows.insert(flow(a, 10)).is_some());
+        }
+        assert!(flows.insert(flow(a, 10)).is_none(), "per-peer cap");
+        assert!(
+            flows.insert(flow(b, 10)).is_some(),
+            "another peer still signs in"
+        );
+        // Expired flows free their slots.
+        assert!(flows.insert(flow(a, 10 + FLOW_TTL_MS)).is_some());
     }
 }
