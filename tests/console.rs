@@ -441,5 +441,13 @@ fn console_approves_audits_and_stops_a_key() {
             .contains("disabled"),
         "{refused}"
     );
-    assert!(b.get("/console/keys").body.contains("disabled"));
+    let keys = b.get("/console/keys").body;
+    assert!(
+        keys.contains("disabled") && keys.contains(">software<") && keys.contains(">treasury<"),
+        "{keys}"
+    );
+    assert!(
+        keys.to_lowercase().contains(&from.to_lowercase()),
+        "the key's address: {keys}"
+    );
 }

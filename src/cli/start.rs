@@ -126,7 +126,8 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
             )
             .with_vault(vault)
             .with_clients(clients.clone())
-            .with_key_list(console_keys(&config, &keys)),
+            .with_key_list(console_keys(&config, &keys, backend.as_ref()))
+            .with_readiness(readiness.clone()),
         );
         let path = config.admin_socket();
         if let (Some(addr), Some(tls)) = (config.admin.tcp, &config.admin.tls) {
@@ -373,6 +374,7 @@ fn spawn_watchdog() {
 fn console_keys(
     config: &Config,
     keys: &[crate::backend::KeyInfo],
+    backend: &dyn KeyBackend,
 ) -> Vec<server::admin::console::KeyRow> {
     keys.iter()
         .map(|k| {
@@ -388,6 +390,7 @@ fn console_keys(
                 .find(|p| p.keys.iter().any(|x| x == "*" || *x == id))
                 .map_or_else(|| "(none: refused)".to_owned(), |p| p.name.clone());
             server::admin::console::KeyRow {
+                backend: backend.backend_of(&k.id).to_owned(),
                 id,
                 scheme: line[1].clone(),
                 public: line[2].clone(),

@@ -72,6 +72,8 @@ pub struct AdminContext {
     pub audit_counter: Arc<crate::store::AuditCounter>,
     /// The configured keys, for the console's Keys page.
     pub key_list: Arc<Vec<console::KeyRow>>,
+    /// The daemon's readiness (key services' health), for the console's overview.
+    pub readiness: Option<crate::server::metrics_http::Readiness>,
     next_id: AtomicU64,
 }
 
@@ -104,6 +106,7 @@ impl AdminContext {
             gate,
             console,
             key_list: Arc::new(Vec::new()),
+            readiness: None,
             audit_counter: Arc::new(crate::store::AuditCounter::default()),
             settings,
             db,
@@ -126,6 +129,12 @@ impl AdminContext {
     /// Shows `keys` on the console's Keys page.
     pub fn with_key_list(mut self, keys: Vec<console::KeyRow>) -> Self {
         self.key_list = Arc::new(keys);
+        self
+    }
+
+    /// Shows `readiness` (started, key services reachable) on the console's overview.
+    pub fn with_readiness(mut self, readiness: crate::server::metrics_http::Readiness) -> Self {
+        self.readiness = Some(readiness);
         self
     }
 

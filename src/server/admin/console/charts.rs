@@ -212,9 +212,20 @@ pub(super) async fn overview(ctx: &AdminContext, r: &Req, s: &Session) -> Respon
         .pending_page(now, None, crate::approvals::MAX_PAGE)
         .map(|l| l.len())
         .unwrap_or(0);
+    let health = match &ctx.readiness {
+        None => String::new(),
+        Some(r) if !r.is_ready() => " · backends: <strong class=\"err\">starting</strong>".into(),
+        Some(r) => match r.failing() {
+            None => " · backends: <strong class=\"ok\">healthy</strong>".into(),
+            Some(why) => format!(
+                " · backends: <strong class=\"err\">failing</strong> ({})",
+                esc(&why)
+            ),
+        },
+    };
     let mut body = format!(
         "<h1>Overview</h1><p id=\"totals\">Last 24 h: <strong>{signed}</strong> signed, \
-         <strong>{refused}</strong> refused · <a href=\"/console/approvals\">{pending} pending approvals</a></p>\
+         <strong>{refused}</strong> refused · <a href=\"/console/approvals\">{pending} pending approvals</a>{health}</p>\
          <div class=\"charts\">",
     );
     for (chain, series) in per_chain.iter().take(8) {

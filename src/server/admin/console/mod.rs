@@ -75,6 +75,8 @@ impl Console {
 #[derive(Clone, Debug)]
 pub struct KeyRow {
     pub id: String,
+    /// The key backend holding it (`software`, `pkcs11`, `aws-kms`, ...).
+    pub backend: String,
     pub scheme: String,
     /// EVM address (secp256k1) or hex public key.
     pub public: String,

@@ -460,17 +460,18 @@ pub(super) async fn keys(ctx: &AdminContext, r: &Req, s: &Session) -> Page {
             ""
         }
     );
-    body.push_str("<table class=\"wide\" id=\"keys\"><thead><tr><th>key</th><th>scheme</th><th>public key / address</th><th>policy</th><th>status</th></tr></thead><tbody>");
+    body.push_str("<table class=\"wide\" id=\"keys\"><thead><tr><th>key</th><th>backend</th><th>scheme</th><th>public key / address</th><th>policy</th><th>status</th></tr></thead><tbody>");
     let mut listed = std::collections::BTreeSet::new();
     for k in ctx.key_list.iter() {
         listed.insert(k.id.clone());
         let off = all_off || disabled.contains(&k.id);
         let _ = write!(
             body,
-            "<tr><td data-label=\"key\"><code>{}</code></td><td data-label=\"scheme\">{}</td>\
+            "<tr><td data-label=\"key\"><code>{}</code></td><td data-label=\"backend\">{}</td><td data-label=\"scheme\">{}</td>\
              <td data-label=\"public\"><code>{}</code></td><td data-label=\"policy\">{}</td>\
              <td data-label=\"status\" class=\"{}\">{}</td></tr>",
             esc(&k.id),
+            esc(&k.backend),
             esc(&k.scheme),
             esc(&k.public),
             esc(&k.policy),
@@ -479,7 +480,7 @@ pub(super) async fn keys(ctx: &AdminContext, r: &Req, s: &Session) -> Page {
         );
     }
     for k in disabled.iter().filter(|k| !listed.contains(*k)) {
-        let _ = write!(body, "<tr><td><code>{}</code></td><td></td><td></td><td></td><td class=\"err\">disabled</td></tr>", esc(k));
+        let _ = write!(body, "<tr><td><code>{}</code></td><td></td><td></td><td></td><td></td><td class=\"err\">disabled</td></tr>", esc(k));
     }
     body.push_str("</tbody></table>");
     let _ = write!(
