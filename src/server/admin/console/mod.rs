@@ -16,6 +16,8 @@ mod pages;
 mod passkey;
 mod people;
 pub mod session;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::time::Duration;
