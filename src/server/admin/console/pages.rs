@@ -449,6 +449,13 @@ pub(super) async fn keys(ctx: &AdminContext, r: &Req, s: &Session) -> Page {
         })
         .unwrap_or_default();
     let fields = action_fields(&s.csrf);
+    let options = format!(
+        "<datalist id=\"key-ids\">{}</datalist>",
+        ctx.key_list
+            .iter()
+            .map(|k| format!("<option value=\"{}\">", esc(&k.id)))
+            .collect::<String>()
+    );
     let mut body =
         format!(
         "<h1>Keys</h1><p id=\"all-status\">All keys: <strong class=\"{c}\">{t}</strong>{kf}</p>",
@@ -487,7 +494,7 @@ pub(super) async fn keys(ctx: &AdminContext, r: &Req, s: &Session) -> Page {
         body,
         "<div class=\"card\"><h2>Kill switch</h2><p class=\"muted\">Stopping is immediate; enabling needs \
          a second admin making the same request.</p>\
-         <form method=\"post\" action=\"/console/act\" id=\"kill-form\"><input name=\"key\" placeholder=\"key id\" aria-label=\"key id\">\
+         <form method=\"post\" action=\"/console/act\" id=\"kill-form\"><input name=\"key\" list=\"key-ids\" placeholder=\"key id\" aria-label=\"key id\">{options}\
          <label><input type=\"checkbox\" name=\"all\" value=\"true\"> all keys</label> {fields}\
          <button name=\"method\" value=\"keys.disable\" class=\"danger\" type=\"submit\">Disable</button> \
          <button name=\"method\" value=\"keys.enable\" type=\"submit\">Enable</button></form></div>\
