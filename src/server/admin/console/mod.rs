@@ -203,9 +203,13 @@ async fn route(ctx: &AdminContext, console: &Console, r: Req) -> Response<Full<B
     }
     let now = crate::store::now_ms();
     let session_id = session::cookie(&r.cookie, SESSION_COOKIE).map(str::to_owned);
-    let session = session_id
-        .as_deref()
-        .and_then(|id| console.sessions.get(id, now));
+    let session = session_id.as_deref().and_then(|id| {
+        if r.path == "/console/events" {
+            console.sessions.peek(id, now)
+        } else {
+            console.sessions.get(id, now)
+        }
+    });
     let Some(session) = session else {
         return if r.path == "/console/signin" || r.path == "/console" || r.path == "/console/" {
             page(StatusCode::OK, passkey::signin_page())

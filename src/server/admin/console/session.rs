@@ -106,6 +106,16 @@ impl Sessions {
 
     /// The live session with this id (touching it), or `None` (an expired one is dropped).
     pub fn get(&self, id: &str, now: i64) -> Option<Session> {
+        self.lookup(id, now, true)
+    }
+
+    /// Like [`Sessions::get`] without counting as activity: an open page's live updates must
+    /// not keep an unattended session signed in past its idle timeout.
+    pub fn peek(&self, id: &str, now: i64) -> Option<Session> {
+        self.lookup(id, now, false)
+    }
+
+    fn lookup(&self, id: &str, now: i64, touch: bool) -> Option<Session> {
         let mut t = self.lock();
         let live = t.get(id).map(|s| self.live(s, now))?;
         if !live {
@@ -113,7 +123,9 @@ impl Sessions {
             return None;
         }
         let s = t.get_mut(id)?;
-        s.last_ms = now;
+        if touch {
+            s.last_ms = now;
+        }
         Some(s.clone())
     }
 
@@ -170,6 +182,10 @@ mod tests {
             assert!(s.get(&id, t).is_some());
         }
         assert!(s.get(&id, 5_000).is_none(), "lifetime");
+        // Live updates do not keep a session alive.
+        let id = s.create("ann", None, 0);
+        assert!(s.peek(&id, 900).is_some());
+        assert!(s.peek(&id, 1_000).is_none(), "peek did not touch it");
     }
 
     #[test]
