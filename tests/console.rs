@@ -5,7 +5,8 @@
 //! The attacker's table: no session; a planted session id (fixation); a stolen session without
 //! a TOTP code; a cross-site form (wrong or missing Origin); a form without or with a stale
 //! CSRF token; an approver calling admin methods; an authenticator that did not verify the
-//! user; a wrong TOTP at enrolment; the console's paths on a signing listener.
+//! user; a replayed assertion; another user's passkey; an assertion for another origin; a wrong
+//! TOTP at enrolment; the console's paths on a signing listener.
 
 mod common;
 mod control;
@@ -131,6 +132,42 @@ fn console_sign_in_sessions_csrf_origin_and_roles() {
         assert!(cookie.contains(flag), "{cookie}");
     }
     assert!(!cookie.contains("Domain"), "{cookie}");
+
+    // A replayed assertion: the challenge was single use.
+    let mut replay = s.browser();
+    let opts = replay.post_json("/console/passkey/signin/start", &json!({"user": "ann"}));
+    let answer = key.assert(&opts.json(), &s.origin);
+    let first = replay.post_json("/console/passkey/signin/finish", &answer);
+    assert_eq!(first.status, 200, "{}", first.body);
+    replay.cookies.clear();
+    let again = replay.post_json("/console/passkey/signin/finish", &answer);
+    assert_eq!(again.status, 400, "{}", again.body);
+    assert!(!replay.cookies.contains_key("__Host-kg_session"));
+    // Another user's passkey does not sign in as bob (bob has his own; negative control: it works).
+    let bob = add_user2(
+        &s.sock,
+        &s.alice,
+        &s.adam,
+        "bob",
+        &["approver"],
+        &["treasury"],
+    );
+    let mut bkey = Passkey::new("localhost", 8);
+    let mut bb = s.browser();
+    enrol_and_sign_in(&mut bb, &mut bkey, "bob", &bob.code());
+    assert_eq!(bb.get("/console/approvals").status, 200);
+    let mut imposter = s.browser();
+    let r = sign_in(&mut imposter, &mut key, "bob");
+    assert_eq!(r.status, 401, "ann's passkey for bob: {}", r.body);
+    assert!(!imposter.cookies.contains_key("__Host-kg_session"));
+    // An assertion made for another origin is refused.
+    let mut elsewhere = s.browser();
+    let opts = elsewhere.post_json("/console/passkey/signin/start", &json!({"user": "ann"}));
+    let r = elsewhere.post_json(
+        "/console/passkey/signin/finish",
+        &key.assert(&opts.json(), "https://evil.example"),
+    );
+    assert_eq!(r.status, 401, "{}", r.body);
 
     // Sign-in with the passkey but no user verification is refused.
     let mut no_uv = s.browser();
