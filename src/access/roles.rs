@@ -57,6 +57,7 @@ pub const PERMISSIONS: &[(&str, &[Role])] = &[
     ("approvals.reject", &[Role::Approver]),
     ("audit.query", &[Role::Auditor, Role::Admin]),
     ("audit.verify", &[Role::Auditor, Role::Admin]),
+    ("audit.stats", &[Role::Auditor, Role::Admin]),
     ("watermarks.repair", &[Role::Admin]),
     ("bitcoin.release_claim", &[Role::Admin]),
     (

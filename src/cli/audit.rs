@@ -120,6 +120,7 @@ impl FilterArgs {
             rule: self.rule.clone(),
             method: self.method.clone(),
             after_seq: None,
+            before_seq: None,
             limit: self.limit,
             newest_first: false,
         })

@@ -125,7 +125,9 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
                 reload_tx,
             )
             .with_vault(vault)
-            .with_clients(clients.clone()),
+            .with_clients(clients.clone())
+            .with_key_list(console_keys(&config, &keys, backend.as_ref()))
+            .with_readiness(readiness.clone()),
         );
         let path = config.admin_socket();
         if let (Some(addr), Some(tls)) = (config.admin.tcp, &config.admin.tls) {
@@ -365,4 +367,35 @@ fn spawn_watchdog() {
             notify(&[NotifyState::Watchdog]);
         }
     });
+}
+
+/// The configured keys as the web console's Keys page lists them, each with the policy that
+/// governs it (the first matching one, as the guard applies it).
+fn console_keys(
+    config: &Config,
+    keys: &[crate::backend::KeyInfo],
+    backend: &dyn KeyBackend,
+) -> Vec<server::admin::console::KeyRow> {
+    keys.iter()
+        .map(|k| {
+            let mut line = describe(k)
+                .splitn(3, ' ')
+                .map(str::to_owned)
+                .collect::<Vec<_>>();
+            line.resize(3, String::new());
+            let id = k.id.to_string();
+            let policy = config
+                .policies
+                .iter()
+                .find(|p| p.keys.iter().any(|x| x == "*" || *x == id))
+                .map_or_else(|| "(none: refused)".to_owned(), |p| p.name.clone());
+            server::admin::console::KeyRow {
+                backend: backend.backend_of(&k.id).to_owned(),
+                id,
+                scheme: line[1].clone(),
+                public: line[2].clone(),
+                policy,
+            }
+        })
+        .collect()
 }

@@ -2,11 +2,13 @@
 //! must not silently become no limit), and [`Config::load`] validates before anything starts.
 
 mod audit;
+mod console;
 mod nodes;
 mod people;
 mod store;
 
 pub use audit::{AuditConfig, AuditLimits};
+pub use console::ConsoleConfig;
 pub use nodes::{proxy_allowed, BitcoinNodeConfig, UpstreamConfig};
 pub use people::{
     parse_duration, quota, AdminConfig, AdminListenerLimits, AdminTlsConfig, LimitConfig,

@@ -54,6 +54,9 @@ pub struct AdminConfig {
     /// Connection and request limits of the TCP listener.
     #[serde(default)]
     pub limits: AdminListenerLimits,
+    /// The web console on the TCP listener (`[admin.console]`, docs/console.md).
+    #[serde(default)]
+    pub console: Option<super::ConsoleConfig>,
 }
 
 /// `[admin.limits]`: what one peer, and all peers together, may hold of the TCP admin listener.
@@ -162,6 +165,7 @@ impl Default for AdminConfig {
             max_pending_approvals_per_client: pending_per_client(),
             max_pending_approvals: pending_total(),
             limits: AdminListenerLimits::default(),
+            console: None,
         }
     }
 }
@@ -209,7 +213,7 @@ pub use keyguard_chain::duration::parse_duration;
 impl Config {
     /// Problems of `[admin]` and `[rate_limits]`.
     pub(super) fn people_problems(&self) -> Vec<ConfigError> {
-        let mut problems = Vec::new();
+        let mut problems = self.console_problems();
         for (key, value) in [
             ("admin.proposal_ttl", &self.admin.proposal_ttl),
             ("admin.audit_head_interval", &self.admin.audit_head_interval),

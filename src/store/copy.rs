@@ -25,6 +25,7 @@ const TABLES: &[(&str, &str, &str)] = &[
     ("velocity_events", "key_id, counter, ts_ms, amount, request_id", "id"),
     ("bitcoin_signed_txs", "txid, key_id, ts_ms, request_id, psbt, tx_hex", "txid, key_id"),
     ("bitcoin_claim_releases", "key_id, outpoint, txid, released_ms, released_by", "key_id, outpoint, txid"),
+    ("console_passkeys", "cred_id, user_name, passkey, created_ms", "cred_id"),
 ];
 
 /// Rows whose conflict with the shared store refuses the copy (`key`: the primary key).

@@ -218,6 +218,19 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
         PRIMARY KEY (challenge, key_id)
     );",
     ),
+    (
+        9,
+        // console-passkeys (web console, docs/console.md; the lead may renumber this entry):
+        // WebAuthn credentials bound to a user after they proved their TOTP. `passkey` is the
+        // serialized webauthn-rs credential (public key and signature counter, no secret).
+        "CREATE TABLE console_passkeys (
+        cred_id    TEXT PRIMARY KEY,
+        user_name  TEXT NOT NULL,
+        passkey    TEXT NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE INDEX console_passkeys_user ON console_passkeys(user_name);",
+    ),
 ];
 
 /// The newest schema version this binary understands (SQLite's list).

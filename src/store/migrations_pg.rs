@@ -4,9 +4,10 @@
 //! the one hash chain across instances, and per-counter rows that order velocity writers.
 //! Never edit a released entry: append a new one.
 
-pub(crate) const MIGRATIONS: &[(u32, &str)] = &[(
-    1,
-    "CREATE TABLE audit_log (
+pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE audit_log (
         seq        BIGINT PRIMARY KEY,
         ts_ms      BIGINT NOT NULL,
         request_id TEXT NOT NULL,
@@ -189,4 +190,16 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[(
         request_id TEXT NOT NULL,
         PRIMARY KEY (key_id, outpoint)
     );",
-)];
+    ),
+    (
+        2,
+        // console-passkeys (web console; SQLite's matching entry, the lead may renumber both).
+        "CREATE TABLE console_passkeys (
+        cred_id    TEXT PRIMARY KEY,
+        user_name  TEXT NOT NULL,
+        passkey    TEXT NOT NULL,
+        created_ms BIGINT NOT NULL
+    );
+    CREATE INDEX console_passkeys_user ON console_passkeys(user_name);",
+    ),
+];

@@ -81,6 +81,8 @@ pub struct AuditFilter {
     pub method: Option<String>,
     /// Rows after this seq (for following the log).
     pub after_seq: Option<i64>,
+    /// Rows before this seq (paging newest first, as the console does).
+    pub before_seq: Option<i64>,
     /// At most this many rows.
     pub limit: Option<usize>,
     /// Newest first instead of in chain order.
@@ -104,6 +106,9 @@ pub(crate) fn query(conn: &Tx<'_>, filter: &AuditFilter) -> Result<Vec<AuditRow>
     }
     if let Some(v) = filter.after_seq {
         cond("seq", ">", Sql::Int(v));
+    }
+    if let Some(v) = filter.before_seq {
+        cond("seq", "<", Sql::Int(v));
     }
     for (column, v) in [
         ("chain", &filter.chain),

@@ -303,6 +303,10 @@ impl StateDb {
                 "DELETE FROM admin_proposals WHERE proposer = $1",
                 vals![name],
             )?;
+            tx.execute(
+                "DELETE FROM console_passkeys WHERE user_name = $1",
+                vals![name],
+            )?;
             Ok(tx.execute("DELETE FROM users WHERE name = $1", vals![name])? == 1)
         })
     }

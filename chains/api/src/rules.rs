@@ -261,6 +261,13 @@ pub const BUILTIN: &[RuleInfo] = &[
     r("admin.peer_throttle", Scope::Admin, "admin -32005", "TOTP guessing from one peer (before any per-user lockout)"),
     r("admin.totp_reused", Scope::Admin, "admin -32005", "replaying a TOTP code already used"),
     r("admin.watermark_repair", Scope::Admin, ADMIN_REFUSED, "a watermark repair below what this instance released"),
+    // --- web console (docs/console.md) ---
+    r("admin.console_fresh_totp", Scope::Admin, "admin -32005", "a console session changing state without a fresh TOTP code"),
+    r("admin.console_origin", Scope::Admin, "console 403", "cross-site console requests (Origin is not the console's own)"),
+    r("admin.console_csrf", Scope::Admin, "console 403", "console forms without the session's CSRF token"),
+    r("admin.console_session", Scope::Admin, "console 401", "console actions without a signed-in session"),
+    r("admin.console_passkey", Scope::Admin, "console 400/401", "passkey enrolments or sign-ins that do not verify (no user verification, wrong challenge, origin or credential)"),
+    r("admin.console_busy", Scope::Admin, "console 503", "floods of passkey ceremonies in progress"),
 ];
 
 /// Old names still accepted where users type a rule name (`keyguard audit query --rule`), with

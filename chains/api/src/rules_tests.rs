@@ -28,6 +28,7 @@ const NOT_RULES: &[&str] = &[
     // admin method names and their dispatch prefix, not rules
     "audit.query",
     "audit.verify",
+    "audit.stats",
     "audit.anchors.anchor_file",
     "audit.anchors.anchor_interval",
     "audit.anchors.anchor_key",
@@ -42,6 +43,10 @@ const NOT_RULES: &[&str] = &[
     "admin.audit_head_interval",
     "admin.totp_max_failures",
     "admin.keys.disable",
+    "admin.console.enabled",
+    "admin.console.origin",
+    "admin.console.session_idle",
+    "admin.console.session_lifetime",
     "policy.reload",
     "bitcoin.require_approval.approvers",
 ];

@@ -247,6 +247,27 @@ pub(super) async fn run(
             let rows = ctx.db.query_audit(&filter).map_err(AdminError::internal)?;
             accepted(json!(rows))
         }
+        "audit.stats" => {
+            // Counts per hour since `since_ms` (at most 31 days back), for the console's charts.
+            let since = params
+                .get("since_ms")
+                .and_then(Value::as_i64)
+                .ok_or_else(|| AdminError::invalid("since_ms: unix ms"))?;
+            let counts = ctx
+                .audit_counter
+                .counts(&ctx.db, since, crate::store::now_ms())
+                .map_err(AdminError::internal)?;
+            let validators = ctx.db.validator_tips().map_err(AdminError::internal)?;
+            let latencies = ctx
+                .db
+                .approval_latencies(since)
+                .map_err(AdminError::internal)?;
+            accepted(json!({
+                "counts": counts,
+                "validators": validators,
+                "approval_latency_ms": latencies,
+            }))
+        }
         "audit.verify" => match ctx.db.verify_audit() {
             Ok(v) => accepted(json!({"rows": v.rows, "head": hex::encode(v.head)})),
             Err(e) => Err(AdminError::new(

@@ -8,6 +8,7 @@
 
 mod chain_state;
 mod clients;
+pub mod console;
 pub mod gate;
 mod methods;
 pub mod tcp;
@@ -65,6 +66,14 @@ pub struct AdminContext {
     pub clients: Arc<ClientBook>,
     /// Per-peer connection, rate and sign-in limits of the TCP listener.
     pub gate: Arc<PeerGate>,
+    /// The web console, when `[admin.console]` enables it (TLS listener only).
+    pub console: Option<Arc<console::Console>>,
+    /// Running audit counts (`audit.stats`, the console's overview).
+    pub audit_counter: Arc<crate::store::AuditCounter>,
+    /// The configured keys, for the console's Keys page.
+    pub key_list: Arc<Vec<console::KeyRow>>,
+    /// The daemon's readiness (key services' health), for the console's overview.
+    pub readiness: Option<crate::server::metrics_http::Readiness>,
     next_id: AtomicU64,
 }
 
@@ -83,8 +92,22 @@ impl AdminContext {
             &settings.totp_lockout,
             settings.totp_max_failures,
         ));
+        let console =
+            settings.console.as_ref().filter(|c| c.enabled).and_then(
+                |c| match console::Console::new(c) {
+                    Ok(c) => Some(Arc::new(c)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "web console disabled");
+                        None
+                    }
+                },
+            );
         AdminContext {
             gate,
+            console,
+            key_list: Arc::new(Vec::new()),
+            readiness: None,
+            audit_counter: Arc::new(crate::store::AuditCounter::default()),
             settings,
             db,
             audit,
@@ -100,6 +123,18 @@ impl AdminContext {
     /// Seals new users' TOTP secrets with `vault` (without one they are stored raw).
     pub fn with_vault(mut self, vault: Arc<TotpVault>) -> Self {
         self.vault = vault;
+        self
+    }
+
+    /// Shows `keys` on the console's Keys page.
+    pub fn with_key_list(mut self, keys: Vec<console::KeyRow>) -> Self {
+        self.key_list = Arc::new(keys);
+        self
+    }
+
+    /// Shows `readiness` (started, key services reachable) on the console's overview.
+    pub fn with_readiness(mut self, readiness: crate::server::metrics_http::Readiness) -> Self {
+        self.readiness = Some(readiness);
         self
     }
 
@@ -137,6 +172,16 @@ impl AdminError {
             rule,
             message: message.into(),
         }
+    }
+
+    /// The rule this failure is audited and answered under.
+    pub(crate) fn rule(&self) -> &'static str {
+        self.rule
+    }
+
+    /// The message shown to the caller.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
     }
 
     fn invalid(message: impl Into<String>) -> Self {
@@ -281,6 +326,42 @@ async fn handle(
         .unwrap_or("")
         .to_owned();
     let code = auth.get("totp").and_then(Value::as_str).unwrap_or("");
+    handle_as(ctx, method, params, peer, &user_name, Proof::Totp(code)).await
+}
+
+/// How a caller proves who it is for one request.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Proof<'a> {
+    /// A fresh TOTP code: every admin API request, and every state-changing console action.
+    Totp(&'a str),
+    /// A signed-in web console session (passkey): only the [`READ_ONLY`] methods, so a stolen
+    /// session cookie alone can look but never act.
+    Session,
+}
+
+/// Methods that change nothing; the only ones a console session may call without a fresh code.
+pub(crate) const READ_ONLY: &[&str] = &[
+    "users.list",
+    "clients.list",
+    "keys.status",
+    "approvals.list",
+    "audit.query",
+    "audit.verify",
+    "audit.stats",
+    "bitcoin.transactions",
+];
+
+/// The one path of every admin request, from the socket, the TLS API or the web console:
+/// authenticate (`proof`) -> check the role table -> act -> audit.
+pub(crate) async fn handle_as(
+    ctx: &AdminContext,
+    method: &str,
+    params: Value,
+    peer: Peer,
+    user_name: &str,
+    proof: Proof<'_>,
+) -> Result<Value, AdminError> {
+    let user_name = user_name.to_owned();
     let known = roles::PERMISSIONS.iter().any(|(m, _)| *m == method);
     let outcome = if !known {
         Err(AdminError::new(
@@ -289,7 +370,24 @@ async fn handle(
             format!("unknown method {method:?}"),
         ))
     } else {
-        match authenticate(ctx, &user_name, code, peer).await {
+        let who = match proof {
+            Proof::Totp(code) => authenticate(ctx, &user_name, code, peer).await,
+            Proof::Session if !READ_ONLY.contains(&method) => Err(AdminError::new(
+                codes::UNAUTHORIZED,
+                "admin.console_fresh_totp",
+                format!("{method} changes state: it needs a fresh TOTP code"),
+            )),
+            Proof::Session => match ctx.db.user(&user_name) {
+                Ok(Some(user)) => Ok(user),
+                Ok(None) => Err(AdminError::new(
+                    codes::UNAUTHORIZED,
+                    "admin.auth",
+                    "unknown user",
+                )),
+                Err(e) => Err(AdminError::internal(e)),
+            },
+        };
+        match who {
             Err(e) => Err(e),
             Ok(user) => {
                 let user_roles: Vec<Role> =
@@ -306,6 +404,21 @@ async fn handle(
             }
         }
     };
+    record(ctx, peer, &user_name, method, params, &outcome).await?;
+    tracing::info!(user = %user_name, method, ok = outcome.is_ok(), "admin request");
+    outcome.map(|d| d.result).map_err(AdminError::on_the_wire)
+}
+
+/// Audits one admin action (`admin.<method>`, client `user:<name>`) and its outcome; the one
+/// audit path of the socket, the TLS API and the console. Fails if the row cannot be written.
+pub(crate) async fn record(
+    ctx: &AdminContext,
+    peer: Peer,
+    user_name: &str,
+    method: &str,
+    params: Value,
+    outcome: &Result<Done, AdminError>,
+) -> Result<(), AdminError> {
     let n = ctx.next_id.fetch_add(1, Ordering::Relaxed);
     let mut entry = AuditEntry {
         request_id: format!("admin-{:x}-{n}", crate::store::now_ms()),
@@ -319,7 +432,7 @@ async fn handle(
         reason: None,
         tx_hash: None,
     };
-    match &outcome {
+    match outcome {
         Ok(done) => {
             entry.decision = done.decision;
             entry.key_id = done.key.clone();
@@ -342,8 +455,7 @@ async fn handle(
         tracing::error!(error = %e, "audit of an admin action failed");
         return Err(AdminError::internal(format!("audit log unavailable: {e}")));
     }
-    tracing::info!(user = %user_name, method, ok = outcome.is_ok(), "admin request");
-    outcome.map(|d| d.result).map_err(AdminError::on_the_wire)
+    Ok(())
 }
 
 /// The answer to every failed sign-in, whatever the reason (unknown user, wrong code, locked):

@@ -60,6 +60,16 @@ pub async fn start(
     let handshake = parse_duration(&limits.handshake_timeout).unwrap_or(Duration::from_secs(5));
     let idle = parse_duration(&limits.idle_timeout).unwrap_or(Duration::from_secs(30));
     let listener = TcpListener::bind(address).await?;
+    if ctx.console.is_some() {
+        // Count the audit log for the console's overview now, not at the first page view.
+        let warm = ctx.clone();
+        tokio::task::spawn_blocking(move || {
+            let now = crate::store::now_ms();
+            if let Err(e) = warm.audit_counter.counts(&warm.db, now - 86_400_000, now) {
+                tracing::warn!(error = %e, "counting the audit log for the console failed");
+            }
+        });
+    }
     let local = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
@@ -128,6 +138,9 @@ async fn respond(
     peer: Peer,
     idle: Duration,
 ) -> Response<Full<Bytes>> {
+    if super::console::is_console(req.uri().path()) {
+        return super::console::respond(ctx, req, peer, idle).await;
+    }
     if req.method() != Method::POST {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
