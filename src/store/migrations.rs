@@ -218,6 +218,35 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
         PRIMARY KEY (challenge, key_id)
     );",
     ),
+    (
+        9,
+        // Ethereum consensus slashing protection (EIP-3076, complete history): every block
+        // slot and attestation (source, target) signed per BLS key, with the signing root so a
+        // repeat of the same message is allowed; per key the low watermarks an interchange
+        // import set (history keyguard cannot see). Checked and written by one conditional
+        // INSERT (store/eth2_slashing.rs).
+        "CREATE TABLE eth2_validators (
+        pubkey         BLOB PRIMARY KEY,
+        min_block_slot INTEGER,
+        min_source     INTEGER,
+        min_target     INTEGER,
+        created_ms     INTEGER NOT NULL
+    );
+    CREATE TABLE eth2_signed_blocks (
+        pubkey       BLOB NOT NULL,
+        slot         INTEGER NOT NULL,
+        signing_root BLOB,
+        PRIMARY KEY (pubkey, slot)
+    );
+    CREATE TABLE eth2_signed_attestations (
+        pubkey       BLOB NOT NULL,
+        source       INTEGER NOT NULL,
+        target       INTEGER NOT NULL,
+        signing_root BLOB,
+        PRIMARY KEY (pubkey, target)
+    );
+    CREATE INDEX eth2_signed_attestations_source ON eth2_signed_attestations(pubkey, source);",
+    ),
 ];
 
 /// The newest schema version this binary understands (SQLite's list).

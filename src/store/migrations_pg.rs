@@ -4,9 +4,10 @@
 //! the one hash chain across instances, and per-counter rows that order velocity writers.
 //! Never edit a released entry: append a new one.
 
-pub(crate) const MIGRATIONS: &[(u32, &str)] = &[(
-    1,
-    "CREATE TABLE audit_log (
+pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE audit_log (
         seq        BIGINT PRIMARY KEY,
         ts_ms      BIGINT NOT NULL,
         request_id TEXT NOT NULL,
@@ -189,4 +190,30 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[(
         request_id TEXT NOT NULL,
         PRIMARY KEY (key_id, outpoint)
     );",
-)];
+    ),
+    (
+        2,
+        // Ethereum consensus slashing protection, as SQLite's version 9.
+        "CREATE TABLE eth2_validators (
+        pubkey         BYTEA PRIMARY KEY,
+        min_block_slot BIGINT,
+        min_source     BIGINT,
+        min_target     BIGINT,
+        created_ms     BIGINT NOT NULL
+    );
+    CREATE TABLE eth2_signed_blocks (
+        pubkey       BYTEA NOT NULL,
+        slot         BIGINT NOT NULL,
+        signing_root BYTEA,
+        PRIMARY KEY (pubkey, slot)
+    );
+    CREATE TABLE eth2_signed_attestations (
+        pubkey       BYTEA NOT NULL,
+        source       BIGINT NOT NULL,
+        target       BIGINT NOT NULL,
+        signing_root BYTEA,
+        PRIMARY KEY (pubkey, target)
+    );
+    CREATE INDEX eth2_signed_attestations_source ON eth2_signed_attestations(pubkey, source);",
+    ),
+];

@@ -1,0 +1,114 @@
+//! Slashing protection against every EIP-3076 interchange test case on SQLite, with the
+//! negative control: the same cases with the surround check switched off must fail.
+
+use keyguard_eth2::interchange::Interchange;
+
+use super::eth2_slashing::{Checks, SlashingError, SlashingStore};
+use super::Store;
+
+#[path = "../../tests/support/eth2_vectors.rs"]
+mod vectors;
+
+struct Sqlite {
+    _dir: tempfile::TempDir,
+    store: Store,
+    slashing: SlashingStore,
+    checks: Checks,
+}
+
+impl Sqlite {
+    fn new(checks: Checks) -> Sqlite {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("kg.db")).unwrap();
+        let slashing = store.eth2_slashing();
+        Sqlite {
+            _dir: dir,
+            store,
+            slashing,
+            checks,
+        }
+    }
+}
+
+impl vectors::Db for Sqlite {
+    fn import(&mut self, file: &[u8], gvr: &[u8; 32]) -> bool {
+        let _ = &self.store;
+        match Interchange::parse(file) {
+            Ok(f) => self.slashing.import(&f, gvr).is_ok(),
+            Err(_) => false,
+        }
+    }
+    fn block(&mut self, pk: &[u8; 48], slot: u64, root: Option<[u8; 32]>) -> bool {
+        ok(self.slashing.sign_block(pk, slot, root.as_ref()))
+    }
+    fn attestation(&mut self, pk: &[u8; 48], s: u64, t: u64, root: Option<[u8; 32]>) -> bool {
+        ok(self
+            .slashing
+            .sign_attestation_with(pk, s, t, root.as_ref(), self.checks))
+    }
+}
+
+fn ok<T>(r: Result<T, SlashingError>) -> bool {
+    match r {
+        Ok(_) => true,
+        Err(SlashingError::Refused { .. }) => false,
+        Err(e) => panic!("store failed: {e}"),
+    }
+}
+
+#[test]
+fn interchange_vectors_all_pass() {
+    let mut fails = Vec::new();
+    for case in vectors::cases() {
+        fails.extend(vectors::run_case(&case, &mut Sqlite::new(Checks::ALL)));
+    }
+    assert!(fails.is_empty(), "{}", fails.join("\n"));
+}
+
+/// Negative control: without the surround check the official surround cases must fail.
+#[test]
+fn interchange_vectors_fail_without_the_surround_check() {
+    let mut fails = Vec::new();
+    for case in vectors::cases() {
+        fails.extend(vectors::run_case(
+            &case,
+            &mut Sqlite::new(Checks { surround: false }),
+        ));
+    }
+    eprintln!("{}", fails.join("\n"));
+    assert!(
+        fails.iter().any(|f| f.contains("surround")),
+        "the vectors did not notice a missing surround check"
+    );
+}
+
+#[test]
+fn export_then_import_round_trips() {
+    let a = Sqlite::new(Checks::ALL);
+    let pk = [7u8; 48];
+    a.slashing.sign_block(&pk, 10, Some(&[1; 32])).unwrap();
+    a.slashing
+        .sign_attestation(&pk, 2, 3, Some(&[2; 32]))
+        .unwrap();
+    let file = a.slashing.export(&[9; 32]).unwrap();
+    let b = Sqlite::new(Checks::ALL);
+    b.slashing
+        .import(
+            &Interchange::parse(file.to_json().as_bytes()).unwrap(),
+            &[9; 32],
+        )
+        .unwrap();
+    assert!(b.slashing.sign_block(&pk, 10, Some(&[5; 32])).is_err());
+    assert!(b
+        .slashing
+        .sign_attestation(&pk, 1, 4, Some(&[5; 32]))
+        .is_err());
+    assert!(
+        b.slashing
+            .sign_attestation(&pk, 3, 4, Some(&[5; 32]))
+            .is_ok(),
+        "positive control"
+    );
+    // Another network's file is refused before anything is written.
+    assert!(b.slashing.import(&file, &[8; 32]).is_err());
+}
