@@ -6,6 +6,7 @@ use keyguard_eth2::interchange::Interchange;
 use super::eth2_slashing::{Checks, SlashingError, SlashingStore};
 use super::Store;
 
+#[allow(unreachable_pub)]
 #[path = "../../tests/support/eth2_vectors.rs"]
 mod vectors;
 

@@ -14,6 +14,7 @@
 //! Nothing here does I/O or sees a key; slashing protection itself is one conditional
 //! statement in keyguard's store.
 
+pub mod bls;
 pub mod domain;
 pub mod interchange;
 pub(crate) mod json;
