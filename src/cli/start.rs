@@ -181,6 +181,20 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
             }
         }
     }
+    if let (Some(e), Some(eth2)) = (
+        &config.eth2,
+        super::eth2::guard(&config, &store, kill.clone())?,
+    ) {
+        let n = eth2.public_keys().len();
+        let addr = server::eth2::start(&config, e, eth2)
+            .await
+            .with_context(|| format!("binding the eth2 listener on {}", e.address))?;
+        let s = if e.tls.is_some() { "s" } else { "" };
+        println!(
+            "keyguard: eth2 http{s}://{addr} network={} bls_keys={n}",
+            e.network
+        );
+    }
     let privval_tasks = start_validators(&config, backend.as_ref(), &guard)?;
     readiness.set_ready();
     println!("keyguard: ready");

@@ -5,6 +5,7 @@ pub mod admin;
 mod bitcoin;
 mod connections;
 mod edge_io;
+pub mod eth2;
 pub mod evm;
 mod evm_methods;
 mod http_edge;
