@@ -49,15 +49,24 @@ pub enum Recorded {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Checks {
     pub(crate) surround: bool,
+    /// Test-only negative control of the race: check in one transaction, write in another.
+    #[cfg(test)]
+    pub(crate) split: bool,
 }
 
 impl Checks {
-    pub(crate) const ALL: Checks = Checks { surround: true };
+    pub(crate) const ALL: Checks = Checks {
+        surround: true,
+        #[cfg(test)]
+        split: false,
+    };
 
     fn active() -> Checks {
         #[cfg(feature = "fault-injection")]
         if super::fault::is(super::fault::Fault::Eth2NoSurround) {
-            return Checks { surround: false };
+            let mut c = Checks::ALL;
+            c.surround = false;
+            return c;
         }
         Checks::ALL
     }
@@ -293,6 +302,43 @@ impl SlashingStore {
         root: Option<&[u8; 32]>,
         checks: Checks,
     ) -> Result<Recorded, SlashingError> {
+        #[cfg(test)]
+        if checks.split {
+            // The check-then-write race on purpose (negative control of the race test).
+            self.conn().transaction(|t| {
+                classify_attestation(
+                    t,
+                    pubkey,
+                    (source, int(source, "s")?),
+                    (target, int(target, "t")?),
+                    root,
+                    checks,
+                )
+                .map(|_| ())
+                .or_else(|e| match e {
+                    SlashingError::Refused {
+                        rule: rule::BELOW_WATERMARK,
+                        ..
+                    } => Ok(()),
+                    e => Err(e),
+                })
+            })?;
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            return self.conn().transaction(|t| {
+                lock_validator(t, pubkey)?;
+                t.execute(
+                    "INSERT INTO eth2_signed_attestations (pubkey, source, target, signing_root) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (pubkey, target) DO NOTHING",
+                    vals![
+                        &pubkey[..],
+                        int(source, "s")?,
+                        int(target, "t")?,
+                        root.map(|r| r.to_vec())
+                    ],
+                )?;
+                Ok(Recorded::New)
+            });
+        }
         self.conn()
             .transaction(|t| attestation_in(t, pubkey, source, target, root, checks))
     }

@@ -6,7 +6,6 @@ use keyguard_eth2::interchange::Interchange;
 use super::eth2_slashing::{Checks, SlashingError, SlashingStore};
 use super::Store;
 
-#[allow(unreachable_pub)]
 #[path = "../../tests/support/eth2_vectors.rs"]
 mod vectors;
 
@@ -73,7 +72,10 @@ fn interchange_vectors_fail_without_the_surround_check() {
     for case in vectors::cases() {
         fails.extend(vectors::run_case(
             &case,
-            &mut Sqlite::new(Checks { surround: false }),
+            &mut Sqlite::new(Checks {
+                surround: false,
+                ..Checks::ALL
+            }),
         ));
     }
     eprintln!("{}", fails.join("\n"));
@@ -112,4 +114,51 @@ fn export_then_import_round_trips() {
     );
     // Another network's file is refused before anything is written.
     assert!(b.slashing.import(&file, &[8; 32]).is_err());
+}
+
+/// Attestations that all surround one another, from eight connections (eight `Store`
+/// handles on one file, as eight processes would be) at once: exactly one is recorded.
+/// Negative control: the same race with the check and the write in two transactions records
+/// several.
+fn race(checks: Checks) -> usize {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kg.db");
+    drop(Store::open(&path).unwrap());
+    let pk = [3u8; 48];
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let handles: Vec<_> = (0..8u64)
+        .map(|i| {
+            let (path, barrier) = (path.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let store = Store::open(&path).unwrap();
+                let s = store.eth2_slashing();
+                barrier.wait();
+                // (10-i, 20+i): each pair surrounds the other.
+                let ok = s
+                    .sign_attestation_with(&pk, 10 - i, 20 + i, Some(&[i as u8; 32]), checks)
+                    .is_ok();
+                store.close().unwrap();
+                ok
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(|ok| *ok)
+        .count()
+}
+
+#[test]
+fn racing_surround_votes_record_exactly_one() {
+    assert_eq!(race(Checks::ALL), 1);
+}
+
+#[test]
+fn racing_surround_votes_negative_control_split_check_records_several() {
+    let split = Checks {
+        split: true,
+        ..Checks::ALL
+    };
+    assert!(race(split) > 1, "the race test cannot see a split check");
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 /// The store under test, fresh for one case.
-pub trait Db {
+pub(crate) trait Db {
     /// Imports an interchange file (raw JSON) against the case's genesis validators root.
     fn import(&mut self, file: &[u8], gvr: &[u8; 32]) -> bool;
     /// Attempts a block; true when it may be signed.
@@ -29,7 +29,7 @@ fn num(v: &Value) -> u64 {
 }
 
 /// Every case file, sorted.
-pub fn cases() -> Vec<PathBuf> {
+pub(crate) fn cases() -> Vec<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/eth2/interchange");
     let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
@@ -42,7 +42,7 @@ pub fn cases() -> Vec<PathBuf> {
 }
 
 /// Runs one case; the mismatches (empty: passed).
-pub fn run_case(path: &PathBuf, db: &mut dyn Db) -> Vec<String> {
+pub(crate) fn run_case(path: &std::path::Path, db: &mut dyn Db) -> Vec<String> {
     let case: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     let name = case["name"].as_str().unwrap().to_string();
     let gvr = hex_n::<32>(&case["genesis_validators_root"]);

@@ -44,9 +44,9 @@ pub fn merkleize(chunks: &[Chunk], limit: Option<usize>) -> Chunk {
         return zero[depth];
     }
     let mut layer: Vec<Chunk> = chunks.to_vec();
-    for level in 0..depth {
+    for z in &zero[..depth] {
         if layer.len() % 2 == 1 {
-            layer.push(zero[level]);
+            layer.push(*z);
         }
         layer = layer.chunks(2).map(|p| hash2(&p[0], &p[1])).collect();
     }

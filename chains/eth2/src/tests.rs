@@ -80,7 +80,8 @@ fn client_signing_root_is_only_a_cross_check() {
 #[test]
 fn hostile_shapes_are_refused_naming_the_field() {
     let base = att(411392 * 32, 411391, 411392);
-    let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+    type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(Mutation, &str)> = vec![
         (Box::new(|v| v["extra"] = 1.into()), "extra"),
         (
             Box::new(|v| v["attestation"]["extra"] = 1.into()),

@@ -54,10 +54,14 @@ struct Sealer {
     key: SealingKey,
 }
 
+/// A loaded key and where it came from (`eip2335`, `m/12381/3600/i/0/0`, `generated`).
+type Loaded = Arc<(SecretKey, String)>;
+type KeyMap = BTreeMap<[u8; 48], Loaded>;
+
 /// The BLS keys, decrypted and ready to sign.
 pub struct BlsKeystore {
     sealer: Option<Sealer>,
-    keys: RwLock<BTreeMap<[u8; 48], Arc<(SecretKey, String)>>>,
+    keys: RwLock<KeyMap>,
 }
 
 impl std::fmt::Debug for BlsKeystore {
@@ -148,7 +152,7 @@ impl BlsKeystore {
         })
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<[u8; 48], Arc<(SecretKey, String)>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, KeyMap> {
         self.keys.read().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -249,10 +253,7 @@ impl BlsKeystore {
 }
 
 /// Rewrites the file atomically (temporary file, fsync, rename), mode 0600.
-fn persist(
-    s: &Sealer,
-    keys: &BTreeMap<[u8; 48], Arc<(SecretKey, String)>>,
-) -> Result<(), KeystoreError> {
+fn persist(s: &Sealer, keys: &KeyMap) -> Result<(), KeystoreError> {
     let mut entries = Vec::with_capacity(keys.len());
     for (pk, k) in keys {
         let secret = Zeroizing::new(k.0.to_bytes());

@@ -52,11 +52,11 @@ fn num_field(v: &Value, path: &[&str]) -> Result<u64, String> {
         .ok_or_else(|| format!("{} must be a non-negative integer", path.join(".")))
 }
 
+/// A decrypted secret and the public key the file claims, if any.
+pub(super) type Decrypted = (Zeroizing<[u8; 32]>, Option<[u8; 48]>);
+
 /// Decrypts a version-4 keystore: the 32-byte secret and the file's `pubkey`, if any.
-pub(super) fn decrypt(
-    json: &[u8],
-    password: &str,
-) -> Result<(Zeroizing<[u8; 32]>, Option<[u8; 48]>), String> {
+pub(super) fn decrypt(json: &[u8], password: &str) -> Result<Decrypted, String> {
     let v: Value = serde_json::from_slice(json).map_err(|e| format!("not JSON: {e}"))?;
     if v.get("version").and_then(Value::as_u64) != Some(4) {
         return Err("version must be 4 (EIP-2335)".into());
