@@ -24,7 +24,10 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 #[ignore = "benchmark: run with --ignored --nocapture"]
 fn eth2_attestation_throughput() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("kg.db")).unwrap();
     let keys = Arc::new(BlsKeystore::in_memory());
@@ -36,6 +39,16 @@ fn eth2_attestation_throughput() {
         keys.sign(pk, &[i as u8; 32]).unwrap();
     }
     let blst_rate = KEYS as f64 / t.elapsed().as_secs_f64();
+    // Pass 2 costs a verification per signature (two pairings).
+    let sigs: Vec<[u8; 96]> = pks
+        .iter()
+        .map(|pk| keys.sign(pk, &[1; 32]).unwrap())
+        .collect();
+    let t = Instant::now();
+    for (pk, sig) in pks.iter().zip(&sigs) {
+        assert!(keyguard_eth2::bls::verify(pk, &[1; 32], sig));
+    }
+    let verify_rate = KEYS as f64 / t.elapsed().as_secs_f64();
 
     let net = Network::builtin("mainnet").unwrap();
     let now = keyguard_chain::clock::now_ms() / 1000;
@@ -71,7 +84,10 @@ fn eth2_attestation_throughput() {
                 tasks.push(tokio::spawn(async move {
                     let _p = sem.acquire().await.unwrap();
                     let t = Instant::now();
-                    let who = Eth2Caller { client: "bench", request_id: "b".into() };
+                    let who = Eth2Caller {
+                        client: "bench",
+                        request_id: "b".into(),
+                    };
                     g.sign(&who, &pk, &b, now).await.expect("signed");
                     t.elapsed()
                 }));
@@ -89,11 +105,12 @@ fn eth2_attestation_throughput() {
     let n = lat.len();
     println!(
         "eth2 bench: cores={cores} keys={KEYS} signatures={n} concurrency={CONCURRENCY} \
-         throughput={:.0}/s p50={:.2}ms p99={:.2}ms | blst sign alone={:.0}/s (one thread)",
+         throughput={:.0}/s p50={:.2}ms p99={:.2}ms | one thread: blst sign {:.0}/s, verify {:.0}/s",
         n as f64 / total.as_secs_f64(),
         pct(&lat, 0.5).as_secs_f64() * 1e3,
         pct(&lat, 0.99).as_secs_f64() * 1e3,
-        blst_rate
+        blst_rate,
+        verify_rate
     );
     drop(guard);
     store.close().unwrap();

@@ -243,6 +243,7 @@ fn classify_attestation(
 #[derive(Clone)]
 pub struct SlashingStore {
     conn: Arc<Shared>,
+    batch: super::eth2_batch::Batcher,
 }
 
 impl std::fmt::Debug for SlashingStore {
@@ -264,8 +265,10 @@ pub struct ImportReport {
 
 impl SlashingStore {
     pub(crate) fn new(conn: Conn) -> Self {
+        let conn = Arc::new(Shared::new(conn));
         SlashingStore {
-            conn: Arc::new(Shared::new(conn)),
+            batch: super::eth2_batch::Batcher::spawn(conn.clone()),
+            conn,
         }
     }
 
@@ -280,7 +283,11 @@ impl SlashingStore {
         slot: u64,
         root: Option<&[u8; 32]>,
     ) -> Result<Recorded, SlashingError> {
-        self.conn().transaction(|t| block_in(t, pubkey, slot, root))
+        self.batch.submit(super::eth2_batch::Job::Block {
+            pubkey: *pubkey,
+            slot,
+            root: root.copied(),
+        })
     }
 
     /// Checks and durably records an attestation before it is signed.
@@ -339,8 +346,13 @@ impl SlashingStore {
                 Ok(Recorded::New)
             });
         }
-        self.conn()
-            .transaction(|t| attestation_in(t, pubkey, source, target, root, checks))
+        self.batch.submit(super::eth2_batch::Job::Attestation {
+            pubkey: *pubkey,
+            source,
+            target,
+            root: root.copied(),
+            checks,
+        })
     }
 
     /// Imports an EIP-3076 file whose genesis validators root must be `gvr`: every record is

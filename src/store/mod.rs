@@ -14,6 +14,7 @@ mod clients;
 mod commit;
 pub mod copy;
 pub(crate) mod db;
+mod eth2_batch;
 pub mod eth2_slashing;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
