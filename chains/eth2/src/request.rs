@@ -624,6 +624,8 @@ fn aggregate_and_proof(
     let epoch = net.epoch_of(slot);
     let ours = net.fork_at(epoch).name;
     let electra = ours >= ForkName::Electra;
+    // `AGGREGATE_AND_PROOF` (no version; Lighthouse sends Electra aggregates this way) takes
+    // the shape of keyguard's fork at the slot; `_V2` must name that fork.
     if let Some(v) = version {
         if v != ours {
             return Err(DecodeError::rule(
@@ -632,12 +634,6 @@ fn aggregate_and_proof(
                 &format!("slot {slot} is under {} on {}", ours.upper(), net.name),
             ));
         }
-    } else if electra {
-        return Err(DecodeError::rule(
-            rule::FORK,
-            "type",
-            "AGGREGATE_AND_PROOF for an Electra slot; use AGGREGATE_AND_PROOF_V2",
-        ));
     }
     let limit = if electra {
         MAX_VALIDATORS_PER_COMMITTEE * MAX_COMMITTEES_PER_SLOT

@@ -243,3 +243,46 @@ fn interchange_round_trips_and_refuses_unquoted() {
     let e = interchange::Interchange::parse(unquoted.as_bytes()).unwrap_err();
     assert_eq!(e.field, "data[0].signed_blocks[0].slot");
 }
+
+/// Lighthouse's request shape (`validator_client/signing_method/src/web3signer.rs`): type
+/// `AGGREGATE_AND_PROOF` with an Electra aggregate (`committee_bits`), `signingRoot` beside
+/// `fork_info`; it must decode to the same root as the `_V2` form Teku sends.
+#[test]
+fn lighthouse_v1_and_teku_v2_electra_aggregates_agree() {
+    let slot = 411392 * 32 + 3;
+    let data = serde_json::json!({
+        "aggregator_index": "9",
+        "aggregate": {
+            "aggregation_bits": "0x0501",
+            "data": att(slot, 411391, 411392)["attestation"].clone(),
+            "signature": format!("0x{}", "44".repeat(96)),
+            "committee_bits": "0x0100000000000000"
+        },
+        "selection_proof": format!("0x{}", "55".repeat(96))
+    });
+    let v1 = serde_json::json!({
+        "type": "AGGREGATE_AND_PROOF",
+        "fork_info": fork_info("0x05000000", "0x06000000", 411392),
+        "aggregate_and_proof": data.clone()
+    });
+    let v2 = serde_json::json!({
+        "type": "AGGREGATE_AND_PROOF_V2",
+        "fork_info": fork_info("0x05000000", "0x06000000", 411392),
+        "aggregate_and_proof": {"version": "FULU", "data": data}
+    });
+    let a = dec(&v1).unwrap();
+    let mut lighthouse = v1.clone();
+    lighthouse["signingRoot"] = format!("0x{}", hex::encode(a.signing_root)).into();
+    assert_eq!(dec(&lighthouse).unwrap().signing_root, a.signing_root);
+    assert_eq!(dec(&v2).unwrap().signing_root, a.signing_root);
+    // An Electra aggregate without committee_bits is refused naming the field.
+    let mut missing = v1;
+    missing["aggregate_and_proof"]["aggregate"]
+        .as_object_mut()
+        .unwrap()
+        .remove("committee_bits");
+    assert_eq!(
+        dec(&missing).unwrap_err().field,
+        "aggregate_and_proof.aggregate.committee_bits"
+    );
+}
