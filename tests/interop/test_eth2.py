@@ -7,6 +7,7 @@ exits (403, rule named). Conflicting attestations racing from several connection
 
 
 import json
+import os
 import re
 import subprocess
 import threading
@@ -149,17 +150,22 @@ def _setup(workdir: Path, cfg: dict) -> None:
     assert r.stdout.strip() == EIP2335_PUBKEY
 
 
-@pytest.fixture(scope="module")
-def signer(start):
-    def cfg(data):
-        c = kg.base_config(data, create_on_first_start=[])
-        c["eth2"] = {"address": "127.0.0.1:0", "auth": "none", "keys": ["*"], "network": "mainnet",
-                     "policy": {"fee_recipients": ["0x" + "ab" * 20], "max_gas_limit": 60_000_000}}
-        return c
-    d = start(cfg, name="eth2", before_start=_setup)
+def _cfg(data):
+    c = kg.base_config(data, create_on_first_start=[])
+    c["eth2"] = {"address": "127.0.0.1:0", "auth": "none", "keys": ["*"], "network": "mainnet",
+                 "policy": {"fee_recipients": ["0x" + "ab" * 20], "max_gas_limit": 60_000_000}}
+    return c
+
+
+def _eth2_url(d):
     line = next(l for l in d.stdout_lines if l.startswith("keyguard: eth2 "))
     d.eth2 = re.search(r"(https?://\S+)", line).group(1)
     return d
+
+
+@pytest.fixture(scope="module")
+def signer(start):
+    return _eth2_url(start(_cfg, name="eth2", before_start=_setup))
 
 
 def call(d, path: str, body: dict | None = None, accept: str = "application/json"):
@@ -317,3 +323,36 @@ def test_conflicting_attestations_racing_sign_once(signer):
     for t in threads:
         t.join()
     assert sorted(results) == [200] + [412] * 7, results
+
+
+def surround_refused(d) -> bool:
+    """Signs 5->6, then 4->7 (surrounds it): whether the second is refused as a surround vote."""
+    pk = keys(d)[0]
+    epoch = now_slot() // 32 - 20
+
+    def att(src: int, tgt: int) -> dict:
+        return {"type": "ATTESTATION", "fork_info": fork_info(), "attestation": {
+            "slot": str((epoch + tgt) * 32), "index": "0", "beacon_block_root": "0x" + "aa" * 32,
+            "source": {"epoch": str(epoch + src), "root": "0x" + "00" * 32},
+            "target": {"epoch": str(epoch + tgt), "root": "0x" + "00" * 32}}}
+
+    assert call(d, f"/api/v1/eth2/sign/{pk}", att(5, 6))[0] == 200
+    status, text, _ = call(d, f"/api/v1/eth2/sign/{pk}", att(4, 7))
+    return status == 412 and json.loads(text)["rule"] == "eth2.surround_vote"
+
+
+def test_surround_vote_refused(signer):
+    assert surround_refused(signer)
+
+
+def test_negative_control_surround_check_off_signs_the_surround(start):
+    """KEYGUARD_FAULT=eth2-no-surround (fault-injection build) drops the surround check: the
+    same test must then see the surrounding attestation signed."""
+    d = _eth2_url(start(_cfg, name="eth2-fault", env={"KEYGUARD_FAULT": "eth2-no-surround"}, before_start=_setup))
+    refused = surround_refused(d)  # the fault is read (and announced) at its first use
+    if "FAULT INJECTION ACTIVE" not in d.stderr():
+        msg = "KEYGUARD_BIN lacks --features fault-injection (tests/run builds it in)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    assert not refused
