@@ -215,3 +215,101 @@ fn far_future_duties_are_refused_by_the_clock() {
     );
     assert!(r.sign(&block(r.slot + 1, 1)).is_ok(), "positive control");
 }
+
+/// Exits without `exit_approval` are refused; with it they are held until two approvers of the
+/// group agree, then signed exactly once (a retry of the consumed approval is refused).
+#[test]
+fn exits_wait_for_two_approvers_and_sign_once() {
+    let exit = |r: &Rig| {
+        serde_json::json!({"type": "VOLUNTARY_EXIT", "fork_info": fork_info(),
+            "voluntary_exit": {"epoch": (r.slot / 32).to_string(), "validator_index": "7"}})
+        .to_string()
+        .into_bytes()
+    };
+    let plain = rig(|_, _| {}, None);
+    assert_eq!(
+        plain.sign(&exit(&plain)).unwrap_err().rule,
+        "eth2.voluntary_exit"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("kg.db")).unwrap();
+    let db = store.state_db().unwrap();
+    for (name, group) in [("ann", "staking"), ("bob", "staking"), ("eve", "ops")] {
+        db.add_user(name, &["approver".into()], &[group.into()], &[7u8; 20])
+            .unwrap();
+    }
+    let book = keyguard::approvals::Approvals::new(db.clone());
+    let keys = Arc::new(BlsKeystore::in_memory());
+    let pk = keys.generate().unwrap();
+    let mut p = Eth2Policy::default();
+    p.exit_approval = Some(keyguard::config::Eth2Approval {
+        approvers: 2,
+        group: "staking".into(),
+        within_secs: 3600,
+    });
+    let net = Network::builtin("mainnet").unwrap();
+    let slot = net.slot_at(now());
+    let guard = Eth2Guard::new(net, p, keys, store.eth2_slashing(), store.audit_log())
+        .with_approvals(book.clone());
+    let r = Rig {
+        _dir: dir,
+        store,
+        guard,
+        pk,
+        slot,
+    };
+    let held = r.sign(&exit(&r)).unwrap_err();
+    assert_eq!(held.rule, "approval.required");
+    let pending = book.pending(keyguard::store::now_ms()).unwrap();
+    assert_eq!(pending.len(), 1);
+    let user = |n: &str| db.user(n).unwrap().unwrap();
+    book.vote(
+        &pending[0].id,
+        &user("ann"),
+        true,
+        keyguard::store::now_ms(),
+    )
+    .unwrap();
+    assert_eq!(
+        r.sign(&exit(&r)).unwrap_err().rule,
+        "approval.required",
+        "one approval is not two"
+    );
+    assert!(
+        book.vote(
+            &pending[0].id,
+            &user("eve"),
+            true,
+            keyguard::store::now_ms()
+        )
+        .is_err(),
+        "outside the group"
+    );
+    book.vote(
+        &pending[0].id,
+        &user("bob"),
+        true,
+        keyguard::store::now_ms(),
+    )
+    .unwrap();
+    let sig = r.sign(&exit(&r)).unwrap();
+    assert!(keyguard_eth2::bls::verify(
+        &r.pk,
+        &{
+            // EIP-7044: Capella's version on a network past Deneb.
+            let d = keyguard_eth2::domain::compute_domain(
+                keyguard_eth2::domain::VOLUNTARY_EXIT,
+                [3, 0, 0, 0],
+                &Network::builtin("mainnet").unwrap().genesis_validators_root,
+            );
+            let obj = keyguard_eth2::ssz::container(&[
+                keyguard_eth2::ssz::uint64(r.slot / 32),
+                keyguard_eth2::ssz::uint64(7),
+            ]);
+            keyguard_eth2::domain::signing_root(&obj, &d)
+        },
+        &sig
+    ));
+    assert_eq!(r.sign(&exit(&r)).unwrap_err().rule, "approval.consumed");
+}

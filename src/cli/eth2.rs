@@ -210,6 +210,7 @@ pub(crate) fn guard(
     config: &Config,
     store: &Store,
     kill: Arc<crate::access::kill::KillSwitch>,
+    approvals: crate::approvals::Approvals,
 ) -> anyhow::Result<Option<Arc<crate::guard::eth2::Eth2Guard>>> {
     let Some(e) = &config.eth2 else {
         return Ok(None);
@@ -222,6 +223,7 @@ pub(crate) fn guard(
         store.eth2_slashing(),
         store.audit_log(),
     )
-    .with_kill_switch(kill);
+    .with_kill_switch(kill)
+    .with_approvals(approvals);
     Ok(Some(Arc::new(g)))
 }

@@ -104,6 +104,7 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
         tracing::warn!(approval = %id, "approval consumed by a signature that was never released (crash); approved again");
     }
     let approval_book = approvals.clone();
+    let eth2_approvals = approvals.clone();
     let guard = Arc::new(
         Guard::new(&config, backend.clone(), store.audit_log())
             .with_people(kill.clone(), approvals.clone())
@@ -183,7 +184,7 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
     }
     if let (Some(e), Some(eth2)) = (
         &config.eth2,
-        super::eth2::guard(&config, &store, kill.clone())?,
+        super::eth2::guard(&config, &store, kill.clone(), eth2_approvals)?,
     ) {
         let n = eth2.public_keys().len();
         let addr = server::eth2::start(&config, e, eth2)

@@ -60,6 +60,28 @@ pub struct Eth2Policy {
     pub disabled_duties: Vec<String>,
     /// Signatures per minute per key, by duty (`attestation = 10`).
     pub rate_limits: BTreeMap<String, u32>,
+    /// M-of-N approval that lets voluntary exits be signed (absent: exits are refused).
+    pub exit_approval: Option<Eth2Approval>,
+    /// M-of-N approval that lets deposit messages be signed (absent: deposits are refused).
+    pub deposit_approval: Option<Eth2Approval>,
+}
+
+/// `[eth2.policy.exit_approval]` / `deposit_approval`: who must approve, and how long a
+/// request stays open (approvers vote through the admin API, `docs/people.md`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Eth2Approval {
+    /// Distinct approvals needed.
+    pub approvers: u32,
+    /// Group the approvers belong to.
+    pub group: String,
+    /// Seconds the request stays open (default one day).
+    #[serde(default = "day")]
+    pub within_secs: u64,
+}
+
+fn day() -> u64 {
+    86_400
 }
 
 impl Default for Eth2Policy {
@@ -73,6 +95,8 @@ impl Default for Eth2Policy {
             max_gas_limit: None,
             disabled_duties: Vec::new(),
             rate_limits: BTreeMap::new(),
+            exit_approval: None,
+            deposit_approval: None,
         }
     }
 }
@@ -133,6 +157,19 @@ impl Eth2Config {
         {
             if DutyKind::parse(d).is_none() {
                 out.push(("eth2.policy".into(), format!("unknown duty {d:?}")));
+            }
+        }
+        for (name, a) in [
+            ("exit_approval", &self.policy.exit_approval),
+            ("deposit_approval", &self.policy.deposit_approval),
+        ] {
+            if let Some(a) = a {
+                if a.approvers == 0 || a.group.trim().is_empty() || a.within_secs == 0 {
+                    out.push((
+                        format!("eth2.policy.{name}"),
+                        "needs approvers > 0, a group and within_secs > 0".into(),
+                    ));
+                }
             }
         }
         for pk in self.policy.proposer_index.keys() {

@@ -8,7 +8,7 @@ mod people;
 mod store;
 
 pub use audit::{AuditConfig, AuditLimits};
-pub use eth2::{Eth2Config, Eth2Policy};
+pub use eth2::{Eth2Approval, Eth2Config, Eth2Policy};
 pub use nodes::{proxy_allowed, BitcoinNodeConfig, UpstreamConfig};
 pub use people::{
     parse_duration, quota, AdminConfig, AdminListenerLimits, AdminTlsConfig, LimitConfig,

@@ -19,8 +19,12 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use keyguard_chain::rules::{common, eth2 as rule};
 use keyguard_eth2::{decode, Context, DecodeError, Duty, DutyKind, Network, Slashable};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 use crate::access::kill::KillSwitch;
+use crate::approvals::{
+    ApprovalError, ApprovalOutcome, ApprovalRequirement, Approvals, HeldIntent,
+};
 use crate::backend::software::bls::BlsKeystore;
 use crate::config::Eth2Policy;
 use crate::store::eth2_slashing::{SlashingError, SlashingStore};
@@ -99,6 +103,7 @@ pub struct Eth2Guard {
     keys: Arc<BlsKeystore>,
     slashing: SlashingStore,
     kill: Option<Arc<KillSwitch>>,
+    approvals: Option<Approvals>,
     audit: AuditLog,
     limits: HashMap<DutyKind, DefaultKeyedRateLimiter<[u8; 48]>>,
 }
@@ -157,6 +162,7 @@ impl Eth2Guard {
             keys,
             slashing,
             kill: None,
+            approvals: None,
             audit,
             limits,
         }
@@ -165,6 +171,12 @@ impl Eth2Guard {
     /// Adds the kill switch (every duty stops while it is on).
     pub fn with_kill_switch(mut self, kill: Arc<KillSwitch>) -> Self {
         self.kill = Some(kill);
+        self
+    }
+
+    /// Adds the approval book (exits and deposits with `*_approval` configured wait for it).
+    pub fn with_approvals(mut self, approvals: Approvals) -> Self {
+        self.approvals = Some(approvals);
         self
     }
 
@@ -195,19 +207,19 @@ impl Eth2Guard {
                 format!("{} is switched off by policy", d.kind.as_str()),
             );
         }
-        match d.kind {
-            DutyKind::VoluntaryExit => {
+        match (d.kind, &self.policy.exit_approval, &self.policy.deposit_approval) {
+            (DutyKind::VoluntaryExit, None, _) => {
                 return forbid(
                     rule::VOLUNTARY_EXIT,
                     "voluntary_exit",
-                    "voluntary exits are irreversible and need M-of-N approval, which the eth2 signer does not offer yet".into(),
+                    "voluntary exits are irreversible; configure [eth2.policy.exit_approval] to allow them with M-of-N approval".into(),
                 )
             }
-            DutyKind::Deposit => {
+            (DutyKind::Deposit, _, None) => {
                 return forbid(
                     rule::DEPOSIT,
                     "deposit",
-                    "deposit messages decide who owns the stake and need M-of-N approval, which the eth2 signer does not offer yet".into(),
+                    "deposit messages decide who owns the stake; configure [eth2.policy.deposit_approval] to allow them with M-of-N approval".into(),
                 )
             }
             _ => {}
@@ -341,7 +353,7 @@ impl Eth2Guard {
         body: &[u8],
         now_unix: u64,
     ) -> Result<[u8; 96], Eth2Refusal> {
-        let outcome = self.sign_inner(pk, body, now_unix).await;
+        let outcome = self.sign_inner(who.client, pk, body, now_unix).await;
         let (method, summary) = match &outcome {
             Ok((d, _)) => (
                 format!("eth2_{}", d.kind.as_str()),
@@ -409,6 +421,100 @@ impl Eth2Guard {
         if let Err(r) = self.policy(pk, &duty, now_unix) {
             return Err((Some(duty), r));
         }
+        let approval = match self.approve(client, pk, &duty).await {
+            Ok(a) => a,
+            Err(r) => return Err((Some(duty), r)),
+        };
+        let out = self.record_and_sign(pk, duty).await;
+        if let (Err(_), Some((book, id))) = (&out, approval) {
+            // Not released: the approved intent may be retried without asking again.
+            let _ = tokio::task::spawn_blocking(move || book.restore(&id)).await;
+        }
+        out
+    }
+
+    /// Exits and deposits wait for M-of-N approval of this exact signing root; the id of the
+    /// approval a proceeding request consumed.
+    async fn approve(
+        &self,
+        pk: &[u8; 48],
+        d: &Duty,
+    ) -> Result<Option<(Approvals, String)>, Eth2Refusal> {
+        let cfg = match d.kind {
+            DutyKind::VoluntaryExit => self.policy.exit_approval.as_ref(),
+            DutyKind::Deposit => self.policy.deposit_approval.as_ref(),
+            _ => None,
+        };
+        let Some(cfg) = cfg else {
+            return Ok(None);
+        };
+        let forbid =
+            |r: &'static str, why: String| Eth2Refusal::new(Status::Forbidden, r, "type", why);
+        let book = self.approvals.clone().ok_or_else(|| {
+            forbid(
+                "approval.unavailable",
+                "no approval book: exits and deposits are refused".into(),
+            )
+        })?;
+        let mut h = Sha256::new();
+        h.update(b"keyguard/eth2-intent/v1\0");
+        h.update(pk);
+        h.update(d.signing_root);
+        let digest: [u8; 32] = h.finalize().into();
+        let req = ApprovalRequirement {
+            rule: match d.kind {
+                DutyKind::VoluntaryExit => rule::VOLUNTARY_EXIT.into(),
+                _ => rule::DEPOSIT.into(),
+            },
+            approvers: cfg.approvers,
+            group: cfg.group.clone(),
+            within: std::time::Duration::from_secs(cfg.within_secs),
+        };
+        let (key, chain, requester) = (
+            pubkey_hex(pk),
+            format!("eth2:{}", self.network.name),
+            client.to_string(),
+        );
+        let summary = json!({"duty": d.summary, "signing_root": format!("0x{}", hex::encode(d.signing_root))});
+        let b2 = book.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let intent = HeldIntent {
+                key: &key,
+                digest: &digest,
+                requester: &requester,
+                chain: Some(&chain),
+                summary: &summary,
+            };
+            b2.decide(&intent, &req, crate::store::now_ms())
+        })
+        .await
+        .map_err(|e| {
+            Eth2Refusal::new(
+                Status::Unavailable,
+                "guard.internal",
+                "approval",
+                e.to_string(),
+            )
+        })?;
+        match outcome {
+            Ok(ApprovalOutcome::Proceed(id)) => Ok(Some((book, id))),
+            Ok(ApprovalOutcome::Held(a)) => Err(forbid(
+                "approval.required",
+                format!("held for approval {} ({} of {} in group {:?}); send the same request again once approved", a.id, a.approved, a.required, a.group),
+            )),
+            Err(ApprovalError::Rejected(id)) => Err(forbid("approval.rejected", format!("approval {id} was rejected"))),
+            Err(ApprovalError::Consumed(id)) => Err(forbid("approval.consumed", format!("approval {id} was already used"))),
+            Err(ApprovalError::Capped { scope, cap }) => Err(Eth2Refusal::new(Status::TooMany, "approval.pending_cap", "type", format!("{scope} cap of {cap} pending requests"))),
+            Err(ApprovalError::Store(e)) => Err(Eth2Refusal::new(Status::Unavailable, "store.unavailable", "approval", e.to_string())),
+        }
+    }
+
+    /// Slashing record, BLS signature and pass 2, off the async threads.
+    async fn record_and_sign(
+        &self,
+        pk: &[u8; 48],
+        duty: Duty,
+    ) -> Result<(Duty, [u8; 96]), (Option<Duty>, Eth2Refusal)> {
         let (slashing, keys, pk2, d2) =
             (self.slashing.clone(), self.keys.clone(), *pk, duty.clone());
         let signed = tokio::task::spawn_blocking(move || -> Result<[u8; 96], Eth2Refusal> {

@@ -264,8 +264,8 @@ pub const BUILTIN: &[RuleInfo] = &[
     r(eth2::PROPOSER_INDEX, Scope::Eth2, HTTP403, "blocks for a proposer index other than the key's configured validator index"),
     r(eth2::FEE_RECIPIENT, Scope::Eth2, HTTP403, "builder registrations paying a fee recipient outside the allowlist"),
     r(eth2::GAS_LIMIT, Scope::Eth2, HTTP403, "builder registrations with a gas limit outside the allowlist"),
-    r(eth2::VOLUNTARY_EXIT, Scope::Eth2, HTTP403, "voluntary exits (irreversible) unless the policy allows them"),
-    r(eth2::DEPOSIT, Scope::Eth2, HTTP403, "deposit messages (withdrawal credentials decide who owns the stake) unless the policy allows them"),
+    r(eth2::VOLUNTARY_EXIT, Scope::Eth2, HTTP403, "voluntary exits (irreversible) without M-of-N approval (`exit_approval`; refused outright when unset)"),
+    r(eth2::DEPOSIT, Scope::Eth2, HTTP403, "deposit messages (withdrawal credentials decide who owns the stake) without M-of-N approval (`deposit_approval`; refused outright when unset)"),
     r(eth2::DUTY_DISABLED, Scope::Eth2, HTTP403, "duties the key's policy switched off"),
     r(eth2::RATE_LIMIT, Scope::Eth2, HTTP429, "one key signing one duty faster than the policy allows"),
     // --- every chain ---
