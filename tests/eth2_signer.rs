@@ -242,12 +242,14 @@ fn exits_wait_for_two_approvers_and_sign_once() {
     let book = keyguard::approvals::Approvals::new(db.clone());
     let keys = Arc::new(BlsKeystore::in_memory());
     let pk = keys.generate().unwrap();
-    let mut p = Eth2Policy::default();
-    p.exit_approval = Some(keyguard::config::Eth2Approval {
-        approvers: 2,
-        group: "staking".into(),
-        within_secs: 3600,
-    });
+    let p = Eth2Policy {
+        exit_approval: Some(keyguard::config::Eth2Approval {
+            approvers: 2,
+            group: "staking".into(),
+            within_secs: 3600,
+        }),
+        ..Eth2Policy::default()
+    };
     let net = Network::builtin("mainnet").unwrap();
     let slot = net.slot_at(now());
     let guard = Eth2Guard::new(net, p, keys, store.eth2_slashing(), store.audit_log())

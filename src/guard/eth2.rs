@@ -337,7 +337,7 @@ impl Eth2Guard {
         self.audit.append(entry).await.map(|_| ()).map_err(|e| {
             Eth2Refusal::new(
                 Status::Unavailable,
-                "audit.write",
+                rule::STORE_UNAVAILABLE,
                 "audit",
                 format!("audit row not written, nothing released: {e}"),
             )
@@ -382,6 +382,7 @@ impl Eth2Guard {
 
     async fn sign_inner(
         &self,
+        client: &str,
         pk: &[u8; 48],
         body: &[u8],
         now_unix: u64,
@@ -437,6 +438,7 @@ impl Eth2Guard {
     /// approval a proceeding request consumed.
     async fn approve(
         &self,
+        client: &str,
         pk: &[u8; 48],
         d: &Duty,
     ) -> Result<Option<(Approvals, String)>, Eth2Refusal> {
@@ -491,7 +493,7 @@ impl Eth2Guard {
         .map_err(|e| {
             Eth2Refusal::new(
                 Status::Unavailable,
-                "guard.internal",
+                rule::STORE_UNAVAILABLE,
                 "approval",
                 e.to_string(),
             )
@@ -505,7 +507,7 @@ impl Eth2Guard {
             Err(ApprovalError::Rejected(id)) => Err(forbid("approval.rejected", format!("approval {id} was rejected"))),
             Err(ApprovalError::Consumed(id)) => Err(forbid("approval.consumed", format!("approval {id} was already used"))),
             Err(ApprovalError::Capped { scope, cap }) => Err(Eth2Refusal::new(Status::TooMany, "approval.pending_cap", "type", format!("{scope} cap of {cap} pending requests"))),
-            Err(ApprovalError::Store(e)) => Err(Eth2Refusal::new(Status::Unavailable, "store.unavailable", "approval", e.to_string())),
+            Err(ApprovalError::Store(e)) => Err(Eth2Refusal::new(Status::Unavailable, rule::STORE_UNAVAILABLE, "approval", e.to_string())),
         }
     }
 
@@ -538,7 +540,7 @@ impl Eth2Guard {
                 Some(Err(SlashingError::Store(e))) => {
                     return Err(Eth2Refusal::new(
                         Status::Unavailable,
-                        "store.unavailable",
+                        rule::STORE_UNAVAILABLE,
                         "slashing_protection",
                         format!("slashing record not written, not signed: {e}"),
                     ))
@@ -570,7 +572,7 @@ impl Eth2Guard {
                 Some(duty.clone()),
                 Eth2Refusal::new(
                     Status::Unavailable,
-                    "guard.internal",
+                    rule::STORE_UNAVAILABLE,
                     "signature",
                     e.to_string(),
                 ),

@@ -80,6 +80,7 @@ pub mod eth2 {
     pub const DEPOSIT: &str = "eth2.deposit";
     pub const DUTY_DISABLED: &str = "eth2.duty_disabled";
     pub const RATE_LIMIT: &str = "eth2.rate_limit";
+    pub const STORE_UNAVAILABLE: &str = "eth2.store_unavailable";
 }
 
 /// Names shared by every chain.
@@ -268,6 +269,7 @@ pub const BUILTIN: &[RuleInfo] = &[
     r(eth2::DEPOSIT, Scope::Eth2, HTTP403, "deposit messages (withdrawal credentials decide who owns the stake) without M-of-N approval (`deposit_approval`; refused outright when unset)"),
     r(eth2::DUTY_DISABLED, Scope::Eth2, HTTP403, "duties the key's policy switched off"),
     r(eth2::RATE_LIMIT, Scope::Eth2, HTTP429, "one key signing one duty faster than the policy allows"),
+    r(eth2::STORE_UNAVAILABLE, Scope::Eth2, "HTTP 503", "(failure) a slashing record, approval or audit row that could not be written: nothing signed, or the signature withheld"),
     // --- every chain ---
     r(common::REQUEST_INVALID, Scope::Any, INVALID, "malformed requests (the error names the field)"),
     r(common::POLICY_NONE, Scope::Any, P, "a key with no policy for the chain asked"),

@@ -4,7 +4,8 @@
 //! - [`json`]: a strict reader (unknown or duplicate fields, wrong types, non-canonical
 //!   numbers and wrong-length hex are refused naming the field).
 //! - [`request`]: Web3Signer's `POST /api/v1/eth2/sign/{pubkey}` bodies, every type, to a
-//!   [`Duty`] whose signing root keyguard computed itself.
+//!   [`Duty`] whose signing root keyguard computed itself; `messages` reads and hashes each
+//!   type's message.
 //! - [`ssz`]: `hash_tree_root` of the signed containers; [`domain`]: `compute_domain` and
 //!   `compute_signing_root`.
 //! - [`network`]: keyguard's own genesis validators root, genesis time and fork schedule per
@@ -18,6 +19,7 @@ pub mod bls;
 pub mod domain;
 pub mod interchange;
 pub(crate) mod json;
+mod messages;
 pub mod network;
 pub mod request;
 pub mod ssz;
