@@ -30,6 +30,10 @@ use crate::config::Eth2Policy;
 use crate::store::eth2_slashing::{SlashingError, SlashingStore};
 use crate::store::{AuditEntry, AuditLog, Decision};
 
+#[path = "eth2_keys.rs"]
+mod keys;
+pub use keys::KeyStatus;
+
 /// HTTP status classes of a refusal, as Web3Signer answers them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {

@@ -1,6 +1,7 @@
 //! The eth2 remote-signing listener, Web3Signer's REST API:
 //! `POST /api/v1/eth2/sign/{pubkey}`, `GET /api/v1/eth2/publicKeys`, `GET /upcheck`,
-//! `GET /healthcheck`. Answers as Web3Signer does: the signature as JSON `{"signature"}` when
+//! `GET /healthcheck`, and key management (`POST /reload`, keymanager `/eth/v1/keystores`,
+//! `eth2_keymanager`). Answers as Web3Signer does: the signature as JSON `{"signature"}` when
 //! `Accept` names JSON or `*/*`, as text otherwise; 404 unknown key, 412 slashing protection,
 //! 400 malformed; keyguard's policy refusals are 403 and every error body is
 //! `{"error", "rule", "field", "reason"}` naming the rule.
@@ -28,9 +29,9 @@ use crate::access::{Authentication, Authenticator, Caller};
 use crate::config::{ConnectionLimits, Eth2Config};
 use crate::guard::eth2::{pubkey_hex, Eth2Caller, Eth2Guard, Eth2Refusal, Status};
 
-type Body = Full<Bytes>;
+pub(crate) type Body = Full<Bytes>;
 
-fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Body> {
+pub(crate) fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(hyper::header::CONTENT_TYPE, content_type)
@@ -38,7 +39,7 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Bod
         .expect("static response parts")
 }
 
-fn refusal(r: &Eth2Refusal) -> Response<Body> {
+pub(crate) fn refusal(r: &Eth2Refusal) -> Response<Body> {
     let status = match r.status {
         Status::BadRequest => StatusCode::BAD_REQUEST,
         Status::Forbidden => StatusCode::FORBIDDEN,
@@ -132,6 +133,24 @@ async fn handle(
             .tap_status(StatusCode::UNAUTHORIZED)
         }
     };
+    if super::eth2_keymanager::is_route(req.method(), &path) {
+        let method = req.method().clone();
+        let body = match Limited::new(req.into_body(), super::eth2_keymanager::MAX_BODY)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return refusal(&Eth2Refusal {
+                    status: Status::BadRequest,
+                    rule: keyguard_chain::rules::common::REQUEST_INVALID,
+                    field: "body".into(),
+                    reason: "larger than 16 MiB or unreadable".into(),
+                })
+            }
+        };
+        return super::eth2_keymanager::handle(&ctx.guard, &caller, &method, &path, body).await;
+    }
     match (req.method(), path.as_str()) {
         (&Method::GET, "/api/v1/eth2/publicKeys") => {
             let keys: Vec<String> = ctx

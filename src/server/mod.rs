@@ -6,6 +6,7 @@ mod bitcoin;
 mod connections;
 mod edge_io;
 pub mod eth2;
+mod eth2_keymanager;
 pub mod evm;
 mod evm_methods;
 mod http_edge;

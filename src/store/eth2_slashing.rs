@@ -381,6 +381,17 @@ impl SlashingStore {
         })
     }
 
+    /// The records of `keys` only (keymanager delete answers them).
+    pub fn export_keys(
+        &self,
+        gvr: &[u8; 32],
+        keys: &[[u8; 48]],
+    ) -> Result<Interchange, StoreError> {
+        let mut all = self.export(gvr)?;
+        all.data.retain(|h| keys.contains(&h.pubkey));
+        Ok(all)
+    }
+
     /// Every record, as an EIP-3076 v5 complete file for `gvr`.
     pub fn export(&self, gvr: &[u8; 32]) -> Result<Interchange, StoreError> {
         self.conn().with(|t| {

@@ -152,7 +152,7 @@ def _setup(workdir: Path, cfg: dict) -> None:
 
 def _cfg(data):
     c = kg.base_config(data, create_on_first_start=[])
-    c["eth2"] = {"address": "127.0.0.1:0", "auth": "none", "keys": ["*"], "network": "mainnet",
+    c["eth2"] = {"address": "127.0.0.1:0", "auth": "none", "keys": ["*", "eth2:keymanager"], "network": "mainnet",
                  "policy": {"fee_recipients": ["0x" + "ab" * 20], "max_gas_limit": 60_000_000}}
     return c
 
@@ -168,10 +168,10 @@ def signer(start):
     return _eth2_url(start(_cfg, name="eth2", before_start=_setup))
 
 
-def call(d, path: str, body: dict | None = None, accept: str = "application/json"):
+def call(d, path: str, body: dict | None = None, accept: str = "application/json", method: str | None = None):
     req = urllib.request.Request(d.eth2 + path, data=None if body is None else json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json", "Accept": accept},
-                                 method="GET" if body is None else "POST")
+                                 method=method or ("GET" if body is None else "POST"))
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, r.read().decode(), r.headers.get("Content-Type", "")
@@ -356,3 +356,40 @@ def test_negative_control_surround_check_off_signs_the_surround(start):
             pytest.fail(msg)
         pytest.skip(msg)
     assert not refused
+
+
+def test_keymanager_delete_keeps_history_and_reimport_is_protected(signer):
+    listed = json.loads(call(signer, "/eth/v1/keystores")[1])["data"]
+    paths = sorted(k["derivation_path"] for k in listed)
+    assert paths == ["", "m/12381/3600/0/0/0", "m/12381/3600/1/0/0"], listed
+    pbkdf2 = (REPO / "tests/vectors/eth2/eip2335_pbkdf2.json").read_text()
+    scrypt = (REPO / "tests/vectors/eth2/eip2335_scrypt.json").read_text()
+    status, text, _ = call(signer, "/eth/v1/keystores", {"keystores": [scrypt], "passwords": [EIP2335_PASSWORD]})
+    assert status == 200 and json.loads(text)["data"][0]["status"] == "duplicate", text
+    epoch = now_slot() // 32 - 30
+    att = lambda b: {"type": "ATTESTATION", "fork_info": fork_info(), "attestation": {
+        "slot": str(epoch * 32), "index": "0", "beacon_block_root": "0x" + b * 32,
+        "source": {"epoch": str(epoch - 1), "root": "0x" + "00" * 32}, "target": {"epoch": str(epoch), "root": "0x" + "00" * 32}}}
+    assert call(signer, f"/api/v1/eth2/sign/{EIP2335_PUBKEY}", att("01"))[0] == 200
+    status, text, _ = call(signer, "/eth/v1/keystores", {"pubkeys": [EIP2335_PUBKEY, "0x" + "bb" * 48]}, method="DELETE")
+    out = json.loads(text)
+    assert status == 200 and [x["status"] for x in out["data"]] == ["deleted", "not_found"], text
+    history = json.loads(out["slashing_protection"])
+    assert history["data"][0]["pubkey"] == EIP2335_PUBKEY and history["data"][0]["signed_attestations"]
+    assert call(signer, f"/api/v1/eth2/sign/{EIP2335_PUBKEY}", att("02"))[0] == 404, "a deleted key stops signing"
+    status, text, _ = call(signer, "/eth/v1/keystores", {"keystores": [pbkdf2], "passwords": [EIP2335_PASSWORD],
+                                                        "slashing_protection": out["slashing_protection"]})
+    assert status == 200 and json.loads(text)["data"][0]["status"] == "imported", text
+    status, text, _ = call(signer, f"/api/v1/eth2/sign/{EIP2335_PUBKEY}", att("02"))
+    assert status == 412 and json.loads(text)["rule"] == "eth2.double_vote", "history survived delete + import"
+
+
+def test_reload_picks_up_keys_added_by_the_cli(signer):
+    before = len(keys(signer))
+    r = subprocess.run([kg.keyguard_bin(), "eth2", "keys", "generate", "--config", str(signer.config_path)],
+                       text=True, capture_output=True, env=kg.base_env(None), cwd=signer.config_path.parent, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert len(keys(signer)) == before, "not before /reload"
+    status, text, _ = call(signer, "/reload", {})
+    assert status == 200, text
+    assert r.stdout.strip() in keys(signer)

@@ -156,6 +156,52 @@ impl BlsKeystore {
         self.keys.read().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Every public key with its origin, sorted.
+    pub fn list(&self) -> Vec<([u8; 48], String)> {
+        self.read()
+            .iter()
+            .map(|(pk, k)| (*pk, k.1.clone()))
+            .collect()
+    }
+
+    /// Re-reads the key file (keys imported or removed by the CLI while the daemon runs):
+    /// every entry must open with the key this keystore was opened with. The number of keys.
+    pub fn reload(&self) -> Result<usize, KeystoreError> {
+        let Some(s) = &self.sealer else {
+            return Ok(self.read().len());
+        };
+        let mut fresh = KeyMap::new();
+        if s.path.exists() {
+            let raw = super::keyfile::read_key_file(&s.path)?;
+            let f: BlsFile =
+                serde_json::from_slice(&raw).map_err(|e| corrupt(&s.path, e.to_string()))?;
+            if f.salt != hex::encode(s.salt) {
+                return Err(corrupt(
+                    &s.path,
+                    "the file was re-created under another salt; restart to reopen it",
+                ));
+            }
+            for e in &f.keys {
+                let mut pk = [0u8; 48];
+                hex::decode_to_slice(&e.pubkey, &mut pk).map_err(|_| corrupt(&s.path, "pubkey"))?;
+                let sealed = hex::decode(&e.sealed).map_err(|_| corrupt(&s.path, "sealed"))?;
+                let secret = s
+                    .key
+                    .open(&aad(&pk), &sealed)
+                    .map_err(|_| corrupt(&s.path, "an entry does not open"))?;
+                let sk = SecretKey::from_bytes(&secret)
+                    .map_err(|_| corrupt(&s.path, "secret is not a BLS scalar"))?;
+                if sk.sk_to_pk().to_bytes() != pk {
+                    return Err(corrupt(&s.path, "a secret does not match its public key"));
+                }
+                fresh.insert(pk, Arc::new((sk, e.origin.clone())));
+            }
+        }
+        let n = fresh.len();
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+        Ok(n)
+    }
+
     /// Every public key, sorted.
     pub fn public_keys(&self) -> Vec<[u8; 48]> {
         self.read().keys().copied().collect()
