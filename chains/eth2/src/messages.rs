@@ -244,7 +244,7 @@ pub(crate) fn contribution_and_proof(
 /// their epoch (so an exit signed today stays valid forever).
 pub(crate) fn voluntary_exit(
     mut m: Obj<'_>,
-    fi: &ForkInfo,
+    fi: Option<&ForkInfo>,
     ctx: &Context<'_>,
 ) -> Result<Duty, DecodeError> {
     let net = ctx.network;
@@ -265,7 +265,7 @@ pub(crate) fn voluntary_exit(
             signing_root(&root, &d)
         }
         _ => at_epoch(
-            fi,
+            fi.ok_or_else(|| DecodeError::invalid("fork_info", "missing (needed before Deneb)"))?,
             net,
             domain::VOLUNTARY_EXIT,
             epoch,

@@ -303,7 +303,13 @@ pub fn decode(body: &[u8], ctx: &Context<'_>) -> Result<Duty, DecodeError> {
             d.epoch = Some(epoch);
             d
         }
-        "VOLUNTARY_EXIT" => voluntary_exit(msg, &need_fi(&fi)?, ctx)?,
+        // After Deneb an exit's domain needs no fork_info (EIP-7044); Prysm may send null.
+        "VOLUNTARY_EXIT" => {
+            if let Some(f) = &fi {
+                f.check_network(net)?;
+            }
+            voluntary_exit(msg, fi.as_ref(), ctx)?
+        }
         "SYNC_COMMITTEE_MESSAGE" => {
             let fi = need_fi(&fi)?;
             let mut m = msg;

@@ -286,3 +286,24 @@ fn lighthouse_v1_and_teku_v2_electra_aggregates_agree() {
         "aggregate_and_proof.aggregate.committee_bits"
     );
 }
+
+/// Prysm's shapes (`validator/keymanager/remote-web3signer/types`): `fork_info` is serialized
+/// even when unset (`null`) on exits, and `signingRoot` is always sent.
+#[test]
+fn prysm_exit_with_null_fork_info_decodes() {
+    let mut body = serde_json::json!({
+        "type": "VOLUNTARY_EXIT",
+        "fork_info": null,
+        "voluntary_exit": {"epoch": "411400", "validator_index": "7"}
+    });
+    let d = dec(&body).unwrap();
+    body["signingRoot"] = format!("0x{}", hex::encode(d.signing_root)).into();
+    assert_eq!(dec(&body).unwrap().signing_root, d.signing_root);
+    // A fork_info that is present must still be this network's.
+    body["fork_info"] = fork_info("0x05000000", "0x06000000", 411392);
+    body["fork_info"]["genesis_validators_root"] = format!("0x{}", "00".repeat(32)).into();
+    assert_eq!(
+        dec(&body).unwrap_err().rule,
+        keyguard_chain::rules::eth2::NETWORK
+    );
+}
