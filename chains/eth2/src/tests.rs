@@ -307,3 +307,47 @@ fn prysm_exit_with_null_fork_info_decodes() {
         keyguard_chain::rules::eth2::NETWORK
     );
 }
+
+/// No input panics: valid bodies of several types, mutated byte by byte (a small xorshift,
+/// deterministic), truncated and nested deep; decoding answers Ok or a named error.
+#[test]
+fn mutated_and_truncated_bodies_never_panic() {
+    let n = mainnet();
+    let c = ctx(&n);
+    let seeds: Vec<String> = vec![
+        att(411392 * 32, 411391, 411392).to_string(),
+        serde_json::json!({"type": "RANDAO_REVEAL", "fork_info": fork_info("0x05000000", "0x06000000", 411392),
+            "randao_reveal": {"epoch": "411392"}})
+        .to_string(),
+        serde_json::json!({"type": "AGGREGATE_AND_PROOF", "fork_info": fork_info("0x05000000", "0x06000000", 411392),
+            "aggregate_and_proof": {"aggregator_index": "1", "selection_proof": format!("0x{}", "55".repeat(96)),
+            "aggregate": {"aggregation_bits": "0x0501", "data": att(411392 * 32, 411391, 411392)["attestation"].clone(),
+            "signature": format!("0x{}", "44".repeat(96)), "committee_bits": "0x0100000000000000"}}})
+        .to_string(),
+    ];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for seed in &seeds {
+        let bytes = seed.as_bytes();
+        for cut in 0..bytes.len() {
+            let _ = decode(&bytes[..cut], &c);
+        }
+        for _ in 0..3000 {
+            let mut b = bytes.to_vec();
+            for _ in 0..(1 + next() % 4) {
+                let i = (next() as usize) % b.len();
+                b[i] = (next() & 0xff) as u8;
+            }
+            let _ = decode(&b, &c);
+            let _ = interchange::Interchange::parse(&b);
+        }
+    }
+    let deep = format!("{}{}", "[".repeat(30_000), "]".repeat(30_000));
+    assert!(decode(deep.as_bytes(), &c).is_err());
+    assert!(interchange::Interchange::parse(deep.as_bytes()).is_err());
+}
