@@ -105,6 +105,20 @@ fn postgres_interchange_vectors_and_race() {
         .filter(|s| *s)
         .count();
     assert_eq!(signed, 1, "surrounding attestations from eight instances");
+
+    // Pruning on PostgreSQL: the pruned target stays closed.
+    let store = Store::open_postgres(&st, None).unwrap();
+    let s = store.eth2_slashing();
+    let pk = [4u8; 48];
+    s.sign_attestation(&pk, 1, 2, Some(&[1; 32])).unwrap();
+    s.sign_attestation(&pk, 2, 3, Some(&[2; 32])).unwrap();
+    assert_eq!(s.prune(0, 3).unwrap(), (0, 1));
+    assert!(
+        !ok(s.sign_attestation(&pk, 0, 2, Some(&[3; 32]))),
+        "pruned target 2 reopened"
+    );
+    assert!(ok(s.sign_attestation(&pk, 3, 4, Some(&[4; 32]))));
+    store.close().unwrap();
 }
 
 thread_local! {

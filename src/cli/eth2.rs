@@ -77,6 +77,16 @@ pub(crate) enum SlashingCommand {
         /// The interchange JSON.
         file: PathBuf,
     },
+    /// Delete records older than `--keep-epochs` epochs before the wall clock; the pruned
+    /// slots and epochs stay closed (prune watermarks).
+    Prune {
+        /// Configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Epochs of history to keep.
+        #[arg(long)]
+        keep_epochs: u64,
+    },
     /// Export every record as a complete interchange file (stdout, or `--out`).
     Export {
         /// Configuration file.
@@ -184,6 +194,25 @@ fn slashing(cmd: SlashingCommand) -> anyhow::Result<()> {
             println!(
                 "imported {} validators: {} new blocks, {} new attestations",
                 rep.validators, rep.blocks, rep.attestations
+            );
+            store.close()?;
+        }
+        SlashingCommand::Prune {
+            config,
+            keep_epochs,
+        } => {
+            let c = load(&config)?;
+            let net = network(&c)?;
+            let now = keyguard_chain::clock::now_ms() / 1000;
+            let epoch = net.epoch_of(net.slot_at(now)).saturating_sub(keep_epochs);
+            let slot = epoch.saturating_mul(net.slots_per_epoch);
+            let store = Store::open_configured(&c.store, &c.data.database())?;
+            let (b, a) = store
+                .eth2_slashing()
+                .prune(slot, epoch)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!(
+                "pruned {b} blocks below slot {slot} and {a} attestations below epoch {epoch}"
             );
             store.close()?;
         }

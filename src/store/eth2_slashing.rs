@@ -112,7 +112,8 @@ pub(crate) fn block_in(
         .query(
             "INSERT INTO eth2_signed_blocks (pubkey, slot, signing_root) SELECT $1, $2, $3 \
              WHERE NOT EXISTS (SELECT 1 FROM eth2_validators v WHERE v.pubkey = $1 \
-                AND v.min_block_slot IS NOT NULL AND v.min_block_slot >= $2) \
+                AND ((v.min_block_slot IS NOT NULL AND v.min_block_slot >= $2) \
+                     OR (v.prune_block_slot IS NOT NULL AND v.prune_block_slot >= $2))) \
              ON CONFLICT (pubkey, slot) DO NOTHING RETURNING slot",
             vals![&pubkey[..], s, root.map(|r| r.to_vec())],
         )?
@@ -138,7 +139,7 @@ pub(crate) fn block_in(
     }
     Err(refused(
         rule::BELOW_WATERMARK,
-        format!("slot {slot} is at or below the imported low watermark"),
+        format!("slot {slot} is at or below an imported or pruned low watermark"),
     ))
 }
 
@@ -176,7 +177,9 @@ pub(crate) fn attestation_in(
             AND ({same_target}{surround})) \
          AND NOT EXISTS (SELECT 1 FROM eth2_validators v WHERE v.pubkey = $1 AND \
             ((v.min_source IS NOT NULL AND v.min_source > $2) \
-             OR (v.min_target IS NOT NULL AND v.min_target >= $3))) \
+             OR (v.min_target IS NOT NULL AND v.min_target >= $3) \
+             OR (v.prune_source IS NOT NULL AND v.prune_source > $2) \
+             OR (v.prune_target IS NOT NULL AND v.prune_target >= $3))) \
          ON CONFLICT (pubkey, target) DO NOTHING RETURNING target"
     );
     let root_val = root.map(|r| r.to_vec());
@@ -235,7 +238,7 @@ fn classify_attestation(
     }
     Err(refused(
         rule::BELOW_WATERMARK,
-        format!("{source}->{target} is at or below the imported low watermark"),
+        format!("{source}->{target} is at or below an imported or pruned low watermark"),
     ))
 }
 
@@ -378,6 +381,58 @@ impl SlashingStore {
                 rep_add(&mut rep, import_one(t, h)?);
             }
             Ok(rep)
+        })
+    }
+
+    /// Deletes blocks below `before_slot` and attestations with a target below
+    /// `before_epoch`, first raising each key's prune watermarks to the highest slot, source
+    /// and target deleted, so nothing pruned can be signed again (a double vote or surround
+    /// against a deleted record is refused as below the watermark). One transaction. The rows
+    /// deleted (blocks, attestations).
+    pub fn prune(&self, before_slot: u64, before_epoch: u64) -> Result<(u64, u64), SlashingError> {
+        self.prune_with(before_slot, before_epoch, true)
+    }
+
+    pub(crate) fn prune_with(
+        &self,
+        before_slot: u64,
+        before_epoch: u64,
+        raise: bool,
+    ) -> Result<(u64, u64), SlashingError> {
+        let (bs, be) = (int(before_slot, "slot")?, int(before_epoch, "epoch")?);
+        self.conn().transaction(|t| {
+            let keys: Vec<Vec<u8>> = t.column("SELECT pubkey FROM eth2_validators", &[])?;
+            let (mut blocks, mut atts) = (0, 0);
+            for k in keys {
+                let pk = &k[..];
+                if t.dialect() == Dialect::Postgres {
+                    t.query("SELECT pubkey FROM eth2_validators WHERE pubkey = $1 FOR UPDATE", vals![pk])?;
+                }
+                let slot: Option<i64> = t
+                    .query_opt("SELECT MAX(slot) FROM eth2_signed_blocks WHERE pubkey = $1 AND slot < $2", vals![pk, bs])?
+                    .map(|r| r.get(0))
+                    .transpose()?
+                    .flatten();
+                let row = t.query_opt(
+                    "SELECT MAX(source), MAX(target) FROM eth2_signed_attestations WHERE pubkey = $1 AND target < $2",
+                    vals![pk, be],
+                )?;
+                let (src, tgt): (Option<i64>, Option<i64>) = match row {
+                    Some(r) => (r.get(0)?, r.get(1)?),
+                    None => (None, None),
+                };
+                for (col, v) in [("prune_block_slot", slot), ("prune_source", src), ("prune_target", tgt)] {
+                    if let (Some(v), true) = (v, raise) {
+                        t.execute(
+                            &format!("UPDATE eth2_validators SET {col} = $2 WHERE pubkey = $1 AND ({col} IS NULL OR {col} < $2)"),
+                            vals![pk, v],
+                        )?;
+                    }
+                }
+                blocks += t.execute("DELETE FROM eth2_signed_blocks WHERE pubkey = $1 AND slot < $2", vals![pk, bs])?;
+                atts += t.execute("DELETE FROM eth2_signed_attestations WHERE pubkey = $1 AND target < $2", vals![pk, be])?;
+            }
+            Ok((blocks, atts))
         })
     }
 

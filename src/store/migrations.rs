@@ -230,6 +230,9 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
         min_block_slot INTEGER,
         min_source     INTEGER,
         min_target     INTEGER,
+        prune_block_slot INTEGER,
+        prune_source   INTEGER,
+        prune_target   INTEGER,
         created_ms     INTEGER NOT NULL
     );
     CREATE TABLE eth2_signed_blocks (

@@ -199,6 +199,9 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
         min_block_slot BIGINT,
         min_source     BIGINT,
         min_target     BIGINT,
+        prune_block_slot BIGINT,
+        prune_source   BIGINT,
+        prune_target   BIGINT,
         created_ms     BIGINT NOT NULL
     );
     CREATE TABLE eth2_signed_blocks (

@@ -162,3 +162,54 @@ fn racing_surround_votes_negative_control_split_check_records_several() {
     };
     assert!(race(split) > 1, "the race test cannot see a split check");
 }
+
+/// Pruning never re-opens a pruned epoch: after deleting 1->2, a double vote at target 2 (0->2,
+/// which surrounds nothing left) is refused, also after an old minimal file is imported.
+/// Negative control: a prune that deletes without raising the watermark lets it sign.
+fn pruned_double_vote_signs(raise: bool) -> bool {
+    let a = Sqlite::new(Checks::ALL);
+    let pk = [9u8; 48];
+    for (s, t) in [(1, 2), (2, 3), (3, 4)] {
+        a.slashing
+            .sign_attestation(&pk, s, t, Some(&[t as u8; 32]))
+            .unwrap();
+    }
+    a.slashing.sign_block(&pk, 10, Some(&[1; 32])).unwrap();
+    assert_eq!(a.slashing.prune_with(15, 3, raise).unwrap(), (1, 1));
+    if raise {
+        assert!(
+            a.slashing.sign_block(&pk, 10, Some(&[2; 32])).is_err(),
+            "pruned slot stays closed"
+        );
+        let old = format!(
+            r#"{{"metadata":{{"interchange_format_version":"5","genesis_validators_root":"0x{}"}},
+            "data":[{{"pubkey":"0x{}","signed_blocks":[],"signed_attestations":[{{"source_epoch":"0","target_epoch":"1"}}]}}]}}"#,
+            hex::encode([9u8; 32]),
+            hex::encode(pk)
+        );
+        a.slashing
+            .import(&Interchange::parse(old.as_bytes()).unwrap(), &[9u8; 32])
+            .unwrap();
+    }
+    let ok = a
+        .slashing
+        .sign_attestation(&pk, 0, 2, Some(&[0xee; 32]))
+        .is_ok();
+    assert!(
+        a.slashing
+            .sign_attestation(&pk, 4, 5, Some(&[5; 32]))
+            .is_ok(),
+        "positive control: new epochs still sign"
+    );
+    ok
+}
+
+#[test]
+fn pruning_keeps_pruned_epochs_closed() {
+    assert!(!pruned_double_vote_signs(true));
+}
+
+#[test]
+fn pruning_negative_control_without_the_watermark_reopens() {
+    assert!(pruned_double_vote_signs(false));
+}
