@@ -320,7 +320,12 @@ impl Eth2Guard {
         let (decision, rule, reason, sig) = match outcome {
             Ok(sig) => (Decision::Signed, None, None, Some(hex::encode(sig))),
             Err(r) => (
-                Decision::Refused,
+                // Held for approval, not refused: a retry after the votes signs.
+                if r.rule == "approval.required" {
+                    Decision::Held
+                } else {
+                    Decision::Refused
+                },
                 Some(r.rule.to_string()),
                 Some(format!("{}: {}", r.field, r.reason)),
                 None,
