@@ -351,3 +351,24 @@ fn mutated_and_truncated_bodies_never_panic() {
     assert!(decode(deep.as_bytes(), &c).is_err());
     assert!(interchange::Interchange::parse(deep.as_bytes()).is_err());
 }
+
+/// Teku's shapes (`ExternalSigner.java`): registrations carry the fee recipient checksummed
+/// (mixed case), no `fork_info`, and a `signingRoot`; it decodes to the same bytes as lower case.
+#[test]
+fn teku_registration_with_checksummed_fee_recipient() {
+    let body = |fee: &str| {
+        serde_json::json!({
+            "type": "VALIDATOR_REGISTRATION",
+            "validator_registration": {
+                "fee_recipient": fee, "gas_limit": "30000000", "timestamp": "1700000000",
+                "pubkey": format!("0x{}", "aa".repeat(48))
+            }
+        })
+    };
+    let lower = dec(&body("0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed")).unwrap();
+    let mut teku = body("0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed");
+    teku["signingRoot"] = format!("0x{}", hex::encode(lower.signing_root)).into();
+    let d = dec(&teku).unwrap();
+    assert_eq!(d.signing_root, lower.signing_root);
+    assert_eq!(d.fee_recipient, lower.fee_recipient);
+}
