@@ -150,6 +150,14 @@ fn registrations_need_an_allowed_fee_recipient_and_gas_limit() {
         r.sign(&registration(&r.pk, &good, 1)).unwrap_err().rule,
         "eth2.gas_limit"
     );
+    // A far-future timestamp would outrank every later registration at the relays.
+    let future = String::from_utf8(registration(&r.pk, &good, 36_000_000))
+        .unwrap()
+        .replace("1700000000", &(now() + 86_400 * 365).to_string());
+    assert_eq!(
+        r.sign(future.as_bytes()).unwrap_err().rule,
+        "eth2.clock_window"
+    );
 }
 
 #[test]

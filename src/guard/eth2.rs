@@ -267,6 +267,20 @@ impl Eth2Guard {
                 );
             }
         }
+        if let Some(ts) = d.timestamp {
+            // A registration timestamped ahead would outrank every later one at the relays.
+            let ahead = self
+                .policy
+                .max_future_slots
+                .saturating_mul(net.seconds_per_slot);
+            if ts > now_unix.saturating_add(ahead) {
+                return forbid(
+                    rule::CLOCK_WINDOW,
+                    "validator_registration.timestamp",
+                    format!("{ts} is more than {ahead} s ahead of the clock ({now_unix})"),
+                );
+            }
+        }
         if let (Some(idx), Some(want)) = (d.proposer_index, self.proposer_index.get(pk)) {
             if idx != *want {
                 return forbid(

@@ -319,6 +319,7 @@ pub(crate) fn registration(mut m: Obj<'_>, ctx: &Context<'_>) -> Result<Duty, De
     );
     out.fee_recipient = Some(fee);
     out.gas_limit = Some(gas);
+    out.timestamp = Some(ts);
     Ok(out)
 }
 

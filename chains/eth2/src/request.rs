@@ -129,6 +129,9 @@ pub struct Duty {
     pub fee_recipient: Option<[u8; 20]>,
     /// Registration gas limit.
     pub gas_limit: Option<u64>,
+    /// Registration timestamp (unix seconds; relays keep the newest, so a far-future one
+    /// would pin the registration).
+    pub timestamp: Option<u64>,
     /// Deposit withdrawal credentials and amount (gwei).
     pub deposit: Option<([u8; 32], u64)>,
     /// One-line description for the audit row.
@@ -157,6 +160,7 @@ pub(crate) fn duty(kind: DutyKind, signing_root: [u8; 32], summary: String) -> D
         exit_validator_index: None,
         fee_recipient: None,
         gas_limit: None,
+        timestamp: None,
         deposit: None,
         summary,
     }
