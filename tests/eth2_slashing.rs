@@ -119,6 +119,36 @@ fn postgres_interchange_vectors_and_race() {
     );
     assert!(ok(s.sign_attestation(&pk, 3, 4, Some(&[4; 32]))));
     store.close().unwrap();
+
+    // `keyguard store copy` moves the history from SQLite: a conflicting vote is refused on
+    // PostgreSQL afterwards.
+    c.psql("TRUNCATE eth2_validators, eth2_signed_blocks, eth2_signed_attestations");
+    let file = dir.path().join("kg.db");
+    let lite = Store::open(&file).unwrap();
+    let pk = [5u8; 48];
+    lite.eth2_slashing()
+        .sign_attestation(&pk, 7, 8, Some(&[8; 32]))
+        .unwrap();
+    lite.eth2_slashing()
+        .sign_block(&pk, 99, Some(&[9; 32]))
+        .unwrap();
+    lite.close().unwrap();
+    keyguard::store::copy::copy(&file, &st).unwrap();
+    let store = Store::open_postgres(&st, None).unwrap();
+    let s = store.eth2_slashing();
+    assert!(
+        !ok(s.sign_attestation(&pk, 7, 8, Some(&[0xee; 32]))),
+        "copied vote protects"
+    );
+    assert!(
+        !ok(s.sign_block(&pk, 99, Some(&[0xee; 32]))),
+        "copied block protects"
+    );
+    assert!(
+        ok(s.sign_attestation(&pk, 8, 9, Some(&[9; 32]))),
+        "positive control"
+    );
+    store.close().unwrap();
 }
 
 thread_local! {

@@ -8,7 +8,7 @@
 //! PostgreSQL cannot deadlock on each other's batches.
 
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use super::db::Shared;
 use super::eth2_slashing::{attestation_in, block_in, Checks, Recorded, SlashingError};
@@ -50,9 +50,12 @@ pub(crate) struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the writer thread on `conn`; it ends when every handle is dropped.
-    pub(crate) fn spawn(conn: Arc<Shared>) -> Batcher {
+    /// Starts the writer thread on `conn`; it ends when every handle is dropped. The thread
+    /// holds the connection only weakly, so the connection closes with the store's handles
+    /// (a closed `Store` leaves no SQLite connection open behind it).
+    pub(crate) fn spawn(conn: &Arc<Shared>) -> Batcher {
         let (tx, rx) = mpsc::channel::<(Job, Reply)>();
+        let conn = Arc::downgrade(conn);
         std::thread::Builder::new()
             .name("eth2-slashing".into())
             .spawn(move || run(&conn, &rx))
@@ -73,8 +76,12 @@ impl Batcher {
     }
 }
 
-fn run(conn: &Shared, rx: &mpsc::Receiver<(Job, Reply)>) {
+fn run(conn: &Weak<Shared>, rx: &mpsc::Receiver<(Job, Reply)>) {
     while let Ok(first) = rx.recv() {
+        // A job was sent, so a handle (and with it the connection) is alive.
+        let Some(conn) = conn.upgrade() else {
+            return;
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {

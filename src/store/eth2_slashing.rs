@@ -270,7 +270,7 @@ impl SlashingStore {
     pub(crate) fn new(conn: Conn) -> Self {
         let conn = Arc::new(Shared::new(conn));
         SlashingStore {
-            batch: super::eth2_batch::Batcher::spawn(conn.clone()),
+            batch: super::eth2_batch::Batcher::spawn(&conn),
             conn,
         }
     }

@@ -261,7 +261,7 @@ pub const BUILTIN: &[RuleInfo] = &[
     r(eth2::SURROUND_VOTE, Scope::Eth2, HTTP412, "an attestation surrounding or surrounded by one already signed (slashable)"),
     r(eth2::SOURCE_AFTER_TARGET, Scope::Eth2, HTTP412, "an attestation whose source epoch is after its target"),
     r(eth2::BELOW_WATERMARK, Scope::Eth2, HTTP412, "signing at or below an imported low watermark (history keyguard cannot see)"),
-    r(eth2::CLOCK_WINDOW, Scope::Eth2, HTTP403, "far-future slots or epochs that would lock the key out (and stale ones), judged by the wall clock from genesis time"),
+    r(eth2::CLOCK_WINDOW, Scope::Eth2, HTTP403, "far-future slots or epochs that would lock the key out (and stale ones), and registrations timestamped ahead that would outrank later ones, judged by the wall clock"),
     r(eth2::PROPOSER_INDEX, Scope::Eth2, HTTP403, "blocks for a proposer index other than the key's configured validator index"),
     r(eth2::FEE_RECIPIENT, Scope::Eth2, HTTP403, "builder registrations paying a fee recipient outside the allowlist"),
     r(eth2::GAS_LIMIT, Scope::Eth2, HTTP403, "builder registrations with a gas limit outside the allowlist"),
