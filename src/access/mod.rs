@@ -101,6 +101,37 @@ pub fn token_hash(token: &str) -> [u8; 32] {
 }
 
 impl Authenticator {
+    /// The authenticator of the `[eth2]` listener: the same clients (tokens, certificate
+    /// names); `keys` are the grants of an `auth = "none"` listener.
+    pub fn for_eth2(config: &Config, mode: crate::config::AuthMode, keys: &[String]) -> Self {
+        let caller = |name: &str, grants: &[String]| Caller {
+            name: name.into(),
+            grants: grants.to_vec().into(),
+            response: crate::config::ResponseShape::default(),
+            approval_wait: std::time::Duration::ZERO,
+            scope: None,
+        };
+        Authenticator {
+            by_cert_name: config
+                .clients
+                .iter()
+                .filter_map(|c| Some((c.cert_dns_name.clone()?, caller(&c.name, &c.keys))))
+                .collect(),
+            mode,
+            anonymous: caller("local", keys),
+            by_token_hash: config
+                .clients
+                .iter()
+                .filter_map(|c| {
+                    let mut hash = [0u8; 32];
+                    hex::decode_to_slice(&c.token_sha256, &mut hash).ok()?;
+                    Some((hash, caller(&c.name, &c.keys)))
+                })
+                .collect(),
+            managed: None,
+        }
+    }
+
     /// Builds the authenticator of `listener` from the configured clients.
     pub fn new(config: &Config, listener: &ListenerConfig) -> Self {
         let by_token_hash = config

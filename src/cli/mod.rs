@@ -9,6 +9,7 @@ mod bitcoin;
 mod clients;
 mod cloud;
 mod config_check;
+mod eth2;
 mod keys;
 mod people;
 mod policy_check;
@@ -85,6 +86,11 @@ enum Command {
         #[command(subcommand)]
         command: clients::ClientsCommand,
     },
+    /// Ethereum staking: BLS keys and the slashing-protection database.
+    Eth2 {
+        #[command(subcommand)]
+        command: eth2::Eth2Command,
+    },
     /// CometBFT double-sign state: import from a file signer, show, export.
     State {
         #[command(subcommand)]
@@ -154,6 +160,7 @@ impl Cli {
             } => admin::call(args),
             Command::Clients { command } => clients::run(command),
             Command::State { command } => state::run(command),
+            Command::Eth2 { command } => eth2::run(command),
             Command::Store { command } => store_cmd::run(command),
             Command::Bench(args) => bench::run(args),
             Command::BtcSigner(args) => bitcoin::btc_signer(args),

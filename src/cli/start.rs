@@ -104,6 +104,7 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
         tracing::warn!(approval = %id, "approval consumed by a signature that was never released (crash); approved again");
     }
     let approval_book = approvals.clone();
+    let eth2_approvals = approvals.clone();
     let guard = Arc::new(
         Guard::new(&config, backend.clone(), store.audit_log())
             .with_people(kill.clone(), approvals.clone())
@@ -182,6 +183,20 @@ async fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
                 auths.push((listener.name.clone(), running.auth));
             }
         }
+    }
+    if let (Some(e), Some(eth2)) = (
+        &config.eth2,
+        super::eth2::guard(&config, &store, kill.clone(), eth2_approvals)?,
+    ) {
+        let n = eth2.public_keys().len();
+        let addr = server::eth2::start(&config, e, eth2)
+            .await
+            .with_context(|| format!("binding the eth2 listener on {}", e.address))?;
+        let s = if e.tls.is_some() { "s" } else { "" };
+        println!(
+            "keyguard: eth2 http{s}://{addr} network={} bls_keys={n}",
+            e.network
+        );
     }
     let privval_tasks = start_validators(&config, backend.as_ref(), &guard)?;
     readiness.set_ready();

@@ -3,12 +3,14 @@
 
 mod audit;
 mod console;
+mod eth2;
 mod nodes;
 mod people;
 mod store;
 
 pub use audit::{AuditConfig, AuditLimits};
 pub use console::ConsoleConfig;
+pub use eth2::{Eth2Approval, Eth2Config, Eth2Policy};
 pub use nodes::{proxy_allowed, BitcoinNodeConfig, UpstreamConfig};
 pub use people::{
     parse_duration, quota, AdminConfig, AdminListenerLimits, AdminTlsConfig, LimitConfig,
@@ -93,6 +95,9 @@ pub struct Config {
     /// Prometheus metrics, health and readiness.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// Ethereum consensus remote signing (Web3Signer eth2 API, `docs/eth2.md`).
+    #[serde(default)]
+    pub eth2: Option<Eth2Config>,
     /// The admin API (users, kill switch, approvals, audit).
     #[serde(default)]
     pub admin: AdminConfig,
@@ -428,6 +433,18 @@ impl Config {
         }
         if let Err(e) = self.validate_validators() {
             problems.push(e);
+        }
+        if let Some(e) = &self.eth2 {
+            for (key, reason) in e.problems() {
+                problems.push(self.invalid(key, reason));
+            }
+            if e.backend == "software" && self.keystore.backend != BackendKind::Software {
+                problems.push(self.invalid(
+                    "eth2",
+                    "eth2.key_backend: BLS keys live in the software keystore; \
+                     keystore.backend = \"pkcs11\" has no BLS12-381 keys",
+                ));
+            }
         }
         match (&self.store.backend, &self.store.postgres) {
             (StoreBackend::Postgres, None) => problems.push(self.invalid(

@@ -14,6 +14,7 @@ mod bitcoin_keys;
 mod cometbft;
 mod cometbft_pace;
 mod error;
+pub mod eth2;
 mod evm_more;
 mod evm_tx;
 pub mod family;

@@ -5,6 +5,8 @@ pub mod admin;
 mod bitcoin;
 mod connections;
 mod edge_io;
+pub mod eth2;
+mod eth2_keymanager;
 pub mod evm;
 mod evm_methods;
 mod http_edge;

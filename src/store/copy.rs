@@ -2,7 +2,7 @@
 //!
 //! Everything moves in one PostgreSQL transaction (all or nothing): users, clients, key
 //! controls, proposals, approvals and votes, velocity events, EVM nonces, CometBFT watermarks,
-//! signet heights, Bitcoin claims and kept transactions, the sealing parameters, and the audit log row by row
+//! signet heights, eth2 slashing protection, Bitcoin claims and kept transactions, the sealing parameters, and the audit log row by row
 //! with its hashes (the chain continues in PostgreSQL, and is verified there before the
 //! commit). Newer state is never overwritten: the copy is refused if the shared store already
 //! has audit rows, or holds a watermark, nonce or claim that differs from the file's.
@@ -34,6 +34,10 @@ const FENCED: &[(&str, &str, &str)] = &[
     ("cometbft_watermarks", "chain_id, key_id, height, round, step, block_id, sign_bytes, signature, ext_signature, source, updated_ms, released_height, released_round, released_step", "chain_id, key_id"),
     ("bitcoin_claims", "key_id, outpoint, txid, ts_ms, request_id", "key_id, outpoint"),
     ("signet_heights", "challenge, key_id, height, max_height, commitment, prev_hash, merkle_root, version, block_time, recent, request_id, updated_ms", "challenge, key_id"),
+    // Eth2 slashing protection: a history left behind would let a moved validator double sign.
+    ("eth2_validators", "pubkey, min_block_slot, min_source, min_target, prune_block_slot, prune_source, prune_target, created_ms", "pubkey"),
+    ("eth2_signed_blocks", "pubkey, slot, signing_root", "pubkey, slot"),
+    ("eth2_signed_attestations", "pubkey, source, target, signing_root", "pubkey, target"),
 ];
 
 const AUDIT: &str = "seq, ts_ms, request_id, client, key_id, chain, method, summary, decision, \

@@ -12,6 +12,8 @@
 //! - `split-fence`: CometBFT watermarks and EVM nonces are checked in one statement and written
 //!   in another, [`SPLIT_GAP`] apart (the check-then-write race of GHSA-6wxf-7784-62fp);
 //!   instances sharing PostgreSQL then both sign the same height or nonce.
+//! - `eth2-no-surround`: eth2 slashing protection skips its surround-vote check
+//!   (`store/eth2_slashing.rs`), so surrounding attestations are signed.
 //!
 //! The feature is never in a release build (`compile_error!` below) and off by default;
 //! `tests/run` turns it on for the one debug build that `cargo test` and the interop suite
@@ -40,6 +42,8 @@ pub enum Fault {
     WatermarkBack,
     /// Safety rows are checked and written in two statements.
     SplitFence,
+    /// Eth2 slashing protection skips the surround-vote check.
+    Eth2NoSurround,
 }
 
 /// The pause between the split check and its write, wide enough for a concurrent instance.
@@ -60,6 +64,7 @@ pub fn active() -> Option<Fault> {
             "skip-watermark" => Fault::SkipWatermark,
             "watermark-back" => Fault::WatermarkBack,
             "split-fence" => Fault::SplitFence,
+            "eth2-no-surround" => Fault::Eth2NoSurround,
             other => {
                 eprintln!("keyguard: unknown KEYGUARD_FAULT {other:?}");
                 std::process::abort();
@@ -84,7 +89,7 @@ pub fn watermark(next: &SignedState) -> Option<Option<SignedState>> {
             height: (next.height - 1).max(0),
             ..next.clone()
         })),
-        Fault::ReleaseBeforeAudit | Fault::SplitFence => None,
+        Fault::ReleaseBeforeAudit | Fault::SplitFence | Fault::Eth2NoSurround => None,
     }
 }
 

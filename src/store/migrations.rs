@@ -220,7 +220,39 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
     ),
     (
         9,
-        // console-passkeys (web console, docs/console.md; the lead may renumber this entry):
+        // Ethereum consensus slashing protection (EIP-3076, complete history): every block
+        // slot and attestation (source, target) signed per BLS key, with the signing root so a
+        // repeat of the same message is allowed; per key the low watermarks an interchange
+        // import set (history keyguard cannot see). Checked and written by one conditional
+        // INSERT (store/eth2_slashing.rs).
+        "CREATE TABLE eth2_validators (
+        pubkey         BLOB PRIMARY KEY,
+        min_block_slot INTEGER,
+        min_source     INTEGER,
+        min_target     INTEGER,
+        prune_block_slot INTEGER,
+        prune_source   INTEGER,
+        prune_target   INTEGER,
+        created_ms     INTEGER NOT NULL
+    );
+    CREATE TABLE eth2_signed_blocks (
+        pubkey       BLOB NOT NULL,
+        slot         INTEGER NOT NULL,
+        signing_root BLOB,
+        PRIMARY KEY (pubkey, slot)
+    );
+    CREATE TABLE eth2_signed_attestations (
+        pubkey       BLOB NOT NULL,
+        source       INTEGER NOT NULL,
+        target       INTEGER NOT NULL,
+        signing_root BLOB,
+        PRIMARY KEY (pubkey, target)
+    );
+    CREATE INDEX eth2_signed_attestations_source ON eth2_signed_attestations(pubkey, source);",
+    ),
+    (
+        10,
+        // console-passkeys (web console, docs/console.md; renumbered at the merge, after eth2):
         // WebAuthn credentials bound to a user after they proved their TOTP. `passkey` is the
         // serialized webauthn-rs credential (public key and signature counter, no secret).
         "CREATE TABLE console_passkeys (

@@ -193,6 +193,34 @@ pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
     ),
     (
         2,
+        // Ethereum consensus slashing protection, as SQLite's version 9.
+        "CREATE TABLE eth2_validators (
+        pubkey         BYTEA PRIMARY KEY,
+        min_block_slot BIGINT,
+        min_source     BIGINT,
+        min_target     BIGINT,
+        prune_block_slot BIGINT,
+        prune_source   BIGINT,
+        prune_target   BIGINT,
+        created_ms     BIGINT NOT NULL
+    );
+    CREATE TABLE eth2_signed_blocks (
+        pubkey       BYTEA NOT NULL,
+        slot         BIGINT NOT NULL,
+        signing_root BYTEA,
+        PRIMARY KEY (pubkey, slot)
+    );
+    CREATE TABLE eth2_signed_attestations (
+        pubkey       BYTEA NOT NULL,
+        source       BIGINT NOT NULL,
+        target       BIGINT NOT NULL,
+        signing_root BYTEA,
+        PRIMARY KEY (pubkey, target)
+    );
+    CREATE INDEX eth2_signed_attestations_source ON eth2_signed_attestations(pubkey, source);",
+    ),
+    (
+        3,
         // console-passkeys (web console; SQLite's matching entry, the lead may renumber both).
         "CREATE TABLE console_passkeys (
         cred_id    TEXT PRIMARY KEY,

@@ -16,6 +16,8 @@ mod clients;
 mod commit;
 pub mod copy;
 pub(crate) mod db;
+mod eth2_batch;
+pub mod eth2_slashing;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod health;
@@ -34,6 +36,8 @@ mod writer;
 mod tests;
 #[cfg(test)]
 mod tests_anchor;
+#[cfg(test)]
+mod tests_eth2;
 #[cfg(test)]
 mod tests_writer;
 
@@ -143,6 +147,7 @@ pub struct Store {
     reader: Shared,
     log: AuditLog,
     watermarks: WatermarkStore,
+    eth2: eth2_slashing::SlashingStore,
     writer: Mutex<Option<JoinHandle<()>>>,
     _checkpointer: Option<checkpoint::Checkpointer>,
 }
@@ -222,6 +227,9 @@ impl Store {
         let wm = Connection::open(path).map_err(open_err)?;
         configure(&wm).map_err(open_err)?;
         checkpoint::disable_auto(&wm).map_err(open_err)?;
+        let eth2 = Connection::open(path).map_err(open_err)?;
+        configure(&eth2).map_err(open_err)?;
+        checkpoint::disable_auto(&eth2).map_err(open_err)?;
         let checkpointer = checkpoint::Checkpointer::start(path)?;
         let (log, handle) = writer::spawn(wconn, None)?;
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
@@ -235,6 +243,7 @@ impl Store {
             reader: Shared::new(Conn::Sqlite(reader)),
             log,
             watermarks: WatermarkStore::new(Conn::Sqlite(wm)),
+            eth2: eth2_slashing::SlashingStore::new(Conn::Sqlite(eth2)),
             writer: Mutex::new(Some(handle)),
             _checkpointer: Some(checkpointer),
         })
@@ -271,6 +280,7 @@ impl Store {
             reader: Shared::new(link()),
             log,
             watermarks: WatermarkStore::new(link()),
+            eth2: eth2_slashing::SlashingStore::new(link()),
             writer: Mutex::new(Some(handle)),
             _checkpointer: None,
         })
@@ -366,6 +376,11 @@ impl Store {
     /// The CometBFT watermark table (its own connection; blocking calls).
     pub fn watermarks(&self) -> WatermarkStore {
         self.watermarks.clone()
+    }
+
+    /// The Ethereum consensus slashing-protection tables (its own connection; blocking calls).
+    pub fn eth2_slashing(&self) -> eth2_slashing::SlashingStore {
+        self.eth2.clone()
     }
 
     /// Schema version of the open database.

@@ -12,6 +12,7 @@ pub const RESERVED_NAMESPACES: &[&str] = &[
     "evm.",
     "bitcoin.",
     "cometbft.",
+    "eth2.",
     "approval.",
     "policy.",
     "admin.",
@@ -56,6 +57,32 @@ pub mod evm {
     pub const MESSAGE: &str = "evm.message";
 }
 
+/// Names of the Ethereum consensus-layer (eth2 remote signing) rules.
+pub mod eth2 {
+    #![allow(missing_docs)]
+    pub const NETWORK: &str = "eth2.network";
+    pub const FORK: &str = "eth2.fork";
+    pub const BLOCK_FORMAT: &str = "eth2.block_format";
+    pub const SIGNING_ROOT: &str = "eth2.signing_root";
+    pub const PUBKEY_MISMATCH: &str = "eth2.pubkey_mismatch";
+    pub const UNKNOWN_KEY: &str = "eth2.unknown_key";
+    pub const KEY_BACKEND: &str = "eth2.key_backend";
+    pub const DOUBLE_PROPOSAL: &str = "eth2.double_proposal";
+    pub const DOUBLE_VOTE: &str = "eth2.double_vote";
+    pub const SURROUND_VOTE: &str = "eth2.surround_vote";
+    pub const SOURCE_AFTER_TARGET: &str = "eth2.source_after_target";
+    pub const BELOW_WATERMARK: &str = "eth2.below_watermark";
+    pub const CLOCK_WINDOW: &str = "eth2.clock_window";
+    pub const PROPOSER_INDEX: &str = "eth2.proposer_index";
+    pub const FEE_RECIPIENT: &str = "eth2.fee_recipient";
+    pub const GAS_LIMIT: &str = "eth2.gas_limit";
+    pub const VOLUNTARY_EXIT: &str = "eth2.voluntary_exit";
+    pub const DEPOSIT: &str = "eth2.deposit";
+    pub const DUTY_DISABLED: &str = "eth2.duty_disabled";
+    pub const RATE_LIMIT: &str = "eth2.rate_limit";
+    pub const STORE_UNAVAILABLE: &str = "eth2.store_unavailable";
+}
+
 /// Names shared by every chain.
 pub mod common {
     #![allow(missing_docs)]
@@ -76,6 +103,8 @@ pub enum Scope {
     Bitcoin,
     /// CometBFT privval signing.
     Cometbft,
+    /// Ethereum consensus-layer (eth2) remote signing.
+    Eth2,
     /// Every chain (access, approvals, policy selection, kill switch).
     Any,
     /// The admin socket.
@@ -89,6 +118,7 @@ impl Scope {
             Scope::Evm => "evm",
             Scope::Bitcoin => "bitcoin",
             Scope::Cometbft => "cometbft",
+            Scope::Eth2 => "eth2",
             Scope::Any => "any",
             Scope::Admin => "admin",
         }
@@ -114,6 +144,11 @@ const UNAUTH: &str = "-32005";
 const PRIVVAL_POLICY: &str = "privval 1";
 const PRIVVAL_DENIED: &str = "privval 3";
 const ADMIN_REFUSED: &str = "admin -32010";
+const HTTP400: &str = "HTTP 400";
+const HTTP403: &str = "HTTP 403";
+const HTTP404: &str = "HTTP 404";
+const HTTP412: &str = "HTTP 412";
+const HTTP429: &str = "HTTP 429";
 
 const fn r(name: &'static str, scope: Scope, code: &'static str, stops: &'static str) -> RuleInfo {
     RuleInfo {
@@ -213,6 +248,28 @@ pub const BUILTIN: &[RuleInfo] = &[
     r("cometbft.conflicting_data", Scope::Cometbft, PRIVVAL_POLICY, "the same HRS with other data (a double sign in disguise)"),
     r("cometbft.sign_bytes", Scope::Cometbft, PRIVVAL_DENIED, "blind SignBytes requests"),
     r("cometbft.no_state", Scope::Cometbft, PRIVVAL_POLICY, "signing with no durable watermark (a double sign after restore)"),
+    // --- Ethereum consensus layer (eth2 remote signing) ---
+    r(eth2::NETWORK, Scope::Eth2, HTTP403, "signatures valid on another network (genesis validators root, fork versions, deposit genesis fork)"),
+    r(eth2::FORK, Scope::Eth2, HTTP403, "fork_info or a block/aggregate version that disagrees with keyguard's fork schedule at that epoch"),
+    r(eth2::BLOCK_FORMAT, Scope::Eth2, HTTP400, "full phase0/altair block bodies keyguard does not hash (BLOCK, BLOCK_V2 without block_header)"),
+    r(eth2::SIGNING_ROOT, Scope::Eth2, HTTP400, "a client signingRoot that is not the root keyguard computed (blind signing)"),
+    r(eth2::PUBKEY_MISMATCH, Scope::Eth2, HTTP403, "registrations or deposits naming another validator's key"),
+    r(eth2::UNKNOWN_KEY, Scope::Eth2, HTTP404, "signing with a key keyguard does not hold for eth2"),
+    r(eth2::KEY_BACKEND, Scope::Eth2, HTTP403, "BLS keys on a backend without BLS12-381 (PKCS#11, cloud KMS)"),
+    r(eth2::DOUBLE_PROPOSAL, Scope::Eth2, HTTP412, "a second, different block for a slot already signed (slashable)"),
+    r(eth2::DOUBLE_VOTE, Scope::Eth2, HTTP412, "a second, different attestation for a target epoch already signed (slashable)"),
+    r(eth2::SURROUND_VOTE, Scope::Eth2, HTTP412, "an attestation surrounding or surrounded by one already signed (slashable)"),
+    r(eth2::SOURCE_AFTER_TARGET, Scope::Eth2, HTTP412, "an attestation whose source epoch is after its target"),
+    r(eth2::BELOW_WATERMARK, Scope::Eth2, HTTP412, "signing at or below an imported low watermark (history keyguard cannot see)"),
+    r(eth2::CLOCK_WINDOW, Scope::Eth2, HTTP403, "far-future slots or epochs that would lock the key out (and stale ones), and registrations timestamped ahead that would outrank later ones, judged by the wall clock"),
+    r(eth2::PROPOSER_INDEX, Scope::Eth2, HTTP403, "blocks for a proposer index other than the key's configured validator index"),
+    r(eth2::FEE_RECIPIENT, Scope::Eth2, HTTP403, "builder registrations paying a fee recipient outside the allowlist"),
+    r(eth2::GAS_LIMIT, Scope::Eth2, HTTP403, "builder registrations with a gas limit outside the allowlist"),
+    r(eth2::VOLUNTARY_EXIT, Scope::Eth2, HTTP403, "voluntary exits (irreversible) without M-of-N approval (`exit_approval`; refused outright when unset)"),
+    r(eth2::DEPOSIT, Scope::Eth2, HTTP403, "deposit messages (withdrawal credentials decide who owns the stake) without M-of-N approval (`deposit_approval`; refused outright when unset)"),
+    r(eth2::DUTY_DISABLED, Scope::Eth2, HTTP403, "duties the key's policy switched off"),
+    r(eth2::RATE_LIMIT, Scope::Eth2, HTTP429, "one key signing one duty faster than the policy allows"),
+    r(eth2::STORE_UNAVAILABLE, Scope::Eth2, "HTTP 503", "(failure) a slashing record, approval or audit row that could not be written: nothing signed, or the signature withheld"),
     // --- every chain ---
     r(common::REQUEST_INVALID, Scope::Any, INVALID, "malformed requests (the error names the field)"),
     r(common::POLICY_NONE, Scope::Any, P, "a key with no policy for the chain asked"),

@@ -17,6 +17,8 @@
 //! and public key, so a file renamed to another id, or edited to claim another public key, does
 //! not decrypt. The KDF parameters are bound implicitly: changing them changes the key.
 
+pub mod bls;
+mod eip2335;
 mod keyfile;
 mod secret;
 mod seed;

@@ -1,0 +1,609 @@
+//! Ethereum consensus duties: decode and policy before the key is touched, then slashing
+//! protection recorded, BLS signature, pass 2, audit row, answer, in that order.
+//!
+//! Attacker's table (tests in `tests/eth2_signer.rs` and `chains/eth2/src/tests.rs`):
+//! - a request for another network or fork, or a `signingRoot` that is not keyguard's: refused
+//!   before the key is used (`eth2.network`, `eth2.fork`, `eth2.signing_root`);
+//! - a far-future slot or epoch (locks the key out): `eth2.clock_window`;
+//! - a second, conflicting block or attestation, also at the same moment from another
+//!   connection or instance: `eth2.double_*`/`eth2.surround_vote`, by the store's one
+//!   conditional statement; the record commits before the key signs;
+//! - exits and deposits (irreversible, or move who owns the stake): refused by rule;
+//! - a flood for one key and duty: `eth2.rate_limit`; the kill switch stops every duty.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use keyguard_chain::rules::{common, eth2 as rule};
+use keyguard_eth2::{decode, Context, DecodeError, Duty, DutyKind, Network, Slashable};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::access::kill::KillSwitch;
+use crate::approvals::{
+    ApprovalError, ApprovalOutcome, ApprovalRequirement, Approvals, HeldIntent,
+};
+use crate::backend::software::bls::BlsKeystore;
+use crate::config::Eth2Policy;
+use crate::store::eth2_slashing::{SlashingError, SlashingStore};
+use crate::store::{AuditEntry, AuditLog, Decision};
+
+#[path = "eth2_keys.rs"]
+mod keys;
+pub use keys::KeyStatus;
+
+/// HTTP status classes of a refusal, as Web3Signer answers them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// 400: malformed.
+    BadRequest,
+    /// 403: policy.
+    Forbidden,
+    /// 404: unknown key.
+    NotFound,
+    /// 412: slashing protection.
+    Slashing,
+    /// 429: rate limit.
+    TooMany,
+    /// 500/503: keyguard could not complete (store, audit, pass 2); nothing released.
+    Unavailable,
+}
+
+/// A refused or failed duty, naming its rule and field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Eth2Refusal {
+    /// Status class.
+    pub status: Status,
+    /// Rule name.
+    pub rule: &'static str,
+    /// Field concerned.
+    pub field: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl Eth2Refusal {
+    fn new(status: Status, rule: &'static str, field: &str, reason: impl Into<String>) -> Self {
+        Eth2Refusal {
+            status,
+            rule,
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<DecodeError> for Eth2Refusal {
+    fn from(e: DecodeError) -> Self {
+        let status = match e.rule {
+            common::REQUEST_INVALID | rule::BLOCK_FORMAT | rule::SIGNING_ROOT => Status::BadRequest,
+            _ => Status::Forbidden,
+        };
+        Eth2Refusal {
+            status,
+            rule: e.rule,
+            field: e.field,
+            reason: e.reason,
+        }
+    }
+}
+
+/// Who asks, for the audit row.
+pub struct Eth2Caller<'a> {
+    /// Client name.
+    pub client: &'a str,
+    /// Request id for the audit row.
+    pub request_id: String,
+}
+
+/// The eth2 signer.
+pub struct Eth2Guard {
+    network: Network,
+    policy: Eth2Policy,
+    proposer_index: HashMap<[u8; 48], u64>,
+    fee_recipients: Vec<[u8; 20]>,
+    keys: Arc<BlsKeystore>,
+    slashing: SlashingStore,
+    kill: Option<Arc<KillSwitch>>,
+    approvals: Option<Approvals>,
+    audit: AuditLog,
+    limits: HashMap<DutyKind, DefaultKeyedRateLimiter<[u8; 48]>>,
+}
+
+impl std::fmt::Debug for Eth2Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Eth2Guard")
+            .field("network", &self.network.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The string form of a public key (`0x` + 96 hex), as Web3Signer's paths and lists use it.
+pub fn pubkey_hex(pk: &[u8; 48]) -> String {
+    format!("0x{}", hex::encode(pk))
+}
+
+impl Eth2Guard {
+    /// Builds the signer. `policy` was validated with the config.
+    pub fn new(
+        network: Network,
+        policy: Eth2Policy,
+        keys: Arc<BlsKeystore>,
+        slashing: SlashingStore,
+        audit: AuditLog,
+    ) -> Eth2Guard {
+        let proposer_index = policy
+            .proposer_index
+            .iter()
+            .filter_map(|(k, v)| {
+                Some((
+                    keyguard_eth2::parse_hex_fixed::<48>(&k.to_ascii_lowercase())?,
+                    *v,
+                ))
+            })
+            .collect();
+        let fee_recipients = policy
+            .fee_recipients
+            .iter()
+            .filter_map(|f| keyguard_eth2::parse_hex_fixed::<20>(&f.to_ascii_lowercase()))
+            .collect();
+        let limits = policy
+            .rate_limits
+            .iter()
+            .filter_map(|(d, n)| {
+                let kind = DutyKind::parse(d)?;
+                let q = Quota::per_minute(NonZeroU32::new(*n)?);
+                Some((kind, RateLimiter::keyed(q)))
+            })
+            .collect();
+        Eth2Guard {
+            network,
+            policy,
+            proposer_index,
+            fee_recipients,
+            keys,
+            slashing,
+            kill: None,
+            approvals: None,
+            audit,
+            limits,
+        }
+    }
+
+    /// Adds the kill switch (every duty stops while it is on).
+    pub fn with_kill_switch(mut self, kill: Arc<KillSwitch>) -> Self {
+        self.kill = Some(kill);
+        self
+    }
+
+    /// Adds the approval book (exits and deposits with `*_approval` configured wait for it).
+    pub fn with_approvals(mut self, approvals: Approvals) -> Self {
+        self.approvals = Some(approvals);
+        self
+    }
+
+    /// The network signed for.
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
+    /// Every BLS public key held.
+    pub fn public_keys(&self) -> Vec<[u8; 48]> {
+        self.keys.public_keys()
+    }
+
+    /// Policy rules on a decoded duty (before the key is touched).
+    fn policy(&self, pk: &[u8; 48], d: &Duty, now_unix: u64) -> Result<(), Eth2Refusal> {
+        let forbid = |r: &'static str, f: &str, why: String| {
+            Err(Eth2Refusal::new(Status::Forbidden, r, f, why))
+        };
+        if self
+            .policy
+            .disabled_duties
+            .iter()
+            .any(|x| x == d.kind.as_str())
+        {
+            return forbid(
+                rule::DUTY_DISABLED,
+                "type",
+                format!("{} is switched off by policy", d.kind.as_str()),
+            );
+        }
+        match (d.kind, &self.policy.exit_approval, &self.policy.deposit_approval) {
+            (DutyKind::VoluntaryExit, None, _) => {
+                return forbid(
+                    rule::VOLUNTARY_EXIT,
+                    "voluntary_exit",
+                    "voluntary exits are irreversible; configure [eth2.policy.exit_approval] to allow them with M-of-N approval".into(),
+                )
+            }
+            (DutyKind::Deposit, _, None) => {
+                return forbid(
+                    rule::DEPOSIT,
+                    "deposit",
+                    "deposit messages decide who owns the stake; configure [eth2.policy.deposit_approval] to allow them with M-of-N approval".into(),
+                )
+            }
+            _ => {}
+        }
+        let net = &self.network;
+        let now_slot = net.slot_at(now_unix);
+        let now_epoch = net.epoch_of(now_slot);
+        if let Some(slot) = d.slot {
+            if slot > now_slot.saturating_add(self.policy.max_future_slots) {
+                return forbid(
+                    rule::CLOCK_WINDOW,
+                    "slot",
+                    format!(
+                        "slot {slot} is more than {} slots ahead of the clock (slot {now_slot})",
+                        self.policy.max_future_slots
+                    ),
+                );
+            }
+        }
+        if let Some(epoch) = d.epoch {
+            let max_epoch = net
+                .epoch_of(now_slot.saturating_add(self.policy.max_future_slots))
+                .saturating_add(1);
+            if epoch > max_epoch {
+                return forbid(
+                    rule::CLOCK_WINDOW,
+                    "epoch",
+                    format!("epoch {epoch} is ahead of the clock (epoch {now_epoch})"),
+                );
+            }
+            if self.policy.max_past_epochs > 0
+                && epoch.saturating_add(self.policy.max_past_epochs) < now_epoch
+            {
+                return forbid(
+                    rule::CLOCK_WINDOW,
+                    "epoch",
+                    format!(
+                        "epoch {epoch} is older than {} epochs",
+                        self.policy.max_past_epochs
+                    ),
+                );
+            }
+        }
+        if let Some(ts) = d.timestamp {
+            // A registration timestamped ahead would outrank every later one at the relays.
+            let ahead = self
+                .policy
+                .max_future_slots
+                .saturating_mul(net.seconds_per_slot);
+            if ts > now_unix.saturating_add(ahead) {
+                return forbid(
+                    rule::CLOCK_WINDOW,
+                    "validator_registration.timestamp",
+                    format!("{ts} is more than {ahead} s ahead of the clock ({now_unix})"),
+                );
+            }
+        }
+        if let (Some(idx), Some(want)) = (d.proposer_index, self.proposer_index.get(pk)) {
+            if idx != *want {
+                return forbid(
+                    rule::PROPOSER_INDEX,
+                    "beacon_block.block_header.proposer_index",
+                    format!("{idx} is not this key's validator index {want}"),
+                );
+            }
+        }
+        if let Some(fee) = d.fee_recipient {
+            if !self.fee_recipients.is_empty() && !self.fee_recipients.contains(&fee) {
+                return forbid(
+                    rule::FEE_RECIPIENT,
+                    "validator_registration.fee_recipient",
+                    format!("0x{} is not in the allowlist", hex::encode(fee)),
+                );
+            }
+        }
+        if let Some(gas) = d.gas_limit {
+            let lo = self.policy.min_gas_limit.unwrap_or(0);
+            let hi = self.policy.max_gas_limit.unwrap_or(u64::MAX);
+            if gas < lo || gas > hi {
+                return forbid(
+                    rule::GAS_LIMIT,
+                    "validator_registration.gas_limit",
+                    format!("{gas} is outside {lo}..={hi}"),
+                );
+            }
+        }
+        if let Some(lim) = self.limits.get(&d.kind) {
+            if lim.check_key(pk).is_err() {
+                return Err(Eth2Refusal::new(
+                    Status::TooMany,
+                    rule::RATE_LIMIT,
+                    "type",
+                    format!("{} signed too often for this key", d.kind.as_str()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn audit(
+        &self,
+        who: &Eth2Caller<'_>,
+        pk: &[u8; 48],
+        method: &str,
+        summary: serde_json::Value,
+        outcome: Result<&[u8; 96], &Eth2Refusal>,
+    ) -> Result<(), Eth2Refusal> {
+        let (decision, rule, reason, sig) = match outcome {
+            Ok(sig) => (Decision::Signed, None, None, Some(hex::encode(sig))),
+            Err(r) => (
+                // Held for approval, not refused: a retry after the votes signs.
+                if r.rule == "approval.required" {
+                    Decision::Held
+                } else {
+                    Decision::Refused
+                },
+                Some(r.rule.to_string()),
+                Some(format!("{}: {}", r.field, r.reason)),
+                None,
+            ),
+        };
+        let entry = AuditEntry {
+            request_id: who.request_id.clone(),
+            client: who.client.to_string(),
+            key_id: Some(pubkey_hex(pk)),
+            chain: Some(format!("eth2:{}", self.network.name)),
+            method: method.to_string(),
+            summary,
+            decision,
+            rule,
+            reason,
+            tx_hash: sig,
+        };
+        self.audit.append(entry).await.map(|_| ()).map_err(|e| {
+            Eth2Refusal::new(
+                Status::Unavailable,
+                rule::STORE_UNAVAILABLE,
+                "audit",
+                format!("audit row not written, nothing released: {e}"),
+            )
+        })
+    }
+
+    /// Signs one Web3Signer request body for `pk`; the signature is released only after its
+    /// slashing record and audit row are durable.
+    pub async fn sign(
+        &self,
+        who: &Eth2Caller<'_>,
+        pk: &[u8; 48],
+        body: &[u8],
+        now_unix: u64,
+    ) -> Result<[u8; 96], Eth2Refusal> {
+        let outcome = self.sign_inner(who.client, pk, body, now_unix).await;
+        let (method, summary) = match &outcome {
+            Ok((d, _)) => (
+                format!("eth2_{}", d.kind.as_str()),
+                json!({"duty": d.summary, "signing_root": format!("0x{}", hex::encode(d.signing_root))}),
+            ),
+            Err((Some(d), _)) => (
+                format!("eth2_{}", d.kind.as_str()),
+                json!({"duty": d.summary}),
+            ),
+            Err((None, _)) => ("eth2_sign".to_string(), json!({})),
+        };
+        match outcome {
+            Ok((_, sig)) => {
+                self.audit(who, pk, &method, summary, Ok(&sig)).await?;
+                metrics::counter!("keyguard_eth2_signatures_total", "duty" => method).increment(1);
+                Ok(sig)
+            }
+            Err((_, refusal)) => {
+                // The refusal answers even if its audit row cannot be written.
+                let _ = self.audit(who, pk, &method, summary, Err(&refusal)).await;
+                metrics::counter!(crate::metrics::REJECTIONS, "rule" => refusal.rule).increment(1);
+                Err(refusal)
+            }
+        }
+    }
+
+    async fn sign_inner(
+        &self,
+        client: &str,
+        pk: &[u8; 48],
+        body: &[u8],
+        now_unix: u64,
+    ) -> Result<(Duty, [u8; 96]), (Option<Duty>, Eth2Refusal)> {
+        let key_hex = pubkey_hex(pk);
+        let _pass = match &self.kill {
+            Some(k) => Some(k.admit(Some(&key_hex)).await.map_err(|()| {
+                (
+                    None,
+                    Eth2Refusal::new(
+                        Status::Forbidden,
+                        common::KILL_SWITCH,
+                        "pubkey",
+                        "the kill switch is on: no duty is signed",
+                    ),
+                )
+            })?),
+            None => None,
+        };
+        if !self.keys.contains(pk) {
+            return Err((
+                None,
+                Eth2Refusal::new(
+                    Status::NotFound,
+                    rule::UNKNOWN_KEY,
+                    "pubkey",
+                    format!("no BLS key {key_hex}"),
+                ),
+            ));
+        }
+        let ctx = Context {
+            network: &self.network,
+            pubkey: pk,
+            now_unix,
+        };
+        let duty = decode(body, &ctx).map_err(|e| (None, e.into()))?;
+        if let Err(r) = self.policy(pk, &duty, now_unix) {
+            return Err((Some(duty), r));
+        }
+        let approval = match self.approve(client, pk, &duty).await {
+            Ok(a) => a,
+            Err(r) => return Err((Some(duty), r)),
+        };
+        let out = self.record_and_sign(pk, duty).await;
+        if let (Err(_), Some((book, id))) = (&out, approval) {
+            // Not released: the approved intent may be retried without asking again.
+            let _ = tokio::task::spawn_blocking(move || book.restore(&id)).await;
+        }
+        out
+    }
+
+    /// Exits and deposits wait for M-of-N approval of this exact signing root; the id of the
+    /// approval a proceeding request consumed.
+    async fn approve(
+        &self,
+        client: &str,
+        pk: &[u8; 48],
+        d: &Duty,
+    ) -> Result<Option<(Approvals, String)>, Eth2Refusal> {
+        let cfg = match d.kind {
+            DutyKind::VoluntaryExit => self.policy.exit_approval.as_ref(),
+            DutyKind::Deposit => self.policy.deposit_approval.as_ref(),
+            _ => None,
+        };
+        let Some(cfg) = cfg else {
+            return Ok(None);
+        };
+        let forbid =
+            |r: &'static str, why: String| Eth2Refusal::new(Status::Forbidden, r, "type", why);
+        let book = self.approvals.clone().ok_or_else(|| {
+            forbid(
+                "approval.unavailable",
+                "no approval book: exits and deposits are refused".into(),
+            )
+        })?;
+        let mut h = Sha256::new();
+        h.update(b"keyguard/eth2-intent/v1\0");
+        h.update(pk);
+        h.update(d.signing_root);
+        let digest: [u8; 32] = h.finalize().into();
+        let req = ApprovalRequirement {
+            rule: match d.kind {
+                DutyKind::VoluntaryExit => rule::VOLUNTARY_EXIT.into(),
+                _ => rule::DEPOSIT.into(),
+            },
+            approvers: cfg.approvers,
+            group: cfg.group.clone(),
+            within: std::time::Duration::from_secs(cfg.within_secs),
+        };
+        let (key, chain, requester) = (
+            pubkey_hex(pk),
+            format!("eth2:{}", self.network.name),
+            client.to_string(),
+        );
+        let summary = json!({"duty": d.summary, "signing_root": format!("0x{}", hex::encode(d.signing_root))});
+        let b2 = book.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let intent = HeldIntent {
+                key: &key,
+                digest: &digest,
+                requester: &requester,
+                chain: Some(&chain),
+                summary: &summary,
+            };
+            b2.decide(&intent, &req, crate::store::now_ms())
+        })
+        .await
+        .map_err(|e| {
+            Eth2Refusal::new(
+                Status::Unavailable,
+                rule::STORE_UNAVAILABLE,
+                "approval",
+                e.to_string(),
+            )
+        })?;
+        match outcome {
+            Ok(ApprovalOutcome::Proceed(id)) => Ok(Some((book, id))),
+            Ok(ApprovalOutcome::Held(a)) => Err(forbid(
+                "approval.required",
+                format!("held for approval {} ({} of {} in group {:?}); send the same request again once approved", a.id, a.approved, a.required, a.group),
+            )),
+            Err(ApprovalError::Rejected(id)) => Err(forbid("approval.rejected", format!("approval {id} was rejected"))),
+            Err(ApprovalError::Consumed(id)) => Err(forbid("approval.consumed", format!("approval {id} was already used"))),
+            Err(ApprovalError::Capped { scope, cap }) => Err(Eth2Refusal::new(Status::TooMany, "approval.pending_cap", "type", format!("{scope} cap of {cap} pending requests"))),
+            Err(ApprovalError::Store(e)) => Err(Eth2Refusal::new(Status::Unavailable, rule::STORE_UNAVAILABLE, "approval", e.to_string())),
+        }
+    }
+
+    /// Slashing record, BLS signature and pass 2, off the async threads.
+    async fn record_and_sign(
+        &self,
+        pk: &[u8; 48],
+        duty: Duty,
+    ) -> Result<(Duty, [u8; 96]), (Option<Duty>, Eth2Refusal)> {
+        let (slashing, keys, pk2, d2) =
+            (self.slashing.clone(), self.keys.clone(), *pk, duty.clone());
+        let signed = tokio::task::spawn_blocking(move || -> Result<[u8; 96], Eth2Refusal> {
+            let root = Some(&d2.signing_root);
+            let recorded = match d2.slashable {
+                Some(Slashable::Block { slot }) => Some(slashing.sign_block(&pk2, slot, root)),
+                Some(Slashable::Attestation { source, target }) => {
+                    Some(slashing.sign_attestation(&pk2, source, target, root))
+                }
+                None => None,
+            };
+            match recorded {
+                Some(Err(SlashingError::Refused { rule, reason })) => {
+                    return Err(Eth2Refusal::new(
+                        Status::Slashing,
+                        rule,
+                        "slashing_protection",
+                        reason,
+                    ))
+                }
+                Some(Err(SlashingError::Store(e))) => {
+                    return Err(Eth2Refusal::new(
+                        Status::Unavailable,
+                        rule::STORE_UNAVAILABLE,
+                        "slashing_protection",
+                        format!("slashing record not written, not signed: {e}"),
+                    ))
+                }
+                _ => {}
+            }
+            let sig = keys.sign(&pk2, &d2.signing_root).ok_or_else(|| {
+                Eth2Refusal::new(
+                    Status::NotFound,
+                    rule::UNKNOWN_KEY,
+                    "pubkey",
+                    "key removed while signing",
+                )
+            })?;
+            // Pass 2: the signature must verify for keyguard's own signing root.
+            if !keyguard_eth2::bls::verify(&pk2, &d2.signing_root, &sig) {
+                return Err(Eth2Refusal::new(
+                    Status::Unavailable,
+                    crate::guard::PASS2_MISMATCH,
+                    "signature",
+                    "the BLS signature does not verify; withheld",
+                ));
+            }
+            Ok(sig)
+        })
+        .await
+        .map_err(|e| {
+            (
+                Some(duty.clone()),
+                Eth2Refusal::new(
+                    Status::Unavailable,
+                    rule::STORE_UNAVAILABLE,
+                    "signature",
+                    e.to_string(),
+                ),
+            )
+        })?;
+        match signed {
+            Ok(sig) => Ok((duty, sig)),
+            Err(r) => Err((Some(duty), r)),
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Slashing protection against every EIP-3076 interchange test case on SQLite, with the
+//! negative control: the same cases with the surround check switched off must fail.
+
+use keyguard_eth2::interchange::Interchange;
+
+use super::eth2_slashing::{Checks, SlashingError, SlashingStore};
+use super::Store;
+
+#[path = "../../tests/support/eth2_vectors.rs"]
+mod vectors;
+
+struct Sqlite {
+    _dir: tempfile::TempDir,
+    store: Store,
+    slashing: SlashingStore,
+    checks: Checks,
+}
+
+impl Sqlite {
+    fn new(checks: Checks) -> Sqlite {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("kg.db")).unwrap();
+        let slashing = store.eth2_slashing();
+        Sqlite {
+            _dir: dir,
+            store,
+            slashing,
+            checks,
+        }
+    }
+}
+
+impl vectors::Db for Sqlite {
+    fn import(&mut self, file: &[u8], gvr: &[u8; 32]) -> bool {
+        let _ = &self.store;
+        match Interchange::parse(file) {
+            Ok(f) => self.slashing.import(&f, gvr).is_ok(),
+            Err(_) => false,
+        }
+    }
+    fn block(&mut self, pk: &[u8; 48], slot: u64, root: Option<[u8; 32]>) -> bool {
+        ok(self.slashing.sign_block(pk, slot, root.as_ref()))
+    }
+    fn attestation(&mut self, pk: &[u8; 48], s: u64, t: u64, root: Option<[u8; 32]>) -> bool {
+        ok(self
+            .slashing
+            .sign_attestation_with(pk, s, t, root.as_ref(), self.checks))
+    }
+}
+
+fn ok<T>(r: Result<T, SlashingError>) -> bool {
+    match r {
+        Ok(_) => true,
+        Err(SlashingError::Refused { .. }) => false,
+        Err(e) => panic!("store failed: {e}"),
+    }
+}
+
+#[test]
+fn interchange_vectors_all_pass() {
+    let mut fails = Vec::new();
+    for case in vectors::cases() {
+        fails.extend(vectors::run_case(&case, &mut Sqlite::new(Checks::ALL)));
+    }
+    assert!(fails.is_empty(), "{}", fails.join("\n"));
+}
+
+/// Negative control: without the surround check the official surround cases must fail.
+#[test]
+fn interchange_vectors_fail_without_the_surround_check() {
+    let mut fails = Vec::new();
+    for case in vectors::cases() {
+        fails.extend(vectors::run_case(
+            &case,
+            &mut Sqlite::new(Checks {
+                surround: false,
+                ..Checks::ALL
+            }),
+        ));
+    }
+    eprintln!("{}", fails.join("\n"));
+    assert!(
+        fails.iter().any(|f| f.contains("surround")),
+        "the vectors did not notice a missing surround check"
+    );
+}
+
+#[test]
+fn export_then_import_round_trips() {
+    let a = Sqlite::new(Checks::ALL);
+    let pk = [7u8; 48];
+    a.slashing.sign_block(&pk, 10, Some(&[1; 32])).unwrap();
+    a.slashing
+        .sign_attestation(&pk, 2, 3, Some(&[2; 32]))
+        .unwrap();
+    let file = a.slashing.export(&[9; 32]).unwrap();
+    let b = Sqlite::new(Checks::ALL);
+    b.slashing
+        .import(
+            &Interchange::parse(file.to_json().as_bytes()).unwrap(),
+            &[9; 32],
+        )
+        .unwrap();
+    assert!(b.slashing.sign_block(&pk, 10, Some(&[5; 32])).is_err());
+    assert!(b
+        .slashing
+        .sign_attestation(&pk, 1, 4, Some(&[5; 32]))
+        .is_err());
+    assert!(
+        b.slashing
+            .sign_attestation(&pk, 3, 4, Some(&[5; 32]))
+            .is_ok(),
+        "positive control"
+    );
+    // Another network's file is refused before anything is written.
+    assert!(b.slashing.import(&file, &[8; 32]).is_err());
+}
+
+/// Attestations that all surround one another, from eight connections (eight `Store`
+/// handles on one file, as eight processes would be) at once: exactly one is recorded.
+/// Negative control: the same race with the check and the write in two transactions records
+/// several.
+fn race(checks: Checks) -> usize {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kg.db");
+    drop(Store::open(&path).unwrap());
+    let pk = [3u8; 48];
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let handles: Vec<_> = (0..8u64)
+        .map(|i| {
+            let (path, barrier) = (path.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let store = Store::open(&path).unwrap();
+                let s = store.eth2_slashing();
+                barrier.wait();
+                // (10-i, 20+i): each pair surrounds the other.
+                let ok = s
+                    .sign_attestation_with(&pk, 10 - i, 20 + i, Some(&[i as u8; 32]), checks)
+                    .is_ok();
+                store.close().unwrap();
+                ok
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(|ok| *ok)
+        .count()
+}
+
+#[test]
+fn racing_surround_votes_record_exactly_one() {
+    assert_eq!(race(Checks::ALL), 1);
+}
+
+#[test]
+fn racing_surround_votes_negative_control_split_check_records_several() {
+    let split = Checks {
+        split: true,
+        ..Checks::ALL
+    };
+    assert!(race(split) > 1, "the race test cannot see a split check");
+}
+
+/// Pruning never re-opens a pruned epoch: after deleting 1->2, a double vote at target 2 (0->2,
+/// which surrounds nothing left) is refused, also after an old minimal file is imported.
+/// Negative control: a prune that deletes without raising the watermark lets it sign.
+fn pruned_double_vote_signs(raise: bool) -> bool {
+    let a = Sqlite::new(Checks::ALL);
+    let pk = [9u8; 48];
+    for (s, t) in [(1, 2), (2, 3), (3, 4)] {
+        a.slashing
+            .sign_attestation(&pk, s, t, Some(&[t as u8; 32]))
+            .unwrap();
+    }
+    a.slashing.sign_block(&pk, 10, Some(&[1; 32])).unwrap();
+    assert_eq!(a.slashing.prune_with(15, 3, raise).unwrap(), (1, 1));
+    if raise {
+        assert!(
+            a.slashing.sign_block(&pk, 10, Some(&[2; 32])).is_err(),
+            "pruned slot stays closed"
+        );
+        let old = format!(
+            r#"{{"metadata":{{"interchange_format_version":"5","genesis_validators_root":"0x{}"}},
+            "data":[{{"pubkey":"0x{}","signed_blocks":[],"signed_attestations":[{{"source_epoch":"0","target_epoch":"1"}}]}}]}}"#,
+            hex::encode([9u8; 32]),
+            hex::encode(pk)
+        );
+        a.slashing
+            .import(&Interchange::parse(old.as_bytes()).unwrap(), &[9u8; 32])
+            .unwrap();
+    }
+    let ok = a
+        .slashing
+        .sign_attestation(&pk, 0, 2, Some(&[0xee; 32]))
+        .is_ok();
+    assert!(
+        a.slashing
+            .sign_attestation(&pk, 4, 5, Some(&[5; 32]))
+            .is_ok(),
+        "positive control: new epochs still sign"
+    );
+    ok
+}
+
+#[test]
+fn pruning_keeps_pruned_epochs_closed() {
+    assert!(!pruned_double_vote_signs(true));
+}
+
+#[test]
+fn pruning_negative_control_without_the_watermark_reopens() {
+    assert!(pruned_double_vote_signs(false));
+}
