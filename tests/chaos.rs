@@ -6,7 +6,10 @@
 //! instance, `pg_ctl restart -m immediate`, SIGSTOP/SIGCONT of the database server, a
 //! partition between one instance and the database (its TCP relay stops forwarding), and
 //! `pg_cancel_backend` on commits waiting for the synchronous standby (stopped for the fault):
-//! the server reports those as success with a WARNING, and keyguard must withhold them.
+//! the server reports those as success with a WARNING, and keyguard must withhold them. The
+//! run ends with a failover: the primary dies, the synchronous standby is promoted, the
+//! tripwire trips every key on the new timeline, the operator's `keyguard store trust` finds
+//! nothing behind, and the clients replay their last rounds against the promoted database.
 //!
 //! The checker reads what the clients received: at most one transaction per nonce, at most one
 //! block per height/round/step, every released signature has its signed audit row, and
@@ -14,280 +17,30 @@
 //!
 //! `KEYGUARD_CHAOS_SECS` (default 15, the CI setting) and `KEYGUARD_CHAOS_SEED` set the length
 //! and the schedule; `benches/chaos.sh` runs it long. Negative control: the same run with the
-//! `split-fence` fault (check and write in two statements) must find double signatures.
+//! `split-fence` fault (check and write in two statements) must find double signatures, and so
+//! must a failover after asynchronous replication with the daemons' tripwire off
+//! (`no-tripwire`).
 #![allow(unreachable_pub)]
 
 #[path = "mockval/mod.rs"]
 mod mockval;
 #[path = "support/pg/mod.rs"]
 mod pg;
+#[path = "chaos/rig.rs"]
+mod rig;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use mockval::conn::NodeListener;
 use mockval::node::{now, Ask, Node, Ver};
-use pg::{PgCluster, PgPair};
+use pg::PgPair;
 use rand::{Rng, SeedableRng};
-use rustix::process::{Pid, Signal};
-
-fn send(pid: u32, sig: Signal) -> bool {
-    Pid::from_raw(pid as i32).is_some_and(|p| rustix::process::kill_process(p, sig).is_ok())
-}
-
-/// `pid` and its direct children (the database server's backends), from /proc.
-fn with_children(pid: u32) -> Vec<u32> {
-    let mut out = vec![pid];
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(n) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        let ppid = stat
-            .rsplit(')')
-            .next()
-            .and_then(|s| s.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(pid) {
-            out.push(n);
-        }
-    }
-    out
-}
-
-const INSTANCES: usize = 3;
-const CHAIN: &str = "chaos-chain";
-const PASSPHRASE: &str = "chaos passphrase that is long enough";
-
-fn bin() -> String {
-    std::env::var("KEYGUARD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_keyguard").to_owned())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A TCP relay between one instance and the database that can be cut: while cut, nothing is
-/// forwarded either way and nothing is closed (a partition looks like this to both ends: no
-/// answer, no RST), and new connections wait. This stands in for a firewall rule in a network
-/// namespace, which these machines have no `nft` for.
-struct Relay {
-    port: u16,
-    cut: Arc<AtomicBool>,
-}
-
-impl Relay {
-    fn start(upstream: u16) -> Relay {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let cut = Arc::new(AtomicBool::new(false));
-        let c = cut.clone();
-        std::thread::spawn(move || {
-            for down in listener.incoming().flatten() {
-                while c.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                let Ok(up) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                    continue;
-                };
-                for (mut from, mut to) in [
-                    (down.try_clone().unwrap(), up.try_clone().unwrap()),
-                    (up, down),
-                ] {
-                    let c = c.clone();
-                    std::thread::spawn(move || {
-                        let mut buf = [0u8; 16384];
-                        loop {
-                            let n = match from.read(&mut buf) {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => n,
-                            };
-                            while c.load(Ordering::SeqCst) {
-                                std::thread::sleep(Duration::from_millis(5));
-                            }
-                            if to.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                        let _ = to.shutdown(std::net::Shutdown::Both);
-                    });
-                }
-            }
-        });
-        Relay { port, cut }
-    }
-}
-
-struct Instance {
-    dir: PathBuf,
-    port: u16,
-    relay: Relay,
-    child: Mutex<Option<Child>>,
-    stopped: AtomicBool,
-}
-
-impl Instance {
-    fn config(&self) -> PathBuf {
-        self.dir.join("keyguard.toml")
-    }
-
-    /// Starts the daemon and waits for `keyguard: ready`; false if it exited first (the
-    /// database may be down: the caller tries again).
-    fn start(&self, fault: Option<&str>) -> bool {
-        let mut cmd = Command::new(bin());
-        cmd.args(["start", "--config"])
-            .arg(self.config())
-            .env("KEYGUARD_PASSPHRASE", PASSPHRASE)
-            .env("KEYGUARD_LOG", "error")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        if let Some(f) = fault {
-            cmd.env("KEYGUARD_FAULT", f);
-        }
-        let mut child = cmd.spawn().expect("spawn keyguard");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(l) if l == "keyguard: ready" => break,
-                Ok(_) => {}
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return false;
-                }
-            }
-        }
-        *self.child.lock().unwrap() = Some(child);
-        true
-    }
-
-    fn start_until_ready(&self, fault: Option<&str>) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !self.start(fault) {
-            assert!(
-                Instant::now() < deadline,
-                "{} never became ready",
-                self.dir.display()
-            );
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    }
-
-    fn kill(&self) {
-        if let Some(mut c) = self.child.lock().unwrap().take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn signal(&self, sig: Signal) -> bool {
-        let pid = self.child.lock().unwrap().as_ref().map(Child::id);
-        pid.is_some_and(|p| send(p, sig))
-    }
-}
-
-fn config(dir: &Path, port: u16, node_addr: &str, pg: &PgCluster, pg_port: u16) -> String {
-    let pw = dir.join("pg.pass");
-    std::fs::write(&pw, pg.password()).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
-    format!(
-        r#"[data]
-dir = "{data}"
-[keystore]
-backend = "software"
-create_on_first_start = ["secp256k1", "ed25519"]
-kdf_memory_kib = 1024
-kdf_iterations = 1
-
-[store]
-backend = "postgres"
-[store.postgres]
-hosts = ["{host}"]
-port = {pgport}
-user = "{user}"
-dbname = "{db}"
-password_file = "{pw}"
-tls = "disable"
-deadline_ms = 1500
-connect_timeout_ms = 1500
-
-[[listeners]]
-name = "evm"
-protocol = "evm-jsonrpc"
-address = "127.0.0.1:{port}"
-chain_id = 31337
-auth = "none"
-keys = ["*"]
-
-[[policies]]
-name = "chaos"
-keys = ["*"]
-[policies.evm]
-chain_ids = [31337]
-to = "any"
-max_value = "1 ether"
-max_fee_per_gas = "500 gwei"
-max_priority_fee_per_gas = "500 gwei"
-max_fee_per_blob_gas = "500 gwei"
-nonce = {{ allow_replacement = false }}
-
-[[validators]]
-name = "node"
-chain_id = "{CHAIN}"
-key = "dev-ed25519"
-addr = "{node_addr}"
-protocol = "v0.38"
-new_validator = true
-start_height = 1
-retry_max_ms = 100
-"#,
-        data = dir.join("var").display(),
-        host = pg.host(),
-        pgport = pg_port,
-        user = pg.user(),
-        db = pg.dbname(),
-        pw = pw.display(),
-    )
-}
-
-/// JSON-RPC over a fresh HTTP/1.1 connection; `None` on any transport failure.
-fn rpc(port: u16, method: &str, params: serde_json::Value) -> Option<serde_json::Value> {
-    let addr = format!("127.0.0.1:{port}");
-    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(8))).ok()?;
-    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
-        .to_string();
-    write!(
-        s,
-        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).ok()?;
-    let text = String::from_utf8_lossy(&out);
-    let (_, body) = text.split_once("\r\n\r\n")?;
-    serde_json::from_str(body).ok()
-}
+use rig::*;
+use rustix::process::Signal;
 
 #[derive(Default)]
 struct Book {
@@ -309,66 +62,56 @@ struct Report {
     cancelled: usize,
     evm_signed: usize,
     votes_signed: usize,
+    /// Signatures released after the standby was promoted (0 without a failover).
+    after_failover: usize,
     refused: usize,
     failed: usize,
     double_nonces: usize,
     double_blocks: usize,
     unaudited: usize,
+    /// `keyguard audit verify` passed on the one shared chain.
+    audit_ok: bool,
 }
 
-fn run(secs: u64, seed: u64, fault: Option<&str>, with_faults: bool) -> Report {
-    let pair = PgPair::start();
-    let pg = pair.primary();
-    let root = tempfile::tempdir().unwrap();
-    let mut listeners = Vec::new();
-    let mut instances = Vec::new();
-    for i in 0..INSTANCES {
-        let dir = root.path().join(format!("kg{i}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (l, addr) = NodeListener::unix(&dir.join("node.sock"));
-        listeners.push(l);
-        let port = free_port();
-        let relay = Relay::start(pg.port());
-        std::fs::write(
-            dir.join("keyguard.toml"),
-            config(&dir, port, &addr, pg, relay.port),
-        )
-        .unwrap();
-        instances.push(Instance {
-            dir,
-            port,
-            relay,
-            child: Mutex::new(None),
-            stopped: AtomicBool::new(false),
-        });
-    }
-    // The first instance creates the keys; the others get copies (one key, three signers).
-    instances[0].start_until_ready(fault);
-    for inst in &instances[1..] {
-        let (from, to) = (instances[0].dir.join("var/keys"), inst.dir.join("var/keys"));
-        std::fs::create_dir_all(&to).unwrap();
-        for f in std::fs::read_dir(&from).unwrap().flatten() {
-            std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
-        }
-        use std::os::unix::fs::PermissionsExt;
-        for d in [inst.dir.join("var"), to] {
-            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
-        }
-        inst.start_until_ready(fault);
-    }
-    let from = rpc(instances[0].port, "eth_accounts", serde_json::json!([]))
-        .and_then(|v| v["result"][0].as_str().map(str::to_owned))
-        .expect("eth_accounts");
+/// How the run ends, after its fault schedule.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Failover {
+    /// No failover.
+    None,
+    /// The primary dies and its synchronous standby is promoted. The tripwire trips every key
+    /// (a new timeline); the operator runs `keyguard store trust`, which must find nothing
+    /// behind, and restarts; the clients then replay the last rounds (a validator retrying a
+    /// height, a wallet re-sending a nonce) and go on.
+    Synchronous,
+    /// The negative control: replication turned asynchronous and the standby stopped halfway
+    /// through the run, the daemons without their tripwire (`no-tripwire`); after the promotion
+    /// the clients replay from where the standby stopped.
+    AsynchronousNoTripwire,
+}
 
-    let book = Book::default();
+/// Everything the clients drive.
+struct Rig<'a> {
+    instances: &'a [Instance],
+    listeners: &'a [NodeListener],
+    book: &'a Book,
+    from: &'a str,
+    round: &'a AtomicI64,
+}
+
+/// EVM clients and validators against every instance for `secs`, one round (one nonce, one
+/// step) every 60 ms from the current `round`, with `beside` running on its own thread (the
+/// fault schedule) until the time is up.
+fn drive(rig: &Rig<'_>, secs: f64, beside: impl FnOnce(&AtomicBool) + Send) {
     let done = AtomicBool::new(false);
-    let round = AtomicI64::new(0);
-    let faults = AtomicUsize::new(0);
-    let kinds: [AtomicUsize; 6] = Default::default();
-    let cancelled = AtomicUsize::new(0);
-    let end = Instant::now() + Duration::from_secs(secs);
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let Rig {
+        instances,
+        listeners,
+        book,
+        from,
+        round,
+    } = *rig;
     std::thread::scope(|s| {
-        // The clock: one round every 60 ms; each round is one nonce and one step.
         s.spawn(|| {
             while Instant::now() < end {
                 std::thread::sleep(Duration::from_millis(60));
@@ -378,7 +121,7 @@ fn run(secs: u64, seed: u64, fault: Option<&str>, with_faults: bool) -> Report {
         });
         // EVM clients: client i sends nonce r with value i+1 to instance i.
         for (i, inst) in instances.iter().enumerate() {
-            let (book, done, round, from) = (&book, &done, &round, from.clone());
+            let done = &done;
             s.spawn(move || {
                 let mut last = -1;
                 while !done.load(Ordering::SeqCst) {
@@ -420,7 +163,7 @@ fn run(secs: u64, seed: u64, fault: Option<&str>, with_faults: bool) -> Report {
         }
         // Validators: node i asks instance i for block i at the round's step.
         for (i, l) in listeners.iter().enumerate() {
-            let (book, done, round) = (&book, &done, &round);
+            let done = &done;
             s.spawn(move || {
                 let mut node: Option<Node> = None;
                 let mut last = -1;
@@ -472,94 +215,197 @@ fn run(secs: u64, seed: u64, fault: Option<&str>, with_faults: bool) -> Report {
                 }
             });
         }
-        // The fault schedule.
-        if with_faults {
-            let (instances, done, faults, kinds) = (&instances, &done, &faults, &kinds);
-            let (pair, cancelled) = (&pair, &cancelled);
-            s.spawn(move || {
-                let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-                while !done.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(rng.gen_range(300..700)));
-                    if done.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let inst = &instances[rng.gen_range(0..INSTANCES)];
-                    let kind = rng.gen_range(0..6);
-                    kinds[kind].fetch_add(1, Ordering::SeqCst);
-                    match kind {
-                        4 => {
-                            // A partition between this instance and the database.
-                            inst.relay.cut.store(true, Ordering::SeqCst);
-                            std::thread::sleep(Duration::from_millis(rng.gen_range(200..1500)));
-                            inst.relay.cut.store(false, Ordering::SeqCst);
-                        }
-                        0 => {
-                            inst.kill();
-                            std::thread::sleep(Duration::from_millis(200));
-                            inst.start_until_ready(fault);
-                        }
-                        1 => {
-                            if inst.signal(Signal::STOP) {
-                                inst.stopped.store(true, Ordering::SeqCst);
-                                std::thread::sleep(Duration::from_millis(rng.gen_range(100..600)));
-                                inst.signal(Signal::CONT);
-                                inst.stopped.store(false, Ordering::SeqCst);
-                            }
-                        }
-                        2 => pg.restart_immediate(),
-                        5 => {
-                            // Commits waiting for the stopped standby, their wait cancelled:
-                            // durable on the primary alone, answered "success" + WARNING.
-                            pair.stop_standby();
-                            let until = Instant::now() + Duration::from_millis(1000);
-                            while pair.syncrep_waiters() == 0 && Instant::now() < until {
-                                std::thread::sleep(Duration::from_millis(20));
-                            }
-                            let n = pair.cancel_waiting_backends();
-                            cancelled.fetch_add(n, Ordering::SeqCst);
-                            pair.start_standby();
-                            pair.wait_sync();
-                        }
-                        _ => {
-                            // The database server and its backends frozen: no answer, no RST.
-                            if let Some(pid) = pg.pid() {
-                                let all = with_children(pid);
-                                for p in &all {
-                                    send(*p, Signal::STOP);
-                                }
-                                std::thread::sleep(Duration::from_millis(rng.gen_range(100..800)));
-                                for p in &all {
-                                    send(*p, Signal::CONT);
-                                }
-                            }
-                        }
-                    }
-                    faults.fetch_add(1, Ordering::SeqCst);
+        let done = &done;
+        s.spawn(move || beside(done));
+    });
+}
+
+/// `keyguard <args> --config <instance's config>`.
+fn keyguard(inst: &Instance, args: &[&str]) -> std::process::Output {
+    Command::new(bin())
+        .args(args)
+        .arg("--config")
+        .arg(inst.config())
+        .env("KEYGUARD_PASSPHRASE", PASSPHRASE)
+        .output()
+        .unwrap()
+}
+
+fn run(secs: u64, seed: u64, fault: Option<&str>, with_faults: bool, failover: Failover) -> Report {
+    let pair = PgPair::start();
+    let pg = pair.primary();
+    let root = tempfile::tempdir().unwrap();
+    let mut listeners = Vec::new();
+    let mut instances = Vec::new();
+    for i in 0..INSTANCES {
+        let dir = root.path().join(format!("kg{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (l, addr) = NodeListener::unix(&dir.join("node.sock"));
+        listeners.push(l);
+        let port = free_port();
+        let relay = Relay::start(pg.port());
+        std::fs::write(
+            dir.join("keyguard.toml"),
+            config(&dir, port, &addr, pg, relay.port),
+        )
+        .unwrap();
+        instances.push(Instance {
+            dir,
+            port,
+            relay,
+            child: Mutex::new(None),
+            stopped: AtomicBool::new(false),
+        });
+    }
+    // The first instance creates the keys; the others get copies (one key, three signers).
+    instances[0].start_until_ready(fault);
+    for inst in &instances[1..] {
+        let (from, to) = (instances[0].dir.join("var/keys"), inst.dir.join("var/keys"));
+        std::fs::create_dir_all(&to).unwrap();
+        for f in std::fs::read_dir(&from).unwrap().flatten() {
+            std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+        }
+        use std::os::unix::fs::PermissionsExt;
+        for d in [inst.dir.join("var"), to] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        inst.start_until_ready(fault);
+    }
+    let from = rpc(instances[0].port, "eth_accounts", serde_json::json!([]))
+        .and_then(|v| v["result"][0].as_str().map(str::to_owned))
+        .expect("eth_accounts");
+
+    let book = Book::default();
+    let round = AtomicI64::new(0);
+    let rig = Rig {
+        instances: &instances,
+        listeners: &listeners,
+        book: &book,
+        from: &from,
+        round: &round,
+    };
+    let faults = AtomicUsize::new(0);
+    let kinds: [AtomicUsize; 6] = Default::default();
+    let cancelled = AtomicUsize::new(0);
+    // Where the clients replay from after a failover.
+    let replay_from = AtomicI64::new(-1);
+    drive(&rig, secs as f64, |done| {
+        if failover == Failover::AsynchronousNoTripwire {
+            // Halfway: replication turns asynchronous and the standby stops; the primary goes
+            // on committing alone.
+            std::thread::sleep(Duration::from_secs_f64(secs as f64 / 2.0));
+            pair.set_async();
+            replay_from.store(round.load(Ordering::SeqCst), Ordering::SeqCst);
+            pair.stop_standby();
+        }
+        if !with_faults {
+            return;
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        while !done.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(rng.gen_range(300..700)));
+            if done.load(Ordering::SeqCst) {
+                break;
+            }
+            let inst = &instances[rng.gen_range(0..INSTANCES)];
+            let kind = rng.gen_range(0..6);
+            kinds[kind].fetch_add(1, Ordering::SeqCst);
+            match kind {
+                4 => {
+                    // A partition between this instance and the database.
+                    inst.relay.cut.store(true, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(rng.gen_range(200..1500)));
+                    inst.relay.cut.store(false, Ordering::SeqCst);
                 }
-            });
+                0 => {
+                    inst.kill();
+                    std::thread::sleep(Duration::from_millis(200));
+                    inst.start_until_ready(fault);
+                }
+                1 => {
+                    if inst.signal(Signal::STOP) {
+                        inst.stopped.store(true, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(rng.gen_range(100..600)));
+                        inst.signal(Signal::CONT);
+                        inst.stopped.store(false, Ordering::SeqCst);
+                    }
+                }
+                2 => pg.restart_immediate(),
+                5 => {
+                    // Commits waiting for the stopped standby, their wait cancelled: durable
+                    // on the primary alone, answered "success" + WARNING.
+                    pair.stop_standby();
+                    let until = Instant::now() + Duration::from_millis(1000);
+                    while pair.syncrep_waiters() == 0 && Instant::now() < until {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    let n = pair.cancel_waiting_backends();
+                    cancelled.fetch_add(n, Ordering::SeqCst);
+                    pair.start_standby();
+                    pair.wait_sync();
+                }
+                _ => {
+                    // The database server and its backends frozen: no answer, no RST.
+                    if let Some(pid) = pg.pid() {
+                        let all = with_children(pid);
+                        for p in &all {
+                            send(*p, Signal::STOP);
+                        }
+                        std::thread::sleep(Duration::from_millis(rng.gen_range(100..800)));
+                        for p in &all {
+                            send(*p, Signal::CONT);
+                        }
+                    }
+                }
+            }
+            faults.fetch_add(1, Ordering::SeqCst);
         }
     });
+    let mut after_failover = 0;
+    if failover != Failover::None {
+        let released_before = book.released.lock().unwrap().len();
+        // The primary dies; the standby is promoted and takes its address.
+        pg.stop_immediate();
+        if failover == Failover::AsynchronousNoTripwire {
+            pair.start_standby();
+        } else {
+            replay_from.store(round.load(Ordering::SeqCst) - 30, Ordering::SeqCst);
+        }
+        pair.promote_standby();
+        for inst in &instances {
+            inst.relay
+                .upstream
+                .store(pair.standby().port(), Ordering::SeqCst);
+            inst.kill();
+        }
+        if failover == Failover::Synchronous {
+            // The operator's repair: with a synchronous standby nothing is behind, so trust
+            // succeeds without --forget-released.
+            for inst in &instances {
+                let out = keyguard(inst, &["store", "trust"]);
+                assert!(
+                    out.status.success(),
+                    "store trust after a synchronous failover: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        for inst in &instances {
+            inst.start_until_ready(fault);
+        }
+        round.store(replay_from.load(Ordering::SeqCst), Ordering::SeqCst);
+        drive(&rig, 4.0, |_| {});
+        after_failover = book.released.lock().unwrap().len() - released_before;
+    }
     // Check: the audit log as one chain, with a signed row for everything released.
     for inst in &instances {
         inst.kill();
     }
-    let out = Command::new(bin())
-        .args(["audit", "verify", "--config"])
-        .arg(instances[0].config())
-        .env("KEYGUARD_PASSPHRASE", PASSPHRASE)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "audit verify: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let verify = keyguard(&instances[0], &["audit", "verify"]);
+    let out = keyguard(
+        &instances[0],
+        &["audit", "list", "--json", "--limit", "10000000"],
     );
-    let out = Command::new(bin())
-        .args(["audit", "list", "--json", "--limit", "10000000", "--config"])
-        .arg(instances[0].config())
-        .env("KEYGUARD_PASSPHRASE", PASSPHRASE)
-        .output()
-        .unwrap();
     assert!(
         out.status.success(),
         "audit list: {}",
@@ -574,17 +420,22 @@ fn run(secs: u64, seed: u64, fault: Option<&str>, with_faults: bool) -> Report {
     let released = book.released.lock().unwrap();
     let txs = book.txs.lock().unwrap();
     let blocks = book.blocks.lock().unwrap();
+    if !verify.status.success() {
+        eprintln!("audit verify: {}", String::from_utf8_lossy(&verify.stderr));
+    }
     Report {
         faults: faults.load(Ordering::SeqCst),
         kinds: std::array::from_fn(|i| kinds[i].load(Ordering::SeqCst)),
         cancelled: cancelled.load(Ordering::SeqCst),
         evm_signed: txs.values().map(BTreeSet::len).sum(),
         votes_signed: blocks.values().map(BTreeSet::len).sum(),
+        after_failover,
         refused: book.refused.load(Ordering::SeqCst),
         failed: book.failed.load(Ordering::SeqCst),
         double_nonces: txs.values().filter(|t| t.len() > 1).count(),
         double_blocks: blocks.values().filter(|b| b.len() > 1).count(),
         unaudited: released.iter().filter(|h| !signed.contains(*h)).count(),
+        audit_ok: verify.status.success(),
     }
 }
 
@@ -592,9 +443,9 @@ fn print(name: &str, secs: u64, seed: u64, r: &Report) {
     eprintln!(
         "chaos {name}: {secs}s seed {seed}: {} faults injected (kill {}, stop {}, database \
          restart {}, database freeze {}, partition {}, sync-rep cancel {} with {} commits \
-         cancelled); released {} EVM and {} CometBFT \
-         signatures ({} refused, {} failed requests); conflicts: {} nonces and {} steps signed \
-         twice; {} released signatures without a signed audit row",
+         cancelled); released {} EVM and {} CometBFT signatures, {} of them after the \
+         failover ({} refused, {} failed requests); conflicts: {} nonces and {} steps signed \
+         twice; {} released signatures without a signed audit row; audit verify {}",
         r.faults,
         r.kinds[0],
         r.kinds[1],
@@ -605,11 +456,13 @@ fn print(name: &str, secs: u64, seed: u64, r: &Report) {
         r.cancelled,
         r.evm_signed,
         r.votes_signed,
+        r.after_failover,
         r.refused,
         r.failed,
         r.double_nonces,
         r.double_blocks,
-        r.unaudited
+        r.unaudited,
+        if r.audit_ok { "passed" } else { "FAILED" },
     );
 }
 
@@ -627,10 +480,12 @@ fn seed() -> u64 {
         .unwrap_or(15)
 }
 
+/// The fault schedule, then a failover to the synchronous standby with the operator's
+/// `keyguard store trust`, then the last rounds replayed against the promoted database.
 #[test]
 fn three_instances_under_faults_never_double_sign() {
     let (secs, seed) = (secs(), seed());
-    let r = run(secs, seed, None, true);
+    let r = run(secs, seed, None, true, Failover::Synchronous);
     print("healthy", secs, seed, &r);
     assert_eq!(
         r.double_nonces, 0,
@@ -644,10 +499,15 @@ fn three_instances_under_faults_never_double_sign() {
         r.unaudited, 0,
         "a released signature has no signed audit row"
     );
+    assert!(r.audit_ok, "audit verify failed on the shared chain");
     assert!(r.faults > 0, "no fault was injected");
     assert!(
         r.evm_signed > 0 && r.votes_signed > 0,
         "too little was signed to mean anything"
+    );
+    assert!(
+        r.after_failover > 0,
+        "nothing was signed after the failover: the repair did not bring the instances back"
     );
 }
 
@@ -656,10 +516,32 @@ fn three_instances_under_faults_never_double_sign() {
 #[test]
 fn split_fence_is_caught_by_the_chaos_checker() {
     let (secs, seed) = (secs().min(8), seed());
-    let r = run(secs, seed, Some("split-fence"), false);
+    let r = run(secs, seed, Some("split-fence"), false, Failover::None);
     print("split-fence", secs, seed, &r);
     assert!(
         r.double_nonces + r.double_blocks > 0,
         "the checker found no double signature with the fence split: it proves nothing"
+    );
+}
+
+/// Negative control of the failover: asynchronous replication, a promotion that loses the
+/// standby's missing commits, and daemons without their tripwire sign replayed nonces and
+/// heights again; the checker must see it.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn async_promotion_without_the_tripwire_is_caught() {
+    let (secs, seed) = (secs().min(8), seed());
+    let r = run(
+        secs,
+        seed,
+        Some("no-tripwire"),
+        false,
+        Failover::AsynchronousNoTripwire,
+    );
+    print("async-promotion", secs, seed, &r);
+    assert!(
+        r.double_nonces + r.double_blocks > 0,
+        "the checker found no double signature after a lossy failover without the tripwire: \
+         it proves nothing"
     );
 }

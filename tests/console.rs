@@ -399,7 +399,9 @@ fn console_approves_audits_and_stops_a_key() {
         );
         assert!(
             page.body.contains(&(11 * ETHER).to_string())
-                && page.body.contains("Send 11 ETH to 0x"),
+                && page.body.contains("Send 11 ETH to 0x")
+                // The operator's label for the destination, from the configuration.
+                && page.body.contains("(Burn address)"),
             "{}",
             page.body
         );

@@ -21,6 +21,10 @@ pub struct ConsoleConfig {
     /// A session is signed out this long after sign-in, however busy.
     #[serde(default = "lifetime")]
     pub session_lifetime: String,
+    /// The operator's address book (`address = "label"`): the approvals page shows the label
+    /// beside a destination, and "no label" beside any other.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 fn idle() -> String {
@@ -67,6 +71,11 @@ impl Config {
         if let Err(e) = console.parsed_origin() {
             problems.push(self.invalid("admin.console.origin", e));
         }
+        problems.extend(
+            super::labels::table_problems(&console.labels)
+                .into_iter()
+                .map(|e| self.invalid("admin.console.labels", e)),
+        );
         for (key, value) in [
             ("admin.console.session_idle", &console.session_idle),
             ("admin.console.session_lifetime", &console.session_lifetime),

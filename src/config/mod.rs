@@ -4,6 +4,7 @@
 mod audit;
 mod console;
 mod eth2;
+mod labels;
 mod nodes;
 mod people;
 mod store;
@@ -11,6 +12,7 @@ mod store;
 pub use audit::{AuditConfig, AuditLimits};
 pub use console::ConsoleConfig;
 pub use eth2::{Eth2Approval, Eth2Config, Eth2Policy};
+pub use labels::Labels;
 pub use nodes::{proxy_allowed, BitcoinNodeConfig, UpstreamConfig};
 pub use people::{
     parse_duration, quota, AdminConfig, AdminListenerLimits, AdminTlsConfig, LimitConfig,

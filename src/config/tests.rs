@@ -235,3 +235,30 @@ fn store_tables_are_checked_by_name() {
         .to_string()
         .contains("store.postgres.hosts"));
 }
+
+#[test]
+fn console_labels_are_checked_at_load() {
+    let with = |labels: &str| {
+        format!(
+            "{DEV}\n[admin]\ntcp = \"127.0.0.1:9551\"\n[admin.tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n\
+             client_ca_waived = true\n[admin.console]\nenabled = true\n\
+             origin = \"https://localhost:9551\"\n[admin.console.labels]\n{labels}"
+        )
+    };
+    let ok = with("\"0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed\" = \"Treasury cold wallet\"\n");
+    let c = parse(&ok).unwrap_or_else(|e| panic!("{e}"));
+    let labels = Labels::new(&c.admin.console.as_ref().unwrap().labels);
+    assert_eq!(
+        labels.get("0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed"),
+        Some("Treasury cold wallet")
+    );
+    for bad in [
+        "\"0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed\" = \"Treasury\\u202Ecold\"\n",
+        "\"0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed\" = \"A\"\n\
+         \"0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed\" = \"B\"\n",
+        "\"0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed\" = \"\"\n",
+    ] {
+        let err = parse(&with(bad)).unwrap_err().to_string();
+        assert!(err.contains("admin.console.labels"), "{bad}: {err}");
+    }
+}

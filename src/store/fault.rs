@@ -44,6 +44,8 @@ pub enum Fault {
     SplitFence,
     /// Eth2 slashing protection skips the surround-vote check.
     Eth2NoSurround,
+    /// The PostgreSQL store runs without the replication tripwire (no `released.log`).
+    NoTripwire,
 }
 
 /// The pause between the split check and its write, wide enough for a concurrent instance.
@@ -65,6 +67,7 @@ pub fn active() -> Option<Fault> {
             "watermark-back" => Fault::WatermarkBack,
             "split-fence" => Fault::SplitFence,
             "eth2-no-surround" => Fault::Eth2NoSurround,
+            "no-tripwire" => Fault::NoTripwire,
             other => {
                 eprintln!("keyguard: unknown KEYGUARD_FAULT {other:?}");
                 std::process::abort();
@@ -89,7 +92,10 @@ pub fn watermark(next: &SignedState) -> Option<Option<SignedState>> {
             height: (next.height - 1).max(0),
             ..next.clone()
         })),
-        Fault::ReleaseBeforeAudit | Fault::SplitFence | Fault::Eth2NoSurround => None,
+        Fault::ReleaseBeforeAudit
+        | Fault::SplitFence
+        | Fault::Eth2NoSurround
+        | Fault::NoTripwire => None,
     }
 }
 

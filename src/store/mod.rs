@@ -293,7 +293,14 @@ impl Store {
     ) -> Result<Store, StoreError> {
         match (&config.backend, &config.postgres) {
             (crate::config::StoreBackend::Postgres, Some(pg)) => {
-                Store::open_postgres(pg, sqlite_path.parent())
+                #[allow(unused_mut)]
+                let mut tripwire = sqlite_path.parent();
+                // FAULT HOOK no-tripwire (test builds only, src/store/fault.rs).
+                #[cfg(feature = "fault-injection")]
+                if fault::is(fault::Fault::NoTripwire) {
+                    tripwire = None;
+                }
+                Store::open_postgres(pg, tripwire)
             }
             (crate::config::StoreBackend::Postgres, None) => Err(StoreError::Unavailable(
                 "store.backend = \"postgres\" needs a [store.postgres] table".into(),

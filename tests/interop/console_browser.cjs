@@ -107,6 +107,7 @@ async function main() {
     await card.waitFor();
     const text = await card.innerText();
     check(text.toLowerCase().includes('send 11 eth to 0x000000000000000000000000000000000000dead'), 'intent not shown: ' + text);
+    check(text.toLowerCase().includes('(burn address)'), 'destination label not shown: ' + text);
     out[name + '_saw'] = text.split('\n')[0];
     if (name === 'ann') await shot(page, 'console-approvals-phone');
     await card.locator('input[name=totp]').fill(totp(input.users[name]));

@@ -366,7 +366,8 @@ pub fn setup_with(
         "[admin]\ntotp_single_use = {single_use}\ntcp = \"127.0.0.1:{port}\"\n\
          [admin.limits]\npeer_requests_per_second = {rate:.1}\npeer_burst = {burst}\n\
          [admin.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca_waived = true\n\
-         [admin.console]\nenabled = true\norigin = \"{origin}\"\n",
+         [admin.console]\nenabled = true\norigin = \"{origin}\"\n\
+         [admin.console.labels]\n\"0x000000000000000000000000000000000000dEaD\" = \"Burn address\"\n",
         p("admin-server.pem"),
         p("admin-server.key"),
         burst = (rate * 2.0) as u64,

@@ -41,6 +41,8 @@ pub struct Console {
     pub(crate) sessions: Sessions,
     flows: passkey::Flows,
     lifetime_s: i64,
+    /// The operator's address book for the approvals page.
+    pub(crate) labels: crate::config::Labels,
 }
 
 impl std::fmt::Debug for Console {
@@ -69,6 +71,7 @@ impl Console {
             sessions: Sessions::new(ms(&config.session_idle, 600_000), lifetime),
             flows: passkey::Flows::default(),
             lifetime_s: lifetime / 1000,
+            labels: crate::config::Labels::new(&config.labels),
         })
     }
 }

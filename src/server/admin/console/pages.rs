@@ -103,6 +103,8 @@ pub(super) async fn approvals(ctx: &AdminContext, r: &Req, s: &Session) -> Page 
         Err(e) => return failed(s, "Approvals", &e),
     };
     let items = list.as_array().cloned().unwrap_or_default();
+    let no_labels = crate::config::Labels::default();
+    let labels = ctx.console.as_ref().map_or(&no_labels, |c| &c.labels);
     let mut body = format!(
         "<h1>Pending approvals ({})</h1><p id=\"live\" class=\"muted\" data-version=\"{}\">Live: updates appear without reloading.</p>",
         items.len(),
@@ -139,7 +141,11 @@ pub(super) async fn approvals(ctx: &AdminContext, r: &Req, s: &Session) -> Page 
             by = if approvers.is_empty() { String::new() } else { format!(" (by {})", approvers.join(", ")) },
             exp = n("expires_ms"),
             exp_s = esc(&when(n("expires_ms"))),
-            plain = esc(&super::intent::plain(&g("chain"), a.get("summary").unwrap_or(&Value::Null)).unwrap_or_default()),
+            plain = super::intent::plain(&g("chain"), a.get("summary").unwrap_or(&Value::Null), labels)
+                .iter()
+                .map(|l| esc(l))
+                .collect::<Vec<_>>()
+                .join("<br>"),
             intent = html::value(a.get("summary").unwrap_or(&Value::Null), 0),
             fields = action_fields(&s.csrf),
         );
