@@ -356,7 +356,11 @@ mod block_proofs {
         b.to_string().into_bytes()
     }
 
-    fn policy(fees: Vec<String>, graffiti: &str, require: bool) -> impl FnOnce(&[u8; 48], &mut Eth2Policy) {
+    fn policy(
+        fees: Vec<String>,
+        graffiti: &str,
+        require: bool,
+    ) -> impl FnOnce(&[u8; 48], &mut Eth2Policy) {
         let graffiti = graffiti.to_string();
         move |_, p| {
             p.block_fee_recipients = fees;
@@ -377,25 +381,48 @@ mod block_proofs {
         let fee = c["fee_recipient"].as_str().unwrap().to_string();
         let other = format!("0x{}", "cd".repeat(20));
         // The vector's graffiti is the text "keyguard fulu", zero-padded.
-        let r = rig(policy(vec![other.clone(), fee.clone()], "keyguard fulu", true), None);
+        let r = rig(
+            policy(vec![other.clone(), fee.clone()], "keyguard fulu", true),
+            None,
+        );
         let proofs = c["proofs"].clone();
 
-        let e = refused(&r, &nimbus_block(&c, None), "eth2.block_proof_required", Status::Forbidden);
+        let e = refused(
+            &r,
+            &nimbus_block(&c, None),
+            "eth2.block_proof_required",
+            Status::Forbidden,
+        );
         assert_eq!(e.field, "proofs");
         // Only the graffiti proven: the constrained fee recipient is still missing.
         let only_graffiti = json!([proofs[1].clone()]);
-        refused(&r, &nimbus_block(&c, Some(only_graffiti)), "eth2.block_proof_required", Status::Forbidden);
+        refused(
+            &r,
+            &nimbus_block(&c, Some(only_graffiti)),
+            "eth2.block_proof_required",
+            Status::Forbidden,
+        );
         // A flipped sibling byte: proves no allowed payee.
         let mut forged = proofs.clone();
         let h = forged[0]["proof"][4].as_str().unwrap().to_string();
         let flip = if &h[65..] == "0" { "1" } else { "0" };
         forged[0]["proof"][4] = json!(format!("{}{flip}", &h[..65]));
-        let e = refused(&r, &nimbus_block(&c, Some(forged)), "eth2.block_fee_recipient", Status::Forbidden);
+        let e = refused(
+            &r,
+            &nimbus_block(&c, Some(forged)),
+            "eth2.block_fee_recipient",
+            Status::Forbidden,
+        );
         assert_eq!(e.field, "beacon_block.body.execution_payload.fee_recipient");
         // Another fork's index is malformed, not policy.
         let mut capella_index = proofs.clone();
         capella_index[0]["index"] = json!("401");
-        refused(&r, &nimbus_block(&c, Some(capella_index)), "eth2.block_proof", Status::BadRequest);
+        refused(
+            &r,
+            &nimbus_block(&c, Some(capella_index)),
+            "eth2.block_proof",
+            Status::BadRequest,
+        );
 
         // Positive control: the honest proofs sign (refusals recorded nothing for this slot).
         let sig = r.sign(&nimbus_block(&c, Some(proofs))).unwrap();
@@ -406,10 +433,25 @@ mod block_proofs {
                 ..Default::default()
             })
             .unwrap();
-        let duty = rows.last().unwrap().summary["duty"].as_str().unwrap().to_string();
-        assert!(duty.contains(&format!("fee_recipient={fee} (proven)")), "{duty}");
-        assert!(duty.contains(&format!("graffiti={} (proven)", c["graffiti"].as_str().unwrap())), "{duty}");
-        assert_eq!(rows.last().unwrap().tx_hash.as_deref(), Some(hex::encode(sig).as_str()));
+        let duty = rows.last().unwrap().summary["duty"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            duty.contains(&format!("fee_recipient={fee} (proven)")),
+            "{duty}"
+        );
+        assert!(
+            duty.contains(&format!(
+                "graffiti={} (proven)",
+                c["graffiti"].as_str().unwrap()
+            )),
+            "{duty}"
+        );
+        assert_eq!(
+            rows.last().unwrap().tx_hash.as_deref(),
+            Some(hex::encode(sig).as_str())
+        );
         r.store.close().unwrap();
     }
 
@@ -417,11 +459,28 @@ mod block_proofs {
     fn honest_proofs_of_another_payee_or_graffiti_are_refused() {
         let c = fulu();
         let fee = c["fee_recipient"].as_str().unwrap().to_string();
-        let not_ours = rig(policy(vec![format!("0x{}", "cd".repeat(20))], "keyguard fulu", false), None);
-        refused(&not_ours, &nimbus_block(&c, Some(c["proofs"].clone())), "eth2.block_fee_recipient", Status::Forbidden);
+        let not_ours = rig(
+            policy(
+                vec![format!("0x{}", "cd".repeat(20))],
+                "keyguard fulu",
+                false,
+            ),
+            None,
+        );
+        refused(
+            &not_ours,
+            &nimbus_block(&c, Some(c["proofs"].clone())),
+            "eth2.block_fee_recipient",
+            Status::Forbidden,
+        );
         not_ours.store.close().unwrap();
         let graffiti = rig(policy(vec![fee], "keyguard", false), None);
-        let e = refused(&graffiti, &nimbus_block(&c, Some(c["proofs"].clone())), "eth2.graffiti", Status::Forbidden);
+        let e = refused(
+            &graffiti,
+            &nimbus_block(&c, Some(c["proofs"].clone())),
+            "eth2.graffiti",
+            Status::Forbidden,
+        );
         assert_eq!(e.field, "beacon_block.body.graffiti");
         // Negative control of `require_block_proofs`: off, a block without proofs signs.
         graffiti.sign(&nimbus_block(&c, None)).unwrap();

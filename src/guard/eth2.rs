@@ -81,9 +81,10 @@ impl Eth2Refusal {
 impl From<DecodeError> for Eth2Refusal {
     fn from(e: DecodeError) -> Self {
         let status = match e.rule {
-            common::REQUEST_INVALID | rule::BLOCK_FORMAT | rule::SIGNING_ROOT | rule::BLOCK_PROOF => {
-                Status::BadRequest
-            }
+            common::REQUEST_INVALID
+            | rule::BLOCK_FORMAT
+            | rule::SIGNING_ROOT
+            | rule::BLOCK_PROOF => Status::BadRequest,
             _ => Status::Forbidden,
         };
         Eth2Refusal {

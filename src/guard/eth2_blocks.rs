@@ -99,21 +99,24 @@ impl BlockRules {
             }
             let Some(p) = proofs else { continue };
             match prop {
-                ProvenProperty::FeeRecipient => match p.proven_fee_recipient(&self.fee_recipients)
-                {
-                    Some(a) => note.push_str(&format!(" fee_recipient=0x{} (proven)", hex::encode(a))),
-                    None => {
-                        return Err(forbid(
-                            rule::BLOCK_FEE_RECIPIENT,
-                            field,
-                            format!(
+                ProvenProperty::FeeRecipient => {
+                    match p.proven_fee_recipient(&self.fee_recipients) {
+                        Some(a) => {
+                            note.push_str(&format!(" fee_recipient=0x{} (proven)", hex::encode(a)))
+                        }
+                        None => {
+                            return Err(forbid(
+                                rule::BLOCK_FEE_RECIPIENT,
+                                field,
+                                format!(
                                 "the proof against body_root proves none of the {} allowed fee \
                                  recipients (another payee, or a forged branch)",
                                 self.fee_recipients.len()
                             ),
-                        ))
+                            ))
+                        }
                     }
-                },
+                }
                 ProvenProperty::Graffiti => match p.proven_graffiti(&self.graffiti) {
                     Some(g) => note.push_str(&format!(" graffiti=0x{} (proven)", hex::encode(g))),
                     None => {

@@ -135,6 +135,8 @@ def render(fx: dict, i: int, pk: str) -> tuple[dict, bytes]:
               "att_slot": str(target * 32), "source_epoch": str(target - 1), "target_epoch": str(target),
               "pubkey": pk, "fee_recipient": FEE, "fee_recipient_checksummed": FEE_CHECKSUMMED,
               "timestamp": str(now * 12 + 1606824023), "signing_root": "{{signing_root}}"}
+    # Lodestar's fork_info.fork.epoch is the signing slot's epoch (the attestation's own).
+    values["signing_epoch"] = values["target_epoch"] if fx["body"]["type"] == "ATTESTATION" else values["epoch"]
     body = fill(fx["body"], values)
     root = root_of(body)
     if body.get("signingRoot") == "{{signing_root}}":

@@ -121,7 +121,10 @@ fn a_flipped_sibling_byte_proves_nothing() {
             let h = proofs[entry]["proof"][hash].as_str().unwrap().to_string();
             let flipped = if &h[2..3] == "0" { "1" } else { "0" };
             proofs[entry]["proof"][hash] = json!(format!("0x{flipped}{}", &h[3..]));
-            let p = dec(&nimbus_block(&c, proofs)).unwrap().block_proofs.unwrap();
+            let p = dec(&nimbus_block(&c, proofs))
+                .unwrap()
+                .block_proofs
+                .unwrap();
             if entry == 0 {
                 assert_eq!(p.proven_fee_recipient(&[fee]), None, "{version} {hash}");
             } else {
@@ -137,19 +140,23 @@ fn graffiti_branch_under_the_fee_recipient_index_is_refused() {
     let c = case("DENEB");
     let graffiti_branch = c["proofs"][1]["proof"].clone();
     let swapped = json!([{"index": "801", "proof": graffiti_branch}]);
-    let e = refused(&nimbus_block(&c, swapped), "eth2.block_proof", "proofs[0].proof");
+    let e = refused(
+        &nimbus_block(&c, swapped),
+        "eth2.block_proof",
+        "proofs[0].proof",
+    );
     assert!(e.reason.contains("needs exactly 9"), "{e}");
     // Padded to the right length it still proves nothing.
     let mut padded = graffiti_branch.as_array().unwrap().clone();
     padded.resize(9, json!(format!("0x{}", "00".repeat(32))));
-    let p = dec(&nimbus_block(&c, json!([{"index": "801", "proof": padded}])))
-        .unwrap()
-        .block_proofs
-        .unwrap();
-    assert_eq!(
-        p.proven_fee_recipient(&[hex20(&c["fee_recipient"])]),
-        None
-    );
+    let p = dec(&nimbus_block(
+        &c,
+        json!([{"index": "801", "proof": padded}]),
+    ))
+    .unwrap()
+    .block_proofs
+    .unwrap();
+    assert_eq!(p.proven_fee_recipient(&[hex20(&c["fee_recipient"])]), None);
     assert!(!p.proves(ProvenProperty::FeeRecipient, &hex32(&c["graffiti"])));
 }
 
@@ -163,10 +170,17 @@ fn another_forks_or_fields_index_is_refused_by_name() {
         "eth2.block_proof",
         "proofs[0].index",
     );
-    assert!(e.reason.contains("gindex 401") && e.reason.contains("DENEB"), "{e}");
+    assert!(
+        e.reason.contains("gindex 401") && e.reason.contains("DENEB"),
+        "{e}"
+    );
     for g in ["0", "1", "25", "802", "18446744073709551615"] {
         let p = json!([{"index": g, "proof": []}]);
-        let e = refused(&nimbus_block(&deneb, p), "eth2.block_proof", "proofs[0].index");
+        let e = refused(
+            &nimbus_block(&deneb, p),
+            "eth2.block_proof",
+            "proofs[0].index",
+        );
         assert!(e.reason.contains(&format!("gindex {g} ")), "{e}");
     }
     // Deneb's 801 in a Capella block.
@@ -185,10 +199,18 @@ fn an_extra_or_missing_sibling_is_refused() {
         .as_array_mut()
         .unwrap()
         .push(json!(format!("0x{}", "00".repeat(32))));
-    refused(&nimbus_block(&c, extra), "eth2.block_proof", "proofs[0].proof");
+    refused(
+        &nimbus_block(&c, extra),
+        "eth2.block_proof",
+        "proofs[0].proof",
+    );
     let mut short = c["proofs"].clone();
     short[1]["proof"].as_array_mut().unwrap().pop();
-    refused(&nimbus_block(&c, short), "eth2.block_proof", "proofs[1].proof");
+    refused(
+        &nimbus_block(&c, short),
+        "eth2.block_proof",
+        "proofs[1].proof",
+    );
 }
 
 #[test]
@@ -205,7 +227,11 @@ fn huge_or_repeated_proofs_are_refused_before_hashing() {
         "proofs[1].index",
     );
     let long = json!([{"index": "801", "proof": vec![format!("0x{}", "00".repeat(32)); 500]}]);
-    refused(&nimbus_block(&c, long), "eth2.block_proof", "proofs[0].proof");
+    refused(
+        &nimbus_block(&c, long),
+        "eth2.block_proof",
+        "proofs[0].proof",
+    );
     // Past the body cap nothing is parsed at all.
     let huge = json!([{"index": "801", "proof": vec![format!("0x{}", "00".repeat(32)); 3000]}]);
     refused(&nimbus_block(&c, huge), "request.invalid", "body");
@@ -217,18 +243,42 @@ fn malformed_entries_are_refused_naming_the_field() {
     let good = c["proofs"][0].clone();
     let mut with_value = good.clone();
     with_value["value"] = json!("0x00");
-    refused(&nimbus_block(&c, json!([with_value])), "request.invalid", "proofs[0].value");
+    refused(
+        &nimbus_block(&c, json!([with_value])),
+        "request.invalid",
+        "proofs[0].value",
+    );
     let mut number = good.clone();
     number["index"] = json!(801);
-    refused(&nimbus_block(&c, json!([number])), "request.invalid", "proofs[0].index");
+    refused(
+        &nimbus_block(&c, json!([number])),
+        "request.invalid",
+        "proofs[0].index",
+    );
     let mut short_hex = good.clone();
     short_hex["proof"][2] = json!("0x1234");
-    refused(&nimbus_block(&c, json!([short_hex])), "request.invalid", "proofs[0].proof[2]");
-    refused(&nimbus_block(&c, json!({"index": "801"})), "request.invalid", "proofs");
-    refused(&nimbus_block(&c, json!(["x"])), "request.invalid", "proofs[0]");
+    refused(
+        &nimbus_block(&c, json!([short_hex])),
+        "request.invalid",
+        "proofs[0].proof[2]",
+    );
+    refused(
+        &nimbus_block(&c, json!({"index": "801"})),
+        "request.invalid",
+        "proofs",
+    );
+    refused(
+        &nimbus_block(&c, json!(["x"])),
+        "request.invalid",
+        "proofs[0]",
+    );
     let mut not_list = good;
     not_list["proof"] = json!("0x00");
-    refused(&nimbus_block(&c, json!([not_list])), "request.invalid", "proofs[0].proof");
+    refused(
+        &nimbus_block(&c, json!([not_list])),
+        "request.invalid",
+        "proofs[0].proof",
+    );
 }
 
 #[test]
@@ -251,7 +301,10 @@ fn branch_check_bounds() {
     let root = crate::ssz::hash2(&leaf, &sib);
     assert!(verify_branch(&leaf, &[sib], 2, &root));
     assert!(!verify_branch(&leaf, &[sib], 3, &root), "wrong side");
-    assert!(!verify_branch(&leaf, &[], 1, &leaf), "the root itself is no proof");
+    assert!(
+        !verify_branch(&leaf, &[], 1, &leaf),
+        "the root itself is no proof"
+    );
     assert!(!verify_branch(&leaf, &[sib], 0, &root));
     assert!(!verify_branch(&leaf, &[sib, sib], 2, &root));
 }
