@@ -46,40 +46,38 @@ impl BlockRules {
         }
     }
 
+    /// Whether the test-only fault that skips the branch check is on (negative control).
+    fn unchecked() -> bool {
+        #[cfg(feature = "fault-injection")]
+        if crate::store::fault::is(crate::store::fault::Fault::Eth2NoBlockProofs) {
+            return true;
+        }
+        false
+    }
+
     /// Checks a block duty; on success the note for its audit row (what was proven).
     pub(super) fn check(&self, d: &Duty) -> Result<String, Eth2Refusal> {
         if d.kind != DutyKind::Block {
             return Ok(String::new());
         }
         let mut note = String::new();
-        let proofs = d.block_proofs.as_ref();
-        let has = |p| proofs.is_some_and(|x| x.has(p));
-        let forbid = |r, f: &str, why: String| Eth2Refusal {
-            status: Status::Forbidden,
-            rule: r,
-            field: f.into(),
-            reason: why,
-        };
-        const FEE_FIELD: &str = "beacon_block.body.execution_payload.fee_recipient";
-        const GRAFFITI_FIELD: &str = "beacon_block.body.graffiti";
-        for (prop, field, constrained) in [
-            (
-                ProvenProperty::FeeRecipient,
-                FEE_FIELD,
-                !self.fee_recipients.is_empty(),
-            ),
-            (
-                ProvenProperty::Graffiti,
-                GRAFFITI_FIELD,
-                !self.graffiti.is_empty(),
-            ),
-        ] {
-            let name = match prop {
-                ProvenProperty::FeeRecipient => "fee_recipient",
-                ProvenProperty::Graffiti => "graffiti",
+        for prop in [ProvenProperty::FeeRecipient, ProvenProperty::Graffiti] {
+            let (name, field, rule, allowed) = match prop {
+                ProvenProperty::FeeRecipient => (
+                    "fee_recipient",
+                    "beacon_block.body.execution_payload.fee_recipient",
+                    rule::BLOCK_FEE_RECIPIENT,
+                    self.fee_recipients.len(),
+                ),
+                ProvenProperty::Graffiti => (
+                    "graffiti",
+                    "beacon_block.body.graffiti",
+                    rule::GRAFFITI,
+                    self.graffiti.len(),
+                ),
             };
-            if !has(prop) {
-                if constrained && self.require {
+            let Some(proofs) = d.block_proofs.as_ref().filter(|p| p.has(prop)) else {
+                if allowed > 0 && self.require {
                     return Err(forbid(
                         rule::BLOCK_PROOF_REQUIRED,
                         "proofs",
@@ -92,47 +90,46 @@ impl BlockRules {
                     ));
                 }
                 continue;
-            }
-            if !constrained {
+            };
+            if allowed == 0 {
                 note.push_str(&format!(" {name}=unchecked"));
                 continue;
             }
-            let Some(p) = proofs else { continue };
-            match prop {
-                ProvenProperty::FeeRecipient => {
-                    match p.proven_fee_recipient(&self.fee_recipients) {
-                        Some(a) => {
-                            note.push_str(&format!(" fee_recipient=0x{} (proven)", hex::encode(a)))
-                        }
-                        None => {
-                            return Err(forbid(
-                                rule::BLOCK_FEE_RECIPIENT,
-                                field,
-                                format!(
-                                "the proof against body_root proves none of the {} allowed fee \
-                                 recipients (another payee, or a forged branch)",
-                                self.fee_recipients.len()
-                            ),
-                            ))
-                        }
-                    }
+            let proven = match (prop, Self::unchecked()) {
+                (ProvenProperty::FeeRecipient, false) => proofs
+                    .proven_fee_recipient(&self.fee_recipients)
+                    .map(hex::encode),
+                (ProvenProperty::Graffiti, false) => {
+                    proofs.proven_graffiti(&self.graffiti).map(hex::encode)
                 }
-                ProvenProperty::Graffiti => match p.proven_graffiti(&self.graffiti) {
-                    Some(g) => note.push_str(&format!(" graffiti=0x{} (proven)", hex::encode(g))),
-                    None => {
-                        return Err(forbid(
-                            rule::GRAFFITI,
-                            field,
-                            format!(
-                                "the proof against body_root proves none of the {} allowed \
-                                 graffiti values",
-                                self.graffiti.len()
-                            ),
-                        ))
-                    }
-                },
+                (ProvenProperty::FeeRecipient, true) => {
+                    self.fee_recipients.first().map(hex::encode)
+                }
+                (ProvenProperty::Graffiti, true) => self.graffiti.first().map(hex::encode),
+            };
+            match proven {
+                Some(v) => note.push_str(&format!(" {name}=0x{v} (proven)")),
+                None => {
+                    return Err(forbid(
+                        rule,
+                        field,
+                        format!(
+                            "the proof against body_root proves none of the {allowed} allowed \
+                             values (another one, or a forged branch)"
+                        ),
+                    ))
+                }
             }
         }
         Ok(note)
+    }
+}
+
+fn forbid(rule: &'static str, field: &str, reason: String) -> Eth2Refusal {
+    Eth2Refusal {
+        status: Status::Forbidden,
+        rule,
+        field: field.into(),
+        reason,
     }
 }

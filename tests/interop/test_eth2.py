@@ -461,3 +461,27 @@ def test_nimbus_block_proofs_verified_and_policed(proof_signer):
     # Positive control: the honest request signs, and py_ecc verifies the signature.
     req, root = nimbus_block(slot, ours, proofs)
     sign_ok(proof_signer, pk, req, root)
+
+
+def test_negative_control_unchecked_proofs_sign_a_forged_branch(start):
+    """KEYGUARD_FAULT=eth2-no-block-proofs (fault-injection build) skips the Merkle check: the
+    forged branch the test above sees refused must then be signed."""
+    import eth2_body
+
+    def cfg(data):
+        c = _cfg(data)
+        c["eth2"]["policy"] = {"block_fee_recipients": ["0x" + PROOF_FEE.hex()], "block_graffiti": [PROOF_GRAFFITI],
+                               "require_block_proofs": True}
+        return c
+    d = _eth2_url(start(cfg, name="eth2-proofs-fault", env={"KEYGUARD_FAULT": "eth2-no-block-proofs"},
+                        before_start=_setup))
+    pk = keys(d)[0]
+    theirs = eth2_body.make_body("FULU", b"\xcd" * 20, eth2_body.graffiti_bytes(PROOF_GRAFFITI), seed=8)
+    req, _ = nimbus_block(now_slot(), theirs, eth2_body.nimbus_proofs(theirs)[0])
+    status, text, _ = call(d, f"/api/v1/eth2/sign/{pk}", req)
+    if "FAULT INJECTION ACTIVE" not in d.stderr():
+        msg = "KEYGUARD_BIN lacks --features fault-injection (tests/run builds it in)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    assert status == 200, text

@@ -30,6 +30,8 @@ const NOT_RULES: &[&str] = &[
     "eth2.policy",
     "eth2.policy.fee_recipients",
     "eth2.policy.proposer_index",
+    "eth2.policy.block_graffiti",
+    "eth2.policy.require_block_proofs",
     // admin method names and their dispatch prefix, not rules
     "audit.query",
     "audit.verify",
