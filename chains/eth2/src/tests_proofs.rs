@@ -308,3 +308,48 @@ fn branch_check_bounds() {
     assert!(!verify_branch(&leaf, &[sib], 0, &root));
     assert!(!verify_branch(&leaf, &[sib, sib], 2, &root));
 }
+
+/// Byte mutations and truncations of a Nimbus proofs request never panic, and whatever still
+/// decodes with a changed branch proves nothing it did not prove before.
+#[test]
+fn mutated_proof_requests_never_panic_nor_prove_more() {
+    let c = case("ELECTRA");
+    let fee = hex20(&c["fee_recipient"]);
+    let seed = nimbus_block(&c, c["proofs"].clone()).to_string();
+    let bytes = seed.as_bytes();
+    for cut in (0..bytes.len()).step_by(7) {
+        let _ = dec_bytes(&bytes[..cut]);
+    }
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let other = [0x11u8; 20];
+    for _ in 0..3000 {
+        let mut b = bytes.to_vec();
+        let i = (next() as usize) % b.len();
+        b[i] = b"0123456789abcdef"[(next() % 16) as usize];
+        if let Ok(d) = dec_bytes(&b) {
+            if let Some(p) = d.block_proofs {
+                assert_eq!(p.proven_fee_recipient(&[other]), None);
+                if b != bytes && p.proven_fee_recipient(&[fee]).is_some() {
+                    // Only a mutation outside the fee-recipient branch and body root keeps it.
+                    assert_eq!(p.body_root, hex32(&c["body_root"]));
+                }
+            }
+        }
+    }
+}
+
+fn dec_bytes(b: &[u8]) -> Result<Duty, DecodeError> {
+    let n = Network::builtin("mainnet").unwrap();
+    let ctx = Context {
+        network: &n,
+        pubkey: &PK,
+        now_unix: 1_800_000_000,
+    };
+    decode(b, &ctx)
+}
