@@ -323,3 +323,167 @@ fn exits_wait_for_two_approvers_and_sign_once() {
     ));
     assert_eq!(r.sign(&exit(&r)).unwrap_err().rule, "approval.consumed");
 }
+
+/// Nimbus block proofs (`tests/vectors/eth2/block_proofs.json`: a Fulu body hashed by
+/// remerkleable) through the guard: the proven fee recipient and graffiti must be allowed, a
+/// forged or missing proof is refused, and the audit row names what was proven.
+mod block_proofs {
+    use super::*;
+    use keyguard::guard::eth2::Status;
+    use keyguard::store::AuditFilter;
+    use serde_json::{json, Value};
+
+    const VECTORS: &str = include_str!("vectors/eth2/block_proofs.json");
+
+    fn fulu() -> Value {
+        let v: Value = serde_json::from_str(VECTORS).unwrap();
+        v["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["version"] == "FULU")
+            .unwrap()
+            .clone()
+    }
+
+    fn nimbus_block(c: &Value, proofs: Option<Value>) -> Vec<u8> {
+        let mut b = json!({"type": "BLOCK_V2", "fork_info": fork_info(), "beacon_block": {"version": "FULU", "block_header": {
+            "slot": c["slot"], "proposer_index": "7", "parent_root": format!("0x{}", "01".repeat(32)),
+            "state_root": format!("0x{}", "02".repeat(32)), "body_root": c["body_root"]}}});
+        if let Some(p) = proofs {
+            b["proofs"] = p;
+        }
+        b.to_string().into_bytes()
+    }
+
+    fn policy(
+        fees: Vec<String>,
+        graffiti: &str,
+        require: bool,
+    ) -> impl FnOnce(&[u8; 48], &mut Eth2Policy) {
+        let graffiti = graffiti.to_string();
+        move |_, p| {
+            p.block_fee_recipients = fees;
+            p.block_graffiti = vec![graffiti];
+            p.require_block_proofs = require;
+        }
+    }
+
+    fn refused(r: &Rig, body: &[u8], rule: &str, status: Status) -> Eth2Refusal {
+        let e = r.sign(body).unwrap_err();
+        assert_eq!((e.rule, e.status), (rule, status), "{e:?}");
+        e
+    }
+
+    #[test]
+    fn required_proofs_of_allowed_values_sign_and_are_audited() {
+        let c = fulu();
+        let fee = c["fee_recipient"].as_str().unwrap().to_string();
+        let other = format!("0x{}", "cd".repeat(20));
+        // The vector's graffiti is the text "keyguard fulu", zero-padded.
+        let r = rig(
+            policy(vec![other.clone(), fee.clone()], "keyguard fulu", true),
+            None,
+        );
+        let proofs = c["proofs"].clone();
+
+        let e = refused(
+            &r,
+            &nimbus_block(&c, None),
+            "eth2.block_proof_required",
+            Status::Forbidden,
+        );
+        assert_eq!(e.field, "proofs");
+        // Only the graffiti proven: the constrained fee recipient is still missing.
+        let only_graffiti = json!([proofs[1].clone()]);
+        refused(
+            &r,
+            &nimbus_block(&c, Some(only_graffiti)),
+            "eth2.block_proof_required",
+            Status::Forbidden,
+        );
+        // A flipped sibling byte: proves no allowed payee.
+        let mut forged = proofs.clone();
+        let h = forged[0]["proof"][4].as_str().unwrap().to_string();
+        let flip = if &h[65..] == "0" { "1" } else { "0" };
+        forged[0]["proof"][4] = json!(format!("{}{flip}", &h[..65]));
+        let e = refused(
+            &r,
+            &nimbus_block(&c, Some(forged)),
+            "eth2.block_fee_recipient",
+            Status::Forbidden,
+        );
+        assert_eq!(e.field, "beacon_block.body.execution_payload.fee_recipient");
+        // Another fork's index is malformed, not policy.
+        let mut capella_index = proofs.clone();
+        capella_index[0]["index"] = json!("401");
+        refused(
+            &r,
+            &nimbus_block(&c, Some(capella_index)),
+            "eth2.block_proof",
+            Status::BadRequest,
+        );
+
+        // Positive control: the honest proofs sign (refusals recorded nothing for this slot).
+        let sig = r.sign(&nimbus_block(&c, Some(proofs))).unwrap();
+        let rows = r
+            .store
+            .query_audit(&AuditFilter {
+                decision: Some("signed".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        let duty = rows.last().unwrap().summary["duty"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            duty.contains(&format!("fee_recipient={fee} (proven)")),
+            "{duty}"
+        );
+        assert!(
+            duty.contains(&format!(
+                "graffiti={} (proven)",
+                c["graffiti"].as_str().unwrap()
+            )),
+            "{duty}"
+        );
+        assert_eq!(
+            rows.last().unwrap().tx_hash.as_deref(),
+            Some(hex::encode(sig).as_str())
+        );
+        r.store.close().unwrap();
+    }
+
+    #[test]
+    fn honest_proofs_of_another_payee_or_graffiti_are_refused() {
+        let c = fulu();
+        let fee = c["fee_recipient"].as_str().unwrap().to_string();
+        let not_ours = rig(
+            policy(
+                vec![format!("0x{}", "cd".repeat(20))],
+                "keyguard fulu",
+                false,
+            ),
+            None,
+        );
+        refused(
+            &not_ours,
+            &nimbus_block(&c, Some(c["proofs"].clone())),
+            "eth2.block_fee_recipient",
+            Status::Forbidden,
+        );
+        not_ours.store.close().unwrap();
+        let graffiti = rig(policy(vec![fee], "keyguard", false), None);
+        let e = refused(
+            &graffiti,
+            &nimbus_block(&c, Some(c["proofs"].clone())),
+            "eth2.graffiti",
+            Status::Forbidden,
+        );
+        assert_eq!(e.field, "beacon_block.body.graffiti");
+        // Negative control of `require_block_proofs`: off, a block without proofs signs.
+        graffiti.sign(&nimbus_block(&c, None)).unwrap();
+        graffiti.store.close().unwrap();
+    }
+}

@@ -52,6 +52,16 @@ pub struct Eth2Policy {
     pub proposer_index: BTreeMap<String, u64>,
     /// Fee recipients a builder registration may name (empty: any).
     pub fee_recipients: Vec<String>,
+    /// Fee recipients a proposed block's execution payload may pay, proven by Nimbus's
+    /// `proofs` (empty: not checked). Separate from `fee_recipients`: with MEV-boost the
+    /// payload pays the builder's address, not the one the validator registered.
+    pub block_fee_recipients: Vec<String>,
+    /// Graffiti a proposed block may carry, proven by Nimbus's `proofs` (empty: not checked):
+    /// text of at most 32 bytes (zero-padded, as clients encode `--graffiti`) or `0x` + 64 hex.
+    /// Exact values only: the proofs carry no leaf, so a prefix cannot be checked.
+    pub block_graffiti: Vec<String>,
+    /// Refuse a block unless it proves every property the two lists above constrain.
+    pub require_block_proofs: bool,
     /// Lowest gas limit a registration may ask for.
     pub min_gas_limit: Option<u64>,
     /// Highest gas limit a registration may ask for.
@@ -91,6 +101,9 @@ impl Default for Eth2Policy {
             max_past_epochs: 0,
             proposer_index: BTreeMap::new(),
             fee_recipients: Vec::new(),
+            block_fee_recipients: Vec::new(),
+            block_graffiti: Vec::new(),
+            require_block_proofs: false,
             min_gas_limit: None,
             max_gas_limit: None,
             disabled_duties: Vec::new(),
@@ -180,14 +193,50 @@ impl Eth2Config {
                 ));
             }
         }
-        for f in &self.policy.fee_recipients {
-            if keyguard_eth2::parse_hex_fixed::<20>(&f.to_ascii_lowercase()).is_none() {
-                out.push((
-                    "eth2.policy.fee_recipients".into(),
-                    format!("{f:?} is not a 0x address"),
-                ));
+        for (name, list) in [
+            ("fee_recipients", &self.policy.fee_recipients),
+            ("block_fee_recipients", &self.policy.block_fee_recipients),
+        ] {
+            for f in list {
+                if keyguard_eth2::parse_hex_fixed::<20>(&f.to_ascii_lowercase()).is_none() {
+                    out.push((
+                        format!("eth2.policy.{name}"),
+                        format!("{f:?} is not a 0x address"),
+                    ));
+                }
             }
+        }
+        for g in &self.policy.block_graffiti {
+            if let Err(e) = graffiti_bytes(g) {
+                out.push(("eth2.policy.block_graffiti".into(), e));
+            }
+        }
+        if self.policy.require_block_proofs
+            && self.policy.block_fee_recipients.is_empty()
+            && self.policy.block_graffiti.is_empty()
+        {
+            out.push((
+                "eth2.policy.require_block_proofs".into(),
+                "needs block_fee_recipients or block_graffiti: the proofs carry no value, \
+                 so there is nothing to check them against"
+                    .into(),
+            ));
         }
         out
     }
+}
+
+/// A configured graffiti as the 32 bytes a block carries: `0x` + 64 hex as is, otherwise the
+/// text's UTF-8 bytes right-padded with zeros.
+pub fn graffiti_bytes(g: &str) -> Result<[u8; 32], String> {
+    if g.starts_with("0x") && g.len() == 66 {
+        return keyguard_eth2::parse_hex_fixed::<32>(&g.to_ascii_lowercase())
+            .ok_or_else(|| format!("{g:?} is not 0x + 64 hex digits"));
+    }
+    if g.len() > 32 {
+        return Err(format!("{g:?} is longer than 32 bytes"));
+    }
+    let mut out = [0u8; 32];
+    out[..g.len()].copy_from_slice(g.as_bytes());
+    Ok(out)
 }

@@ -262,3 +262,37 @@ fn console_labels_are_checked_at_load() {
         assert!(err.contains("admin.console.labels"), "{bad}: {err}");
     }
 }
+
+#[test]
+fn eth2_block_rules_are_checked_at_load() {
+    let eth2 = |policy: &str| {
+        format!("{DEV}\n[eth2]\naddress = \"127.0.0.1:9000\"\nauth = \"none\"\n[eth2.policy]\n{policy}\n")
+    };
+    let err = parse(&eth2("require_block_proofs = true"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("eth2.policy.require_block_proofs"), "{err}");
+    let err = parse(&eth2(&format!("block_graffiti = [\"{}\"]", "g".repeat(33))))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("eth2.policy.block_graffiti"), "{err}");
+    let err = parse(&eth2("block_fee_recipients = [\"0x12\"]"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("eth2.policy.block_fee_recipients"), "{err}");
+    // Positive control: text and hex graffiti, one fee recipient, proofs required.
+    let ok = eth2(&format!(
+        "require_block_proofs = true\nblock_graffiti = [\"my pool\", \"0x{}\"]\nblock_fee_recipients = [\"0x{}\"]",
+        "6b".repeat(32),
+        "ab".repeat(20)
+    ));
+    parse(&ok).unwrap();
+    let mut want = [0u8; 32];
+    want[..7].copy_from_slice(b"my pool");
+    assert_eq!(graffiti_bytes("my pool").unwrap(), want);
+    assert_eq!(
+        graffiti_bytes(&format!("0x{}", "6B".repeat(32))).unwrap(),
+        [0x6b; 32]
+    );
+    assert!(graffiti_bytes("0xzz").is_ok(), "short 0x text is text");
+}

@@ -9,7 +9,8 @@
 //!   connection or instance: `eth2.double_*`/`eth2.surround_vote`, by the store's one
 //!   conditional statement; the record commits before the key signs;
 //! - exits and deposits (irreversible, or move who owns the stake): refused by rule;
-//! - a flood for one key and duty: `eth2.rate_limit`; the kill switch stops every duty.
+//! - a flood for one key and duty: `eth2.rate_limit`; the kill switch stops every duty;
+//! - a block paying someone else or carrying other graffiti: `eth2_blocks.rs` (Nimbus proofs).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -30,6 +31,8 @@ use crate::config::Eth2Policy;
 use crate::store::eth2_slashing::{SlashingError, SlashingStore};
 use crate::store::{AuditEntry, AuditLog, Decision};
 
+#[path = "eth2_blocks.rs"]
+mod blocks;
 #[path = "eth2_keys.rs"]
 mod keys;
 pub use keys::KeyStatus;
@@ -78,7 +81,10 @@ impl Eth2Refusal {
 impl From<DecodeError> for Eth2Refusal {
     fn from(e: DecodeError) -> Self {
         let status = match e.rule {
-            common::REQUEST_INVALID | rule::BLOCK_FORMAT | rule::SIGNING_ROOT => Status::BadRequest,
+            common::REQUEST_INVALID
+            | rule::BLOCK_FORMAT
+            | rule::SIGNING_ROOT
+            | rule::BLOCK_PROOF => Status::BadRequest,
             _ => Status::Forbidden,
         };
         Eth2Refusal {
@@ -104,6 +110,7 @@ pub struct Eth2Guard {
     policy: Eth2Policy,
     proposer_index: HashMap<[u8; 48], u64>,
     fee_recipients: Vec<[u8; 20]>,
+    blocks: blocks::BlockRules,
     keys: Arc<BlsKeystore>,
     slashing: SlashingStore,
     kill: Option<Arc<KillSwitch>>,
@@ -160,6 +167,7 @@ impl Eth2Guard {
             .collect();
         Eth2Guard {
             network,
+            blocks: blocks::BlockRules::from_policy(&policy),
             policy,
             proposer_index,
             fee_recipients,
@@ -441,7 +449,11 @@ impl Eth2Guard {
             pubkey: pk,
             now_unix,
         };
-        let duty = decode(body, &ctx).map_err(|e| (None, e.into()))?;
+        let mut duty = decode(body, &ctx).map_err(|e| (None, e.into()))?;
+        match self.blocks.check(&duty) {
+            Ok(proven) => duty.summary.push_str(&proven),
+            Err(r) => return Err((Some(duty), r)),
+        }
         if let Err(r) = self.policy(pk, &duty, now_unix) {
             return Err((Some(duty), r));
         }

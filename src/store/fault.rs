@@ -14,6 +14,8 @@
 //!   instances sharing PostgreSQL then both sign the same height or nonce.
 //! - `eth2-no-surround`: eth2 slashing protection skips its surround-vote check
 //!   (`store/eth2_slashing.rs`), so surrounding attestations are signed.
+//! - `eth2-no-block-proofs`: the eth2 block rules skip the Merkle check of Nimbus's proofs
+//!   (`guard/eth2_blocks.rs`): any branch counts as proving the first allowed value.
 //!
 //! The feature is never in a release build (`compile_error!` below) and off by default;
 //! `tests/run` turns it on for the one debug build that `cargo test` and the interop suite
@@ -46,6 +48,8 @@ pub enum Fault {
     Eth2NoSurround,
     /// The PostgreSQL store runs without the replication tripwire (no `released.log`).
     NoTripwire,
+    /// Eth2 block rules accept Nimbus proofs without checking the branches.
+    Eth2NoBlockProofs,
 }
 
 /// The pause between the split check and its write, wide enough for a concurrent instance.
@@ -68,6 +72,7 @@ pub fn active() -> Option<Fault> {
             "split-fence" => Fault::SplitFence,
             "eth2-no-surround" => Fault::Eth2NoSurround,
             "no-tripwire" => Fault::NoTripwire,
+            "eth2-no-block-proofs" => Fault::Eth2NoBlockProofs,
             other => {
                 eprintln!("keyguard: unknown KEYGUARD_FAULT {other:?}");
                 std::process::abort();
@@ -95,7 +100,8 @@ pub fn watermark(next: &SignedState) -> Option<Option<SignedState>> {
         Fault::ReleaseBeforeAudit
         | Fault::SplitFence
         | Fault::Eth2NoSurround
-        | Fault::NoTripwire => None,
+        | Fault::NoTripwire
+        | Fault::Eth2NoBlockProofs => None,
     }
 }
 

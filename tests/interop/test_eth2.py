@@ -393,3 +393,95 @@ def test_reload_picks_up_keys_added_by_the_cli(signer):
     status, text, _ = call(signer, "/reload", {})
     assert status == 200, text
     assert r.stdout.strip() in keys(signer)
+
+
+# --- Nimbus verifying-web3signer: Merkle proofs of fee recipient and graffiti -------------------
+
+PROOF_FEE = bytes.fromhex("5aaeb6053f3e94c9b9a09f33669435e7ef1beaed")
+PROOF_GRAFFITI = "keyguard proofs"
+
+
+@pytest.fixture(scope="module")
+def proof_signer(start):
+    def cfg(data):
+        c = _cfg(data)
+        c["eth2"]["policy"] = {"block_fee_recipients": ["0x" + PROOF_FEE.hex()], "block_graffiti": [PROOF_GRAFFITI],
+                               "require_block_proofs": True}
+        return c
+    return _eth2_url(start(cfg, name="eth2-proofs", before_start=_setup))
+
+
+def nimbus_block(slot: int, body, proofs: list | None) -> tuple[dict, bytes]:
+    """Nimbus's BLOCK_V2 (no signingRoot; `proofs` beside `beacon_block`) and the signing root
+    computed here from the header."""
+    body_root = bytes(body.hash_tree_root())
+    hdr = BeaconBlockHeader(slot=slot, proposer_index=9, parent_root=Bytes32(b"\x01" * 32),
+                            state_root=Bytes32(b"\x02" * 32), body_root=Bytes32(body_root))
+    req = {"type": "BLOCK_V2", "fork_info": fork_info(), "beacon_block": {"version": "FULU", "block_header": {
+        "slot": str(slot), "proposer_index": "9", "parent_root": "0x" + "01" * 32, "state_root": "0x" + "02" * 32,
+        "body_root": "0x" + body_root.hex()}}}
+    if proofs is not None:
+        req["proofs"] = proofs
+    return req, signing_root(bytes(hdr.hash_tree_root()), domain("00000000", version_at(slot // 32)))
+
+
+def test_nimbus_block_proofs_verified_and_policed(proof_signer):
+    import eth2_body
+    pk = keys(proof_signer)[0]
+    slot = now_slot()
+    url = f"/api/v1/eth2/sign/{pk}"
+    ours = eth2_body.make_body("FULU", PROOF_FEE, eth2_body.graffiti_bytes(PROOF_GRAFFITI), seed=7)
+    proofs, info = eth2_body.nimbus_proofs(ours)
+    assert (info["fee_recipient"]["gindex"], info["graffiti"]["gindex"]) == (801, 18)
+
+    # Refusals first (each leaves no slashing record), every one named.
+    theirs = eth2_body.make_body("FULU", b"\xcd" * 20, eth2_body.graffiti_bytes(PROOF_GRAFFITI), seed=7)
+    req, _ = nimbus_block(slot - 1, theirs, eth2_body.nimbus_proofs(theirs)[0])
+    status, text, _ = call(proof_signer, url, req)
+    assert status == 403 and json.loads(text)["rule"] == "eth2.block_fee_recipient", text
+    assert json.loads(text)["field"] == "beacon_block.body.execution_payload.fee_recipient"
+    other_graffiti = eth2_body.make_body("FULU", PROOF_FEE, eth2_body.graffiti_bytes("someone else"), seed=7)
+    req, _ = nimbus_block(slot - 1, other_graffiti, eth2_body.nimbus_proofs(other_graffiti)[0])
+    status, text, _ = call(proof_signer, url, req)
+    assert status == 403 and json.loads(text)["rule"] == "eth2.graffiti", text
+    req, _ = nimbus_block(slot, ours, None)
+    status, text, _ = call(proof_signer, url, req)
+    assert status == 403 and json.loads(text)["rule"] == "eth2.block_proof_required", text
+    forged = json.loads(json.dumps(proofs))
+    forged[0]["proof"][3] = "0x" + ("00" if forged[0]["proof"][3][2:4] != "00" else "01") + forged[0]["proof"][3][4:]
+    req, _ = nimbus_block(slot, ours, forged)
+    status, text, _ = call(proof_signer, url, req)
+    assert status == 403 and json.loads(text)["rule"] == "eth2.block_fee_recipient", text
+    wrong_index = json.loads(json.dumps(proofs))
+    wrong_index[0]["index"] = "401"
+    req, _ = nimbus_block(slot, ours, wrong_index)
+    status, text, _ = call(proof_signer, url, req)
+    assert status == 400 and json.loads(text)["rule"] == "eth2.block_proof" and json.loads(text)["field"] == "proofs[0].index"
+
+    # Positive control: the honest request signs, and py_ecc verifies the signature.
+    req, root = nimbus_block(slot, ours, proofs)
+    sign_ok(proof_signer, pk, req, root)
+
+
+def test_negative_control_unchecked_proofs_sign_a_forged_branch(start):
+    """KEYGUARD_FAULT=eth2-no-block-proofs (fault-injection build) skips the Merkle check: the
+    forged branch the test above sees refused must then be signed."""
+    import eth2_body
+
+    def cfg(data):
+        c = _cfg(data)
+        c["eth2"]["policy"] = {"block_fee_recipients": ["0x" + PROOF_FEE.hex()], "block_graffiti": [PROOF_GRAFFITI],
+                               "require_block_proofs": True}
+        return c
+    d = _eth2_url(start(cfg, name="eth2-proofs-fault", env={"KEYGUARD_FAULT": "eth2-no-block-proofs"},
+                        before_start=_setup))
+    pk = keys(d)[0]
+    theirs = eth2_body.make_body("FULU", b"\xcd" * 20, eth2_body.graffiti_bytes(PROOF_GRAFFITI), seed=8)
+    req, _ = nimbus_block(now_slot(), theirs, eth2_body.nimbus_proofs(theirs)[0])
+    status, text, _ = call(d, f"/api/v1/eth2/sign/{pk}", req)
+    if "FAULT INJECTION ACTIVE" not in d.stderr():
+        msg = "KEYGUARD_BIN lacks --features fault-injection (tests/run builds it in)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    assert status == 200, text

@@ -81,6 +81,10 @@ pub mod eth2 {
     pub const DUTY_DISABLED: &str = "eth2.duty_disabled";
     pub const RATE_LIMIT: &str = "eth2.rate_limit";
     pub const STORE_UNAVAILABLE: &str = "eth2.store_unavailable";
+    pub const BLOCK_PROOF: &str = "eth2.block_proof";
+    pub const BLOCK_PROOF_REQUIRED: &str = "eth2.block_proof_required";
+    pub const BLOCK_FEE_RECIPIENT: &str = "eth2.block_fee_recipient";
+    pub const GRAFFITI: &str = "eth2.graffiti";
 }
 
 /// Names shared by every chain.
@@ -269,6 +273,10 @@ pub const BUILTIN: &[RuleInfo] = &[
     r(eth2::DEPOSIT, Scope::Eth2, HTTP403, "deposit messages (withdrawal credentials decide who owns the stake) without M-of-N approval (`deposit_approval`; refused outright when unset)"),
     r(eth2::DUTY_DISABLED, Scope::Eth2, HTTP403, "duties the key's policy switched off"),
     r(eth2::RATE_LIMIT, Scope::Eth2, HTTP429, "one key signing one duty faster than the policy allows"),
+    r(eth2::BLOCK_PROOF, Scope::Eth2, HTTP400, "malformed Nimbus block `proofs`: an index that is not the fee recipient's or graffiti's in keyguard's fork at the slot, a branch of the wrong length, a property proven twice, too many entries"),
+    r(eth2::BLOCK_PROOF_REQUIRED, Scope::Eth2, HTTP403, "a block without the proofs `require_block_proofs` asks for (the fee recipient and graffiti hidden behind `body_root`)"),
+    r(eth2::BLOCK_FEE_RECIPIENT, Scope::Eth2, HTTP403, "a block whose fee-recipient proof proves none of `block_fee_recipients` (another payee, or a forged branch)"),
+    r(eth2::GRAFFITI, Scope::Eth2, HTTP403, "a block whose graffiti proof proves none of `block_graffiti`"),
     r(eth2::STORE_UNAVAILABLE, Scope::Eth2, "HTTP 503", "(failure) a slashing record, approval or audit row that could not be written: nothing signed, or the signature withheld"),
     // --- every chain ---
     r(common::REQUEST_INVALID, Scope::Any, INVALID, "malformed requests (the error names the field)"),

@@ -30,6 +30,8 @@ const NOT_RULES: &[&str] = &[
     "eth2.policy",
     "eth2.policy.fee_recipients",
     "eth2.policy.proposer_index",
+    "eth2.policy.block_graffiti",
+    "eth2.policy.require_block_proofs",
     // admin method names and their dispatch prefix, not rules
     "audit.query",
     "audit.verify",
@@ -50,6 +52,7 @@ const NOT_RULES: &[&str] = &[
     "admin.keys.disable",
     "admin.console.enabled",
     "admin.console.origin",
+    "admin.console.labels",
     "admin.console.session_idle",
     "admin.console.session_lifetime",
     "policy.reload",

@@ -5,7 +5,8 @@
 //!   numbers and wrong-length hex are refused naming the field).
 //! - [`request`]: Web3Signer's `POST /api/v1/eth2/sign/{pubkey}` bodies, every type, to a
 //!   [`Duty`] whose signing root keyguard computed itself; `messages` reads and hashes each
-//!   type's message.
+//!   type's message; [`proofs`] checks Nimbus's Merkle proofs of a block's fee recipient and
+//!   graffiti against its `body_root`.
 //! - [`ssz`]: `hash_tree_root` of the signed containers; [`domain`]: `compute_domain` and
 //!   `compute_signing_root`.
 //! - [`network`]: keyguard's own genesis validators root, genesis time and fork schedule per
@@ -21,11 +22,13 @@ pub mod interchange;
 pub(crate) mod json;
 mod messages;
 pub mod network;
+pub mod proofs;
 pub mod request;
 pub mod ssz;
 
 pub use json::{parse_hex_fixed, parse_u64};
 pub use network::{CustomNetwork, Fork, ForkName, Network};
+pub use proofs::{BlockProofs, ProvenProperty};
 pub use request::{decode, Context, Duty, DutyKind, Slashable};
 
 /// The largest sign request body accepted (an Electra aggregate's 131,072-bit bitlist is 32 KiB
@@ -64,3 +67,5 @@ impl DecodeError {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_proofs;

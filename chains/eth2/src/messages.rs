@@ -77,7 +77,12 @@ pub(crate) fn attestation(msg: Obj<'_>, fi: &ForkInfo, net: &Network) -> Result<
     Ok(d)
 }
 
-pub(crate) fn block_v2(mut bb: Obj<'_>, fi: &ForkInfo, net: &Network) -> Result<Duty, DecodeError> {
+pub(crate) fn block_v2(
+    mut bb: Obj<'_>,
+    proofs: Option<&serde_json::Value>,
+    fi: &ForkInfo,
+    net: &Network,
+) -> Result<Duty, DecodeError> {
     let version = bb.str("version")?;
     let fork = ForkName::parse(version)
         .ok_or_else(|| DecodeError::invalid("beacon_block.version", "unknown fork name"))?;
@@ -110,6 +115,7 @@ pub(crate) fn block_v2(mut bb: Obj<'_>, fi: &ForkInfo, net: &Network) -> Result<
             ),
         ));
     }
+    let block_proofs = crate::proofs::read(proofs, ours, body)?;
     let root = container(&[uint64(slot), uint64(proposer), parent, state, body]);
     let sr = at_epoch(fi, net, domain::BEACON_PROPOSER, epoch, &root, "block")?;
     let mut d = duty(
@@ -121,6 +127,7 @@ pub(crate) fn block_v2(mut bb: Obj<'_>, fi: &ForkInfo, net: &Network) -> Result<
     d.slot = Some(slot);
     d.epoch = Some(epoch);
     d.proposer_index = Some(proposer);
+    d.block_proofs = block_proofs;
     Ok(d)
 }
 

@@ -10,7 +10,8 @@
 //! - a `signingRoot` that differs from keyguard's: refused (`eth2.signing_root`), never signed;
 //! - `fork_info` of another network or of a fork the schedule does not have at that epoch:
 //!   refused (`eth2.network`, `eth2.fork`); keyguard signs with its own schedule regardless;
-//! - bitlists without delimiter or beyond their limit; bodies over [`crate::MAX_BODY_BYTES`].
+//! - bitlists without delimiter or beyond their limit; bodies over [`crate::MAX_BODY_BYTES`];
+//! - Nimbus `proofs` on `BLOCK_V2`: see [`crate::proofs`]; on any other type an unknown field.
 
 use keyguard_chain::rules::eth2 as rule;
 
@@ -134,6 +135,9 @@ pub struct Duty {
     pub timestamp: Option<u64>,
     /// Deposit withdrawal credentials and amount (gwei).
     pub deposit: Option<([u8; 32], u64)>,
+    /// Nimbus's Merkle proofs of a block's fee recipient and graffiti (structure checked;
+    /// policy ties them to allowed values).
+    pub block_proofs: Option<crate::proofs::BlockProofs>,
     /// One-line description for the audit row.
     pub summary: String,
 }
@@ -162,6 +166,7 @@ pub(crate) fn duty(kind: DutyKind, signing_root: [u8; 32], summary: String) -> D
         gas_limit: None,
         timestamp: None,
         deposit: None,
+        block_proofs: None,
         summary,
     }
 }
@@ -250,7 +255,10 @@ pub fn decode(body: &[u8], ctx: &Context<'_>) -> Result<Duty, DecodeError> {
                 "BLOCK (full phase0 block) is not supported; use BLOCK_V2 with block_header",
             ))
         }
-        "BLOCK_V2" => block_v2(msg, &need_fi(&fi)?, net)?,
+        "BLOCK_V2" => {
+            let proofs = top.opt_value("proofs");
+            block_v2(msg, proofs, &need_fi(&fi)?, net)?
+        }
         "ATTESTATION" => attestation(msg, &need_fi(&fi)?, net)?,
         "AGGREGATION_SLOT" => {
             let fi = need_fi(&fi)?;
