@@ -17,6 +17,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::ws_frames::WsGate;
+
 /// jsonrpsee's oversize error, as its WebSocket loop serializes it.
 fn jsonrpsee_oversize(max_body: usize) -> Vec<u8> {
     format!(
@@ -73,6 +75,8 @@ pub(crate) struct EdgeIo<T> {
     sent: usize,
     from: Vec<u8>,
     to: Vec<u8>,
+    /// Unanswered WebSocket messages: reading stops at a bound (`ws_frames`).
+    ws: WsGate,
 }
 
 impl<T> EdgeIo<T> {
@@ -86,6 +90,7 @@ impl<T> EdgeIo<T> {
             sent: 0,
             from: text_frame(&jsonrpsee_oversize(max_body)),
             to: text_frame(&keyguard_oversize(max_body)),
+            ws: WsGate::new(),
         }
     }
 
@@ -134,11 +139,25 @@ impl<T: AsyncRead + Unpin> AsyncRead for EdgeIo<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if let Some(why) = this.ws.broken() {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, why)));
+        }
+        if this.ws.must_wait(cx.waker()) {
+            // Too many unanswered messages: nothing more is read until answers go out.
+            if this.idle_expired(cx) {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "idle connection closed",
+                )));
+            }
+            return Poll::Pending;
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
                 if buf.filled().len() > before {
                     this.touch();
+                    this.ws.read(&buf.filled()[before..]);
                 }
                 Poll::Ready(r)
             }
@@ -163,6 +182,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for EdgeIo<T> {
             let mut frame = std::mem::take(&mut this.held);
             frame.extend_from_slice(buf);
             this.queue(&frame);
+            this.ws.wrote(buf);
             let _ = this.poll_pending(cx)?;
             return Poll::Ready(Ok(buf.len()));
         }
@@ -171,16 +191,19 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for EdgeIo<T> {
             if buf.len() == head && len == from_len {
                 // soketto writes the header and the payload separately.
                 this.held = buf.to_vec();
+                this.ws.wrote(buf);
                 return Poll::Ready(Ok(buf.len()));
             }
             if buf.len() == head + len && buf.len() == this.from.len() {
                 this.queue(buf);
+                this.ws.wrote(buf);
                 let _ = this.poll_pending(cx)?;
                 return Poll::Ready(Ok(buf.len()));
             }
         }
         let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
         this.touch();
+        this.ws.wrote(&buf[..n]);
         Poll::Ready(Ok(n))
     }
 
@@ -234,5 +257,71 @@ mod tests {
         let mut byte = [0u8; 1];
         let e = io.read(&mut byte).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    }
+
+    fn masked(payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0x81, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+        f.extend_from_slice(payload);
+        f
+    }
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n";
+    const SWITCH: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
+
+    /// Reads what is there now; `None` when the edge would wait.
+    async fn read_now(io: &mut EdgeIo<tokio::io::DuplexStream>) -> Option<std::io::Result<usize>> {
+        // Eight bytes: one frame of `masked(b"{}")` a read (a read may overshoot the bound by
+        // what it holds; soketto reads a few KiB at a time).
+        let mut buf = [0u8; 8];
+        tokio::time::timeout(Duration::from_millis(100), io.read(&mut buf))
+            .await
+            .ok()
+    }
+
+    #[tokio::test]
+    async fn a_pipelining_client_is_read_up_to_the_bound_then_as_answers_go_out() {
+        use crate::server::ws_frames::MAX_PIPELINED;
+        let (a, mut client) = tokio::io::duplex(1 << 20);
+        let mut io = EdgeIo::new(a, Duration::from_secs(60), 1024);
+        client.write_all(GET).await.unwrap();
+        let mut got = 0;
+        while got < GET.len() {
+            got += read_now(&mut io).await.unwrap().unwrap();
+        }
+        io.write_all(SWITCH).await.unwrap();
+        for _ in 0..MAX_PIPELINED + 5 {
+            client.write_all(&masked(b"{}")).await.unwrap();
+        }
+        let mut read = 0;
+        while let Some(r) = read_now(&mut io).await {
+            read += r.unwrap();
+        }
+        assert_eq!(read, 8 * MAX_PIPELINED as usize, "read past the bound");
+        // An answer lets the reader go on.
+        io.write_all(&text_frame(b"{}")).await.unwrap();
+        assert!(matches!(read_now(&mut io).await, Some(Ok(n)) if n > 0));
+    }
+
+    #[tokio::test]
+    async fn frames_sent_before_the_handshake_answer_close_the_connection() {
+        let (a, mut client) = tokio::io::duplex(1 << 16);
+        let mut io = EdgeIo::new(a, Duration::from_secs(60), 1024);
+        client
+            .write_all(&[GET, &masked(b"{}")].concat())
+            .await
+            .unwrap();
+        // The HTTP side reads the request and, ahead, the frame.
+        while read_now(&mut io).await.is_some() {}
+        io.write_all(SWITCH).await.unwrap();
+        let e = read_now(&mut io).await.unwrap().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        // Control: the same bytes after the answer are read.
+        let (a, mut client) = tokio::io::duplex(1 << 16);
+        let mut io = EdgeIo::new(a, Duration::from_secs(60), 1024);
+        client.write_all(GET).await.unwrap();
+        while read_now(&mut io).await.is_some() {}
+        io.write_all(SWITCH).await.unwrap();
+        client.write_all(&masked(b"{}")).await.unwrap();
+        assert!(matches!(read_now(&mut io).await, Some(Ok(8))));
     }
 }

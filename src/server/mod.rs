@@ -15,3 +15,4 @@ pub mod privval;
 pub mod rpc_error;
 pub mod tls;
 pub mod unauth;
+mod ws_frames;
