@@ -300,6 +300,20 @@ mod tests {
         // An answer lets the reader go on.
         io.write_all(&text_frame(b"{}")).await.unwrap();
         assert!(matches!(read_now(&mut io).await, Some(Ok(n)) if n > 0));
+
+        // Control: the same bytes without the gate (no `101` written, so it never opens) are
+        // all read.
+        let (a, mut client) = tokio::io::duplex(1 << 20);
+        let mut io = EdgeIo::new(a, Duration::from_secs(60), 1024);
+        client.write_all(GET).await.unwrap();
+        for _ in 0..MAX_PIPELINED + 5 {
+            client.write_all(&masked(b"{}")).await.unwrap();
+        }
+        let mut read = 0;
+        while let Some(r) = read_now(&mut io).await {
+            read += r.unwrap();
+        }
+        assert_eq!(read, GET.len() + 8 * (MAX_PIPELINED as usize + 5));
     }
 
     #[tokio::test]
