@@ -32,7 +32,10 @@ use crate::store::{AuditEntry, AuditLog, Decision};
 
 #[path = "eth2_keys.rs"]
 mod keys;
+#[path = "eth2_pass2.rs"]
+mod pass2;
 pub use keys::KeyStatus;
+use pass2::Pass2;
 
 /// HTTP status classes of a refusal, as Web3Signer answers them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,6 +113,10 @@ pub struct Eth2Guard {
     approvals: Option<Approvals>,
     audit: AuditLog,
     limits: HashMap<DutyKind, DefaultKeyedRateLimiter<[u8; 48]>>,
+    pass2: Pass2,
+    /// Test-only fault: this key's signatures are made over a flipped root (a faulted signer).
+    #[cfg(test)]
+    tamper: Option<[u8; 48]>,
 }
 
 impl std::fmt::Debug for Eth2Guard {
@@ -169,6 +176,9 @@ impl Eth2Guard {
             approvals: None,
             audit,
             limits,
+            pass2: Pass2::spawn(),
+            #[cfg(test)]
+            tamper: None,
         }
     }
 
@@ -187,6 +197,11 @@ impl Eth2Guard {
     /// The network signed for.
     pub fn network(&self) -> &Network {
         &self.network
+    }
+
+    /// Pass-2 batches checked and the signatures in them, since start.
+    pub fn pass2_batches(&self) -> (u64, u64) {
+        self.pass2.counts()
     }
 
     /// Every BLS public key held.
@@ -542,6 +557,9 @@ impl Eth2Guard {
     ) -> Result<(Duty, [u8; 96]), (Option<Duty>, Eth2Refusal)> {
         let (slashing, keys, pk2, d2) =
             (self.slashing.clone(), self.keys.clone(), *pk, duty.clone());
+        let pass2 = self.pass2.clone();
+        #[cfg(test)]
+        let tamper = self.tamper == Some(*pk);
         let signed = tokio::task::spawn_blocking(move || -> Result<[u8; 96], Eth2Refusal> {
             let root = Some(&d2.signing_root);
             let recorded = match d2.slashable {
@@ -570,7 +588,16 @@ impl Eth2Guard {
                 }
                 _ => {}
             }
-            let sig = keys.sign(&pk2, &d2.signing_root).ok_or_else(|| {
+            let sign_root = d2.signing_root;
+            #[cfg(test)]
+            let sign_root = if tamper {
+                let mut r = sign_root;
+                r[0] ^= 1;
+                r
+            } else {
+                sign_root
+            };
+            let sig = keys.sign(&pk2, &sign_root).ok_or_else(|| {
                 Eth2Refusal::new(
                     Status::NotFound,
                     rule::UNKNOWN_KEY,
@@ -578,8 +605,9 @@ impl Eth2Guard {
                     "key removed while signing",
                 )
             })?;
-            // Pass 2: the signature must verify for keyguard's own signing root.
-            if !keyguard_eth2::bls::verify(&pk2, &d2.signing_root, &sig) {
+            // Pass 2: the signature must verify for keyguard's own signing root (batched with
+            // the duties signed at the same time, `eth2_pass2.rs`).
+            if !pass2.verify(&pk2, &d2.signing_root, &sig) {
                 return Err(Eth2Refusal::new(
                     Status::Unavailable,
                     crate::guard::PASS2_MISMATCH,
@@ -607,3 +635,7 @@ impl Eth2Guard {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "tests_eth2_pass2.rs"]
+mod tests_pass2;

@@ -279,6 +279,12 @@ impl SlashingStore {
         self.conn.lock()
     }
 
+    /// The shared connection, for tests that commit a batch of their own.
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.conn
+    }
+
     /// Checks and durably records a block proposal before it is signed.
     pub fn sign_block(
         &self,

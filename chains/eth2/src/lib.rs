@@ -64,3 +64,5 @@ impl DecodeError {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_bls;
