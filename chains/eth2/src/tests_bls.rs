@@ -109,3 +109,52 @@ fn moved_signatures_negative_control_pass_with_a_constant_scalar() {
         "the test cannot see a batch without random scalars"
     );
 }
+
+/// Every validator of a slot signs the same attestation root (since Electra): the batch groups
+/// them under one hash; a signature by another key among them is still named alone, and
+/// signatures moved between keys of one root fail (negative control: a constant scalar lets
+/// them through).
+fn one_root(n: usize) -> Vec<Signed> {
+    (0..n)
+        .map(|i| {
+            let sk = SecretKey::key_gen(&[i as u8 + 100; 32], &[]).unwrap();
+            let root = [7u8; 32];
+            Signed {
+                pk: PublicKey::key_validate(&sk.sk_to_pk().to_bytes()).unwrap(),
+                root,
+                sig: sk.sign(&root, DST, &[]).to_bytes(),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn one_root_batches_pass_and_name_a_bad_signature() {
+    let mut v = one_root(20);
+    assert_eq!(check(&v, &mut test_random()), vec![true; 20]);
+    v[11].sig = signed(1)[0].sig;
+    let want: Vec<bool> = (0..20).map(|i| i != 11).collect();
+    assert_eq!(check(&v, &mut test_random()), want);
+    // Mixed roots: the one-root group and two others in one batch.
+    let mut mixed = one_root(5);
+    mixed.extend(signed(2));
+    assert_eq!(check(&mixed, &mut test_random()), vec![true; 7]);
+}
+
+#[test]
+fn one_root_swapped_signatures_fail_negative_control_constant_scalar() {
+    // Keys 0 and 1 hold each other's signature of the same root.
+    let good = one_root(4);
+    let mut swapped = one_root(4);
+    swapped[0].sig = good[1].sig;
+    swapped[1].sig = good[0].sig;
+    assert_eq!(
+        check(&swapped, &mut test_random()),
+        vec![false, false, true, true]
+    );
+    assert_eq!(
+        check(&swapped, &mut || 1),
+        vec![true; 4],
+        "the test cannot see a batch without random scalars"
+    );
+}
