@@ -109,13 +109,15 @@ fn pieces(keys: &BlsKeystore, pks: &[[u8; 48]], net: &Network, now: u64) -> Piec
     // its own threads, so the batch rate is for every core.
     let mut rng = rand::rngs::OsRng;
     let t = Instant::now();
-    let sigs: Vec<Signature> = sigs
-        .iter()
-        .map(|s| decode_signature(s).unwrap())
-        .collect();
+    let sigs: Vec<Signature> = sigs.iter().map(|s| decode_signature(s).unwrap()).collect();
     let sig_decode = rate(pks.len(), t);
     let t = Instant::now();
-    for chunk in decoded.iter().zip(&sigs).collect::<Vec<_>>().chunks(CONCURRENCY) {
+    for chunk in decoded
+        .iter()
+        .zip(&sigs)
+        .collect::<Vec<_>>()
+        .chunks(CONCURRENCY)
+    {
         let items: Vec<BatchItem<'_>> = chunk
             .iter()
             .map(|(pk, sig)| BatchItem {
@@ -169,7 +171,9 @@ fn store_alone(store: &Store, rt: &tokio::runtime::Runtime) -> (f64, f64) {
                 for i in 0..per {
                     let mut pk = [0xee; 48];
                     pk[..8].copy_from_slice(&((th * per + i) as u64).to_be_bytes());
-                    slashing.sign_attestation(&pk, 1, 2, Some(&[2; 32])).unwrap();
+                    slashing
+                        .sign_attestation(&pk, 1, 2, Some(&[2; 32]))
+                        .unwrap();
                 }
             });
         }
@@ -207,13 +211,54 @@ fn store_alone(store: &Store, rt: &tokio::runtime::Runtime) -> (f64, f64) {
     (records, rate(KEYS, t))
 }
 
-/// End to end through the guard: throughput, p50, p99, pass-2 mean batch.
+/// CPU seconds (user + system) used so far by process `pid` (`/proc/<pid>/stat`, 100 Hz).
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces): state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
+}
+
+/// CPU seconds of this process plus, for PostgreSQL, its server's processes (the postmaster
+/// and its children: the backends serving keyguard's connections).
+fn cpu_now(server: Option<u32>) -> f64 {
+    let mut total = cpu_secs(std::process::id());
+    if let Some(pm) = server {
+        total += cpu_secs(pm);
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            if rest.split_whitespace().nth(1) == Some(&pm.to_string()) {
+                total += cpu_secs(pid);
+            }
+        }
+    }
+    total
+}
+
+/// What one end-to-end run measured.
+struct Run {
+    throughput: f64,
+    p50: Duration,
+    p99: Duration,
+    batch: f64,
+    /// CPU milliseconds per signature (keyguard, plus PostgreSQL's server when used).
+    cpu_ms: f64,
+}
+
+/// End to end through the guard.
 fn through_guard(
     store: &Store,
     keys: &Arc<BlsKeystore>,
     pks: &[[u8; 48]],
     rt: &tokio::runtime::Runtime,
-) -> (f64, Duration, Duration, f64) {
+    server: Option<u32>,
+) -> Run {
     let net = Network::builtin("mainnet").unwrap();
     let now = keyguard_chain::clock::now_ms() / 1000;
     let epoch = net.epoch_of(net.slot_at(now));
@@ -225,6 +270,7 @@ fn through_guard(
         store.audit_log(),
     ));
     let mut lat: Vec<Duration> = Vec::new();
+    let cpu = cpu_now(server);
     let t = Instant::now();
     for r in 0..ROUNDS {
         let body = Arc::new(attestation(epoch - ROUNDS + r + 1));
@@ -253,32 +299,47 @@ fn through_guard(
         lat.append(&mut round);
     }
     let throughput = rate(lat.len(), t);
+    let cpu_ms = (cpu_now(server) - cpu) * 1e3 / lat.len() as f64;
     lat.sort();
     let (batches, checked) = guard.pass2_batches();
-    (
+    Run {
         throughput,
-        pct(&lat, 0.5),
-        pct(&lat, 0.99),
-        checked as f64 / batches.max(1) as f64,
-    )
+        p50: pct(&lat, 0.5),
+        p99: pct(&lat, 0.99),
+        batch: checked as f64 / batches.max(1) as f64,
+        cpu_ms,
+    }
 }
 
-fn report(label: &str, store: &Store, keys: &Arc<BlsKeystore>, pks: &[[u8; 48]]) {
+fn report(
+    label: &str,
+    store: &Store,
+    keys: &Arc<BlsKeystore>,
+    pks: &[[u8; 48]],
+    server: Option<u32>,
+) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     let (records, audit) = store_alone(store, &rt);
-    let (tput, p50, p99, batch) = through_guard(store, keys, pks, &rt);
+    let r = through_guard(store, keys, pks, &rt, server);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     println!(
         "eth2 bench [{label}]: keys={KEYS} signatures={} concurrency={CONCURRENCY} \
-         throughput={tput:.0}/s p50={:.2}ms p99={:.2}ms pass2_batch={batch:.1} | \
-         10,000 validators' epoch: {:.1} s | store alone: slashing records {records:.0}/s, \
+         throughput={:.0}/s p50={:.2}ms p99={:.2}ms pass2_batch={:.1} | \
+         10,000 validators' epoch: {:.1} s | CPU per signature {:.3} ms (cores to ourselves: \
+         {:.0}/s, epoch {:.1} s) | store alone: slashing records {records:.0}/s, \
          audit rows {audit:.0}/s",
         KEYS as u64 * ROUNDS,
-        p50.as_secs_f64() * 1e3,
-        p99.as_secs_f64() * 1e3,
-        OPERATOR / tput,
+        r.throughput,
+        r.p50.as_secs_f64() * 1e3,
+        r.p99.as_secs_f64() * 1e3,
+        r.batch,
+        OPERATOR / r.throughput,
+        r.cpu_ms,
+        cores * 1e3 / r.cpu_ms,
+        OPERATOR * r.cpu_ms / 1e3 / cores,
     );
 }
 
@@ -335,11 +396,11 @@ fn eth2_attestation_throughput() {
 
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("kg.db")).unwrap();
-    report("sqlite", &store, &keys, &pks);
+    report("sqlite", &store, &keys, &pks, None);
     store.close().unwrap();
 
     let cluster = pg::PgCluster::start();
     let store = Store::open_postgres(&pg_settings(&cluster, dir.path()), None).unwrap();
-    report("postgres", &store, &keys, &pks);
+    report("postgres", &store, &keys, &pks, cluster.pid());
     store.close().unwrap();
 }

@@ -84,7 +84,10 @@ fn batch_holds(items: &[BatchItem<'_>], random: &mut dyn FnMut() -> u64) -> bool
         .iter()
         .map(|(root, (points, scalars))| {
             let p = points.as_slice().mult(scalars, RAND_BITS);
-            (&root[..], PublicKey::from(p1_affines::from(&[p]).as_slice()[0]))
+            (
+                &root[..],
+                PublicKey::from(p1_affines::from(&[p]).as_slice()[0]),
+            )
         })
         .unzip();
     let pks: Vec<&PublicKey> = pks.iter().collect();

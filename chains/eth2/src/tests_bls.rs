@@ -65,9 +65,7 @@ fn test_random() -> impl FnMut() -> u64 {
 #[test]
 fn a_good_batch_passes_whole() {
     let v = signed(12);
-    assert!(v
-        .iter()
-        .all(|s| verify(&s.pk.to_bytes(), &s.root, &s.sig)));
+    assert!(v.iter().all(|s| verify(&s.pk.to_bytes(), &s.root, &s.sig)));
     assert_eq!(check(&v, &mut test_random()), vec![true; 12]);
     assert_eq!(check(&v[..1], &mut test_random()), vec![true]);
 }
