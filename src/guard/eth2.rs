@@ -8,6 +8,9 @@
 //! - a second, conflicting block or attestation, also at the same moment from another
 //!   connection or instance: `eth2.double_*`/`eth2.surround_vote`, by the store's one
 //!   conditional statement; the record commits before the key signs;
+//! - a faulted signer returning a wrong signature among many good ones: pass 2 checks the
+//!   duties signed at the same time in one batch and, when it fails, each alone; only the bad
+//!   one is withheld (`eth2_pass2.rs`);
 //! - exits and deposits (irreversible, or move who owns the stake): refused by rule;
 //! - a flood for one key and duty: `eth2.rate_limit`; the kill switch stops every duty.
 
