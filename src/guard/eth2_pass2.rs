@@ -130,9 +130,9 @@ fn check_batch(keys: &mut HashMap<[u8; 48], PublicKey>, batch: &[(Job, Reply)]) 
         keys.clear();
     }
     for (j, _) in batch {
-        if !keys.contains_key(&j.pk) {
+        if let std::collections::hash_map::Entry::Vacant(e) = keys.entry(j.pk) {
             if let Ok(pk) = PublicKey::key_validate(&j.pk) {
-                keys.insert(j.pk, pk);
+                e.insert(pk);
             }
         }
     }
