@@ -76,6 +76,20 @@ while read -r kind inputs raw _backend psbts per_sig _; do
     "raw libsecp256k1 $raw sig/s" "$(pct "$per_sig" "$raw")"
 done < <(grep -E '^(p2wpkh|p2tr) ' "$logs/bitcoin.txt")
 
+step "Ethereum staking attestations, 1,000 BLS keys, SQLite and PostgreSQL (eth2_sign.sh)"
+"$root/benches/eth2_sign.sh" > "$logs/eth2.txt"
+eth2_ceiling=$(grep -m1 -F "crypto ceiling" "$logs/eth2.txt" |
+  sed -E 's/.*crypto ceiling \(sign \+ batched verify, all cores\) ([0-9]+)\/s.*/\1/')
+for store in sqlite postgres; do
+  line=$(grep -m1 -F "eth2 bench [$store]" "$logs/eth2.txt")
+  sigs=$(sed -E 's/.*throughput=([0-9]+)\/s.*/\1/' <<<"$line")
+  p99=$(sed -E 's/.* p99=([0-9.]+)ms.*/\1/' <<<"$line")
+  epoch=$(sed -E "s/.*10,000 validators' epoch: ([0-9.]+) s.*/\1/" <<<"$line")
+  row "eth2 attestations, 1,000 BLS keys, $store (64 in flight)" \
+    "$sigs sig/s, p99 $p99 ms; 10,000 validators' epoch $epoch s" \
+    "blst sign + batched pass 2, all cores $eth2_ceiling/s" "$(pct "$sigs" "$eth2_ceiling")"
+done
+
 echo
 echo "keyguard $(git -C "$root" describe --always --dirty), $(nproc) cores, $(date -u +%Y-%m-%d), ${seconds}s per measurement"
 echo

@@ -1,7 +1,9 @@
 //! Eth2 slashing protection on the shared PostgreSQL store: every EIP-3076 interchange test
 //! case (complete strategy) answers as on SQLite (`store::tests_eth2`), and attestations that
 //! all surround one another, sent at once by eight instances (eight `Store`s, each with its own
-//! connections), record exactly one. (The race's negative control, a check and a write in two
+//! connections), record exactly one, for a new key (decided by the creation of its row) and for
+//! a key with history (decided by the row lock: with the `FOR UPDATE` of `lock_validator`
+//! removed, two or three were recorded in each of three runs, 2026-12-05). (The race's negative control, a check and a write in two
 //! transactions, is the SQLite unit test `racing_surround_votes_negative_control_*`; the
 //! vectors' is `interchange_vectors_fail_without_the_surround_check`.)
 
@@ -84,27 +86,27 @@ fn postgres_interchange_vectors_and_race() {
     c.psql("TRUNCATE eth2_validators, eth2_signed_blocks, eth2_signed_attestations");
 
     let st = settings(&c, dir.path());
-    let pk = [3u8; 48];
-    let barrier = Arc::new(Barrier::new(8));
-    let handles: Vec<_> = (0..8u64)
-        .map(|i| {
-            let (st, barrier) = (st.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                let store = Store::open_postgres(&st, None).unwrap();
-                let s = store.eth2_slashing();
-                barrier.wait();
-                let signed = ok(s.sign_attestation(&pk, 10 - i, 20 + i, Some(&[i as u8; 32])));
-                store.close().unwrap();
-                signed
-            })
-        })
-        .collect();
-    let signed = handles
-        .into_iter()
-        .map(|h| h.join().unwrap())
-        .filter(|s| *s)
-        .count();
-    assert_eq!(signed, 1, "surrounding attestations from eight instances");
+    assert_eq!(
+        race(&st, [3u8; 48]),
+        1,
+        "surrounding attestations of a new key from eight instances"
+    );
+    // A key with history already has its row: the race is decided by the row lock, not by the
+    // row's creation.
+    let store = Store::open_postgres(&st, None).unwrap();
+    assert!(ok(store.eth2_slashing().sign_attestation(
+        &[6u8; 48],
+        1,
+        2,
+        Some(&[1; 32])
+    )));
+    store.close().unwrap();
+    assert_eq!(
+        race(&st, [6u8; 48]),
+        1,
+        "surrounding attestations of a known key from eight instances"
+    );
+    c.psql("TRUNCATE eth2_validators, eth2_signed_blocks, eth2_signed_attestations");
 
     // Pruning on PostgreSQL: the pruned target stays closed.
     let store = Store::open_postgres(&st, None).unwrap();
@@ -153,4 +155,28 @@ fn postgres_interchange_vectors_and_race() {
 
 thread_local! {
     static CLUSTER: Arc<PgCluster> = Arc::new(PgCluster::start());
+}
+
+/// Eight instances send attestations of `pk` that all surround one another at once; how many
+/// were recorded.
+fn race(st: &keyguard::config::PgSettings, pk: [u8; 48]) -> usize {
+    let barrier = Arc::new(Barrier::new(8));
+    let handles: Vec<_> = (0..8u64)
+        .map(|i| {
+            let (st, barrier) = (st.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let store = Store::open_postgres(&st, None).unwrap();
+                let s = store.eth2_slashing();
+                barrier.wait();
+                let signed = ok(s.sign_attestation(&pk, 10 - i, 20 + i, Some(&[i as u8; 32])));
+                store.close().unwrap();
+                signed
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(|s| *s)
+        .count()
 }

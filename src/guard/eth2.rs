@@ -8,6 +8,9 @@
 //! - a second, conflicting block or attestation, also at the same moment from another
 //!   connection or instance: `eth2.double_*`/`eth2.surround_vote`, by the store's one
 //!   conditional statement; the record commits before the key signs;
+//! - a faulted signer returning a wrong signature among many good ones: pass 2 checks the
+//!   duties signed at the same time in one batch and, when it fails, each alone; only the bad
+//!   one is withheld (`eth2_pass2.rs`);
 //! - exits and deposits (irreversible, or move who owns the stake): refused by rule;
 //! - a flood for one key and duty: `eth2.rate_limit`; the kill switch stops every duty;
 //! - a block paying someone else or carrying other graffiti: `eth2_blocks.rs` (Nimbus proofs).
@@ -35,7 +38,12 @@ use crate::store::{AuditEntry, AuditLog, Decision};
 mod blocks;
 #[path = "eth2_keys.rs"]
 mod keys;
+#[path = "eth2_pass2.rs"]
+mod pass2;
+#[path = "eth2_policy.rs"]
+mod policy;
 pub use keys::KeyStatus;
+use pass2::Pass2;
 
 /// HTTP status classes of a refusal, as Web3Signer answers them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +125,10 @@ pub struct Eth2Guard {
     approvals: Option<Approvals>,
     audit: AuditLog,
     limits: HashMap<DutyKind, DefaultKeyedRateLimiter<[u8; 48]>>,
+    pass2: Pass2,
+    /// Test-only fault: this key's signatures are made over a flipped root (a faulted signer).
+    #[cfg(test)]
+    tamper: Option<[u8; 48]>,
 }
 
 impl std::fmt::Debug for Eth2Guard {
@@ -177,6 +189,9 @@ impl Eth2Guard {
             approvals: None,
             audit,
             limits,
+            pass2: Pass2::spawn(),
+            #[cfg(test)]
+            tamper: None,
         }
     }
 
@@ -197,138 +212,14 @@ impl Eth2Guard {
         &self.network
     }
 
+    /// Pass-2 batches checked and the signatures in them, since start.
+    pub fn pass2_batches(&self) -> (u64, u64) {
+        self.pass2.counts()
+    }
+
     /// Every BLS public key held.
     pub fn public_keys(&self) -> Vec<[u8; 48]> {
         self.keys.public_keys()
-    }
-
-    /// Policy rules on a decoded duty (before the key is touched).
-    fn policy(&self, pk: &[u8; 48], d: &Duty, now_unix: u64) -> Result<(), Eth2Refusal> {
-        let forbid = |r: &'static str, f: &str, why: String| {
-            Err(Eth2Refusal::new(Status::Forbidden, r, f, why))
-        };
-        if self
-            .policy
-            .disabled_duties
-            .iter()
-            .any(|x| x == d.kind.as_str())
-        {
-            return forbid(
-                rule::DUTY_DISABLED,
-                "type",
-                format!("{} is switched off by policy", d.kind.as_str()),
-            );
-        }
-        match (d.kind, &self.policy.exit_approval, &self.policy.deposit_approval) {
-            (DutyKind::VoluntaryExit, None, _) => {
-                return forbid(
-                    rule::VOLUNTARY_EXIT,
-                    "voluntary_exit",
-                    "voluntary exits are irreversible; configure [eth2.policy.exit_approval] to allow them with M-of-N approval".into(),
-                )
-            }
-            (DutyKind::Deposit, _, None) => {
-                return forbid(
-                    rule::DEPOSIT,
-                    "deposit",
-                    "deposit messages decide who owns the stake; configure [eth2.policy.deposit_approval] to allow them with M-of-N approval".into(),
-                )
-            }
-            _ => {}
-        }
-        let net = &self.network;
-        let now_slot = net.slot_at(now_unix);
-        let now_epoch = net.epoch_of(now_slot);
-        if let Some(slot) = d.slot {
-            if slot > now_slot.saturating_add(self.policy.max_future_slots) {
-                return forbid(
-                    rule::CLOCK_WINDOW,
-                    "slot",
-                    format!(
-                        "slot {slot} is more than {} slots ahead of the clock (slot {now_slot})",
-                        self.policy.max_future_slots
-                    ),
-                );
-            }
-        }
-        if let Some(epoch) = d.epoch {
-            let max_epoch = net
-                .epoch_of(now_slot.saturating_add(self.policy.max_future_slots))
-                .saturating_add(1);
-            if epoch > max_epoch {
-                return forbid(
-                    rule::CLOCK_WINDOW,
-                    "epoch",
-                    format!("epoch {epoch} is ahead of the clock (epoch {now_epoch})"),
-                );
-            }
-            if self.policy.max_past_epochs > 0
-                && epoch.saturating_add(self.policy.max_past_epochs) < now_epoch
-            {
-                return forbid(
-                    rule::CLOCK_WINDOW,
-                    "epoch",
-                    format!(
-                        "epoch {epoch} is older than {} epochs",
-                        self.policy.max_past_epochs
-                    ),
-                );
-            }
-        }
-        if let Some(ts) = d.timestamp {
-            // A registration timestamped ahead would outrank every later one at the relays.
-            let ahead = self
-                .policy
-                .max_future_slots
-                .saturating_mul(net.seconds_per_slot);
-            if ts > now_unix.saturating_add(ahead) {
-                return forbid(
-                    rule::CLOCK_WINDOW,
-                    "validator_registration.timestamp",
-                    format!("{ts} is more than {ahead} s ahead of the clock ({now_unix})"),
-                );
-            }
-        }
-        if let (Some(idx), Some(want)) = (d.proposer_index, self.proposer_index.get(pk)) {
-            if idx != *want {
-                return forbid(
-                    rule::PROPOSER_INDEX,
-                    "beacon_block.block_header.proposer_index",
-                    format!("{idx} is not this key's validator index {want}"),
-                );
-            }
-        }
-        if let Some(fee) = d.fee_recipient {
-            if !self.fee_recipients.is_empty() && !self.fee_recipients.contains(&fee) {
-                return forbid(
-                    rule::FEE_RECIPIENT,
-                    "validator_registration.fee_recipient",
-                    format!("0x{} is not in the allowlist", hex::encode(fee)),
-                );
-            }
-        }
-        if let Some(gas) = d.gas_limit {
-            let lo = self.policy.min_gas_limit.unwrap_or(0);
-            let hi = self.policy.max_gas_limit.unwrap_or(u64::MAX);
-            if gas < lo || gas > hi {
-                return forbid(
-                    rule::GAS_LIMIT,
-                    "validator_registration.gas_limit",
-                    format!("{gas} is outside {lo}..={hi}"),
-                );
-            }
-        }
-        if let Some(lim) = self.limits.get(&d.kind) {
-            if lim.check_key(pk).is_err() {
-                return Err(Eth2Refusal::new(
-                    Status::TooMany,
-                    rule::RATE_LIMIT,
-                    "type",
-                    format!("{} signed too often for this key", d.kind.as_str()),
-                ));
-            }
-        }
-        Ok(())
     }
 
     async fn audit(
@@ -554,6 +445,9 @@ impl Eth2Guard {
     ) -> Result<(Duty, [u8; 96]), (Option<Duty>, Eth2Refusal)> {
         let (slashing, keys, pk2, d2) =
             (self.slashing.clone(), self.keys.clone(), *pk, duty.clone());
+        let pass2 = self.pass2.clone();
+        #[cfg(test)]
+        let tamper = self.tamper == Some(*pk);
         let signed = tokio::task::spawn_blocking(move || -> Result<[u8; 96], Eth2Refusal> {
             let root = Some(&d2.signing_root);
             let recorded = match d2.slashable {
@@ -582,7 +476,16 @@ impl Eth2Guard {
                 }
                 _ => {}
             }
-            let sig = keys.sign(&pk2, &d2.signing_root).ok_or_else(|| {
+            let sign_root = d2.signing_root;
+            #[cfg(test)]
+            let sign_root = if tamper {
+                let mut r = sign_root;
+                r[0] ^= 1;
+                r
+            } else {
+                sign_root
+            };
+            let sig = keys.sign(&pk2, &sign_root).ok_or_else(|| {
                 Eth2Refusal::new(
                     Status::NotFound,
                     rule::UNKNOWN_KEY,
@@ -590,8 +493,9 @@ impl Eth2Guard {
                     "key removed while signing",
                 )
             })?;
-            // Pass 2: the signature must verify for keyguard's own signing root.
-            if !keyguard_eth2::bls::verify(&pk2, &d2.signing_root, &sig) {
+            // Pass 2: the signature must verify for keyguard's own signing root (batched with
+            // the duties signed at the same time, `eth2_pass2.rs`).
+            if !pass2.verify(&pk2, &d2.signing_root, &sig) {
                 return Err(Eth2Refusal::new(
                     Status::Unavailable,
                     crate::guard::PASS2_MISMATCH,
@@ -619,3 +523,7 @@ impl Eth2Guard {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "tests_eth2_pass2.rs"]
+mod tests_pass2;

@@ -329,7 +329,7 @@ mod tests {
 
     #[test]
     fn frames_a_server_must_refuse_are_refused() {
-        let mut c = || FrameCounter::new(true);
+        let c = || FrameCounter::new(true);
         assert!(c().feed(&frame(true, 1, b"x", false)).is_err(), "unmasked");
         assert!(c().feed(&frame(true, 3, b"x", true)).is_err(), "opcode");
         assert!(

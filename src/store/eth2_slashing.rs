@@ -83,19 +83,25 @@ fn refused(rule: &'static str, reason: String) -> SlashingError {
     SlashingError::Refused { rule, reason }
 }
 
-/// Creates the key's row and, on PostgreSQL, locks it for the rest of the transaction.
+/// Creates the key's row and, on PostgreSQL, locks it for the rest of the transaction, in one
+/// round trip: an existing row is locked by `FOR UPDATE`; a row this statement inserts is not
+/// visible to its own `SELECT`, but is ours until commit (another transaction inserting the
+/// same key waits on it), so either way a second signer of this key waits for this commit.
 fn lock_validator(tx: &Tx<'_>, pubkey: &[u8]) -> Result<(), StoreError> {
+    if tx.dialect() == Dialect::Postgres {
+        tx.query(
+            "WITH created AS (INSERT INTO eth2_validators (pubkey, created_ms) VALUES ($1, $2) \
+             ON CONFLICT (pubkey) DO NOTHING RETURNING pubkey) \
+             SELECT pubkey FROM eth2_validators WHERE pubkey = $1 FOR UPDATE",
+            vals![pubkey, now_ms()],
+        )?;
+        return Ok(());
+    }
     tx.execute(
         "INSERT INTO eth2_validators (pubkey, created_ms) VALUES ($1, $2) \
          ON CONFLICT (pubkey) DO NOTHING",
         vals![pubkey, now_ms()],
     )?;
-    if tx.dialect() == Dialect::Postgres {
-        tx.query(
-            "SELECT pubkey FROM eth2_validators WHERE pubkey = $1 FOR UPDATE",
-            vals![pubkey],
-        )?;
-    }
     Ok(())
 }
 
@@ -277,6 +283,12 @@ impl SlashingStore {
 
     fn conn(&self) -> MutexGuard<'_, Conn> {
         self.conn.lock()
+    }
+
+    /// The shared connection, for tests that commit a batch of their own.
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.conn
     }
 
     /// Checks and durably records a block proposal before it is signed.

@@ -68,4 +68,6 @@ impl DecodeError {
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_bls;
+#[cfg(test)]
 mod tests_proofs;
