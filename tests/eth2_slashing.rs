@@ -76,10 +76,21 @@ fn postgres_interchange_vectors_and_race() {
         s: store.eth2_slashing(),
         store,
     };
-    for case in vectors::cases() {
-        // An empty slashing database per case.
-        c.psql("TRUNCATE eth2_validators, eth2_signed_blocks, eth2_signed_attestations");
-        fails.extend(vectors::run_case(&case, &mut pgdb));
+    // Both EIP-3076 strategies: the default (complete) and `slashing_strategy = "minimal"`.
+    for (strategy, minimal) in [
+        (vectors::Strategy::Complete, false),
+        (vectors::Strategy::Minimal, true),
+    ] {
+        pgdb.s = pgdb.store.eth2_slashing().with_minimal_strategy(minimal);
+        for case in vectors::cases() {
+            // An empty slashing database per case.
+            c.psql("TRUNCATE eth2_validators, eth2_signed_blocks, eth2_signed_attestations");
+            fails.extend(
+                vectors::run_case(&case, &mut pgdb, strategy)
+                    .into_iter()
+                    .map(|f| format!("{strategy:?}: {f}")),
+            );
+        }
     }
     pgdb.store.close().unwrap();
     assert!(fails.is_empty(), "{}", fails.join("\n"));

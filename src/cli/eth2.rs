@@ -249,7 +249,9 @@ pub(crate) fn guard(
         network(config)?,
         e.policy.clone(),
         keys,
-        store.eth2_slashing(),
+        store
+            .eth2_slashing()
+            .with_minimal_strategy(e.slashing_strategy == crate::config::SlashingStrategy::Minimal),
         store.audit_log(),
     )
     .with_kill_switch(kill)

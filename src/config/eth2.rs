@@ -37,6 +37,22 @@ pub struct Eth2Config {
     /// The duty policy.
     #[serde(default)]
     pub policy: Eth2Policy,
+    /// EIP-3076 strategy of slashing protection: `complete` (default: the full history decides;
+    /// the same message may be signed again) or `minimal` (also: every block and attestation
+    /// above all signed before, no repeats).
+    #[serde(default)]
+    pub slashing_strategy: SlashingStrategy,
+}
+
+/// `[eth2] slashing_strategy`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlashingStrategy {
+    /// Refuse what the complete history shows slashable; repeats of a signed message sign.
+    #[default]
+    Complete,
+    /// The complete checks, and nothing at or below the highest signed slot / epochs.
+    Minimal,
 }
 
 /// `[eth2.policy]`.

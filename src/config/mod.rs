@@ -11,7 +11,7 @@ mod store;
 
 pub use audit::{AuditConfig, AuditLimits};
 pub use console::ConsoleConfig;
-pub use eth2::{graffiti_bytes, Eth2Approval, Eth2Config, Eth2Policy};
+pub use eth2::{graffiti_bytes, Eth2Approval, Eth2Config, Eth2Policy, SlashingStrategy};
 pub use labels::Labels;
 pub use nodes::{proxy_allowed, BitcoinNodeConfig, UpstreamConfig};
 pub use people::{

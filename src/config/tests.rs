@@ -296,3 +296,21 @@ fn eth2_block_rules_are_checked_at_load() {
     );
     assert!(graffiti_bytes("0xzz").is_ok(), "short 0x text is text");
 }
+
+#[test]
+fn eth2_slashing_strategy_is_complete_unless_minimal_is_named() {
+    let eth2 = |extra: &str| {
+        format!("{DEV}\n[eth2]\naddress = \"127.0.0.1:9000\"\nauth = \"none\"\n{extra}\n")
+    };
+    let c = parse(&eth2("")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.eth2.unwrap().slashing_strategy,
+        SlashingStrategy::Complete
+    );
+    let c = parse(&eth2("slashing_strategy = \"minimal\"")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.eth2.unwrap().slashing_strategy, SlashingStrategy::Minimal);
+    let err = parse(&eth2("slashing_strategy = \"lenient\""))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("slashing_strategy"), "{err}");
+}

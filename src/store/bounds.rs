@@ -109,9 +109,20 @@ impl Bounds {
     /// Free bytes and the floor, if the data directory is below it (checked at most every
     /// [`DISK_CHECK_MS`]).
     pub(crate) fn disk_floor(&self) -> Option<(u64, u64)> {
+        self.disk_floor_within(DISK_CHECK_MS)
+    }
+
+    /// [`Self::disk_floor`] looked at now: admission of new work uses it, so a request is
+    /// never let in on a reading older than the one its audit row will be written under (that
+    /// request would sign and then find its row refused).
+    pub(crate) fn disk_floor_now(&self) -> Option<(u64, u64)> {
+        self.disk_floor_within(0)
+    }
+
+    fn disk_floor_within(&self, max_age_ms: i64) -> Option<(u64, u64)> {
         let now = now_ms();
         let floor = self.limits().min_free_bytes;
-        if now - self.disk_checked_ms.load(Ordering::Relaxed) >= DISK_CHECK_MS {
+        if now - self.disk_checked_ms.load(Ordering::Relaxed) >= max_age_ms {
             self.disk_checked_ms.store(now, Ordering::Relaxed);
             let dir = self
                 .data_dir

@@ -23,6 +23,7 @@ pub(crate) enum Job {
         pubkey: [u8; 48],
         slot: u64,
         root: Option<[u8; 32]>,
+        checks: Checks,
     },
     Attestation {
         pubkey: [u8; 48],
@@ -102,7 +103,12 @@ fn commit(conn: &Shared, mut batch: Vec<(Job, Reply)>) {
         let mut results = Vec::with_capacity(batch.len());
         for (job, _) in &batch {
             let r = match job {
-                Job::Block { pubkey, slot, root } => block_in(t, pubkey, *slot, root.as_ref()),
+                Job::Block {
+                    pubkey,
+                    slot,
+                    root,
+                    checks,
+                } => block_in(t, pubkey, *slot, root.as_ref(), *checks),
                 Job::Attestation {
                     pubkey,
                     source,

@@ -49,6 +49,10 @@ pub enum Recorded {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Checks {
     pub(crate) surround: bool,
+    /// EIP-3076's minimal strategy (`[eth2] slashing_strategy = "minimal"`): every signing
+    /// must be above every one signed before (no repeat, no older message), on top of the
+    /// complete checks.
+    pub(crate) minimal: bool,
     /// Test-only negative control of the race: check in one transaction, write in another.
     #[cfg(test)]
     pub(crate) split: bool,
@@ -57,18 +61,24 @@ pub(crate) struct Checks {
 impl Checks {
     pub(crate) const ALL: Checks = Checks {
         surround: true,
+        minimal: false,
         #[cfg(test)]
         split: false,
     };
 
-    fn active() -> Checks {
+    fn active(minimal: bool) -> Checks {
+        let c = Checks {
+            minimal,
+            ..Checks::ALL
+        };
         #[cfg(feature = "fault-injection")]
         if super::fault::is(super::fault::Fault::Eth2NoSurround) {
-            let mut c = Checks::ALL;
-            c.surround = false;
-            return c;
+            return Checks {
+                surround: false,
+                ..c
+            };
         }
-        Checks::ALL
+        c
     }
 }
 
@@ -111,16 +121,24 @@ pub(crate) fn block_in(
     pubkey: &[u8; 48],
     slot: u64,
     root: Option<&[u8; 32]>,
+    checks: Checks,
 ) -> Result<Recorded, SlashingError> {
     let s = int(slot, "slot")?;
     lock_validator(tx, pubkey)?;
+    let minimal = if checks.minimal {
+        " AND NOT EXISTS (SELECT 1 FROM eth2_signed_blocks b WHERE b.pubkey = $1 AND b.slot >= $2)"
+    } else {
+        ""
+    };
     let wrote = !tx
         .query(
-            "INSERT INTO eth2_signed_blocks (pubkey, slot, signing_root) SELECT $1, $2, $3 \
-             WHERE NOT EXISTS (SELECT 1 FROM eth2_validators v WHERE v.pubkey = $1 \
-                AND ((v.min_block_slot IS NOT NULL AND v.min_block_slot >= $2) \
-                     OR (v.prune_block_slot IS NOT NULL AND v.prune_block_slot >= $2))) \
-             ON CONFLICT (pubkey, slot) DO NOTHING RETURNING slot",
+            &format!(
+                "INSERT INTO eth2_signed_blocks (pubkey, slot, signing_root) SELECT $1, $2, $3 \
+                 WHERE NOT EXISTS (SELECT 1 FROM eth2_validators v WHERE v.pubkey = $1 \
+                    AND ((v.min_block_slot IS NOT NULL AND v.min_block_slot >= $2) \
+                         OR (v.prune_block_slot IS NOT NULL AND v.prune_block_slot >= $2))){minimal} \
+                 ON CONFLICT (pubkey, slot) DO NOTHING RETURNING slot"
+            ),
             vals![&pubkey[..], s, root.map(|r| r.to_vec())],
         )?
         .is_empty();
@@ -134,14 +152,33 @@ pub(crate) fn block_in(
     if let Some(row) = existing {
         let stored: Option<Vec<u8>> = row.get(0)?;
         if let (Some(a), Some(b)) = (stored.as_deref(), root) {
-            if a == b {
+            if a == b && !checks.minimal {
                 return Ok(Recorded::Repeat);
+            }
+            if a == b {
+                return Err(refused(
+                    rule::NOT_INCREASING,
+                    format!("slot {slot} was signed before (minimal strategy: no repeats)"),
+                ));
             }
         }
         return Err(refused(
             rule::DOUBLE_PROPOSAL,
             format!("a different block for slot {slot} was already signed"),
         ));
+    }
+    if checks.minimal {
+        if let Some(row) = tx.query_opt(
+            "SELECT max(slot) FROM eth2_signed_blocks WHERE pubkey = $1 AND slot >= $2",
+            vals![&pubkey[..], s],
+        )? {
+            if let Some(max) = row.get::<Option<i64>>(0)? {
+                return Err(refused(
+                    rule::NOT_INCREASING,
+                    format!("slot {slot} is not above the signed slot {max} (minimal strategy)"),
+                ));
+            }
+        }
     }
     Err(refused(
         rule::BELOW_WATERMARK,
@@ -176,11 +213,16 @@ pub(crate) fn attestation_in(
     } else {
         ""
     };
+    let minimal = if checks.minimal {
+        " OR a.source > $2 OR a.target >= $3"
+    } else {
+        ""
+    };
     let sql = format!(
         "INSERT INTO eth2_signed_attestations (pubkey, source, target, signing_root) \
          SELECT $1, $2, $3, $4 \
          WHERE NOT EXISTS (SELECT 1 FROM eth2_signed_attestations a WHERE a.pubkey = $1 \
-            AND ({same_target}{surround})) \
+            AND ({same_target}{surround}{minimal})) \
          AND NOT EXISTS (SELECT 1 FROM eth2_validators v WHERE v.pubkey = $1 AND \
             ((v.min_source IS NOT NULL AND v.min_source > $2) \
              OR (v.min_target IS NOT NULL AND v.min_target >= $3) \
@@ -215,8 +257,14 @@ fn classify_attestation(
         let stored: Option<Vec<u8>> = row.get(1)?;
         let stored_source: i64 = row.get(0)?;
         if let (Some(a), Some(b)) = (stored.as_deref(), root) {
-            if a == b {
+            if a == b && !checks.minimal {
                 return Ok(Recorded::Repeat);
+            }
+            if a == b {
+                return Err(refused(
+                    rule::NOT_INCREASING,
+                    format!("{source}->{target} was signed before (minimal strategy: no repeats)"),
+                ));
             }
         }
         return Err(refused(
@@ -242,6 +290,22 @@ fn classify_attestation(
             ));
         }
     }
+    if checks.minimal {
+        if let Some(row) = tx.query_opt(
+            "SELECT source, target FROM eth2_signed_attestations WHERE pubkey = $1 AND \
+             (source > $2 OR target >= $3) LIMIT 1",
+            vals![pk, s, t],
+        )? {
+            let (os, ot): (i64, i64) = (row.get(0)?, row.get(1)?);
+            return Err(refused(
+                rule::NOT_INCREASING,
+                format!(
+                    "{source}->{target} is not above the signed attestation {os}->{ot} \
+                     (minimal strategy)"
+                ),
+            ));
+        }
+    }
     Err(refused(
         rule::BELOW_WATERMARK,
         format!("{source}->{target} is at or below an imported or pruned low watermark"),
@@ -253,6 +317,8 @@ fn classify_attestation(
 pub struct SlashingStore {
     conn: Arc<Shared>,
     batch: super::eth2_batch::Batcher,
+    /// EIP-3076's minimal strategy on top of the complete checks.
+    minimal: bool,
 }
 
 impl std::fmt::Debug for SlashingStore {
@@ -278,7 +344,16 @@ impl SlashingStore {
         SlashingStore {
             batch: super::eth2_batch::Batcher::spawn(&conn),
             conn,
+            minimal: false,
         }
+    }
+
+    /// This handle with EIP-3076's minimal strategy (`[eth2] slashing_strategy`): every
+    /// block and attestation must be above all signed before, repeats included, on top of the
+    /// complete checks. The history kept is still complete (export, import, audit).
+    pub fn with_minimal_strategy(mut self, minimal: bool) -> Self {
+        self.minimal = minimal;
+        self
     }
 
     fn conn(&self) -> MutexGuard<'_, Conn> {
@@ -302,6 +377,7 @@ impl SlashingStore {
             pubkey: *pubkey,
             slot,
             root: root.copied(),
+            checks: Checks::active(self.minimal),
         })
     }
 
@@ -313,7 +389,7 @@ impl SlashingStore {
         target: u64,
         root: Option<&[u8; 32]>,
     ) -> Result<Recorded, SlashingError> {
-        self.sign_attestation_with(pubkey, source, target, root, Checks::active())
+        self.sign_attestation_with(pubkey, source, target, root, Checks::active(self.minimal))
     }
 
     pub(crate) fn sign_attestation_with(

@@ -20,7 +20,7 @@ impl Sqlite {
     fn new(checks: Checks) -> Sqlite {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("kg.db")).unwrap();
-        let slashing = store.eth2_slashing();
+        let slashing = store.eth2_slashing().with_minimal_strategy(checks.minimal);
         Sqlite {
             _dir: dir,
             store,
@@ -60,9 +60,42 @@ fn ok<T>(r: Result<T, SlashingError>) -> bool {
 fn interchange_vectors_all_pass() {
     let mut fails = Vec::new();
     for case in vectors::cases() {
-        fails.extend(vectors::run_case(&case, &mut Sqlite::new(Checks::ALL)));
+        fails.extend(vectors::run_case(
+            &case,
+            &mut Sqlite::new(Checks::ALL),
+            vectors::Strategy::Complete,
+        ));
     }
     assert!(fails.is_empty(), "{}", fails.join("\n"));
+}
+
+const MINIMAL: Checks = Checks {
+    minimal: true,
+    ..Checks::ALL
+};
+
+/// The minimal strategy's expectations (`should_succeed`) with `slashing_strategy =
+/// "minimal"`; negative control: the complete checks fail them (repeats and older messages
+/// sign), so the vectors tell the two apart.
+#[test]
+fn interchange_vectors_all_pass_with_the_minimal_strategy() {
+    let run = |checks: Checks| {
+        let mut fails = Vec::new();
+        for case in vectors::cases() {
+            fails.extend(vectors::run_case(
+                &case,
+                &mut Sqlite::new(checks),
+                vectors::Strategy::Minimal,
+            ));
+        }
+        fails
+    };
+    let fails = run(MINIMAL);
+    assert!(fails.is_empty(), "{}", fails.join("\n"));
+    assert!(
+        !run(Checks::ALL).is_empty(),
+        "the complete checks passed the minimal expectations: the vectors prove nothing"
+    );
 }
 
 /// Negative control: without the surround check the official surround cases must fail.
@@ -76,6 +109,7 @@ fn interchange_vectors_fail_without_the_surround_check() {
                 surround: false,
                 ..Checks::ALL
             }),
+            vectors::Strategy::Complete,
         ));
     }
     eprintln!("{}", fails.join("\n"));

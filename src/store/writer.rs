@@ -94,7 +94,7 @@ impl AuditLog {
     /// `(free, floor)` bytes when the data directory is below the disk floor
     /// (`audit.disk_floor`): new work must be refused while audit rows can still be written.
     pub fn below_disk_floor(&self) -> Option<(u64, u64)> {
-        self.bounds.disk_floor()
+        self.bounds.disk_floor_now()
     }
 
     fn append_bounded(

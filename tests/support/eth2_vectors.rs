@@ -1,6 +1,7 @@
-//! Runs the EIP-3076 interchange test cases (`tests/vectors/eth2/interchange/`, complete
-//! strategy: `should_succeed_complete`) against any slashing-protection store, given as
-//! closures over a fresh database per case. Shared by the SQLite unit test and the PostgreSQL
+//! Runs the EIP-3076 interchange test cases (`tests/vectors/eth2/interchange/`) against any
+//! slashing-protection store, given as closures over a fresh database per case, with either
+//! strategy: complete (`should_succeed_complete` where a case has it) or minimal
+//! (`should_succeed`). Shared by the SQLite unit test and the PostgreSQL
 //! integration test so both engines answer the same cases.
 
 use std::path::PathBuf;
@@ -41,8 +42,15 @@ pub(crate) fn cases() -> Vec<PathBuf> {
     v
 }
 
+/// Which of the vectors' expectations a run checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Strategy {
+    Complete,
+    Minimal,
+}
+
 /// Runs one case; the mismatches (empty: passed).
-pub(crate) fn run_case(path: &std::path::Path, db: &mut dyn Db) -> Vec<String> {
+pub(crate) fn run_case(path: &std::path::Path, db: &mut dyn Db, strategy: Strategy) -> Vec<String> {
     let case: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     let name = case["name"].as_str().unwrap().to_string();
     let gvr = hex_n::<32>(&case["genesis_validators_root"]);
@@ -53,10 +61,12 @@ pub(crate) fn run_case(path: &std::path::Path, db: &mut dyn Db) -> Vec<String> {
         if got != want {
             fails.push(format!("{name} step {i}: import {got}, expected {want}"));
         }
-        let expect = |x: &Value| {
-            x.get("should_succeed_complete")
+        let expect = |x: &Value| match strategy {
+            Strategy::Complete => x
+                .get("should_succeed_complete")
                 .and_then(Value::as_bool)
-                .unwrap_or_else(|| x["should_succeed"].as_bool().unwrap())
+                .unwrap_or_else(|| x["should_succeed"].as_bool().unwrap()),
+            Strategy::Minimal => x["should_succeed"].as_bool().unwrap(),
         };
         for (j, b) in step["blocks"].as_array().unwrap().iter().enumerate() {
             let root = b.get("signing_root").map(hex_n::<32>);

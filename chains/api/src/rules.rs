@@ -72,6 +72,7 @@ pub mod eth2 {
     pub const SURROUND_VOTE: &str = "eth2.surround_vote";
     pub const SOURCE_AFTER_TARGET: &str = "eth2.source_after_target";
     pub const BELOW_WATERMARK: &str = "eth2.below_watermark";
+    pub const NOT_INCREASING: &str = "eth2.not_increasing";
     pub const CLOCK_WINDOW: &str = "eth2.clock_window";
     pub const PROPOSER_INDEX: &str = "eth2.proposer_index";
     pub const FEE_RECIPIENT: &str = "eth2.fee_recipient";
@@ -265,6 +266,7 @@ pub const BUILTIN: &[RuleInfo] = &[
     r(eth2::SURROUND_VOTE, Scope::Eth2, HTTP412, "an attestation surrounding or surrounded by one already signed (slashable)"),
     r(eth2::SOURCE_AFTER_TARGET, Scope::Eth2, HTTP412, "an attestation whose source epoch is after its target"),
     r(eth2::BELOW_WATERMARK, Scope::Eth2, HTTP412, "signing at or below an imported low watermark (history keyguard cannot see)"),
+    r(eth2::NOT_INCREASING, Scope::Eth2, HTTP412, "with the EIP-3076 minimal strategy: a block slot not above every signed one, or an attestation whose source is below or target not above every signed one (the same message again included)"),
     r(eth2::CLOCK_WINDOW, Scope::Eth2, HTTP403, "far-future slots or epochs that would lock the key out (and stale ones), and registrations timestamped ahead that would outrank later ones, judged by the wall clock"),
     r(eth2::PROPOSER_INDEX, Scope::Eth2, HTTP403, "blocks for a proposer index other than the key's configured validator index"),
     r(eth2::FEE_RECIPIENT, Scope::Eth2, HTTP403, "builder registrations paying a fee recipient outside the allowlist"),
