@@ -235,6 +235,7 @@ pub(crate) fn open_pkcs11(
     anyhow::bail!("this keyguard was built without the `pkcs11` feature")
 }
 
+#[cfg(feature = "pkcs11")]
 fn pkcs11_config(config: &Config) -> anyhow::Result<&crate::config::Pkcs11Config> {
     config
         .keystore
