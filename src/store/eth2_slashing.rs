@@ -115,6 +115,30 @@ fn lock_validator(tx: &Tx<'_>, pubkey: &[u8]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The record at this slot / target holds the same signing root: a repeat (signed again), or
+/// under the minimal strategy a refusal; `None` when it is another message (a conflict).
+fn same_message(
+    stored: Option<&[u8]>,
+    root: Option<&[u8; 32]>,
+    checks: Checks,
+    what: impl FnOnce() -> String,
+) -> Option<Result<Recorded, SlashingError>> {
+    match (stored, root) {
+        (Some(a), Some(b)) if a == b.as_slice() => Some(if checks.minimal {
+            Err(refused(
+                rule::NOT_INCREASING,
+                format!(
+                    "{} was signed before (minimal strategy: no repeats)",
+                    what()
+                ),
+            ))
+        } else {
+            Ok(Recorded::Repeat)
+        }),
+        _ => None,
+    }
+}
+
 /// Check and record a block proposal at `slot` (in the caller's transaction).
 pub(crate) fn block_in(
     tx: &Tx<'_>,
@@ -151,16 +175,8 @@ pub(crate) fn block_in(
     )?;
     if let Some(row) = existing {
         let stored: Option<Vec<u8>> = row.get(0)?;
-        if let (Some(a), Some(b)) = (stored.as_deref(), root) {
-            if a == b && !checks.minimal {
-                return Ok(Recorded::Repeat);
-            }
-            if a == b {
-                return Err(refused(
-                    rule::NOT_INCREASING,
-                    format!("slot {slot} was signed before (minimal strategy: no repeats)"),
-                ));
-            }
+        if let Some(r) = same_message(stored.as_deref(), root, checks, || format!("slot {slot}")) {
+            return r;
         }
         return Err(refused(
             rule::DOUBLE_PROPOSAL,
@@ -169,15 +185,14 @@ pub(crate) fn block_in(
     }
     if checks.minimal {
         if let Some(row) = tx.query_opt(
-            "SELECT max(slot) FROM eth2_signed_blocks WHERE pubkey = $1 AND slot >= $2",
+            "SELECT slot FROM eth2_signed_blocks WHERE pubkey = $1 AND slot >= $2 LIMIT 1",
             vals![&pubkey[..], s],
         )? {
-            if let Some(max) = row.get::<Option<i64>>(0)? {
-                return Err(refused(
-                    rule::NOT_INCREASING,
-                    format!("slot {slot} is not above the signed slot {max} (minimal strategy)"),
-                ));
-            }
+            let signed: i64 = row.get(0)?;
+            return Err(refused(
+                rule::NOT_INCREASING,
+                format!("slot {slot} is not above the signed slot {signed} (minimal strategy)"),
+            ));
         }
     }
     Err(refused(
@@ -256,16 +271,10 @@ fn classify_attestation(
     )? {
         let stored: Option<Vec<u8>> = row.get(1)?;
         let stored_source: i64 = row.get(0)?;
-        if let (Some(a), Some(b)) = (stored.as_deref(), root) {
-            if a == b && !checks.minimal {
-                return Ok(Recorded::Repeat);
-            }
-            if a == b {
-                return Err(refused(
-                    rule::NOT_INCREASING,
-                    format!("{source}->{target} was signed before (minimal strategy: no repeats)"),
-                ));
-            }
+        if let Some(r) = same_message(stored.as_deref(), root, checks, || {
+            format!("{source}->{target}")
+        }) {
+            return r;
         }
         return Err(refused(
             rule::DOUBLE_VOTE,

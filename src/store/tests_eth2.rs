@@ -247,3 +247,39 @@ fn pruning_keeps_pruned_epochs_closed() {
 fn pruning_negative_control_without_the_watermark_reopens() {
     assert!(pruned_double_vote_signs(false));
 }
+
+/// The minimal strategy's refusals name `eth2.not_increasing`; a different root at a signed
+/// slot is still a double proposal. Control: the complete strategy signs the repeat and the
+/// older, non-conflicting messages.
+#[test]
+fn the_minimal_strategy_names_its_rule() {
+    let rule_of = |r: Result<_, SlashingError>| match r {
+        Err(SlashingError::Refused { rule, .. }) => rule,
+        Ok(_) => "signed",
+        Err(e) => panic!("{e}"),
+    };
+    for (checks, want) in [(MINIMAL, "eth2.not_increasing"), (Checks::ALL, "signed")] {
+        let db = Sqlite::new(checks);
+        let (s, pk) = (&db.slashing, [5u8; 48]);
+        s.sign_block(&pk, 10, Some(&[1; 32])).unwrap();
+        assert_eq!(
+            rule_of(s.sign_block(&pk, 10, Some(&[1; 32]))),
+            want,
+            "repeat"
+        );
+        assert_eq!(
+            rule_of(s.sign_block(&pk, 9, Some(&[2; 32]))),
+            want,
+            "older slot"
+        );
+        assert_eq!(
+            rule_of(s.sign_block(&pk, 10, Some(&[3; 32]))),
+            "eth2.double_proposal"
+        );
+        s.sign_attestation_with(&pk, 4, 6, Some(&[1; 32]), checks)
+            .unwrap();
+        let att = |so, t, r: u8| s.sign_attestation_with(&pk, so, t, Some(&[r; 32]), checks);
+        assert_eq!(rule_of(att(4, 6, 1)), want, "repeat");
+        assert_eq!(rule_of(att(4, 5, 2)), want, "older target");
+    }
+}
