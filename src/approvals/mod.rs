@@ -136,7 +136,38 @@ pub struct HeldIntent<'a> {
     pub summary: &'a Value,
 }
 
+/// A [`HeldIntent`] with its fields owned, for [`Approvals::decide_blocking`].
+#[derive(Clone, Debug)]
+pub struct OwnedIntent {
+    pub key: String,
+    pub digest: [u8; 32],
+    pub requester: String,
+    pub chain: String,
+    pub summary: Value,
+}
+
 impl Approvals {
+    /// [`Self::decide`] (a database transaction) on the blocking pool, for async callers; `Err`
+    /// only if that task could not run to its end.
+    pub async fn decide_blocking(
+        &self,
+        intent: OwnedIntent,
+        req: ApprovalRequirement,
+    ) -> Result<Result<ApprovalOutcome, ApprovalError>, tokio::task::JoinError> {
+        let book = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let held = HeldIntent {
+                key: &intent.key,
+                digest: &intent.digest,
+                requester: &intent.requester,
+                chain: Some(&intent.chain),
+                summary: &intent.summary,
+            };
+            book.decide(&held, &req, crate::store::now_ms())
+        })
+        .await
+    }
+
     /// Approvals stored in `db`.
     pub fn new(db: StateDb) -> Self {
         Approvals {

@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 
 use crate::access::kill::KillSwitch;
 use crate::approvals::{
-    ApprovalError, ApprovalOutcome, ApprovalRequirement, Approvals, HeldIntent,
+    ApprovalError, ApprovalOutcome, ApprovalRequirement, Approvals, OwnedIntent,
 };
 use crate::backend::software::bls::BlsKeystore;
 use crate::config::Eth2Policy;
@@ -398,25 +398,14 @@ impl Eth2Guard {
             group: cfg.group.clone(),
             within: std::time::Duration::from_secs(cfg.within_secs),
         };
-        let (key, chain, requester) = (
-            pubkey_hex(pk),
-            format!("eth2:{}", self.network.name),
-            client.to_string(),
-        );
-        let summary = json!({"duty": d.summary, "signing_root": format!("0x{}", hex::encode(d.signing_root))});
-        let b2 = book.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
-            let intent = HeldIntent {
-                key: &key,
-                digest: &digest,
-                requester: &requester,
-                chain: Some(&chain),
-                summary: &summary,
-            };
-            b2.decide(&intent, &req, crate::store::now_ms())
-        })
-        .await
-        .map_err(|e| {
+        let intent = OwnedIntent {
+            key: pubkey_hex(pk),
+            digest,
+            requester: client.to_string(),
+            chain: format!("eth2:{}", self.network.name),
+            summary: json!({"duty": d.summary, "signing_root": format!("0x{}", hex::encode(d.signing_root))}),
+        };
+        let outcome = book.decide_blocking(intent, req).await.map_err(|e| {
             Eth2Refusal::new(
                 Status::Unavailable,
                 rule::STORE_UNAVAILABLE,

@@ -18,7 +18,7 @@ use crate::access::kill::KillSwitch;
 use crate::access::limits::RateLimits;
 use crate::access::Caller;
 use crate::approvals::{
-    ApprovalError, ApprovalOutcome, ApprovalRequirement, Approvals, HeldIntent,
+    ApprovalError, ApprovalOutcome, ApprovalRequirement, Approvals, OwnedIntent,
 };
 use crate::config::Config;
 
@@ -167,34 +167,19 @@ impl Guard {
             )
             .into());
         };
-        let (key, chain, summary, requester) = (
-            input.key.to_string(),
-            input.chain.to_owned(),
-            input.summary.clone(),
-            caller.name.to_string(),
-        );
-        let digest = input.digest;
+        let intent = OwnedIntent {
+            key: input.key.to_string(),
+            digest: input.digest,
+            requester: caller.name.to_string(),
+            chain: input.chain.to_owned(),
+            summary: input.summary.clone(),
+        };
         let deadline = tokio::time::Instant::now() + caller.approval_wait;
         let decided = loop {
-            let (book, req) = (book.clone(), req.clone());
-            let (key, chain, summary, requester) = (
-                key.clone(),
-                chain.clone(),
-                summary.clone(),
-                requester.clone(),
-            );
-            let decided = tokio::task::spawn_blocking(move || {
-                let intent = HeldIntent {
-                    key: &key,
-                    digest: &digest,
-                    requester: &requester,
-                    chain: Some(&chain),
-                    summary: &summary,
-                };
-                book.decide(&intent, &req, crate::store::now_ms())
-            })
-            .await
-            .map_err(|e| GuardError::Backend(format!("approval book: {e}")))?;
+            let decided = book
+                .decide_blocking(intent.clone(), req.clone())
+                .await
+                .map_err(|e| GuardError::Backend(format!("approval book: {e}")))?;
             // A listener with an approval wait holds the call open and asks again until the
             // quorum is met, the request is rejected or expires, or the wait runs out.
             let still_pending = matches!(decided, Ok(ApprovalOutcome::Held(_)));
