@@ -86,6 +86,20 @@ struct Ctx {
     auth: Authenticator,
 }
 
+/// The request body, at most `limit` bytes; over it (or unreadable): the 400 answer naming
+/// the limit.
+async fn read_body(body: hyper::body::Incoming, limit: usize) -> Result<Bytes, Response<Body>> {
+    match Limited::new(body, limit).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(_) => Err(refusal(&Eth2Refusal {
+            status: Status::BadRequest,
+            rule: keyguard_chain::rules::common::REQUEST_INVALID,
+            field: "body".into(),
+            reason: format!("larger than {limit} bytes or unreadable"),
+        })),
+    }
+}
+
 fn unix_now() -> u64 {
     keyguard_chain::clock::now_ms() / 1000
 }
@@ -135,19 +149,9 @@ async fn handle(
     };
     if super::eth2_keymanager::is_route(req.method(), &path) {
         let method = req.method().clone();
-        let body = match Limited::new(req.into_body(), super::eth2_keymanager::MAX_BODY)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(_) => {
-                return refusal(&Eth2Refusal {
-                    status: Status::BadRequest,
-                    rule: keyguard_chain::rules::common::REQUEST_INVALID,
-                    field: "body".into(),
-                    reason: "larger than 16 MiB or unreadable".into(),
-                })
-            }
+        let body = match read_body(req.into_body(), super::eth2_keymanager::MAX_BODY).await {
+            Ok(b) => b,
+            Err(refused) => return refused,
         };
         return super::eth2_keymanager::handle(&ctx.guard, &caller, &method, &path, body).await;
     }
@@ -189,19 +193,9 @@ async fn handle(
                     .get(hyper::header::ACCEPT)
                     .and_then(|v| v.to_str().ok()),
             );
-            let body = match Limited::new(req.into_body(), keyguard_eth2::MAX_BODY_BYTES)
-                .collect()
-                .await
-            {
-                Ok(b) => b.to_bytes(),
-                Err(_) => {
-                    return refusal(&Eth2Refusal {
-                        status: Status::BadRequest,
-                        rule: keyguard_chain::rules::common::REQUEST_INVALID,
-                        field: "body".into(),
-                        reason: "larger than 64 KiB or unreadable".into(),
-                    })
-                }
+            let body = match read_body(req.into_body(), keyguard_eth2::MAX_BODY_BYTES).await {
+                Ok(b) => b,
+                Err(refused) => return refused,
             };
             let who = Eth2Caller {
                 client: &caller.name,

@@ -272,6 +272,22 @@ def test_text_answer_without_json_accept(signer):
     assert status == 200 and ctype.startswith("text/plain") and re.fullmatch(r"0x[0-9a-f]{192}", text)
 
 
+def test_bodies_over_the_cap_are_refused_unread_and_nothing_signs(signer):
+    pk = keys(signer)[1]
+    epoch = now_slot() // 32
+    body = {"type": "RANDAO_REVEAL", "fork_info": fork_info(), "randao_reveal": {"epoch": str(epoch)},
+            "pad": "x" * (64 * 1024)}
+    status, text, _ = call(signer, f"/api/v1/eth2/sign/{pk}", body)
+    assert status == 400, text
+    err = json.loads(text)
+    assert err["rule"] == "request.invalid" and err["field"] == "body", err
+    assert "signature" not in text
+    # Control: the same request without the padding signs.
+    del body["pad"]
+    status, text, _ = call(signer, f"/api/v1/eth2/sign/{pk}", body)
+    assert status == 200, text
+
+
 def test_slashing_and_policy_refusals(signer):
     pk = keys(signer)[2]
     slot = now_slot()
