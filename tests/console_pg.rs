@@ -5,28 +5,13 @@
 #[path = "support/pg/mod.rs"]
 mod pg;
 
-use keyguard::config::{PgSettings, PgTls};
+use keyguard::config::PgSettings;
 use keyguard::store::{AuditCounter, AuditEntry, Decision, Store, MAX_PASSKEYS_PER_USER};
 use keyguard_cometbft::{SignedState, Step};
 use pg::PgCluster;
 
 fn settings(c: &PgCluster, dir: &std::path::Path) -> PgSettings {
-    let pw = dir.join("pg.pass");
-    std::fs::write(&pw, c.password()).unwrap();
-    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    PgSettings {
-        hosts: vec![c.host().to_owned()],
-        port: c.port(),
-        user: c.user().to_owned(),
-        dbname: c.dbname().to_owned(),
-        password_env: None,
-        password_file: Some(pw),
-        tls: PgTls::Disable,
-        ca_file: None,
-        deadline_ms: 5_000,
-        connect_timeout_ms: 3_000,
-        application_name: Some("keyguard-console-test".into()),
-    }
+    c.store_settings(dir, 5_000, "keyguard-console-test")
 }
 
 #[test]

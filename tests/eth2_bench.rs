@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use blst::min_pk::{PublicKey, Signature};
 use keyguard::backend::software::bls::BlsKeystore;
-use keyguard::config::{Eth2Policy, PgSettings, PgTls};
+use keyguard::config::{Eth2Policy, PgSettings};
 use keyguard::guard::eth2::{Eth2Caller, Eth2Guard};
 use keyguard::store::{AuditEntry, Decision, Store};
 use keyguard_eth2::bls::{decode_signature, verify_batch, BatchItem, DST};
@@ -344,23 +344,7 @@ fn report(
 }
 
 fn pg_settings(c: &pg::PgCluster, dir: &std::path::Path) -> PgSettings {
-    use std::os::unix::fs::PermissionsExt;
-    let pw = dir.join("pg.pass");
-    std::fs::write(&pw, c.password()).unwrap();
-    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
-    PgSettings {
-        hosts: vec![c.host().to_owned()],
-        port: c.port(),
-        user: c.user().to_owned(),
-        dbname: c.dbname().to_owned(),
-        password_env: None,
-        password_file: Some(pw),
-        tls: PgTls::Disable,
-        ca_file: None,
-        deadline_ms: 10_000,
-        connect_timeout_ms: 3_000,
-        application_name: Some("keyguard-eth2-bench".into()),
-    }
+    c.store_settings(dir, 10_000, "keyguard-eth2-bench")
 }
 
 #[test]

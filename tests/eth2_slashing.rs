@@ -14,30 +14,14 @@ mod vectors;
 
 use std::sync::{Arc, Barrier};
 
-use keyguard::config::{PgSettings, PgTls};
+use keyguard::config::PgSettings;
 use keyguard::store::eth2_slashing::{SlashingError, SlashingStore};
 use keyguard::store::Store;
 use keyguard_eth2::interchange::Interchange;
 use pg::PgCluster;
 
 fn settings(c: &PgCluster, dir: &std::path::Path) -> PgSettings {
-    use std::os::unix::fs::PermissionsExt;
-    let pw = dir.join("pg.pass");
-    std::fs::write(&pw, c.password()).unwrap();
-    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
-    PgSettings {
-        hosts: vec![c.host().to_owned()],
-        port: c.port(),
-        user: c.user().to_owned(),
-        dbname: c.dbname().to_owned(),
-        password_env: None,
-        password_file: Some(pw),
-        tls: PgTls::Disable,
-        ca_file: None,
-        deadline_ms: 10_000,
-        connect_timeout_ms: 3_000,
-        application_name: Some("keyguard-eth2-test".into()),
-    }
+    c.store_settings(dir, 10_000, "keyguard-eth2-test")
 }
 
 struct Pg {

@@ -18,26 +18,7 @@ use keyguard_cometbft::{SignedState, Step};
 use pg::{PgCluster, PgPair};
 
 fn settings(c: &PgCluster, dir: &std::path::Path, deadline_ms: u64) -> PgSettings {
-    let pw = dir.join("pg.pass");
-    std::fs::write(&pw, c.password()).unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    PgSettings {
-        hosts: vec![c.host().to_owned()],
-        port: c.port(),
-        user: c.user().to_owned(),
-        dbname: c.dbname().to_owned(),
-        password_env: None,
-        password_file: Some(pw),
-        tls: PgTls::Disable,
-        ca_file: None,
-        deadline_ms,
-        connect_timeout_ms: 3_000,
-        application_name: Some("keyguard-test".into()),
-    }
+    c.store_settings(dir, deadline_ms, "keyguard-test")
 }
 
 fn rt() -> tokio::runtime::Runtime {

@@ -179,6 +179,33 @@ impl PgCluster {
     pub fn dbname(&self) -> &str {
         DATABASE
     }
+    /// keyguard's `[store.postgres]` for this cluster over TCP without TLS (loopback), the
+    /// password in a 0600 file in `dir`.
+    pub fn store_settings(
+        &self,
+        dir: &Path,
+        deadline_ms: u64,
+        application_name: &str,
+    ) -> keyguard::config::PgSettings {
+        use std::os::unix::fs::PermissionsExt;
+        let pw = dir.join("pg.pass");
+        std::fs::write(&pw, self.password()).unwrap();
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        keyguard::config::PgSettings {
+            hosts: vec![self.host().to_owned()],
+            port: self.port(),
+            user: self.user().to_owned(),
+            dbname: self.dbname().to_owned(),
+            password_env: None,
+            password_file: Some(pw),
+            tls: keyguard::config::PgTls::Disable,
+            ca_file: None,
+            deadline_ms,
+            connect_timeout_ms: 3_000,
+            application_name: Some(application_name.into()),
+        }
+    }
+
     /// The CA certificate (PEM) that issued the server's certificate (`start_tls` only).
     pub fn ca_pem(&self) -> Option<&Path> {
         self.ca_pem.as_deref()
