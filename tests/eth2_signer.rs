@@ -487,3 +487,23 @@ mod block_proofs {
         graffiti.store.close().unwrap();
     }
 }
+
+/// Below the audit disk floor no duty starts: refused by name before its slashing record, so
+/// the slot is still free once space returns (control: another block for that slot then signs;
+/// had the refused attempt recorded its block, this would be a double proposal).
+#[test]
+fn below_the_disk_floor_no_duty_starts_and_no_slot_is_used() {
+    let r = rig(|_, _| {}, None);
+    let log = r.store.audit_log();
+    let limits = |min_free_bytes| keyguard::config::AuditLimits {
+        min_free_bytes,
+        ..Default::default()
+    };
+    log.configure_bounds(limits(u64::MAX), Some(r._dir.path().to_path_buf()));
+    let body = block(r.slot, 7);
+    let e = r.sign(&body).unwrap_err();
+    assert_eq!(e.rule, "audit.disk_floor", "{e:?}");
+    log.configure_bounds(limits(0), Some(r._dir.path().to_path_buf()));
+    r.sign(&block(r.slot, 8))
+        .expect("the slot was not used up by the refused attempt");
+}

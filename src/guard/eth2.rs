@@ -13,6 +13,8 @@
 //!   one is withheld (`eth2_pass2.rs`);
 //! - exits and deposits (irreversible, or move who owns the stake): refused by rule;
 //! - a flood for one key and duty: `eth2.rate_limit`; the kill switch stops every duty;
+//! - a flood of refusals filling the disk: below the floor nothing new starts
+//!   (`audit.disk_floor`), before any slashing record or signature;
 //! - a block paying someone else or carrying other graffiti: `eth2_blocks.rs` (Nimbus proofs).
 
 use std::collections::HashMap;
@@ -324,6 +326,19 @@ impl Eth2Guard {
             })?),
             None => None,
         };
+        // Below the disk floor no new duty starts (as on every other listener): its audit
+        // row could not be written, and a signed-but-withheld duty would still use up its slot.
+        if let Some((free, floor)) = self.audit.below_disk_floor() {
+            return Err((
+                None,
+                Eth2Refusal::new(
+                    Status::Unavailable,
+                    "audit.disk_floor",
+                    "pubkey",
+                    format!("{free} bytes free on the data directory, below the floor of {floor}"),
+                ),
+            ));
+        }
         if !self.keys.contains(pk) {
             return Err((
                 None,
