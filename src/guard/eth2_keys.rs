@@ -17,6 +17,9 @@ pub struct KeyStatus {
     pub message: String,
 }
 
+/// Held for the whole of a keystore import (see `import_keys`).
+pub(super) static IMPORTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn st(status: &'static str, message: impl Into<String>) -> KeyStatus {
     KeyStatus {
         status,
@@ -56,6 +59,9 @@ impl Eth2Guard {
         passwords: Vec<String>,
         slashing: Option<String>,
     ) -> Result<Vec<KeyStatus>, Eth2Refusal> {
+        // One import at a time: each keystore's KDF may take up to 1 GiB (scrypt) and seconds
+        // of a core, so concurrent imports would multiply both.
+        let _one = IMPORTING.lock().await;
         if keystores.len() != passwords.len() {
             return Err(Eth2Refusal::new(
                 Status::BadRequest,

@@ -2,7 +2,8 @@
 //! faulted (it signs a root with one bit flipped: a valid signature of another message, the
 //! case only a pairing check sees). That signature is withheld (`guard.pass2_mismatch`), every
 //! other one is released and verifies alone. Negative control: with the check switched off
-//! the faulted signature is released.
+//! the faulted signature is released. Also here, as it needs the same guard: keystore imports
+//! run one at a time.
 
 use std::sync::Arc;
 
@@ -112,4 +113,36 @@ fn a_faulted_signature_negative_control_without_the_check_is_released() {
     let (faulted, others_ok) = run(Pass2::unchecked());
     assert!(faulted.is_ok(), "the test cannot see a missing pass 2");
     assert!(others_ok);
+}
+
+/// Keystore imports run one at a time (each KDF may take 1 GiB): an import waits while another
+/// holds the lock, and proceeds once it is released.
+#[test]
+fn keystore_imports_wait_for_each_other() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("kg.db")).unwrap();
+    let guard = Arc::new(Eth2Guard::new(
+        Network::builtin("mainnet").unwrap(),
+        Eth2Policy::default(),
+        Arc::new(BlsKeystore::in_memory()),
+        store.eth2_slashing(),
+        store.audit_log(),
+    ));
+    rt.block_on(async {
+        let held = super::keys::IMPORTING.lock().await;
+        let g = guard.clone();
+        let import = tokio::spawn(async move {
+            g.import_keys(vec!["{}".into()], vec!["pw".into()], None)
+                .await
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!import.is_finished(), "an import ran beside another");
+        drop(held);
+        let statuses = import.await.unwrap().unwrap();
+        assert_eq!(statuses.len(), 1);
+    });
 }

@@ -148,12 +148,15 @@ async fn handle(
         }
     };
     if super::eth2_keymanager::is_route(req.method(), &path) {
+        if let Some(refused) = super::eth2_keymanager::not_granted(&caller) {
+            return refused;
+        }
         let method = req.method().clone();
         let body = match read_body(req.into_body(), super::eth2_keymanager::MAX_BODY).await {
             Ok(b) => b,
             Err(refused) => return refused,
         };
-        return super::eth2_keymanager::handle(&ctx.guard, &caller, &method, &path, body).await;
+        return super::eth2_keymanager::handle(&ctx.guard, &method, &path, body).await;
     }
     match (req.method(), path.as_str()) {
         (&Method::GET, "/api/v1/eth2/publicKeys") => {

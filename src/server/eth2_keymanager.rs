@@ -53,22 +53,26 @@ pub(crate) fn is_route(method: &Method, path: &str) -> bool {
     )
 }
 
-/// Answers a key-management route (see [`is_route`]).
-pub(crate) async fn handle(
-    guard: &Eth2Guard,
-    caller: &Caller,
-    method: &Method,
-    path: &str,
-    body: Bytes,
-) -> Response<Body> {
-    if !caller.grants.iter().any(|g| g == GRANT) {
-        return refusal(&Eth2Refusal {
+/// The refusal of a caller without the key-management grant, checked before its body is read
+/// (an up to 16 MiB body is read only for a caller that may use it).
+pub(crate) fn not_granted(caller: &Caller) -> Option<Response<Body>> {
+    (!caller.grants.iter().any(|g| g == GRANT)).then(|| {
+        refusal(&Eth2Refusal {
             status: Status::Forbidden,
             rule: "access.method_not_granted",
             field: "path".into(),
             reason: format!("key management needs the {GRANT:?} grant"),
-        });
-    }
+        })
+    })
+}
+
+/// Answers a key-management route (see [`is_route`]) for a caller [`not_granted`] let in.
+pub(crate) async fn handle(
+    guard: &Eth2Guard,
+    method: &Method,
+    path: &str,
+    body: Bytes,
+) -> Response<Body> {
     let answer = match (method, path) {
         (&Method::POST, "/reload") => guard.reload_keys().await.map(|n| json!({"keys": n})),
         (&Method::GET, _) => Ok(

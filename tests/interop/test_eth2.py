@@ -374,6 +374,31 @@ def test_negative_control_surround_check_off_signs_the_surround(start):
     assert not refused
 
 
+def _cfg_signing_only(data):
+    c = _cfg(data)
+    c["eth2"]["keys"] = ["*"]
+    return c
+
+
+def test_keymanager_routes_need_their_grant(start):
+    """A signing grant ("*") is not a key-management grant: every keymanager route is refused
+    by name, a 1 MiB body included (refused before it is read); signing still works."""
+    d = _eth2_url(start(_cfg_signing_only, name="eth2-nogrant", before_start=_setup))
+    big = {"keystores": ["x" * (1 << 20)], "passwords": ["pw"]}
+    for path, body, method in [("/eth/v1/keystores", None, "GET"), ("/eth/v1/keystores", big, "POST"),
+                               ("/eth/v1/keystores", {"pubkeys": [EIP2335_PUBKEY]}, "DELETE"),
+                               ("/reload", {}, "POST")]:
+        status, text, _ = call(d, path, body, method=method)
+        assert status == 403, (path, method, text)
+        assert json.loads(text)["rule"] == "access.method_not_granted", text
+    # Control: the same client signs, and its keys are still there (nothing was deleted).
+    assert EIP2335_PUBKEY in keys(d)
+    pk = keys(d)[0]
+    status, text, _ = call(d, f"/api/v1/eth2/sign/{pk}", {"type": "RANDAO_REVEAL", "fork_info": fork_info(),
+                                                          "randao_reveal": {"epoch": str(now_slot() // 32)}})
+    assert status == 200, text
+
+
 def test_keymanager_delete_keeps_history_and_reimport_is_protected(signer):
     listed = json.loads(call(signer, "/eth/v1/keystores")[1])["data"]
     paths = sorted(k["derivation_path"] for k in listed)
